@@ -1,0 +1,68 @@
+package api
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
+)
+
+// Error is an API error: `{"error":{"code","message","field"}}` with a status.
+type Error struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+func errf(status int, code, field, msg string) *Error {
+	return &Error{Status: status, Code: code, Field: field, Message: msg}
+}
+
+// retryAfterSeconds is what a 503 asks clients to wait before trying again.
+const retryAfterSeconds = "1"
+
+// handleError is the one place errors become HTTP statuses.
+func handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	var ae *Error
+	var he *echo.HTTPError
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, store.ErrUnavailable):
+		c.Response().Header().Set("Retry-After", retryAfterSeconds)
+		ae = errf(http.StatusServiceUnavailable, "unavailable", "", "the job store is unreachable; try again shortly")
+	case errors.As(err, &he):
+		ae = errf(he.Code, codeForStatus(he.Code), "", http.StatusText(he.Code))
+	default:
+		ae = errf(http.StatusInternalServerError, "internal", "", "internal error")
+	}
+	if ae.Status >= 500 {
+		zerolog.Ctx(c.Request().Context()).Error().Err(err).Int("status", ae.Status).Msg("request failed")
+	}
+	_ = c.JSON(ae.Status, map[string]*Error{"error": ae})
+}
+
+func codeForStatus(s int) string {
+	switch s {
+	case http.StatusNotFound:
+		return "not_found"
+	case http.StatusMethodNotAllowed:
+		return "method_not_allowed"
+	case http.StatusRequestEntityTooLarge:
+		return "body_too_large"
+	case http.StatusUnauthorized:
+		return "unauthorized"
+	}
+	if s >= 500 {
+		return "internal"
+	}
+	return "bad_request"
+}

@@ -1,0 +1,126 @@
+package api
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/rs/zerolog"
+)
+
+// DefaultTenant owns every job when no API keys are configured.
+const DefaultTenant = "default"
+
+const tenantKey = "tenant"
+
+// requestLog gives every request an id and a context logger, and logs one line
+// when it ends.
+func requestLog(base zerolog.Logger) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			start := time.Now()
+			rid := c.Request().Header.Get(echo.HeaderXRequestID)
+			if !validRequestID(rid) {
+				rid = newRequestID()
+			}
+			c.Response().Header().Set(echo.HeaderXRequestID, rid)
+			log := base.With().Str("request_id", rid).Logger()
+			c.SetRequest(c.Request().WithContext(log.WithContext(c.Request().Context())))
+			err := next(c)
+			if err != nil {
+				c.Error(err)
+			}
+			ev := log.Info()
+			if c.Response().Status >= 500 {
+				ev = log.Error()
+			}
+			ev.Str("method", c.Request().Method).Str("route", c.Path()).
+				Int("status", c.Response().Status).Dur("duration_ms", time.Since(start))
+			if t, ok := c.Get(tenantKey).(string); ok {
+				ev.Str("tenant", t)
+			}
+			ev.Msg("request")
+			return nil
+		}
+	}
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x21 || r > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// keyring authenticates bearer keys. Keys are compared as SHA-256 digests in
+// constant time, and every configured key is compared, so timing reveals nothing.
+type keyring struct {
+	digests [][32]byte
+	tenants []string
+}
+
+func newKeyring(keys map[string]string) *keyring {
+	k := &keyring{}
+	for key, tenant := range keys {
+		k.digests = append(k.digests, sha256.Sum256([]byte(key)))
+		k.tenants = append(k.tenants, tenant)
+	}
+	return k
+}
+
+func (k *keyring) tenant(key string) (string, bool) {
+	d := sha256.Sum256([]byte(key))
+	found := -1
+	for i := range k.digests {
+		if subtle.ConstantTimeCompare(d[:], k.digests[i][:]) == 1 {
+			found = i
+		}
+	}
+	if found < 0 {
+		return "", false
+	}
+	return k.tenants[found], true
+}
+
+// auth resolves the caller's tenant. With no keys configured every caller is
+// the default tenant (development only: production refuses to start so).
+func auth(k *keyring) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			if len(k.digests) == 0 {
+				c.Set(tenantKey, DefaultTenant)
+				return next(c)
+			}
+			h := c.Request().Header.Get("Authorization")
+			key, ok := strings.CutPrefix(h, "Bearer ")
+			tenant, known := k.tenant(strings.TrimSpace(key))
+			if !ok || !known {
+				c.Response().Header().Set("WWW-Authenticate", `Bearer realm="chatfleet"`)
+				return errf(http.StatusUnauthorized, "unauthorized", "Authorization", "a valid 'Authorization: Bearer <key>' header is required")
+			}
+			c.Set(tenantKey, tenant)
+			return next(c)
+		}
+	}
+}
+
+func tenantOf(c echo.Context) string {
+	t, _ := c.Get(tenantKey).(string)
+	return t
+}

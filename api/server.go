@@ -1,0 +1,275 @@
+// Package api serves chatfleet's HTTP API: it validates requests, writes job
+// records and enqueues tasks. It never calls an LLM.
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Options configures the API.
+type Options struct {
+	APIKeys    map[string]string // key -> tenant
+	MaxRetries int
+	Retention  time.Duration
+}
+
+// Server holds the API's handlers.
+type Server struct {
+	store *store.Store
+	queue *asynq.Client
+	keys  *keyring
+	opt   Options
+}
+
+// New returns the API.
+func New(st *store.Store, queue *asynq.Client, opt Options) *Server {
+	return &Server{store: st, queue: queue, keys: newKeyring(opt.APIKeys), opt: opt}
+}
+
+// NewEcho returns an echo instance with chatfleet's error shape, request logs
+// and panic recovery. Routes are added by Server.Register and the health package.
+func NewEcho(log zerolog.Logger) *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = handleError
+	e.Use(requestLog(log))
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true}))
+	return e
+}
+
+// Register adds the job routes.
+func (s *Server) Register(e *echo.Echo) {
+	g := e.Group("/api/v1", auth(s.keys))
+	g.POST("/chat/jobs", s.submit)
+	g.GET("/chat/jobs/:id", s.getJob)
+	g.GET("/sessions/:session_id/messages", s.sessionMessages)
+}
+
+type submitResponse struct {
+	JobID     string `json:"job_id"`
+	Status    string `json:"status"`
+	SessionID string `json:"session_id"`
+	StatusURL string `json:"status_url"`
+	StreamURL string `json:"stream_url"`
+}
+
+func (s *Server) submit(c echo.Context) error {
+	var req submitRequest
+	if err := readJSON(c, &req); err != nil {
+		return err
+	}
+	if err := req.validate(); err != nil {
+		return err
+	}
+	tenant := tenantOf(c)
+	key := c.Request().Header.Get("Idempotency-Key")
+	if err := validIdempotencyKey(key); err != nil {
+		return err
+	}
+	id := tasks.NewJobID()
+	if key != "" {
+		id = tasks.IdempotentJobID(tenant, key)
+	}
+	nj := store.NewJob{
+		ID: id, Tenant: tenant, SessionID: req.SessionID, Queue: tasks.QueueName(req.Priority),
+		BodyHash: req.hash(), CreatedAt: time.Now().UTC(),
+	}
+	ctx := c.Request().Context()
+	created, existing, err := s.store.Create(ctx, nj)
+	if err != nil {
+		return err
+	}
+	if !created {
+		return s.replay(c, req, nj, existing)
+	}
+	if err := s.enqueue(ctx, req, nj); err != nil {
+		// Undo the record so nothing half-written stays behind. The request
+		// context may be gone; the undo gets its own short deadline.
+		undo, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		if derr := s.store.Delete(undo, nj); derr != nil {
+			zerolog.Ctx(ctx).Warn().Err(derr).Str("job_id", id).Msg("could not undo job record after failed enqueue")
+		}
+		return err
+	}
+	c.Response().Header().Set("Location", jobURL(id))
+	return c.JSON(http.StatusAccepted, newSubmitResponse(id, req.SessionID))
+}
+
+// replay answers a repeated Idempotency-Key: the same body gets the same job,
+// another body is a conflict.
+func (s *Server) replay(c echo.Context, req submitRequest, nj store.NewJob, existing store.Job) error {
+	if existing.Tenant != nj.Tenant || existing.BodyHash != nj.BodyHash {
+		return errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key",
+			"this Idempotency-Key was already used with a different request body")
+	}
+	if existing.Status == store.StatusQueued {
+		// Make sure the first request's enqueue happened; asynq refuses a second
+		// task with the same id, so this never makes two jobs.
+		nj.CreatedAt = existing.CreatedAt
+		if err := s.enqueue(c.Request().Context(), req, nj); err != nil {
+			return err
+		}
+	}
+	c.Response().Header().Set("Idempotent-Replayed", "true")
+	c.Response().Header().Set("Location", jobURL(existing.ID))
+	resp := newSubmitResponse(existing.ID, existing.SessionID)
+	resp.Status = existing.Status
+	return c.JSON(http.StatusOK, resp)
+}
+
+func (s *Server) enqueue(ctx context.Context, req submitRequest, nj store.NewJob) error {
+	task, err := tasks.NewChatTask(tasks.ChatPayload{
+		JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: req.Message,
+		Model: req.Model, Priority: req.Priority, Metadata: req.Metadata, SubmittedAt: nj.CreatedAt,
+	}, s.opt.MaxRetries, s.opt.Retention)
+	if err != nil {
+		return err
+	}
+	_, err = s.queue.EnqueueContext(ctx, task)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return errors.Join(store.ErrUnavailable, err)
+	}
+	return nil
+}
+
+func newSubmitResponse(id, session string) submitResponse {
+	return submitResponse{JobID: id, Status: store.StatusQueued, SessionID: session,
+		StatusURL: jobURL(id), StreamURL: jobURL(id) + "/stream"}
+}
+
+func jobURL(id string) string { return "/api/v1/chat/jobs/" + id }
+
+// maxWait bounds ?wait= long polls.
+const maxWait = 60 * time.Second
+
+func (s *Server) getJob(c echo.Context) error {
+	wait, err := parseWait(c.QueryParam("wait"))
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	j, err := s.lookup(ctx, c.Param("id"), tenantOf(c))
+	if err != nil {
+		return err
+	}
+	if !store.Terminal(j.Status) {
+		if j, err = s.store.Reconcile(ctx, j); err != nil {
+			return err
+		}
+	}
+	if wait > 0 && !store.Terminal(j.Status) {
+		if j, err = s.awaitFinish(ctx, j, wait); err != nil {
+			return err
+		}
+	}
+	return c.JSON(http.StatusOK, renderJob(j))
+}
+
+// lookup finds a tenant's job; another tenant's job is not found.
+func (s *Server) lookup(ctx context.Context, id, tenant string) (store.Job, error) {
+	notFound := errf(http.StatusNotFound, "not_found", "id", "no such job")
+	if !tasks.ValidJobID(id) {
+		return store.Job{}, notFound
+	}
+	j, err := s.store.Get(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && j.Tenant != tenant) {
+		return store.Job{}, notFound
+	}
+	return j, err
+}
+
+// awaitFinish polls the record until it is terminal, the wait ends or the
+// client leaves, backing off from 10 ms to 250 ms.
+func (s *Server) awaitFinish(ctx context.Context, j store.Job, wait time.Duration) (store.Job, error) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	backoff := 10 * time.Millisecond
+	for !store.Terminal(j.Status) {
+		select {
+		case <-ctx.Done():
+			return j, nil
+		case <-timer.C:
+			return j, nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+		next, err := s.store.Get(ctx, j.ID)
+		if err != nil {
+			return j, err
+		}
+		j = next
+	}
+	return j, nil
+}
+
+func parseWait(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		n, nerr := strconv.Atoi(v)
+		if nerr != nil {
+			return 0, errf(http.StatusBadRequest, "invalid_query", "wait", "wait must be a duration such as 30s")
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 {
+		return 0, errf(http.StatusBadRequest, "invalid_query", "wait", "wait must not be negative")
+	}
+	return min(d, maxWait), nil
+}
+
+type jobView struct {
+	JobID      string          `json:"job_id"`
+	SessionID  string          `json:"session_id"`
+	Status     string          `json:"status"`
+	CreatedAt  *time.Time      `json:"created_at"`
+	StartedAt  *time.Time      `json:"started_at"`
+	FinishedAt *time.Time      `json:"finished_at"`
+	Attempts   int             `json:"attempts"`
+	Result     *store.Result   `json:"result"`
+	Usage      *store.Usage    `json:"usage"`
+	Error      *store.JobError `json:"error"`
+}
+
+func renderJob(j store.Job) jobView {
+	return jobView{
+		JobID: j.ID, SessionID: j.SessionID, Status: j.Status,
+		CreatedAt: timeOrNil(j.CreatedAt), StartedAt: timeOrNil(j.StartedAt), FinishedAt: timeOrNil(j.FinishedAt),
+		Attempts: j.Attempts, Result: j.Result, Usage: j.Usage, Error: j.Error,
+	}
+}
+
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC().Truncate(time.Millisecond)
+	return &t
+}
+
+func (s *Server) sessionMessages(c echo.Context) error {
+	session := c.Param("session_id")
+	if err := validSessionID(session); err != nil {
+		return err
+	}
+	msgs, err := s.store.History(c.Request().Context(), tenantOf(c), session)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"session_id": session, "messages": msgs})
+}

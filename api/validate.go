@@ -1,0 +1,217 @@
+package api
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Input limits. Unknown fields are rejected, so a typo such as "mesage" is an
+// error naming the field instead of a silently empty message.
+const (
+	maxBodyBytes      = 64 << 10
+	maxMessageBytes   = 32 << 10
+	maxSessionIDLen   = 128
+	maxModelLen       = 128
+	maxMetadataBytes  = 4 << 10
+	maxMetadataDepth  = 5
+	maxIdempotencyKey = 255
+)
+
+type submitRequest struct {
+	SessionID string          `json:"session_id"`
+	Message   string          `json:"message"`
+	Model     string          `json:"model"`
+	Priority  string          `json:"priority"`
+	Metadata  json.RawMessage `json:"metadata"`
+}
+
+// readJSON reads a size-limited, UTF-8, application/json body into dst,
+// rejecting unknown fields and trailing data.
+func readJSON(c echo.Context, dst any) error {
+	r := c.Request()
+	ct := r.Header.Get("Content-Type")
+	mt, params, err := mime.ParseMediaType(ct)
+	if ct == "" || err != nil || mt != "application/json" {
+		return errf(http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "Content-Type must be application/json")
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return errf(http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "charset must be utf-8")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, maxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errf(http.StatusRequestEntityTooLarge, "body_too_large", "body", fmt.Sprintf("body must be at most %d bytes", maxBodyBytes))
+		}
+		return errf(http.StatusBadRequest, "bad_body", "body", "could not read the request body")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errf(http.StatusBadRequest, "invalid_json", "body", "body is empty; expected a JSON object")
+	}
+	if !utf8.Valid(body) {
+		return errf(http.StatusBadRequest, "invalid_utf8", "body", "body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return errf(http.StatusBadRequest, "invalid_json", "body", "body has data after the JSON object")
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return errf(http.StatusBadRequest, "invalid_json", "body", fmt.Sprintf("malformed JSON at byte %d", se.Offset))
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			field = "body"
+		}
+		return errf(http.StatusBadRequest, "invalid_type", field, fmt.Sprintf("%s must be a %s, got %s", field, jsonKind(te.Type.Kind().String()), te.Value))
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return errf(http.StatusBadRequest, "unknown_field", name, fmt.Sprintf("unknown field %q", name))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errf(http.StatusBadRequest, "invalid_json", "body", "body ends before the JSON is complete")
+	}
+	return errf(http.StatusBadRequest, "invalid_json", "body", "body is not a JSON object")
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "string":
+		return "string"
+	case "map", "struct":
+		return "JSON object"
+	case "slice", "array":
+		return "JSON array"
+	}
+	return k
+}
+
+func invalid(field, msg string) *Error {
+	return errf(http.StatusUnprocessableEntity, "invalid_field", field, field+": "+msg)
+}
+
+// validate checks fields and fills defaults.
+func (r *submitRequest) validate() error {
+	if err := validSessionID(r.SessionID); err != nil {
+		return err
+	}
+	if strings.TrimSpace(r.Message) == "" {
+		return invalid("message", "is required and must not be blank")
+	}
+	if len(r.Message) > maxMessageBytes {
+		return invalid("message", fmt.Sprintf("must be at most %d bytes", maxMessageBytes))
+	}
+	if strings.ContainsRune(r.Message, 0) {
+		return invalid("message", "must not contain NUL characters")
+	}
+	if len(r.Model) > maxModelLen || strings.ContainsFunc(r.Model, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return invalid("model", fmt.Sprintf("must be at most %d characters without spaces or control characters", maxModelLen))
+	}
+	if r.Priority == "" {
+		r.Priority = tasks.PriorityNormal
+	}
+	if !tasks.ValidPriority(r.Priority) {
+		return invalid("priority", fmt.Sprintf("must be high, normal or low, got %q", r.Priority))
+	}
+	return r.validMetadata()
+}
+
+func (r *submitRequest) validMetadata() error {
+	m := bytes.TrimSpace(r.Metadata)
+	if len(m) == 0 || bytes.Equal(m, []byte("null")) {
+		r.Metadata = nil
+		return nil
+	}
+	if m[0] != '{' {
+		return errf(http.StatusBadRequest, "invalid_type", "metadata", "metadata must be a JSON object")
+	}
+	if len(m) > maxMetadataBytes {
+		return invalid("metadata", fmt.Sprintf("must be at most %d bytes", maxMetadataBytes))
+	}
+	depth, deepest := 0, 0
+	inString, escaped := false, false
+	for _, b := range m {
+		switch {
+		case escaped:
+			escaped = false
+		case inString && b == '\\':
+			escaped = true
+		case b == '"':
+			inString = !inString
+		case inString:
+		case b == '{' || b == '[':
+			depth++
+			deepest = max(deepest, depth)
+		case b == '}' || b == ']':
+			depth--
+		}
+	}
+	if deepest > maxMetadataDepth {
+		return invalid("metadata", fmt.Sprintf("must nest at most %d levels deep", maxMetadataDepth))
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, m); err != nil {
+		return errf(http.StatusBadRequest, "invalid_json", "metadata", "metadata is not valid JSON")
+	}
+	r.Metadata = buf.Bytes()
+	return nil
+}
+
+// hash identifies the request's content for Idempotency-Key comparison.
+// Metadata is re-encoded so that key order and spacing do not matter.
+func (r *submitRequest) hash() string {
+	var meta any
+	_ = json.Unmarshal(r.Metadata, &meta)
+	b, _ := json.Marshal([]any{r.SessionID, r.Message, r.Model, r.Priority, meta})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func validSessionID(s string) error {
+	if s == "" {
+		return invalid("session_id", "is required")
+	}
+	if len(s) > maxSessionIDLen {
+		return invalid("session_id", fmt.Sprintf("must be at most %d characters", maxSessionIDLen))
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == '.' || r == ':') {
+			return invalid("session_id", "may contain only letters, digits, '_', '-', '.' and ':'")
+		}
+	}
+	return nil
+}
+
+func validIdempotencyKey(k string) error {
+	if len(k) > maxIdempotencyKey {
+		return errf(http.StatusBadRequest, "invalid_header", "Idempotency-Key", fmt.Sprintf("Idempotency-Key must be at most %d characters", maxIdempotencyKey))
+	}
+	for _, r := range k {
+		if r < 0x21 || r > 0x7e {
+			return errf(http.StatusBadRequest, "invalid_header", "Idempotency-Key", "Idempotency-Key must be printable ASCII without spaces")
+		}
+	}
+	return nil
+}

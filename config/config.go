@@ -1,0 +1,356 @@
+// Package config loads and validates chatfleet's settings from the environment.
+//
+// Parsing is strict: a malformed value is an error naming the variable, never a
+// silent default. Load reports every problem at once.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Environments.
+const (
+	EnvDevelopment = "development"
+	EnvProduction  = "production"
+)
+
+// Config holds every setting of the api and worker processes.
+type Config struct {
+	Env             string
+	HTTPAddr        string
+	RedisURL        string
+	APIKeys         map[string]string // key -> tenant
+	LLMProvider     string
+	LLMBaseURL      string
+	LLMAPIKey       string
+	LLMModel        string
+	LLMFallbacks    string
+	LLMTimeout      time.Duration
+	BreakerFailures int
+	BreakerOpenFor  time.Duration
+
+	WorkerConcurrency   int
+	QueuePollInterval   time.Duration
+	ShutdownTimeout     time.Duration
+	QueueAlertThreshold int
+	JobRetention        time.Duration
+	MaxRetries          int
+	HistoryMaxMessages  int
+	HistoryTTL          time.Duration
+	LogLevel            string
+
+	SimLatency    time.Duration
+	SimTokenDelay time.Duration
+	SimTokens     int
+	SimFailRate   float64
+}
+
+// Var describes one environment variable: its name, default and meaning.
+// The table is the single source for parsing, `config check` and .env.example.
+type Var struct {
+	Name    string
+	Default string
+	Help    string
+	Secret  bool
+	set     func(c *Config, v string) error
+}
+
+// Role selects role-specific defaults.
+type Role string
+
+// Process roles.
+const (
+	RoleAPI        Role = "api"
+	RoleWorker     Role = "worker"
+	RoleStandalone Role = "standalone" // api --standalone: API and worker in one process
+)
+
+// Vars lists every variable chatfleet reads, in documentation order.
+func Vars(role Role) []Var {
+	addr := ":8080"
+	if role == RoleWorker {
+		addr = ":8081"
+	}
+	return []Var{
+		{"CHATFLEET_ENV", EnvDevelopment, "development or production; production refuses embedded Redis, the simulated LLM and missing API keys", false,
+			func(c *Config, v string) error {
+				if v != EnvDevelopment && v != EnvProduction {
+					return fmt.Errorf("must be %q or %q, got %q", EnvDevelopment, EnvProduction, v)
+				}
+				c.Env = v
+				return nil
+			}},
+		{"CHATFLEET_HTTP_ADDR", addr, "listen address (api :8080, worker :8081)", false,
+			func(c *Config, v string) error { c.HTTPAddr = v; return validAddr(v) }},
+		{"CHATFLEET_REDIS_URL", "", "redis://, rediss://, redis-socket:// or redis-sentinel:// URL; empty means embedded Redis (api --standalone only)", true,
+			func(c *Config, v string) error { c.RedisURL = v; return validRedisURL(v) }},
+		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs; empty disables auth outside production", true,
+			func(c *Config, v string) (err error) { c.APIKeys, err = parseAPIKeys(v); return err }},
+		{"CHATFLEET_LLM_PROVIDER", "sim", "sim (simulated, deterministic); openai and anthropic are not available yet", false,
+			func(c *Config, v string) error {
+				switch v {
+				case "sim":
+					c.LLMProvider = v
+					return nil
+				case "openai", "anthropic":
+					return fmt.Errorf("%q is not available in this build yet; use sim", v)
+				}
+				return fmt.Errorf("must be sim, got %q", v)
+			}},
+		{"CHATFLEET_LLM_BASE_URL", "", "provider endpoint", false,
+			func(c *Config, v string) error { c.LLMBaseURL = v; return validOptionalURL(v) }},
+		{"CHATFLEET_LLM_API_KEY", "", "provider API key", true,
+			func(c *Config, v string) error { c.LLMAPIKey = v; return nil }},
+		{"CHATFLEET_LLM_MODEL", "", "default model name", false,
+			func(c *Config, v string) error { c.LLMModel = v; return nil }},
+		{"CHATFLEET_LLM_FALLBACKS", "", "ordered fallback providers (not used yet)", false,
+			func(c *Config, v string) error { c.LLMFallbacks = v; return nil }},
+		{"CHATFLEET_LLM_TIMEOUT", "60s", "whole-call timeout of one provider call", false,
+			durationVar(func(c *Config) *time.Duration { return &c.LLMTimeout }, time.Millisecond)},
+		{"CHATFLEET_BREAKER_FAILURES", "5", "consecutive failures that open a provider's breaker", false,
+			intVar(func(c *Config) *int { return &c.BreakerFailures }, 1)},
+		{"CHATFLEET_BREAKER_OPEN_FOR", "60s", "how long an open breaker stays open before half-open", false,
+			durationVar(func(c *Config) *time.Duration { return &c.BreakerOpenFor }, time.Millisecond)},
+		{"CHATFLEET_WORKER_CONCURRENCY", "100", "concurrent jobs per worker process", false,
+			intVar(func(c *Config) *int { return &c.WorkerConcurrency }, 1)},
+		{"CHATFLEET_QUEUE_POLL_INTERVAL", "20ms", "how often an idle worker polls the empty queues; the floor of time-to-first-token on an idle fleet", false,
+			durationVar(func(c *Config) *time.Duration { return &c.QueuePollInterval }, time.Millisecond)},
+		{"CHATFLEET_SHUTDOWN_TIMEOUT", "25s", "how long SIGTERM waits for in-flight jobs before handing them back to the queue; keep below the orchestrator's grace period", false,
+			durationVar(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, time.Second)},
+		{"CHATFLEET_QUEUE_ALERT_THRESHOLD", "500", "backlog above which queue status is warning", false,
+			intVar(func(c *Config) *int { return &c.QueueAlertThreshold }, 1)},
+		{"CHATFLEET_JOB_RETENTION", "24h", "how long results, event logs and idempotency keys are kept", false,
+			durationVar(func(c *Config) *time.Duration { return &c.JobRetention }, time.Second)},
+		{"CHATFLEET_MAX_RETRIES", "3", "attempts after the first for retryable failures", false,
+			intVar(func(c *Config) *int { return &c.MaxRetries }, 0)},
+		{"CHATFLEET_HISTORY_MAX_MESSAGES", "50", "messages kept per session history (oldest dropped first)", false,
+			intVar(func(c *Config) *int { return &c.HistoryMaxMessages }, 2)},
+		{"CHATFLEET_HISTORY_TTL", "168h", "how long an idle session's history is kept", false,
+			durationVar(func(c *Config) *time.Duration { return &c.HistoryTTL }, time.Second)},
+		{"CHATFLEET_LOG_LEVEL", "info", "trace, debug, info, warn or error", false,
+			func(c *Config, v string) error {
+				switch v {
+				case "trace", "debug", "info", "warn", "error":
+					c.LogLevel = v
+					return nil
+				}
+				return fmt.Errorf("must be trace, debug, info, warn or error, got %q", v)
+			}},
+		{"CHATFLEET_SIM_LATENCY", "0s", "simulated time to first token", false,
+			durationVar(func(c *Config) *time.Duration { return &c.SimLatency }, 0)},
+		{"CHATFLEET_SIM_TOKEN_DELAY", "0s", "simulated delay between tokens", false,
+			durationVar(func(c *Config) *time.Duration { return &c.SimTokenDelay }, 0)},
+		{"CHATFLEET_SIM_TOKENS", "0", "filler words appended to the simulated reply", false,
+			intVar(func(c *Config) *int { return &c.SimTokens }, 0)},
+		{"CHATFLEET_SIM_FAIL_RATE", "0", "fraction (0..1) of simulated calls that fail before any token", false,
+			func(c *Config, v string) error {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil || f < 0 || f > 1 {
+					return fmt.Errorf("must be a number from 0 to 1, got %q", v)
+				}
+				c.SimFailRate = f
+				return nil
+			}},
+	}
+}
+
+// Load reads every variable through getenv, applies defaults and validates.
+// The returned error lists every problem, one per line, each naming its variable.
+func Load(role Role, getenv func(string) string) (Config, error) {
+	var c Config
+	var errs []error
+	for _, v := range Vars(role) {
+		raw := strings.TrimSpace(getenv(v.Name))
+		if raw == "" {
+			raw = v.Default
+		}
+		if err := v.set(&c, raw); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", v.Name, err))
+		}
+	}
+	if c.RedisURL == "" && role != RoleStandalone {
+		errs = append(errs, fmt.Errorf("CHATFLEET_REDIS_URL: required for %s (only api --standalone embeds Redis)", role))
+	}
+	errs = append(errs, c.crossChecks()...)
+	return c, errors.Join(errs...)
+}
+
+func (c Config) crossChecks() []error {
+	var errs []error
+	if c.Env != EnvProduction {
+		return nil
+	}
+	if c.RedisURL == "" {
+		errs = append(errs, errors.New("CHATFLEET_REDIS_URL: production needs a real Redis; embedded Redis is for development only"))
+	}
+	if c.LLMProvider == "sim" {
+		errs = append(errs, errors.New("CHATFLEET_LLM_PROVIDER: production refuses the simulated LLM"))
+	}
+	if len(c.APIKeys) == 0 {
+		errs = append(errs, errors.New("CHATFLEET_API_KEYS: production needs at least one tenant:key pair"))
+	}
+	return errs
+}
+
+// Summary renders the effective settings with secrets redacted, for `config check`.
+func (c Config) Summary(role Role, getenv func(string) string) string {
+	var b strings.Builder
+	for _, v := range Vars(role) {
+		raw := strings.TrimSpace(getenv(v.Name))
+		src := "env"
+		if raw == "" {
+			raw, src = v.Default, "default"
+		}
+		if v.Secret && raw != "" {
+			raw = "(set, redacted)"
+		}
+		fmt.Fprintf(&b, "%s=%s (%s)\n", v.Name, raw, src)
+	}
+	return b.String()
+}
+
+// Tenants returns the configured tenant names, sorted.
+func (c Config) Tenants() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range c.APIKeys {
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func intVar(field func(*Config) *int, min int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("must be a whole number, got %q", v)
+		}
+		if n < min {
+			return fmt.Errorf("must be at least %d, got %d", min, n)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+func durationVar(field func(*Config) *time.Duration, min time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("must be a duration such as 500ms, 30s or 2h, got %q", v)
+		}
+		if d < min {
+			return fmt.Errorf("must be at least %s, got %s", min, d)
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func validAddr(v string) error {
+	i := strings.LastIndex(v, ":")
+	if i < 0 {
+		return fmt.Errorf("must be host:port or :port, got %q", v)
+	}
+	p, err := strconv.Atoi(v[i+1:])
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port must be 0..65535, got %q", v)
+	}
+	return nil
+}
+
+func validRedisURL(v string) error {
+	if v == "" {
+		return nil
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return errors.New("is not a valid URL")
+	}
+	switch u.Scheme {
+	case "redis", "rediss", "redis-sentinel":
+		if u.Host == "" {
+			return errors.New("has no host")
+		}
+	case "redis-socket":
+		if u.Path == "" {
+			return errors.New("has no socket path")
+		}
+	default:
+		return fmt.Errorf("scheme must be redis, rediss, redis-socket or redis-sentinel, got %q", u.Scheme)
+	}
+	return nil
+}
+
+func validOptionalURL(v string) error {
+	if v == "" {
+		return nil
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("must be an http:// or https:// URL")
+	}
+	return nil
+}
+
+func parseAPIKeys(v string) (map[string]string, error) {
+	keys := map[string]string{}
+	if v == "" {
+		return keys, nil
+	}
+	for i, pair := range strings.Split(v, ",") {
+		tenant, key, ok := strings.Cut(strings.TrimSpace(pair), ":")
+		// Never echo the pair: it holds a secret.
+		if !ok || tenant == "" || key == "" {
+			return nil, fmt.Errorf("entry %d is not tenant:key", i+1)
+		}
+		if !validTenant(tenant) {
+			return nil, fmt.Errorf("entry %d: tenant must be 1-64 of a-z, 0-9, _ and -", i+1)
+		}
+		if len(key) < 16 {
+			return nil, fmt.Errorf("entry %d: key must be at least 16 characters", i+1)
+		}
+		if _, dup := keys[key]; dup {
+			return nil, fmt.Errorf("entry %d: key is used twice", i+1)
+		}
+		keys[key] = tenant
+	}
+	return keys, nil
+}
+
+func validTenant(t string) bool {
+	if len(t) == 0 || len(t) > 64 {
+		return false
+	}
+	for _, r := range t {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Check is the `config check` command: it validates without starting, prints
+// the effective settings (secrets redacted) or every problem, and returns the
+// process exit code.
+func Check(role Role, getenv func(string) string, stdout, stderr io.Writer) int {
+	c, err := Load(role, getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "config check failed:\n%s\n", err)
+		return 1
+	}
+	fmt.Fprint(stdout, c.Summary(role, getenv))
+	fmt.Fprintln(stdout, "config ok")
+	return 0
+}

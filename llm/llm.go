@@ -1,0 +1,52 @@
+// Package llm holds the provider interface the pipeline calls and its providers.
+package llm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// Message is one chat message of a prompt.
+type Message struct {
+	Role    string // system, user or assistant
+	Content string
+}
+
+// Request is one provider call.
+type Request struct {
+	Model    string
+	Messages []Message
+}
+
+// Usage counts the tokens of one call.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+}
+
+// Reply is what a finished call produced.
+type Reply struct {
+	Content string
+	Model   string
+	Usage   Usage
+}
+
+// Provider streams one completion, calling onDelta for each piece of text in
+// order. An error from onDelta aborts the call and is returned.
+type Provider interface {
+	Name() string
+	Stream(ctx context.Context, req Request, onDelta func(delta string) error) (Reply, error)
+}
+
+// Error is a provider failure with its retry class.
+type Error struct {
+	Provider  string
+	Retryable bool
+	Msg       string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Provider, e.Msg) }
+
+// CountWords is the token estimate used where a provider reports no usage.
+func CountWords(s string) int { return len(strings.Fields(s)) }

@@ -1,0 +1,19 @@
+// Package store keeps chatfleet's own state in Redis: job records, the
+// per-session order of jobs and the conversation history. asynq keeps the queue.
+package store
+
+// Every Redis key chatfleet writes is built here and nowhere else.
+
+const prefix = "chatfleet:"
+
+func jobKey(id string) string { return prefix + "job:" + id }
+
+// Tenants and session ids never contain a newline; tenant names never contain ':'
+// (config validates them), so tenant + session cannot collide.
+func sessionOrderKey(tenant, session string) string {
+	return prefix + "session:" + tenant + ":" + session + ":order"
+}
+
+func historyKey(tenant, session string) string {
+	return prefix + "session:" + tenant + ":" + session + ":history"
+}

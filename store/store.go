@@ -1,0 +1,353 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/config"
+)
+
+// Job statuses.
+const (
+	StatusQueued    = "queued"
+	StatusActive    = "active"
+	StatusRetrying  = "retrying"
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusCanceled  = "canceled"
+)
+
+// Terminal reports whether a status is final.
+func Terminal(status string) bool {
+	return status == StatusSucceeded || status == StatusFailed || status == StatusCanceled
+}
+
+var (
+	// ErrNotFound is returned for a job that does not exist (or has expired).
+	ErrNotFound = errors.New("job not found")
+	// ErrUnavailable wraps every failure to reach Redis; callers answer 503.
+	ErrUnavailable = errors.New("redis unavailable")
+)
+
+// Job is a job record as the API shows it.
+type Job struct {
+	ID         string
+	Tenant     string
+	SessionID  string
+	Queue      string
+	Status     string
+	BodyHash   string
+	CreatedAt  time.Time
+	StartedAt  time.Time
+	FinishedAt time.Time
+	Attempts   int
+	Result     *Result
+	Usage      *Usage
+	Error      *JobError
+}
+
+// Result is a finished job's reply.
+type Result struct {
+	Content  string `json:"content"`
+	Degraded bool   `json:"degraded"`
+	Provider string `json:"provider"`
+	Model    string `json:"model"`
+}
+
+// Usage counts a job's tokens.
+type Usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+}
+
+// JobError says why a job failed or why its last attempt failed.
+type JobError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Message is one entry of a session's history.
+type Message struct {
+	Role      string    `json:"role"`
+	Content   string    `json:"content"`
+	JobID     string    `json:"job_id"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Options sets retention and history bounds.
+type Options struct {
+	Retention          time.Duration
+	HistoryMaxMessages int
+	HistoryTTL         time.Duration
+	// OrphanAfter is how old a queued record must be, with no asynq task behind
+	// it, before it is taken as lost (its enqueue failed) and released.
+	OrphanAfter time.Duration
+}
+
+// OptionsFrom maps the configuration onto the store's bounds.
+func OptionsFrom(cfg config.Config) Options {
+	return Options{
+		Retention:          cfg.JobRetention,
+		HistoryMaxMessages: cfg.HistoryMaxMessages,
+		HistoryTTL:         cfg.HistoryTTL,
+	}
+}
+
+// Store reads and writes job records, session order and history.
+type Store struct {
+	rdb  redis.UniversalClient
+	insp *asynq.Inspector
+	opt  Options
+}
+
+// New returns a Store. The inspector is used to reconcile records with asynq.
+func New(rdb redis.UniversalClient, insp *asynq.Inspector, opt Options) *Store {
+	if opt.OrphanAfter == 0 {
+		opt.OrphanAfter = time.Minute
+	}
+	return &Store{rdb: rdb, insp: insp, opt: opt}
+}
+
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
+}
+
+// NewJob is what Create writes.
+type NewJob struct {
+	ID        string
+	Tenant    string
+	SessionID string
+	Queue     string
+	BodyHash  string
+	CreatedAt time.Time
+}
+
+// Create writes a queued record and appends it to its session's order. When a
+// record with the id exists it returns created=false and that record.
+func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Job, err error) {
+	args := []any{j.ID, seconds(s.opt.Retention),
+		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue,
+		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
+	res, err := createJob.Run(ctx, s.rdb, []string{jobKey(j.ID), sessionOrderKey(j.Tenant, j.SessionID)}, args...).Slice()
+	if err != nil {
+		return false, Job{}, unavailable("create job", err)
+	}
+	if res[0].(int64) == 1 {
+		return true, Job{}, nil
+	}
+	existing, err = s.Get(ctx, j.ID)
+	if errors.Is(err, ErrNotFound) {
+		// Expired between the two calls: the caller may simply try again.
+		return false, Job{}, unavailable("create job", errors.New("record vanished"))
+	}
+	return false, existing, err
+}
+
+// Delete removes a record that was created but could not be enqueued.
+func (s *Store) Delete(ctx context.Context, j NewJob) error {
+	err := deleteJob.Run(ctx, s.rdb, []string{jobKey(j.ID), sessionOrderKey(j.Tenant, j.SessionID)}, j.ID).Err()
+	if err != nil {
+		return unavailable("delete job", err)
+	}
+	return nil
+}
+
+// Get reads a record.
+func (s *Store) Get(ctx context.Context, id string) (Job, error) {
+	m, err := s.rdb.HGetAll(ctx, jobKey(id)).Result()
+	if err != nil {
+		return Job{}, unavailable("get job", err)
+	}
+	if len(m) == 0 {
+		return Job{}, ErrNotFound
+	}
+	j := Job{
+		ID: id, Tenant: m["tenant"], SessionID: m["session_id"], Queue: m["queue"],
+		Status: m["status"], BodyHash: m["body_hash"],
+		CreatedAt: parseTime(m["created_at"]), StartedAt: parseTime(m["started_at"]),
+		FinishedAt: parseTime(m["finished_at"]),
+	}
+	j.Attempts, _ = strconv.Atoi(m["attempts"])
+	if err := unmarshalField(m, "result", &j.Result); err != nil {
+		return Job{}, err
+	}
+	if err := unmarshalField(m, "usage", &j.Usage); err != nil {
+		return Job{}, err
+	}
+	if err := unmarshalField(m, "error", &j.Error); err != nil {
+		return Job{}, err
+	}
+	return j, nil
+}
+
+func unmarshalField[T any](m map[string]string, field string, dst **T) error {
+	raw, ok := m[field]
+	if !ok || raw == "" {
+		return nil
+	}
+	var v T
+	if err := json.Unmarshal([]byte(raw), &v); err != nil {
+		return fmt.Errorf("job record field %s: %w", field, err)
+	}
+	*dst = &v
+	return nil
+}
+
+// Reconcile brings a non-terminal record in line with asynq when asynq has given
+// up on the task (archived after a crash on the last attempt) or never had it
+// (the enqueue after Create failed and the rollback did not happen). It returns
+// the record as it now stands.
+func (s *Store) Reconcile(ctx context.Context, j Job) (Job, error) {
+	if Terminal(j.Status) {
+		return j, nil
+	}
+	info, err := s.insp.GetTaskInfo(j.Queue, j.ID)
+	var reason *JobError
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		if time.Since(j.CreatedAt) < s.opt.OrphanAfter {
+			return j, nil // its enqueue may still be under way
+		}
+		reason = &JobError{Code: "lost", Message: "the job was accepted but never reached the queue"}
+	case err != nil:
+		return j, unavailable("inspect task", err)
+	case info.State == asynq.TaskStateArchived:
+		msg := info.LastErr
+		if msg == "" {
+			msg = "the job was abandoned after its last attempt"
+		}
+		reason = &JobError{Code: "failed", Message: msg}
+	default:
+		return j, nil
+	}
+	if _, err := s.Finish(ctx, j.ID, j.Tenant, j.SessionID, Outcome{Status: StatusFailed, Error: reason}); err != nil {
+		return j, err
+	}
+	return s.Get(ctx, j.ID)
+}
+
+// MarkActive starts an attempt and returns its number; 0 means the job is
+// already finished and must not run again, ErrNotFound that the record is gone.
+func (s *Store) MarkActive(ctx context.Context, id string) (int, error) {
+	n, err := markActive.Run(ctx, s.rdb, []string{jobKey(id)}, fmtTime(time.Now())).Int()
+	if err != nil {
+		return 0, unavailable("mark active", err)
+	}
+	if n < 0 {
+		return 0, ErrNotFound
+	}
+	return n, nil
+}
+
+// MarkRetrying records a failed attempt that asynq will retry.
+func (s *Store) MarkRetrying(ctx context.Context, id string, e JobError) error {
+	b, _ := json.Marshal(e)
+	if err := markRetrying.Run(ctx, s.rdb, []string{jobKey(id)}, string(b)).Err(); err != nil {
+		return unavailable("mark retrying", err)
+	}
+	return nil
+}
+
+// Outcome is how a job ended.
+type Outcome struct {
+	Status  string // succeeded, failed or canceled
+	Result  *Result
+	Usage   *Usage
+	Error   *JobError
+	History []Message // appended to the session's history with the outcome
+}
+
+// Finish records a job's outcome exactly once and releases its session's turn.
+// It reports whether this call was the one that finished it.
+func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcome) (bool, error) {
+	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
+		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
+		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error)}
+	for _, m := range o.History {
+		args = append(args, jsonOrEmpty(m))
+	}
+	keys := []string{jobKey(id), sessionOrderKey(tenant, session), historyKey(tenant, session)}
+	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
+	if err != nil {
+		return false, unavailable("finish job", err)
+	}
+	return n == 1, nil
+}
+
+// History returns a session's conversation, oldest first.
+func (s *Store) History(ctx context.Context, tenant, session string) ([]Message, error) {
+	raw, err := s.rdb.LRange(ctx, historyKey(tenant, session), 0, -1).Result()
+	if err != nil {
+		return nil, unavailable("read history", err)
+	}
+	out := make([]Message, 0, len(raw))
+	for _, r := range raw {
+		var m Message
+		if err := json.Unmarshal([]byte(r), &m); err != nil {
+			return nil, fmt.Errorf("history entry: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// SessionHead returns the job whose turn it is in a session ("" when none).
+func (s *Store) SessionHead(ctx context.Context, tenant, session string) (string, error) {
+	id, err := s.rdb.LIndex(ctx, sessionOrderKey(tenant, session), 0).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", unavailable("session head", err)
+	}
+	return id, nil
+}
+
+// Release removes a job from its session's order (a record that is gone).
+func (s *Store) Release(ctx context.Context, tenant, session, id string) error {
+	if err := s.rdb.LRem(ctx, sessionOrderKey(tenant, session), 0, id).Err(); err != nil {
+		return unavailable("release turn", err)
+	}
+	return nil
+}
+
+func jsonOrEmpty(v any) string {
+	switch x := v.(type) {
+	case *Result:
+		if x == nil {
+			return ""
+		}
+	case *Usage:
+		if x == nil {
+			return ""
+		}
+	case *JobError:
+		if x == nil {
+			return ""
+		}
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func seconds(d time.Duration) int64 {
+	s := int64(d / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
+
+func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func parseTime(s string) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, s)
+	return t
+}

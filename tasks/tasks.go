@@ -1,0 +1,163 @@
+// Package tasks is the wire contract between the API and the workers: task type
+// names, the versioned JSON payload, queue names and job id derivation.
+// It imports only the standard library and asynq.
+package tasks
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base32"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// TypeChatComplete is the task type of a chat job. Never rename it once shipped:
+// queued tasks carry it.
+const TypeChatComplete = "chat:complete"
+
+// PayloadVersion is the payload version this build writes and reads.
+const PayloadVersion = 1
+
+// Priorities and the queues they map to. Weights give high 6, normal 3, low 1
+// shares of worker pickups while all three have work.
+const (
+	PriorityHigh   = "high"
+	PriorityNormal = "normal"
+	PriorityLow    = "low"
+)
+
+// Queues maps queue names to their asynq weights.
+var Queues = map[string]int{
+	QueueName(PriorityHigh):   6,
+	QueueName(PriorityNormal): 3,
+	QueueName(PriorityLow):    1,
+}
+
+// QueueName returns the asynq queue of a priority.
+func QueueName(priority string) string { return "chatfleet-" + priority }
+
+// ValidPriority reports whether p is a known priority.
+func ValidPriority(p string) bool {
+	return p == PriorityHigh || p == PriorityNormal || p == PriorityLow
+}
+
+// ChatPayload is the payload of a chat:complete task.
+type ChatPayload struct {
+	Version     int             `json:"v"`
+	JobID       string          `json:"job_id"`
+	Tenant      string          `json:"tenant"`
+	SessionID   string          `json:"session_id"`
+	Message     string          `json:"message"`
+	Model       string          `json:"model,omitempty"`
+	Priority    string          `json:"priority"`
+	Metadata    json.RawMessage `json:"metadata,omitempty"`
+	SubmittedAt time.Time       `json:"submitted_at"`
+}
+
+// ErrBadPayload marks a payload that no retry can fix.
+var ErrBadPayload = errors.New("bad task payload")
+
+// Encode returns the JSON payload.
+func (p ChatPayload) Encode() ([]byte, error) {
+	p.Version = PayloadVersion
+	return json.Marshal(p)
+}
+
+// DecodeChat strictly decodes a chat:complete payload: unknown fields, a missing
+// or unknown version and missing required fields are errors wrapping ErrBadPayload.
+func DecodeChat(b []byte) (ChatPayload, error) {
+	var head struct {
+		Version *int `json:"v"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return ChatPayload{}, fmt.Errorf("%w: not JSON: %v", ErrBadPayload, err)
+	}
+	if head.Version == nil {
+		return ChatPayload{}, fmt.Errorf("%w: no version field", ErrBadPayload)
+	}
+	if *head.Version != PayloadVersion {
+		return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads %d)", ErrBadPayload, *head.Version, PayloadVersion)
+	}
+	var p ChatPayload
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return ChatPayload{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
+	}
+	if dec.More() {
+		return ChatPayload{}, fmt.Errorf("%w: trailing data", ErrBadPayload)
+	}
+	var missing []string
+	for _, f := range []struct {
+		name  string
+		empty bool
+	}{
+		{"job_id", p.JobID == ""}, {"tenant", p.Tenant == ""}, {"session_id", p.SessionID == ""},
+		{"message", p.Message == ""}, {"submitted_at", p.SubmittedAt.IsZero()},
+	} {
+		if f.empty {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return ChatPayload{}, fmt.Errorf("%w: missing %s", ErrBadPayload, strings.Join(missing, ", "))
+	}
+	if !ValidPriority(p.Priority) {
+		return ChatPayload{}, fmt.Errorf("%w: unknown priority %q", ErrBadPayload, p.Priority)
+	}
+	return p, nil
+}
+
+var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+const idLen = 26 // 130 bits of base32
+
+// NewJobID returns a random job id.
+func NewJobID() string {
+	var b [17]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return "job_" + idEncoding.EncodeToString(b[:])[:idLen]
+}
+
+// IdempotentJobID derives the job id of a tenant's Idempotency-Key, so that a
+// retried POST lands on the same asynq TaskID and asynq refuses the duplicate.
+func IdempotentJobID(tenant, key string) string {
+	sum := sha256.Sum256([]byte(tenant + "\x00" + key))
+	return "job_" + idEncoding.EncodeToString(sum[:])[:idLen]
+}
+
+// ValidJobID reports whether id has the shape of a job id.
+func ValidJobID(id string) bool {
+	if len(id) != 4+idLen || !strings.HasPrefix(id, "job_") {
+		return false
+	}
+	for _, r := range id[4:] {
+		if !strings.ContainsRune("0123456789abcdefghjkmnpqrstvwxyz", r) {
+			return false
+		}
+	}
+	return true
+}
+
+// NewChatTask builds the asynq task of a payload: TaskID = job id, retention so
+// the id keeps deduplicating and the result stays readable.
+func NewChatTask(p ChatPayload, maxRetries int, retention time.Duration) (*asynq.Task, error) {
+	b, err := p.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	return asynq.NewTask(TypeChatComplete, b,
+		asynq.TaskID(p.JobID),
+		asynq.Queue(QueueName(p.Priority)),
+		asynq.MaxRetry(maxRetries),
+		asynq.Retention(retention),
+	), nil
+}
