@@ -90,4 +90,3 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 	defer cancel()
 	return errors.Join(err, srv.Shutdown(sctx))
 }
-
