@@ -95,7 +95,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 			cfg.RedisURL = url
 		}
 	}
-	rdb, err := redisconn.Open(cfg.RedisURL)
+	rdb, err := redisconn.Open(cfg.RedisURL, log)
 	if err != nil {
 		return err
 	}

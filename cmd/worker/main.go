@@ -57,7 +57,7 @@ func run(ctx context.Context, getenv func(string) string, args []string, stdout,
 }
 
 func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err error) {
-	rdb, err := redisconn.Open(cfg.RedisURL)
+	rdb, err := redisconn.Open(cfg.RedisURL, log)
 	if err != nil {
 		return err
 	}

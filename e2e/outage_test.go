@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// Redis stops: a POST answers 503 with Retry-After within a second, and readiness
+// is withdrawn. Redis comes back on the same address: the same processes serve
+// and finish jobs again, without a restart.
+func TestRedisOutageAnswers503ThenRecovers(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, workers := fleet(t, rd, 1, 1, nil)
+	api := apis[0]
+
+	before := submit(t, api.URL(), "sess_outage", "before", nil)
+	if before.Status != http.StatusAccepted {
+		t.Fatalf("submit before the outage: %d %s", before.Status, before.Raw)
+	}
+	waitJob(t, api.URL(), before.Body["job_id"].(string))
+
+	rd.Stop()
+	start := time.Now()
+	r := submit(t, api.URL(), "sess_outage", "during", nil)
+	elapsed := time.Since(start)
+	if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("submit during the outage: %d %s (Retry-After %q)", r.Status, r.Raw, r.Header.Get("Retry-After"))
+	}
+	t.Logf("503 with Retry-After %s after %s", r.Header.Get("Retry-After"), elapsed)
+	if elapsed > time.Second {
+		t.Fatalf("503 took %s, want under 1s", elapsed)
+	}
+	if got := do(t, http.MethodGet, api.URL()+"/health/ready", nil, nil); got.Status != http.StatusServiceUnavailable {
+		t.Fatalf("api ready during the outage: %d", got.Status)
+	}
+	if got := do(t, http.MethodGet, workers[0].URL()+"/health/ready", nil, nil); got.Status != http.StatusServiceUnavailable {
+		t.Fatalf("worker ready during the outage: %d", got.Status)
+	}
+	if got := do(t, http.MethodGet, api.URL()+"/health/live", nil, nil); got.Status != http.StatusOK {
+		t.Fatalf("api live during the outage: %d", got.Status)
+	}
+
+	rd.Restart()
+	deadline := time.Now().Add(15 * time.Second)
+	var after response
+	for {
+		after = submit(t, api.URL(), "sess_outage_after", "after", nil)
+		if after.Status == http.StatusAccepted || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after.Status != http.StatusAccepted {
+		t.Fatalf("submit after Redis returned: %d %s", after.Status, after.Raw)
+	}
+	done := waitJob(t, api.URL(), after.Body["job_id"].(string))
+	if done.Body["status"] != "succeeded" || content(done) != "echo: after" {
+		t.Fatalf("job after the outage: %s", done.Raw)
+	}
+	if got := do(t, http.MethodGet, workers[0].URL()+"/health/ready", nil, nil); got.Status != http.StatusOK {
+		t.Fatalf("worker not ready after the outage: %d", got.Status)
+	}
+}
