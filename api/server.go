@@ -51,10 +51,12 @@ func NewEcho(log zerolog.Logger) *echo.Echo {
 
 // Register adds the job routes.
 func (s *Server) Register(e *echo.Echo) {
-	g := e.Group("/api/v1", auth(s.keys))
-	g.POST("/chat/jobs", s.submit)
-	g.GET("/chat/jobs/:id", s.getJob)
-	g.GET("/sessions/:session_id/messages", s.sessionMessages)
+	// Middleware per route, not per group: a group's catch-all would turn a
+	// wrong method into 404 instead of 405.
+	a := auth(s.keys)
+	e.POST("/api/v1/chat/jobs", s.submit, a)
+	e.GET("/api/v1/chat/jobs/:id", s.getJob, a)
+	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, a)
 }
 
 type submitResponse struct {

@@ -19,6 +19,9 @@ func fleet(t *testing.T, rd *testkit.Redis, nAPI, nWorker int, extra map[string]
 	for i := range nAPI {
 		apis = append(apis, testkit.StartProc(t, fmt.Sprintf("api-%d", i), apiBin, env))
 	}
+	// Runs before the processes stop: a dialed but unused keep-alive connection
+	// would hold an API's graceful shutdown for 5 s.
+	t.Cleanup(httpc.CloseIdleConnections)
 	return apis, workers
 }
 

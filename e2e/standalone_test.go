@@ -12,6 +12,7 @@ import (
 func TestStandaloneRunsAJobWithNothingInstalled(t *testing.T) {
 	api := testkit.StartProc(t, "api-standalone", apiBin,
 		testkit.Env(map[string]string{"CHATFLEET_HTTP_ADDR": "127.0.0.1:0"}), "--standalone")
+	t.Cleanup(httpc.CloseIdleConnections)
 
 	r := submit(t, api.URL(), "sess_standalone", "hello there", nil)
 	if r.Status != http.StatusAccepted || r.Body["status"] != "queued" {

@@ -84,6 +84,12 @@ func StartProc(t testing.TB, name, bin string, env []string, args ...string) *Pr
 	go p.readLogs(stderr, addr)
 	go func() { _ = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
+		stopStart := time.Now()
+		defer func() {
+			if d := time.Since(stopStart); d > time.Second {
+				t.Logf("%s took %s to stop", name, d)
+			}
+		}()
 		p.Signal(syscall.SIGTERM)
 		select {
 		case <-p.exited:

@@ -1,0 +1,191 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/store"
+)
+
+const (
+	keyA = "acme-key-0123456789"
+	keyB = "beta-key-0123456789"
+)
+
+// newAPI serves the API in-process against a private Redis (no worker runs).
+func newAPI(t *testing.T, keys map[string]string) (*echo.Echo, *redis.Client) {
+	rd := testkit.StartRedis(t)
+	c := rd.Client()
+	st := store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	e := NewEcho(zerolog.New(io.Discard))
+	New(st, asynq.NewClientFromRedisClient(c), Options{APIKeys: keys, MaxRetries: 3, Retention: time.Hour}).Register(e)
+	return e, c
+}
+
+func call(e *echo.Echo, method, path, contentType, body string, header map[string]string) (*httptest.ResponseRecorder, map[string]any) {
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	rec := httptest.NewRecorder()
+	e.ServeHTTP(rec, req)
+	var m map[string]any
+	_ = json.Unmarshal(rec.Body.Bytes(), &m)
+	return rec, m
+}
+
+func TestSubmitRejectsBadInputNamingTheField(t *testing.T) {
+	e, rdb := newAPI(t, nil)
+	long := strings.Repeat("x", maxMessageBytes+1)
+	deep := `{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}`
+	cases := []struct {
+		name, ctype, body string
+		header            map[string]string
+		status            int
+		field             string
+	}{
+		{"no content type", "", `{"session_id":"s","message":"m"}`, nil, 415, "Content-Type"},
+		{"text body", "text/plain", `hello`, nil, 415, "Content-Type"},
+		{"latin-1 charset", "application/json; charset=latin1", `{}`, nil, 415, "Content-Type"},
+		{"empty body", "application/json", ``, nil, 400, "body"},
+		{"broken json", "application/json", `{"session_id":`, nil, 400, "body"},
+		{"syntax error", "application/json", `{"session_id" "s"}`, nil, 400, "body"},
+		{"array body", "application/json", `[1,2]`, nil, 400, "body"},
+		{"trailing data", "application/json", `{"session_id":"s","message":"m"} {}`, nil, 400, "body"},
+		{"wrong type", "application/json", `{"session_id":"s","message":5}`, nil, 400, "message"},
+		{"unknown field", "application/json", `{"session_id":"s","mesage":"m"}`, nil, 400, "mesage"},
+		{"invalid utf-8", "application/json", "{\"session_id\":\"s\",\"message\":\"\xff\xfe\"}", nil, 400, "body"},
+		{"too large", "application/json", `{"session_id":"s","message":"` + strings.Repeat("x", maxBodyBytes) + `"}`, nil, 413, "body"},
+		{"missing session", "application/json", `{"message":"m"}`, nil, 422, "session_id"},
+		{"bad session chars", "application/json", `{"session_id":"a/b","message":"m"}`, nil, 422, "session_id"},
+		{"long session", "application/json", `{"session_id":"` + strings.Repeat("s", 129) + `","message":"m"}`, nil, 422, "session_id"},
+		{"blank message", "application/json", `{"session_id":"s","message":"  \n"}`, nil, 422, "message"},
+		{"long message", "application/json", `{"session_id":"s","message":"` + long + `"}`, nil, 422, "message"},
+		{"bad priority", "application/json", `{"session_id":"s","message":"m","priority":"urgent"}`, nil, 422, "priority"},
+		{"model with spaces", "application/json", `{"session_id":"s","message":"m","model":"gpt 4"}`, nil, 422, "model"},
+		{"metadata not object", "application/json", `{"session_id":"s","message":"m","metadata":[1]}`, nil, 400, "metadata"},
+		{"metadata too deep", "application/json", `{"session_id":"s","message":"m","metadata":` + deep + `}`, nil, 422, "metadata"},
+		{"bad idempotency key", "application/json", `{"session_id":"s","message":"m"}`, map[string]string{"Idempotency-Key": "has space"}, 400, "Idempotency-Key"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec, body := call(e, http.MethodPost, "/api/v1/chat/jobs", c.ctype, c.body, c.header)
+			errObj, _ := body["error"].(map[string]any)
+			if rec.Code != c.status || errObj == nil || errObj["field"] != c.field || errObj["message"] == "" {
+				t.Fatalf("got %d %s, want %d naming %q", rec.Code, rec.Body.String(), c.status, c.field)
+			}
+		})
+	}
+	if n := rdb.DBSize(context.Background()).Val(); n != 0 {
+		t.Fatalf("bad requests wrote %d keys", n)
+	}
+}
+
+func TestSubmitAndReadBack(t *testing.T) {
+	e, _ := newAPI(t, nil)
+	rec, body := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json",
+		`{"session_id":"sess_1","message":"hi","priority":"high","metadata":{"b":1,"a":[true]}}`, nil)
+	if rec.Code != http.StatusAccepted || body["status"] != "queued" || body["session_id"] != "sess_1" {
+		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
+	id := body["job_id"].(string)
+	if body["status_url"] != "/api/v1/chat/jobs/"+id || body["stream_url"] != "/api/v1/chat/jobs/"+id+"/stream" {
+		t.Fatalf("urls: %v", body)
+	}
+	rec, body = call(e, http.MethodGet, "/api/v1/chat/jobs/"+id, "", "", nil)
+	if rec.Code != http.StatusOK || body["status"] != "queued" || body["attempts"] != float64(0) || body["created_at"] == nil {
+		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
+	// No worker runs: a bounded wait returns the job still queued.
+	start := time.Now()
+	rec, body = call(e, http.MethodGet, "/api/v1/chat/jobs/"+id+"?wait=300ms", "", "", nil)
+	if rec.Code != http.StatusOK || body["status"] != "queued" || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("wait: %d %s after %s", rec.Code, rec.Body.String(), time.Since(start))
+	}
+	for _, bad := range []string{"?wait=soon", "?wait=-1s"} {
+		if rec, _ := call(e, http.MethodGet, "/api/v1/chat/jobs/"+id+bad, "", "", nil); rec.Code != http.StatusBadRequest {
+			t.Fatalf("%s: %d", bad, rec.Code)
+		}
+	}
+	for _, path := range []string{"/api/v1/chat/jobs/job_00000000000000000000000000", "/api/v1/chat/jobs/..%2F..", "/api/v1/chat/jobs/x"} {
+		if rec, _ := call(e, http.MethodGet, path, "", "", nil); rec.Code != http.StatusNotFound {
+			t.Fatalf("%s: %d %s", path, rec.Code, rec.Body.String())
+		}
+	}
+}
+
+func TestIdempotencyKeyReplaysAndConflicts(t *testing.T) {
+	e, _ := newAPI(t, nil)
+	h := map[string]string{"Idempotency-Key": "k-1"}
+	first, b1 := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m","metadata":{"a":1,"b":2}}`, h)
+	// Same content, other key order and spacing: still the same request.
+	again, b2 := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{ "metadata":{"b":2,"a":1}, "message":"m","session_id":"s"}`, h)
+	if first.Code != 202 || again.Code != 200 || again.Header().Get("Idempotent-Replayed") != "true" || b1["job_id"] != b2["job_id"] {
+		t.Fatalf("first %d %v, again %d %v", first.Code, b1, again.Code, b2)
+	}
+	conflict, b3 := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"other"}`, h)
+	if conflict.Code != http.StatusConflict || b3["error"].(map[string]any)["field"] != "Idempotency-Key" {
+		t.Fatalf("conflict: %d %v", conflict.Code, b3)
+	}
+}
+
+func TestTenantsSeeOnlyTheirOwnJobs(t *testing.T) {
+	e, _ := newAPI(t, map[string]string{keyA: "acme", keyB: "beta"})
+	asA := map[string]string{"Authorization": "Bearer " + keyA}
+	asB := map[string]string{"Authorization": "Bearer " + keyB}
+	if rec, _ := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, nil); rec.Code != http.StatusUnauthorized || rec.Header().Get("WWW-Authenticate") == "" {
+		t.Fatalf("no key: %d", rec.Code)
+	}
+	if rec, _ := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, map[string]string{"Authorization": "Bearer wrong-key-0123456789"}); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("wrong key: %d", rec.Code)
+	}
+	rec, body := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, asA)
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("submit as A: %d %s", rec.Code, rec.Body.String())
+	}
+	id := body["job_id"].(string)
+	if rec, _ := call(e, http.MethodGet, "/api/v1/chat/jobs/"+id, "", "", asB); rec.Code != http.StatusNotFound {
+		t.Fatalf("B reads A's job: %d", rec.Code)
+	}
+	if rec, _ := call(e, http.MethodGet, "/api/v1/chat/jobs/"+id, "", "", asA); rec.Code != http.StatusOK {
+		t.Fatalf("A reads its job: %d", rec.Code)
+	}
+	// The same Idempotency-Key under two tenants makes two separate jobs.
+	k := map[string]string{"Idempotency-Key": "shared"}
+	for kk, v := range asA {
+		k[kk] = v
+	}
+	_, ba := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, k)
+	k["Authorization"] = asB["Authorization"]
+	rb, bb := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, k)
+	if rb.Code != http.StatusAccepted || ba["job_id"] == bb["job_id"] {
+		t.Fatalf("B's key collided with A's: %d %v %v", rb.Code, ba, bb)
+	}
+}
+
+func TestUnknownRoutesAnswerJSON(t *testing.T) {
+	e, _ := newAPI(t, nil)
+	rec, body := call(e, http.MethodGet, "/nope", "", "", nil)
+	if rec.Code != http.StatusNotFound || body["error"] == nil {
+		t.Fatalf("%d %s", rec.Code, rec.Body.String())
+	}
+	rec, _ = call(e, http.MethodDelete, "/api/v1/chat/jobs", "", "", nil)
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Fatalf("%d", rec.Code)
+	}
+}

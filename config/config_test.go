@@ -1,0 +1,116 @@
+package config
+
+import (
+	"bufio"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(RoleStandalone, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != ":8080" || c.WorkerConcurrency != 100 || c.QueueAlertThreshold != 500 ||
+		c.JobRetention != 24*time.Hour || c.MaxRetries != 3 || c.LLMProvider != "sim" ||
+		c.QueuePollInterval != 20*time.Millisecond || c.BreakerFailures != 5 || c.Env != EnvDevelopment {
+		t.Fatalf("defaults: %+v", c)
+	}
+	w, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://r:6379"}))
+	if err != nil || w.HTTPAddr != ":8081" {
+		t.Fatalf("worker defaults: %v %+v", err, w)
+	}
+}
+
+func TestMalformedValuesNameTheirVariable(t *testing.T) {
+	cases := map[string]string{
+		"CHATFLEET_WORKER_CONCURRENCY":    "abc",
+		"CHATFLEET_QUEUE_ALERT_THRESHOLD": "0",
+		"CHATFLEET_JOB_RETENTION":         "1 day",
+		"CHATFLEET_LLM_TIMEOUT":           "-1s",
+		"CHATFLEET_SIM_FAIL_RATE":         "1.5",
+		"CHATFLEET_LOG_LEVEL":             "loud",
+		"CHATFLEET_ENV":                   "prod",
+		"CHATFLEET_HTTP_ADDR":             "8080",
+		"CHATFLEET_REDIS_URL":             "http://localhost:6379",
+		"CHATFLEET_API_KEYS":              "nocolon",
+		"CHATFLEET_LLM_PROVIDER":          "gpt",
+		"CHATFLEET_LLM_BASE_URL":          "ftp://x",
+		"CHATFLEET_MAX_RETRIES":           "-1",
+	}
+	for name, val := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := Load(RoleStandalone, env(map[string]string{name: val}))
+			if err == nil || !strings.Contains(err.Error(), name) {
+				t.Fatalf("%s=%q: error %v does not name the variable", name, val, err)
+			}
+		})
+	}
+}
+
+func TestEveryProblemIsReportedAtOnce(t *testing.T) {
+	_, err := Load(RoleWorker, env(map[string]string{
+		"CHATFLEET_WORKER_CONCURRENCY": "x", "CHATFLEET_MAX_RETRIES": "y", "CHATFLEET_SIM_TOKENS": "z",
+	}))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, v := range []string{"CHATFLEET_WORKER_CONCURRENCY", "CHATFLEET_MAX_RETRIES", "CHATFLEET_SIM_TOKENS", "CHATFLEET_REDIS_URL"} {
+		if !strings.Contains(err.Error(), v) {
+			t.Errorf("error does not name %s: %v", v, err)
+		}
+	}
+}
+
+func TestProductionRefusals(t *testing.T) {
+	_, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_ENV": "production"}))
+	for _, v := range []string{"CHATFLEET_REDIS_URL", "CHATFLEET_LLM_PROVIDER", "CHATFLEET_API_KEYS"} {
+		if err == nil || !strings.Contains(err.Error(), v) {
+			t.Errorf("production error does not name %s: %v", v, err)
+		}
+	}
+}
+
+func TestAPIKeysNeverEchoed(t *testing.T) {
+	_, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:short"}))
+	if err == nil || strings.Contains(err.Error(), "short") {
+		t.Fatalf("error %v should reject the key without quoting it", err)
+	}
+	c, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:0123456789abcdef, beta:fedcba9876543210"}))
+	if err != nil || c.APIKeys["0123456789abcdef"] != "acme" || c.APIKeys["fedcba9876543210"] != "beta" {
+		t.Fatalf("keys: %v %v", err, c.APIKeys)
+	}
+	sum := c.Summary(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:0123456789abcdef"}))
+	if strings.Contains(sum, "0123456789abcdef") {
+		t.Fatal("summary shows a secret")
+	}
+}
+
+// .env.example must list every variable with its default.
+func TestEnvExampleListsEveryVariable(t *testing.T) {
+	f, err := os.Open("../.env.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	listed := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			listed[k] = v
+		}
+	}
+	for _, v := range Vars(RoleAPI) {
+		got, ok := listed[v.Name]
+		if !ok {
+			t.Errorf(".env.example lacks %s", v.Name)
+		} else if got != v.Default {
+			t.Errorf(".env.example has %s=%q, default is %q", v.Name, got, v.Default)
+		}
+	}
+}

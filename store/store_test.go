@@ -1,0 +1,97 @@
+package store
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+func newStore(t *testing.T) *Store {
+	rd := testkit.StartRedis(t)
+	c := rd.Client()
+	return New(c, asynq.NewInspectorFromRedisClient(c), Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour, OrphanAfter: 50 * time.Millisecond})
+}
+
+func TestCreateIsOnceAndReplaysTheRecord(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	nj := NewJob{ID: "job_a", Tenant: "t", SessionID: "s", Queue: "q", BodyHash: "h1", CreatedAt: time.Now()}
+	created, _, err := s.Create(ctx, nj)
+	if err != nil || !created {
+		t.Fatalf("first create: %v %v", created, err)
+	}
+	created, existing, err := s.Create(ctx, nj)
+	if err != nil || created || existing.BodyHash != "h1" || existing.Status != StatusQueued {
+		t.Fatalf("second create: %v %+v %v", created, existing, err)
+	}
+	if head, _ := s.SessionHead(ctx, "t", "s"); head != "job_a" {
+		t.Fatalf("session head %q", head)
+	}
+	if err := s.Delete(ctx, nj); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(ctx, "job_a"); err != ErrNotFound {
+		t.Fatalf("after delete: %v", err)
+	}
+	if head, _ := s.SessionHead(ctx, "t", "s"); head != "" {
+		t.Fatalf("session head after delete %q", head)
+	}
+}
+
+func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	for i, id := range []string{"job_1", "job_2", "job_3"} {
+		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.MarkActive(ctx, id); err != nil || n != 1 {
+			t.Fatalf("mark active: %d %v", n, err)
+		}
+		o := Outcome{Status: StatusSucceeded, Result: &Result{Content: "r"}, Usage: &Usage{1, 2},
+			History: []Message{{Role: "user", Content: id}, {Role: "assistant", Content: "r" + id}}}
+		for attempt := range 2 { // a retried Finish must not append twice
+			first, err := s.Finish(ctx, id, "t", "s", o)
+			if err != nil || first != (attempt == 0) {
+				t.Fatalf("finish %s attempt %d: %v %v", id, i, first, err)
+			}
+		}
+		if n, _ := s.MarkActive(ctx, id); n != 0 {
+			t.Fatalf("a finished job was started again: %d", n)
+		}
+	}
+	h, err := s.History(ctx, "t", "s")
+	if err != nil || len(h) != 4 || h[0].Content != "job_2" || h[3].Content != "rjob_3" {
+		t.Fatalf("history %+v %v", h, err)
+	}
+	j, _ := s.Get(ctx, "job_3")
+	if j.Status != StatusSucceeded || j.Result.Content != "r" || j.Usage.CompletionTokens != 2 || j.FinishedAt.IsZero() {
+		t.Fatalf("record %+v", j)
+	}
+}
+
+func TestReconcileFailsLostAndArchivedJobs(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	// A record whose enqueue never happened.
+	nj := NewJob{ID: "job_lost", Tenant: "t", SessionID: "s", Queue: "chatfleet-normal", CreatedAt: time.Now()}
+	if _, _, err := s.Create(ctx, nj); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := s.Get(ctx, "job_lost")
+	if j, _ = s.Reconcile(ctx, j); j.Status != StatusQueued {
+		t.Fatalf("a fresh record must be given time to be enqueued: %s", j.Status)
+	}
+	time.Sleep(60 * time.Millisecond) // past OrphanAfter
+	j, err := s.Reconcile(ctx, j)
+	if err != nil || j.Status != StatusFailed || j.Error == nil || j.Error.Code != "lost" {
+		t.Fatalf("lost job: %+v %v", j, err)
+	}
+	if head, _ := s.SessionHead(ctx, "t", "s"); head != "" {
+		t.Fatalf("a lost job must release its session: head %q", head)
+	}
+}

@@ -1,0 +1,74 @@
+package tasks
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func validPayload() ChatPayload {
+	return ChatPayload{JobID: NewJobID(), Tenant: "default", SessionID: "s1", Message: "hi",
+		Priority: PriorityNormal, SubmittedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func TestRoundTrip(t *testing.T) {
+	p := validPayload()
+	p.Metadata = []byte(`{"a":1}`)
+	b, err := p.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeChat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Version = PayloadVersion
+	if got.JobID != p.JobID || got.Message != p.Message || !got.SubmittedAt.Equal(p.SubmittedAt) ||
+		string(got.Metadata) != `{"a":1}` || got.Version != PayloadVersion {
+		t.Fatalf("got %+v want %+v", got, p)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	cases := map[string]string{
+		"not json":        `\x00\x01garbage`,
+		"no version":      `{"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":"2026-01-01T00:00:00Z"}`,
+		"unknown version": `{"v":99,"job_id":"j"}`,
+		"unknown field":   `{"v":1,"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":"2026-01-01T00:00:00Z","x":1}`,
+		"missing message": `{"v":1,"job_id":"j","tenant":"t","session_id":"s","priority":"normal","submitted_at":"2026-01-01T00:00:00Z"}`,
+		"bad priority":    `{"v":1,"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"urgent","submitted_at":"2026-01-01T00:00:00Z"}`,
+		"wrong type":      `{"v":1,"job_id":5}`,
+	}
+	for name, raw := range cases {
+		t.Run(name, func(t *testing.T) {
+			_, err := DecodeChat([]byte(raw))
+			if !errors.Is(err, ErrBadPayload) {
+				t.Fatalf("err = %v, want ErrBadPayload", err)
+			}
+		})
+	}
+	_, err := DecodeChat([]byte(`{"v":2}`))
+	if err == nil || !strings.Contains(err.Error(), "unknown version 2") {
+		t.Fatalf("version error should say which: %v", err)
+	}
+}
+
+func TestJobIDs(t *testing.T) {
+	a, b := NewJobID(), NewJobID()
+	if a == b || !ValidJobID(a) || !ValidJobID(b) {
+		t.Fatalf("ids %q %q", a, b)
+	}
+	k1, k2 := IdempotentJobID("acme", "key-1"), IdempotentJobID("acme", "key-1")
+	if k1 != k2 || !ValidJobID(k1) {
+		t.Fatalf("idempotent ids %q %q", k1, k2)
+	}
+	if IdempotentJobID("beta", "key-1") == k1 {
+		t.Fatal("two tenants with one key must get different jobs")
+	}
+	for _, bad := range []string{"", "job_", "job_../../etc", "JOB_" + a[4:], a + "x"} {
+		if ValidJobID(bad) {
+			t.Errorf("ValidJobID(%q) = true", bad)
+		}
+	}
+}
