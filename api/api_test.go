@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 const (
@@ -97,7 +98,7 @@ func TestSubmitRejectsBadInputNamingTheField(t *testing.T) {
 }
 
 func TestSubmitAndReadBack(t *testing.T) {
-	e, _ := newAPI(t, nil)
+	e, rdb := newAPI(t, nil)
 	rec, body := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json",
 		`{"session_id":"sess_1","message":"hi","priority":"high","metadata":{"b":1,"a":[true]}}`, nil)
 	if rec.Code != http.StatusAccepted || body["status"] != "queued" || body["session_id"] != "sess_1" {
@@ -106,6 +107,18 @@ func TestSubmitAndReadBack(t *testing.T) {
 	id := body["job_id"].(string)
 	if body["status_url"] != "/api/v1/chat/jobs/"+id || body["stream_url"] != "/api/v1/chat/jobs/"+id+"/stream" {
 		t.Fatalf("urls: %v", body)
+	}
+	// priority high lands on the high queue, kept for the retention after it runs.
+	info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueName("high"), id)
+	if err != nil || info.Retention != time.Hour || info.MaxRetry != 3 {
+		t.Fatalf("task: %+v %v", info, err)
+	}
+	var p tasks.ChatPayload
+	if p, err = tasks.DecodeChat(info.Payload); err != nil || string(p.Metadata) != `{"b":1,"a":[true]}` || p.Message != "hi" {
+		t.Fatalf("payload %+v %v", p, err)
+	}
+	if ttl := rdb.TTL(context.Background(), "chatfleet:job:"+id).Val(); ttl <= 0 || ttl > time.Hour {
+		t.Fatalf("record TTL %s, want the retention", ttl)
 	}
 	rec, body = call(e, http.MethodGet, "/api/v1/chat/jobs/"+id, "", "", nil)
 	if rec.Code != http.StatusOK || body["status"] != "queued" || body["attempts"] != float64(0) || body["created_at"] == nil {
