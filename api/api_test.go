@@ -110,7 +110,7 @@ func TestSubmitAndReadBack(t *testing.T) {
 	}
 	// priority high lands on the high queue, kept for the retention after it runs.
 	info, err := asynq.NewInspectorFromRedisClient(rdb).GetTaskInfo(tasks.QueueName("high"), id)
-	if err != nil || info.Retention != time.Hour || info.MaxRetry != 3 {
+	if err != nil || info.Retention != time.Hour || info.MaxRetry != 4 {
 		t.Fatalf("task: %+v %v", info, err)
 	}
 	var p tasks.ChatPayload

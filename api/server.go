@@ -59,6 +59,9 @@ func (s *Server) Register(e *echo.Echo) {
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, a)
 }
 
+// submitTimeout bounds the Redis work of one submit.
+const submitTimeout = 5 * time.Second
+
 type submitResponse struct {
 	JobID     string `json:"job_id"`
 	Status    string `json:"status"`
@@ -88,19 +91,21 @@ func (s *Server) submit(c echo.Context) error {
 		ID: id, Tenant: tenant, SessionID: req.SessionID, Queue: tasks.QueueName(req.Priority),
 		BodyHash: req.hash(), CreatedAt: time.Now().UTC(),
 	}
-	ctx := c.Request().Context()
+	// Record, enqueue and undo run to the end even if the client hangs up
+	// half-way, so that no record is left without its task.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), submitTimeout)
+	defer cancel()
 	created, existing, err := s.store.Create(ctx, nj)
 	if err != nil {
 		return err
 	}
 	if !created {
-		return s.replay(c, req, nj, existing)
+		return s.replay(ctx, c, req, nj, existing)
 	}
 	if err := s.enqueue(ctx, req, nj); err != nil {
-		// Undo the record so nothing half-written stays behind. The request
-		// context may be gone; the undo gets its own short deadline.
-		undo, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
+		// Undo the record so nothing half-written stays behind; ctx may be spent.
+		undo, cancelUndo := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancelUndo()
 		if derr := s.store.Delete(undo, nj); derr != nil {
 			zerolog.Ctx(ctx).Warn().Err(derr).Str("job_id", id).Msg("could not undo job record after failed enqueue")
 		}
@@ -112,7 +117,7 @@ func (s *Server) submit(c echo.Context) error {
 
 // replay answers a repeated Idempotency-Key: the same body gets the same job,
 // another body is a conflict.
-func (s *Server) replay(c echo.Context, req submitRequest, nj store.NewJob, existing store.Job) error {
+func (s *Server) replay(ctx context.Context, c echo.Context, req submitRequest, nj store.NewJob, existing store.Job) error {
 	if existing.Tenant != nj.Tenant || existing.BodyHash != nj.BodyHash {
 		return errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key",
 			"this Idempotency-Key was already used with a different request body")
@@ -121,7 +126,7 @@ func (s *Server) replay(c echo.Context, req submitRequest, nj store.NewJob, exis
 		// Make sure the first request's enqueue happened; asynq refuses a second
 		// task with the same id, so this never makes two jobs.
 		nj.CreatedAt = existing.CreatedAt
-		if err := s.enqueue(c.Request().Context(), req, nj); err != nil {
+		if err := s.enqueue(ctx, req, nj); err != nil {
 			return err
 		}
 	}

@@ -23,17 +23,32 @@ var errNotYourTurn = errors.New("an earlier job of the session is unfinished")
 
 // Pipeline is the asynq handler of chat:complete tasks.
 type Pipeline struct {
-	store    *store.Store
-	provider llm.Provider
-	log      zerolog.Logger
-	timeout  time.Duration // one provider call
-	budget   int           // prompt tokens
-	turnWait time.Duration // how long a job waits in place for its session's turn
+	store       *store.Store
+	provider    llm.Provider
+	log         zerolog.Logger
+	maxAttempts int           // 1 + CHATFLEET_MAX_RETRIES
+	timeout     time.Duration // one provider call
+	budget      int           // prompt tokens
+	turnWait    time.Duration // how long a job waits in place for its session's turn
 }
 
-// NewPipeline returns the handler.
-func NewPipeline(st *store.Store, p llm.Provider, log zerolog.Logger, callTimeout time.Duration) *Pipeline {
-	return &Pipeline{store: st, provider: p, log: log, timeout: callTimeout, budget: 6000, turnWait: 2 * time.Second}
+// NewPipeline returns the handler. maxRetries is the number of attempts after
+// the first; attempts are counted in the job record, so an attempt cut short by
+// a crash counts too, and a job that crashes its worker every time still ends.
+func NewPipeline(st *store.Store, p llm.Provider, log zerolog.Logger, maxRetries int, callTimeout time.Duration) *Pipeline {
+	return &Pipeline{store: st, provider: p, log: log, maxAttempts: maxRetries + 1,
+		timeout: callTimeout, budget: 6000, turnWait: 2 * time.Second}
+}
+
+// finishTimeout bounds recording an outcome. It runs on a context detached from
+// the task's, so that a reply already paid for is recorded even when shutdown
+// cancels the task just after the provider answered.
+const finishTimeout = 5 * time.Second
+
+func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, o store.Outcome) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, o)
 }
 
 // ProcessTask implements asynq.Handler.
@@ -68,6 +83,15 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	log = log.With().Int("attempt", attempt).Logger()
+	if attempt > p.maxAttempts {
+		// Only reachable when earlier attempts died with their worker.
+		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", attempt-1)}
+		if _, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
+			return err
+		}
+		log.Error().Str("status", store.StatusFailed).Msg("job failed: attempts exhausted")
+		return fmt.Errorf("%s: %w", jerr.Message, asynq.SkipRetry)
+	}
 	start := time.Now()
 
 	history, err := p.store.History(ctx, pl.Tenant, pl.SessionID)
@@ -80,11 +104,11 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	reply, err := p.provider.Stream(callCtx, req, func(string) error { return nil })
 	cancel()
 	if err != nil {
-		return p.failAttempt(ctx, pl, err, log.With().Dur("duration_ms", time.Since(start)).Logger())
+		return p.failAttempt(ctx, pl, attempt, err, log.With().Dur("duration_ms", time.Since(start)).Logger())
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	first, err := p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, store.Outcome{
+	first, err := p.finish(ctx, pl, store.Outcome{
 		Status: store.StatusSucceeded,
 		Result: &store.Result{Content: reply.Content, Provider: p.provider.Name(), Model: reply.Model},
 		Usage:  &store.Usage{PromptTokens: reply.Usage.PromptTokens, CompletionTokens: reply.Usage.CompletionTokens},
@@ -103,7 +127,7 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 }
 
 // failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, callErr error, log zerolog.Logger) error {
+func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, callErr error, log zerolog.Logger) error {
 	if ctx.Err() != nil {
 		// The worker is shutting down: asynq hands the task back; nothing to record.
 		log.Warn().Err(callErr).Msg("job interrupted by shutdown")
@@ -111,20 +135,18 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, callEr
 	}
 	var pe *llm.Error
 	retryable := errors.Is(callErr, context.DeadlineExceeded) || (errors.As(callErr, &pe) && pe.Retryable)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	jerr := store.JobError{Code: "provider_error", Message: callErr.Error()}
 	if errors.Is(callErr, context.DeadlineExceeded) {
 		jerr = store.JobError{Code: "timeout", Message: fmt.Sprintf("provider call exceeded %s", p.timeout)}
 	}
-	if retryable && retried < maxRetry {
+	if retryable && attempt < p.maxAttempts {
 		if err := p.store.MarkRetrying(ctx, pl.JobID, jerr); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
-	if _, err := p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
+	if _, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
 		return err // retried by asynq; Finish applies once
 	}
 	log.Error().Err(callErr).Str("status", store.StatusFailed).Msg("job failed")

@@ -2,6 +2,7 @@ package orchestration
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -22,13 +23,17 @@ type rig struct {
 }
 
 // startRig runs a real asynq worker with the pipeline on a private Redis.
-func startRig(t *testing.T, prov llm.Provider) rig {
+func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pipeline)) rig {
 	t.Helper()
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
 	insp := asynq.NewInspectorFromRedisClient(c)
 	st := store.New(c, insp, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	w := NewWorker(c, NewPipeline(st, prov, zerolog.New(io.Discard), 5*time.Second), zerolog.New(io.Discard),
+	p := NewPipeline(st, prov, zerolog.New(io.Discard), maxRetries, 5*time.Second)
+	for _, f := range tune {
+		f(p)
+	}
+	w := NewWorker(c, p, zerolog.New(io.Discard),
 		WorkerOptions{Concurrency: 4, PollInterval: 10 * time.Millisecond, ShutdownTimeout: 2 * time.Second})
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
@@ -37,14 +42,18 @@ func startRig(t *testing.T, prov llm.Provider) rig {
 	return rig{st: st, queue: asynq.NewClientFromRedisClient(c), insp: insp}
 }
 
-func (r rig) submit(t *testing.T, id string, raw []byte, maxRetry int) {
+func (r rig) submit(t *testing.T, id string, raw []byte) {
+	r.submitAs(t, id, raw, 5)
+}
+
+func (r rig) submitAs(t *testing.T, id string, raw []byte, asynqMaxRetry int) {
 	t.Helper()
 	ctx := context.Background()
 	if _, _, err := r.st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.queue.Enqueue(asynq.NewTask(tasks.TypeChatComplete, raw, asynq.TaskID(id),
-		asynq.Queue(tasks.QueueName("normal")), asynq.MaxRetry(maxRetry), asynq.Retention(time.Hour))); err != nil {
+		asynq.Queue(tasks.QueueName("normal")), asynq.MaxRetry(asynqMaxRetry), asynq.Retention(time.Hour))); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -66,9 +75,9 @@ func (r rig) waitFinished(t *testing.T, id string) store.Job {
 // A payload no retry can fix fails at once, with the reason, and is archived
 // after one attempt even though retries are allowed.
 func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
-	r := startRig(t, llm.NewSim(llm.SimConfig{}))
+	r := startRig(t, llm.NewSim(llm.SimConfig{}), 5)
 	id := tasks.NewJobID()
-	r.submit(t, id, []byte(`{"v":7,"job_id":"`+id+`"}`), 5)
+	r.submit(t, id, []byte(`{"v":7,"job_id":"`+id+`"}`))
 	j := r.waitFinished(t, id)
 	if j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "bad_payload" {
 		t.Fatalf("record %+v", j)
@@ -90,15 +99,45 @@ func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
 // A provider that keeps failing is retried up to the limit, then the job fails
 // with the provider's error and its attempts counted.
 func TestRetryableFailuresRetryThenFail(t *testing.T) {
-	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}))
+	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1)
 	id := tasks.NewJobID()
 	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "m", Priority: "normal", SubmittedAt: time.Now()}.Encode()
-	r.submit(t, id, raw, 1)
+	r.submit(t, id, raw)
 	j := r.waitFinished(t, id)
 	if j.Status != store.StatusFailed || j.Attempts != 2 || j.Error == nil || j.Error.Code != "provider_error" {
 		t.Fatalf("record %+v %+v", j, j.Error)
 	}
 	if h, _ := r.st.History(context.Background(), "t", "s"); len(h) != 0 {
 		t.Fatalf("a failed job must not enter history: %+v", h)
+	}
+}
+
+// With no retries allowed, a job that has to wait longer than turnWait for its
+// session hands itself back to the queue; that must not use up its one attempt.
+func TestWaitingForTheTurnUsesNoAttempt(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{Latency: 400 * time.Millisecond}), 0,
+		func(p *Pipeline) { p.turnWait = 20 * time.Millisecond })
+	var ids []string
+	for i := range 2 {
+		id := tasks.NewJobID()
+		task, err := tasks.NewChatTask(tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: fmt.Sprint("turn ", i),
+			Priority: "normal", SubmittedAt: time.Now()}, 0, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := r.st.Create(context.Background(), store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.queue.Enqueue(task); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	a, b := r.waitFinished(t, ids[0]), r.waitFinished(t, ids[1])
+	if a.Status != store.StatusSucceeded || b.Status != store.StatusSucceeded || b.Attempts != 1 {
+		t.Fatalf("first %+v\nsecond %+v %+v", a, b, b.Error)
+	}
+	if !b.StartedAt.After(a.FinishedAt) && !b.StartedAt.Equal(a.FinishedAt) {
+		t.Fatalf("second started %s before the first finished %s", b.StartedAt, a.FinishedAt)
 	}
 }

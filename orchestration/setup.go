@@ -17,7 +17,7 @@ func NewWorkerFromConfig(cfg config.Config, rdb redis.UniversalClient, st *store
 		Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay,
 		Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate,
 	})
-	p := NewPipeline(st, prov, log, cfg.LLMTimeout)
+	p := NewPipeline(st, prov, log, cfg.MaxRetries, cfg.LLMTimeout)
 	return NewWorker(rdb, p, log, WorkerOptions{
 		Concurrency:     cfg.WorkerConcurrency,
 		PollInterval:    cfg.QueuePollInterval,

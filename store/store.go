@@ -110,7 +110,7 @@ type Store struct {
 // New returns a Store. The inspector is used to reconcile records with asynq.
 func New(rdb redis.UniversalClient, insp *asynq.Inspector, opt Options) *Store {
 	if opt.OrphanAfter == 0 {
-		opt.OrphanAfter = time.Minute
+		opt.OrphanAfter = 30 * time.Second // well past the API's 5 s submit deadline
 	}
 	return &Store{rdb: rdb, insp: insp, opt: opt}
 }
@@ -205,16 +205,15 @@ func unmarshalField[T any](m map[string]string, field string, dst **T) error {
 // (the enqueue after Create failed and the rollback did not happen). It returns
 // the record as it now stands.
 func (s *Store) Reconcile(ctx context.Context, j Job) (Job, error) {
-	if Terminal(j.Status) {
+	// Both cases take time to arise (an enqueue under way, a 30 s lease), so
+	// young records skip the asynq lookup: frequent polls stay cheap.
+	if Terminal(j.Status) || time.Since(j.CreatedAt) < s.opt.OrphanAfter {
 		return j, nil
 	}
 	info, err := s.insp.GetTaskInfo(j.Queue, j.ID)
 	var reason *JobError
 	switch {
 	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
-		if time.Since(j.CreatedAt) < s.opt.OrphanAfter {
-			return j, nil // its enqueue may still be under way
-		}
 		reason = &JobError{Code: "lost", Message: "the job was accepted but never reached the queue"}
 	case err != nil:
 		return j, unavailable("inspect task", err)

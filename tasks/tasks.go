@@ -148,7 +148,9 @@ func ValidJobID(id string) bool {
 }
 
 // NewChatTask builds the asynq task of a payload: TaskID = job id, retention so
-// the id keeps deduplicating and the result stays readable.
+// the id keeps deduplicating. The pipeline counts attempts itself and ends the
+// job after 1+maxRetries of them; asynq is given one more, so that its own
+// count (which also moves on crash recovery) never archives a job first.
 func NewChatTask(p ChatPayload, maxRetries int, retention time.Duration) (*asynq.Task, error) {
 	b, err := p.Encode()
 	if err != nil {
@@ -157,7 +159,7 @@ func NewChatTask(p ChatPayload, maxRetries int, retention time.Duration) (*asynq
 	return asynq.NewTask(TypeChatComplete, b,
 		asynq.TaskID(p.JobID),
 		asynq.Queue(QueueName(p.Priority)),
-		asynq.MaxRetry(maxRetries),
+		asynq.MaxRetry(maxRetries+1),
 		asynq.Retention(retention),
 	), nil
 }
