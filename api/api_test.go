@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -31,7 +32,9 @@ func newAPI(t *testing.T, keys map[string]string) (*echo.Echo, *redis.Client) {
 	c := rd.Client()
 	st := store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
 	e := NewEcho(zerolog.New(io.Discard))
-	New(st, asynq.NewClientFromRedisClient(c), Options{APIKeys: keys, MaxRetries: 3, Retention: time.Hour}).Register(e)
+	hub := stream.NewHub(c, zerolog.New(io.Discard))
+	t.Cleanup(func() { _ = hub.Close() })
+	New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), hub, Options{APIKeys: keys, MaxRetries: 3, Retention: time.Hour}).Register(e)
 	return e, c
 }
 

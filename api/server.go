@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -23,19 +24,25 @@ type Options struct {
 	APIKeys    map[string]string // key -> tenant
 	MaxRetries int
 	Retention  time.Duration
+	Heartbeat  time.Duration // SSE comment heartbeat
 }
 
 // Server holds the API's handlers.
 type Server struct {
 	store *store.Store
 	queue *asynq.Client
+	insp  *asynq.Inspector
+	hub   *stream.Hub
 	keys  *keyring
 	opt   Options
 }
 
 // New returns the API.
-func New(st *store.Store, queue *asynq.Client, opt Options) *Server {
-	return &Server{store: st, queue: queue, keys: newKeyring(opt.APIKeys), opt: opt}
+func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, hub *stream.Hub, opt Options) *Server {
+	if opt.Heartbeat <= 0 {
+		opt.Heartbeat = 15 * time.Second
+	}
+	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt}
 }
 
 // NewEcho returns an echo instance with chatfleet's error shape, request logs
@@ -56,6 +63,8 @@ func (s *Server) Register(e *echo.Echo) {
 	a := auth(s.keys)
 	e.POST("/api/v1/chat/jobs", s.submit, a)
 	e.GET("/api/v1/chat/jobs/:id", s.getJob, a)
+	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, a)
+	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, a)
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, a)
 }
 

@@ -44,6 +44,9 @@ type Config struct {
 	MaxRetries          int
 	HistoryMaxMessages  int
 	HistoryTTL          time.Duration
+	StreamFlushInterval time.Duration
+	StreamFlushBytes    int
+	SSEHeartbeat        time.Duration
 	LogLevel            string
 
 	SimLatency    time.Duration
@@ -134,6 +137,12 @@ func Vars(role Role) []Var {
 			intVar(func(c *Config) *int { return &c.HistoryMaxMessages }, 2)},
 		{"CHATFLEET_HISTORY_TTL", "168h", "how long an idle session's history is kept", false,
 			durationVar(func(c *Config) *time.Duration { return &c.HistoryTTL }, time.Second)},
+		{"CHATFLEET_STREAM_FLUSH_INTERVAL", "20ms", "token deltas after the first are batched for this long before they go out (0s sends each at once)", false,
+			durationVar(func(c *Config) *time.Duration { return &c.StreamFlushInterval }, 0)},
+		{"CHATFLEET_STREAM_FLUSH_BYTES", "256", "a batch of token deltas goes out early once it holds this many bytes", false,
+			intVar(func(c *Config) *int { return &c.StreamFlushBytes }, 1)},
+		{"CHATFLEET_SSE_HEARTBEAT", "15s", "comment heartbeat interval on idle SSE streams", false,
+			durationVar(func(c *Config) *time.Duration { return &c.SSEHeartbeat }, 100*time.Millisecond)},
 		{"CHATFLEET_LOG_LEVEL", "info", "trace, debug, info, warn or error", false,
 			func(c *Config, v string) error {
 				switch v {

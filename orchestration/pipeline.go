@@ -14,6 +14,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -26,6 +27,7 @@ type Pipeline struct {
 	store       *store.Store
 	provider    llm.Provider
 	log         zerolog.Logger
+	coalescing  stream.Coalescing
 	maxAttempts int           // 1 + CHATFLEET_MAX_RETRIES
 	timeout     time.Duration // one provider call
 	budget      int           // prompt tokens
@@ -35,8 +37,8 @@ type Pipeline struct {
 // NewPipeline returns the handler. maxRetries is the number of attempts after
 // the first; attempts are counted in the job record, so an attempt cut short by
 // a crash counts too, and a job that crashes its worker every time still ends.
-func NewPipeline(st *store.Store, p llm.Provider, log zerolog.Logger, maxRetries int, callTimeout time.Duration) *Pipeline {
-	return &Pipeline{store: st, provider: p, log: log, maxAttempts: maxRetries + 1,
+func NewPipeline(st *store.Store, p llm.Provider, log zerolog.Logger, maxRetries int, callTimeout time.Duration, c stream.Coalescing) *Pipeline {
+	return &Pipeline{store: st, provider: p, log: log, coalescing: c, maxAttempts: maxRetries + 1,
 		timeout: callTimeout, budget: 6000, turnWait: 2 * time.Second}
 }
 
@@ -99,12 +101,19 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		log.Warn().Err(err).Msg("history unavailable; continuing without it")
 		history = nil
 	}
+	if attempt > 1 {
+		p.retractInterrupted(ctx, pl.JobID, attempt, log)
+	}
 	req := llm.Request{Model: pl.Model, Messages: BuildPrompt(history, pl.Message, p.budget)}
+	emit := stream.NewEmitter(ctx, p.store, pl.JobID, p.coalescing)
 	callCtx, cancel := context.WithTimeout(ctx, p.timeout)
-	reply, err := p.provider.Stream(callCtx, req, func(string) error { return nil })
+	reply, err := p.provider.Stream(callCtx, req, emit.Delta)
 	cancel()
+	if ferr := emit.Flush(); err == nil {
+		err = ferr // the job was canceled while its last tokens went out
+	}
 	if err != nil {
-		return p.failAttempt(ctx, pl, attempt, err, log.With().Dur("duration_ms", time.Since(start)).Logger())
+		return p.failAttempt(ctx, pl, attempt, emit.Emitted(), err, log.With().Dur("duration_ms", time.Since(start)).Logger())
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
@@ -127,7 +136,13 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 }
 
 // failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, callErr error, log zerolog.Logger) error {
+func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, emitted bool, callErr error, log zerolog.Logger) error {
+	if errors.Is(callErr, store.ErrJobFinished) || ctx.Err() != nil {
+		if j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID); err == nil && j.Status == store.StatusCanceled {
+			log.Info().Str("status", store.StatusCanceled).Msg("job canceled; provider call aborted")
+			return nil
+		}
+	}
 	if ctx.Err() != nil {
 		// The worker is shutting down: asynq hands the task back; nothing to record.
 		log.Warn().Err(callErr).Msg("job interrupted by shutdown")
@@ -143,6 +158,9 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 		if err := p.store.MarkRetrying(ctx, pl.JobID, jerr); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
+		if emitted {
+			p.announceRetry(ctx, pl.JobID, attempt, jerr.Message, log)
+		}
 		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
@@ -151,6 +169,28 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	}
 	log.Error().Err(callErr).Str("status", store.StatusFailed).Msg("job failed")
 	return fmt.Errorf("%w: %w", callErr, asynq.SkipRetry)
+}
+
+// announceRetry tells followers to discard the output of a failed attempt.
+func (p *Pipeline) announceRetry(ctx context.Context, id string, failed int, reason string, log zerolog.Logger) {
+	_, err := p.store.AppendEvent(ctx, id, store.EventRetry, map[string]any{"attempt": failed + 1, "reason": reason})
+	if err != nil {
+		log.Warn().Err(err).Msg("could not publish the retry event")
+	}
+}
+
+// retractInterrupted announces a retry for an attempt that died with its
+// worker after streaming tokens: its output must be discarded before this
+// attempt's tokens arrive.
+func (p *Pipeline) retractInterrupted(ctx context.Context, id string, attempt int, log zerolog.Logger) {
+	last, ok, err := p.store.LastEvent(ctx, id)
+	if err != nil {
+		log.Warn().Err(err).Msg("could not read the event log")
+		return
+	}
+	if ok && last.Type == store.EventToken {
+		p.announceRetry(ctx, id, attempt-1, "the previous attempt was interrupted", log)
+	}
 }
 
 // failUndecodable records a payload no retry can fix as a failed job.
@@ -211,9 +251,17 @@ func (p *Pipeline) awaitTurn(ctx context.Context, pl tasks.ChatPayload) error {
 // retryDelay spaces real retries exponentially with jitter and hands a yielding
 // job back almost at once.
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	if errors.Is(err, errNotYourTurn) {
+	if !isFailure(err) {
 		return 10 * time.Millisecond
 	}
 	d := time.Second << min(n, 6) // 1s, 2s, 4s … 64s
 	return d/2 + time.Duration(float64(d/2)*rand.Float64())
+}
+
+// isFailure tells asynq which errors count against a job's retries: not a
+// yield to an earlier job of the session, and not a cancel (asynq reports a
+// canceled task as failed with context.Canceled; its next run sees the
+// canceled record and ends at once).
+func isFailure(err error) bool {
+	return !errors.Is(err, errNotYourTurn) && !errors.Is(err, context.Canceled)
 }

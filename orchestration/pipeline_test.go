@@ -13,6 +13,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -29,7 +30,7 @@ func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pip
 	c := rd.Client()
 	insp := asynq.NewInspectorFromRedisClient(c)
 	st := store.New(c, insp, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	p := NewPipeline(st, prov, zerolog.New(io.Discard), maxRetries, 5*time.Second)
+	p := NewPipeline(st, prov, zerolog.New(io.Discard), maxRetries, 5*time.Second, stream.Coalescing{Window: 5 * time.Millisecond, MaxBytes: 64})
 	for _, f := range tune {
 		f(p)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/chatfleet/chatfleet/config"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 )
 
 // NewWorkerFromConfig assembles the provider, pipeline and asynq server that the
@@ -17,7 +18,8 @@ func NewWorkerFromConfig(cfg config.Config, rdb redis.UniversalClient, st *store
 		Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay,
 		Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate,
 	})
-	p := NewPipeline(st, prov, log, cfg.MaxRetries, cfg.LLMTimeout)
+	p := NewPipeline(st, prov, log, cfg.MaxRetries, cfg.LLMTimeout,
+		stream.Coalescing{Window: cfg.StreamFlushInterval, MaxBytes: cfg.StreamFlushBytes})
 	return NewWorker(rdb, p, log, WorkerOptions{
 		Concurrency:     cfg.WorkerConcurrency,
 		PollInterval:    cfg.QueuePollInterval,

@@ -2,7 +2,6 @@ package orchestration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -43,7 +42,7 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 		// move back to pending on this tick.
 		DelayedTaskCheckInterval: 200 * time.Millisecond,
 		RetryDelayFunc:           retryDelay,
-		IsFailure:                func(err error) bool { return !errors.Is(err, errNotYourTurn) },
+		IsFailure:                isFailure,
 		ShutdownTimeout:          o.ShutdownTimeout,
 		Logger:                   logging.Asynq{L: alog},
 		LogLevel:                 lvl,
@@ -53,7 +52,7 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 			}
 		},
 		ErrorHandler: asynq.ErrorHandlerFunc(func(ctx context.Context, t *asynq.Task, err error) {
-			if errors.Is(err, errNotYourTurn) {
+			if !isFailure(err) {
 				return
 			}
 			id, _ := asynq.GetTaskID(ctx)

@@ -17,3 +17,17 @@ func sessionOrderKey(tenant, session string) string {
 func historyKey(tenant, session string) string {
 	return prefix + "session:" + tenant + ":" + session + ":history"
 }
+
+func eventsKey(id string) string { return prefix + "job:" + id + ":events" }
+
+// LiveChannel is the pub/sub channel on which a job's events go out live.
+func LiveChannel(id string) string { return prefix + "job:" + id + ":live" }
+
+// JobIDOfChannel returns the job id of a LiveChannel name.
+func JobIDOfChannel(ch string) (string, bool) {
+	const head, tail = prefix + "job:", ":live"
+	if len(ch) <= len(head)+len(tail) || ch[:len(head)] != head || ch[len(ch)-len(tail):] != tail {
+		return "", false
+	}
+	return ch[len(head) : len(ch)-len(tail)], true
+}

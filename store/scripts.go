@@ -49,13 +49,46 @@ redis.call('HSET', KEYS[1], 'status', 'retrying', 'error', ARGV[1])
 return 1
 `)
 
+// appendEventLua appends one event to a job's log and publishes it, in one
+// step, so a subscriber that subscribes first and then reads the log misses
+// nothing. seq is the event's 1-based position in the log; it is spliced into
+// the JSON body, which arrives without it.
+const appendEventLua = `
+local function append_event(events, channel, typ, body, ttl)
+  local seq = redis.call('LLEN', events) + 1
+  local data
+  if body == '{}' then
+    data = '{"seq":' .. seq .. '}'
+  else
+    data = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  end
+  local entry = typ .. ' ' .. data
+  redis.call('RPUSH', events, entry)
+  redis.call('EXPIRE', events, ttl)
+  redis.call('PUBLISH', channel, entry)
+  return seq
+end
+`
+
+// appendEvent adds an event to a running job. Returns the event's seq, 0 when
+// the job is already finished (nothing may follow its last event), -1 when the
+// record is gone. KEYS: job, events. ARGV: type, body, retention s, channel.
+var appendEvent = redis.NewScript(appendEventLua + `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
+`)
+
 // finish ends a job once: sets the terminal status and its fields, appends the
-// history entries if any, and releases the session's turn. Returns 1 when this
-// call finished the job, 0 when it was already finished, -1 when the record is gone.
-// KEYS: job, order, history.
+// final event (done, error or canceled) to the log, appends the history entries
+// if any, and releases the session's turn. Returns 1 when this call finished
+// the job, 0 when it was already finished, -1 when the record is gone.
+// KEYS: job, order, history, events.
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
-// result json, usage json, error json, then history entries.
-var finish = redis.NewScript(`
+// result json, usage json, error json, event type, event body, channel,
+// then history entries.
+var finish = redis.NewScript(appendEventLua + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
   redis.call('LREM', KEYS[2], 0, ARGV[1])
@@ -67,8 +100,9 @@ if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) else redis.call('HDEL', KEYS[1], 'error') end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if #ARGV > 9 then
-  for i = 10, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4])
+if #ARGV > 12 then
+  for i = 13, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
   redis.call('EXPIRE', KEYS[3], ARGV[6])
 end

@@ -263,16 +263,23 @@ type Outcome struct {
 	History []Message // appended to the session's history with the outcome
 }
 
-// Finish records a job's outcome exactly once and releases its session's turn.
-// It reports whether this call was the one that finished it.
+// Finish records a job's outcome exactly once, appends its final event (done,
+// error or canceled) to the event log and releases its session's turn. It
+// reports whether this call was the one that finished it.
 func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcome) (bool, error) {
+	evType, evBody := finalEvent(o)
+	body, err := json.Marshal(evBody)
+	if err != nil {
+		return false, fmt.Errorf("encode %s event: %w", evType, err)
+	}
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
-		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error)}
+		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
+		evType, string(body), LiveChannel(id)}
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
-	keys := []string{jobKey(id), sessionOrderKey(tenant, session), historyKey(tenant, session)}
+	keys := []string{jobKey(id), sessionOrderKey(tenant, session), historyKey(tenant, session), eventsKey(id)}
 	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
 		return false, unavailable("finish job", err)

@@ -25,6 +25,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/redisconn"
 	"github.com/chatfleet/chatfleet/orchestration"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 )
 
 var version = "dev"
@@ -106,8 +107,13 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	st := store.New(rdb, insp, store.OptionsFrom(cfg))
 	checker := health.NewChecker(rdb, version)
 
+	hub := stream.NewHub(rdb, log)
+	closers = append(closers, hub.Close)
+
 	e := api.NewEcho(log)
-	api.New(st, queue, api.Options{APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention}).Register(e)
+	api.New(st, queue, insp, hub, api.Options{
+		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat,
+	}).Register(e)
 	checker.Register(e)
 
 	if standalone {

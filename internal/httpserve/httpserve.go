@@ -15,9 +15,10 @@ import (
 
 // Server is a started HTTP server.
 type Server struct {
-	srv  *http.Server
-	ln   net.Listener
-	done chan error
+	srv     *http.Server
+	ln      net.Listener
+	done    chan error
+	closing context.CancelFunc
 }
 
 // Start listens on addr (":0" picks a free port) and serves h in the background.
@@ -27,8 +28,13 @@ func Start(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
+	base, closing := context.WithCancel(context.Background())
 	s := &Server{
+		closing: closing,
 		srv: &http.Server{
+			// Request contexts end when shutdown starts, so that streams and
+			// long polls return at once instead of holding the drain.
+			BaseContext:       func(net.Listener) context.Context { return base },
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout:       30 * time.Second, // request bodies are small
@@ -59,6 +65,7 @@ func (s *Server) Done() <-chan error { return s.done }
 // Shutdown stops accepting, waits for requests in flight until ctx ends, then
 // closes what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.closing()
 	err := s.srv.Shutdown(ctx)
 	if err != nil {
 		err = errors.Join(err, s.srv.Close())

@@ -1,0 +1,114 @@
+// Package stream carries a job's events from the worker that runs it to every
+// client that follows it: the Emitter writes them (worker side), the Hub and
+// Follow read them back live and from the replay log (API side).
+package stream
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/chatfleet/chatfleet/store"
+)
+
+// Coalescing bounds Redis work on long replies: the first delta of an attempt
+// goes out at once (time to first token), later ones are batched until Window
+// has passed or MaxBytes are waiting.
+type Coalescing struct {
+	Window   time.Duration
+	MaxBytes int
+}
+
+// publishAttempts is how often one event is offered to Redis before the
+// emitter gives up on it; the final result is recorded separately and never
+// depends on it.
+const publishAttempts = 3
+
+// Emitter publishes one attempt's token deltas to a job's event log.
+type Emitter struct {
+	ctx  context.Context
+	st   *store.Store
+	id   string
+	c    Coalescing
+	mu   sync.Mutex
+	buf  strings.Builder
+	tm   *time.Timer
+	sent int   // token events published
+	err  error // sticky: store.ErrJobFinished once the job was canceled
+}
+
+// NewEmitter returns an emitter for one attempt of job id.
+func NewEmitter(ctx context.Context, st *store.Store, id string, c Coalescing) *Emitter {
+	return &Emitter{ctx: ctx, st: st, id: id, c: c}
+}
+
+// Delta takes the next piece of the reply. It returns store.ErrJobFinished
+// once the job has been canceled, which aborts the provider call.
+func (e *Emitter) Delta(d string) error {
+	if d == "" {
+		return nil
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return e.err
+	}
+	e.buf.WriteString(d)
+	switch {
+	case e.sent == 0 || e.buf.Len() >= e.c.MaxBytes || e.c.Window <= 0:
+		e.flushLocked()
+	case e.tm == nil:
+		e.tm = time.AfterFunc(e.c.Window, func() {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.flushLocked()
+		})
+	}
+	return e.err
+}
+
+// Flush publishes whatever is waiting. Call it before recording the outcome,
+// so that the final event follows every token.
+func (e *Emitter) Flush() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.flushLocked()
+	return e.err
+}
+
+// Emitted reports whether any token of this attempt reached the log.
+func (e *Emitter) Emitted() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sent > 0
+}
+
+func (e *Emitter) flushLocked() {
+	if e.tm != nil {
+		e.tm.Stop()
+		e.tm = nil
+	}
+	if e.buf.Len() == 0 || e.err != nil {
+		return
+	}
+	delta := e.buf.String()
+	e.buf.Reset()
+	var err error
+	for i := range publishAttempts {
+		_, err = e.st.AppendEvent(e.ctx, e.id, store.EventToken, map[string]string{"delta": delta})
+		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(25<<i) * time.Millisecond)
+	}
+	switch {
+	case err == nil:
+		e.sent++
+	case errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound):
+		e.err = store.ErrJobFinished
+	}
+	// Other failures lose this delta from the live stream only: the result
+	// recorded at the end holds the whole reply.
+}

@@ -1,0 +1,88 @@
+package stream
+
+import (
+	"context"
+	"time"
+
+	"github.com/chatfleet/chatfleet/store"
+)
+
+// Sink receives a followed job's events. Open is called once the live
+// subscription stands, before the first event; Heartbeat when nothing happens.
+type Sink interface {
+	Open() error
+	Event(store.Event) error
+	Heartbeat() error
+}
+
+// Follow delivers every event of job id after seq `after`, exactly once and in
+// order, then the live ones, until the job's final event or ctx ends. It
+// subscribes first and reads the log second, and merges the two by seq: a live
+// event already read from the log is skipped, a gap is filled from the log.
+// The same holds whichever API process runs it.
+func Follow(ctx context.Context, hub *Hub, st *store.Store, id string, after int64, heartbeat time.Duration, sink Sink) error {
+	sub, err := hub.Subscribe(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if err := sink.Open(); err != nil {
+		return err
+	}
+
+	last := after
+	// catchUp sends what the log holds past last; it reports a final event.
+	catchUp := func() (bool, error) {
+		evs, err := st.Events(ctx, id, last)
+		if err != nil {
+			return false, err
+		}
+		for _, ev := range evs {
+			if ev.Seq != last+1 {
+				continue // cannot happen: the log is append-only and gapless
+			}
+			if err := sink.Event(ev); err != nil {
+				return false, err
+			}
+			last = ev.Seq
+			if store.FinalEvent(ev.Type) {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+
+	if final, err := catchUp(); final || err != nil {
+		return err
+	}
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	for {
+		var final bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-sub.Events:
+			switch {
+			case ev.Seq <= last:
+				continue // already sent from the log
+			case ev.Seq > last+1:
+				final, err = catchUp() // a gap: the log has the missing events
+			default:
+				if err = sink.Event(ev); err == nil {
+					last, final = ev.Seq, store.FinalEvent(ev.Type)
+				}
+			}
+		case <-sub.Lagged:
+			final, err = catchUp()
+		case <-tick.C:
+			// Also a safety net for a live message lost in a reconnect.
+			if err = sink.Heartbeat(); err == nil {
+				final, err = catchUp()
+			}
+		}
+		if final || err != nil {
+			return err
+		}
+	}
+}
