@@ -12,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/store"
@@ -25,6 +26,24 @@ type Options struct {
 	MaxRetries int
 	Retention  time.Duration
 	Heartbeat  time.Duration // SSE comment heartbeat
+	Registerer prometheus.Registerer
+}
+
+type metrics struct {
+	streamClients prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry() // metrics kept but not exposed
+	}
+	m := &metrics{
+		streamClients: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatfleet_stream_clients", Help: "Open SSE streams on this API process.",
+		}),
+	}
+	reg.MustRegister(m.streamClients)
+	return m
 }
 
 // Server holds the API's handlers.
@@ -35,6 +54,7 @@ type Server struct {
 	hub   *stream.Hub
 	keys  *keyring
 	opt   Options
+	m     *metrics
 }
 
 // New returns the API.
@@ -42,7 +62,7 @@ func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, hub *strea
 	if opt.Heartbeat <= 0 {
 		opt.Heartbeat = 15 * time.Second
 	}
-	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt}
+	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer)}
 }
 
 // NewEcho returns an echo instance with chatfleet's error shape, request logs

@@ -24,6 +24,8 @@ func (s *Server) streamJob(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.m.streamClients.Inc()
+	defer s.m.streamClients.Dec()
 	return stream.Follow(c.Request().Context(), s.hub, s.store, j.ID, after, s.opt.Heartbeat, &sseSink{res: c.Response()})
 }
 

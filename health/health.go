@@ -9,33 +9,40 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 )
 
 // Checker answers health probes for one process.
 type Checker struct {
 	rdb      redis.UniversalClient
+	metrics  http.Handler
 	version  string
 	started  time.Time
 	stopping atomic.Bool
 }
 
-// NewChecker returns a Checker for a process that needs rdb to be ready.
-func NewChecker(rdb redis.UniversalClient, version string) *Checker {
-	return &Checker{rdb: rdb, version: version, started: time.Now()}
+// NewChecker returns a Checker for a process that needs rdb to be ready and
+// exposes the metrics of gatherer.
+func NewChecker(rdb redis.UniversalClient, version string, gatherer prometheus.Gatherer) *Checker {
+	return &Checker{rdb: rdb, version: version, started: time.Now(),
+		metrics: promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{})}
 }
 
 // SetShuttingDown withdraws readiness so load balancers stop sending work.
 func (h *Checker) SetShuttingDown() { h.stopping.Store(true) }
 
-// Register adds /health, /health/live and /health/ready, and the same under
-// /api/v1/health.
+// Register adds /health, /health/live, /health/ready and /health/metrics, the
+// same under /api/v1/health, and /metrics.
 func (h *Checker) Register(e *echo.Echo) {
 	for _, base := range []string{"/health", "/api/v1/health"} {
 		e.GET(base, h.basic)
 		e.GET(base+"/live", h.live)
 		e.GET(base+"/ready", h.ready)
+		e.GET(base+"/metrics", echo.WrapHandler(h.metrics))
 	}
+	e.GET("/metrics", echo.WrapHandler(h.metrics))
 }
 
 func (h *Checker) live(c echo.Context) error {

@@ -2,8 +2,11 @@ package orchestration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,5 +143,66 @@ func TestWaitingForTheTurnUsesNoAttempt(t *testing.T) {
 	}
 	if !b.StartedAt.After(a.FinishedAt) && !b.StartedAt.Equal(a.FinishedAt) {
 		t.Fatalf("second started %s before the first finished %s", b.StartedAt, a.FinishedAt)
+	}
+}
+
+// flaky streams part of a reply and fails on its first call, then answers.
+type flaky struct {
+	calls atomic.Int32
+	sim   *llm.Sim
+}
+
+func (f *flaky) Name() string { return "flaky" }
+
+func (f *flaky) Stream(ctx context.Context, req llm.Request, onDelta func(string) error) (llm.Reply, error) {
+	if f.calls.Add(1) == 1 {
+		for _, d := range []string{"partial", " output"} {
+			if err := onDelta(d); err != nil {
+				return llm.Reply{}, err
+			}
+		}
+		return llm.Reply{}, &llm.Error{Provider: "flaky", Retryable: true, Msg: "connection reset mid-stream"}
+	}
+	return f.sim.Stream(ctx, req, onDelta)
+}
+
+// An attempt that fails after streaming tokens is followed by a `retry` event
+// before the next attempt's tokens, and `done` comes once, last.
+func TestRetryAfterPartialOutputIsAnnounced(t *testing.T) {
+	prov := &flaky{sim: llm.NewSim(llm.SimConfig{Tokens: 3})}
+	r := startRig(t, prov, 2)
+	id := tasks.NewJobID()
+	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "again", Priority: "normal", SubmittedAt: time.Now()}.Encode()
+	r.submit(t, id, raw)
+	j := r.waitFinished(t, id)
+	if j.Status != store.StatusSucceeded || j.Attempts != 2 {
+		t.Fatalf("record %+v", j)
+	}
+	evs, err := r.st.Events(context.Background(), id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	var text strings.Builder
+	for i, ev := range evs {
+		if ev.Seq != int64(i+1) {
+			t.Fatalf("event %d has seq %d", i, ev.Seq)
+		}
+		types = append(types, ev.Type)
+		switch ev.Type {
+		case store.EventRetry:
+			text.Reset()
+		case store.EventToken:
+			var d struct{ Delta string }
+			_ = json.Unmarshal([]byte(ev.Data), &d)
+			text.WriteString(d.Delta)
+		}
+	}
+	got := strings.Join(types, ",")
+	if !strings.HasPrefix(got, "token,") || !strings.Contains(got, ",retry,token") || !strings.HasSuffix(got, ",done") || strings.Count(got, "done") != 1 {
+		t.Fatalf("event types %s", got)
+	}
+	if text.String() != j.Result.Content {
+		t.Fatalf("tokens after the retry %q, result %q", text.String(), j.Result.Content)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/api"
@@ -96,7 +98,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 			cfg.RedisURL = url
 		}
 	}
-	rdb, err := redisconn.Open(cfg.RedisURL, log)
+	rdb, err := redisconn.Open(cfg.RedisURL, "chatfleet-api", log)
 	if err != nil {
 		return err
 	}
@@ -105,14 +107,16 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	queue := asynq.NewClientFromRedisClient(rdb)
 	st := store.New(rdb, insp, store.OptionsFrom(cfg))
-	checker := health.NewChecker(rdb, version)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	checker := health.NewChecker(rdb, version, reg)
 
 	hub := stream.NewHub(rdb, log)
 	closers = append(closers, hub.Close)
 
 	e := api.NewEcho(log)
 	api.New(st, queue, insp, hub, api.Options{
-		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat,
+		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg,
 	}).Register(e)
 	checker.Register(e)
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/api"
@@ -57,14 +59,16 @@ func run(ctx context.Context, getenv func(string) string, args []string, stdout,
 }
 
 func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err error) {
-	rdb, err := redisconn.Open(cfg.RedisURL, log)
+	rdb, err := redisconn.Open(cfg.RedisURL, "chatfleet-worker", log)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, rdb.Close()) }()
 
 	st := store.New(rdb, asynq.NewInspectorFromRedisClient(rdb), store.OptionsFrom(cfg))
-	checker := health.NewChecker(rdb, version)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	checker := health.NewChecker(rdb, version, reg)
 	e := api.NewEcho(log)
 	checker.Register(e)
 	srv, err := httpserve.Start(cfg.HTTPAddr, e, log)

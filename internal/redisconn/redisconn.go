@@ -25,8 +25,9 @@ const (
 )
 
 // Open connects to a redis://, rediss://, redis-socket:// or redis-sentinel://
-// URL. go-redis's own messages (reconnect attempts) go to log at debug level.
-func Open(url string, log zerolog.Logger) (redis.UniversalClient, error) {
+// URL. name labels the connections in CLIENT LIST (chatfleet-api, …).
+// go-redis's own messages (reconnect attempts) go to log at debug level.
+func Open(url, name string, log zerolog.Logger) (redis.UniversalClient, error) {
 	opt, err := asynq.ParseRedisURI(url)
 	if err != nil {
 		// The parse error may quote the URL, password included: do not pass it on.
@@ -36,14 +37,14 @@ func Open(url string, log zerolog.Logger) (redis.UniversalClient, error) {
 	switch o := opt.(type) {
 	case asynq.RedisClientOpt:
 		return redis.NewClient(&redis.Options{
-			Network: o.Network, Addr: o.Addr, Username: o.Username, Password: o.Password,
+			ClientName: name, Network: o.Network, Addr: o.Addr, Username: o.Username, Password: o.Password,
 			DB: o.DB, TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
 			DialTimeout: dialTimeout, ReadTimeout: ioTimeout, WriteTimeout: ioTimeout,
 			DialerRetries: dialAttempts, MaxRetries: cmdRetries, MaxRetryBackoff: retryBackoff,
 		}), nil
 	case asynq.RedisFailoverClientOpt:
 		return redis.NewFailoverClient(&redis.FailoverOptions{
-			MasterName: o.MasterName, SentinelAddrs: o.SentinelAddrs, SentinelPassword: o.SentinelPassword,
+			ClientName: name, MasterName: o.MasterName, SentinelAddrs: o.SentinelAddrs, SentinelPassword: o.SentinelPassword,
 			Username: o.Username, Password: o.Password, DB: o.DB, TLSConfig: o.TLSConfig, PoolSize: o.PoolSize,
 			DialTimeout: dialTimeout, ReadTimeout: ioTimeout, WriteTimeout: ioTimeout,
 			DialerRetries: dialAttempts, MaxRetries: cmdRetries, MaxRetryBackoff: retryBackoff,

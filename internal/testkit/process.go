@@ -3,6 +3,7 @@ package testkit
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -66,19 +67,29 @@ func Env(vars map[string]string) []string {
 }
 
 // StartProc runs bin with args and env, waits until it serves HTTP, and stops
-// it (SIGTERM, then SIGKILL) when the test ends.
+// it (SIGTERM, then SIGKILL) when the test ends. It fails the test if the
+// process does not come up.
 func StartProc(t testing.TB, name, bin string, env []string, args ...string) *Proc {
 	t.Helper()
+	p, err := Launch(t, name, bin, env, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Launch is StartProc returning its error, for use off the test goroutine.
+func Launch(t testing.TB, name, bin string, env []string, args ...string) (*Proc, error) {
 	p := &Proc{t: t, Name: name, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = env
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	p.cmd.Stdout = io.Discard
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	addr := make(chan string, 1)
 	go p.readLogs(stderr, addr)
@@ -103,12 +114,12 @@ func StartProc(t testing.TB, name, bin string, env []string, args ...string) *Pr
 	})
 	select {
 	case p.Addr = <-addr:
+		return p, nil
 	case <-p.exited:
-		t.Fatalf("%s exited at start:\n%s", name, p.tail(30))
+		return nil, fmt.Errorf("%s exited at start:\n%s", name, p.tail(30))
 	case <-time.After(20 * time.Second):
-		t.Fatalf("%s did not start serving within 20s:\n%s", name, p.tail(30))
+		return nil, fmt.Errorf("%s did not start serving within 20s:\n%s", name, p.tail(30))
 	}
-	return p
 }
 
 func (p *Proc) readLogs(r io.Reader, addr chan<- string) {

@@ -1,0 +1,24 @@
+package store
+
+import "testing"
+
+func TestParseEvent(t *testing.T) {
+	ev, err := ParseEvent(`token {"seq":12,"delta":"hi there"}`)
+	if err != nil || ev.Seq != 12 || ev.Type != "token" || ev.Data != `{"seq":12,"delta":"hi there"}` {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	if ev, err := ParseEvent(`canceled {"seq":3}`); err != nil || ev.Seq != 3 {
+		t.Fatalf("%+v %v", ev, err)
+	}
+	for _, bad := range []string{"", "token", `token {"delta":"x"}`, `token {"seq":x}`, `token {"seq":0}`, `token {"seq":5`} {
+		if _, err := ParseEvent(bad); err == nil {
+			t.Errorf("ParseEvent(%q) accepted", bad)
+		}
+	}
+	if id, ok := JobIDOfChannel(LiveChannel("job_abc")); !ok || id != "job_abc" {
+		t.Fatalf("channel round trip: %q %v", id, ok)
+	}
+	if _, ok := JobIDOfChannel("chatfleet:job::live"); ok {
+		t.Fatal("empty id accepted")
+	}
+}

@@ -1,0 +1,107 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/store"
+)
+
+func newStore(t *testing.T) *store.Store {
+	c := testkit.StartRedis(t).Client()
+	return store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+}
+
+func activeJob(t *testing.T, st *store.Store, id string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.MarkActive(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func deltas(t *testing.T, st *store.Store, id string) []string {
+	t.Helper()
+	evs, err := st.Events(context.Background(), id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, ev := range evs {
+		var d struct{ Delta string }
+		if err := json.Unmarshal([]byte(ev.Data), &d); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, d.Delta)
+	}
+	return out
+}
+
+// The first delta goes out alone and at once; the rest are batched by size
+// and time, and nothing is lost or reordered.
+func TestEmitterCoalesces(t *testing.T) {
+	st := newStore(t)
+	activeJob(t, st, "job_c")
+	e := NewEmitter(context.Background(), st, "job_c", Coalescing{Window: time.Hour, MaxBytes: 10})
+	var want strings.Builder
+	for i := range 30 {
+		d := string(rune('a'+i%26)) + " "
+		want.WriteString(d)
+		if err := e.Delta(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got := deltas(t, st, "job_c")
+	if got[0] != "a " || strings.Join(got, "") != want.String() {
+		t.Fatalf("deltas %q", got)
+	}
+	if len(got) > 8 { // 1 + 59 bytes in batches of at least 10 bytes
+		t.Fatalf("%d events for 30 deltas; coalescing did not batch", len(got))
+	}
+
+	// With a short window the timer flushes a batch without a further delta.
+	activeJob(t, st, "job_t")
+	e = NewEmitter(context.Background(), st, "job_t", Coalescing{Window: 20 * time.Millisecond, MaxBytes: 1 << 20})
+	_ = e.Delta("first")
+	_ = e.Delta(" second")
+	deadline := time.Now().Add(2 * time.Second)
+	for len(deltas(t, st, "job_t")) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the window never flushed the batch")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Once the job is canceled the emitter refuses further deltas, so the
+// provider call stops and nothing follows the final event.
+func TestEmitterStopsAfterCancel(t *testing.T) {
+	st := newStore(t)
+	activeJob(t, st, "job_x")
+	e := NewEmitter(context.Background(), st, "job_x", Coalescing{Window: 0, MaxBytes: 1})
+	if err := e.Delta("one"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Finish(context.Background(), "job_x", "t", "s", store.Outcome{Status: store.StatusCanceled}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Delta("two"); err != store.ErrJobFinished {
+		t.Fatalf("delta after cancel: %v", err)
+	}
+	evs, _ := st.Events(context.Background(), "job_x", 0)
+	if len(evs) != 2 || evs[1].Type != store.EventCanceled {
+		t.Fatalf("log %+v", evs)
+	}
+}
