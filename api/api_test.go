@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
@@ -120,7 +121,7 @@ func TestSubmitAndReadBack(t *testing.T) {
 	if p, err = tasks.DecodeChat(info.Payload); err != nil || string(p.Metadata) != `{"b":1,"a":[true]}` || p.Message != "hi" {
 		t.Fatalf("payload %+v %v", p, err)
 	}
-	if ttl := rdb.TTL(context.Background(), "chatfleet:job:"+id).Val(); ttl <= 0 || ttl > time.Hour {
+	if ttl := rdb.TTL(context.Background(), rkeys.Job(id)).Val(); ttl <= 0 || ttl > time.Hour {
 		t.Fatalf("record TTL %s, want the retention", ttl)
 	}
 	rec, body = call(e, http.MethodGet, "/api/v1/chat/jobs/"+id, "", "", nil)

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
 // Event types of a job's log.
@@ -60,8 +62,8 @@ func (s *Store) AppendEvent(ctx context.Context, id, typ string, body any) (int6
 	if err != nil {
 		return 0, fmt.Errorf("encode %s event: %w", typ, err)
 	}
-	n, err := appendEvent.Run(ctx, s.rdb, []string{jobKey(id), eventsKey(id)},
-		typ, string(b), seconds(s.opt.Retention), LiveChannel(id)).Int64()
+	n, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
+		typ, string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id)).Int64()
 	switch {
 	case err != nil:
 		return 0, unavailable("append event", err)
@@ -75,7 +77,7 @@ func (s *Store) AppendEvent(ctx context.Context, id, typ string, body any) (int6
 
 // Events returns a job's log after seq `after`, oldest first.
 func (s *Store) Events(ctx context.Context, id string, after int64) ([]Event, error) {
-	raw, err := s.rdb.LRange(ctx, eventsKey(id), after, -1).Result()
+	raw, err := s.rdb.LRange(ctx, rkeys.Events(id), after, -1).Result()
 	if err != nil {
 		return nil, unavailable("read events", err)
 	}
@@ -92,7 +94,7 @@ func (s *Store) Events(ctx context.Context, id string, after int64) ([]Event, er
 
 // LastEvent returns the newest event of a job's log (ok=false when empty).
 func (s *Store) LastEvent(ctx context.Context, id string) (Event, bool, error) {
-	raw, err := s.rdb.LRange(ctx, eventsKey(id), -1, -1).Result()
+	raw, err := s.rdb.LRange(ctx, rkeys.Events(id), -1, -1).Result()
 	if err != nil {
 		return Event{}, false, unavailable("read events", err)
 	}

@@ -1,6 +1,10 @@
 package store
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
 
 func TestParseEvent(t *testing.T) {
 	ev, err := ParseEvent(`token {"seq":12,"delta":"hi there"}`)
@@ -15,10 +19,10 @@ func TestParseEvent(t *testing.T) {
 			t.Errorf("ParseEvent(%q) accepted", bad)
 		}
 	}
-	if id, ok := JobIDOfChannel(LiveChannel("job_abc")); !ok || id != "job_abc" {
+	if id, ok := rkeys.JobIDOfChannel(rkeys.LiveChannel("job_abc")); !ok || id != "job_abc" {
 		t.Fatalf("channel round trip: %q %v", id, ok)
 	}
-	if _, ok := JobIDOfChannel("chatfleet:job::live"); ok {
+	if _, ok := rkeys.JobIDOfChannel("chatfleet:job::live"); ok {
 		t.Fatal("empty id accepted")
 	}
 }

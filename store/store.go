@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatfleet/chatfleet/config"
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
 // Job statuses.
@@ -135,7 +136,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Jo
 	args := []any{j.ID, seconds(s.opt.Retention),
 		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue,
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
-	res, err := createJob.Run(ctx, s.rdb, []string{jobKey(j.ID), sessionOrderKey(j.Tenant, j.SessionID)}, args...).Slice()
+	res, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID)}, args...).Slice()
 	if err != nil {
 		return false, Job{}, unavailable("create job", err)
 	}
@@ -152,7 +153,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Jo
 
 // Delete removes a record that was created but could not be enqueued.
 func (s *Store) Delete(ctx context.Context, j NewJob) error {
-	err := deleteJob.Run(ctx, s.rdb, []string{jobKey(j.ID), sessionOrderKey(j.Tenant, j.SessionID)}, j.ID).Err()
+	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID)}, j.ID).Err()
 	if err != nil {
 		return unavailable("delete job", err)
 	}
@@ -161,7 +162,7 @@ func (s *Store) Delete(ctx context.Context, j NewJob) error {
 
 // Get reads a record.
 func (s *Store) Get(ctx context.Context, id string) (Job, error) {
-	m, err := s.rdb.HGetAll(ctx, jobKey(id)).Result()
+	m, err := s.rdb.HGetAll(ctx, rkeys.Job(id)).Result()
 	if err != nil {
 		return Job{}, unavailable("get job", err)
 	}
@@ -235,7 +236,7 @@ func (s *Store) Reconcile(ctx context.Context, j Job) (Job, error) {
 // MarkActive starts an attempt and returns its number; 0 means the job is
 // already finished and must not run again, ErrNotFound that the record is gone.
 func (s *Store) MarkActive(ctx context.Context, id string) (int, error) {
-	n, err := markActive.Run(ctx, s.rdb, []string{jobKey(id)}, fmtTime(time.Now())).Int()
+	n, err := markActive.Run(ctx, s.rdb, []string{rkeys.Job(id)}, fmtTime(time.Now())).Int()
 	if err != nil {
 		return 0, unavailable("mark active", err)
 	}
@@ -248,7 +249,7 @@ func (s *Store) MarkActive(ctx context.Context, id string) (int, error) {
 // MarkRetrying records a failed attempt that asynq will retry.
 func (s *Store) MarkRetrying(ctx context.Context, id string, e JobError) error {
 	b, _ := json.Marshal(e)
-	if err := markRetrying.Run(ctx, s.rdb, []string{jobKey(id)}, string(b)).Err(); err != nil {
+	if err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id)}, string(b)).Err(); err != nil {
 		return unavailable("mark retrying", err)
 	}
 	return nil
@@ -275,11 +276,11 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcom
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
 		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
-		evType, string(body), LiveChannel(id)}
+		evType, string(body), rkeys.LiveChannel(id)}
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
-	keys := []string{jobKey(id), sessionOrderKey(tenant, session), historyKey(tenant, session), eventsKey(id)}
+	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id)}
 	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
 		return false, unavailable("finish job", err)
@@ -289,7 +290,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcom
 
 // History returns a session's conversation, oldest first.
 func (s *Store) History(ctx context.Context, tenant, session string) ([]Message, error) {
-	raw, err := s.rdb.LRange(ctx, historyKey(tenant, session), 0, -1).Result()
+	raw, err := s.rdb.LRange(ctx, rkeys.History(tenant, session), 0, -1).Result()
 	if err != nil {
 		return nil, unavailable("read history", err)
 	}
@@ -306,7 +307,7 @@ func (s *Store) History(ctx context.Context, tenant, session string) ([]Message,
 
 // SessionHead returns the job whose turn it is in a session ("" when none).
 func (s *Store) SessionHead(ctx context.Context, tenant, session string) (string, error) {
-	id, err := s.rdb.LIndex(ctx, sessionOrderKey(tenant, session), 0).Result()
+	id, err := s.rdb.LIndex(ctx, rkeys.SessionOrder(tenant, session), 0).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
@@ -318,7 +319,7 @@ func (s *Store) SessionHead(ctx context.Context, tenant, session string) (string
 
 // Release removes a job from its session's order (a record that is gone).
 func (s *Store) Release(ctx context.Context, tenant, session, id string) error {
-	if err := s.rdb.LRem(ctx, sessionOrderKey(tenant, session), 0, id).Err(); err != nil {
+	if err := s.rdb.LRem(ctx, rkeys.SessionOrder(tenant, session), 0, id).Err(); err != nil {
 		return unavailable("release turn", err)
 	}
 	return nil

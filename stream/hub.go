@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/store"
 )
 
@@ -80,7 +81,7 @@ func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
 		h.chans[id] = ch
 		// Written under the lock so that the order of commands on the wire is
 		// the order of the confirmation queue.
-		name := store.LiveChannel(id)
+		name := rkeys.LiveChannel(id)
 		if err := h.ps.Subscribe(ctx, name); err != nil {
 			delete(h.chans, id)
 			h.mu.Unlock()
@@ -119,7 +120,7 @@ func (s *Subscription) Close() {
 		return
 	}
 	delete(h.chans, s.id)
-	name := store.LiveChannel(s.id)
+	name := rkeys.LiveChannel(s.id)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := h.ps.Unsubscribe(ctx, name); err != nil {
@@ -192,7 +193,7 @@ func (h *Hub) confirm(m *redis.Subscription) {
 }
 
 func (h *Hub) deliver(m *redis.Message) {
-	id, ok := store.JobIDOfChannel(m.Channel)
+	id, ok := rkeys.JobIDOfChannel(m.Channel)
 	if !ok {
 		return
 	}

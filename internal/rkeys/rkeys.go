@@ -1,0 +1,39 @@
+// Package rkeys names every Redis key and channel chatfleet writes (asynq
+// names its own). Nothing else builds a key.
+package rkeys
+
+const prefix = "chatfleet:"
+
+// Job is a job's record (hash).
+func Job(id string) string { return prefix + "job:" + id }
+
+// Events is a job's event log (list; entry i is event seq i+1).
+func Events(id string) string { return prefix + "job:" + id + ":events" }
+
+// LiveChannel is the pub/sub channel on which a job's events go out live.
+func LiveChannel(id string) string { return prefix + "job:" + id + ":live" }
+
+// JobIDOfChannel returns the job id of a LiveChannel name.
+func JobIDOfChannel(ch string) (string, bool) {
+	const head, tail = prefix + "job:", ":live"
+	if len(ch) <= len(head)+len(tail) || ch[:len(head)] != head || ch[len(ch)-len(tail):] != tail {
+		return "", false
+	}
+	return ch[len(head) : len(ch)-len(tail)], true
+}
+
+// Tenant names never contain ':' and session ids never contain a newline
+// (both are validated), so tenant + session cannot collide.
+
+// SessionOrder lists a session's unfinished jobs in submission order.
+func SessionOrder(tenant, session string) string {
+	return prefix + "session:" + tenant + ":" + session + ":order"
+}
+
+// History is a session's conversation (list of JSON messages).
+func History(tenant, session string) string {
+	return prefix + "session:" + tenant + ":" + session + ":history"
+}
+
+// Breaker namespaces the keys of a provider's shared circuit breaker state.
+func Breaker(name string) string { return prefix + "breaker:" + name }
