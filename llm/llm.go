@@ -3,7 +3,6 @@ package llm
 
 import (
 	"context"
-	"fmt"
 	"strings"
 )
 
@@ -38,15 +37,6 @@ type Provider interface {
 	Name() string
 	Stream(ctx context.Context, req Request, onDelta func(delta string) error) (Reply, error)
 }
-
-// Error is a provider failure with its retry class.
-type Error struct {
-	Provider  string
-	Retryable bool
-	Msg       string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%s: %s", e.Provider, e.Msg) }
 
 // CountWords is the token estimate used where a provider reports no usage.
 func CountWords(s string) int { return len(strings.Fields(s)) }

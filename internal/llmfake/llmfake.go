@@ -1,0 +1,259 @@
+// Package llmfake runs fake LLM servers that speak the real HTTP streaming
+// wire formats (OpenAI Chat Completions, Anthropic Messages), scripted per
+// call: replies, errors with status and Retry-After, slow first bytes, streams
+// cut mid-reply, malformed chunks, missing usage. Tests point real providers
+// and real worker processes at them over loopback.
+package llmfake
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Step is what the server does on one call.
+type Step struct {
+	Status         int           // answer this error status instead of a stream
+	Message        string        // the error's message
+	RetryAfter     string        // Retry-After header of an error answer
+	FirstByteDelay time.Duration // wait before answering
+	CutAfter       int           // > 0: drop the connection after this many text chunks
+	Malformed      bool          // send a chunk that is not JSON after the first text chunk
+	OmitUsage      bool          // send no usage
+	TokenDelay     time.Duration // between text chunks
+}
+
+// Fake is a running fake server.
+type Fake struct {
+	srv   *httptest.Server
+	calls atomic.Int64
+	mu    sync.Mutex
+	plan  func(call int) Step
+	kind  string
+}
+
+// Reply is the text the fakes answer a prompt whose last user message is msg.
+func Reply(msg string) string { return "upstream says: " + msg }
+
+// NewOpenAI starts a fake OpenAI-compatible server; its base URL ends in /v1.
+func NewOpenAI(t testing.TB) *Fake { return start(t, "openai") }
+
+// NewAnthropic starts a fake Anthropic Messages server.
+func NewAnthropic(t testing.TB) *Fake { return start(t, "anthropic") }
+
+func start(t testing.TB, kind string) *Fake {
+	f := &Fake{kind: kind, plan: func(int) Step { return Step{} }}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// URL is the base URL to configure a provider with.
+func (f *Fake) URL() string {
+	if f.kind == "openai" {
+		return f.srv.URL + "/v1"
+	}
+	return f.srv.URL
+}
+
+// Calls is how many requests reached the server.
+func (f *Fake) Calls() int { return int(f.calls.Load()) }
+
+// SetPlan decides each call's behaviour by its number (1-based).
+func (f *Fake) SetPlan(plan func(call int) Step) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.plan = plan
+}
+
+// Always answers every call with step.
+func (f *Fake) Always(step Step) { f.SetPlan(func(int) Step { return step }) }
+
+func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
+	n := int(f.calls.Add(1))
+	f.mu.Lock()
+	step := f.plan(n)
+	f.mu.Unlock()
+
+	var req struct {
+		Model    string `json:"model"`
+		Messages []struct {
+			Role    string `json:"role"`
+			Content any    `json:"content"`
+		} `json:"messages"`
+		Stream bool `json:"stream"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
+		f.fail(w, http.StatusBadRequest, "malformed request", "")
+		return
+	}
+	if step.FirstByteDelay > 0 {
+		select {
+		case <-time.After(step.FirstByteDelay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if step.Status != 0 {
+		f.fail(w, step.Status, step.Message, step.RetryAfter)
+		return
+	}
+	last := req.Messages[len(req.Messages)-1]
+	text := Reply(contentText(last.Content))
+	words := splitKeep(text)
+	promptWords := 0
+	for _, m := range req.Messages {
+		promptWords += len(strings.Fields(contentText(m.Content)))
+	}
+	model := req.Model
+	if model == "" {
+		model = "fake-model"
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(http.StatusOK)
+	fl := w.(http.Flusher)
+	if f.kind == "openai" {
+		f.streamOpenAI(w, fl, r, step, model, words, promptWords)
+	} else {
+		f.streamAnthropic(w, fl, r, step, model, words, promptWords)
+	}
+}
+
+func (f *Fake) fail(w http.ResponseWriter, status int, msg, retryAfter string) {
+	if msg == "" {
+		msg = http.StatusText(status)
+	}
+	if retryAfter != "" {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if f.kind == "openai" {
+		_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": "invalid_request_error", "param": nil, "code": nil}})
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"type": "error", "error": map[string]any{"type": "api_error", "message": msg}})
+}
+
+// cut drops the connection without finishing the response.
+func cut(w http.ResponseWriter) {
+	if hj, ok := w.(http.Hijacker); ok {
+		if c, _, err := hj.Hijack(); err == nil {
+			_ = c.Close()
+		}
+	}
+}
+
+func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, promptWords int) {
+	send := func(v any) {
+		b, _ := json.Marshal(v)
+		fmt.Fprintf(w, "data: %s\n\n", b)
+		fl.Flush()
+	}
+	chunk := func(delta map[string]any, finish any) map[string]any {
+		return map[string]any{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": time.Now().Unix(), "model": model,
+			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}}
+	}
+	send(chunk(map[string]any{"role": "assistant", "content": ""}, nil))
+	for i, wd := range words {
+		if step.CutAfter > 0 && i == step.CutAfter {
+			cut(w)
+			return
+		}
+		if i > 0 && step.TokenDelay > 0 {
+			select {
+			case <-time.After(step.TokenDelay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		send(chunk(map[string]any{"content": wd}, nil))
+		if step.Malformed && i == 0 {
+			fmt.Fprint(w, "data: {\"id\": not json\n\n")
+			fl.Flush()
+		}
+	}
+	send(chunk(map[string]any{}, "stop"))
+	if !step.OmitUsage {
+		send(map[string]any{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": time.Now().Unix(), "model": model,
+			"choices": []any{}, "usage": map[string]any{"prompt_tokens": promptWords, "completion_tokens": len(words), "total_tokens": promptWords + len(words)}})
+	}
+	fmt.Fprint(w, "data: [DONE]\n\n")
+	fl.Flush()
+}
+
+func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, promptWords int) {
+	send := func(event string, v any) {
+		b, _ := json.Marshal(v)
+		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
+		fl.Flush()
+	}
+	in := promptWords
+	if step.OmitUsage {
+		in = 0
+	}
+	send("message_start", map[string]any{"type": "message_start", "message": map[string]any{
+		"id": "msg_fake", "type": "message", "role": "assistant", "content": []any{}, "model": model,
+		"stop_reason": nil, "stop_sequence": nil, "usage": map[string]any{"input_tokens": in, "output_tokens": 0}}})
+	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "text", "text": ""}})
+	send("ping", map[string]any{"type": "ping"})
+	for i, wd := range words {
+		if step.CutAfter > 0 && i == step.CutAfter {
+			cut(w)
+			return
+		}
+		if i > 0 && step.TokenDelay > 0 {
+			select {
+			case <-time.After(step.TokenDelay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "text_delta", "text": wd}})
+		if step.Malformed && i == 0 {
+			fmt.Fprint(w, "event: content_block_delta\ndata: {not json\n\n")
+			fl.Flush()
+		}
+	}
+	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
+	out := len(words)
+	if step.OmitUsage {
+		out = 0
+	}
+	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil}, "usage": map[string]any{"output_tokens": out}})
+	send("message_stop", map[string]any{"type": "message_stop"})
+}
+
+// contentText flattens string or content-part message content.
+func contentText(c any) string {
+	switch v := c.(type) {
+	case string:
+		return v
+	case []any:
+		var b strings.Builder
+		for _, p := range v {
+			if m, ok := p.(map[string]any); ok {
+				if s, ok := m["text"].(string); ok {
+					b.WriteString(s)
+				}
+			}
+		}
+		return b.String()
+	}
+	return ""
+}
+
+// splitKeep cuts s into words, each but the first with its leading space.
+func splitKeep(s string) []string {
+	fields := strings.Fields(s)
+	for i := 1; i < len(fields); i++ {
+		fields[i] = " " + fields[i]
+	}
+	return fields
+}
