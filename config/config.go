@@ -31,7 +31,10 @@ type Config struct {
 	LLMBaseURL      string
 	LLMAPIKey       string
 	LLMModel        string
-	LLMFallbacks    string
+	LLMFallbacks    string         // as configured
+	Fallbacks       []ProviderSpec // parsed from LLMFallbacks
+	OnAllDown       string         // degrade, fail or defer
+	DegradedReply   string
 	LLMTimeout      time.Duration
 	BreakerFailures int
 	BreakerOpenFor  time.Duration
@@ -96,16 +99,13 @@ func Vars(role Role) []Var {
 			func(c *Config, v string) error { c.RedisURL = v; return validRedisURL(v) }},
 		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs; empty disables auth outside production", true,
 			func(c *Config, v string) (err error) { c.APIKeys, err = parseAPIKeys(v); return err }},
-		{"CHATFLEET_LLM_PROVIDER", "sim", "sim (simulated, deterministic); openai and anthropic are not available yet", false,
+		{"CHATFLEET_LLM_PROVIDER", "sim", "openai (any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, OpenRouter), anthropic, or sim (simulated, deterministic)", false,
 			func(c *Config, v string) error {
-				switch v {
-				case "sim":
-					c.LLMProvider = v
-					return nil
-				case "openai", "anthropic":
-					return fmt.Errorf("%q is not available in this build yet; use sim", v)
+				if !validKind(v) {
+					return fmt.Errorf("must be openai, anthropic or sim, got %q", v)
 				}
-				return fmt.Errorf("must be sim, got %q", v)
+				c.LLMProvider = v
+				return nil
 			}},
 		{"CHATFLEET_LLM_BASE_URL", "", "provider endpoint", false,
 			func(c *Config, v string) error { c.LLMBaseURL = v; return validOptionalURL(v) }},
@@ -113,8 +113,18 @@ func Vars(role Role) []Var {
 			func(c *Config, v string) error { c.LLMAPIKey = v; return nil }},
 		{"CHATFLEET_LLM_MODEL", "", "default model name", false,
 			func(c *Config, v string) error { c.LLMModel = v; return nil }},
-		{"CHATFLEET_LLM_FALLBACKS", "", "ordered fallback providers (not used yet)", false,
+		{"CHATFLEET_LLM_FALLBACKS", "", "ordered fallback providers, comma-separated, each kind[:model][@base_url][#KEY_VARIABLE], e.g. anthropic:claude-haiku-4-5#ANTHROPIC_API_KEY,openai:llama3@http://ollama:11434/v1", false,
 			func(c *Config, v string) error { c.LLMFallbacks = v; return nil }},
+		{"CHATFLEET_ON_ALL_PROVIDERS_DOWN", "degrade", "when every provider is open or failing: degrade (the job succeeds with CHATFLEET_DEGRADED_REPLY, degraded: true), fail, or defer (park the job until a breaker half-opens)", false,
+			func(c *Config, v string) error {
+				if v != "degrade" && v != "fail" && v != "defer" {
+					return fmt.Errorf("must be degrade, fail or defer, got %q", v)
+				}
+				c.OnAllDown = v
+				return nil
+			}},
+		{"CHATFLEET_DEGRADED_REPLY", "The assistant is temporarily unavailable. Please try again in a few minutes.", "the reply of a degraded job", false,
+			func(c *Config, v string) error { c.DegradedReply = v; return nil }},
 		{"CHATFLEET_LLM_TIMEOUT", "60s", "whole-call timeout of one provider call", false,
 			durationVar(func(c *Config) *time.Duration { return &c.LLMTimeout }, time.Millisecond)},
 		{"CHATFLEET_BREAKER_FAILURES", "5", "consecutive failures that open a provider's breaker", false,
@@ -184,6 +194,14 @@ func Load(role Role, getenv func(string) string) (Config, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", v.Name, err))
 		}
 	}
+	if fb, err := parseFallbacks(c.LLMFallbacks, getenv); err != nil {
+		errs = append(errs, fmt.Errorf("CHATFLEET_LLM_FALLBACKS: %w", err))
+	} else {
+		c.Fallbacks = fb
+	}
+	if c.LLMProvider != "sim" && c.LLMModel == "" {
+		errs = append(errs, fmt.Errorf("CHATFLEET_LLM_MODEL: required for the %s provider", c.LLMProvider))
+	}
 	if c.RedisURL == "" && role != RoleStandalone {
 		errs = append(errs, fmt.Errorf("CHATFLEET_REDIS_URL: required for %s (only api --standalone embeds Redis)", role))
 	}
@@ -202,10 +220,63 @@ func (c Config) crossChecks() []error {
 	if c.LLMProvider == "sim" {
 		errs = append(errs, errors.New("CHATFLEET_LLM_PROVIDER: production refuses the simulated LLM"))
 	}
+	for _, f := range c.Fallbacks {
+		if f.Kind == "sim" {
+			errs = append(errs, errors.New("CHATFLEET_LLM_FALLBACKS: production refuses the simulated LLM"))
+			break
+		}
+	}
 	if len(c.APIKeys) == 0 {
 		errs = append(errs, errors.New("CHATFLEET_API_KEYS: production needs at least one tenant:key pair"))
 	}
 	return errs
+}
+
+// ProviderSpec is one LLM provider of the chain.
+type ProviderSpec struct {
+	Kind    string // openai, anthropic or sim
+	Model   string
+	BaseURL string
+	APIKey  string
+}
+
+// Primary is the provider named by CHATFLEET_LLM_PROVIDER and its variables.
+func (c Config) Primary() ProviderSpec {
+	return ProviderSpec{Kind: c.LLMProvider, Model: c.LLMModel, BaseURL: c.LLMBaseURL, APIKey: c.LLMAPIKey}
+}
+
+func validKind(k string) bool { return k == "openai" || k == "anthropic" || k == "sim" }
+
+// parseFallbacks reads kind[:model][@base_url][#KEY_VARIABLE], comma-separated.
+// Keys come from the named variables, so that no secret sits in the list.
+func parseFallbacks(v string, getenv func(string) string) ([]ProviderSpec, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	var out []ProviderSpec
+	for i, entry := range strings.Split(v, ",") {
+		entry = strings.TrimSpace(entry)
+		var spec ProviderSpec
+		entry, keyVar, hasKey := strings.Cut(entry, "#")
+		entry, spec.BaseURL, _ = strings.Cut(entry, "@")
+		spec.Kind, spec.Model, _ = strings.Cut(entry, ":")
+		if !validKind(spec.Kind) {
+			return nil, fmt.Errorf("entry %d: kind must be openai, anthropic or sim, got %q", i+1, spec.Kind)
+		}
+		if spec.Kind != "sim" && spec.Model == "" {
+			return nil, fmt.Errorf("entry %d: %s needs a model (%s:MODEL)", i+1, spec.Kind, spec.Kind)
+		}
+		if err := validOptionalURL(spec.BaseURL); err != nil {
+			return nil, fmt.Errorf("entry %d: base URL %w", i+1, err)
+		}
+		if hasKey {
+			if spec.APIKey = getenv(keyVar); spec.APIKey == "" {
+				return nil, fmt.Errorf("entry %d: key variable %s is not set", i+1, keyVar)
+			}
+		}
+		out = append(out, spec)
+	}
+	return out, nil
 }
 
 // Summary renders the effective settings with secrets redacted, for `config check`.

@@ -10,6 +10,7 @@ import (
 
 // SimConfig tunes the simulated provider.
 type SimConfig struct {
+	Name       string        // provider name (default "sim")
 	Latency    time.Duration // before the first token
 	TokenDelay time.Duration // between tokens
 	Tokens     int           // filler words appended to the reply
@@ -22,10 +23,15 @@ type SimConfig struct {
 type Sim struct{ cfg SimConfig }
 
 // NewSim returns a simulated provider.
-func NewSim(cfg SimConfig) *Sim { return &Sim{cfg: cfg} }
+func NewSim(cfg SimConfig) *Sim {
+	if cfg.Name == "" {
+		cfg.Name = "sim"
+	}
+	return &Sim{cfg: cfg}
+}
 
 // Name implements Provider.
-func (s *Sim) Name() string { return "sim" }
+func (s *Sim) Name() string { return s.cfg.Name }
 
 var filler = strings.Fields("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua")
 
@@ -55,7 +61,7 @@ func (s *Sim) Stream(ctx context.Context, req Request, onDelta func(string) erro
 		return Reply{}, err
 	}
 	if s.cfg.FailRate > 0 && rand.Float64() < s.cfg.FailRate {
-		return Reply{}, &Error{Provider: "sim", Retryable: true, Msg: "simulated provider failure"}
+		return Reply{}, &Error{Provider: s.cfg.Name, Retryable: true, Msg: "simulated provider failure"}
 	}
 	content := SimReply(last, s.cfg.Tokens)
 	for i, d := range splitWords(content) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -22,25 +23,57 @@ import (
 // session is unfinished. It is not a failure: asynq retries it without counting.
 var errNotYourTurn = errors.New("an earlier job of the session is unfinished")
 
-// Pipeline is the asynq handler of chat:complete tasks.
-type Pipeline struct {
-	store       *store.Store
-	provider    llm.Provider
-	log         zerolog.Logger
-	coalescing  stream.Coalescing
-	maxAttempts int           // 1 + CHATFLEET_MAX_RETRIES
-	timeout     time.Duration // one provider call
-	budget      int           // prompt tokens
-	turnWait    time.Duration // how long a job waits in place for its session's turn
+// errDeferred parks a job while every provider's breaker is open (mode
+// defer). Not a failure: asynq retries it when the first breaker half-opens.
+type errDeferred struct{ until time.Time }
+
+func (e *errDeferred) Error() string {
+	return "every provider is open; job deferred until " + e.until.UTC().Format(time.RFC3339)
 }
 
-// NewPipeline returns the handler. maxRetries is the number of attempts after
-// the first; attempts are counted in the job record, so an attempt cut short by
-// a crash counts too, and a job that crashes its worker every time still ends.
-func NewPipeline(st *store.Store, p llm.Provider, log zerolog.Logger, maxRetries int, callTimeout time.Duration, c stream.Coalescing) *Pipeline {
-	return &Pipeline{store: st, provider: p, log: log, coalescing: c, maxAttempts: maxRetries + 1,
-		timeout: callTimeout, budget: 6000, turnWait: 2 * time.Second}
+// On-all-providers-down modes.
+const (
+	AllDownDegrade = "degrade"
+	AllDownFail    = "fail"
+	AllDownDefer   = "defer"
+)
+
+// PipelineOptions tunes the pipeline.
+type PipelineOptions struct {
+	// MaxRetries is the number of attempts after the first. Attempts are
+	// counted in the job record, so an attempt cut short by a crash counts too,
+	// and a job that crashes its worker every time still ends.
+	MaxRetries    int
+	CallTimeout   time.Duration // one provider call
+	Coalescing    stream.Coalescing
+	OnAllDown     string // degrade (default), fail or defer
+	DegradedReply string
+	Metrics       *Metrics
 }
+
+// Pipeline is the asynq handler of chat:complete tasks.
+type Pipeline struct {
+	store    *store.Store
+	chain    *llm.Chain
+	log      zerolog.Logger
+	opt      PipelineOptions
+	m        *Metrics
+	budget   int           // prompt tokens
+	turnWait time.Duration // how long a job waits in place for its session's turn
+}
+
+// NewPipeline returns the handler.
+func NewPipeline(st *store.Store, chain *llm.Chain, log zerolog.Logger, opt PipelineOptions) *Pipeline {
+	if opt.OnAllDown == "" {
+		opt.OnAllDown = AllDownDegrade
+	}
+	if opt.Metrics == nil {
+		opt.Metrics = NewMetrics(nil)
+	}
+	return &Pipeline{store: st, chain: chain, log: log, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second}
+}
+
+func (p *Pipeline) maxAttempts() int { return p.opt.MaxRetries + 1 }
 
 // finishTimeout bounds recording an outcome. It runs on a context detached from
 // the task's, so that a reply already paid for is recorded even when shutdown
@@ -73,6 +106,12 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		return err
 	}
+	if p.opt.OnAllDown == AllDownDefer {
+		if open, until := p.chain.AllOpen(); open {
+			log.Info().Time("until", until).Msg("every provider is open; job deferred")
+			return &errDeferred{until: until}
+		}
+	}
 	attempt, err := p.store.MarkActive(ctx, pl.JobID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -85,41 +124,63 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	log = log.With().Int("attempt", attempt).Logger()
-	if attempt > p.maxAttempts {
+	if attempt > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
 		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", attempt-1)}
 		if _, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
 			return err
 		}
 		log.Error().Str("status", store.StatusFailed).Msg("job failed: attempts exhausted")
+		p.m.jobs.WithLabelValues(store.StatusFailed).Inc()
 		return fmt.Errorf("%s: %w", jerr.Message, asynq.SkipRetry)
 	}
 	start := time.Now()
+	queue, _ := asynq.GetQueueName(ctx)
+	if attempt == 1 {
+		p.m.queueWait.WithLabelValues(queue).Observe(start.Sub(pl.SubmittedAt).Seconds())
+	}
+	p.m.active.Inc()
+	defer p.m.active.Dec()
 
 	history, err := p.store.History(ctx, pl.Tenant, pl.SessionID)
 	if err != nil {
 		log.Warn().Err(err).Msg("history unavailable; continuing without it")
+		p.m.historyUnavailable.Inc()
 		history = nil
 	}
 	if attempt > 1 {
 		p.retractInterrupted(ctx, pl.JobID, attempt, log)
 	}
 	req := llm.Request{Model: pl.Model, Messages: BuildPrompt(history, pl.Message, p.budget)}
-	emit := stream.NewEmitter(ctx, p.store, pl.JobID, p.coalescing)
-	callCtx, cancel := context.WithTimeout(ctx, p.timeout)
-	reply, err := p.provider.Stream(callCtx, req, emit.Delta)
+	emit := stream.NewEmitter(ctx, p.store, pl.JobID, p.opt.Coalescing)
+	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
+	onDelta := func(d string) error { firstToken(); return emit.Delta(d) }
+	callCtx, cancel := context.WithTimeout(ctx, p.opt.CallTimeout)
+	reply, provider, err := p.chain.Stream(callCtx, req, onDelta)
 	cancel()
 	if ferr := emit.Flush(); err == nil {
 		err = ferr // the job was canceled while its last tokens went out
 	}
+	log = log.With().Dur("duration_ms", time.Since(start)).Logger()
+	var allDown *llm.AllDownError
+	if errors.As(err, &allDown) && (allDown.AllOpen || attempt >= p.maxAttempts()) && p.opt.OnAllDown == AllDownDegrade {
+		return p.degrade(ctx, pl, emit, allDown, start, log)
+	}
+	if allDown != nil && allDown.AllOpen && p.opt.OnAllDown == AllDownDefer {
+		if err := p.store.MarkDeferred(ctx, pl.JobID); err != nil {
+			log.Warn().Err(err).Msg("could not hand back the attempt")
+		}
+		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
+		return &errDeferred{until: allDown.Until}
+	}
 	if err != nil {
-		return p.failAttempt(ctx, pl, attempt, emit.Emitted(), err, log.With().Dur("duration_ms", time.Since(start)).Logger())
+		return p.failAttempt(ctx, pl, attempt, emit.Emitted(), err, log)
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	first, err := p.finish(ctx, pl, store.Outcome{
 		Status: store.StatusSucceeded,
-		Result: &store.Result{Content: reply.Content, Provider: p.provider.Name(), Model: reply.Model},
+		Result: &store.Result{Content: reply.Content, Provider: provider, Model: reply.Model},
 		Usage:  &store.Usage{PromptTokens: reply.Usage.PromptTokens, CompletionTokens: reply.Usage.CompletionTokens},
 		History: []store.Message{
 			{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: pl.SubmittedAt.Truncate(time.Millisecond)},
@@ -129,9 +190,44 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err // asynq retries; Finish applies once
 	}
-	log.Info().Str("status", store.StatusSucceeded).Bool("recorded", first).
-		Dur("duration_ms", time.Since(start)).Dur("queue_wait_ms", start.Sub(pl.SubmittedAt)).
+	if first {
+		p.m.jobs.WithLabelValues(store.StatusSucceeded).Inc()
+		p.m.duration.Observe(time.Since(start).Seconds())
+	}
+	log.Info().Str("status", store.StatusSucceeded).Bool("recorded", first).Str("provider", provider).
+		Dur("queue_wait_ms", start.Sub(pl.SubmittedAt)).
 		Int("completion_tokens", reply.Usage.CompletionTokens).Msg("job finished")
+	return nil
+}
+
+// degrade ends a job whose providers are all down with the configured reply,
+// marked degraded. It is not added to the session's history: it is not the
+// model's answer, and the next turn should not build on it.
+func (p *Pipeline) degrade(ctx context.Context, pl tasks.ChatPayload, emit *stream.Emitter, cause *llm.AllDownError, start time.Time, log zerolog.Logger) error {
+	reason := "all_failed"
+	if cause.AllOpen {
+		reason = "all_open"
+	}
+	if emit.Emitted() {
+		p.announceRetry(ctx, pl.JobID, 0, "every provider failed; answering with the degraded reply", log)
+	}
+	if err := emit.Delta(p.opt.DegradedReply); err == nil {
+		_ = emit.Flush()
+	}
+	first, err := p.finish(ctx, pl, store.Outcome{
+		Status: store.StatusSucceeded,
+		Result: &store.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
+		Usage:  &store.Usage{},
+	})
+	if err != nil {
+		return err
+	}
+	if first {
+		p.m.jobs.WithLabelValues("degraded").Inc()
+		p.m.degraded.WithLabelValues(reason).Inc()
+		p.m.duration.Observe(time.Since(start).Seconds())
+	}
+	log.Warn().Err(cause).Str("status", store.StatusSucceeded).Bool("degraded", true).Str("reason", reason).Msg("job finished with the degraded reply")
 	return nil
 }
 
@@ -140,6 +236,7 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	if errors.Is(callErr, store.ErrJobFinished) || ctx.Err() != nil {
 		if j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID); err == nil && j.Status == store.StatusCanceled {
 			log.Info().Str("status", store.StatusCanceled).Msg("job canceled; provider call aborted")
+			p.m.jobs.WithLabelValues(store.StatusCanceled).Inc()
 			return nil
 		}
 	}
@@ -148,13 +245,17 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 		log.Warn().Err(callErr).Msg("job interrupted by shutdown")
 		return callErr
 	}
-	var pe *llm.Error
-	retryable := errors.Is(callErr, context.DeadlineExceeded) || (errors.As(callErr, &pe) && pe.Retryable)
+	var allDown *llm.AllDownError
+	isAllDown := errors.As(callErr, &allDown)
+	retryable := isAllDown || llm.Retryable(callErr)
 	jerr := store.JobError{Code: "provider_error", Message: callErr.Error()}
-	if errors.Is(callErr, context.DeadlineExceeded) {
-		jerr = store.JobError{Code: "timeout", Message: fmt.Sprintf("provider call exceeded %s", p.timeout)}
+	switch {
+	case errors.Is(callErr, context.DeadlineExceeded):
+		jerr = store.JobError{Code: "timeout", Message: fmt.Sprintf("provider call exceeded %s", p.opt.CallTimeout)}
+	case allDown != nil:
+		jerr.Code = "providers_unavailable"
 	}
-	if retryable && attempt < p.maxAttempts {
+	if retryable && attempt < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		if err := p.store.MarkRetrying(ctx, pl.JobID, jerr); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
@@ -164,8 +265,12 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
-	if _, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
+	first, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr})
+	if err != nil {
 		return err // retried by asynq; Finish applies once
+	}
+	if first {
+		p.m.jobs.WithLabelValues(store.StatusFailed).Inc()
 	}
 	log.Error().Err(callErr).Str("status", store.StatusFailed).Msg("job failed")
 	return fmt.Errorf("%w: %w", callErr, asynq.SkipRetry)
@@ -251,17 +356,27 @@ func (p *Pipeline) awaitTurn(ctx context.Context, pl tasks.ChatPayload) error {
 // retryDelay spaces real retries exponentially with jitter and hands a yielding
 // job back almost at once.
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	var deferred *errDeferred
+	if errors.As(err, &deferred) {
+		return max(time.Until(deferred.until), 0) + time.Duration(rand.Int64N(int64(250*time.Millisecond)))
+	}
 	if !isFailure(err) {
 		return 10 * time.Millisecond
 	}
 	d := time.Second << min(n, 6) // 1s, 2s, 4s … 64s
-	return d/2 + time.Duration(float64(d/2)*rand.Float64())
+	d = d/2 + time.Duration(float64(d/2)*rand.Float64())
+	var pe *llm.Error
+	if errors.As(err, &pe) && pe.RetryAfter > d {
+		d = pe.RetryAfter // the upstream asked for more patience
+	}
+	return d
 }
 
 // isFailure tells asynq which errors count against a job's retries: not a
-// yield to an earlier job of the session, and not a cancel (asynq reports a
+// yield to an earlier job of the session, not a deferral, and not a cancel (asynq reports a
 // canceled task as failed with context.Canceled; its next run sees the
 // canceled record and ends at once).
 func isFailure(err error) bool {
-	return !errors.Is(err, errNotYourTurn) && !errors.Is(err, context.Canceled)
+	var deferred *errDeferred
+	return !errors.Is(err, errNotYourTurn) && !errors.Is(err, context.Canceled) && !errors.As(err, &deferred)
 }

@@ -33,7 +33,9 @@ func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pip
 	c := rd.Client()
 	insp := asynq.NewInspectorFromRedisClient(c)
 	st := store.New(c, insp, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	p := NewPipeline(st, prov, zerolog.New(io.Discard), maxRetries, 5*time.Second, stream.Coalescing{Window: 5 * time.Millisecond, MaxBytes: 64})
+	p := NewPipeline(st, llm.NewChain(prov), zerolog.New(io.Discard), PipelineOptions{
+		MaxRetries: maxRetries, CallTimeout: 5 * time.Second, Coalescing: stream.Coalescing{Window: 5 * time.Millisecond, MaxBytes: 64},
+	})
 	for _, f := range tune {
 		f(p)
 	}
@@ -100,19 +102,41 @@ func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
 	}
 }
 
-// A provider that keeps failing is retried up to the limit, then the job fails
-// with the provider's error and its attempts counted.
+// A provider that keeps failing is retried up to the limit; then, with
+// CHATFLEET_ON_ALL_PROVIDERS_DOWN=fail, the job fails with the provider's
+// error and its attempts counted.
 func TestRetryableFailuresRetryThenFail(t *testing.T) {
-	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1)
+	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1, func(p *Pipeline) { p.opt.OnAllDown = AllDownFail })
 	id := tasks.NewJobID()
 	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "m", Priority: "normal", SubmittedAt: time.Now()}.Encode()
 	r.submit(t, id, raw)
 	j := r.waitFinished(t, id)
-	if j.Status != store.StatusFailed || j.Attempts != 2 || j.Error == nil || j.Error.Code != "provider_error" {
+	if j.Status != store.StatusFailed || j.Attempts != 2 || j.Error == nil || j.Error.Code != "providers_unavailable" ||
+		!strings.Contains(j.Error.Message, "simulated provider failure") {
 		t.Fatalf("record %+v %+v", j, j.Error)
 	}
 	if h, _ := r.st.History(context.Background(), "t", "s"); len(h) != 0 {
 		t.Fatalf("a failed job must not enter history: %+v", h)
+	}
+}
+
+// By default a job whose providers keep failing ends, after its retries,
+// with the degraded reply: succeeded, degraded, kept out of the history.
+func TestFailingProvidersDegradeOnTheLastAttempt(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1, func(p *Pipeline) { p.opt.DegradedReply = "busy, sorry" })
+	id := tasks.NewJobID()
+	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "m", Priority: "normal", SubmittedAt: time.Now()}.Encode()
+	r.submit(t, id, raw)
+	j := r.waitFinished(t, id)
+	if j.Status != store.StatusSucceeded || j.Attempts != 2 || !j.Result.Degraded || j.Result.Content != "busy, sorry" {
+		t.Fatalf("record %+v %+v", j, j.Result)
+	}
+	if h, _ := r.st.History(context.Background(), "t", "s"); len(h) != 0 {
+		t.Fatalf("a degraded reply must not enter history: %+v", h)
+	}
+	evs, _ := r.st.Events(context.Background(), id, 0)
+	if len(evs) != 2 || evs[0].Type != store.EventToken || evs[1].Type != store.EventDone {
+		t.Fatalf("events %+v", evs)
 	}
 }
 

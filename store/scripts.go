@@ -40,6 +40,15 @@ redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 `)
 
+// markDeferred hands back an attempt that never reached a provider.
+// KEYS: job.
+var markDeferred = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'status', 'queued')
+return 1
+`)
+
 // markRetrying records a failed attempt that will be retried.
 // KEYS: job. ARGV: error json.
 var markRetrying = redis.NewScript(`

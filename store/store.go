@@ -246,6 +246,15 @@ func (s *Store) MarkActive(ctx context.Context, id string) (int, error) {
 	return n, nil
 }
 
+// MarkDeferred undoes MarkActive for an attempt that never reached a provider
+// (every breaker was open): the job is queued again and keeps its attempts.
+func (s *Store) MarkDeferred(ctx context.Context, id string) error {
+	if err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id)}).Err(); err != nil {
+		return unavailable("mark deferred", err)
+	}
+	return nil
+}
+
 // MarkRetrying records a failed attempt that asynq will retry.
 func (s *Store) MarkRetrying(ctx context.Context, id string, e JobError) error {
 	b, _ := json.Marshal(e)

@@ -121,7 +121,12 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	checker.Register(e)
 
 	if standalone {
-		w := orchestration.NewWorkerFromConfig(cfg, rdb, st, log.With().Str("component", "worker").Logger())
+		bctx, stopBreakers := context.WithCancel(context.Background())
+		closers = append(closers, func() error { stopBreakers(); return nil })
+		w, err := orchestration.NewWorkerFromConfig(bctx, cfg, rdb, st, reg, log.With().Str("component", "worker").Logger())
+		if err != nil {
+			return err
+		}
 		if err := w.Start(); err != nil {
 			return err
 		}

@@ -76,7 +76,12 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 		return err
 	}
 
-	w := orchestration.NewWorkerFromConfig(cfg, rdb, st, log)
+	bctx, stopBreakers := context.WithCancel(context.Background())
+	defer stopBreakers()
+	w, err := orchestration.NewWorkerFromConfig(bctx, cfg, rdb, st, reg, log)
+	if err != nil {
+		return errors.Join(err, srv.Shutdown(context.Background()))
+	}
 	if err := w.Start(); err != nil {
 		return errors.Join(err, srv.Shutdown(context.Background()))
 	}

@@ -37,3 +37,6 @@ func History(tenant, session string) string {
 
 // Breaker namespaces the keys of a provider's shared circuit breaker state.
 func Breaker(name string) string { return prefix + "breaker:" + name }
+
+// BreakerProbe is held by the one worker that probes a half-open provider.
+func BreakerProbe(name string) string { return prefix + "breaker:" + name + ":probe" }

@@ -1,0 +1,267 @@
+package llm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// BreakerSettings configures every provider's breaker.
+type BreakerSettings struct {
+	Failures int           // consecutive failures, fleet-wide, that open it
+	OpenFor  time.Duration // how long it stays open before one probe is let through
+	Refresh  time.Duration // how often a process re-reads the fleet's state (default 250ms)
+}
+
+// ErrOpen is returned, at once and without an upstream call, by a provider
+// whose breaker is open (or half-open with another worker's probe in flight).
+type ErrOpen struct {
+	Provider string
+	Until    time.Time // when it goes half-open
+}
+
+func (e *ErrOpen) Error() string { return e.Provider + ": circuit breaker open" }
+
+// Guarded wraps a provider in a circuit breaker shared by the whole fleet:
+// gobreaker's DistributedCircuitBreaker keeps its counts and state in Redis,
+// so consecutive failures are counted across workers and a trip on one worker
+// is a trip on all. Each process reads the shared state every Refresh and
+// decides from that copy, so a call in steady state costs no Redis command.
+type Guarded struct {
+	Provider
+	dcb     *gobreaker.DistributedCircuitBreaker[struct{}]
+	store   *breakerStore
+	rdb     redis.UniversalClient
+	set     BreakerSettings
+	log     zerolog.Logger
+	metrics *Metrics
+
+	mu       sync.Mutex
+	state    gobreaker.State
+	failures uint32 // consecutive, fleet-wide, as last read
+	until    time.Time
+}
+
+// NewGuarded puts p behind its fleet-wide breaker and starts refreshing the
+// shared state until ctx ends.
+func NewGuarded(ctx context.Context, p Provider, rdb redis.UniversalClient, set BreakerSettings, m *Metrics, log zerolog.Logger) (*Guarded, error) {
+	if set.Refresh <= 0 {
+		set.Refresh = 250 * time.Millisecond
+	}
+	g := &Guarded{Provider: p, rdb: rdb, set: set, metrics: m,
+		log: log.With().Str("provider", p.Name()).Logger(), store: newBreakerStore(rdb)}
+	dcb, err := gobreaker.NewDistributedCircuitBreaker[struct{}](g.store, gobreaker.Settings{
+		Name:        p.Name(),
+		MaxRequests: 1,
+		Timeout:     set.OpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(set.Failures) },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			ev := g.log.Info()
+			if to == gobreaker.StateOpen {
+				ev = g.log.Warn()
+			}
+			ev.Str("from", from.String()).Str("to", to.String()).Msg("circuit breaker state changed")
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("breaker for %s: %w", p.Name(), err)
+	}
+	g.dcb = dcb
+	g.refresh()
+	go g.refreshLoop(ctx)
+	return g, nil
+}
+
+// State is the breaker's state as this process last read it.
+func (g *Guarded) State() gobreaker.State {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.effectiveLocked(time.Now())
+}
+
+func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
+	if g.state == gobreaker.StateOpen && !g.until.IsZero() && !now.Before(g.until) {
+		return gobreaker.StateHalfOpen
+	}
+	return g.state
+}
+
+// Stream implements Provider behind the breaker.
+func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+	g.mu.Lock()
+	st, until := g.effectiveLocked(time.Now()), g.until
+	g.mu.Unlock()
+	probe := false
+	switch st {
+	case gobreaker.StateOpen:
+		g.metrics.request(g.Name(), "open")
+		return Reply{}, &ErrOpen{Provider: g.Name(), Until: until}
+	case gobreaker.StateHalfOpen:
+		// One probe for the whole fleet; everyone else keeps failing over.
+		ok, err := g.rdb.SetNX(ctx, rkeys.BreakerProbe(g.Name()), "1", g.set.OpenFor).Result()
+		if err != nil || !ok {
+			g.metrics.request(g.Name(), "open")
+			return Reply{}, &ErrOpen{Provider: g.Name(), Until: time.Now().Add(g.set.Refresh)}
+		}
+		probe = true
+		g.log.Info().Msg("circuit breaker half-open: probing")
+	}
+	reply, err := g.Provider.Stream(ctx, req, onDelta)
+	g.metrics.request(g.Name(), outcome(err))
+	if err == nil {
+		g.metrics.tokens(g.Name(), reply.Model, reply.Usage)
+	}
+	g.record(st, err)
+	if probe {
+		_ = g.rdb.Del(context.WithoutCancel(ctx), rkeys.BreakerProbe(g.Name())).Err()
+	}
+	return reply, err
+}
+
+// record feeds an outcome to the shared breaker. Only provider failures and
+// successes count; client errors and cancels do not. A success while all is
+// well changes nothing and is not written.
+func (g *Guarded) record(seen gobreaker.State, err error) {
+	if err != nil && !Retryable(err) {
+		return
+	}
+	g.mu.Lock()
+	steady := err == nil && seen == gobreaker.StateClosed && g.failures == 0
+	g.mu.Unlock()
+	if steady {
+		return
+	}
+	if _, xerr := g.dcb.Execute(func() (struct{}, error) { return struct{}{}, err }); xerr != nil &&
+		!errors.Is(xerr, err) && !errors.Is(xerr, gobreaker.ErrOpenState) && !errors.Is(xerr, gobreaker.ErrTooManyRequests) {
+		g.log.Warn().Err(xerr).Msg("could not record the call in the shared breaker")
+	}
+	g.refresh()
+}
+
+func (g *Guarded) refreshLoop(ctx context.Context) {
+	t := time.NewTicker(g.set.Refresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			g.refresh()
+		}
+	}
+}
+
+// refresh reads the fleet's shared state (one GET) into this process's copy.
+func (g *Guarded) refresh() {
+	raw, err := g.store.GetData(sharedStateName(g.Name()))
+	if err != nil || len(raw) == 0 {
+		return // keep the last copy while Redis is unreachable
+	}
+	var s gobreaker.SharedState
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return
+	}
+	g.mu.Lock()
+	g.state, g.failures, g.until = s.State, s.Counts.ConsecutiveFailures, time.Time{}
+	if s.State == gobreaker.StateOpen {
+		g.until = s.Expiry
+	}
+	eff := g.effectiveLocked(time.Now())
+	g.mu.Unlock()
+	g.metrics.breaker(g.Name(), eff)
+}
+
+// sharedStateName is the name gobreaker stores its shared state under.
+func sharedStateName(provider string) string { return "gobreaker:state:" + provider }
+
+func outcome(err error) string {
+	switch {
+	case err == nil:
+		return "success"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case Retryable(err):
+		return "error"
+	}
+	var pe *Error
+	if errors.As(err, &pe) {
+		return "rejected"
+	}
+	return "aborted"
+}
+
+// breakerStore keeps gobreaker's shared state in Redis.
+type breakerStore struct {
+	rdb   redis.UniversalClient
+	token string
+}
+
+func newBreakerStore(rdb redis.UniversalClient) *breakerStore {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return &breakerStore{rdb: rdb, token: hex.EncodeToString(b)}
+}
+
+var errLocked = errors.New("breaker state is locked by another process")
+
+// Lock takes a short lease on the shared state. It spins briefly itself, so
+// that gobreaker's own 500 ms retry sleep is rarely reached.
+func (s *breakerStore) Lock(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for {
+		ok, err := s.rdb.SetNX(ctx, rkeys.Breaker(name), s.token, 2*time.Second).Result()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errLocked
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// Unlock releases the lease if this process still holds it.
+func (s *breakerStore) Unlock(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return unlockScript.Run(ctx, s.rdb, []string{rkeys.Breaker(name)}, s.token).Err()
+}
+
+// GetData reads the shared state; none yet is (nil, nil).
+func (s *breakerStore) GetData(name string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	b, err := s.rdb.Get(ctx, rkeys.Breaker(name)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// SetData writes the shared state.
+func (s *breakerStore) SetData(name string, data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return s.rdb.Set(ctx, rkeys.Breaker(name), data, 0).Err()
+}

@@ -1,0 +1,49 @@
+package orchestration
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the worker's job series. No label holds a job, session or tenant id.
+type Metrics struct {
+	jobs               *prometheus.CounterVec
+	degraded           *prometheus.CounterVec
+	duration           prometheus.Histogram
+	ttft               prometheus.Histogram
+	queueWait          *prometheus.HistogramVec
+	active             prometheus.Gauge
+	historyUnavailable prometheus.Counter
+}
+
+// latencyBuckets spans 5 ms to about 2 minutes.
+var latencyBuckets = prometheus.ExponentialBuckets(0.005, 2, 15)
+
+// NewMetrics registers the job metrics on reg (nil: not exposed).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m := &Metrics{
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatfleet_jobs_total", Help: "Finished jobs by outcome (succeeded, failed, canceled, degraded).",
+		}, []string{"outcome"}),
+		degraded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatfleet_degraded_replies_total", Help: "Jobs answered with the degraded reply, by reason (all_open, all_failed).",
+		}, []string{"reason"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "chatfleet_job_duration_seconds", Help: "Start of work to done.", Buckets: latencyBuckets,
+		}),
+		ttft: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "chatfleet_time_to_first_token_seconds", Help: "Submit to first token.", Buckets: latencyBuckets,
+		}),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "chatfleet_queue_wait_seconds", Help: "Submit to start of work, by queue.", Buckets: latencyBuckets,
+		}, []string{"queue"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatfleet_active_jobs", Help: "Jobs being worked on now by this process.",
+		}),
+		historyUnavailable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatfleet_history_unavailable_total", Help: "Jobs run without their session history because Redis could not give it.",
+		}),
+	}
+	reg.MustRegister(m.jobs, m.degraded, m.duration, m.ttft, m.queueWait, m.active, m.historyUnavailable)
+	return m
+}
