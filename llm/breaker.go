@@ -36,8 +36,9 @@ func (e *ErrOpen) Error() string { return e.Provider + ": circuit breaker open" 
 // Guarded wraps a provider in a circuit breaker shared by the whole fleet:
 // gobreaker's DistributedCircuitBreaker keeps its counts and state in Redis,
 // so consecutive failures are counted across workers and a trip on one worker
-// is a trip on all. Each process reads the shared state every Refresh and
-// decides from that copy, so a call in steady state costs no Redis command.
+// is a trip on all. A call reads the shared state once (one GET) and, in
+// steady state, writes nothing; each process also re-reads it every Refresh
+// so that its chatfleet_breaker_state gauge follows the fleet within a second.
 type Guarded struct {
 	Provider
 	dcb     *gobreaker.DistributedCircuitBreaker[struct{}]
@@ -99,6 +100,10 @@ func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 
 // Stream implements Provider behind the breaker.
 func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+	// One GET of the fleet's state: another worker may have tripped the
+	// breaker a moment ago. Cheap next to an LLM call; writes happen only on
+	// failures and on recoveries.
+	g.refresh()
 	g.mu.Lock()
 	st, until := g.effectiveLocked(time.Now()), g.until
 	g.mu.Unlock()

@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/llmfake"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// labelled reads a labelled sample (e.g. `chatfleet_breaker_state{provider="openai"}`).
+func labelled(t *testing.T, base, series string) (float64, bool) {
+	t.Helper()
+	res, err := httpc.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			_, _ = fmt.Sscan(v, &f)
+			return f, true
+		}
+	}
+	return 0, false
+}
+
+func providerEnv(fake *llmfake.Fake, extra map[string]string) map[string]string {
+	env := map[string]string{
+		"CHATFLEET_LLM_PROVIDER": "openai", "CHATFLEET_LLM_BASE_URL": fake.URL(),
+		"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": "test-key",
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
+// Upstream down, three worker processes: the breaker opens fleet-wide after 5
+// upstream calls in total; while open, jobs finish degraded without touching
+// the upstream; after the open period one probe closes it and real replies
+// resume, on every worker.
+func TestBreakerOpensFleetWideAndRecovers(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.Always(llmfake.Step{Status: 500, Message: "upstream on fire"})
+	const openFor = 3 * time.Second
+	apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, map[string]string{
+		"CHATFLEET_BREAKER_FAILURES": "5", "CHATFLEET_BREAKER_OPEN_FOR": openFor.String(), "CHATFLEET_MAX_RETRIES": "0",
+	}))
+	c := client.New(apis[0].URL())
+	ctx := context.Background()
+	run := func(i int) client.Job {
+		t.Helper()
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("brk-%d", i), Message: fmt.Sprintf("hello %d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := c.Wait(ctx, sub.JobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j
+	}
+	state := func(w *testkit.Proc) float64 {
+		v, _ := labelled(t, w.URL(), `chatfleet_breaker_state{provider="openai"}`)
+		return v
+	}
+	waitAll := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(time.Second)
+		for _, w := range workers {
+			for state(w) != want {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s reports breaker state %v, want %v within 1s", w.Name, state(w), want)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+
+	// One job at a time, spread over the workers by the queue.
+	for i := range 8 {
+		j := run(i)
+		if j.Status != "succeeded" || j.Result == nil || !j.Result.Degraded {
+			t.Fatalf("job %d during the outage: %+v", i, j)
+		}
+	}
+	if got := fake.Calls(); got != 5 {
+		t.Fatalf("%d upstream calls before the breaker stopped them, want 5 for the whole fleet", got)
+	}
+	waitAll(1)
+	trippedAt := time.Now()
+
+	// While open: degraded at once, the upstream untouched.
+	for i := 8; i < 12; i++ {
+		if j := run(i); !j.Result.Degraded {
+			t.Fatalf("job %d while open: %+v", i, j)
+		}
+	}
+	if got := fake.Calls(); got != 5 {
+		t.Fatalf("the upstream was called while the breaker was open: %d calls", got)
+	}
+
+	// The upstream recovers; after the open period one probe closes the breaker.
+	fake.Always(llmfake.Step{})
+	time.Sleep(time.Until(trippedAt.Add(openFor + 300*time.Millisecond)))
+	j := run(100)
+	if j.Status != "succeeded" || j.Result.Degraded || j.Result.Content != llmfake.Reply("hello 100") || j.Result.Provider != "openai" {
+		t.Fatalf("first job after the open period: %+v %+v", j, j.Result)
+	}
+	if got := fake.Calls(); got != 6 {
+		t.Fatalf("%d upstream calls, want one probe (6)", got)
+	}
+	waitAll(0)
+	for i := 101; i < 104; i++ {
+		if j := run(i); j.Result.Degraded {
+			t.Fatalf("job %d after recovery: %+v", i, j.Result)
+		}
+	}
+}
+
+// A 400 from the upstream fails the job at once with the upstream's message,
+// after exactly one call: no retry, no fallback, no breaker count.
+func TestUpstream400FailsAtOnce(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.Always(llmfake.Step{Status: 400, Message: "messages: this model's maximum context length is 8192 tokens"})
+	fallback := llmfake.NewOpenAI(t)
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, map[string]string{
+		"CHATFLEET_LLM_FALLBACKS": "openai:other-model@" + fallback.URL(),
+	}))
+	c := client.New(apis[0].URL())
+	sub, err := c.Submit(context.Background(), client.SubmitRequest{SessionID: "bad-request", Message: "too long"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.Wait(context.Background(), sub.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != "failed" || j.Error == nil || !strings.Contains(j.Error.Message, "maximum context length") || j.Attempts != 1 {
+		t.Fatalf("job %+v %+v", j, j.Error)
+	}
+	if fake.Calls() != 1 || fallback.Calls() != 0 {
+		t.Fatalf("upstream calls %d, fallback calls %d; want 1 and 0", fake.Calls(), fallback.Calls())
+	}
+}
+
+// The primary failing, the fallback answers; the job names the provider that did.
+func TestFallbackAnswersWhenThePrimaryFails(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	primary := llmfake.NewOpenAI(t)
+	primary.Always(llmfake.Step{Status: 503})
+	fallback := llmfake.NewAnthropic(t)
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(primary, map[string]string{
+		"CHATFLEET_LLM_FALLBACKS": "anthropic:fake-claude@" + fallback.URL() + "#FALLBACK_KEY",
+		"FALLBACK_KEY":            "anthropic-test-key",
+	}))
+	c := client.New(apis[0].URL())
+	sub, err := c.Submit(context.Background(), client.SubmitRequest{SessionID: "fallback", Message: "anyone there"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.Wait(context.Background(), sub.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != "succeeded" || j.Result.Provider != "anthropic" || j.Result.Content != llmfake.Reply("anyone there") || j.Result.Degraded {
+		t.Fatalf("job %+v %+v", j, j.Result)
+	}
+	if primary.Calls() != 1 || fallback.Calls() != 1 {
+		t.Fatalf("calls: primary %d, fallback %d", primary.Calls(), fallback.Calls())
+	}
+}
