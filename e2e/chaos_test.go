@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// 30 jobs over 2 workers while one worker is SIGKILLed mid-stream and Redis
+// (with AOF) is restarted: every job succeeds, every history holds each
+// message and reply exactly once and in order, and a job that lost its worker
+// after streaming tells its followers `retry`.
+//
+// asynq hands a dead worker's jobs back once their lease (30 s) has been
+// expired for 30 s, on its recoverer's next run (at start, then every
+// minute); the killed worker is restarted after that, as an orchestrator
+// would, so this test takes a little over a minute.
+func TestWorkerKillAndRedisRestartLoseNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test: over a minute; run without -short")
+	}
+	rd := testkit.StartRedis(t, testkit.WithAOF())
+	extra := map[string]string{"CHATFLEET_SIM_TOKENS": "12", "CHATFLEET_SIM_TOKEN_DELAY": "60ms"}
+	apis, workers := fleet(t, rd, 1, 2, extra)
+	c := client.New(apis[0].URL())
+	ctx := context.Background()
+
+	const sessions, turns = 15, 2
+	ids := make([][]string, sessions)
+	for turn := range turns {
+		for s := range sessions {
+			sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("chaos-%d", s), Message: fmt.Sprintf("s%d t%d", s, turn)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[s] = append(ids[s], sub.JobID)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // both workers are mid-stream
+	victim := workers[0]
+	victim.Signal(syscall.SIGKILL)
+	killedAt := time.Now()
+	if _, ok := victim.Wait(5 * time.Second); !ok {
+		t.Fatal("the killed worker did not exit")
+	}
+	rd.Restart()
+	t.Logf("worker killed and Redis restarted in %s", time.Since(killedAt))
+
+	time.Sleep(time.Until(killedAt.Add(61 * time.Second)))
+	testkit.StartProc(t, "worker-0-restarted", workerBin, fleetEnv(rd.URL(), extra))
+
+	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	retried := 0
+	for s := range sessions {
+		for turn, id := range ids[s] {
+			j, err := c.Wait(wctx, id)
+			if err != nil {
+				t.Fatalf("job %s: %v", id, err)
+			}
+			want := fmt.Sprintf("echo: s%d t%d", s, turn)
+			if j.Status != "succeeded" || len(j.Result.Content) < len(want) || j.Result.Content[:len(want)] != want {
+				t.Fatalf("job %s: %+v %+v", id, j, j.Result)
+			}
+			if j.Attempts > 1 {
+				retried++
+				var sawRetry bool
+				_ = c.Stream(wctx, id, client.StreamOptions{}, func(ev client.Event) error {
+					sawRetry = sawRetry || ev.Type == "retry"
+					return nil
+				})
+				if !sawRetry {
+					t.Errorf("job %s ran %d times but its stream never said retry", id, j.Attempts)
+				}
+			}
+		}
+	}
+	if retried == 0 {
+		t.Fatal("no job was interrupted: the kill did not hit a running job")
+	}
+	t.Logf("%d jobs were interrupted and completed by another attempt", retried)
+	for s := range sessions {
+		h, err := c.History(ctx, fmt.Sprintf("chaos-%d", s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h) != 2*turns {
+			t.Fatalf("session %d history has %d messages, want %d: %+v", s, len(h), 2*turns, h)
+		}
+		for turn := range turns {
+			u, a := h[2*turn], h[2*turn+1]
+			if u.Role != "user" || u.Content != fmt.Sprintf("s%d t%d", s, turn) || u.JobID != ids[s][turn] || a.Role != "assistant" || a.JobID != ids[s][turn] {
+				t.Fatalf("session %d turn %d: %+v %+v", s, turn, u, a)
+			}
+		}
+	}
+}
