@@ -155,6 +155,32 @@ func TestUpstream400FailsAtOnce(t *testing.T) {
 	if fake.Calls() != 1 || fallback.Calls() != 0 {
 		t.Fatalf("upstream calls %d, fallback calls %d; want 1 and 0", fake.Calls(), fallback.Calls())
 	}
+
+	// The failed job is in the dead letter list with its error, and runs again
+	// on request once the cause is fixed.
+	env := map[string]string{"CHATFLEET_REDIS_URL": rd.URL()}
+	var code int
+	var out, errOut string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		code, out, errOut = runCheck(t, workerBin, env, "jobs", "archived")
+		if strings.Contains(out, sub.JobID) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if code != 0 || !strings.Contains(out, sub.JobID) || !strings.Contains(out, "maximum context length") {
+		t.Fatalf("jobs archived: exit %d\n%s\n%s", code, out, errOut)
+	}
+	fake.Always(llmfake.Step{})
+	if code, out, errOut = runCheck(t, workerBin, env, "jobs", "rerun", sub.JobID); code != 0 {
+		t.Fatalf("jobs rerun: exit %d\n%s\n%s", code, out, errOut)
+	}
+	j, err = c.Wait(context.Background(), sub.JobID)
+	if err != nil || j.Status != "succeeded" || j.Result.Content != llmfake.Reply("too long") || j.Attempts != 1 {
+		t.Fatalf("re-run job: %+v %v", j, err)
+	}
+	if code, _, _ = runCheck(t, workerBin, env, "jobs", "rerun", sub.JobID); code == 0 {
+		t.Fatal("re-running a succeeded job must fail")
+	}
 }
 
 // The primary failing, the fallback answers; the job names the provider that did.

@@ -118,3 +118,15 @@ end
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 return 1
 `)
+
+// requeue reopens a failed job for another run: it is queued again at the
+// end of its session's order. KEYS: job, order. ARGV: id, retention s.
+var requeue = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0)
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+`)

@@ -246,6 +246,22 @@ func (s *Store) MarkActive(ctx context.Context, id string) (int, error) {
 	return n, nil
 }
 
+// ErrNotFailed is returned when re-running a job that has not failed.
+var ErrNotFailed = errors.New("only a failed job can be re-run")
+
+// Requeue reopens a failed job: queued again, attempts reset, at the end of
+// its session's order. The caller then moves its asynq task back to pending.
+func (s *Store) Requeue(ctx context.Context, j Job) error {
+	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID)}, j.ID, seconds(s.opt.Retention)).Int()
+	if err != nil {
+		return unavailable("requeue", err)
+	}
+	if n == 0 {
+		return ErrNotFailed
+	}
+	return nil
+}
+
 // MarkDeferred undoes MarkActive for an attempt that never reached a provider
 // (every breaker was open): the job is queued again and keeps its attempts.
 func (s *Store) MarkDeferred(ctx context.Context, id string) error {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,14 @@ import (
 
 var version = "dev"
 
+const usage = `usage: worker [config check | jobs archived | jobs rerun JOB_ID...]
+
+  worker                   run jobs from CHATFLEET_REDIS_URL
+  worker config check      validate the configuration and exit
+  worker jobs archived     list the jobs asynq gave up on, newest first (JSON lines)
+  worker jobs rerun ID...  run archived jobs again from their first attempt
+`
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Getenv, os.Args[1:], os.Stdout, os.Stderr)
@@ -41,8 +50,10 @@ func run(ctx context.Context, getenv func(string) string, args []string, stdout,
 	switch {
 	case len(args) == 2 && args[0] == "config" && args[1] == "check":
 		return config.Check(config.RoleWorker, getenv, stdout, stderr)
+	case len(args) >= 2 && args[0] == "jobs":
+		return jobsCommand(ctx, getenv, args[1:], stdout, stderr)
 	case len(args) > 0:
-		fmt.Fprint(stderr, "usage: worker [config check]\n")
+		fmt.Fprint(stderr, usage)
 		return 2
 	}
 	cfg, err := config.Load(config.RoleWorker, getenv)
@@ -98,4 +109,48 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return errors.Join(err, srv.Shutdown(sctx))
+}
+
+// jobsCommand lists and re-runs archived (dead-lettered) jobs.
+func jobsCommand(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(config.RoleWorker, getenv)
+	if err != nil {
+		fmt.Fprintf(stderr, "invalid configuration:\n%s\n", err)
+		return 1
+	}
+	rdb, err := redisconn.Open(cfg.RedisURL, "chatfleet-admin", zerolog.Nop())
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer rdb.Close()
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	switch {
+	case args[0] == "archived" && len(args) == 1:
+		list, err := orchestration.ListArchived(insp)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		enc := json.NewEncoder(stdout)
+		for _, a := range list {
+			_ = enc.Encode(a)
+		}
+		return 0
+	case args[0] == "rerun" && len(args) > 1:
+		st := store.New(rdb, insp, store.OptionsFrom(cfg))
+		queue := asynq.NewClientFromRedisClient(rdb)
+		code := 0
+		for _, id := range args[1:] {
+			if err := orchestration.Rerun(ctx, st, insp, queue, id); err != nil {
+				fmt.Fprintln(stderr, err)
+				code = 1
+				continue
+			}
+			fmt.Fprintf(stdout, "%s queued again\n", id)
+		}
+		return code
+	}
+	fmt.Fprint(stderr, usage)
+	return 2
 }

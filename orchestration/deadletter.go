@@ -1,0 +1,76 @@
+package orchestration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Archived is a job asynq gave up on (the dead letter queue).
+type Archived struct {
+	JobID        string    `json:"job_id"`
+	Queue        string    `json:"queue"`
+	LastError    string    `json:"last_error"`
+	LastFailedAt time.Time `json:"last_failed_at"`
+	Retried      int       `json:"retried"`
+}
+
+// ListArchived returns the archived jobs of every queue, newest failure first.
+func ListArchived(insp *asynq.Inspector) ([]Archived, error) {
+	var out []Archived
+	for q := range tasks.Queues {
+		for page := 1; ; page++ {
+			infos, err := insp.ListArchivedTasks(q, asynq.Page(page), asynq.PageSize(500))
+			if errors.Is(err, asynq.ErrQueueNotFound) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("list archived in %s: %w", q, err)
+			}
+			for _, ti := range infos {
+				out = append(out, Archived{JobID: ti.ID, Queue: q, LastError: ti.LastErr, LastFailedAt: ti.LastFailedAt, Retried: ti.Retried})
+			}
+			if len(infos) < 500 {
+				break
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].LastFailedAt.After(out[j].LastFailedAt) })
+	return out, nil
+}
+
+// Rerun runs an archived job again from its first attempt: its record is
+// reopened (queued, at the end of its session's order) and its task is
+// enqueued afresh under the same id, so asynq's retry count starts over too.
+func Rerun(ctx context.Context, st *store.Store, insp *asynq.Inspector, queue *asynq.Client, id string) error {
+	j, err := st.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	info, err := insp.GetTaskInfo(j.Queue, id)
+	if err != nil {
+		return fmt.Errorf("job %s: task: %w", id, err)
+	}
+	if info.State != asynq.TaskStateArchived {
+		return fmt.Errorf("job %s: task is %s, not archived", id, info.State)
+	}
+	if err := st.Requeue(ctx, j); err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	if err := insp.DeleteTask(j.Queue, id); err != nil {
+		return fmt.Errorf("job %s: remove archived task: %w", id, err)
+	}
+	_, err = queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(id),
+		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry), asynq.Retention(info.Retention)))
+	if err != nil {
+		return fmt.Errorf("job %s: enqueue: %w", id, err)
+	}
+	return nil
+}
