@@ -32,7 +32,7 @@ func newAPI(t *testing.T, keys map[string]string) (*echo.Echo, *redis.Client) {
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
 	st := store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	e := NewEcho(zerolog.New(io.Discard))
+	e := NewEcho(zerolog.New(io.Discard), nil)
 	hub := stream.NewHub(c, zerolog.New(io.Discard))
 	t.Cleanup(func() { _ = hub.Close() })
 	New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), hub, Options{APIKeys: keys, MaxRetries: 3, Retention: time.Hour}).Register(e)

@@ -6,10 +6,12 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 )
 
@@ -18,9 +20,40 @@ const DefaultTenant = "default"
 
 const tenantKey = "tenant"
 
-// requestLog gives every request an id and a context logger, and logs one line
-// when it ends.
-func requestLog(base zerolog.Logger) echo.MiddlewareFunc {
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatfleet_http_requests_total", Help: "API requests by route pattern and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "chatfleet_http_request_duration_seconds", Help: "API latency by route pattern (streams and long polls included).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}, []string{"route"}),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	return m
+}
+
+// routeLabel is the matched route pattern, never the raw path, so that label
+// values stay bounded.
+func routeLabel(c echo.Context) string {
+	if p := c.Path(); p != "" && p != "/*" {
+		return p
+	}
+	return "unmatched"
+}
+
+// requestLog gives every request an id and a context logger, logs one line
+// when it ends, and counts it.
+func requestLog(base zerolog.Logger, m *httpMetrics) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			start := time.Now()
@@ -35,12 +68,16 @@ func requestLog(base zerolog.Logger) echo.MiddlewareFunc {
 			if err != nil {
 				c.Error(err)
 			}
+			took := time.Since(start)
+			route := routeLabel(c)
+			m.requests.WithLabelValues(route, strconv.Itoa(c.Response().Status)).Inc()
+			m.duration.WithLabelValues(route).Observe(took.Seconds())
 			ev := log.Info()
 			if c.Response().Status >= 500 {
 				ev = log.Error()
 			}
-			ev.Str("method", c.Request().Method).Str("route", c.Path()).
-				Int("status", c.Response().Status).Dur("duration_ms", time.Since(start))
+			ev.Str("method", c.Request().Method).Str("route", route).
+				Int("status", c.Response().Status).Dur("duration_ms", took)
 			if t, ok := c.Get(tenantKey).(string); ok {
 				ev.Str("tenant", t)
 			}

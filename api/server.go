@@ -31,6 +31,7 @@ type Options struct {
 
 type metrics struct {
 	streamClients prometheus.Gauge
+	replays       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,8 +42,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		streamClients: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "chatfleet_stream_clients", Help: "Open SSE streams on this API process.",
 		}),
+		replays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatfleet_idempotent_replays_total", Help: "POSTs answered with an existing job (same Idempotency-Key and body).",
+		}),
 	}
-	reg.MustRegister(m.streamClients)
+	reg.MustRegister(m.streamClients, m.replays)
 	return m
 }
 
@@ -66,12 +70,13 @@ func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, hub *strea
 }
 
 // NewEcho returns an echo instance with chatfleet's error shape, request logs
-// and panic recovery. Routes are added by Server.Register and the health package.
-func NewEcho(log zerolog.Logger) *echo.Echo {
+// and metrics, and panic recovery. Routes are added by Server.Register and the
+// health package.
+func NewEcho(log zerolog.Logger, reg prometheus.Registerer) *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = handleError
-	e.Use(requestLog(log))
+	e.Use(requestLog(log, newHTTPMetrics(reg)))
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true}))
 	return e
 }
@@ -159,6 +164,7 @@ func (s *Server) replay(ctx context.Context, c echo.Context, req submitRequest, 
 			return err
 		}
 	}
+	s.m.replays.Inc()
 	c.Response().Header().Set("Idempotent-Replayed", "true")
 	c.Response().Header().Set("Location", jobURL(existing.ID))
 	resp := newSubmitResponse(existing.ID, existing.SessionID)

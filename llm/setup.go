@@ -2,7 +2,14 @@ package llm
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -15,17 +22,11 @@ import (
 // kind, or kind-N (N its place in the chain) when a kind appears twice.
 func FromConfig(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, m *Metrics, log zerolog.Logger) (*Chain, error) {
 	specs := append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...)
-	kinds := map[string]int{}
-	for _, s := range specs {
-		kinds[s.Kind]++
-	}
+	names := ProviderNames(cfg)
 	set := BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor}
 	var links []Provider
 	for i, s := range specs {
-		name := s.Kind
-		if kinds[s.Kind] > 1 {
-			name = fmt.Sprintf("%s-%d", s.Kind, i+1)
-		}
+		name := names[i]
 		var p Provider
 		switch s.Kind {
 		case "openai":
@@ -42,4 +43,47 @@ func FromConfig(ctx context.Context, cfg config.Config, rdb redis.UniversalClien
 		links = append(links, g)
 	}
 	return NewChain(links...), nil
+}
+
+// ProviderNames are the chain's provider names, primary first.
+func ProviderNames(cfg config.Config) []string {
+	specs := append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...)
+	kinds := map[string]int{}
+	for _, s := range specs {
+		kinds[s.Kind]++
+	}
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.Kind
+		if kinds[s.Kind] > 1 {
+			names[i] = fmt.Sprintf("%s-%d", s.Kind, i+1)
+		}
+	}
+	return names
+}
+
+// BreakerStates reads each provider's fleet-wide breaker state (closed, open,
+// half-open) from Redis, for health reports.
+func BreakerStates(ctx context.Context, rdb redis.UniversalClient, names []string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
+	for _, n := range names {
+		raw, err := rdb.Get(ctx, rkeys.Breaker(sharedStateName(n))).Bytes()
+		if errors.Is(err, redis.Nil) {
+			out[n] = gobreaker.StateClosed.String()
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var s gobreaker.SharedState
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, err
+		}
+		st := s.State
+		if st == gobreaker.StateOpen && !s.Expiry.IsZero() && !time.Now().Before(s.Expiry) {
+			st = gobreaker.StateHalfOpen
+		}
+		out[n] = st.String()
+	}
+	return out, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/logging"
 	"github.com/chatfleet/chatfleet/internal/redisconn"
+	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/orchestration"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
@@ -114,11 +115,21 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	hub := stream.NewHub(rdb, log)
 	closers = append(closers, hub.Close)
 
-	e := api.NewEcho(log)
+	e := api.NewEcho(log, reg)
 	api.New(st, queue, insp, hub, api.Options{
 		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg,
 	}).Register(e)
 	checker.Register(e)
+	fctx, stopFleet := context.WithCancel(context.Background())
+	closers = append(closers, func() error { stopFleet(); return nil })
+	fleet := health.NewFleet(fctx, rdb, insp, health.FleetOptions{
+		Threshold: cfg.QueueAlertThreshold, Version: version,
+		Breakers: func(ctx context.Context) (map[string]string, error) {
+			return llm.BreakerStates(ctx, rdb, llm.ProviderNames(cfg))
+		},
+	})
+	fleet.Register(e)
+	reg.MustRegister(fleet.Collector())
 
 	if standalone {
 		bctx, stopBreakers := context.WithCancel(context.Background())

@@ -80,7 +80,7 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	checker := health.NewChecker(rdb, version, reg)
-	e := api.NewEcho(log)
+	e := api.NewEcho(log, reg)
 	checker.Register(e)
 	srv, err := httpserve.Start(cfg.HTTPAddr, e, log)
 	if err != nil {

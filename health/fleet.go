@@ -1,0 +1,305 @@
+package health
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Fleet reports on the whole fleet from Redis: the queues, the live workers,
+// the breakers. The API serves it; its numbers are the same from every API
+// process, so dashboards aggregate them with max, not sum.
+type Fleet struct {
+	rdb       redis.UniversalClient
+	insp      *asynq.Inspector
+	threshold int
+	version   string
+	started   time.Time
+	breakers  func(context.Context) (map[string]string, error)
+
+	mu      sync.Mutex
+	samples []sample // processed totals over the last minute, oldest first
+	cached  snapshot
+	cacheAt time.Time
+}
+
+type sample struct {
+	at        time.Time
+	processed int
+}
+
+// FleetOptions configures Fleet.
+type FleetOptions struct {
+	Threshold int // backlog above which queue status is warning
+	Version   string
+	// Breakers reads each provider's breaker state.
+	Breakers func(context.Context) (map[string]string, error)
+}
+
+// NewFleet returns the fleet reporter and starts sampling throughput until ctx ends.
+func NewFleet(ctx context.Context, rdb redis.UniversalClient, insp *asynq.Inspector, opt FleetOptions) *Fleet {
+	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, version: opt.Version, started: time.Now(), breakers: opt.Breakers}
+	go f.sampleLoop(ctx)
+	return f
+}
+
+// QueueState is one queue's counts.
+type QueueState struct {
+	Name           string  `json:"name"`
+	Pending        int     `json:"pending"`
+	Scheduled      int     `json:"scheduled"`
+	Retry          int     `json:"retry"`
+	Active         int     `json:"active"`
+	Archived       int     `json:"archived"`
+	LatencySeconds float64 `json:"latency_seconds"`
+	processed      int
+}
+
+// Workers summarises the live worker processes.
+type Workers struct {
+	Live        int `json:"live"`
+	Concurrency int `json:"concurrency"`
+	Busy        int `json:"busy"`
+}
+
+type snapshot struct {
+	queues  []QueueState
+	backlog int
+	workers Workers
+}
+
+// snapshotTTL keeps frequent scrapes and probes from re-reading the queues.
+const snapshotTTL = 2 * time.Second
+
+func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
+	f.mu.Lock()
+	if time.Since(f.cacheAt) < snapshotTTL {
+		s := f.cached
+		f.mu.Unlock()
+		return s, nil
+	}
+	f.mu.Unlock()
+
+	var s snapshot
+	names := make([]string, 0, len(tasks.Queues))
+	for q := range tasks.Queues {
+		names = append(names, q)
+	}
+	sort.Strings(names)
+	// asynq knows a queue once a task was enqueued to it; GetQueueInfo on
+	// another is an error, so ask which exist first.
+	existing, err := f.insp.Queues()
+	if err != nil {
+		return snapshot{}, fmt.Errorf("list queues: %w", err)
+	}
+	for _, q := range names {
+		qs := QueueState{Name: q}
+		if !slices.Contains(existing, q) {
+			s.queues = append(s.queues, qs)
+			continue
+		}
+		info, err := f.insp.GetQueueInfo(q)
+		if err != nil {
+			return snapshot{}, fmt.Errorf("queue %s: %w", q, err)
+		}
+		qs = QueueState{Name: q, Pending: info.Pending, Scheduled: info.Scheduled, Retry: info.Retry,
+			Active: info.Active, Archived: info.Archived, LatencySeconds: info.Latency.Seconds(), processed: info.Processed}
+		s.queues = append(s.queues, qs)
+		s.backlog += qs.Pending + qs.Scheduled + qs.Retry
+	}
+	servers, err := f.insp.Servers()
+	if err != nil {
+		return snapshot{}, fmt.Errorf("list workers: %w", err)
+	}
+	for _, srv := range servers {
+		if _, ours := srv.Queues[tasks.QueueName(tasks.PriorityNormal)]; !ours {
+			continue
+		}
+		s.workers.Live++
+		s.workers.Concurrency += srv.Concurrency
+		s.workers.Busy += len(srv.ActiveWorkers)
+	}
+	f.mu.Lock()
+	f.cached, f.cacheAt = s, time.Now()
+	f.mu.Unlock()
+	return s, nil
+}
+
+// sampleLoop records the fleet's processed-job total every 5 s, for the
+// drain rate that queue status advises on.
+func (f *Fleet) sampleLoop(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if s, err := f.snapshot(ctx); err == nil {
+			total := 0
+			for _, q := range s.queues {
+				total += q.processed
+			}
+			f.mu.Lock()
+			if n := len(f.samples); n > 0 && total < f.samples[n-1].processed {
+				f.samples = nil // asynq's daily counters rolled over at midnight UTC
+			}
+			f.samples = append(f.samples, sample{at: time.Now(), processed: total})
+			for len(f.samples) > 1 && time.Since(f.samples[0].at) > time.Minute {
+				f.samples = f.samples[1:]
+			}
+			f.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// rate is jobs finished per second over the last minute (ok=false: not enough samples).
+func (f *Fleet) rate() (float64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.samples) < 2 {
+		return 0, false
+	}
+	a, b := f.samples[0], f.samples[len(f.samples)-1]
+	dt := b.at.Sub(a.at).Seconds()
+	if dt <= 0 {
+		return 0, false
+	}
+	return float64(b.processed-a.processed) / dt, true
+}
+
+// drainTarget is how soon the advice wants a backlog gone.
+const drainTarget = 5 * time.Minute
+
+// advise says how many workers would drain the backlog within drainTarget at
+// the measured rate.
+func advise(backlog, threshold int, w Workers, rate float64, measured bool) string {
+	switch {
+	case backlog == 0:
+		return "no backlog"
+	case w.Live == 0:
+		return fmt.Sprintf("%d jobs waiting and no live worker: start workers", backlog)
+	case !measured || rate <= 0:
+		return fmt.Sprintf("%d jobs waiting, %d workers live, no completions measured in the last minute: check the workers and the providers", backlog, w.Live)
+	}
+	perWorker := rate / float64(w.Live)
+	need := int(math.Ceil(float64(backlog) / (perWorker * drainTarget.Seconds())))
+	need = max(need, 1)
+	drain := time.Duration(float64(backlog)/rate) * time.Second
+	msg := fmt.Sprintf("%d jobs waiting; at %.2f jobs/s per worker the %d live workers drain it in about %s; %d workers would drain it within %s",
+		backlog, perWorker, w.Live, drain.Round(time.Second), need, drainTarget)
+	if need > w.Live {
+		msg += fmt.Sprintf(": add %d", need-w.Live)
+	}
+	if backlog > threshold {
+		msg = fmt.Sprintf("backlog %d is over the alert threshold %d. ", backlog, threshold) + msg
+	}
+	return msg
+}
+
+// Register adds /health/queue/status and /health/detailed (and the same under
+// /api/v1/health).
+func (f *Fleet) Register(e *echo.Echo) {
+	for _, base := range []string{"/health", "/api/v1/health"} {
+		e.GET(base+"/queue/status", f.queueStatus)
+		e.GET(base+"/detailed", f.detailed)
+	}
+}
+
+func (f *Fleet) queueStatus(c echo.Context) error {
+	s, err := f.snapshot(c.Request().Context())
+	if err != nil {
+		c.Response().Header().Set("Retry-After", "1")
+		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "error": "queue state unreadable: Redis unreachable"})
+	}
+	status := "ok"
+	if s.backlog > f.threshold {
+		status = "warning"
+	}
+	rate, measured := f.rate()
+	body := map[string]any{
+		"status": status, "threshold": f.threshold, "backlog": s.backlog, "queues": s.queues,
+		"workers": s.workers, "advice": advise(s.backlog, f.threshold, s.workers, rate, measured),
+	}
+	if measured {
+		body["throughput_jobs_per_second"] = math.Round(rate*100) / 100
+	}
+	return c.JSON(http.StatusOK, body)
+}
+
+func (f *Fleet) detailed(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	body := map[string]any{"version": f.version, "uptime_seconds": int(time.Since(f.started).Seconds())}
+	status, code := "ok", http.StatusOK
+	start := time.Now()
+	if err := f.rdb.Ping(ctx).Err(); err != nil {
+		status, code = "degraded", http.StatusServiceUnavailable
+		body["redis"] = map[string]any{"status": "unreachable"}
+	} else {
+		body["redis"] = map[string]any{"status": "ok", "ping_ms": float64(time.Since(start).Microseconds()) / 1000}
+		if s, err := f.snapshot(ctx); err == nil {
+			body["queue"] = map[string]any{"backlog": s.backlog, "threshold": f.threshold, "queues": s.queues}
+			body["workers"] = s.workers
+			if s.workers.Live == 0 {
+				status = "degraded"
+			}
+		}
+		if f.breakers != nil {
+			if b, err := f.breakers(ctx); err == nil {
+				body["breakers"] = b
+				for _, st := range b {
+					if st != "closed" {
+						status = "degraded"
+					}
+				}
+			}
+		}
+	}
+	body["status"] = status
+	return c.JSON(code, body)
+}
+
+// Collector exports the fleet's queue gauges from this process.
+func (f *Fleet) Collector() prometheus.Collector { return fleetCollector{f} }
+
+var (
+	backlogDesc = prometheus.NewDesc("chatfleet_queue_backlog", "Jobs waiting to run (pending + scheduled + retry), fleet-wide; aggregate with max.", []string{"queue"}, nil)
+	latencyDesc = prometheus.NewDesc("chatfleet_queue_latency_seconds", "Age of the oldest pending job, fleet-wide; aggregate with max.", []string{"queue"}, nil)
+	workersDesc = prometheus.NewDesc("chatfleet_workers_live", "Live worker processes, fleet-wide; aggregate with max.", nil, nil)
+)
+
+type fleetCollector struct{ f *Fleet }
+
+func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backlogDesc
+	ch <- latencyDesc
+	ch <- workersDesc
+}
+
+func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := c.f.snapshot(ctx)
+	if err != nil {
+		return // no sample is better than a wrong zero while Redis is away
+	}
+	for _, q := range s.queues {
+		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(q.Pending+q.Scheduled+q.Retry), q.Name)
+		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, q.LatencySeconds, q.Name)
+	}
+	ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(s.workers.Live))
+}
