@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build run test test-short lint clean redis-check
+.PHONY: help build run test test-short lint check-deploy clean redis-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test: redis-check ## the whole suite; each test package starts its own redis-ser
 
 test-short: ## unit tests only (no Redis, no processes)
 	$(GO) test -short -count=1 ./...
+
+check-deploy: ## promtool check + test of the alert rules, compose and k8s files, every dashboard query on a real Prometheus
+	$(GO) test -count=1 -v ./deploy
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

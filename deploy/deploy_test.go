@@ -1,0 +1,287 @@
+// Package deploy checks the deployment files: alert rules with promtool, the
+// compose file with docker-compose, the Kubernetes manifests, and every
+// Grafana panel query against a real Prometheus scraping a real api and worker.
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// need fails the test, with the install command, when a tool is missing.
+func need(t *testing.T, tool, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(tool)
+	if err != nil {
+		t.Fatalf("%s is not installed: apt-get install -y %s (.ci/run installs it)", tool, pkg)
+	}
+	return p
+}
+
+func run(t *testing.T, dir, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestAlertRules(t *testing.T) {
+	need(t, "promtool", "prometheus")
+	out := run(t, "prometheus", "promtool", "check", "rules", "alerts.yml")
+	if !strings.Contains(out, "SUCCESS: 5 rules found") {
+		t.Fatalf("promtool check rules: %s", out)
+	}
+	run(t, "prometheus", "promtool", "test", "rules", "alerts_test.yml")
+	run(t, "prometheus", "promtool", "check", "config", "prometheus.yml")
+}
+
+func TestComposeFile(t *testing.T) {
+	need(t, "docker-compose", "docker-compose")
+	out := run(t, "..", "docker-compose", "-f", "docker-compose.production.yml", "--env-file", ".env.production.example", "config")
+	for _, want := range []string{"appendonly", "replicas: 2", "alertmanager", "grafana", "prometheus"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("compose config lacks %q", want)
+		}
+	}
+}
+
+type k8sObject struct {
+	Kind     string `yaml:"kind"`
+	Metadata struct {
+		Name string `yaml:"name"`
+	} `yaml:"metadata"`
+	Data map[string]string `yaml:"data"`
+	Spec struct {
+		Template struct {
+			Spec struct {
+				TerminationGracePeriodSeconds int `yaml:"terminationGracePeriodSeconds"`
+				Containers                    []struct {
+					Name           string `yaml:"name"`
+					LivenessProbe  *probe `yaml:"livenessProbe"`
+					ReadinessProbe *probe `yaml:"readinessProbe"`
+				} `yaml:"containers"`
+			} `yaml:"spec"`
+		} `yaml:"template"`
+		ScaleTargetRef struct {
+			Name string `yaml:"name"`
+		} `yaml:"scaleTargetRef"`
+		Triggers []struct {
+			Metadata map[string]string `yaml:"metadata"`
+		} `yaml:"triggers"`
+	} `yaml:"spec"`
+}
+
+type probe struct {
+	HTTPGet struct {
+		Path string `yaml:"path"`
+	} `yaml:"httpGet"`
+}
+
+// The manifests parse, every container probes live and ready, workers get
+// more grace than their drain timeout, and autoscaling follows the backlog.
+func TestKubernetesManifests(t *testing.T) {
+	var objs []k8sObject
+	files, _ := filepath.Glob("k8s/*.yaml")
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		for {
+			var o k8sObject
+			err := dec.Decode(&o)
+			if err != nil {
+				if err.Error() == "EOF" {
+					break
+				}
+				t.Fatalf("%s: %v", f, err)
+			}
+			objs = append(objs, o)
+		}
+	}
+	var drain time.Duration
+	kinds := map[string]int{}
+	for _, o := range objs {
+		kinds[o.Kind]++
+		if o.Kind == "ConfigMap" {
+			drain, _ = time.ParseDuration(o.Data["CHATFLEET_SHUTDOWN_TIMEOUT"])
+		}
+	}
+	if drain == 0 {
+		t.Fatal("the ConfigMap sets no CHATFLEET_SHUTDOWN_TIMEOUT")
+	}
+	for _, o := range objs {
+		switch o.Kind {
+		case "Deployment":
+			for _, c := range o.Spec.Template.Spec.Containers {
+				if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/health/live" || c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/health/ready" {
+					t.Errorf("%s/%s: probes must be /health/live and /health/ready", o.Metadata.Name, c.Name)
+				}
+			}
+			if o.Metadata.Name == "chatfleet-worker" && time.Duration(o.Spec.Template.Spec.TerminationGracePeriodSeconds)*time.Second <= drain {
+				t.Errorf("worker grace period %ds is not above the drain timeout %s", o.Spec.Template.Spec.TerminationGracePeriodSeconds, drain)
+			}
+		case "ScaledObject":
+			if o.Spec.ScaleTargetRef.Name != "chatfleet-worker" || len(o.Spec.Triggers) == 0 || !strings.Contains(o.Spec.Triggers[0].Metadata["query"], "chatfleet_queue_backlog") {
+				t.Errorf("autoscaling must scale chatfleet-worker on chatfleet_queue_backlog: %+v", o.Spec)
+			}
+		}
+	}
+	for _, k := range []string{"Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "ConfigMap"} {
+		if kinds[k] == 0 {
+			t.Errorf("no %s in deploy/k8s", k)
+		}
+	}
+}
+
+type dashboard struct {
+	Panels []struct {
+		Title      string `json:"title"`
+		Datasource struct {
+			UID string `json:"uid"`
+		} `json:"datasource"`
+		Targets []struct {
+			Expr string `json:"expr"`
+		} `json:"targets"`
+	} `json:"panels"`
+}
+
+// A real Prometheus scrapes a running api and worker while jobs flow; every
+// panel query of every dashboard must be valid and return data.
+func TestDashboardQueriesReturnData(t *testing.T) {
+	prom := need(t, "prometheus", "prometheus")
+	dir := t.TempDir()
+	apiBin, workerBin, err := testkit.BuildBinaries(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := testkit.StartRedis(t)
+	env := testkit.Env(map[string]string{"CHATFLEET_REDIS_URL": rd.URL(), "CHATFLEET_HTTP_ADDR": "127.0.0.1:0", "CHATFLEET_SIM_TOKENS": "8"})
+	api := testkit.StartProc(t, "api", apiBin, env)
+	worker := testkit.StartProc(t, "worker", workerBin, env)
+
+	rules, _ := filepath.Abs("prometheus/alerts.yml")
+	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [%q]
+scrape_configs:
+  - job_name: chatfleet-api
+    static_configs: [{targets: [%q]}]
+  - job_name: chatfleet-worker
+    static_configs: [{targets: [%q]}]
+`, rules, api.Addr, worker.Addr)
+	cfgPath := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promAddr := fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t))
+	cmd := exec.Command(prom, "--config.file="+cfgPath, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
+		"--web.listen-address="+promAddr, "--log.level=warn")
+	var promLog bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &promLog, &promLog
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+
+	// Traffic: jobs, a client error, a stream, a queue status read.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			body := fmt.Sprintf(`{"session_id":"dash-%d","message":"hello %d"}`, i%5, i)
+			if res, err := http.Post(api.URL()+"/api/v1/chat/jobs", "application/json", strings.NewReader(body)); err == nil {
+				res.Body.Close()
+			}
+			if res, err := http.Post(api.URL()+"/api/v1/chat/jobs", "text/plain", strings.NewReader("x")); err == nil {
+				res.Body.Close()
+			}
+			if res, err := http.Get(api.URL() + "/health/queue/status"); err == nil {
+				res.Body.Close()
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+
+	query := func(expr string) (int, error) {
+		res, err := http.Get("http://" + promAddr + "/api/v1/query?query=" + url.QueryEscape(expr))
+		if err != nil {
+			return 0, err
+		}
+		defer res.Body.Close()
+		var out struct {
+			Status string `json:"status"`
+			Error  string `json:"error"`
+			Data   struct {
+				Result []json.RawMessage `json:"result"`
+			} `json:"data"`
+		}
+		if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+			return 0, err
+		}
+		if out.Status != "success" {
+			return 0, fmt.Errorf("query failed: %s", out.Error)
+		}
+		return len(out.Data.Result), nil
+	}
+	// Both targets up, and enough scrapes for the rate() windows.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		up, err := query(`count(up == 1) == 2`)
+		scrapes, err2 := query(`count_over_time(up{job="chatfleet-worker"}[1m]) > 5`)
+		if err == nil && err2 == nil && up > 0 && scrapes > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Prometheus never scraped both targets: %v\n%s", err, promLog.String())
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	files, _ := filepath.Glob("grafana/dashboards/*.json")
+	if len(files) == 0 {
+		t.Fatal("no dashboards")
+	}
+	checked := 0
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d dashboard
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, p := range d.Panels {
+			if p.Datasource.UID != "prometheus" {
+				t.Errorf("%s: panel %q uses datasource %q, provisioned is \"prometheus\"", f, p.Title, p.Datasource.UID)
+			}
+			for _, tg := range p.Targets {
+				n, err := query(tg.Expr)
+				if err != nil || n == 0 {
+					t.Errorf("%s: panel %q: %q returned %d series (%v)", filepath.Base(f), p.Title, tg.Expr, n, err)
+				}
+				checked++
+			}
+		}
+	}
+	t.Logf("%d panel queries returned data", checked)
+}
