@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build run test test-short lint check-deploy clean redis-check
+.PHONY: help build run test test-short lint check-deploy clean tools-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,12 +15,17 @@ build: ## build bin/api and bin/worker
 run: build ## standalone mode on :8080 (API + worker + embedded Redis, simulated LLM)
 	./bin/api --standalone
 
-redis-check:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "redis-server is missing: the tests run a private Redis 7."; \
-	  echo "install it with: apt-get install -y redis-server   (.ci/run does this)"; exit 1; }
+# The suite runs real servers: a private Redis 7, a real Prometheus and promtool,
+# and docker-compose to validate the compose file.
+tools-check:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then echo "missing:$$missing"; \
+	  echo "install with: apt-get install -y$$missing   (.ci/run does this)"; exit 1; fi
 
-test: redis-check ## the whole suite; each test package starts its own redis-server
+test: tools-check ## the whole suite; each test starts its own redis-server (and Prometheus)
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 test-short: ## unit tests only (no Redis, no processes)
