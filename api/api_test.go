@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
@@ -28,7 +30,11 @@ const (
 )
 
 // newAPI serves the API in-process against a private Redis (no worker runs).
-func newAPI(t *testing.T, keys map[string]string) (*echo.Echo, *redis.Client) {
+func newAPI(t *testing.T, plain map[string]string) (*echo.Echo, *redis.Client) {
+	keys := map[[32]byte]string{}
+	for k, tenant := range plain {
+		keys[sha256.Sum256([]byte(k))] = tenant
+	}
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
 	st := store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
@@ -204,5 +210,49 @@ func TestUnknownRoutesAnswerJSON(t *testing.T) {
 	rec, _ = call(e, http.MethodDelete, "/api/v1/chat/jobs", "", "", nil)
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Fatalf("%d", rec.Code)
+	}
+}
+
+// Streams and long polls outlive the server's read timeout, which exists to
+// stop slow clients from trickling in requests.
+func TestLongRequestsOutliveTheReadTimeout(t *testing.T) {
+	e, _ := newAPI(t, nil)
+	srv, err := httpserve.Start("127.0.0.1:0", e, zerolog.New(io.Discard), httpserve.WithReadTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	base := "http://" + srv.Addr()
+	res, err := http.Post(base+"/api/v1/chat/jobs", "application/json", strings.NewReader(`{"session_id":"s","message":"m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sub struct {
+		JobID string `json:"job_id"`
+	}
+	_ = json.NewDecoder(res.Body).Decode(&sub)
+	res.Body.Close()
+
+	start := time.Now()
+	res, err = http.Get(base + "/api/v1/chat/jobs/" + sub.JobID + "?wait=1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if took := time.Since(start); res.StatusCode != http.StatusOK || took < time.Second {
+		t.Fatalf("long poll answered %d after %s, want 200 after the full second", res.StatusCode, took)
+	}
+
+	res, err = http.Get(base + "/api/v1/chat/jobs/" + sub.JobID + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	got := make(chan error, 1)
+	go func() { _, err := io.ReadAll(res.Body); got <- err }()
+	select {
+	case err := <-got:
+		t.Fatalf("the stream ended after %s (%v), well inside the job's life", time.Since(start), err)
+	case <-time.After(time.Second):
 	}
 }

@@ -112,10 +112,10 @@ type keyring struct {
 	tenants []string
 }
 
-func newKeyring(keys map[string]string) *keyring {
+func newKeyring(keys map[[32]byte]string) *keyring {
 	k := &keyring{}
-	for key, tenant := range keys {
-		k.digests = append(k.digests, sha256.Sum256([]byte(key)))
+	for digest, tenant := range keys {
+		k.digests = append(k.digests, digest)
 		k.tenants = append(k.tenants, tenant)
 	}
 	return k

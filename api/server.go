@@ -5,8 +5,11 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -22,11 +25,15 @@ import (
 
 // Options configures the API.
 type Options struct {
-	APIKeys    map[string]string // key -> tenant
+	APIKeys    map[[32]byte]string // SHA-256 of a key -> tenant
 	MaxRetries int
 	Retention  time.Duration
 	Heartbeat  time.Duration // SSE comment heartbeat
 	Registerer prometheus.Registerer
+	// TenantRate and TenantBurst limit each tenant's requests per second,
+	// across every API process (0: unlimited).
+	TenantRate, TenantBurst int
+	Models                  []string // models a job may ask for; empty: any
 }
 
 type metrics struct {
@@ -57,6 +64,7 @@ type Server struct {
 	insp  *asynq.Inspector
 	hub   *stream.Hub
 	keys  *keyring
+	rate  *tenantLimiter
 	opt   Options
 	m     *metrics
 }
@@ -66,7 +74,8 @@ func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, hub *strea
 	if opt.Heartbeat <= 0 {
 		opt.Heartbeat = 15 * time.Second
 	}
-	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer)}
+	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
+		rate: newTenantLimiter(st.Redis(), opt.TenantRate, opt.TenantBurst)}
 }
 
 // NewEcho returns an echo instance with chatfleet's error shape, request logs
@@ -85,12 +94,12 @@ func NewEcho(log zerolog.Logger, reg prometheus.Registerer) *echo.Echo {
 func (s *Server) Register(e *echo.Echo) {
 	// Middleware per route, not per group: a group's catch-all would turn a
 	// wrong method into 404 instead of 405.
-	a := auth(s.keys)
-	e.POST("/api/v1/chat/jobs", s.submit, a)
-	e.GET("/api/v1/chat/jobs/:id", s.getJob, a)
-	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, a)
-	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, a)
-	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, a)
+	mw := []echo.MiddlewareFunc{auth(s.keys), s.rate.middleware}
+	e.POST("/api/v1/chat/jobs", s.submit, mw...)
+	e.GET("/api/v1/chat/jobs/:id", s.getJob, mw...)
+	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, mw...)
+	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)
+	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
 }
 
 // submitTimeout bounds the Redis work of one submit.
@@ -112,6 +121,9 @@ func (s *Server) submit(c echo.Context) error {
 	if err := req.validate(); err != nil {
 		return err
 	}
+	if req.Model != "" && len(s.opt.Models) > 0 && !slices.Contains(s.opt.Models, req.Model) {
+		return invalid("model", fmt.Sprintf("%q is not an allowed model (%s)", req.Model, strings.Join(s.opt.Models, ", ")))
+	}
 	tenant := tenantOf(c)
 	key := c.Request().Header.Get("Idempotency-Key")
 	if err := validIdempotencyKey(key); err != nil {
@@ -130,6 +142,10 @@ func (s *Server) submit(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), submitTimeout)
 	defer cancel()
 	created, existing, err := s.store.Create(ctx, nj)
+	if errors.Is(err, store.ErrTooManyJobs) {
+		c.Response().Header().Set("Retry-After", retryAfterSeconds)
+		return errf(http.StatusTooManyRequests, "too_many_jobs", "", "this tenant has as many unfinished jobs as it may have; wait for some to finish")
+	}
 	if err != nil {
 		return err
 	}
@@ -213,6 +229,7 @@ func (s *Server) getJob(c echo.Context) error {
 		}
 	}
 	if wait > 0 && !store.Terminal(j.Status) {
+		holdOpen(c)
 		if j, err = s.awaitFinish(ctx, j, wait); err != nil {
 			return err
 		}

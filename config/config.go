@@ -5,11 +5,12 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -26,7 +27,11 @@ type Config struct {
 	Env             string
 	HTTPAddr        string
 	RedisURL        string
-	APIKeys         map[string]string // key -> tenant
+	APIKeys         map[[32]byte]string // SHA-256 of a key -> tenant
+	TenantRate      int                 // requests per second per tenant; 0: unlimited
+	TenantBurst     int
+	TenantMaxJobs   int      // unfinished jobs per tenant; 0: unlimited
+	Models          []string // allowed models; empty: any
 	LLMProvider     string
 	LLMBaseURL      string
 	LLMAPIKey       string
@@ -97,8 +102,24 @@ func Vars(role Role) []Var {
 			func(c *Config, v string) error { c.HTTPAddr = v; return validAddr(v) }},
 		{"CHATFLEET_REDIS_URL", "", "redis://, rediss://, redis-socket:// or redis-sentinel:// URL; empty means embedded Redis (api --standalone only)", true,
 			func(c *Config, v string) error { c.RedisURL = v; return validRedisURL(v) }},
-		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs; empty disables auth outside production", true,
+		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs, or tenant:sha256:<hex of the key's SHA-256> so that no key sits in plain text; empty disables auth outside production", true,
 			func(c *Config, v string) (err error) { c.APIKeys, err = parseAPIKeys(v); return err }},
+		{"CHATFLEET_TENANT_RATE", "50", "API requests per second per tenant, shared by all API processes (0: unlimited)", false,
+			intVar(func(c *Config) *int { return &c.TenantRate }, 0)},
+		{"CHATFLEET_TENANT_BURST", "100", "requests a tenant may send at once above its rate", false,
+			intVar(func(c *Config) *int { return &c.TenantBurst }, 1)},
+		{"CHATFLEET_TENANT_MAX_JOBS", "1000", "unfinished (queued or running) jobs per tenant; beyond it submits get 429 (0: unlimited)", false,
+			intVar(func(c *Config) *int { return &c.TenantMaxJobs }, 0)},
+		{"CHATFLEET_MODELS", "", "comma-separated models a job may ask for; empty allows any", false,
+			func(c *Config, v string) error {
+				c.Models = nil
+				for _, m := range strings.Split(v, ",") {
+					if m = strings.TrimSpace(m); m != "" {
+						c.Models = append(c.Models, m)
+					}
+				}
+				return nil
+			}},
 		{"CHATFLEET_LLM_PROVIDER", "sim", "openai (any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, OpenRouter), anthropic, or sim (simulated, deterministic)", false,
 			func(c *Config, v string) error {
 				if !validKind(v) {
@@ -296,20 +317,6 @@ func (c Config) Summary(role Role, getenv func(string) string) string {
 	return b.String()
 }
 
-// Tenants returns the configured tenant names, sorted.
-func (c Config) Tenants() []string {
-	seen := map[string]bool{}
-	var out []string
-	for _, t := range c.APIKeys {
-		if !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 func intVar(field func(*Config) *int, min int) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
@@ -384,27 +391,38 @@ func validOptionalURL(v string) error {
 	return nil
 }
 
-func parseAPIKeys(v string) (map[string]string, error) {
-	keys := map[string]string{}
+// parseAPIKeys reads tenant:key and tenant:sha256:<hex> entries into key
+// digests. Errors never quote an entry: it holds a secret.
+func parseAPIKeys(v string) (map[[32]byte]string, error) {
+	keys := map[[32]byte]string{}
 	if v == "" {
 		return keys, nil
 	}
 	for i, pair := range strings.Split(v, ",") {
 		tenant, key, ok := strings.Cut(strings.TrimSpace(pair), ":")
-		// Never echo the pair: it holds a secret.
 		if !ok || tenant == "" || key == "" {
 			return nil, fmt.Errorf("entry %d is not tenant:key", i+1)
 		}
 		if !validTenant(tenant) {
 			return nil, fmt.Errorf("entry %d: tenant must be 1-64 of a-z, 0-9, _ and -", i+1)
 		}
-		if len(key) < 16 {
-			return nil, fmt.Errorf("entry %d: key must be at least 16 characters", i+1)
+		var digest [32]byte
+		if h, hashed := strings.CutPrefix(key, "sha256:"); hashed {
+			b, err := hex.DecodeString(h)
+			if err != nil || len(b) != 32 {
+				return nil, fmt.Errorf("entry %d: sha256: must be followed by 64 hex digits", i+1)
+			}
+			copy(digest[:], b)
+		} else {
+			if len(key) < 16 {
+				return nil, fmt.Errorf("entry %d: key must be at least 16 characters", i+1)
+			}
+			digest = sha256.Sum256([]byte(key))
 		}
-		if _, dup := keys[key]; dup {
+		if _, dup := keys[digest]; dup {
 			return nil, fmt.Errorf("entry %d: key is used twice", i+1)
 		}
-		keys[key] = tenant
+		keys[digest] = tenant
 	}
 	return keys, nil
 }

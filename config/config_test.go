@@ -2,6 +2,8 @@ package config
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"strings"
 	"testing"
@@ -80,9 +82,13 @@ func TestAPIKeysNeverEchoed(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "short") {
 		t.Fatalf("error %v should reject the key without quoting it", err)
 	}
-	c, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:0123456789abcdef, beta:fedcba9876543210"}))
-	if err != nil || c.APIKeys["0123456789abcdef"] != "acme" || c.APIKeys["fedcba9876543210"] != "beta" {
+	hashed := sha256.Sum256([]byte("fedcba9876543210"))
+	c, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:0123456789abcdef, beta:sha256:" + hex.EncodeToString(hashed[:])}))
+	if err != nil || c.APIKeys[sha256.Sum256([]byte("0123456789abcdef"))] != "acme" || c.APIKeys[hashed] != "beta" {
 		t.Fatalf("keys: %v %v", err, c.APIKeys)
+	}
+	if _, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:sha256:abc"})); err == nil {
+		t.Fatal("a short sha256 digest was accepted")
 	}
 	sum := c.Summary(RoleStandalone, env(map[string]string{"CHATFLEET_API_KEYS": "acme:0123456789abcdef"}))
 	if strings.Contains(sum, "0123456789abcdef") {

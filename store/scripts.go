@@ -5,27 +5,38 @@ import "github.com/redis/go-redis/v9"
 // Each script changes one job atomically, so no reader ever sees half a change
 // and a retried call never applies twice.
 
-// createJob writes a new record and appends the job to its session's order, or
-// returns the existing record's body hash.
-// KEYS: job, order. ARGV: id, retention seconds, then field/value pairs.
+// createJob writes a new record, appends the job to its session's order and
+// counts it among its tenant's unfinished jobs; or returns the existing
+// record's body hash; or -1 when the tenant is at its limit of unfinished jobs.
+// KEYS: job, order, tenant jobs.
+// ARGV: id, retention s, max unfinished (0: no limit), now ms, then field/value pairs.
 var createJob = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'body_hash') or ''}
 end
+local now = tonumber(ARGV[4])
+if tonumber(ARGV[3]) > 0 then
+  -- entries older than the retention belong to jobs whose records expired
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[2]) * 1000)
+  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {-1, ''} end
+end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
 return {1, ''}
 `)
 
 // deleteJob undoes createJob when the enqueue that follows it fails.
-// KEYS: job, order. ARGV: id.
+// KEYS: job, order, tenant jobs. ARGV: id.
 var deleteJob = redis.NewScript(`
 redis.call('DEL', KEYS[1])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 `)
 
@@ -93,11 +104,12 @@ return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
 // final event (done, error or canceled) to the log, appends the history entries
 // if any, and releases the session's turn. Returns 1 when this call finished
 // the job, 0 when it was already finished, -1 when the record is gone.
-// KEYS: job, order, history, events.
+// KEYS: job, order, history, events, tenant jobs.
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
 // result json, usage json, error json, event type, event body, channel,
 // then history entries.
 var finish = redis.NewScript(appendEventLua + `
+redis.call('ZREM', KEYS[5], ARGV[1])
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
   redis.call('LREM', KEYS[2], 0, ARGV[1])
@@ -120,9 +132,10 @@ return 1
 `)
 
 // requeue reopens a failed job for another run: it is queued again at the
-// end of its session's order. KEYS: job, order. ARGV: id, retention s.
+// end of its session's order. KEYS: job, order, tenant jobs. ARGV: id, retention s, now ms.
 var requeue = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0)
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at')
 redis.call('EXPIRE', KEYS[1], ARGV[2])

@@ -33,6 +33,8 @@ func Terminal(status string) bool {
 var (
 	// ErrNotFound is returned for a job that does not exist (or has expired).
 	ErrNotFound = errors.New("job not found")
+	// ErrTooManyJobs is returned when a tenant is at its limit of unfinished jobs.
+	ErrTooManyJobs = errors.New("too many unfinished jobs")
 	// ErrUnavailable wraps every failure to reach Redis; callers answer 503.
 	ErrUnavailable = errors.New("redis unavailable")
 )
@@ -90,6 +92,8 @@ type Options struct {
 	// OrphanAfter is how old a queued record must be, with no asynq task behind
 	// it, before it is taken as lost (its enqueue failed) and released.
 	OrphanAfter time.Duration
+	// TenantMaxJobs bounds a tenant's unfinished jobs (0: no bound).
+	TenantMaxJobs int
 }
 
 // OptionsFrom maps the configuration onto the store's bounds.
@@ -98,6 +102,7 @@ func OptionsFrom(cfg config.Config) Options {
 		Retention:          cfg.JobRetention,
 		HistoryMaxMessages: cfg.HistoryMaxMessages,
 		HistoryTTL:         cfg.HistoryTTL,
+		TenantMaxJobs:      cfg.TenantMaxJobs,
 	}
 }
 
@@ -120,6 +125,9 @@ func unavailable(op string, err error) error {
 	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 }
 
+// Redis is the client the store uses, for helpers that share it (the rate limiter).
+func (s *Store) Redis() redis.UniversalClient { return s.rdb }
+
 // NewJob is what Create writes.
 type NewJob struct {
 	ID        string
@@ -133,15 +141,18 @@ type NewJob struct {
 // Create writes a queued record and appends it to its session's order. When a
 // record with the id exists it returns created=false and that record.
 func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Job, err error) {
-	args := []any{j.ID, seconds(s.opt.Retention),
+	args := []any{j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli(),
 		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue,
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
-	res, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID)}, args...).Slice()
+	res, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant)}, args...).Slice()
 	if err != nil {
 		return false, Job{}, unavailable("create job", err)
 	}
-	if res[0].(int64) == 1 {
+	switch res[0].(int64) {
+	case 1:
 		return true, Job{}, nil
+	case -1:
+		return false, Job{}, ErrTooManyJobs
 	}
 	existing, err = s.Get(ctx, j.ID)
 	if errors.Is(err, ErrNotFound) {
@@ -153,7 +164,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Jo
 
 // Delete removes a record that was created but could not be enqueued.
 func (s *Store) Delete(ctx context.Context, j NewJob) error {
-	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID)}, j.ID).Err()
+	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant)}, j.ID).Err()
 	if err != nil {
 		return unavailable("delete job", err)
 	}
@@ -252,7 +263,8 @@ var ErrNotFailed = errors.New("only a failed job can be re-run")
 // Requeue reopens a failed job: queued again, attempts reset, at the end of
 // its session's order. The caller then moves its asynq task back to pending.
 func (s *Store) Requeue(ctx context.Context, j Job) error {
-	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID)}, j.ID, seconds(s.opt.Retention)).Int()
+	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant)},
+		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli()).Int()
 	if err != nil {
 		return unavailable("requeue", err)
 	}
@@ -305,7 +317,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcom
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
-	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id)}
+	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id), rkeys.TenantJobs(tenant)}
 	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
 		return false, unavailable("finish job", err)

@@ -118,6 +118,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	e := api.NewEcho(log, reg)
 	api.New(st, queue, insp, hub, api.Options{
 		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg,
+		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models,
 	}).Register(e)
 	checker.Register(e)
 	fctx, stopFleet := context.WithCancel(context.Background())

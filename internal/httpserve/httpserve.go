@@ -21,9 +21,17 @@ type Server struct {
 	closing context.CancelFunc
 }
 
+// Option changes a server setting.
+type Option func(*http.Server)
+
+// WithReadTimeout replaces the 30 s bound on reading a request.
+func WithReadTimeout(d time.Duration) Option { return func(s *http.Server) { s.ReadTimeout = d } }
+
 // Start listens on addr (":0" picks a free port) and serves h in the background.
 // It logs the bound address as "http server listening" with field addr.
-func Start(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
+// Handlers of long requests (streams, long polls) lift the read deadline for
+// their connection themselves; see api.holdOpen.
+func Start(addr string, h http.Handler, log zerolog.Logger, opts ...Option) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
@@ -37,13 +45,16 @@ func Start(addr string, h http.Handler, log zerolog.Logger) (*Server, error) {
 			BaseContext:       func(net.Listener) context.Context { return base },
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
-			ReadTimeout:       30 * time.Second, // request bodies are small
+			ReadTimeout:       30 * time.Second, // slow-loris bodies; request bodies are small
 			IdleTimeout:       120 * time.Second,
 			// No WriteTimeout: it would cut SSE streams and long polls, which
 			// bound themselves.
 		},
 		ln:   ln,
 		done: make(chan error, 1),
+	}
+	for _, o := range opts {
+		o(s.srv)
 	}
 	go func() {
 		err := s.srv.Serve(ln)

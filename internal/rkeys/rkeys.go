@@ -40,3 +40,10 @@ func Breaker(name string) string { return prefix + "breaker:" + name }
 
 // BreakerProbe is held by the one worker that probes a half-open provider.
 func BreakerProbe(name string) string { return prefix + "breaker:" + name + ":probe" }
+
+// TenantJobs holds a tenant's unfinished jobs (sorted set scored by creation
+// time in ms), for the per-tenant limit.
+func TenantJobs(tenant string) string { return prefix + "tenant:" + tenant + ":jobs" }
+
+// TenantRate is the rate limiter's key of a tenant.
+func TenantRate(tenant string) string { return prefix + "tenant:" + tenant + ":rate" }
