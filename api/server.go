@@ -229,7 +229,6 @@ func (s *Server) getJob(c echo.Context) error {
 		}
 	}
 	if wait > 0 && !store.Terminal(j.Status) {
-		holdOpen(c)
 		if j, err = s.awaitFinish(ctx, j, wait); err != nil {
 			return err
 		}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -25,7 +24,6 @@ func (s *Server) streamJob(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	holdOpen(c)
 	s.m.streamClients.Inc()
 	defer s.m.streamClients.Dec()
 	return stream.Follow(c.Request().Context(), s.hub, s.store, j.ID, after, s.opt.Heartbeat, &sseSink{res: c.Response()})
@@ -107,12 +105,4 @@ func (s *Server) cancelJob(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, renderJob(j))
-}
-
-// holdOpen lifts the server's read deadline for a request that stays open
-// (a stream, a long poll). The deadline stops slow clients from trickling in a
-// request; once the request is read it would only cut the answer: Go's server
-// cancels the request context when the deadline passes.
-func holdOpen(c echo.Context) {
-	_ = http.NewResponseController(c.Response()).SetReadDeadline(time.Time{})
 }

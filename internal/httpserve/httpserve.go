@@ -29,8 +29,9 @@ func WithReadTimeout(d time.Duration) Option { return func(s *http.Server) { s.R
 
 // Start listens on addr (":0" picks a free port) and serves h in the background.
 // It logs the bound address as "http server listening" with field addr.
-// Handlers of long requests (streams, long polls) lift the read deadline for
-// their connection themselves; see api.holdOpen.
+// The read timeout stops slow clients trickling in a request; it does not cut
+// streams or long polls, since Go's server lifts the read deadline once a
+// request has been read (a test in package api holds it to that).
 func Start(addr string, h http.Handler, log zerolog.Logger, opts ...Option) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
