@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build run test test-short lint check-deploy clean tools-check
+.PHONY: help build run test test-short fuzz lint check-deploy clean tools-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,8 +25,15 @@ tools-check:
 	if [ -n "$$missing" ]; then echo "missing:$$missing"; \
 	  echo "install with: apt-get install -y$$missing   (.ci/run does this)"; exit 1; fi
 
-test: tools-check ## the whole suite; each test starts its own redis-server (and Prometheus)
+FUZZTIME ?= 10s
+
+test: tools-check ## the whole suite; each test starts its own redis-server (and Prometheus); then each fuzz target briefly
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(MAKE) fuzz
+
+fuzz: ## run each fuzz target for FUZZTIME (default 10s) beyond its committed seed corpus
+	$(GO) test -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME) ./api
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeChat$$' -fuzztime $(FUZZTIME) ./tasks
 
 test-short: ## unit tests only (no Redis, no processes)
 	$(GO) test -short -count=1 ./...
