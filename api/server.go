@@ -34,6 +34,7 @@ type Options struct {
 	// across every API process (0: unlimited).
 	TenantRate, TenantBurst int
 	Models                  []string // models a job may ask for; empty: any
+	DefaultModel            string   // what /v1/models lists when Models is empty
 }
 
 type metrics struct {
@@ -100,6 +101,7 @@ func (s *Server) Register(e *echo.Echo) {
 	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, mw...)
 	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
+	s.registerOpenAI(e)
 }
 
 // submitTimeout bounds the Redis work of one submit.
@@ -141,28 +143,38 @@ func (s *Server) submit(c echo.Context) error {
 	// half-way, so that no record is left without its task.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), submitTimeout)
 	defer cancel()
-	created, existing, err := s.store.Create(ctx, nj)
-	if errors.Is(err, store.ErrTooManyJobs) {
-		c.Response().Header().Set("Retry-After", retryAfterSeconds)
-		return errf(http.StatusTooManyRequests, "too_many_jobs", "", "this tenant has as many unfinished jobs as it may have; wait for some to finish")
-	}
+	created, existing, err := s.accept(ctx, c, nj, req.payload(nj))
 	if err != nil {
 		return err
 	}
 	if !created {
 		return s.replay(ctx, c, req, nj, existing)
 	}
-	if err := s.enqueue(ctx, req, nj); err != nil {
-		// Undo the record so nothing half-written stays behind; ctx may be spent.
+	c.Response().Header().Set("Location", jobURL(id))
+	return c.JSON(http.StatusAccepted, newSubmitResponse(id, req.SessionID))
+}
+
+// accept records a new job and enqueues its task, undoing the record if the
+// enqueue fails, so nothing half-written stays behind. When the id exists it
+// returns created=false and the existing record.
+func (s *Server) accept(ctx context.Context, c echo.Context, nj store.NewJob, p tasks.ChatPayload) (bool, store.Job, error) {
+	created, existing, err := s.store.Create(ctx, nj)
+	if errors.Is(err, store.ErrTooManyJobs) {
+		c.Response().Header().Set("Retry-After", retryAfterSeconds)
+		return false, store.Job{}, errf(http.StatusTooManyRequests, "too_many_jobs", "", "this tenant has as many unfinished jobs as it may have; wait for some to finish")
+	}
+	if err != nil || !created {
+		return false, existing, err
+	}
+	if err := s.enqueue(ctx, p); err != nil {
 		undo, cancelUndo := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 		defer cancelUndo()
 		if derr := s.store.Delete(undo, nj); derr != nil {
-			zerolog.Ctx(ctx).Warn().Err(derr).Str("job_id", id).Msg("could not undo job record after failed enqueue")
+			zerolog.Ctx(ctx).Warn().Err(derr).Str("job_id", nj.ID).Msg("could not undo job record after failed enqueue")
 		}
-		return err
+		return false, store.Job{}, err
 	}
-	c.Response().Header().Set("Location", jobURL(id))
-	return c.JSON(http.StatusAccepted, newSubmitResponse(id, req.SessionID))
+	return true, store.Job{}, nil
 }
 
 // replay answers a repeated Idempotency-Key: the same body gets the same job,
@@ -176,7 +188,7 @@ func (s *Server) replay(ctx context.Context, c echo.Context, req submitRequest, 
 		// Make sure the first request's enqueue happened; asynq refuses a second
 		// task with the same id, so this never makes two jobs.
 		nj.CreatedAt = existing.CreatedAt
-		if err := s.enqueue(ctx, req, nj); err != nil {
+		if err := s.enqueue(ctx, req.payload(nj)); err != nil {
 			return err
 		}
 	}
@@ -188,11 +200,16 @@ func (s *Server) replay(ctx context.Context, c echo.Context, req submitRequest, 
 	return c.JSON(http.StatusOK, resp)
 }
 
-func (s *Server) enqueue(ctx context.Context, req submitRequest, nj store.NewJob) error {
-	task, err := tasks.NewChatTask(tasks.ChatPayload{
-		JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: req.Message,
-		Model: req.Model, Priority: req.Priority, Metadata: req.Metadata, SubmittedAt: nj.CreatedAt,
-	}, s.opt.MaxRetries, s.opt.Retention)
+// payload is the task payload of a submitted request.
+func (r submitRequest) payload(nj store.NewJob) tasks.ChatPayload {
+	return tasks.ChatPayload{
+		JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: r.Message,
+		Model: r.Model, Priority: r.Priority, Metadata: r.Metadata, SubmittedAt: nj.CreatedAt,
+	}
+}
+
+func (s *Server) enqueue(ctx context.Context, p tasks.ChatPayload) error {
+	task, err := tasks.NewChatTask(p, s.opt.MaxRetries, s.opt.Retention)
 	if err != nil {
 		return err
 	}

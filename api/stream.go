@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -87,22 +88,33 @@ func (s *Server) cancelJob(c echo.Context) error {
 	if store.Terminal(j.Status) {
 		return alreadyFinished
 	}
-	first, err := s.store.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{
-		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: "canceled on request"},
-	})
+	first, err := s.cancel(ctx, j, "canceled on request")
 	if err != nil {
 		return err
 	}
 	if !first {
 		return alreadyFinished // it finished between the read and the cancel
 	}
+	if j, err = s.store.Get(ctx, j.ID); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, renderJob(j))
+}
+
+// cancel ends an unfinished job as canceled and stops it: its task is removed
+// if it has not started, its provider call aborted if it has. It reports
+// whether this call canceled it (false: it had finished already).
+func (s *Server) cancel(ctx context.Context, j store.Job, why string) (bool, error) {
+	first, err := s.store.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{
+		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: why},
+	})
+	if err != nil || !first {
+		return false, err
+	}
 	// The record is canceled, so no worker will run or retry the job; removing
 	// the task and aborting a running call make it stop now.
 	if err := s.insp.DeleteTask(j.Queue, j.ID); err != nil {
 		_ = s.insp.CancelProcessing(j.ID)
 	}
-	if j, err = s.store.Get(ctx, j.ID); err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, renderJob(j))
+	return true, nil
 }

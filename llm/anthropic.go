@@ -42,6 +42,11 @@ func (p *Anthropic) Stream(ctx context.Context, req Request, onDelta func(string
 		model = p.model
 	}
 	params := anthropic.MessageNewParams{Model: model, MaxTokens: anthropicMaxTokens}
+	if req.Params.MaxTokens > 0 {
+		params.MaxTokens = int64(req.Params.MaxTokens)
+	}
+	// This SDK's Messages API takes no temperature or top_p: they are dropped.
+	params.StopSequences = req.Params.Stop
 	for _, m := range req.Messages {
 		switch m.Role {
 		case "system":

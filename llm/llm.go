@@ -16,6 +16,15 @@ type Message struct {
 type Request struct {
 	Model    string
 	Messages []Message
+	Params   Params
+}
+
+// Params are optional generation settings; zero values mean the provider's default.
+type Params struct {
+	MaxTokens   int
+	Temperature *float64
+	TopP        *float64
+	Stop        []string
 }
 
 // Usage counts the tokens of one call.

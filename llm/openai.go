@@ -55,6 +55,18 @@ func (p *OpenAI) Stream(ctx context.Context, req Request, onDelta func(string) e
 		Messages:      msgs,
 		StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)},
 	}
+	if req.Params.MaxTokens > 0 {
+		params.MaxCompletionTokens = openai.Int(int64(req.Params.MaxTokens))
+	}
+	if req.Params.Temperature != nil {
+		params.Temperature = openai.Float(*req.Params.Temperature)
+	}
+	if req.Params.TopP != nil {
+		params.TopP = openai.Float(*req.Params.TopP)
+	}
+	if len(req.Params.Stop) > 0 {
+		params.Stop = openai.ChatCompletionNewParamsStopUnion{OfStringArray: req.Params.Stop}
+	}
 	s := p.client.Chat.Completions.NewStreaming(ctx, params)
 	defer s.Close()
 

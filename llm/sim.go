@@ -63,8 +63,12 @@ func (s *Sim) Stream(ctx context.Context, req Request, onDelta func(string) erro
 	if s.cfg.FailRate > 0 && rand.Float64() < s.cfg.FailRate {
 		return Reply{}, &Error{Provider: s.cfg.Name, Retryable: true, Msg: "simulated provider failure"}
 	}
-	content := SimReply(last, s.cfg.Tokens)
-	for i, d := range splitWords(content) {
+	words := splitWords(SimReply(last, s.cfg.Tokens))
+	if req.Params.MaxTokens > 0 && len(words) > req.Params.MaxTokens {
+		words = words[:req.Params.MaxTokens] // one word is one token here
+	}
+	content := strings.Join(words, "")
+	for i, d := range words {
 		if i > 0 {
 			if err := sleep(ctx, s.cfg.TokenDelay); err != nil {
 				return Reply{}, err

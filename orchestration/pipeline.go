@@ -142,16 +142,13 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	p.m.active.Inc()
 	defer p.m.active.Dec()
 
-	history, err := p.store.History(ctx, pl.Tenant, pl.SessionID)
-	if err != nil {
-		log.Warn().Err(err).Msg("history unavailable; continuing without it")
-		p.m.historyUnavailable.Inc()
-		history = nil
-	}
 	if attempt > 1 {
 		p.retractInterrupted(ctx, pl.JobID, attempt, log)
 	}
-	req := llm.Request{Model: pl.Model, Messages: BuildPrompt(history, pl.Message, p.budget)}
+	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, log)}
+	if gp := pl.Params; gp != nil {
+		req.Params = llm.Params{MaxTokens: gp.MaxTokens, Temperature: gp.Temperature, TopP: gp.TopP, Stop: gp.Stop}
+	}
 	emit := stream.NewEmitter(ctx, p.store, pl.JobID, p.opt.Coalescing)
 	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
 	onDelta := func(d string) error { firstToken(); return emit.Delta(d) }
@@ -178,15 +175,18 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	first, err := p.finish(ctx, pl, store.Outcome{
+	outcome := store.Outcome{
 		Status: store.StatusSucceeded,
 		Result: &store.Result{Content: reply.Content, Provider: provider, Model: reply.Model},
 		Usage:  &store.Usage{PromptTokens: reply.Usage.PromptTokens, CompletionTokens: reply.Usage.CompletionTokens},
-		History: []store.Message{
+	}
+	if len(pl.Messages) == 0 {
+		outcome.History = []store.Message{
 			{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: pl.SubmittedAt.Truncate(time.Millisecond)},
 			{Role: "assistant", Content: reply.Content, JobID: pl.JobID, CreatedAt: now},
-		},
-	})
+		}
+	}
+	first, err := p.finish(ctx, pl, outcome)
 	if err != nil {
 		return err // asynq retries; Finish applies once
 	}
@@ -198,6 +198,25 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		Dur("queue_wait_ms", start.Sub(pl.SubmittedAt)).
 		Int("completion_tokens", reply.Usage.CompletionTokens).Msg("job finished")
 	return nil
+}
+
+// prompt is the conversation sent with the job, or else the session's history
+// and the new message, within the token budget.
+func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, log zerolog.Logger) []llm.Message {
+	if len(pl.Messages) > 0 {
+		out := make([]llm.Message, len(pl.Messages))
+		for i, m := range pl.Messages {
+			out[i] = llm.Message{Role: m.Role, Content: m.Content}
+		}
+		return out
+	}
+	history, err := p.store.History(ctx, pl.Tenant, pl.SessionID)
+	if err != nil {
+		log.Warn().Err(err).Msg("history unavailable; continuing without it")
+		p.m.historyUnavailable.Inc()
+		history = nil
+	}
+	return BuildPrompt(history, pl.Message, p.budget)
 }
 
 // degrade ends a job whose providers are all down with the configured reply,

@@ -58,6 +58,25 @@ type ChatPayload struct {
 	Priority    string          `json:"priority"`
 	Metadata    json.RawMessage `json:"metadata,omitempty"`
 	SubmittedAt time.Time       `json:"submitted_at"`
+	// Messages is a whole conversation sent with the job (the OpenAI-compatible
+	// front door). When set it is the prompt, and the session's history is
+	// neither read nor written.
+	Messages []ChatMessage `json:"messages,omitempty"`
+	Params   *GenParams    `json:"params,omitempty"`
+}
+
+// ChatMessage is one message of a conversation sent with a job.
+type ChatMessage struct {
+	Role    string `json:"role"` // system, user or assistant
+	Content string `json:"content"`
+}
+
+// GenParams are generation settings passed to the provider.
+type GenParams struct {
+	MaxTokens   int      `json:"max_tokens,omitempty"`
+	Temperature *float64 `json:"temperature,omitempty"`
+	TopP        *float64 `json:"top_p,omitempty"`
+	Stop        []string `json:"stop,omitempty"`
 }
 
 // ErrBadPayload marks a payload that no retry can fix.

@@ -118,7 +118,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	e := api.NewEcho(log, reg)
 	api.New(st, queue, insp, hub, api.Options{
 		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg,
-		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models,
+		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
 	}).Register(e)
 	checker.Register(e)
 	fctx, stopFleet := context.WithCancel(context.Background())
@@ -159,4 +159,12 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// defaultModel is the model jobs get when they name none.
+func defaultModel(cfg config.Config) string {
+	if cfg.LLMModel != "" {
+		return cfg.LLMModel
+	}
+	return cfg.LLMProvider
 }

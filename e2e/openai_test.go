@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// The official OpenAI Go SDK, pointed at the API, gets complete streamed and
+// non-streamed replies with usage, and OpenAI-shaped errors.
+func TestOpenAISDKUsesTheFleet(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_SIM_TOKENS": "6"})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msgs := []openai.ChatCompletionMessageParamUnion{openai.SystemMessage("be brief"), openai.UserMessage("hello fleet")}
+	want := "echo: hello fleet lorem ipsum dolor sit amet consectetur"
+
+	got, err := oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: msgs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Choices) != 1 || got.Choices[0].Message.Content != want || got.Choices[0].FinishReason != "stop" || got.Object != "chat.completion" {
+		t.Fatalf("completion %+v", got)
+	}
+	if got.Usage.CompletionTokens != 9 || got.Usage.PromptTokens == 0 || got.Usage.TotalTokens != got.Usage.PromptTokens+got.Usage.CompletionTokens {
+		t.Fatalf("usage %+v", got.Usage)
+	}
+
+	s := oa.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{
+		Model: "sim", Messages: msgs, StreamOptions: openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)},
+	})
+	acc := openai.ChatCompletionAccumulator{}
+	chunks := 0
+	for s.Next() {
+		acc.AddChunk(s.Current())
+		chunks++
+	}
+	if err := s.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if chunks < 4 || len(acc.Choices) != 1 || acc.Choices[0].Message.Content != want || acc.Usage.CompletionTokens != 9 {
+		t.Fatalf("streamed %d chunks: %+v usage %+v", chunks, acc.Choices, acc.Usage)
+	}
+
+	// An empty messages list is an OpenAI-shaped 400.
+	_, err = oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: nil})
+	var oe *openai.Error
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusBadRequest || oe.Param != "messages" || !strings.Contains(oe.Message, "empty") {
+		t.Fatalf("empty messages: %v", err)
+	}
+	// A wrong key is an OpenAI-shaped 401.
+	bad := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey("wrong-key-0123456789"), option.WithMaxRetries(0))
+	_, err = bad.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: msgs})
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("wrong key: %v", err)
+	}
+	models, err := oa.Models.List(ctx)
+	if err != nil || len(models.Data) != 1 || models.Data[0].ID != "sim" {
+		t.Fatalf("models: %+v %v", models, err)
+	}
+}
+
+// A client that disconnects from the front door cancels its job.
+func TestOpenAIDisconnectCancelsTheJob(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "200", "CHATFLEET_SIM_TOKEN_DELAY": "20ms", "CHATFLEET_MODELS": "sim,other"})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+	ctx, cancel := context.WithCancel(context.Background())
+	s := oa.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("long one")}})
+	var id string
+	for s.Next() {
+		if c := s.Current(); len(c.Choices) > 0 && c.Choices[0].Delta.Content != "" {
+			id = "job_" + strings.TrimPrefix(c.ID, "chatcmpl-")
+			break
+		}
+	}
+	cancel()
+	_ = s.Close()
+	if id == "" {
+		t.Fatalf("no token before the disconnect: %v", s.Err())
+	}
+	j := waitStatus(t, client.New(apis[0].URL()), id, "canceled")
+	if j.Error == nil || !strings.Contains(j.Error.Message, "disconnected") {
+		t.Fatalf("job after the disconnect: %+v", j)
+	}
+
+	// With an allow-list, an unknown model is OpenAI's 404.
+	_, err := oa.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "gpt-nope", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("x")}})
+	var oe *openai.Error
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusNotFound || oe.Code != "model_not_found" {
+		t.Fatalf("unknown model: %v", err)
+	}
+}
