@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build run test test-short fuzz lint check-deploy clean tools-check
+.PHONY: help build run test test-short fuzz bench lint check-deploy clean tools-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ test-short: ## unit tests only (no Redis, no processes)
 
 check-deploy: ## promtool check + test of the alert rules, compose and k8s files, every dashboard query on a real Prometheus
 	$(GO) test -count=1 -v ./deploy
+
+bench: tools-check ## measure the fleet against bare asynq in one run and write BENCHMARKS.md (about 5 minutes)
+	@mkdir -p bin
+	$(GO) test -run '^$$' -bench . -benchmem ./tasks ./stream ./api | grep -E '^(Benchmark|goos|goarch|cpu)' | sort -u > bin/bench-micro.txt
+	BENCH_OUT=$(CURDIR)/BENCHMARKS.md BENCH_MICRO=$(CURDIR)/bin/bench-micro.txt \
+	  $(GO) test -run '^$$' -bench '^BenchmarkReport$$' -benchtime 1x -timeout 15m -v ./bench
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

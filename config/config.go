@@ -104,11 +104,11 @@ func Vars(role Role) []Var {
 			func(c *Config, v string) error { c.RedisURL = v; return validRedisURL(v) }},
 		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs, or tenant:sha256:<hex of the key's SHA-256> so that no key sits in plain text; empty disables auth outside production", true,
 			func(c *Config, v string) (err error) { c.APIKeys, err = parseAPIKeys(v); return err }},
-		{"CHATFLEET_TENANT_RATE", "50", "API requests per second per tenant, shared by all API processes (0: unlimited)", false,
+		{"CHATFLEET_TENANT_RATE", "0", "API requests per second per tenant, shared by all API processes (0: unlimited; e.g. 50 in a multi-tenant production)", false,
 			intVar(func(c *Config) *int { return &c.TenantRate }, 0)},
 		{"CHATFLEET_TENANT_BURST", "100", "requests a tenant may send at once above its rate", false,
 			intVar(func(c *Config) *int { return &c.TenantBurst }, 1)},
-		{"CHATFLEET_TENANT_MAX_JOBS", "1000", "unfinished (queued or running) jobs per tenant; beyond it submits get 429 (0: unlimited)", false,
+		{"CHATFLEET_TENANT_MAX_JOBS", "0", "unfinished (queued or running) jobs per tenant; beyond it submits get 429 (0: unlimited; e.g. 1000 in a multi-tenant production)", false,
 			intVar(func(c *Config) *int { return &c.TenantMaxJobs }, 0)},
 		{"CHATFLEET_MODELS", "", "comma-separated models a job may ask for; empty allows any", false,
 			func(c *Config, v string) error {

@@ -66,10 +66,17 @@ func TestTwoThousandIdleStreams(t *testing.T) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			r := submit(t, api.URL(), fmt.Sprintf("idle-%d", i), "wait", nil)
+			if r.Status != http.StatusAccepted {
+				t.Errorf("submit %d: %d %s", i, r.Status, r.Raw)
+				return
+			}
 			ids[i] = r.Body["job_id"].(string)
 		}()
 	}
 	wg.Wait()
+	if t.Failed() {
+		return
+	}
 	httpc.CloseIdleConnections()
 	time.Sleep(200 * time.Millisecond)
 	baseGoroutines := metric(t, api.URL(), "go_goroutines")

@@ -13,12 +13,12 @@ import (
 	"github.com/chatfleet/chatfleet/store"
 )
 
-func newStore(t *testing.T) *store.Store {
+func newStore(t testing.TB) *store.Store {
 	c := testkit.StartRedis(t).Client()
 	return store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
 }
 
-func activeJob(t *testing.T, st *store.Store, id string) {
+func activeJob(t testing.TB, st *store.Store, id string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {

@@ -177,3 +177,15 @@ func (p *Proc) tail(n int) string {
 	}
 	return strings.Join(l, "\n")
 }
+
+// Stop ends the process now (SIGTERM, then SIGKILL after 15 s) and waits for it.
+func (p *Proc) Stop() {
+	p.Signal(syscall.SIGTERM)
+	if _, ok := p.Wait(15 * time.Second); !ok {
+		p.Signal(syscall.SIGKILL)
+		<-p.exited
+	}
+}
+
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }

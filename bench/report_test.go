@@ -1,0 +1,601 @@
+// Package bench measures the fleet against bare asynq on the same machine, in
+// the same run, and writes BENCHMARKS.md. Run it with `make bench`; it is a
+// benchmark, so `go test ./...` does not run it.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+const reps = 3
+
+var httpc = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 0}}
+
+type env struct {
+	b         *testing.B
+	apiBin    string
+	workerBin string
+}
+
+func (e env) procEnv(rd *testkit.Redis, extra map[string]string) []string {
+	vars := map[string]string{"CHATFLEET_REDIS_URL": rd.URL(), "CHATFLEET_HTTP_ADDR": "127.0.0.1:0", "CHATFLEET_LOG_LEVEL": "info",
+		"CHATFLEET_TENANT_RATE": "0", "CHATFLEET_TENANT_MAX_JOBS": "0"}
+	for k, v := range extra {
+		vars[k] = v
+	}
+	return testkit.Env(vars)
+}
+
+func (e env) start(name, bin string, rd *testkit.Redis, extra map[string]string) *testkit.Proc {
+	return testkit.StartProc(e.b, name, bin, e.procEnv(rd, extra))
+}
+
+// result is one measured figure with its baseline, over several repetitions.
+type result struct {
+	name, unit, target string
+	ours, base         []float64
+	higherIsBetter     bool
+	note               string
+	met                func(ratio float64) bool
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func spread(v []float64) string {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.3g–%.3g", s[0], s[len(s)-1])
+}
+
+func submit(base, session, msg string) (string, error) {
+	body := fmt.Sprintf(`{"session_id":%q,"message":%q}`, session, msg)
+	res, err := httpc.Post(base+"/api/v1/chat/jobs", "application/json", strings.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	var out struct {
+		JobID string `json:"job_id"`
+	}
+	if res.StatusCode != http.StatusAccepted {
+		raw, _ := io.ReadAll(res.Body)
+		return "", fmt.Errorf("submit: %d %s", res.StatusCode, raw)
+	}
+	err = json.NewDecoder(res.Body).Decode(&out)
+	return out.JobID, err
+}
+
+func metric(base, series string) float64 {
+	res, err := httpc.Get(base + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// 1. Submit throughput over keep-alive HTTP at 32 clients ÷ a bare asynq
+// Enqueue loop at 32 goroutines, both with task ids, on the same Redis.
+func (e env) submitThroughput() result {
+	r := result{name: "Submit throughput, 32 concurrent clients", unit: "jobs/s", target: "≥ 0.8", higherIsBetter: true,
+		met: func(x float64) bool { return x >= 0.8 }}
+	const window = 2 * time.Second
+	for range reps {
+		rd := testkit.StartRedis(e.b)
+		c := rd.Client()
+		q := asynq.NewClientFromRedisClient(c)
+		var n atomic.Int64
+		run(32, window, func(g, i int) {
+			if _, err := q.Enqueue(asynq.NewTask("bench", []byte(`{"v":1}`), asynq.TaskID(fmt.Sprintf("b-%d-%d", g, i)), asynq.Queue("bench"))); err == nil {
+				n.Add(1)
+			}
+		})
+		r.base = append(r.base, float64(n.Load())/window.Seconds())
+		c.FlushAll(context.Background())
+
+		api := e.start("api", e.apiBin, rd, nil)
+		n.Store(0)
+		run(32, window, func(g, i int) {
+			if _, err := submit(api.URL(), fmt.Sprintf("s-%d-%d", g, i), "hello"); err == nil {
+				n.Add(1)
+			}
+		})
+		r.ours = append(r.ours, float64(n.Load())/window.Seconds())
+		api.Stop()
+		rd.Stop()
+	}
+	return r
+}
+
+// run calls f from g goroutines until the window ends.
+func run(g int, window time.Duration, f func(g, i int)) {
+	var wg sync.WaitGroup
+	stop := time.Now().Add(window)
+	for k := range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(stop); i++ {
+				f(k, i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func percentile(v []time.Duration, p float64) float64 {
+	s := append([]time.Duration(nil), v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))].Seconds() * 1000
+}
+
+// 2. Idle submit → first SSE token ÷ bare asynq enqueue → handler → pub/sub
+// receive, at the same 20 ms poll interval.
+func (e env) firstToken() (p50, p99 result) {
+	p50 = result{name: "Idle submit → first token, p50", unit: "ms", target: "≤ 1.3×", met: func(x float64) bool { return x <= 1.3 }}
+	p99 = result{name: "Idle submit → first token, p99", unit: "ms", target: "(reported)", met: func(float64) bool { return true }}
+	const samples = 60
+	for range reps {
+		rd := testkit.StartRedis(e.b)
+		c := rd.Client()
+		srv := asynq.NewServerFromRedisClient(c, asynq.Config{Concurrency: 10, Queues: map[string]int{"bench": 1}, TaskCheckInterval: 20 * time.Millisecond,
+			LogLevel: asynq.ErrorLevel})
+		mux := asynq.NewServeMux()
+		mux.HandleFunc("bench", func(ctx context.Context, t *asynq.Task) error {
+			return c.Publish(ctx, "bench:"+string(t.Payload()), "token").Err()
+		})
+		_ = srv.Start(mux)
+		q := asynq.NewClientFromRedisClient(c)
+		var base []time.Duration
+		for i := range samples {
+			time.Sleep(time.Duration(25+i%7*5) * time.Millisecond) // land anywhere in the poll cycle
+			id := strconv.Itoa(i)
+			ps := c.Subscribe(context.Background(), "bench:"+id)
+			_, _ = ps.Receive(context.Background())
+			start := time.Now()
+			_, _ = q.Enqueue(asynq.NewTask("bench", []byte(id), asynq.Queue("bench")))
+			_, _ = ps.ReceiveMessage(context.Background())
+			base = append(base, time.Since(start))
+			ps.Close()
+		}
+		srv.Shutdown()
+		api := e.start("api", e.apiBin, rd, nil)
+		worker := e.start("worker", e.workerBin, rd, nil)
+		var ours []time.Duration
+		for i := range samples {
+			time.Sleep(time.Duration(25+i%7*5) * time.Millisecond)
+			start := time.Now()
+			id, err := submit(api.URL(), "ttft-"+strconv.Itoa(i), "hi")
+			if err != nil {
+				e.b.Fatal(err)
+			}
+			res, err := httpc.Get(api.URL() + "/api/v1/chat/jobs/" + id + "/stream")
+			if err != nil {
+				e.b.Fatal(err)
+			}
+			sc := bufio.NewScanner(res.Body)
+			for sc.Scan() {
+				if sc.Text() == "event: token" {
+					break
+				}
+			}
+			ours = append(ours, time.Since(start))
+			res.Body.Close()
+		}
+		p50.base, p50.ours = append(p50.base, percentile(base, 0.5)), append(p50.ours, percentile(ours, 0.5))
+		p99.base, p99.ours = append(p99.base, percentile(base, 0.99)), append(p99.ours, percentile(ours, 0.99))
+		worker.Stop()
+		api.Stop()
+		rd.Stop()
+	}
+	return p50, p99
+}
+
+// 3. Fleet throughput with 64-word streamed replies at zero delay ÷ bare asynq
+// no-op processing, both at concurrency 100.
+func (e env) fleetThroughput() result {
+	r := result{name: "Fleet throughput, 64-word replies, concurrency 100", unit: "jobs/s", target: "≥ 0.5", higherIsBetter: true,
+		met: func(x float64) bool { return x >= 0.5 }}
+	const n = 1500
+	for range reps {
+		rd := testkit.StartRedis(e.b)
+		c := rd.Client()
+		q := asynq.NewClientFromRedisClient(c)
+		for i := range n {
+			_, _ = q.Enqueue(asynq.NewTask("bench", nil, asynq.Queue("bench"), asynq.TaskID("t"+strconv.Itoa(i))))
+		}
+		var done atomic.Int64
+		all := make(chan struct{})
+		srv := asynq.NewServerFromRedisClient(c, asynq.Config{Concurrency: 100, Queues: map[string]int{"bench": 1}, TaskCheckInterval: 20 * time.Millisecond, LogLevel: asynq.ErrorLevel})
+		mux := asynq.NewServeMux()
+		mux.HandleFunc("bench", func(context.Context, *asynq.Task) error {
+			if done.Add(1) == n {
+				close(all)
+			}
+			return nil
+		})
+		start := time.Now()
+		_ = srv.Start(mux)
+		<-all
+		r.base = append(r.base, n/time.Since(start).Seconds())
+		srv.Shutdown()
+		c.FlushAll(context.Background())
+
+		api := e.start("api", e.apiBin, rd, nil)
+		var wg sync.WaitGroup
+		for g := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := g; i < n; i += 16 {
+					if _, err := submit(api.URL(), "fleet-"+strconv.Itoa(i), "go"); err != nil {
+						e.b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		start = time.Now()
+		worker := e.start("worker", e.workerBin, rd, map[string]string{"CHATFLEET_SIM_TOKENS": "62"})
+		for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < n {
+			time.Sleep(20 * time.Millisecond)
+		}
+		r.ours = append(r.ours, n/time.Since(start).Seconds())
+		worker.Stop()
+		api.Stop()
+		rd.Stop()
+	}
+	r.note = "the worker's time includes its start-up (about 50 ms)"
+	return r
+}
+
+func rss(pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// 4. 10,000 held SSE streams on one API process: RSS per stream and Redis
+// connections.
+func (e env) heldStreams() (mem, conns result) {
+	mem = result{name: "RSS per held SSE stream (10,000 streams)", unit: "KB", target: "≤ 20 KB", met: nil}
+	conns = result{name: "Redis connections of the API holding 10,000 streams", unit: "conns", target: "bounded", met: nil}
+	const n = 10000
+	rd := testkit.StartRedis(e.b)
+	api := e.start("api", e.apiBin, rd, nil)
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 32 {
+				ids[i], _ = submit(api.URL(), "held-"+strconv.Itoa(i), "wait")
+			}
+		}()
+	}
+	wg.Wait()
+	httpc.CloseIdleConnections()
+	time.Sleep(500 * time.Millisecond)
+	pid := api.Pid()
+	before := rss(pid)
+	sc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: -1}}
+	bodies := make([]io.ReadCloser, n)
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 64 {
+				res, err := sc.Get(api.URL() + "/api/v1/chat/jobs/" + ids[i] + "/stream")
+				if err != nil {
+					e.b.Error(err)
+					return
+				}
+				bodies[i] = res.Body
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(time.Second)
+	after := rss(pid)
+	list, _ := rd.Client().ClientList(context.Background()).Result()
+	held := metric(api.URL(), "chatfleet_stream_clients")
+	mem.ours = []float64{(after - before) / n / 1024}
+	conns.ours = []float64{float64(strings.Count(list, "name=chatfleet-api "))}
+	mem.note = fmt.Sprintf("%.0f streams held; RSS %.0f MB → %.0f MB", held, before/1e6, after/1e6)
+	for _, b := range bodies {
+		if b != nil {
+			b.Close()
+		}
+	}
+	api.Stop()
+	rd.Stop()
+	return mem, conns
+}
+
+// 5. Scale-out: jobs/s with 1, 2 and 4 workers at 500 ms simulated latency.
+func (e env) scaleOut() result {
+	r := result{name: "Scale-out at 500 ms latency: 4 workers ÷ 4 × 1 worker", unit: "jobs/s", target: "≥ 0.9", higherIsBetter: true,
+		met: func(x float64) bool { return x >= 0.9 }}
+	const perWorker = 20 // concurrency: 40 jobs/s per worker at 500 ms
+	rates := map[int][]float64{}
+	for range reps {
+		for _, k := range []int{1, 2, 4} {
+			rd := testkit.StartRedis(e.b)
+			api := e.start("api", e.apiBin, rd, nil)
+			n := k * 100
+			for i := range n {
+				if _, err := submit(api.URL(), "scale-"+strconv.Itoa(i), "x"); err != nil {
+					e.b.Fatal(err)
+				}
+			}
+			extra := map[string]string{"CHATFLEET_SIM_LATENCY": "500ms", "CHATFLEET_WORKER_CONCURRENCY": strconv.Itoa(perWorker)}
+			var ws []*testkit.Proc
+			start := time.Now()
+			for i := range k {
+				ws = append(ws, e.start("worker-"+strconv.Itoa(i), e.workerBin, rd, extra))
+			}
+			for {
+				total := 0.0
+				for _, w := range ws {
+					total += metric(w.URL(), `chatfleet_jobs_total{outcome="succeeded"}`)
+				}
+				if total >= float64(n) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			rates[k] = append(rates[k], float64(n)/time.Since(start).Seconds())
+			for _, w := range ws {
+				w.Stop()
+			}
+			api.Stop()
+			rd.Stop()
+		}
+	}
+	r.base = rates[1]
+	for i := range rates[4] {
+		r.ours = append(r.ours, rates[4][i]/4)
+	}
+	r.note = fmt.Sprintf("jobs/s with 1, 2, 4 workers (medians): %.1f, %.1f, %.1f; %d concurrent jobs per worker; 2 ÷ 2×1 = %.2f",
+		median(rates[1]), median(rates[2]), median(rates[4]), perWorker, median(rates[2])/2/median(rates[1]))
+	return r
+}
+
+// 6. Redis commands per job (INFO commandstats) with a 64-word reply, idle
+// polling subtracted.
+func (e env) commandsPerJob() (result, map[string]float64) {
+	r := result{name: "Redis commands per job, 64-word reply", unit: "commands", target: "≤ 15", met: nil}
+	const n = 300
+	rd := testkit.StartRedis(e.b)
+	c := rd.Client()
+	api := e.start("api", e.apiBin, rd, nil)
+	worker := e.start("worker", e.workerBin, rd, map[string]string{"CHATFLEET_SIM_TOKENS": "62"})
+	if _, err := submit(api.URL(), "warm", "up"); err != nil {
+		e.b.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	idleStart := commandStats(c)
+	time.Sleep(2 * time.Second)
+	idle := diff(commandStats(c), idleStart)
+	idleRate := map[string]float64{}
+	for k, v := range idle {
+		idleRate[k] = v / 2
+	}
+	before := commandStats(c)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 8 {
+				_, _ = submit(api.URL(), "cmd-"+strconv.Itoa(i), "count me")
+			}
+		}()
+	}
+	wg.Wait()
+	for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < n+1 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	took := time.Since(start).Seconds()
+	used := diff(commandStats(c), before)
+	perJob := map[string]float64{}
+	total := 0.0
+	for k, v := range used {
+		x := (v - idleRate[k]*took) / n
+		if x > 0.05 {
+			perJob[k] = x
+			total += x
+		}
+	}
+	r.ours = []float64{total}
+	worker.Stop()
+	api.Stop()
+	rd.Stop()
+	return r, perJob
+}
+
+func commandStats(c *redis.Client) map[string]float64 {
+	raw, _ := c.Info(context.Background(), "commandstats").Result()
+	out := map[string]float64{}
+	for _, line := range strings.Split(raw, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok {
+			continue
+		}
+		calls, _, _ := strings.Cut(rest, ",")
+		out[strings.TrimPrefix(name, "cmdstat_")], _ = strconv.ParseFloat(calls, 64)
+	}
+	return out
+}
+
+func diff(a, b map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range a {
+		out[k] = v - b[k]
+	}
+	return out
+}
+
+// BenchmarkReport runs every measurement once and writes BENCHMARKS.md
+// (BENCH_OUT, default ../BENCHMARKS.md). BENCH_MICRO names a file of
+// `go test -bench` output to include.
+func BenchmarkReport(b *testing.B) {
+	dir := b.TempDir()
+	apiBin, workerBin, err := testkit.BuildBinaries(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := env{b: b, apiBin: apiBin, workerBin: workerBin}
+	started := time.Now()
+	var results []result
+	results = append(results, e.submitThroughput())
+	p50, p99 := e.firstToken()
+	results = append(results, p50, p99, e.fleetThroughput())
+	mem, conns := e.heldStreams()
+	results = append(results, mem, conns, e.scaleOut())
+	cmds, perJob := e.commandsPerJob()
+	results = append(results, cmds)
+
+	out := os.Getenv("BENCH_OUT")
+	if out == "" {
+		out = "../BENCHMARKS.md"
+	}
+	var micro []byte
+	if p := os.Getenv("BENCH_MICRO"); p != "" {
+		micro, _ = os.ReadFile(p)
+	}
+	if err := os.WriteFile(out, report(results, perJob, micro, time.Since(started)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("wrote %s in %s", out, time.Since(started).Round(time.Second))
+}
+
+func tool(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+}
+
+func report(rs []result, perJob map[string]float64, micro []byte, took time.Duration) []byte {
+	var w bytes.Buffer
+	cpu := "unknown"
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	fmt.Fprintf(&w, "# chatfleet benchmarks\n\nWritten by `make bench` on %s.\n\n", time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(&w, "Machine: %d cores (%s), %s, %s, %s. Every figure is the median of %d repetitions (spread: min–max), "+
+		"measured in the same run as its baseline, against a private redis-server on loopback; total run time %s.\n\n",
+		runtime.NumCPU(), cpu, runtime.Version(), tool("redis-server", "--version"), "asynq v0.26.0", reps, took.Round(time.Second))
+	fmt.Fprintln(&w, "| measurement | chatfleet | baseline | ratio | target | met |")
+	fmt.Fprintln(&w, "|---|---|---|---|---|---|")
+	for _, r := range rs {
+		ours := fmt.Sprintf("%.4g %s (%s)", median(r.ours), r.unit, spread(r.ours))
+		base, ratio, met := "—", "—", "—"
+		if len(r.base) > 0 {
+			base = fmt.Sprintf("%.4g %s (%s)", median(r.base), r.unit, spread(r.base))
+			x := median(r.ours) / median(r.base)
+			ratio = fmt.Sprintf("%.2f", x)
+			if r.met != nil {
+				met = yesNo(r.met(x))
+			}
+		}
+		switch {
+		case strings.HasPrefix(r.target, "≤ 20 KB"):
+			met = yesNo(median(r.ours) <= 20)
+		case strings.HasPrefix(r.target, "≤ 15"):
+			met = yesNo(median(r.ours) <= 15)
+		case r.target == "bounded":
+			met = yesNo(median(r.ours) <= 25)
+		}
+		fmt.Fprintf(&w, "| %s | %s | %s | %s | %s | %s |\n", r.name, ours, base, ratio, r.target, met)
+	}
+	fmt.Fprintln(&w, "\nBaselines: (1) a bare asynq `Client.Enqueue` loop with task ids at 32 goroutines; (2) bare asynq enqueue → handler → "+
+		"Redis PUBLISH → subscriber, same 20 ms poll interval; (3) bare asynq no-op handler at concurrency 100; (5) the same fleet with one worker, times 4.")
+	fmt.Fprintln(&w, "\nNotes:")
+	for _, r := range rs {
+		if r.note != "" {
+			fmt.Fprintf(&w, "- %s: %s.\n", r.name, r.note)
+		}
+	}
+	keys := make([]string, 0, len(perJob))
+	for k := range perJob {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return perJob[keys[i]] > perJob[keys[j]] })
+	fmt.Fprint(&w, "\nRedis commands per job by command (idle polling subtracted): ")
+	for i, k := range keys {
+		if i > 0 {
+			fmt.Fprint(&w, ", ")
+		}
+		fmt.Fprintf(&w, "%s %.2f", k, perJob[k])
+	}
+	fmt.Fprintln(&w, ".")
+	if len(micro) > 0 {
+		fmt.Fprintf(&w, "\n## Hot paths (`go test -bench -benchmem`)\n\n```\n%s```\n", micro)
+	}
+	return w.Bytes()
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
