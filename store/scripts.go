@@ -84,7 +84,7 @@ local function append_event(events, channel, typ, body, ttl)
   end
   local entry = typ .. ' ' .. data
   redis.call('RPUSH', events, entry)
-  redis.call('EXPIRE', events, ttl)
+  if seq == 1 then redis.call('EXPIRE', events, ttl) end -- finish sets it again
   redis.call('PUBLISH', channel, entry)
   return seq
 end
@@ -121,7 +121,9 @@ if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) else redis.call('HDEL', KEYS[1], 'error') end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4])
+if append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4]) > 1 then
+  redis.call('EXPIRE', KEYS[4], ARGV[4]) -- the log lives as long as the record
+end
 if #ARGV > 12 then
   for i = 13, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)

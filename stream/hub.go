@@ -45,7 +45,9 @@ type Subscription struct {
 }
 
 const (
-	subscriptionBuffer = 64
+	// A follower that falls further behind catches up from the log; a small
+	// buffer keeps 10,000 idle streams cheap.
+	subscriptionBuffer = 16
 	confirmTimeout     = 5 * time.Second
 	receiveTimeout     = 30 * time.Second
 )
