@@ -99,15 +99,7 @@ func (p *Anthropic) Stream(ctx context.Context, req Request, onDelta func(string
 func (p *Anthropic) classify(ctx context.Context, err error) error {
 	var ae *anthropic.Error
 	if errors.As(err, &ae) {
-		var h http.Header
-		if ae.Response != nil {
-			h = ae.Response.Header
-		}
-		msg := ae.Message
-		if msg == "" {
-			msg = ae.RawJSON()
-		}
-		return httpError(p.name, ae.StatusCode, h, msg)
+		return httpError(p.name, ae.StatusCode, ae.Response, ae.Message, ae.RawJSON())
 	}
 	return transportError(ctx, p.name, err)
 }

@@ -34,10 +34,18 @@ func RetryableStatus(code int) bool {
 		code == http.StatusTooEarly || code == http.StatusTooManyRequests || code >= 500
 }
 
-// httpError classifies an upstream answer with an error status.
-func httpError(provider string, code int, h http.Header, msg string) *Error {
+// httpError classifies an upstream answer with an error status: the SDK's
+// parsed message, else the raw body, else the status text.
+func httpError(provider string, code int, res *http.Response, msg, raw string) *Error {
+	if msg == "" {
+		msg = raw
+	}
 	if msg == "" {
 		msg = http.StatusText(code)
+	}
+	var h http.Header
+	if res != nil {
+		h = res.Header
 	}
 	return &Error{Provider: provider, Status: code, Retryable: RetryableStatus(code), RetryAfter: retryAfter(h), Msg: msg}
 }

@@ -107,15 +107,7 @@ func (p *OpenAI) Stream(ctx context.Context, req Request, onDelta func(string) e
 func (p *OpenAI) classify(ctx context.Context, err error) error {
 	var ae *openai.Error
 	if errors.As(err, &ae) {
-		var h http.Header
-		if ae.Response != nil {
-			h = ae.Response.Header
-		}
-		msg := ae.Message
-		if msg == "" {
-			msg = ae.RawJSON()
-		}
-		return httpError(p.name, ae.StatusCode, h, msg)
+		return httpError(p.name, ae.StatusCode, ae.Response, ae.Message, ae.RawJSON())
 	}
 	return transportError(ctx, p.name, err)
 }
