@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,6 +22,8 @@ import (
 type Hub struct {
 	ps  *redis.PubSub
 	log zerolog.Logger
+
+	closing atomic.Bool
 
 	mu    sync.Mutex
 	chans map[string]*channel   // job id -> followers
@@ -67,6 +70,7 @@ func NewHub(rdb redis.UniversalClient, log zerolog.Logger) *Hub {
 
 // Close ends the pub/sub connection.
 func (h *Hub) Close() error {
+	h.closing.Store(true)
 	err := h.ps.Close()
 	<-h.done
 	return err
@@ -150,7 +154,7 @@ func (h *Hub) receive() {
 			h.log.Info().Msg("live event connection restored")
 		}
 		if err != nil {
-			if errors.Is(err, redis.ErrClosed) {
+			if errors.Is(err, redis.ErrClosed) || h.closing.Load() {
 				return
 			}
 			var ne net.Error
