@@ -29,6 +29,9 @@ type Options struct {
 	MaxRetries int
 	Retention  time.Duration
 	Heartbeat  time.Duration // SSE comment heartbeat
+	// Closing ends the streams served off their connections; cancel it when
+	// shutdown begins (default: never).
+	Closing    context.Context
 	Registerer prometheus.Registerer
 	// TenantRate and TenantBurst limit each tenant's requests per second,
 	// across every API process (0: unlimited).
@@ -74,6 +77,9 @@ type Server struct {
 func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, hub *stream.Hub, opt Options) *Server {
 	if opt.Heartbeat <= 0 {
 		opt.Heartbeat = 15 * time.Second
+	}
+	if opt.Closing == nil {
+		opt.Closing = context.Background()
 	}
 	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(st.Redis(), opt.TenantRate, opt.TenantBurst)}

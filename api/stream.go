@@ -2,9 +2,10 @@ package api
 
 import (
 	"context"
-	"fmt"
+	"net"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -16,18 +17,83 @@ import (
 // Last-Event-ID (or from the start), exactly once and in order, then the live
 // ones until the job's final event. A client that disconnects does not cancel
 // the job: it may reconnect, to any API process, with Last-Event-ID.
+//
+// An open stream mostly waits, so it is served from the hijacked connection
+// on a goroutine of its own: net/http's connection goroutine, its background
+// reader and its buffers are released, which roughly halves the memory of an
+// idle stream. A client that went away is noticed at the next write (at the
+// latest the heartbeat after next).
 func (s *Server) streamJob(c echo.Context) error {
 	after, err := lastEventID(c)
 	if err != nil {
 		return err
 	}
-	j, err := s.lookup(c.Request().Context(), c.Param("id"), tenantOf(c))
+	ctx := c.Request().Context()
+	j, err := s.lookup(ctx, c.Param("id"), tenantOf(c))
 	if err != nil {
 		return err
 	}
+	// Subscribe while a failure can still be answered with a JSON 503.
+	sub, err := s.hub.Subscribe(ctx, j.ID)
+	if err != nil {
+		return err
+	}
+	conn, _, err := http.NewResponseController(c.Response()).Hijack()
+	if err != nil {
+		// Not hijackable (HTTP/2): serve the stream from the handler.
+		defer sub.Close()
+		s.m.streamClients.Inc()
+		defer s.m.streamClients.Dec()
+		return stream.FollowSubscribed(ctx, sub, s.store, j.ID, after, s.opt.Heartbeat, &sseSink{res: c.Response()})
+	}
+	c.Response().Status = http.StatusOK // for the request log; the answer goes out below
 	s.m.streamClients.Inc()
-	defer s.m.streamClients.Dec()
-	return stream.Follow(c.Request().Context(), s.hub, s.store, j.ID, after, s.opt.Heartbeat, &sseSink{res: c.Response()})
+	go func() {
+		defer s.m.streamClients.Dec()
+		defer sub.Close()
+		defer conn.Close()
+		_ = stream.FollowSubscribed(s.opt.Closing, sub, s.store, j.ID, after, s.opt.Heartbeat, &connSink{conn: conn})
+	}()
+	return nil
+}
+
+// streamHeader opens a hijacked stream: the body ends when the connection closes.
+const streamHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
+	"Connection: close\r\nX-Accel-Buffering: no\r\n\r\n"
+
+// writeTimeout drops a client that stops reading.
+const writeTimeout = 10 * time.Second
+
+// connSink writes events straight to a hijacked connection.
+type connSink struct {
+	conn net.Conn
+	buf  []byte
+}
+
+func (s *connSink) write(b []byte) error {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := s.conn.Write(b)
+	return err
+}
+
+func (s *connSink) Open() error { return s.write([]byte(streamHeader)) }
+
+func (s *connSink) Event(ev store.Event) error {
+	s.buf = appendEvent(s.buf[:0], ev)
+	return s.write(s.buf)
+}
+
+func (s *connSink) Heartbeat() error { return s.write([]byte(": heartbeat\n\n")) }
+
+// appendEvent formats one event in the text/event-stream format.
+func appendEvent(b []byte, ev store.Event) []byte {
+	b = append(b, "id: "...)
+	b = strconv.AppendInt(b, ev.Seq, 10)
+	b = append(b, "\nevent: "...)
+	b = append(b, ev.Type...)
+	b = append(b, "\ndata: "...)
+	b = append(b, ev.Data...)
+	return append(b, "\n\n"...)
 }
 
 func lastEventID(c echo.Context) (int64, error) {
@@ -46,8 +112,12 @@ func lastEventID(c echo.Context) (int64, error) {
 	return n, nil
 }
 
-// sseSink writes events in the text/event-stream format, flushing each.
-type sseSink struct{ res *echo.Response }
+// sseSink writes events in the text/event-stream format through the
+// response, flushing each.
+type sseSink struct {
+	res *echo.Response
+	buf []byte
+}
 
 func (s *sseSink) Open() error {
 	h := s.res.Header()
@@ -61,7 +131,8 @@ func (s *sseSink) Open() error {
 }
 
 func (s *sseSink) Event(ev store.Event) error {
-	if _, err := fmt.Fprintf(s.res, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Type, ev.Data); err != nil {
+	s.buf = appendEvent(s.buf[:0], ev)
+	if _, err := s.res.Write(s.buf); err != nil {
 		return err
 	}
 	s.res.Flush()

@@ -653,10 +653,9 @@ See docs/capacity.md for the profiles behind these notes.
   dozen per job besides asynq's own, against asynq's three for a no-op task: the session
   turn check, the attempt start, the history read, the breaker state read, the token events
   and the final script. Folding the first four into one script is the next step.
-- RSS per stream: two goroutines per open stream (net/http's connection goroutine, whose
-  stack has grown while routing the request, and its background reader) plus net/http's
-  4 KB read and write buffers. Serving streams from a hijacked connection on a fresh
-  goroutine would free most of it; not done yet.
+- RSS per stream (when missed): a stream is served from its hijacked connection by one
+  goroutine (net/http's connection goroutine, background reader and buffers are released);
+  what remains is that goroutine's stack, the subscription and the kernel's socket.
 `)
 	if len(micro) > 0 {
 		fmt.Fprintf(&w, "\n## Hot paths (`go test -bench -benchmem`)\n\n```\n%s```\n", micro)

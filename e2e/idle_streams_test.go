@@ -52,7 +52,9 @@ func apiRedisConns(t *testing.T, rd *testkit.Redis) int {
 // baseline once the clients leave.
 func TestTwoThousandIdleStreams(t *testing.T) {
 	rd := testkit.StartRedis(t)
-	apis, _ := fleet(t, rd, 1, 0, nil)
+	// A stream whose client left is noticed at the next write: with a 1 s
+	// heartbeat, within about 2 s.
+	apis, _ := fleet(t, rd, 1, 0, map[string]string{"CHATFLEET_SSE_HEARTBEAT": "1s"})
 	api := apis[0]
 	const n = 2000
 

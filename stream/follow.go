@@ -26,6 +26,11 @@ func Follow(ctx context.Context, hub *Hub, st *store.Store, id string, after int
 		return err
 	}
 	defer sub.Close()
+	return FollowSubscribed(ctx, sub, st, id, after, heartbeat, sink)
+}
+
+// FollowSubscribed is Follow on a subscription the caller made (and closes).
+func FollowSubscribed(ctx context.Context, sub *Subscription, st *store.Store, id string, after int64, heartbeat time.Duration, sink Sink) error {
 	if err := sink.Open(); err != nil {
 		return err
 	}
@@ -59,6 +64,7 @@ func Follow(ctx context.Context, hub *Hub, st *store.Store, id string, after int
 	defer tick.Stop()
 	for {
 		var final bool
+		var err error
 		select {
 		case <-ctx.Done():
 			return nil

@@ -115,9 +115,11 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	hub := stream.NewHub(rdb, log)
 	closers = append(closers, hub.Close)
 
+	streams, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
 	e := api.NewEcho(log, reg)
 	api.New(st, queue, insp, hub, api.Options{
-		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg,
+		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
 	}).Register(e)
 	checker.Register(e)
@@ -156,6 +158,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	}
 	log.Info().Msg("shutting down")
 	checker.SetShuttingDown()
+	endStreams() // clients resume on another API process with Last-Event-ID
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
