@@ -645,10 +645,11 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 	fmt.Fprint(&w, `
 ## What limits the missed targets
 See docs/capacity.md for the profiles behind these notes.
-- Submit throughput: a submit is an HTTP request (JSON decoding and validation, a log line,
-  metrics) and two Lua scripts (the job record with the session order and tenant count, then
-  asynq's enqueue); the baseline is one script from a tight loop. On a 2-core machine the
-  load generator, the API and Redis share the cores.
+- Submit throughput: a submit is an HTTP exchange and two Redis round trips (the job record
+  with the session order and tenant count, then asynq's enqueue); the baseline is one round
+  trip from a tight loop. The API's CPU profile is half system calls (those round trips,
+  go-redis's per-command connection check, the HTTP reads and writes). On a 2-core machine
+  the load generator, the API and Redis share the cores.
 - Fleet throughput: the worker spends its time in Redis round trips (system calls), about a
   dozen per job besides asynq's own, against asynq's three for a no-op task: the session
   turn check, the attempt start, the history read, the breaker state read, the token events
