@@ -650,10 +650,11 @@ See docs/capacity.md for the profiles behind these notes.
   trip from a tight loop. The API's CPU profile is half system calls (those round trips,
   go-redis's per-command connection check, the HTTP reads and writes). On a 2-core machine
   the load generator, the API and Redis share the cores.
-- Fleet throughput: the worker spends its time in Redis round trips (system calls), about a
-  dozen per job besides asynq's own, against asynq's three for a no-op task: the session
-  turn check, the attempt start, the history read, the breaker state read, the token events
-  and the final script. Folding the first four into one script is the next step.
+- Fleet throughput: the worker spends its time in Redis round trips (system calls), about ten
+  per job besides asynq's own, against asynq's three for a no-op task: the attempt start
+  (one script: turn check, attempt, history), the breaker state read, the token events, the
+  final script, asynq's dequeue and completion. Batching the events of a fast reply is the
+  next lever.
 - RSS per stream (when missed): a stream is served from its hijacked connection by one
   goroutine (net/http's connection goroutine, background reader and buffers are released);
   what remains is that goroutine's stack, the subscription and the kernel's socket.

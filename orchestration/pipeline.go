@@ -100,29 +100,24 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	log = log.With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()
 
-	if err := p.awaitTurn(ctx, pl); err != nil {
-		if errors.Is(err, errNotYourTurn) {
-			log.Debug().Msg("job yields to an earlier job of its session")
-		}
-		return err
-	}
 	if p.opt.OnAllDown == AllDownDefer {
 		if open, until := p.chain.AllOpen(); open {
 			log.Info().Time("until", until).Msg("every provider is open; job deferred")
 			return &errDeferred{until: until}
 		}
 	}
-	attempt, err := p.store.MarkActive(ctx, pl.JobID)
+	att, err := p.start(ctx, pl, log)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		log.Warn().Msg("job record expired before the job ran; dropping it")
 		return nil
 	case err != nil:
 		return err
-	case attempt == 0:
+	case att.N == 0:
 		log.Info().Msg("job already finished; not running it again")
 		return nil
 	}
+	attempt := att.N
 	log = log.With().Int("attempt", attempt).Logger()
 	if attempt > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
@@ -145,7 +140,7 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if attempt > 1 {
 		p.retractInterrupted(ctx, pl.JobID, attempt, log)
 	}
-	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, log)}
+	req := llm.Request{Model: pl.Model, Messages: p.prompt(pl, att, log)}
 	if gp := pl.Params; gp != nil {
 		req.Params = llm.Params{MaxTokens: gp.MaxTokens, Temperature: gp.Temperature, TopP: gp.TopP, Stop: gp.Stop}
 	}
@@ -200,9 +195,26 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return nil
 }
 
+// start waits for the session's turn and starts an attempt. The common case,
+// the job's turn, is one round trip that also brings the history.
+func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, log zerolog.Logger) (store.Attempt, error) {
+	for {
+		att, err := p.store.StartAttempt(ctx, pl.JobID, pl.Tenant, pl.SessionID, len(pl.Messages) == 0)
+		if err != nil || att.Head == "" {
+			return att, err
+		}
+		if err := p.awaitTurn(ctx, pl); err != nil {
+			if errors.Is(err, errNotYourTurn) {
+				log.Debug().Msg("job yields to an earlier job of its session")
+			}
+			return store.Attempt{}, err
+		}
+	}
+}
+
 // prompt is the conversation sent with the job, or else the session's history
 // and the new message, within the token budget.
-func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, log zerolog.Logger) []llm.Message {
+func (p *Pipeline) prompt(pl tasks.ChatPayload, att store.Attempt, log zerolog.Logger) []llm.Message {
 	if len(pl.Messages) > 0 {
 		out := make([]llm.Message, len(pl.Messages))
 		for i, m := range pl.Messages {
@@ -210,13 +222,11 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, log zerolog
 		}
 		return out
 	}
-	history, err := p.store.History(ctx, pl.Tenant, pl.SessionID)
-	if err != nil {
-		log.Warn().Err(err).Msg("history unavailable; continuing without it")
+	if att.BadHistory != nil {
+		log.Warn().Err(att.BadHistory).Msg("history unreadable; continuing without it")
 		p.m.historyUnavailable.Inc()
-		history = nil
 	}
-	return BuildPrompt(history, pl.Message, p.budget)
+	return BuildPrompt(att.History, pl.Message, p.budget)
 }
 
 // degrade ends a job whose providers are all down with the configured reply,

@@ -40,15 +40,24 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 return 1
 `)
 
-// markActive starts an attempt. Returns the attempt number, or 0 when the job is
-// already finished. KEYS: job. ARGV: now.
-var markActive = redis.NewScript(`
+// startAttempt starts an attempt in one round trip: it checks the session's
+// turn, marks the job active and reads the session's history. Returns
+// {'wait', head} when an earlier job holds the turn, {'done'} when the job has
+// finished, {'gone'} when its record is gone, else {'run', attempt, history…}.
+// KEYS: job, order, history. ARGV: id, now, 1 to read the history.
+var startAttempt = redis.NewScript(`
+local head = redis.call('LINDEX', KEYS[2], 0)
+if head and head ~= ARGV[1] then return {'wait', head} end
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return -1 end
-if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+if not st then return {'gone'} end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return {'done'} end
 redis.call('HSET', KEYS[1], 'status', 'active')
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+local out = {'run', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1))}
+if ARGV[3] == '1' then
+  for _, m in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = m end
+end
+return out
 `)
 
 // markDeferred hands back an attempt that never reached a provider.

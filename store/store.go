@@ -244,17 +244,46 @@ func (s *Store) Reconcile(ctx context.Context, j Job) (Job, error) {
 	return s.Get(ctx, j.ID)
 }
 
-// MarkActive starts an attempt and returns its number; 0 means the job is
-// already finished and must not run again, ErrNotFound that the record is gone.
-func (s *Store) MarkActive(ctx context.Context, id string) (int, error) {
-	n, err := markActive.Run(ctx, s.rdb, []string{rkeys.Job(id)}, fmtTime(time.Now())).Int()
+// Attempt is what StartAttempt found.
+type Attempt struct {
+	N       int       // the attempt's number; 0: the job has finished, do not run it
+	Head    string    // set when an earlier job of the session holds the turn; nothing was changed
+	History []Message // the session's history, when asked for
+	// BadHistory is set when history entries could not be decoded; History is then empty.
+	BadHistory error
+}
+
+// StartAttempt checks the session's turn, marks the job active and reads the
+// session's history in one round trip. ErrNotFound: the record is gone.
+func (s *Store) StartAttempt(ctx context.Context, id, tenant, session string, withHistory bool) (Attempt, error) {
+	flag := "0"
+	if withHistory {
+		flag = "1"
+	}
+	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session)},
+		id, fmtTime(time.Now()), flag).StringSlice()
 	if err != nil {
-		return 0, unavailable("mark active", err)
+		return Attempt{}, unavailable("start attempt", err)
 	}
-	if n < 0 {
-		return 0, ErrNotFound
+	switch res[0] {
+	case "wait":
+		return Attempt{Head: res[1]}, nil
+	case "done":
+		return Attempt{}, nil
+	case "gone":
+		return Attempt{}, ErrNotFound
 	}
-	return n, nil
+	a := Attempt{}
+	a.N, _ = strconv.Atoi(res[1])
+	for _, raw := range res[2:] {
+		var m Message
+		if err := json.Unmarshal([]byte(raw), &m); err != nil {
+			a.History, a.BadHistory = nil, fmt.Errorf("history entry: %w", err)
+			break
+		}
+		a.History = append(a.History, m)
+	}
+	return a, nil
 }
 
 // ErrNotFailed is returned when re-running a job that has not failed.
@@ -274,7 +303,7 @@ func (s *Store) Requeue(ctx context.Context, j Job) error {
 	return nil
 }
 
-// MarkDeferred undoes MarkActive for an attempt that never reached a provider
+// MarkDeferred undoes StartAttempt for an attempt that never reached a provider
 // (every breaker was open): the job is queued again and keeps its attempts.
 func (s *Store) MarkDeferred(ctx context.Context, id string) error {
 	if err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id)}).Err(); err != nil {

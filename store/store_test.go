@@ -49,8 +49,8 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := s.MarkActive(ctx, id); err != nil || n != 1 {
-			t.Fatalf("mark active: %d %v", n, err)
+		if a, err := s.StartAttempt(ctx, id, "t", "s", true); err != nil || a.N != 1 || a.Head != "" {
+			t.Fatalf("start attempt: %+v %v", a, err)
 		}
 		o := Outcome{Status: StatusSucceeded, Result: &Result{Content: "r"}, Usage: &Usage{1, 2},
 			History: []Message{{Role: "user", Content: id}, {Role: "assistant", Content: "r" + id}}}
@@ -60,8 +60,8 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 				t.Fatalf("finish %s attempt %d: %v %v", id, i, first, err)
 			}
 		}
-		if n, _ := s.MarkActive(ctx, id); n != 0 {
-			t.Fatalf("a finished job was started again: %d", n)
+		if a, _ := s.StartAttempt(ctx, id, "t", "s", false); a.N != 0 {
+			t.Fatalf("a finished job was started again: %+v", a)
 		}
 	}
 	h, err := s.History(ctx, "t", "s")
@@ -93,5 +93,38 @@ func TestReconcileFailsLostAndArchivedJobs(t *testing.T) {
 	}
 	if head, _ := s.SessionHead(ctx, "t", "s"); head != "" {
 		t.Fatalf("a lost job must release its session: head %q", head)
+	}
+}
+
+// A job whose session has an earlier unfinished job is told so and left
+// untouched; once the earlier one finishes it starts, with the history.
+func TestStartAttemptKeepsTheSessionsTurn(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"job_first", "job_second"} {
+		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := s.StartAttempt(ctx, "job_second", "t", "s", true)
+	if err != nil || a.Head != "job_first" || a.N != 0 {
+		t.Fatalf("second before first: %+v %v", a, err)
+	}
+	if j, _ := s.Get(ctx, "job_second"); j.Status != StatusQueued || j.Attempts != 0 {
+		t.Fatalf("a waiting job was changed: %+v", j)
+	}
+	if _, err := s.StartAttempt(ctx, "job_first", "t", "s", true); err != nil {
+		t.Fatal(err)
+	}
+	hist := []Message{{Role: "user", Content: "q"}, {Role: "assistant", Content: "a"}}
+	if _, err := s.Finish(ctx, "job_first", "t", "s", Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist}); err != nil {
+		t.Fatal(err)
+	}
+	a, err = s.StartAttempt(ctx, "job_second", "t", "s", true)
+	if err != nil || a.N != 1 || a.Head != "" || len(a.History) != 2 || a.History[1].Content != "a" {
+		t.Fatalf("second after first: %+v %v", a, err)
+	}
+	if _, err := s.StartAttempt(ctx, "job_missing", "t", "other", false); err != ErrNotFound {
+		t.Fatalf("missing record: %v", err)
 	}
 }

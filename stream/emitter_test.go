@@ -21,10 +21,10 @@ func newStore(t testing.TB) *store.Store {
 func activeJob(t testing.TB, st *store.Store, id string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.MarkActive(ctx, id); err != nil {
+	if a, err := st.StartAttempt(ctx, id, "t", id, false); err != nil || a.N != 1 {
 		t.Fatal(err)
 	}
 }
@@ -94,7 +94,7 @@ func TestEmitterStopsAfterCancel(t *testing.T) {
 	if err := e.Delta("one"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Finish(context.Background(), "job_x", "t", "s", store.Outcome{Status: store.StatusCanceled}); err != nil {
+	if _, err := st.Finish(context.Background(), "job_x", "t", "job_x", store.Outcome{Status: store.StatusCanceled}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Delta("two"); err != store.ErrJobFinished {
