@@ -52,22 +52,24 @@ func (s *Server) streamJob(c echo.Context) error {
 		defer s.m.streamClients.Dec()
 		defer sub.Close()
 		defer conn.Close()
-		_ = stream.FollowSubscribed(s.opt.Closing, sub, s.store, j.ID, after, s.opt.Heartbeat, &connSink{conn: conn})
+		sink := &connSink{conn: conn, requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
+		_ = stream.FollowSubscribed(s.opt.Closing, sub, s.store, j.ID, after, s.opt.Heartbeat, sink)
 	}()
 	return nil
 }
 
 // streamHeader opens a hijacked stream: the body ends when the connection closes.
 const streamHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
-	"Connection: close\r\nX-Accel-Buffering: no\r\n\r\n"
+	"Connection: close\r\nX-Accel-Buffering: no\r\n"
 
 // writeTimeout drops a client that stops reading.
 const writeTimeout = 10 * time.Second
 
 // connSink writes events straight to a hijacked connection.
 type connSink struct {
-	conn net.Conn
-	buf  []byte
+	conn      net.Conn
+	requestID string // validated by the request middleware: printable ASCII
+	buf       []byte
 }
 
 func (s *connSink) write(b []byte) error {
@@ -76,7 +78,13 @@ func (s *connSink) write(b []byte) error {
 	return err
 }
 
-func (s *connSink) Open() error { return s.write([]byte(streamHeader)) }
+func (s *connSink) Open() error {
+	h := streamHeader
+	if s.requestID != "" {
+		h += echo.HeaderXRequestID + ": " + s.requestID + "\r\n"
+	}
+	return s.write([]byte(h + "\r\n"))
+}
 
 func (s *connSink) Event(ev store.Event) error {
 	s.buf = appendEvent(s.buf[:0], ev)
