@@ -84,13 +84,6 @@ func NewGuarded(ctx context.Context, p Provider, rdb redis.UniversalClient, set 
 	return g, nil
 }
 
-// State is the breaker's state as this process last read it.
-func (g *Guarded) State() gobreaker.State {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.effectiveLocked(time.Now())
-}
-
 func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 	if g.state == gobreaker.StateOpen && !g.until.IsZero() && !now.Before(g.until) {
 		return gobreaker.StateHalfOpen

@@ -22,9 +22,6 @@ type Chain struct {
 // NewChain returns a chain of providers, primary first.
 func NewChain(links ...Provider) *Chain { return &Chain{links: links} }
 
-// Providers are the chain's links in order.
-func (c *Chain) Providers() []Provider { return c.links }
-
 // AllDownError says that no provider of the chain could answer.
 type AllDownError struct {
 	AllOpen bool      // every breaker was open: nothing was called

@@ -136,13 +136,6 @@ func (s *Subscription) Close() {
 	h.queue[name] = append(h.queue[name], nil) // nil awaits an unsubscribe confirmation
 }
 
-// Channels is how many job channels the hub is subscribed to.
-func (h *Hub) Channels() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.chans)
-}
-
 func (h *Hub) receive() {
 	defer close(h.done)
 	ctx := context.Background()

@@ -161,23 +161,9 @@ func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Requ
 			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}}
 	}
 	send(chunk(map[string]any{"role": "assistant", "content": ""}, nil))
-	for i, wd := range words {
-		if step.CutAfter > 0 && i == step.CutAfter {
-			cut(w)
-			return
-		}
-		if i > 0 && step.TokenDelay > 0 {
-			select {
-			case <-time.After(step.TokenDelay):
-			case <-r.Context().Done():
-				return
-			}
-		}
-		send(chunk(map[string]any{"content": wd}, nil))
-		if step.Malformed && i == 0 {
-			fmt.Fprint(w, "data: {\"id\": not json\n\n")
-			fl.Flush()
-		}
+	if !streamWords(w, fl, r, step, words, "data: {\"id\": not json\n\n",
+		func(wd string) { send(chunk(map[string]any{"content": wd}, nil)) }) {
+		return
 	}
 	send(chunk(map[string]any{}, "stop"))
 	if !step.OmitUsage {
@@ -203,23 +189,10 @@ func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.R
 		"stop_reason": nil, "stop_sequence": nil, "usage": map[string]any{"input_tokens": in, "output_tokens": 0}}})
 	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "text", "text": ""}})
 	send("ping", map[string]any{"type": "ping"})
-	for i, wd := range words {
-		if step.CutAfter > 0 && i == step.CutAfter {
-			cut(w)
-			return
-		}
-		if i > 0 && step.TokenDelay > 0 {
-			select {
-			case <-time.After(step.TokenDelay):
-			case <-r.Context().Done():
-				return
-			}
-		}
+	if !streamWords(w, fl, r, step, words, "event: content_block_delta\ndata: {not json\n\n", func(wd string) {
 		send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "text_delta", "text": wd}})
-		if step.Malformed && i == 0 {
-			fmt.Fprint(w, "event: content_block_delta\ndata: {not json\n\n")
-			fl.Flush()
-		}
+	}) {
+		return
 	}
 	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
 	out := len(words)
@@ -228,6 +201,31 @@ func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.R
 	}
 	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil}, "usage": map[string]any{"output_tokens": out}})
 	send("message_stop", map[string]any{"type": "message_stop"})
+}
+
+// streamWords sends the words of a reply as the step says: paced, cut off
+// mid-stream, or with a malformed chunk after the first. It reports whether
+// the stream may go on to its end.
+func streamWords(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, words []string, malformed string, sendWord func(string)) bool {
+	for i, wd := range words {
+		if step.CutAfter > 0 && i == step.CutAfter {
+			cut(w)
+			return false
+		}
+		if i > 0 && step.TokenDelay > 0 {
+			select {
+			case <-time.After(step.TokenDelay):
+			case <-r.Context().Done():
+				return false
+			}
+		}
+		sendWord(wd)
+		if step.Malformed && i == 0 {
+			fmt.Fprint(w, malformed)
+			fl.Flush()
+		}
+	}
+	return true
 }
 
 // contentText flattens string or content-part message content.
