@@ -19,6 +19,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
@@ -37,11 +38,12 @@ func newAPI(t *testing.T, plain map[string]string) (*echo.Echo, *redis.Client) {
 	}
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
-	st := store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	e := NewEcho(zerolog.New(io.Discard), nil)
+	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	e := httpserve.NewEcho(zerolog.New(io.Discard), nil)
 	hub := stream.NewHub(c, zerolog.New(io.Discard))
 	t.Cleanup(func() { _ = hub.Close() })
-	New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), hub, Options{APIKeys: keys, MaxRetries: 3, Retention: time.Hour}).Register(e)
+	mgr := jobs.New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), jobs.Options{MaxRetries: 3, Retention: time.Hour})
+	New(Deps{Jobs: mgr, Store: st, Hub: hub, Redis: c}, Options{APIKeys: keys}).Register(e)
 	return e, c
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 )
 
@@ -36,9 +37,8 @@ func handleError(err error, c echo.Context) {
 	var he *echo.HTTPError
 	switch {
 	case errors.As(err, &ae):
-	case errors.Is(err, store.ErrUnavailable):
-		c.Response().Header().Set("Retry-After", retryAfterSeconds)
-		ae = errf(http.StatusServiceUnavailable, "unavailable", "", "the job store is unreachable; try again shortly")
+	case lifecycleError(c, err) != nil:
+		ae = lifecycleError(c, err)
 	case errors.As(err, &he):
 		ae = errf(he.Code, codeForStatus(he.Code), "", http.StatusText(he.Code))
 	default:
@@ -48,6 +48,27 @@ func handleError(err error, c echo.Context) {
 		zerolog.Ctx(c.Request().Context()).Error().Err(err).Int("status", ae.Status).Msg("request failed")
 	}
 	_ = c.JSON(ae.Status, map[string]*Error{"error": ae})
+}
+
+// lifecycleError maps the job lifecycle's errors to API errors (nil: not one
+// of them). It sets Retry-After where the client should come back.
+func lifecycleError(c echo.Context, err error) *Error {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return errf(http.StatusNotFound, "not_found", "id", "no such job")
+	case errors.Is(err, jobs.ErrConflict):
+		return errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key",
+			"this Idempotency-Key was already used with a different request body")
+	case errors.Is(err, jobs.ErrFinished):
+		return errf(http.StatusConflict, "job_finished", "id", "the job has already finished")
+	case errors.Is(err, store.ErrTooManyJobs):
+		c.Response().Header().Set("Retry-After", retryAfterSeconds)
+		return errf(http.StatusTooManyRequests, "too_many_jobs", "", "this tenant has as many unfinished jobs as it may have; wait for some to finish")
+	case errors.Is(err, store.ErrUnavailable):
+		c.Response().Header().Set("Retry-After", retryAfterSeconds)
+		return errf(http.StatusServiceUnavailable, "unavailable", "", "the job store is unreachable; try again shortly")
+	}
+	return nil
 }
 
 func codeForStatus(s int) string {

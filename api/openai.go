@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
@@ -43,9 +44,8 @@ func openAIErrors(next echo.HandlerFunc) echo.HandlerFunc {
 		var ae *Error
 		switch {
 		case errors.As(err, &ae):
-		case errors.Is(err, store.ErrUnavailable):
-			c.Response().Header().Set("Retry-After", retryAfterSeconds)
-			ae = errf(http.StatusServiceUnavailable, "unavailable", "", "the job store is unreachable; try again shortly")
+		case lifecycleError(c, err) != nil:
+			ae = lifecycleError(c, err)
 		default:
 			return err // the shared handler logs it and answers 500
 		}
@@ -213,9 +213,7 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: time.Now().UTC()}
 	p := tasks.ChatPayload{JobID: id, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), submitTimeout)
-	defer cancel()
-	if _, _, err := s.accept(actx, c, nj, p); err != nil {
+	if _, err := s.jobs.Submit(c.Request().Context(), nj, p); err != nil {
 		return err
 	}
 
@@ -235,7 +233,7 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		// The client left (it cannot come back to this request) or following
 		// failed: the job has no one to answer, so it stops.
 		if j, gerr := s.store.Get(context.WithoutCancel(ctx), id); gerr == nil && !store.Terminal(j.Status) {
-			if _, cerr := s.cancel(context.WithoutCancel(ctx), j, "the OpenAI-compatible client disconnected"); cerr != nil {
+			if _, cerr := s.jobs.Cancel(context.WithoutCancel(ctx), j, "the OpenAI-compatible client disconnected"); cerr != nil && !errors.Is(cerr, jobs.ErrFinished) {
 				zerolog.Ctx(ctx).Warn().Err(cerr).Str("job_id", id).Msg("could not cancel the abandoned job")
 			}
 		}
@@ -259,14 +257,10 @@ type oaSink struct {
 	stream  bool
 	usage   bool
 
-	opened bool
-	final  bool
-	text   strings.Builder
-	done   struct {
-		Result store.Result `json:"result"`
-		Usage  store.Usage  `json:"usage"`
-		Error  *store.JobError
-	}
+	opened  bool
+	final   bool
+	text    strings.Builder
+	done    store.DoneEvent
 	failure *store.JobError
 }
 
@@ -295,17 +289,17 @@ func (s *oaSink) Heartbeat() error {
 }
 
 func (s *oaSink) Event(ev store.Event) error {
-	switch ev.Type {
-	case store.EventToken:
-		var d struct{ Delta string }
-		if err := json.Unmarshal([]byte(ev.Data), &d); err != nil {
-			return err
-		}
-		s.text.WriteString(d.Delta)
+	p, err := ev.Decode()
+	if err != nil {
+		return err
+	}
+	switch p := p.(type) {
+	case store.TokenEvent:
+		s.text.WriteString(p.Delta)
 		if s.stream {
-			return s.chunk(map[string]any{"content": d.Delta}, nil, nil)
+			return s.chunk(map[string]any{"content": p.Delta}, nil, nil)
 		}
-	case store.EventRetry:
+	case store.RetryEvent:
 		// OpenAI's format cannot take back text already sent: a streamed
 		// answer ends with an error the client can retry on; a collected one
 		// simply starts over.
@@ -315,13 +309,11 @@ func (s *oaSink) Event(ev store.Event) error {
 			return s.streamError()
 		}
 		s.text.Reset()
-	case store.EventDone:
+	case store.DoneEvent:
 		s.final = true
-		if err := json.Unmarshal([]byte(ev.Data), &s.done); err != nil {
-			return err
-		}
-		if s.done.Result.Model != "" {
-			s.model = s.done.Result.Model
+		s.done = p
+		if p.Result != nil && p.Result.Model != "" {
+			s.model = p.Result.Model
 		}
 		if !s.stream {
 			return nil
@@ -335,13 +327,11 @@ func (s *oaSink) Event(ev store.Event) error {
 			}
 		}
 		return s.doneLine()
-	case store.EventError, store.EventCanceled:
+	case store.ErrorEvent, store.CanceledEvent:
 		s.final = true
-		var e struct{ Error *store.JobError }
-		_ = json.Unmarshal([]byte(ev.Data), &e)
-		s.failure = e.Error
-		if s.failure == nil {
-			s.failure = &store.JobError{Code: ev.Type, Message: "the job was " + ev.Type}
+		s.failure = &store.JobError{Code: "canceled", Message: "the job was canceled"}
+		if e, ok := p.(store.ErrorEvent); ok && e.Error != nil {
+			s.failure = e.Error
 		}
 		if s.stream {
 			return s.streamError()
@@ -351,7 +341,10 @@ func (s *oaSink) Event(ev store.Event) error {
 }
 
 func (s *oaSink) usageObject() map[string]int {
-	u := s.done.Usage
+	var u store.Usage
+	if s.done.Usage != nil {
+		u = *s.done.Usage
+	}
 	return map[string]int{"prompt_tokens": u.PromptTokens, "completion_tokens": u.CompletionTokens, "total_tokens": u.PromptTokens + u.CompletionTokens}
 }
 
@@ -406,9 +399,16 @@ func (s *oaSink) answer(c echo.Context) error {
 	}
 	return c.JSON(http.StatusOK, map[string]any{
 		"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model,
-		"choices": []any{map[string]any{"index": 0, "message": map[string]any{"role": "assistant", "content": s.done.Result.Content}, "finish_reason": "stop", "logprobs": nil}},
+		"choices": []any{map[string]any{"index": 0, "message": map[string]any{"role": "assistant", "content": s.doneContent()}, "finish_reason": "stop", "logprobs": nil}},
 		"usage":   s.usageObject(),
 	})
+}
+
+func (s *oaSink) doneContent() string {
+	if s.done.Result == nil {
+		return ""
+	}
+	return s.done.Result.Content
 }
 
 func (s *Server) listModels(c echo.Context) error {

@@ -4,20 +4,19 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
@@ -25,10 +24,8 @@ import (
 
 // Options configures the API.
 type Options struct {
-	APIKeys    map[[32]byte]string // SHA-256 of a key -> tenant
-	MaxRetries int
-	Retention  time.Duration
-	Heartbeat  time.Duration // SSE comment heartbeat
+	APIKeys   map[[32]byte]string // SHA-256 of a key -> tenant
+	Heartbeat time.Duration       // SSE comment heartbeat
 	// Closing ends the streams served off their connections; cancel it when
 	// shutdown begins (default: never).
 	Closing    context.Context
@@ -38,6 +35,14 @@ type Options struct {
 	TenantRate, TenantBurst int
 	Models                  []string // models a job may ask for; empty: any
 	DefaultModel            string   // what /v1/models lists when Models is empty
+}
+
+// Deps are what the API works with.
+type Deps struct {
+	Jobs  *jobs.Manager         // the job lifecycle
+	Store *store.Store          // histories and event logs
+	Hub   *stream.Hub           // live events
+	Redis redis.UniversalClient // tenant rate limits
 }
 
 type metrics struct {
@@ -63,42 +68,44 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 
 // Server holds the API's handlers.
 type Server struct {
-	store *store.Store
-	queue *asynq.Client
-	insp  *asynq.Inspector
-	hub   *stream.Hub
-	keys  *keyring
-	rate  *tenantLimiter
-	opt   Options
-	m     *metrics
+	jobs    *jobs.Manager
+	store   *store.Store
+	hub     *stream.Hub
+	keys    *keyring
+	rate    *tenantLimiter
+	opt     Options
+	m       *metrics
+	streams sync.WaitGroup // streams served off their connections
 }
 
 // New returns the API.
-func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, hub *stream.Hub, opt Options) *Server {
+func New(d Deps, opt Options) *Server {
 	if opt.Heartbeat <= 0 {
 		opt.Heartbeat = 15 * time.Second
 	}
 	if opt.Closing == nil {
 		opt.Closing = context.Background()
 	}
-	return &Server{store: st, queue: queue, insp: insp, hub: hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
-		rate: newTenantLimiter(st.Redis(), opt.TenantRate, opt.TenantBurst)}
+	return &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
+		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst)}
 }
 
-// NewEcho returns an echo instance with chatfleet's error shape, request logs
-// and metrics, and panic recovery. Routes are added by Server.Register and the
-// health package.
-func NewEcho(log zerolog.Logger, reg prometheus.Registerer) *echo.Echo {
-	e := echo.New()
-	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = handleError
-	e.Use(requestLog(log, newHTTPMetrics(reg)))
-	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{DisableStackAll: true}))
-	return e
+// Drain waits until the streams served off their connections have ended
+// (cancel Options.Closing first), or ctx ends.
+func (s *Server) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.streams.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("drain streams: %w", ctx.Err())
+	}
 }
 
 // Register adds the job routes.
 func (s *Server) Register(e *echo.Echo) {
+	e.HTTPErrorHandler = handleError
 	// Middleware per route, not per group: a group's catch-all would turn a
 	// wrong method into 404 instead of 405.
 	mw := []echo.MiddlewareFunc{auth(s.keys), s.rate.middleware}
@@ -109,9 +116,6 @@ func (s *Server) Register(e *echo.Echo) {
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
 	s.registerOpenAI(e)
 }
-
-// submitTimeout bounds the Redis work of one submit.
-const submitTimeout = 5 * time.Second
 
 type submitResponse struct {
 	JobID     string `json:"job_id"`
@@ -145,64 +149,18 @@ func (s *Server) submit(c echo.Context) error {
 		ID: id, Tenant: tenant, SessionID: req.SessionID, Queue: tasks.QueueName(req.Priority),
 		BodyHash: req.hash(), CreatedAt: time.Now().UTC(),
 	}
-	// Record, enqueue and undo run to the end even if the client hangs up
-	// half-way, so that no record is left without its task.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), submitTimeout)
-	defer cancel()
-	created, existing, err := s.accept(ctx, c, nj, req.payload(nj))
+	sub, err := s.jobs.Submit(c.Request().Context(), nj, req.payload(nj))
 	if err != nil {
 		return err
 	}
-	if !created {
-		return s.replay(ctx, c, req, nj, existing)
-	}
-	c.Response().Header().Set("Location", jobURL(id))
-	return c.JSON(http.StatusAccepted, newSubmitResponse(id, req.SessionID))
-}
-
-// accept records a new job and enqueues its task, undoing the record if the
-// enqueue fails, so nothing half-written stays behind. When the id exists it
-// returns created=false and the existing record.
-func (s *Server) accept(ctx context.Context, c echo.Context, nj store.NewJob, p tasks.ChatPayload) (bool, store.Job, error) {
-	created, existing, err := s.store.Create(ctx, nj)
-	if errors.Is(err, store.ErrTooManyJobs) {
-		c.Response().Header().Set("Retry-After", retryAfterSeconds)
-		return false, store.Job{}, errf(http.StatusTooManyRequests, "too_many_jobs", "", "this tenant has as many unfinished jobs as it may have; wait for some to finish")
-	}
-	if err != nil || !created {
-		return false, existing, err
-	}
-	if err := s.enqueue(ctx, p); err != nil {
-		undo, cancelUndo := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancelUndo()
-		if derr := s.store.Delete(undo, nj); derr != nil {
-			zerolog.Ctx(ctx).Warn().Err(derr).Str("job_id", nj.ID).Msg("could not undo job record after failed enqueue")
-		}
-		return false, store.Job{}, err
-	}
-	return true, store.Job{}, nil
-}
-
-// replay answers a repeated Idempotency-Key: the same body gets the same job,
-// another body is a conflict.
-func (s *Server) replay(ctx context.Context, c echo.Context, req submitRequest, nj store.NewJob, existing store.Job) error {
-	if existing.Tenant != nj.Tenant || existing.BodyHash != nj.BodyHash {
-		return errf(http.StatusConflict, "idempotency_conflict", "Idempotency-Key",
-			"this Idempotency-Key was already used with a different request body")
-	}
-	if existing.Status == store.StatusQueued {
-		// Make sure the first request's enqueue happened; asynq refuses a second
-		// task with the same id, so this never makes two jobs.
-		nj.CreatedAt = existing.CreatedAt
-		if err := s.enqueue(ctx, req.payload(nj)); err != nil {
-			return err
-		}
+	c.Response().Header().Set("Location", jobURL(sub.Job.ID))
+	resp := newSubmitResponse(sub.Job.ID, sub.Job.SessionID)
+	if !sub.Replayed {
+		return c.JSON(http.StatusAccepted, resp)
 	}
 	s.m.replays.Inc()
 	c.Response().Header().Set("Idempotent-Replayed", "true")
-	c.Response().Header().Set("Location", jobURL(existing.ID))
-	resp := newSubmitResponse(existing.ID, existing.SessionID)
-	resp.Status = existing.Status
+	resp.Status = sub.Job.Status
 	return c.JSON(http.StatusOK, resp)
 }
 
@@ -212,18 +170,6 @@ func (r submitRequest) payload(nj store.NewJob) tasks.ChatPayload {
 		JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: r.Message,
 		Model: r.Model, Priority: r.Priority, Metadata: r.Metadata, SubmittedAt: nj.CreatedAt,
 	}
-}
-
-func (s *Server) enqueue(ctx context.Context, p tasks.ChatPayload) error {
-	task, err := tasks.NewChatTask(p, s.opt.MaxRetries, s.opt.Retention)
-	if err != nil {
-		return err
-	}
-	_, err = s.queue.EnqueueContext(ctx, task)
-	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-		return errors.Join(store.ErrUnavailable, err)
-	}
-	return nil
 }
 
 func newSubmitResponse(id, session string) submitResponse {
@@ -242,58 +188,16 @@ func (s *Server) getJob(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	j, err := s.lookup(ctx, c.Param("id"), tenantOf(c))
+	j, err := s.jobs.Get(ctx, c.Param("id"), tenantOf(c))
 	if err != nil {
 		return err
 	}
-	if !store.Terminal(j.Status) {
-		if j, err = s.store.Reconcile(ctx, j); err != nil {
-			return err
-		}
-	}
 	if wait > 0 && !store.Terminal(j.Status) {
-		if j, err = s.awaitFinish(ctx, j, wait); err != nil {
+		if j, err = s.jobs.Wait(ctx, j, wait); err != nil {
 			return err
 		}
 	}
 	return c.JSON(http.StatusOK, renderJob(j))
-}
-
-// lookup finds a tenant's job; another tenant's job is not found.
-func (s *Server) lookup(ctx context.Context, id, tenant string) (store.Job, error) {
-	notFound := errf(http.StatusNotFound, "not_found", "id", "no such job")
-	if !tasks.ValidJobID(id) {
-		return store.Job{}, notFound
-	}
-	j, err := s.store.Get(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && j.Tenant != tenant) {
-		return store.Job{}, notFound
-	}
-	return j, err
-}
-
-// awaitFinish polls the record until it is terminal, the wait ends or the
-// client leaves, backing off from 10 ms to 250 ms.
-func (s *Server) awaitFinish(ctx context.Context, j store.Job, wait time.Duration) (store.Job, error) {
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	backoff := 10 * time.Millisecond
-	for !store.Terminal(j.Status) {
-		select {
-		case <-ctx.Done():
-			return j, nil
-		case <-timer.C:
-			return j, nil
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 250*time.Millisecond)
-		next, err := s.store.Get(ctx, j.ID)
-		if err != nil {
-			return j, err
-		}
-		j = next
-	}
-	return j, nil
 }
 
 func parseWait(v string) (time.Duration, error) {

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"net"
 	"net/http"
 	"strconv"
@@ -29,7 +28,7 @@ func (s *Server) streamJob(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	j, err := s.lookup(ctx, c.Param("id"), tenantOf(c))
+	j, err := s.jobs.Get(ctx, c.Param("id"), tenantOf(c))
 	if err != nil {
 		return err
 	}
@@ -48,7 +47,9 @@ func (s *Server) streamJob(c echo.Context) error {
 	}
 	c.Response().Status = http.StatusOK // for the request log; the answer goes out below
 	s.m.streamClients.Inc()
+	s.streams.Add(1)
 	go func() {
+		defer s.streams.Done()
 		defer s.m.streamClients.Dec()
 		defer sub.Close()
 		defer conn.Close()
@@ -159,41 +160,12 @@ func (s *sseSink) Heartbeat() error {
 // provider call aborted and is not retried; a finished one is a conflict.
 func (s *Server) cancelJob(c echo.Context) error {
 	ctx := c.Request().Context()
-	j, err := s.lookup(ctx, c.Param("id"), tenantOf(c))
+	j, err := s.jobs.Get(ctx, c.Param("id"), tenantOf(c))
 	if err != nil {
 		return err
 	}
-	alreadyFinished := errf(http.StatusConflict, "job_finished", "id", "the job has already finished")
-	if store.Terminal(j.Status) {
-		return alreadyFinished
-	}
-	first, err := s.cancel(ctx, j, "canceled on request")
-	if err != nil {
-		return err
-	}
-	if !first {
-		return alreadyFinished // it finished between the read and the cancel
-	}
-	if j, err = s.store.Get(ctx, j.ID); err != nil {
+	if j, err = s.jobs.Cancel(ctx, j, "canceled on request"); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, renderJob(j))
-}
-
-// cancel ends an unfinished job as canceled and stops it: its task is removed
-// if it has not started, its provider call aborted if it has. It reports
-// whether this call canceled it (false: it had finished already).
-func (s *Server) cancel(ctx context.Context, j store.Job, why string) (bool, error) {
-	first, err := s.store.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{
-		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: why},
-	})
-	if err != nil || !first {
-		return false, err
-	}
-	// The record is canceled, so no worker will run or retry the job; removing
-	// the task and aborting a running call make it stop now.
-	if err := s.insp.DeleteTask(j.Queue, j.ID); err != nil {
-		_ = s.insp.CancelProcessing(j.ID)
-	}
-	return true, nil
 }

@@ -17,10 +17,13 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HTTPAddr != ":8080" || c.WorkerConcurrency != 100 || c.QueueAlertThreshold != 500 ||
+	if c.HTTPAddr != "127.0.0.1:8080" || c.WorkerConcurrency != 100 || c.QueueAlertThreshold != 500 ||
 		c.JobRetention != 24*time.Hour || c.MaxRetries != 3 || c.LLMProvider != "sim" ||
 		c.QueuePollInterval != 20*time.Millisecond || c.BreakerFailures != 5 || c.Env != EnvDevelopment {
 		t.Fatalf("defaults: %+v", c)
+	}
+	if a, _ := Load(RoleAPI, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://r:6379"})); a.HTTPAddr != ":8080" {
+		t.Fatalf("api listens on %q", a.HTTPAddr)
 	}
 	w, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://r:6379"}))
 	if err != nil || w.HTTPAddr != ":8081" {
@@ -118,5 +121,19 @@ func TestEnvExampleListsEveryVariable(t *testing.T) {
 		} else if got != v.Default {
 			t.Errorf(".env.example has %s=%q, default is %q", v.Name, got, v.Default)
 		}
+	}
+}
+
+func TestUnknownVariablesAreNamed(t *testing.T) {
+	got := Unknown([]string{
+		"CHATFLEET_WORKER_CONCURENCY=5", "CHATFLEET_LOG_LEVEL=debug", "PATH=/bin",
+		"CHATFLEET_LLM_FALLBACKS=openai:m#CHATFLEET_FALLBACK_KEY", "CHATFLEET_FALLBACK_KEY=k", "CHATFLEET_WHATEVER=1",
+	})
+	want := []string{
+		"CHATFLEET_WHATEVER: unknown variable, ignored",
+		"CHATFLEET_WORKER_CONCURENCY: unknown variable, ignored; did you mean CHATFLEET_WORKER_CONCURRENCY?",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got %q", got)
 	}
 }

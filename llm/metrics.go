@@ -13,8 +13,13 @@ type Metrics struct {
 	state    *prometheus.GaugeVec
 }
 
-// NewMetrics registers the provider metrics on reg (nil: not exposed).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+// outcomes are the values of chatfleet_llm_requests_total's outcome label.
+var outcomes = []string{"success", "error", "rejected", "open", "canceled", "aborted"}
+
+// NewMetrics registers the provider metrics on reg (nil: not exposed). The
+// series of the chain's providers start at zero, so that dashboards and rate()
+// see them before the first call.
+func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
@@ -30,6 +35,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"provider"}),
 	}
 	reg.MustRegister(m.requests, m.tokensC, m.state)
+	for i, name := range ProviderNames(chain) {
+		for _, o := range outcomes {
+			m.requests.WithLabelValues(name, o)
+		}
+		model := chain[i].Model
+		if model == "" && chain[i].Kind == "sim" {
+			model = "sim"
+		}
+		if model != "" {
+			m.tokens(name, model, Usage{})
+		}
+		m.state.WithLabelValues(name).Set(0)
+	}
 	return m
 }
 

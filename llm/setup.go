@@ -7,25 +7,36 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
-
-	"github.com/redis/go-redis/v9"
-	"github.com/rs/zerolog"
-
-	"github.com/chatfleet/chatfleet/config"
 )
 
-// FromConfig builds the provider chain, primary first, each provider behind
-// its fleet-wide breaker. Provider names (metric labels, breaker keys) are the
-// kind, or kind-N (N its place in the chain) when a kind appears twice.
-func FromConfig(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, m *Metrics, log zerolog.Logger) (*Chain, error) {
-	specs := append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...)
-	names := ProviderNames(cfg)
-	set := BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor}
+// Spec is one provider of the chain.
+type Spec struct {
+	Kind    string // openai, anthropic or sim
+	Model   string
+	BaseURL string
+	APIKey  string
+}
+
+// ChainOptions describe a provider chain.
+type ChainOptions struct {
+	Specs   []Spec    // primary first
+	Sim     SimConfig // settings of sim providers (Name is set per provider)
+	Breaker BreakerSettings
+}
+
+// Build makes the provider chain, primary first, each provider behind its
+// fleet-wide breaker, refreshed until ctx ends. Provider names (metric labels,
+// breaker keys) are the kind, or kind-N (N its place in the chain) when a
+// kind appears twice.
+func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *Metrics, log zerolog.Logger) (*Chain, error) {
+	names := ProviderNames(opt.Specs)
 	var links []Provider
-	for i, s := range specs {
+	for i, s := range opt.Specs {
 		name := names[i]
 		var p Provider
 		switch s.Kind {
@@ -33,10 +44,14 @@ func FromConfig(ctx context.Context, cfg config.Config, rdb redis.UniversalClien
 			p = NewOpenAI(name, s.BaseURL, s.APIKey, s.Model, nil)
 		case "anthropic":
 			p = NewAnthropic(name, s.BaseURL, s.APIKey, s.Model, nil)
+		case "sim":
+			sim := opt.Sim
+			sim.Name = name
+			p = NewSim(sim)
 		default:
-			p = NewSim(SimConfig{Name: name, Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate})
+			return nil, fmt.Errorf("provider %d: unknown kind %q", i+1, s.Kind)
 		}
-		g, err := NewGuarded(ctx, p, rdb, set, m, log)
+		g, err := NewGuarded(ctx, p, rdb, opt.Breaker, m, log)
 		if err != nil {
 			return nil, err
 		}
@@ -46,8 +61,7 @@ func FromConfig(ctx context.Context, cfg config.Config, rdb redis.UniversalClien
 }
 
 // ProviderNames are the chain's provider names, primary first.
-func ProviderNames(cfg config.Config) []string {
-	specs := append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...)
+func ProviderNames(specs []Spec) []string {
 	kinds := map[string]int{}
 	for _, s := range specs {
 		kinds[s.Kind]++

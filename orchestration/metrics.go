@@ -1,6 +1,10 @@
 package orchestration
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chatfleet/chatfleet/tasks"
+)
 
 // Metrics are the worker's job series. No label holds a job, session or tenant id.
 type Metrics struct {
@@ -45,5 +49,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.jobs, m.degraded, m.duration, m.ttft, m.queueWait, m.active, m.historyUnavailable)
+	// Known label values start at zero, so that every series exists from the
+	// start (a rate() over a series that appears later misses its first step).
+	for _, o := range []string{"succeeded", "failed", "canceled", "degraded"} {
+		m.jobs.WithLabelValues(o)
+	}
+	for _, r := range []string{"all_open", "all_failed"} {
+		m.degraded.WithLabelValues(r)
+	}
+	for q := range tasks.Queues {
+		m.queueWait.WithLabelValues(q)
+	}
 	return m
 }

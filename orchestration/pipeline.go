@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
@@ -54,23 +55,24 @@ type PipelineOptions struct {
 // Pipeline is the asynq handler of chat:complete tasks.
 type Pipeline struct {
 	store    *store.Store
+	jobs     *jobs.Manager
 	chain    *llm.Chain
-	log      zerolog.Logger
 	opt      PipelineOptions
 	m        *Metrics
 	budget   int           // prompt tokens
 	turnWait time.Duration // how long a job waits in place for its session's turn
 }
 
-// NewPipeline returns the handler.
-func NewPipeline(st *store.Store, chain *llm.Chain, log zerolog.Logger, opt PipelineOptions) *Pipeline {
+// NewPipeline returns the handler. The jobs manager reconciles a session's
+// stuck head job.
+func NewPipeline(st *store.Store, jm *jobs.Manager, chain *llm.Chain, opt PipelineOptions) *Pipeline {
 	if opt.OnAllDown == "" {
 		opt.OnAllDown = AllDownDegrade
 	}
 	if opt.Metrics == nil {
 		opt.Metrics = NewMetrics(nil)
 	}
-	return &Pipeline{store: st, chain: chain, log: log, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second}
+	return &Pipeline{store: st, jobs: jm, chain: chain, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second}
 }
 
 func (p *Pipeline) maxAttempts() int { return p.opt.MaxRetries + 1 }
@@ -86,77 +88,116 @@ func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, o store.Out
 	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, o)
 }
 
-// ProcessTask implements asynq.Handler.
+// run is one admitted attempt of a job.
+type run struct {
+	pl    tasks.ChatPayload
+	att   store.Attempt
+	start time.Time
+}
+
+// called is what the provider chain did in one attempt.
+type called struct {
+	reply    llm.Reply
+	provider string
+	emit     *stream.Emitter
+	err      error
+}
+
+// ProcessTask implements asynq.Handler: admit the job (its turn, an attempt),
+// call the providers, settle the outcome. The worker's middleware puts the
+// job's logger in ctx, counts it as active and turns a panic into an error.
 func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	r, ctx, err := p.admit(ctx, t)
+	if r == nil {
+		return err
+	}
+	return p.settle(ctx, r, p.attempt(ctx, r))
+}
+
+// admit decodes the task, waits for the session's turn and starts an attempt.
+// It returns no run when there is nothing to call: the error (or nil) is the
+// task's result. The returned context's logger names the job's session,
+// tenant and attempt.
+func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Context, error) {
 	taskID, _ := asynq.GetTaskID(ctx)
-	log := p.log.With().Str("job_id", taskID).Logger()
 	pl, err := tasks.DecodeChat(t.Payload())
 	if err == nil && pl.JobID != taskID {
 		err = fmt.Errorf("%w: job_id %q differs from task id", tasks.ErrBadPayload, pl.JobID)
 	}
 	if err != nil {
-		p.failUndecodable(ctx, taskID, err, log)
-		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+		p.failUndecodable(ctx, taskID, err)
+		return nil, ctx, fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
-	log = log.With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()
+	log := zerolog.Ctx(ctx).With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()
+	ctx = log.WithContext(ctx)
 
 	if p.opt.OnAllDown == AllDownDefer {
 		if open, until := p.chain.AllOpen(); open {
 			log.Info().Time("until", until).Msg("every provider is open; job deferred")
-			return &errDeferred{until: until}
+			return nil, ctx, &errDeferred{until: until}
 		}
 	}
-	att, err := p.start(ctx, pl, log)
+	att, err := p.start(ctx, pl)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		log.Warn().Msg("job record expired before the job ran; dropping it")
-		return nil
+		return nil, ctx, nil
 	case err != nil:
-		return err
+		return nil, ctx, err
 	case att.N == 0:
 		log.Info().Msg("job already finished; not running it again")
-		return nil
+		return nil, ctx, nil
 	}
-	attempt := att.N
-	log = log.With().Int("attempt", attempt).Logger()
-	if attempt > p.maxAttempts() {
+	log = log.With().Int("attempt", att.N).Logger()
+	ctx = log.WithContext(ctx)
+	if att.N > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
-		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", attempt-1)}
+		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", att.N-1)}
 		if _, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
-			return err
+			return nil, ctx, err
 		}
 		log.Error().Str("status", store.StatusFailed).Msg("job failed: attempts exhausted")
 		p.m.jobs.WithLabelValues(store.StatusFailed).Inc()
-		return fmt.Errorf("%s: %w", jerr.Message, asynq.SkipRetry)
+		return nil, ctx, fmt.Errorf("%s: %w", jerr.Message, asynq.SkipRetry)
 	}
-	start := time.Now()
-	queue, _ := asynq.GetQueueName(ctx)
-	if attempt == 1 {
-		p.m.queueWait.WithLabelValues(queue).Observe(start.Sub(pl.SubmittedAt).Seconds())
+	r := &run{pl: pl, att: att, start: time.Now()}
+	if att.N == 1 {
+		queue, _ := asynq.GetQueueName(ctx)
+		p.m.queueWait.WithLabelValues(queue).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
+	} else {
+		p.retractInterrupted(ctx, pl.JobID, att.N)
 	}
-	p.m.active.Inc()
-	defer p.m.active.Dec()
+	return r, ctx, nil
+}
 
-	if attempt > 1 {
-		p.retractInterrupted(ctx, pl.JobID, attempt, log)
-	}
-	req := llm.Request{Model: pl.Model, Messages: p.prompt(pl, att, log)}
+// attempt calls the provider chain, streaming the reply into the job's log.
+func (p *Pipeline) attempt(ctx context.Context, r *run) called {
+	pl := r.pl
+	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, r.att)}
 	if gp := pl.Params; gp != nil {
 		req.Params = llm.Params{MaxTokens: gp.MaxTokens, Temperature: gp.Temperature, TopP: gp.TopP, Stop: gp.Stop}
 	}
-	emit := stream.NewEmitter(ctx, p.store, pl.JobID, p.opt.Coalescing)
+	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, p.opt.Coalescing)}
 	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
-	onDelta := func(d string) error { firstToken(); return emit.Delta(d) }
+	onDelta := func(d string) error { firstToken(); return c.emit.Delta(d) }
 	callCtx, cancel := context.WithTimeout(ctx, p.opt.CallTimeout)
-	reply, provider, err := p.chain.Stream(callCtx, req, onDelta)
+	c.reply, c.provider, c.err = p.chain.Stream(callCtx, req, onDelta)
 	cancel()
-	if ferr := emit.Flush(); err == nil {
-		err = ferr // the job was canceled while its last tokens went out
+	if ferr := c.emit.Flush(); c.err == nil {
+		c.err = ferr // the job was canceled while its last tokens went out
 	}
-	log = log.With().Dur("duration_ms", time.Since(start)).Logger()
+	return c
+}
+
+// settle records what the attempt came to: the reply, a degraded reply, a
+// deferral, a retry or a failure.
+func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
+	pl := r.pl
+	log := zerolog.Ctx(ctx).With().Dur("duration_ms", time.Since(r.start)).Logger()
+	ctx = log.WithContext(ctx)
 	var allDown *llm.AllDownError
-	if errors.As(err, &allDown) && (allDown.AllOpen || attempt >= p.maxAttempts()) && p.opt.OnAllDown == AllDownDegrade {
-		return p.degrade(ctx, pl, emit, allDown, start, log)
+	if errors.As(c.err, &allDown) && (allDown.AllOpen || r.att.N >= p.maxAttempts()) && p.opt.OnAllDown == AllDownDegrade {
+		return p.degrade(ctx, r, c.emit, allDown)
 	}
 	if allDown != nil && allDown.AllOpen && p.opt.OnAllDown == AllDownDefer {
 		if err := p.store.MarkDeferred(ctx, pl.JobID); err != nil {
@@ -165,20 +206,20 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
 		return &errDeferred{until: allDown.Until}
 	}
-	if err != nil {
-		return p.failAttempt(ctx, pl, attempt, emit.Emitted(), err, log)
+	if c.err != nil {
+		return p.failAttempt(ctx, pl, r.att.N, c.emit.Emitted(), c.err)
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	outcome := store.Outcome{
 		Status: store.StatusSucceeded,
-		Result: &store.Result{Content: reply.Content, Provider: provider, Model: reply.Model},
-		Usage:  &store.Usage{PromptTokens: reply.Usage.PromptTokens, CompletionTokens: reply.Usage.CompletionTokens},
+		Result: &store.Result{Content: c.reply.Content, Provider: c.provider, Model: c.reply.Model},
+		Usage:  &store.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
 	}
 	if len(pl.Messages) == 0 {
 		outcome.History = []store.Message{
 			{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: pl.SubmittedAt.Truncate(time.Millisecond)},
-			{Role: "assistant", Content: reply.Content, JobID: pl.JobID, CreatedAt: now},
+			{Role: "assistant", Content: c.reply.Content, JobID: pl.JobID, CreatedAt: now},
 		}
 	}
 	first, err := p.finish(ctx, pl, outcome)
@@ -187,17 +228,17 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	if first {
 		p.m.jobs.WithLabelValues(store.StatusSucceeded).Inc()
-		p.m.duration.Observe(time.Since(start).Seconds())
+		p.m.duration.Observe(time.Since(r.start).Seconds())
 	}
-	log.Info().Str("status", store.StatusSucceeded).Bool("recorded", first).Str("provider", provider).
-		Dur("queue_wait_ms", start.Sub(pl.SubmittedAt)).
-		Int("completion_tokens", reply.Usage.CompletionTokens).Msg("job finished")
+	log.Info().Str("status", store.StatusSucceeded).Bool("recorded", first).Str("provider", c.provider).
+		Dur("queue_wait_ms", r.start.Sub(pl.SubmittedAt)).
+		Int("completion_tokens", c.reply.Usage.CompletionTokens).Msg("job finished")
 	return nil
 }
 
 // start waits for the session's turn and starts an attempt. The common case,
 // the job's turn, is one round trip that also brings the history.
-func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, log zerolog.Logger) (store.Attempt, error) {
+func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload) (store.Attempt, error) {
 	for {
 		att, err := p.store.StartAttempt(ctx, pl.JobID, pl.Tenant, pl.SessionID, len(pl.Messages) == 0)
 		if err != nil || att.Head == "" {
@@ -205,7 +246,7 @@ func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, log zerolog.
 		}
 		if err := p.awaitTurn(ctx, pl); err != nil {
 			if errors.Is(err, errNotYourTurn) {
-				log.Debug().Msg("job yields to an earlier job of its session")
+				zerolog.Ctx(ctx).Debug().Msg("job yields to an earlier job of its session")
 			}
 			return store.Attempt{}, err
 		}
@@ -214,7 +255,7 @@ func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, log zerolog.
 
 // prompt is the conversation sent with the job, or else the session's history
 // and the new message, within the token budget.
-func (p *Pipeline) prompt(pl tasks.ChatPayload, att store.Attempt, log zerolog.Logger) []llm.Message {
+func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.Attempt) []llm.Message {
 	if len(pl.Messages) > 0 {
 		out := make([]llm.Message, len(pl.Messages))
 		for i, m := range pl.Messages {
@@ -223,7 +264,7 @@ func (p *Pipeline) prompt(pl tasks.ChatPayload, att store.Attempt, log zerolog.L
 		return out
 	}
 	if att.BadHistory != nil {
-		log.Warn().Err(att.BadHistory).Msg("history unreadable; continuing without it")
+		zerolog.Ctx(ctx).Warn().Err(att.BadHistory).Msg("history unreadable; continuing without it")
 		p.m.historyUnavailable.Inc()
 	}
 	return BuildPrompt(att.History, pl.Message, p.budget)
@@ -232,13 +273,14 @@ func (p *Pipeline) prompt(pl tasks.ChatPayload, att store.Attempt, log zerolog.L
 // degrade ends a job whose providers are all down with the configured reply,
 // marked degraded. It is not added to the session's history: it is not the
 // model's answer, and the next turn should not build on it.
-func (p *Pipeline) degrade(ctx context.Context, pl tasks.ChatPayload, emit *stream.Emitter, cause *llm.AllDownError, start time.Time, log zerolog.Logger) error {
+func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, cause *llm.AllDownError) error {
+	pl, log := r.pl, zerolog.Ctx(ctx)
 	reason := "all_failed"
 	if cause.AllOpen {
 		reason = "all_open"
 	}
 	if emit.Emitted() {
-		p.announceRetry(ctx, pl.JobID, 0, "every provider failed; answering with the degraded reply", log)
+		p.announceRetry(ctx, pl.JobID, 0, "every provider failed; answering with the degraded reply")
 	}
 	if err := emit.Delta(p.opt.DegradedReply); err == nil {
 		_ = emit.Flush()
@@ -254,14 +296,15 @@ func (p *Pipeline) degrade(ctx context.Context, pl tasks.ChatPayload, emit *stre
 	if first {
 		p.m.jobs.WithLabelValues("degraded").Inc()
 		p.m.degraded.WithLabelValues(reason).Inc()
-		p.m.duration.Observe(time.Since(start).Seconds())
+		p.m.duration.Observe(time.Since(r.start).Seconds())
 	}
 	log.Warn().Err(cause).Str("status", store.StatusSucceeded).Bool("degraded", true).Str("reason", reason).Msg("job finished with the degraded reply")
 	return nil
 }
 
 // failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, emitted bool, callErr error, log zerolog.Logger) error {
+func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, emitted bool, callErr error) error {
+	log := zerolog.Ctx(ctx)
 	if errors.Is(callErr, store.ErrJobFinished) || ctx.Err() != nil {
 		if j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID); err == nil && j.Status == store.StatusCanceled {
 			log.Info().Str("status", store.StatusCanceled).Msg("job canceled; provider call aborted")
@@ -289,7 +332,7 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		if emitted {
-			p.announceRetry(ctx, pl.JobID, attempt, jerr.Message, log)
+			p.announceRetry(ctx, pl.JobID, attempt, jerr.Message)
 		}
 		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
@@ -306,30 +349,30 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 }
 
 // announceRetry tells followers to discard the output of a failed attempt.
-func (p *Pipeline) announceRetry(ctx context.Context, id string, failed int, reason string, log zerolog.Logger) {
-	_, err := p.store.AppendEvent(ctx, id, store.EventRetry, map[string]any{"attempt": failed + 1, "reason": reason})
+func (p *Pipeline) announceRetry(ctx context.Context, id string, failed int, reason string) {
+	_, err := p.store.AppendEvent(ctx, id, store.RetryEvent{Attempt: failed + 1, Reason: reason})
 	if err != nil {
-		log.Warn().Err(err).Msg("could not publish the retry event")
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not publish the retry event")
 	}
 }
 
 // retractInterrupted announces a retry for an attempt that died with its
 // worker after streaming tokens: its output must be discarded before this
 // attempt's tokens arrive.
-func (p *Pipeline) retractInterrupted(ctx context.Context, id string, attempt int, log zerolog.Logger) {
+func (p *Pipeline) retractInterrupted(ctx context.Context, id string, attempt int) {
 	last, ok, err := p.store.LastEvent(ctx, id)
 	if err != nil {
-		log.Warn().Err(err).Msg("could not read the event log")
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not read the event log")
 		return
 	}
 	if ok && last.Type == store.EventToken {
-		p.announceRetry(ctx, id, attempt-1, "the previous attempt was interrupted", log)
+		p.announceRetry(ctx, id, attempt-1, "the previous attempt was interrupted")
 	}
 }
 
 // failUndecodable records a payload no retry can fix as a failed job.
-func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error, log zerolog.Logger) {
-	log.Error().Err(cause).Str("status", store.StatusFailed).Msg("undecodable task payload")
+func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error) {
+	zerolog.Ctx(ctx).Error().Err(cause).Str("status", store.StatusFailed).Msg("undecodable task payload")
 	j, err := p.store.Get(ctx, id)
 	if err != nil {
 		return // no record to update; the task is archived with the error
@@ -360,7 +403,7 @@ func (p *Pipeline) awaitTurn(ctx context.Context, pl tasks.ChatPayload) error {
 		}
 		if err == nil && !store.Terminal(hj.Status) && reconciled != head {
 			reconciled = head
-			if hj, err = p.store.Reconcile(ctx, hj); err != nil {
+			if hj, err = p.jobs.Reconcile(ctx, hj); err != nil {
 				return err
 			}
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
@@ -32,8 +33,9 @@ func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pip
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
 	insp := asynq.NewInspectorFromRedisClient(c)
-	st := store.New(c, insp, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	p := NewPipeline(st, llm.NewChain(prov), zerolog.New(io.Discard), PipelineOptions{
+	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	jm := jobs.New(st, asynq.NewClientFromRedisClient(c), insp, jobs.Options{MaxRetries: maxRetries, Retention: time.Hour})
+	p := NewPipeline(st, jm, llm.NewChain(prov), PipelineOptions{
 		MaxRetries: maxRetries, CallTimeout: 5 * time.Second, Coalescing: stream.Coalescing{Window: 5 * time.Millisecond, MaxBytes: 64},
 	})
 	for _, f := range tune {

@@ -23,8 +23,8 @@ type WorkerOptions struct {
 
 // Worker pulls chat jobs from the queues and runs them through the pipeline.
 type Worker struct {
-	srv      *asynq.Server
-	pipeline *Pipeline
+	srv *asynq.Server
+	mux *asynq.ServeMux
 }
 
 // NewWorker builds a worker on a shared Redis client (asynq does not close it).
@@ -59,14 +59,15 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 			alog.Debug().Str("job_id", id).Err(err).Msg("task attempt returned an error")
 		}),
 	})
-	return &Worker{srv: srv, pipeline: p}
+	mux := asynq.NewServeMux()
+	mux.Use(withJobLogger(log), countActive(p.m.active), recoverPanics)
+	mux.Handle(tasks.TypeChatComplete, p)
+	return &Worker{srv: srv, mux: mux}
 }
 
 // Start begins fetching and running jobs.
 func (w *Worker) Start() error {
-	mux := asynq.NewServeMux()
-	mux.Handle(tasks.TypeChatComplete, w.pipeline)
-	if err := w.srv.Start(mux); err != nil {
+	if err := w.srv.Start(w.mux); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
 	return nil

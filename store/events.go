@@ -11,14 +11,68 @@ import (
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
-// Event types of a job's log.
+// Event types of a job's log. Each has one payload type below; docs/api.md
+// lists them and a test holds the two together.
 const (
-	EventToken    = "token"    // {"seq","delta"}
-	EventRetry    = "retry"    // {"seq","attempt","reason"}: discard the output shown so far
-	EventDone     = "done"     // {"seq","result","usage"}
-	EventError    = "error"    // {"seq","error"}
-	EventCanceled = "canceled" // {"seq"}
+	EventToken    = "token"
+	EventRetry    = "retry"
+	EventDone     = "done"
+	EventError    = "error"
+	EventCanceled = "canceled"
 )
+
+// Payload is the body of one event: its JSON is the `data:` line clients
+// read. Seq is 0 while an event is appended: the append script numbers it.
+type Payload interface {
+	EventType() string
+}
+
+// TokenEvent carries the next piece of the reply.
+type TokenEvent struct {
+	Seq   int64  `json:"seq,omitempty"`
+	Delta string `json:"delta"`
+}
+
+// RetryEvent says an attempt failed after partial output: discard what was
+// shown. Attempt is the attempt that follows.
+type RetryEvent struct {
+	Seq     int64  `json:"seq,omitempty"`
+	Attempt int    `json:"attempt"`
+	Reason  string `json:"reason"`
+}
+
+// DoneEvent ends the log of a job that succeeded.
+type DoneEvent struct {
+	Seq    int64   `json:"seq,omitempty"`
+	Result *Result `json:"result"`
+	Usage  *Usage  `json:"usage"`
+}
+
+// ErrorEvent ends the log of a job that failed.
+type ErrorEvent struct {
+	Seq   int64     `json:"seq,omitempty"`
+	Error *JobError `json:"error"`
+}
+
+// CanceledEvent ends the log of a job that was canceled.
+type CanceledEvent struct {
+	Seq int64 `json:"seq,omitempty"`
+}
+
+// EventType implements Payload.
+func (TokenEvent) EventType() string { return EventToken }
+
+// EventType implements Payload.
+func (RetryEvent) EventType() string { return EventRetry }
+
+// EventType implements Payload.
+func (DoneEvent) EventType() string { return EventDone }
+
+// EventType implements Payload.
+func (ErrorEvent) EventType() string { return EventError }
+
+// EventType implements Payload.
+func (CanceledEvent) EventType() string { return EventCanceled }
 
 // FinalEvent reports whether an event type ends a job's log.
 func FinalEvent(typ string) bool {
@@ -31,6 +85,36 @@ type Event struct {
 	Seq  int64
 	Type string
 	Data string
+}
+
+// Decode returns the event's payload as its type.
+func (e Event) Decode() (Payload, error) {
+	var p Payload
+	var err error
+	switch e.Type {
+	case EventToken:
+		p, err = decodeAs[TokenEvent](e.Data)
+	case EventRetry:
+		p, err = decodeAs[RetryEvent](e.Data)
+	case EventDone:
+		p, err = decodeAs[DoneEvent](e.Data)
+	case EventError:
+		p, err = decodeAs[ErrorEvent](e.Data)
+	case EventCanceled:
+		p, err = decodeAs[CanceledEvent](e.Data)
+	default:
+		return nil, fmt.Errorf("unknown event type %q", e.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decode %s event: %w", e.Type, err)
+	}
+	return p, nil
+}
+
+func decodeAs[T any](data string) (T, error) {
+	var v T
+	err := json.Unmarshal([]byte(data), &v)
+	return v, err
 }
 
 // ErrJobFinished is returned when an event is offered for a job that has
@@ -55,15 +139,15 @@ func ParseEvent(entry string) (Event, error) {
 	return Event{Seq: seq, Type: typ, Data: data}, nil
 }
 
-// AppendEvent adds an event to a running job's log and publishes it.
-// body is a JSON object without "seq".
-func (s *Store) AppendEvent(ctx context.Context, id, typ string, body any) (int64, error) {
-	b, err := json.Marshal(body)
+// AppendEvent adds an event to a running job's log and publishes it; it
+// returns the event's seq.
+func (s *Store) AppendEvent(ctx context.Context, id string, p Payload) (int64, error) {
+	b, err := json.Marshal(p)
 	if err != nil {
-		return 0, fmt.Errorf("encode %s event: %w", typ, err)
+		return 0, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
 	n, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		typ, string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id)).Int64()
+		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id)).Int64()
 	switch {
 	case err != nil:
 		return 0, unavailable("append event", err)
@@ -106,12 +190,12 @@ func (s *Store) LastEvent(ctx context.Context, id string) (Event, bool, error) {
 }
 
 // finalEvent is the event Finish appends for an outcome.
-func finalEvent(o Outcome) (string, any) {
+func finalEvent(o Outcome) Payload {
 	switch o.Status {
 	case StatusSucceeded:
-		return EventDone, map[string]any{"result": o.Result, "usage": o.Usage}
+		return DoneEvent{Result: o.Result, Usage: o.Usage}
 	case StatusCanceled:
-		return EventCanceled, struct{}{}
+		return CanceledEvent{}
 	}
-	return EventError, map[string]any{"error": o.Error}
+	return ErrorEvent{Error: o.Error}
 }

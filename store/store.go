@@ -8,10 +8,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatfleet/chatfleet/config"
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
@@ -89,44 +87,24 @@ type Options struct {
 	Retention          time.Duration
 	HistoryMaxMessages int
 	HistoryTTL         time.Duration
-	// OrphanAfter is how old a queued record must be, with no asynq task behind
-	// it, before it is taken as lost (its enqueue failed) and released.
-	OrphanAfter time.Duration
 	// TenantMaxJobs bounds a tenant's unfinished jobs (0: no bound).
 	TenantMaxJobs int
 }
 
-// OptionsFrom maps the configuration onto the store's bounds.
-func OptionsFrom(cfg config.Config) Options {
-	return Options{
-		Retention:          cfg.JobRetention,
-		HistoryMaxMessages: cfg.HistoryMaxMessages,
-		HistoryTTL:         cfg.HistoryTTL,
-		TenantMaxJobs:      cfg.TenantMaxJobs,
-	}
-}
-
-// Store reads and writes job records, session order and history.
+// Store reads and writes job records, session order, history and event logs.
 type Store struct {
-	rdb  redis.UniversalClient
-	insp *asynq.Inspector
-	opt  Options
+	rdb redis.UniversalClient
+	opt Options
 }
 
-// New returns a Store. The inspector is used to reconcile records with asynq.
-func New(rdb redis.UniversalClient, insp *asynq.Inspector, opt Options) *Store {
-	if opt.OrphanAfter == 0 {
-		opt.OrphanAfter = 30 * time.Second // well past the API's 5 s submit deadline
-	}
-	return &Store{rdb: rdb, insp: insp, opt: opt}
+// New returns a Store on rdb (which it does not close).
+func New(rdb redis.UniversalClient, opt Options) *Store {
+	return &Store{rdb: rdb, opt: opt}
 }
 
 func unavailable(op string, err error) error {
 	return fmt.Errorf("%s: %w: %w", op, ErrUnavailable, err)
 }
-
-// Redis is the client the store uses, for helpers that share it (the rate limiter).
-func (s *Store) Redis() redis.UniversalClient { return s.rdb }
 
 // NewJob is what Create writes.
 type NewJob struct {
@@ -210,38 +188,6 @@ func unmarshalField[T any](m map[string]string, field string, dst **T) error {
 	}
 	*dst = &v
 	return nil
-}
-
-// Reconcile brings a non-terminal record in line with asynq when asynq has given
-// up on the task (archived after a crash on the last attempt) or never had it
-// (the enqueue after Create failed and the rollback did not happen). It returns
-// the record as it now stands.
-func (s *Store) Reconcile(ctx context.Context, j Job) (Job, error) {
-	// Both cases take time to arise (an enqueue under way, a 30 s lease), so
-	// young records skip the asynq lookup: frequent polls stay cheap.
-	if Terminal(j.Status) || time.Since(j.CreatedAt) < s.opt.OrphanAfter {
-		return j, nil
-	}
-	info, err := s.insp.GetTaskInfo(j.Queue, j.ID)
-	var reason *JobError
-	switch {
-	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
-		reason = &JobError{Code: "lost", Message: "the job was accepted but never reached the queue"}
-	case err != nil:
-		return j, unavailable("inspect task", err)
-	case info.State == asynq.TaskStateArchived:
-		msg := info.LastErr
-		if msg == "" {
-			msg = "the job was abandoned after its last attempt"
-		}
-		reason = &JobError{Code: "failed", Message: msg}
-	default:
-		return j, nil
-	}
-	if _, err := s.Finish(ctx, j.ID, j.Tenant, j.SessionID, Outcome{Status: StatusFailed, Error: reason}); err != nil {
-		return j, err
-	}
-	return s.Get(ctx, j.ID)
 }
 
 // Attempt is what StartAttempt found.
@@ -334,15 +280,15 @@ type Outcome struct {
 // error or canceled) to the event log and releases its session's turn. It
 // reports whether this call was the one that finished it.
 func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcome) (bool, error) {
-	evType, evBody := finalEvent(o)
-	body, err := json.Marshal(evBody)
+	ev := finalEvent(o)
+	body, err := json.Marshal(ev)
 	if err != nil {
-		return false, fmt.Errorf("encode %s event: %w", evType, err)
+		return false, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
 		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
-		evType, string(body), rkeys.LiveChannel(id)}
+		ev.EventType(), string(body), rkeys.LiveChannel(id)}
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}

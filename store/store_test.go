@@ -5,15 +5,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
-
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
 func newStore(t *testing.T) *Store {
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
-	return New(c, asynq.NewInspectorFromRedisClient(c), Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour, OrphanAfter: 50 * time.Millisecond})
+	return New(c, Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
 }
 
 func TestCreateIsOnceAndReplaysTheRecord(t *testing.T) {
@@ -71,28 +69,6 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 	j, _ := s.Get(ctx, "job_3")
 	if j.Status != StatusSucceeded || j.Result.Content != "r" || j.Usage.CompletionTokens != 2 || j.FinishedAt.IsZero() {
 		t.Fatalf("record %+v", j)
-	}
-}
-
-func TestReconcileFailsLostAndArchivedJobs(t *testing.T) {
-	s := newStore(t)
-	ctx := context.Background()
-	// A record whose enqueue never happened.
-	nj := NewJob{ID: "job_lost", Tenant: "t", SessionID: "s", Queue: "chatfleet-normal", CreatedAt: time.Now()}
-	if _, _, err := s.Create(ctx, nj); err != nil {
-		t.Fatal(err)
-	}
-	j, _ := s.Get(ctx, "job_lost")
-	if j, _ = s.Reconcile(ctx, j); j.Status != StatusQueued {
-		t.Fatalf("a fresh record must be given time to be enqueued: %s", j.Status)
-	}
-	time.Sleep(60 * time.Millisecond) // past OrphanAfter
-	j, err := s.Reconcile(ctx, j)
-	if err != nil || j.Status != StatusFailed || j.Error == nil || j.Error.Code != "lost" {
-		t.Fatalf("lost job: %+v %v", j, err)
-	}
-	if head, _ := s.SessionHead(ctx, "t", "s"); head != "" {
-		t.Fatalf("a lost job must release its session: head %q", head)
 	}
 }
 

@@ -97,7 +97,7 @@ func (e *Emitter) flushLocked() {
 	e.buf.Reset()
 	var err error
 	for i := range publishAttempts {
-		_, err = e.st.AppendEvent(e.ctx, e.id, store.EventToken, map[string]string{"delta": delta})
+		_, err = e.st.AppendEvent(e.ctx, e.id, store.TokenEvent{Delta: delta})
 		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
 			break
 		}

@@ -7,15 +7,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
-
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
 )
 
 func newStore(t testing.TB) *store.Store {
 	c := testkit.StartRedis(t).Client()
-	return store.New(c, asynq.NewInspectorFromRedisClient(c), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	return store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
 }
 
 func activeJob(t testing.TB, st *store.Store, id string) {

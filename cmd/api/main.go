@@ -12,22 +12,18 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/api"
+	"github.com/chatfleet/chatfleet/cmd/internal/wiring"
 	"github.com/chatfleet/chatfleet/config"
 	"github.com/chatfleet/chatfleet/health"
 	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/logging"
 	"github.com/chatfleet/chatfleet/internal/redisconn"
 	"github.com/chatfleet/chatfleet/llm"
-	"github.com/chatfleet/chatfleet/orchestration"
-	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 )
 
@@ -35,7 +31,7 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Getenv, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Environ(), os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -48,7 +44,7 @@ const usage = `usage: api [--standalone] [config check]
   api config check    validate the configuration and exit
 `
 
-func run(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, environ []string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("api", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
@@ -62,17 +58,18 @@ func run(ctx context.Context, getenv func(string) string, args []string, stdout,
 	}
 	switch rest := fs.Args(); {
 	case len(rest) == 2 && rest[0] == "config" && rest[1] == "check":
-		return config.Check(role, getenv, stdout, stderr)
+		return config.Check(role, environ, stdout, stderr)
 	case len(rest) > 0:
 		fs.Usage()
 		return 2
 	}
-	cfg, err := config.Load(role, getenv)
+	cfg, err := config.Load(role, config.Getenv(environ))
 	if err != nil {
 		fmt.Fprintf(stderr, "invalid configuration:\n%s\n", err)
 		return 1
 	}
 	log := logging.New(stderr, cfg.LogLevel, "api").With().Str("version", version).Logger()
+	wiring.WarnUnknown(log, environ)
 	if err := serve(ctx, cfg, *standalone, log); err != nil {
 		log.Error().Err(err).Msg("api stopped with an error")
 		return 1
@@ -80,13 +77,12 @@ func run(ctx context.Context, getenv func(string) string, args []string, stdout,
 	return 0
 }
 
+// serve runs the API until ctx ends, then shuts down last in, first out:
+// not ready, streams ended and drained, HTTP drained, the in-process worker
+// (standalone) drained, Redis closed.
 func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.Logger) (err error) {
-	var closers []func() error // run last in, first out
-	defer func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			err = errors.Join(err, closers[i]())
-		}
-	}()
+	var closers wiring.Closers
+	defer func() { err = errors.Join(err, closers.Close()) }()
 
 	if standalone {
 		log.Warn().Msg("STANDALONE DEVELOPMENT MODE: API and worker in one process; not for production")
@@ -95,7 +91,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 			if err != nil {
 				return err
 			}
-			closers = append(closers, stopRedis)
+			closers.Add(stopRedis)
 			cfg.RedisURL = url
 		}
 	}
@@ -103,65 +99,66 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	if err != nil {
 		return err
 	}
-	closers = append(closers, rdb.Close)
+	closers.Add(rdb.Close)
 
-	insp := asynq.NewInspectorFromRedisClient(rdb)
-	queue := asynq.NewClientFromRedisClient(rdb)
-	st := store.New(rdb, insp, store.OptionsFrom(cfg))
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st := wiring.Store(cfg, rdb)
+	jm := wiring.Jobs(cfg, rdb, st)
+	reg := wiring.Registry()
 	checker := health.NewChecker(rdb, version, reg)
 
 	hub := stream.NewHub(rdb, log)
-	closers = append(closers, hub.Close)
+	closers.Add(hub.Close)
 
-	streams, endStreams := context.WithCancel(context.Background())
-	defer endStreams()
-	e := api.NewEcho(log, reg)
-	api.New(st, queue, insp, hub, api.Options{
-		APIKeys: cfg.APIKeys, MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
-		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
-	}).Register(e)
-	checker.Register(e)
-	fctx, stopFleet := context.WithCancel(context.Background())
-	closers = append(closers, func() error { stopFleet(); return nil })
-	fleet := health.NewFleet(fctx, rdb, insp, health.FleetOptions{
-		Threshold: cfg.QueueAlertThreshold, Version: version,
-		Breakers: func(ctx context.Context) (map[string]string, error) {
-			return llm.BreakerStates(ctx, rdb, llm.ProviderNames(cfg))
-		},
-	})
-	fleet.Register(e)
-	reg.MustRegister(fleet.Collector())
-
+	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh
+	closers.AddFunc(stopBackground)
 	if standalone {
-		bctx, stopBreakers := context.WithCancel(context.Background())
-		closers = append(closers, func() error { stopBreakers(); return nil })
-		w, err := orchestration.NewWorkerFromConfig(bctx, cfg, rdb, st, reg, log.With().Str("component", "worker").Logger())
+		w, err := wiring.Worker(bg, cfg, rdb, st, jm, reg, log.With().Str("component", "worker").Logger())
 		if err != nil {
 			return err
 		}
 		if err := w.Start(); err != nil {
 			return err
 		}
-		closers = append(closers, func() error { w.Shutdown(); return nil })
+		closers.AddFunc(w.Shutdown)
 	}
+
+	streams, endStreams := context.WithCancel(context.Background())
+	defer endStreams()
+	e := httpserve.NewEcho(log, reg)
+	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb}, api.Options{
+		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
+		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
+	})
+	server.Register(e)
+	checker.Register(e)
+	fleet := health.NewFleet(bg, rdb, asynq.NewInspectorFromRedisClient(rdb), health.FleetOptions{
+		Threshold: cfg.QueueAlertThreshold, Version: version,
+		Breakers: func(ctx context.Context) (map[string]string, error) {
+			return llm.BreakerStates(ctx, rdb, wiring.ProviderNames(cfg))
+		},
+	})
+	fleet.Register(e)
+	reg.MustRegister(fleet.Collector())
 
 	srv, err := httpserve.Start(cfg.HTTPAddr, e, log)
 	if err != nil {
 		return err
 	}
+	closers.Add(wiring.WithTimeout(cfg.ShutdownTimeout, func(ctx context.Context) error {
+		// Streams end first: their clients resume on another API process
+		// with Last-Event-ID. Then requests in flight drain.
+		endStreams()
+		return errors.Join(server.Drain(ctx), srv.Shutdown(ctx))
+	}))
+	closers.AddFunc(checker.SetShuttingDown)
+
 	select {
 	case <-ctx.Done():
+		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down")
+		return nil
 	case err := <-srv.Done():
 		return err
 	}
-	log.Info().Msg("shutting down")
-	checker.SetShuttingDown()
-	endStreams() // clients resume on another API process with Last-Event-ID
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return srv.Shutdown(sctx)
 }
 
 // defaultModel is the model jobs get when they name none.

@@ -12,21 +12,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/hibiken/asynq"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
 
-	"github.com/chatfleet/chatfleet/api"
+	"github.com/chatfleet/chatfleet/cmd/internal/wiring"
 	"github.com/chatfleet/chatfleet/config"
 	"github.com/chatfleet/chatfleet/health"
 	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/logging"
 	"github.com/chatfleet/chatfleet/internal/redisconn"
-	"github.com/chatfleet/chatfleet/orchestration"
-	"github.com/chatfleet/chatfleet/store"
 )
 
 var version = "dev"
@@ -41,27 +35,28 @@ const usage = `usage: worker [config check | jobs archived | jobs rerun JOB_ID..
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	code := run(ctx, os.Getenv, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Environ(), os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
-func run(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, environ []string, args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(args) == 2 && args[0] == "config" && args[1] == "check":
-		return config.Check(config.RoleWorker, getenv, stdout, stderr)
+		return config.Check(config.RoleWorker, environ, stdout, stderr)
 	case len(args) >= 2 && args[0] == "jobs":
-		return jobsCommand(ctx, getenv, args[1:], stdout, stderr)
+		return jobsCommand(ctx, environ, args[1:], stdout, stderr)
 	case len(args) > 0:
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	cfg, err := config.Load(config.RoleWorker, getenv)
+	cfg, err := config.Load(config.RoleWorker, config.Getenv(environ))
 	if err != nil {
 		fmt.Fprintf(stderr, "invalid configuration:\n%s\n", err)
 		return 1
 	}
 	log := logging.New(stderr, cfg.LogLevel, "worker").With().Str("version", version).Logger()
+	wiring.WarnUnknown(log, environ)
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error().Err(err).Msg("worker stopped with an error")
 		return 1
@@ -69,51 +64,55 @@ func run(ctx context.Context, getenv func(string) string, args []string, stdout,
 	return 0
 }
 
+// serve runs jobs until ctx ends, then shuts down last in, first out: not
+// ready, stop fetching and drain in-flight jobs (up to the shutdown timeout,
+// then hand them back), the health server, Redis.
 func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err error) {
+	var closers wiring.Closers
+	defer func() { err = errors.Join(err, closers.Close()) }()
+
 	rdb, err := redisconn.Open(cfg.RedisURL, "chatfleet-worker", log)
 	if err != nil {
 		return err
 	}
-	defer func() { err = errors.Join(err, rdb.Close()) }()
+	closers.Add(rdb.Close)
 
-	st := store.New(rdb, asynq.NewInspectorFromRedisClient(rdb), store.OptionsFrom(cfg))
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st := wiring.Store(cfg, rdb)
+	reg := wiring.Registry()
 	checker := health.NewChecker(rdb, version, reg)
-	e := api.NewEcho(log, reg)
+	e := httpserve.NewEcho(log, reg)
 	checker.Register(e)
 	srv, err := httpserve.Start(cfg.HTTPAddr, e, log)
 	if err != nil {
 		return err
 	}
+	closers.Add(wiring.WithTimeout(cfg.ShutdownTimeout, srv.Shutdown))
 
-	bctx, stopBreakers := context.WithCancel(context.Background())
-	defer stopBreakers()
-	w, err := orchestration.NewWorkerFromConfig(bctx, cfg, rdb, st, reg, log)
+	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
+	closers.AddFunc(stopBackground)
+	w, err := wiring.Worker(bg, cfg, rdb, st, wiring.Jobs(cfg, rdb, st), reg, log)
 	if err != nil {
-		return errors.Join(err, srv.Shutdown(context.Background()))
+		return err
 	}
 	if err := w.Start(); err != nil {
-		return errors.Join(err, srv.Shutdown(context.Background()))
+		return err
 	}
+	closers.AddFunc(w.Shutdown)
+	closers.AddFunc(checker.SetShuttingDown)
 	log.Info().Int("concurrency", cfg.WorkerConcurrency).Dur("poll_interval", cfg.QueuePollInterval).Msg("worker started")
 
 	select {
 	case <-ctx.Done():
-	case err = <-srv.Done():
+		log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: draining in-flight jobs")
+		return nil
+	case err := <-srv.Done():
+		return err
 	}
-	// Last in, first out: not ready, stop and drain jobs, then the HTTP server.
-	log.Info().Dur("timeout", cfg.ShutdownTimeout).Msg("shutting down: draining in-flight jobs")
-	checker.SetShuttingDown()
-	w.Shutdown()
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return errors.Join(err, srv.Shutdown(sctx))
 }
 
 // jobsCommand lists and re-runs archived (dead-lettered) jobs.
-func jobsCommand(ctx context.Context, getenv func(string) string, args []string, stdout, stderr io.Writer) int {
-	cfg, err := config.Load(config.RoleWorker, getenv)
+func jobsCommand(ctx context.Context, environ []string, args []string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(config.RoleWorker, config.Getenv(environ))
 	if err != nil {
 		fmt.Fprintf(stderr, "invalid configuration:\n%s\n", err)
 		return 1
@@ -124,10 +123,10 @@ func jobsCommand(ctx context.Context, getenv func(string) string, args []string,
 		return 1
 	}
 	defer rdb.Close()
-	insp := asynq.NewInspectorFromRedisClient(rdb)
+	jm := wiring.Jobs(cfg, rdb, wiring.Store(cfg, rdb))
 	switch {
 	case args[0] == "archived" && len(args) == 1:
-		list, err := orchestration.ListArchived(insp)
+		list, err := jm.ListArchived()
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1
@@ -138,11 +137,9 @@ func jobsCommand(ctx context.Context, getenv func(string) string, args []string,
 		}
 		return 0
 	case args[0] == "rerun" && len(args) > 1:
-		st := store.New(rdb, insp, store.OptionsFrom(cfg))
-		queue := asynq.NewClientFromRedisClient(rdb)
 		code := 0
 		for _, id := range args[1:] {
-			if err := orchestration.Rerun(ctx, st, insp, queue, id); err != nil {
+			if err := jm.Rerun(ctx, id); err != nil {
 				fmt.Fprintln(stderr, err)
 				code = 1
 				continue

@@ -1,0 +1,121 @@
+// Package wiring maps the configuration onto each package's options and
+// assembles the parts both processes share. Only the mains import config; the
+// packages they build take plain options.
+package wiring
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/config"
+	"github.com/chatfleet/chatfleet/jobs"
+	"github.com/chatfleet/chatfleet/llm"
+	"github.com/chatfleet/chatfleet/orchestration"
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
+)
+
+// Closers runs shutdown steps last in, first out, joining their errors.
+type Closers struct{ fns []func() error }
+
+// Add pushes a step.
+func (c *Closers) Add(f func() error) { c.fns = append(c.fns, f) }
+
+// AddFunc pushes a step that cannot fail.
+func (c *Closers) AddFunc(f func()) { c.Add(func() error { f(); return nil }) }
+
+// Close runs every step, newest first, once.
+func (c *Closers) Close() error {
+	var err error
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		err = errors.Join(err, c.fns[i]())
+	}
+	c.fns = nil
+	return err
+}
+
+// WithTimeout runs a shutdown step with a deadline of d.
+func WithTimeout(d time.Duration, f func(context.Context) error) func() error {
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		return f(ctx)
+	}
+}
+
+// Registry is a process's metrics registry with the Go and process collectors.
+func Registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// WarnUnknown logs every CHATFLEET_ variable the configuration does not know.
+func WarnUnknown(log zerolog.Logger, environ []string) {
+	for _, w := range config.Unknown(environ) {
+		log.Warn().Str("problem", w).Msg("unknown configuration variable")
+	}
+}
+
+// Store is the job store of cfg.
+func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
+	return store.New(rdb, store.Options{
+		Retention:          cfg.JobRetention,
+		HistoryMaxMessages: cfg.HistoryMaxMessages,
+		HistoryTTL:         cfg.HistoryTTL,
+		TenantMaxJobs:      cfg.TenantMaxJobs,
+	})
+}
+
+// Jobs is the job lifecycle of cfg.
+func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
+	return jobs.New(st, asynq.NewClientFromRedisClient(rdb), asynq.NewInspectorFromRedisClient(rdb),
+		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention})
+}
+
+// Providers are cfg's provider specs, primary first.
+func Providers(cfg config.Config) []llm.Spec {
+	var out []llm.Spec
+	for _, s := range append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...) {
+		out = append(out, llm.Spec{Kind: s.Kind, Model: s.Model, BaseURL: s.BaseURL, APIKey: s.APIKey})
+	}
+	return out
+}
+
+// ProviderNames are the chain's provider names, primary first.
+func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Providers(cfg)) }
+
+// Worker assembles the provider chain, pipeline and asynq server that the
+// worker process and standalone mode run. ctx bounds the breakers' refresh.
+func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store, jm *jobs.Manager,
+	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
+	chain, err := llm.Build(ctx, llm.ChainOptions{
+		Specs:   Providers(cfg),
+		Sim:     llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
+		Breaker: llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
+	}, rdb, llm.NewMetrics(reg, Providers(cfg)), log)
+	if err != nil {
+		return nil, err
+	}
+	p := orchestration.NewPipeline(st, jm, chain, orchestration.PipelineOptions{
+		MaxRetries:    cfg.MaxRetries,
+		CallTimeout:   cfg.LLMTimeout,
+		Coalescing:    stream.Coalescing{Window: cfg.StreamFlushInterval, MaxBytes: cfg.StreamFlushBytes},
+		OnAllDown:     cfg.OnAllDown,
+		DegradedReply: cfg.DegradedReply,
+		Metrics:       orchestration.NewMetrics(reg),
+	})
+	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{
+		Concurrency:     cfg.WorkerConcurrency,
+		PollInterval:    cfg.QueuePollInterval,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		LogLevel:        cfg.LogLevel,
+	}), nil
+}

@@ -1,0 +1,271 @@
+// Package jobs owns the lifecycle of a chat job: submit (with idempotent
+// replay), read and wait, cancel, re-run and reconcile. Every front door (the
+// jobs API, the OpenAI-compatible routes, the worker's `jobs` commands) goes
+// through it; none of them touches asynq. The worker's pipeline asks it to
+// reconcile a session's stuck head.
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+var (
+	// ErrConflict: an Idempotency-Key was reused with another request body.
+	ErrConflict = errors.New("idempotency key reused with a different request")
+	// ErrFinished: the job has already finished (cancel of a finished job).
+	ErrFinished = errors.New("job already finished")
+	// ErrNotArchived: a re-run of a job that asynq has not given up on.
+	ErrNotArchived = errors.New("job is not archived")
+)
+
+// Options configures the lifecycle.
+type Options struct {
+	MaxRetries int           // attempts after the first, per job
+	Retention  time.Duration // how long tasks, records and logs are kept
+	// OrphanAfter is how old a queued record must be, with no task behind it,
+	// before it is taken as lost (its enqueue failed) and failed. Default 30 s,
+	// well past the submit deadline.
+	OrphanAfter time.Duration
+}
+
+// Manager runs the job lifecycle over the store and asynq.
+type Manager struct {
+	st    *store.Store
+	queue *asynq.Client
+	insp  *asynq.Inspector
+	opt   Options
+}
+
+// New returns a Manager. It does not close the asynq client or inspector.
+func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, opt Options) *Manager {
+	if opt.OrphanAfter <= 0 {
+		opt.OrphanAfter = 30 * time.Second
+	}
+	return &Manager{st: st, queue: queue, insp: insp, opt: opt}
+}
+
+// submitTimeout bounds the Redis work of one submit.
+const submitTimeout = 5 * time.Second
+
+// Submitted is the job a Submit created or found.
+type Submitted struct {
+	Job      store.Job
+	Replayed bool // the id existed (same Idempotency-Key and body): no new job
+}
+
+// Submit records a job and enqueues its task. When the id exists (a repeated
+// Idempotency-Key) it returns that job with Replayed set, or ErrConflict if the
+// request differs. It errs with store.ErrTooManyJobs when the tenant is at its
+// limit and store.ErrUnavailable when Redis is unreachable; then nothing of
+// the job is left behind.
+func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPayload) (Submitted, error) {
+	// Record, enqueue and undo run to the end even if the caller hangs up
+	// half-way, so that no record is left without its task.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
+	defer cancel()
+	created, existing, err := m.st.Create(ctx, nj)
+	if err != nil {
+		return Submitted{}, err
+	}
+	if created {
+		if err := m.enqueue(ctx, p); err != nil {
+			if derr := m.st.Delete(ctx, nj); derr != nil {
+				err = errors.Join(err, fmt.Errorf("undo job record: %w", derr))
+			}
+			return Submitted{}, err
+		}
+		return Submitted{Job: store.Job{ID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Queue: nj.Queue,
+			Status: store.StatusQueued, BodyHash: nj.BodyHash, CreatedAt: nj.CreatedAt}}, nil
+	}
+	if existing.Tenant != nj.Tenant || existing.BodyHash != nj.BodyHash {
+		return Submitted{}, ErrConflict
+	}
+	if existing.Status == store.StatusQueued {
+		// Make sure the first request's enqueue happened; asynq refuses a second
+		// task with the same id, so this never makes two jobs.
+		p.SubmittedAt = existing.CreatedAt
+		if err := m.enqueue(ctx, p); err != nil {
+			return Submitted{}, err
+		}
+	}
+	return Submitted{Job: existing, Replayed: true}, nil
+}
+
+func (m *Manager) enqueue(ctx context.Context, p tasks.ChatPayload) error {
+	task, err := tasks.NewChatTask(p, m.opt.MaxRetries, m.opt.Retention)
+	if err != nil {
+		return err
+	}
+	_, err = m.queue.EnqueueContext(ctx, task)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("enqueue: %w: %w", store.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// Get returns a tenant's job, reconciled with the queue; another tenant's job
+// and a malformed id are store.ErrNotFound.
+func (m *Manager) Get(ctx context.Context, id, tenant string) (store.Job, error) {
+	if !tasks.ValidJobID(id) {
+		return store.Job{}, store.ErrNotFound
+	}
+	j, err := m.st.Get(ctx, id)
+	if err == nil && j.Tenant != tenant {
+		return store.Job{}, store.ErrNotFound
+	}
+	if err != nil {
+		return store.Job{}, err
+	}
+	return m.Reconcile(ctx, j)
+}
+
+// Wait returns the job once it has finished, or as it stands when wait has
+// passed or ctx ends. It polls the record, backing off from 10 ms to 250 ms.
+func (m *Manager) Wait(ctx context.Context, j store.Job, wait time.Duration) (store.Job, error) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	backoff := 10 * time.Millisecond
+	for !store.Terminal(j.Status) {
+		select {
+		case <-ctx.Done():
+			return j, nil
+		case <-timer.C:
+			return j, nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 250*time.Millisecond)
+		next, err := m.st.Get(ctx, j.ID)
+		if err != nil {
+			return j, err
+		}
+		j = next
+	}
+	return j, nil
+}
+
+// Cancel ends an unfinished job as canceled and stops it: a queued job's task
+// is removed, a running job's provider call aborted. ErrFinished: it had
+// finished already. It returns the record as it now stands.
+func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Job, error) {
+	if store.Terminal(j.Status) {
+		return j, ErrFinished
+	}
+	first, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{
+		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: why},
+	})
+	if err != nil {
+		return j, err
+	}
+	if !first {
+		return j, ErrFinished // it finished between the read and the cancel
+	}
+	// The record is canceled, so no worker will run or retry the job; removing
+	// the task and aborting a running call make it stop now.
+	if err := m.insp.DeleteTask(j.Queue, j.ID); err != nil {
+		_ = m.insp.CancelProcessing(j.ID)
+	}
+	return m.st.Get(ctx, j.ID)
+}
+
+// Reconcile brings a non-terminal record in line with asynq when asynq has
+// given up on the task (archived after a crash on the last attempt) or never
+// had it (the enqueue after Create failed and the undo did not happen). It
+// returns the record as it now stands.
+func (m *Manager) Reconcile(ctx context.Context, j store.Job) (store.Job, error) {
+	// Both cases take time to arise (an enqueue under way, a 30 s lease), so
+	// young records skip the asynq lookup: frequent polls stay cheap.
+	if store.Terminal(j.Status) || time.Since(j.CreatedAt) < m.opt.OrphanAfter {
+		return j, nil
+	}
+	info, err := m.insp.GetTaskInfo(j.Queue, j.ID)
+	var reason *store.JobError
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		reason = &store.JobError{Code: "lost", Message: "the job was accepted but never reached the queue"}
+	case err != nil:
+		return j, fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
+	case info.State == asynq.TaskStateArchived:
+		msg := info.LastErr
+		if msg == "" {
+			msg = "the job was abandoned after its last attempt"
+		}
+		reason = &store.JobError{Code: "failed", Message: msg}
+	default:
+		return j, nil
+	}
+	if _, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{Status: store.StatusFailed, Error: reason}); err != nil {
+		return j, err
+	}
+	return m.st.Get(ctx, j.ID)
+}
+
+// Archived is a job asynq gave up on (the dead letter queue).
+type Archived struct {
+	JobID        string    `json:"job_id"`
+	Queue        string    `json:"queue"`
+	LastError    string    `json:"last_error"`
+	LastFailedAt time.Time `json:"last_failed_at"`
+	Retried      int       `json:"retried"`
+}
+
+// ListArchived returns the archived jobs of every queue, newest failure first.
+func (m *Manager) ListArchived() ([]Archived, error) {
+	var out []Archived
+	for q := range tasks.Queues {
+		for page := 1; ; page++ {
+			infos, err := m.insp.ListArchivedTasks(q, asynq.Page(page), asynq.PageSize(500))
+			if errors.Is(err, asynq.ErrQueueNotFound) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("list archived in %s: %w", q, err)
+			}
+			for _, ti := range infos {
+				out = append(out, Archived{JobID: ti.ID, Queue: q, LastError: ti.LastErr, LastFailedAt: ti.LastFailedAt, Retried: ti.Retried})
+			}
+			if len(infos) < 500 {
+				break
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].LastFailedAt.After(out[j].LastFailedAt) })
+	return out, nil
+}
+
+// Rerun runs an archived job again from its first attempt: its record is
+// reopened (queued, at the end of its session's order) and its task is
+// enqueued afresh under the same id, so asynq's retry count starts over too.
+func (m *Manager) Rerun(ctx context.Context, id string) error {
+	j, err := m.st.Get(ctx, id)
+	if err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	info, err := m.insp.GetTaskInfo(j.Queue, id)
+	if err != nil {
+		return fmt.Errorf("job %s: task: %w", id, err)
+	}
+	if info.State != asynq.TaskStateArchived {
+		return fmt.Errorf("job %s: task is %s: %w", id, info.State, ErrNotArchived)
+	}
+	if err := m.st.Requeue(ctx, j); err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	if err := m.insp.DeleteTask(j.Queue, id); err != nil {
+		return fmt.Errorf("job %s: remove archived task: %w", id, err)
+	}
+	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(id),
+		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry), asynq.Retention(info.Retention)))
+	if err != nil {
+		return fmt.Errorf("job %s: enqueue: %w", id, err)
+	}
+	return nil
+}

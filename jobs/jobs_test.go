@@ -1,0 +1,111 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+func newManager(t *testing.T) (*Manager, *store.Store) {
+	rd := testkit.StartRedis(t)
+	c := rd.Client()
+	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
+	q := asynq.NewClientFromRedisClient(c)
+	return New(st, q, asynq.NewInspectorFromRedisClient(c), Options{MaxRetries: 1, Retention: time.Hour, OrphanAfter: 50 * time.Millisecond}), st
+}
+
+func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {
+	nj := store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: tasks.QueueName(tasks.PriorityNormal), BodyHash: hash, CreatedAt: time.Now().UTC()}
+	return nj, tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: session, Message: "hi", Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt}
+}
+
+func TestSubmitReplaysAndRefusesConflicts(t *testing.T) {
+	m, _ := newManager(t)
+	ctx := context.Background()
+	id := tasks.IdempotentJobID("t", "key-1")
+	nj, p := submission(id, "s", "h1")
+	first, err := m.Submit(ctx, nj, p)
+	if err != nil || first.Replayed || first.Job.Status != store.StatusQueued {
+		t.Fatalf("first submit: %+v %v", first, err)
+	}
+	again, err := m.Submit(ctx, nj, p)
+	if err != nil || !again.Replayed || again.Job.ID != id {
+		t.Fatalf("replay: %+v %v", again, err)
+	}
+	nj.BodyHash = "h2"
+	if _, err := m.Submit(ctx, nj, p); !errors.Is(err, ErrConflict) {
+		t.Fatalf("different body: %v", err)
+	}
+	info, err := m.insp.GetTaskInfo(nj.Queue, id)
+	if err != nil || info.State != asynq.TaskStatePending {
+		t.Fatalf("task: %+v %v", info, err)
+	}
+	if _, err := m.Get(ctx, id, "other"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("another tenant read the job: %v", err)
+	}
+}
+
+func TestCancelQueuedRemovesTheTask(t *testing.T) {
+	m, _ := newManager(t)
+	ctx := context.Background()
+	nj, p := submission(tasks.NewJobID(), "s", "h")
+	sub, err := m.Submit(ctx, nj, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := m.Cancel(ctx, sub.Job, "test")
+	if err != nil || j.Status != store.StatusCanceled {
+		t.Fatalf("cancel: %+v %v", j, err)
+	}
+	if _, err := m.insp.GetTaskInfo(nj.Queue, nj.ID); !errors.Is(err, asynq.ErrTaskNotFound) {
+		t.Fatalf("task still there: %v", err)
+	}
+	if _, err := m.Cancel(ctx, sub.Job, "again"); !errors.Is(err, ErrFinished) {
+		t.Fatalf("second cancel: %v", err)
+	}
+}
+
+func TestReconcileFailsLostJobs(t *testing.T) {
+	m, st := newManager(t)
+	ctx := context.Background()
+	// A record whose enqueue never happened.
+	nj, _ := submission(tasks.NewJobID(), "s", "h")
+	if _, _, err := st.Create(ctx, nj); err != nil {
+		t.Fatal(err)
+	}
+	j, err := m.Get(ctx, nj.ID, "t")
+	if err != nil || j.Status != store.StatusQueued {
+		t.Fatalf("a fresh record must be given time to be enqueued: %+v %v", j, err)
+	}
+	time.Sleep(60 * time.Millisecond) // past OrphanAfter
+	j, err = m.Get(ctx, nj.ID, "t")
+	if err != nil || j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "lost" {
+		t.Fatalf("lost job: %+v %v", j, err)
+	}
+	if head, _ := st.SessionHead(ctx, "t", "s"); head != "" {
+		t.Fatalf("a lost job must release its session: head %q", head)
+	}
+}
+
+func TestRerunOnlyArchivedJobs(t *testing.T) {
+	m, _ := newManager(t)
+	ctx := context.Background()
+	nj, p := submission(tasks.NewJobID(), "s", "h")
+	if _, err := m.Submit(ctx, nj, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Rerun(ctx, nj.ID); !errors.Is(err, ErrNotArchived) {
+		t.Fatalf("rerun of a pending job: %v", err)
+	}
+	list, err := m.ListArchived()
+	if err != nil || len(list) != 0 {
+		t.Fatalf("archived: %+v %v", list, err)
+	}
+}
