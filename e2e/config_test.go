@@ -66,6 +66,15 @@ func TestConfigCheck(t *testing.T) {
 			t.Fatal("config check printed a secret")
 		}
 	})
+	t.Run("a misspelt variable is named", func(t *testing.T) {
+		code, _, stderr := runCheck(t, apiBin, map[string]string{
+			"CHATFLEET_REDIS_URL": "redis://127.0.0.1:1", "CHATFLEET_WORKER_CONCURENCY": "5",
+		}, "config", "check")
+		if code != 0 || !strings.Contains(stderr, "CHATFLEET_WORKER_CONCURENCY: unknown variable") ||
+			!strings.Contains(stderr, "did you mean CHATFLEET_WORKER_CONCURRENCY?") {
+			t.Fatalf("exit %d, stderr %q", code, stderr)
+		}
+	})
 	t.Run("the process refuses to start on a bad configuration", func(t *testing.T) {
 		code, _, stderr := runCheck(t, workerBin, map[string]string{"CHATFLEET_WORKER_CONCURRENCY": "0"})
 		if code == 0 || !strings.Contains(stderr, "CHATFLEET_WORKER_CONCURRENCY") || !strings.Contains(stderr, "CHATFLEET_REDIS_URL") {

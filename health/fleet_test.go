@@ -1,0 +1,44 @@
+package health
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestAdvice(t *testing.T) {
+	cases := []struct {
+		name      string
+		backlog   int
+		threshold int
+		workers   Workers
+		rate      float64
+		measured  bool
+		want      []string
+		wantNot   []string
+	}{
+		{"empty queue", 0, 500, Workers{Live: 2}, 10, true, []string{"no backlog"}, nil},
+		{"no worker", 40, 500, Workers{}, 0, false, []string{"40 jobs waiting and no live worker: start workers"}, nil},
+		{"nothing measured", 40, 500, Workers{Live: 2}, 0, false, []string{"no completions measured", "check the workers and the providers"}, nil},
+		// 2 workers at 1 job/s each drain 600 jobs in 300 s = 5 min: enough.
+		{"enough workers", 600, 500, Workers{Live: 2}, 2, true,
+			[]string{"at 1.00 jobs/s per worker", "drain it in about 5m0s", "2 workers would drain it within 5m0s", "over the alert threshold 500"}, []string{"add"}},
+		// 6000 jobs at 1 job/s per worker need 20 workers for 5 minutes.
+		{"too few workers", 6000, 500, Workers{Live: 2}, 2, true, []string{"20 workers would drain it", ": add 18"}, nil},
+		{"under the threshold", 10, 500, Workers{Live: 1}, 5, true, []string{"1 workers would drain"}, []string{"threshold", "add"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := advise(c.backlog, c.threshold, c.workers, c.rate, c.measured)
+			for _, w := range c.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("advice %q lacks %q", got, w)
+				}
+			}
+			for _, w := range c.wantNot {
+				if strings.Contains(got, w) {
+					t.Errorf("advice %q has %q", got, w)
+				}
+			}
+		})
+	}
+}

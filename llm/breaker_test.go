@@ -1,0 +1,135 @@
+package llm
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// switchable is a provider whose health the test sets; a healthy call blocks
+// until the gate opens, so that the test can hold a probe in flight.
+type switchable struct {
+	calls   atomic.Int32
+	failing atomic.Bool
+	gate    chan struct{}
+}
+
+func (s *switchable) Name() string { return "up" }
+
+func (s *switchable) Stream(ctx context.Context, _ Request, _ func(string) error) (Reply, error) {
+	s.calls.Add(1)
+	if s.failing.Load() {
+		return Reply{}, &Error{Provider: "up", Status: 503, Retryable: true, Msg: "down"}
+	}
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return Reply{}, ctx.Err()
+	}
+	return Reply{Content: "ok"}, nil
+}
+
+func (g *Guarded) stateNow() gobreaker.State {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.effectiveLocked(time.Now())
+}
+
+// Two Guarded wrappers on one Redis stand for two worker processes.
+func TestBreakerIsSharedByTheFleet(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	up := &switchable{gate: make(chan struct{})}
+	up.failing.Store(true)
+	set := BreakerSettings{Failures: 3, OpenFor: 400 * time.Millisecond, Refresh: 20 * time.Millisecond}
+	var workers []*Guarded
+	for range 2 {
+		g, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		workers = append(workers, g)
+	}
+	w1, w2 := workers[0], workers[1]
+
+	// Consecutive failures add up across processes: 2 + 1 opens it.
+	for _, g := range []*Guarded{w1, w1, w2} {
+		if _, err := g.Stream(ctx, Request{}, func(string) error { return nil }); err == nil {
+			t.Fatal("a failing call succeeded")
+		}
+	}
+	var open *ErrOpen
+	for _, g := range workers {
+		if _, err := g.Stream(ctx, Request{}, nil); !errors.As(err, &open) {
+			t.Fatalf("after 3 failures: %v, want ErrOpen", err)
+		}
+	}
+	if n := up.calls.Load(); n != 3 {
+		t.Fatalf("the upstream saw %d calls, want 3", n)
+	}
+	// The background refresh alone shows the state (no call needed).
+	waitFor(t, func() bool { return w2.stateNow() == gobreaker.StateOpen }, "w2 to see the breaker open")
+
+	// After the open period exactly one probe goes through, fleet-wide.
+	up.failing.Store(false)
+	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateHalfOpen && w2.stateNow() == gobreaker.StateHalfOpen }, "half-open")
+	var wg sync.WaitGroup
+	var rejected atomic.Int32
+	probeDone := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, err := w1.Stream(ctx, Request{}, nil)
+		probeDone <- err
+	}()
+	waitFor(t, func() bool { return up.calls.Load() == 4 }, "the probe to reach the upstream")
+	var others sync.WaitGroup
+	for i := range 10 {
+		others.Add(1)
+		go func() {
+			defer others.Done()
+			if _, err := workers[i%2].Stream(ctx, Request{}, nil); errors.As(err, new(*ErrOpen)) {
+				rejected.Add(1)
+			}
+		}()
+	}
+	others.Wait() // they return while the probe is still held: rejected, not queued behind it
+	if n := rejected.Load(); n != 10 || up.calls.Load() != 4 {
+		t.Fatalf("while the probe was in flight: %d of 10 rejected, upstream calls %d (want 10, 4)", n, up.calls.Load())
+	}
+	close(up.gate)
+	wg.Wait()
+	if err := <-probeDone; err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	// The probe's success closes it for everyone.
+	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateClosed && w2.stateNow() == gobreaker.StateClosed }, "closed everywhere")
+	if _, err := w2.Stream(ctx, Request{}, nil); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	states, err := BreakerStates(ctx, rdb, []string{"up"})
+	if err != nil || states["up"] != "closed" {
+		t.Fatalf("BreakerStates: %v %v", states, err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
