@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build run test test-short fuzz bench lint check-deploy clean tools-check
+.PHONY: help build run test test-short fuzz bench lint check-deploy clean tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,19 +15,14 @@ build: ## build bin/api and bin/worker
 run: build ## standalone mode on :8080 (API + worker + embedded Redis, simulated LLM)
 	./bin/api --standalone
 
-# The suite runs real servers: a private Redis 7, a real Prometheus and promtool,
-# and docker-compose to validate the compose file.
-tools-check:
-	@missing=""; \
-	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
-	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
-	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
-	if [ -n "$$missing" ]; then echo "missing:$$missing"; \
-	  echo "install with: apt-get install -y$$missing   (.ci/run does this)"; exit 1; fi
+# The suite runs real servers: a private Redis 7, a real Prometheus and
+# promtool. Installed with apt-get when missing (root or passwordless sudo).
+tools:
+	@bash .ci/install-tools
 
 FUZZTIME ?= 10s
 
-test: tools-check ## the whole suite; each test starts its own redis-server (and Prometheus); then each fuzz target briefly
+test: tools ## the whole suite; each test starts its own redis-server (and Prometheus); then each fuzz target briefly
 	$(GO) test -race -count=1 -timeout 15m ./...
 	$(MAKE) fuzz
 
@@ -38,10 +33,10 @@ fuzz: ## run each fuzz target for FUZZTIME (default 10s) beyond its committed se
 test-short: ## unit tests only (no Redis, no processes)
 	$(GO) test -short -count=1 ./...
 
-check-deploy: ## promtool check + test of the alert rules, compose and k8s files, every dashboard query on a real Prometheus
+check-deploy: tools ## promtool check + test of the alert rules, compose and k8s files, every dashboard query on a real Prometheus
 	$(GO) test -count=1 -v ./deploy
 
-bench: tools-check ## measure the fleet against bare asynq in one run and write BENCHMARKS.md (about 5 minutes)
+bench: tools ## measure the fleet against bare asynq in one run and write BENCHMARKS.md (about 5 minutes)
 	@mkdir -p bin
 	$(GO) test -run '^$$' -bench . -benchmem ./tasks ./stream ./api | grep -E '^(Benchmark|goos|goarch|cpu)' | sort -u > bin/bench-micro.txt
 	BENCH_OUT=$(CURDIR)/BENCHMARKS.md BENCH_MICRO=$(CURDIR)/bin/bench-micro.txt \

@@ -1,5 +1,5 @@
 // Package deploy checks the deployment files: alert rules with promtool, the
-// compose file with docker-compose, the Kubernetes manifests, and every
+// compose file with the Compose specification's loader, the Kubernetes manifests, and every
 // Grafana panel query against a real Prometheus scraping a real api and worker.
 package deploy
 
@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/compose-spec/compose-go/v2/cli"
 )
 
 // need fails the test, with the install command, when a tool is missing.
@@ -53,13 +55,34 @@ func TestAlertRules(t *testing.T) {
 	run(t, "prometheus", "promtool", "check", "config", "prometheus.yml")
 }
 
+// TestComposeFile loads the compose file with the Compose specification's
+// own loader (schema validation, interpolation from the example env file,
+// consistency checks), as `docker compose config` does.
 func TestComposeFile(t *testing.T) {
-	need(t, "docker-compose", "docker-compose")
-	out := run(t, "..", "docker-compose", "-f", "docker-compose.production.yml", "--env-file", ".env.production.example", "config")
-	for _, want := range []string{"appendonly", "replicas: 2", "alertmanager", "grafana", "prometheus"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("compose config lacks %q", want)
+	opts, err := cli.NewProjectOptions([]string{"docker-compose.production.yml"},
+		cli.WithWorkingDirectory(".."), cli.WithEnvFiles(filepath.Join("..", ".env.production.example")),
+		cli.WithDotEnv, cli.WithName("chatfleet"), cli.WithConsistency(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Paths are relative to the repository root, as for `docker compose -f`.
+	opts.ConfigPaths = []string{filepath.Join("..", "docker-compose.production.yml")}
+	project, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("the compose file does not load: %v", err)
+	}
+	for _, name := range []string{"redis", "api", "worker", "prometheus", "alertmanager", "grafana"} {
+		if _, err := project.GetService(name); err != nil {
+			t.Errorf("service %s: %v", name, err)
 		}
+	}
+	redis, _ := project.GetService("redis")
+	if !slices.Contains(redis.Command, "--appendonly") {
+		t.Errorf("redis runs without AOF persistence: %v", redis.Command)
+	}
+	api, _ := project.GetService("api")
+	if api.Deploy == nil || api.Deploy.Replicas == nil || *api.Deploy.Replicas != 2 {
+		t.Errorf("api should run 2 replicas: %+v", api.Deploy)
 	}
 }
 
