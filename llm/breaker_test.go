@@ -82,7 +82,9 @@ func TestBreakerIsSharedByTheFleet(t *testing.T) {
 
 	// After the open period exactly one probe goes through, fleet-wide.
 	up.failing.Store(false)
-	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateHalfOpen && w2.stateNow() == gobreaker.StateHalfOpen }, "half-open")
+	waitFor(t, func() bool {
+		return w1.stateNow() == gobreaker.StateHalfOpen && w2.stateNow() == gobreaker.StateHalfOpen
+	}, "half-open")
 	var wg sync.WaitGroup
 	var rejected atomic.Int32
 	probeDone := make(chan error, 1)
