@@ -42,6 +42,8 @@ type Config struct {
 	OnAllDown       string         // degrade, fail or defer
 	DegradedReply   string
 	LLMTimeout      time.Duration
+	LLMLimits       Limits        // the primary provider's quota
+	MaxRetryDelay   time.Duration // cap of every retry delay, Retry-After included
 	BreakerFailures int
 	BreakerOpenFor  time.Duration
 
@@ -138,7 +140,7 @@ func Vars(role Role) []Var {
 			func(c *Config, v string) error { c.LLMAPIKey = v; return nil }},
 		{"CHATFLEET_LLM_MODEL", "", "default model name", false,
 			func(c *Config, v string) error { c.LLMModel = v; return nil }},
-		{"CHATFLEET_LLM_FALLBACKS", "", "ordered fallback providers, comma-separated, each kind[:model][@base_url][#KEY_VARIABLE], e.g. anthropic:claude-haiku-4-5#ANTHROPIC_API_KEY,openai:llama3@http://ollama:11434/v1", false,
+		{"CHATFLEET_LLM_FALLBACKS", "", "ordered fallback providers, comma-separated, each kind[:model][@base_url][#KEY_VARIABLE][;rpm=N][;tpm=N][;concurrency=N], e.g. anthropic:claude-haiku-4-5#ANTHROPIC_API_KEY;rpm=50,openai:llama3@http://ollama:11434/v1;concurrency=4", false,
 			func(c *Config, v string) error { c.LLMFallbacks = v; return nil }},
 		{"CHATFLEET_ON_ALL_PROVIDERS_DOWN", "degrade", "when every provider is open or failing: degrade (the job succeeds with CHATFLEET_DEGRADED_REPLY, degraded: true), fail, or defer (park the job until a breaker half-opens)", false,
 			func(c *Config, v string) error {
@@ -152,6 +154,14 @@ func Vars(role Role) []Var {
 			func(c *Config, v string) error { c.DegradedReply = v; return nil }},
 		{"CHATFLEET_LLM_TIMEOUT", "60s", "whole-call timeout of one provider call", false,
 			durationVar(func(c *Config) *time.Duration { return &c.LLMTimeout }, time.Millisecond)},
+		{"CHATFLEET_LLM_RPM", "0", "the primary provider's requests per minute, enforced for the whole fleet (0: no limit)", false,
+			intVar(func(c *Config) *int { return &c.LLMLimits.RPM }, 0)},
+		{"CHATFLEET_LLM_TPM", "0", "the primary provider's tokens per minute, fleet-wide: the prompt and output cap are counted before a call, the reported usage after it (0: no limit)", false,
+			intVar(func(c *Config) *int { return &c.LLMLimits.TPM }, 0)},
+		{"CHATFLEET_LLM_MAX_CONCURRENCY", "0", "the primary provider's calls in flight, fleet-wide (0: learned from its 429s)", false,
+			intVar(func(c *Config) *int { return &c.LLMLimits.Concurrency }, 0)},
+		{"CHATFLEET_MAX_RETRY_DELAY", "5m", "cap on any retry delay, a provider's Retry-After included", false,
+			durationVar(func(c *Config) *time.Duration { return &c.MaxRetryDelay }, time.Second)},
 		{"CHATFLEET_BREAKER_FAILURES", "5", "consecutive failures that open a provider's breaker", false,
 			intVar(func(c *Config) *int { return &c.BreakerFailures }, 1)},
 		{"CHATFLEET_BREAKER_OPEN_FOR", "60s", "how long an open breaker stays open before half-open", false,
@@ -254,6 +264,9 @@ func (c Config) crossChecks() []error {
 	if len(c.APIKeys) == 0 {
 		errs = append(errs, errors.New("CHATFLEET_API_KEYS: production needs at least one tenant:key pair"))
 	}
+	if len(c.Models) == 0 {
+		errs = append(errs, errors.New("CHATFLEET_MODELS: production needs the list of models tenants may ask for (any other string would reach the provider)"))
+	}
 	return errs
 }
 
@@ -263,17 +276,24 @@ type ProviderSpec struct {
 	Model   string
 	BaseURL string
 	APIKey  string
+	Limits  Limits
+}
+
+// Limits are a provider's quota, enforced for the whole fleet (0: none).
+type Limits struct {
+	RPM, TPM, Concurrency int
 }
 
 // Primary is the provider named by CHATFLEET_LLM_PROVIDER and its variables.
 func (c Config) Primary() ProviderSpec {
-	return ProviderSpec{Kind: c.LLMProvider, Model: c.LLMModel, BaseURL: c.LLMBaseURL, APIKey: c.LLMAPIKey}
+	return ProviderSpec{Kind: c.LLMProvider, Model: c.LLMModel, BaseURL: c.LLMBaseURL, APIKey: c.LLMAPIKey, Limits: c.LLMLimits}
 }
 
 func validKind(k string) bool { return k == "openai" || k == "anthropic" || k == "sim" }
 
-// parseFallbacks reads kind[:model][@base_url][#KEY_VARIABLE], comma-separated.
-// Keys come from the named variables, so that no secret sits in the list.
+// parseFallbacks reads kind[:model][@base_url][#KEY_VARIABLE][;rpm=N][;tpm=N][;concurrency=N],
+// comma-separated. Keys come from the named variables, so that no secret sits
+// in the list.
 func parseFallbacks(v string, getenv func(string) string) ([]ProviderSpec, error) {
 	if strings.TrimSpace(v) == "" {
 		return nil, nil
@@ -282,6 +302,12 @@ func parseFallbacks(v string, getenv func(string) string) ([]ProviderSpec, error
 	for i, entry := range strings.Split(v, ",") {
 		entry = strings.TrimSpace(entry)
 		var spec ProviderSpec
+		entry, opts, _ := strings.Cut(entry, ";")
+		if opts != "" {
+			if err := parseLimits(opts, &spec.Limits); err != nil {
+				return nil, fmt.Errorf("entry %d: %w", i+1, err)
+			}
+		}
 		entry, keyVar, hasKey := strings.Cut(entry, "#")
 		entry, spec.BaseURL, _ = strings.Cut(entry, "@")
 		spec.Kind, spec.Model, _ = strings.Cut(entry, ":")
@@ -302,6 +328,28 @@ func parseFallbacks(v string, getenv func(string) string) ([]ProviderSpec, error
 		out = append(out, spec)
 	}
 	return out, nil
+}
+
+// parseLimits reads rpm=N;tpm=N;concurrency=N (any of them, any order).
+func parseLimits(opts string, l *Limits) error {
+	for _, kv := range strings.Split(opts, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		n, err := strconv.Atoi(v)
+		if !ok || err != nil || n < 0 {
+			return fmt.Errorf("limit %q must be name=N with N a whole number of 0 or more", kv)
+		}
+		switch k {
+		case "rpm":
+			l.RPM = n
+		case "tpm":
+			l.TPM = n
+		case "concurrency":
+			l.Concurrency = n
+		default:
+			return fmt.Errorf("unknown limit %q (rpm, tpm, concurrency)", k)
+		}
+	}
+	return nil
 }
 
 // Summary renders the effective settings with secrets redacted, for `config check`.
@@ -467,6 +515,7 @@ func Unknown(environ []string) []string {
 	getenv := Getenv(environ)
 	// Key variables named by the fallback list are read too.
 	for _, entry := range strings.Split(getenv("CHATFLEET_LLM_FALLBACKS"), ",") {
+		entry, _, _ = strings.Cut(entry, ";")
 		if _, keyVar, ok := strings.Cut(entry, "#"); ok {
 			known[strings.TrimSpace(keyVar)] = true
 		}

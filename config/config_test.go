@@ -73,7 +73,7 @@ func TestEveryProblemIsReportedAtOnce(t *testing.T) {
 
 func TestProductionRefusals(t *testing.T) {
 	_, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_ENV": "production"}))
-	for _, v := range []string{"CHATFLEET_REDIS_URL", "CHATFLEET_LLM_PROVIDER", "CHATFLEET_API_KEYS"} {
+	for _, v := range []string{"CHATFLEET_REDIS_URL", "CHATFLEET_LLM_PROVIDER", "CHATFLEET_API_KEYS", "CHATFLEET_MODELS"} {
 		if err == nil || !strings.Contains(err.Error(), v) {
 			t.Errorf("production error does not name %s: %v", v, err)
 		}
@@ -135,5 +135,30 @@ func TestUnknownVariablesAreNamed(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got %q", got)
+	}
+}
+
+func TestProviderLimits(t *testing.T) {
+	c, err := Load(RoleWorker, env(map[string]string{
+		"CHATFLEET_REDIS_URL": "redis://r:6379", "CHATFLEET_LLM_RPM": "600", "CHATFLEET_LLM_MAX_CONCURRENCY": "8",
+		"CHATFLEET_LLM_FALLBACKS": "openai:m@http://x/v1#K;rpm=60;tpm=9000;concurrency=2,sim", "K": "key",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Primary().Limits; p != (Limits{RPM: 600, Concurrency: 8}) {
+		t.Fatalf("primary limits %+v", p)
+	}
+	if f := c.Fallbacks[0]; f.Limits != (Limits{RPM: 60, TPM: 9000, Concurrency: 2}) || f.APIKey != "key" || f.BaseURL != "http://x/v1" {
+		t.Fatalf("fallback %+v", f)
+	}
+	if c.MaxRetryDelay != 5*time.Minute || c.Fallbacks[1].Limits != (Limits{}) {
+		t.Fatalf("defaults: %v %+v", c.MaxRetryDelay, c.Fallbacks[1])
+	}
+	for _, bad := range []string{"sim;rpm=x", "sim;burst=3", "sim;rpm=-1"} {
+		_, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://r:6379", "CHATFLEET_LLM_FALLBACKS": bad}))
+		if err == nil || !strings.Contains(err.Error(), "CHATFLEET_LLM_FALLBACKS") {
+			t.Errorf("%q: %v", bad, err)
+		}
 	}
 }

@@ -209,3 +209,56 @@ func TestFallbackAnswersWhenThePrimaryFails(t *testing.T) {
 		t.Fatalf("calls: primary %d, fallback %d", primary.Calls(), fallback.Calls())
 	}
 }
+
+// Tenants never see an upstream's address, transport error or raw body: the
+// job's error, its stream's retry and error events carry a stable code and a
+// plain message (the detail is in the worker's logs).
+func TestProviderDetailsDoNotReachTenants(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.SetPlan(func(call int) llmfake.Step {
+		if call == 1 {
+			return llmfake.Step{CutAfter: 2} // breaks off mid-reply: a retry event
+		}
+		return llmfake.Step{Status: 502, Message: "<html><body>502 Bad Gateway from 10.1.2.3</body></html>"}
+	})
+	apis, workers := fleet(t, rd, 1, 1, providerEnv(fake, map[string]string{
+		// the fallback's address refuses connections: "dial tcp 127.0.0.1:1"
+		"CHATFLEET_LLM_FALLBACKS": "openai:other@http://127.0.0.1:1/v1", "CHATFLEET_MAX_RETRIES": "1",
+		"CHATFLEET_ON_ALL_PROVIDERS_DOWN": "fail",
+	}))
+	c := client.New(apis[0].URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "leaks", Message: "tell me more"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	if err := c.Stream(ctx, sub.JobID, client.StreamOptions{}, func(ev client.Event) error {
+		seen = append(seen, fmt.Sprintf("%s %s %+v", ev.Type, ev.Reason, ev.Error))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.Get(ctx, sub.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != "failed" || j.Error == nil || j.Error.Code != "providers_unavailable" {
+		t.Fatalf("job: %+v %+v", j, j.Error)
+	}
+	shown := strings.Join(seen, "\n") + "\n" + j.Error.Code + " " + j.Error.Message
+	if !strings.Contains(shown, "retry") {
+		t.Fatalf("no retry event: %s", shown)
+	}
+	for _, secret := range []string{"127.0.0.1", "10.1.2.3", "dial tcp", "html", "EOF", "http://"} {
+		if strings.Contains(shown, secret) {
+			t.Errorf("tenants see %q:\n%s", secret, shown)
+		}
+	}
+	// The operators' logs keep the detail.
+	if logs := strings.Join(workers[0].Logs(), "\n"); !strings.Contains(logs, "10.1.2.3") || !strings.Contains(logs, "127.0.0.1:1") {
+		t.Errorf("the worker's logs lack the upstream detail")
+	}
+}

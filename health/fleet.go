@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,7 @@ type Fleet struct {
 	version   string
 	started   time.Time
 	breakers  func(context.Context) (map[string]string, error)
+	saturated func(context.Context) ([]string, error)
 
 	mu      sync.Mutex
 	samples []sample // processed totals over the last minute, oldest first
@@ -46,11 +48,14 @@ type FleetOptions struct {
 	Version   string
 	// Breakers reads each provider's breaker state.
 	Breakers func(context.Context) (map[string]string, error)
+	// Saturated describes the providers whose capacity holds jobs back now
+	// (e.g. "openai is at its limit of 500 requests per minute").
+	Saturated func(context.Context) ([]string, error)
 }
 
 // NewFleet returns the fleet reporter and starts sampling throughput until ctx ends.
 func NewFleet(ctx context.Context, rdb redis.UniversalClient, insp *asynq.Inspector, opt FleetOptions) *Fleet {
-	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, version: opt.Version, started: time.Now(), breakers: opt.Breakers}
+	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated}
 	go f.sampleLoop(ctx)
 	return f
 }
@@ -185,11 +190,22 @@ func (f *Fleet) rate() (float64, bool) {
 const drainTarget = 5 * time.Minute
 
 // advise says how many workers would drain the backlog within drainTarget at
-// the measured rate.
-func advise(backlog, threshold int, w Workers, rate float64, measured bool) string {
+// the measured rate, or that the providers' capacity, not the workers, holds
+// it back.
+func advise(backlog, threshold int, w Workers, rate float64, measured bool, saturated []string) string {
 	switch {
 	case backlog == 0:
 		return "no backlog"
+	case len(saturated) > 0 && w.Live > 0:
+		msg := fmt.Sprintf("%d jobs waiting; adding workers will not help: %s", backlog, strings.Join(saturated, "; "))
+		if measured && rate > 0 {
+			drain := time.Duration(float64(backlog)/rate) * time.Second
+			msg += fmt.Sprintf(". At %.2f jobs/s the backlog drains in about %s; raise the provider's quota or add a fallback provider", rate, drain.Round(time.Second))
+		}
+		if backlog > threshold {
+			msg = fmt.Sprintf("backlog %d is over the alert threshold %d. ", backlog, threshold) + msg
+		}
+		return msg
 	case w.Live == 0:
 		return fmt.Sprintf("%d jobs waiting and no live worker: start workers", backlog)
 	case !measured || rate <= 0:
@@ -230,9 +246,16 @@ func (f *Fleet) queueStatus(c echo.Context) error {
 		status = "warning"
 	}
 	rate, measured := f.rate()
+	var saturated []string
+	if f.saturated != nil && s.backlog > 0 {
+		saturated, _ = f.saturated(c.Request().Context()) // advice without it beats no answer
+	}
 	body := map[string]any{
 		"status": status, "threshold": f.threshold, "backlog": s.backlog, "queues": s.queues,
-		"workers": s.workers, "advice": advise(s.backlog, f.threshold, s.workers, rate, measured),
+		"workers": s.workers, "advice": advise(s.backlog, f.threshold, s.workers, rate, measured, saturated),
+	}
+	if len(saturated) > 0 {
+		body["providers_at_limit"] = saturated
 	}
 	if measured {
 		body["throughput_jobs_per_second"] = math.Round(rate*100) / 100

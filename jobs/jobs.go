@@ -194,11 +194,9 @@ func (m *Manager) Reconcile(ctx context.Context, j store.Job) (store.Job, error)
 	case err != nil:
 		return j, fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
 	case info.State == asynq.TaskStateArchived:
-		msg := info.LastErr
-		if msg == "" {
-			msg = "the job was abandoned after its last attempt"
-		}
-		reason = &store.JobError{Code: "failed", Message: msg}
+		// asynq's last error may hold upstream detail: operators read it
+		// with `worker jobs archived`, tenants get a plain message.
+		reason = &store.JobError{Code: "failed", Message: "the job was abandoned after its last attempt"}
 	default:
 		return j, nil
 	}

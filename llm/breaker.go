@@ -41,6 +41,8 @@ func (e *ErrOpen) Error() string { return e.Provider + ": circuit breaker open" 
 // so that its chatfleet_breaker_state gauge follows the fleet within a second.
 type Guarded struct {
 	Provider
+	cap     *capacity // nil: no fleet-wide capacity control
+	model   string    // the configured model: the bounded label of token metrics
 	dcb     *gobreaker.DistributedCircuitBreaker[struct{}]
 	store   *breakerStore
 	rdb     redis.UniversalClient
@@ -60,7 +62,7 @@ func NewGuarded(ctx context.Context, p Provider, rdb redis.UniversalClient, set 
 	if set.Refresh <= 0 {
 		set.Refresh = 250 * time.Millisecond
 	}
-	g := &Guarded{Provider: p, rdb: rdb, set: set, metrics: m,
+	g := &Guarded{Provider: p, rdb: rdb, set: set, metrics: m, model: p.Name(),
 		log: log.With().Str("provider", p.Name()).Logger(), store: newBreakerStore(rdb)}
 	dcb, err := gobreaker.NewDistributedCircuitBreaker[struct{}](g.store, gobreaker.Settings{
 		Name:        p.Name(),
@@ -115,24 +117,56 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) 
 		probe = true
 		g.log.Info().Msg("circuit breaker half-open: probing")
 	}
-	reply, err := g.Provider.Stream(ctx, req, onDelta)
-	g.metrics.request(g.Name(), outcome(err))
-	if err == nil {
-		g.metrics.tokens(g.Name(), reply.Model, reply.Usage)
+	reply, err := g.call(ctx, req, onDelta)
+	var capErr *CapacityError
+	if !errors.As(err, &capErr) {
+		g.metrics.request(g.Name(), outcome(err))
+		if err == nil {
+			g.metrics.tokens(g.Name(), g.model, reply.Usage)
+		}
+		g.record(st, err)
 	}
-	g.record(st, err)
 	if probe {
 		_ = g.rdb.Del(context.WithoutCancel(ctx), rkeys.BreakerProbe(g.Name())).Err()
 	}
 	return reply, err
 }
 
+// call makes the provider call within the fleet's capacity for the provider:
+// it waits for a slot (in place, up to the inline bound), and on a 429 pauses
+// the provider for the fleet and waits again. Capacity waits never count as
+// failures; a wait too long for one attempt is a *CapacityError.
+func (g *Guarded) call(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+	if g.cap == nil {
+		return g.Provider.Stream(ctx, req, onDelta)
+	}
+	cost := estimateCost(req)
+	budget := g.cap.set.MaxInlineWait
+	for {
+		s, err := g.cap.acquire(ctx, cost, req.Priority == PriorityHigh, &budget)
+		if err != nil {
+			return Reply{}, err
+		}
+		emitted := false
+		reply, err := g.Provider.Stream(ctx, req, func(d string) error { emitted = true; return onDelta(d) })
+		if RateLimited(err) && !emitted {
+			var pe *Error
+			errors.As(err, &pe)
+			s.rateLimited(ctx, pe.RetryAfter)
+			g.log.Debug().Dur("retry_after", pe.RetryAfter).Msg("provider at capacity (429); waiting")
+			continue
+		}
+		s.release(ctx, reply.Usage.PromptTokens+reply.Usage.CompletionTokens, err == nil)
+		return reply, err
+	}
+}
+
 // record feeds an outcome to the shared breaker. Only provider failures and
 // successes count; client errors and cancels do not. A success while all is
 // well changes nothing and is not written.
 func (g *Guarded) record(seen gobreaker.State, err error) {
-	if err != nil && !Retryable(err) {
-		return
+	if err != nil && (!Retryable(err) || RateLimited(err)) {
+		return // the caller's fault, or a capacity signal: not the provider's health
 	}
 	g.mu.Lock()
 	steady := err == nil && seen == gobreaker.StateClosed && g.failures == 0

@@ -65,6 +65,7 @@ func (c *Chain) AllOpen() (bool, time.Time) {
 // Stream calls the chain; it returns the reply and the provider that gave it.
 func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, string, error) {
 	all := &AllDownError{AllOpen: true}
+	var capacity *CapacityError
 	for i, p := range c.links {
 		preq := req
 		if i > 0 {
@@ -76,7 +77,14 @@ func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(string) er
 			return reply, p.Name(), nil
 		}
 		var open *ErrOpen
+		var busy *CapacityError
 		switch {
+		case errors.As(err, &busy):
+			// At capacity: the next provider may answer now; if none does,
+			// the job waits for the earliest capacity instead of degrading.
+			if capacity == nil || busy.Until.Before(capacity.Until) {
+				capacity = busy
+			}
 		case errors.As(err, &open):
 			if all.Until.IsZero() || open.Until.Before(all.Until) {
 				all.Until = open.Until
@@ -87,6 +95,9 @@ func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(string) er
 			all.AllOpen = false
 		}
 		all.Errs = append(all.Errs, err)
+	}
+	if capacity != nil {
+		return Reply{}, capacity.Provider, capacity
 	}
 	if len(all.Errs) == 0 {
 		return Reply{}, "", fmt.Errorf("no providers configured")

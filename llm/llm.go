@@ -17,7 +17,11 @@ type Request struct {
 	Model    string
 	Messages []Message
 	Params   Params
+	Priority string // the job's priority: high priorities get a provider's capacity first
 }
+
+// PriorityHigh is the priority whose calls go first when a provider is at capacity.
+const PriorityHigh = "high"
 
 // Params are optional generation settings; zero values mean the provider's default.
 type Params struct {

@@ -1,6 +1,8 @@
 package llm
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 )
@@ -11,6 +13,10 @@ type Metrics struct {
 	requests *prometheus.CounterVec
 	tokensC  *prometheus.CounterVec
 	state    *prometheus.GaugeVec
+	waitH    *prometheus.HistogramVec
+	limited  *prometheus.CounterVec
+	inflight *prometheus.GaugeVec
+	limit    *prometheus.GaugeVec
 }
 
 // outcomes are the values of chatfleet_llm_requests_total's outcome label.
@@ -34,7 +40,20 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 			Name: "chatfleet_breaker_state", Help: "Circuit breaker state per provider: 0 closed, 1 open, 2 half-open.",
 		}, []string{"provider"}),
 	}
-	reg.MustRegister(m.requests, m.tokensC, m.state)
+	m.waitH = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "chatfleet_llm_capacity_wait_seconds", Help: "Time a call waited for the provider's quota (RPM, TPM, concurrency, a Retry-After pause), in place.",
+		Buckets: []float64{0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+	}, []string{"provider"})
+	m.limited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatfleet_llm_rate_limited_total", Help: "429 and overloaded answers from the provider (capacity signals, not breaker failures).",
+	}, []string{"provider"})
+	m.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "chatfleet_llm_inflight", Help: "Calls in flight to the provider from this process.",
+	}, []string{"provider"})
+	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "chatfleet_llm_limit", Help: "The provider's effective fleet-wide limit by kind (rpm, tpm, concurrency): configured, or learned from 429s (concurrency); 0 is none.",
+	}, []string{"provider", "kind"})
+	reg.MustRegister(m.requests, m.tokensC, m.state, m.waitH, m.limited, m.inflight, m.limit)
 	for i, name := range ProviderNames(chain) {
 		for _, o := range outcomes {
 			m.requests.WithLabelValues(name, o)
@@ -47,6 +66,10 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 			m.tokens(name, model, Usage{})
 		}
 		m.state.WithLabelValues(name).Set(0)
+		m.waitH.WithLabelValues(name)
+		m.limited.WithLabelValues(name)
+		m.inflight.WithLabelValues(name)
+		m.limits(name, chain[i].Limits)
 	}
 	return m
 }
@@ -77,4 +100,38 @@ func (m *Metrics) breaker(provider string, s gobreaker.State) {
 		v = 2
 	}
 	m.state.WithLabelValues(provider).Set(v)
+}
+
+func (m *Metrics) capacityWait(provider string, d time.Duration) {
+	if m != nil {
+		m.waitH.WithLabelValues(provider).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) rateLimited(provider string) {
+	if m != nil {
+		m.limited.WithLabelValues(provider).Inc()
+	}
+}
+
+func (m *Metrics) inflightAdd(provider string, n float64) {
+	if m != nil {
+		m.inflight.WithLabelValues(provider).Add(n)
+	}
+}
+
+func (m *Metrics) limits(provider string, l Limits) {
+	if m == nil {
+		return
+	}
+	m.limit.WithLabelValues(provider, "rpm").Set(float64(l.RPM))
+	m.limit.WithLabelValues(provider, "tpm").Set(float64(l.TPM))
+	m.limit.WithLabelValues(provider, "concurrency").Set(float64(l.Concurrency))
+}
+
+// learned shows the concurrency limit learned from 429s (0: none yet).
+func (m *Metrics) learned(provider string, n int) {
+	if m != nil {
+		m.limit.WithLabelValues(provider, "concurrency").Set(float64(n))
+	}
 }

@@ -20,13 +20,15 @@ type Spec struct {
 	Model   string
 	BaseURL string
 	APIKey  string
+	Limits  Limits // the provider's fleet-wide quota
 }
 
 // ChainOptions describe a provider chain.
 type ChainOptions struct {
-	Specs   []Spec    // primary first
-	Sim     SimConfig // settings of sim providers (Name is set per provider)
-	Breaker BreakerSettings
+	Specs    []Spec    // primary first
+	Sim      SimConfig // settings of sim providers (Name is set per provider)
+	Breaker  BreakerSettings
+	Capacity CapacitySettings
 }
 
 // Build makes the provider chain, primary first, each provider behind its
@@ -54,6 +56,11 @@ func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *
 		g, err := NewGuarded(ctx, p, rdb, opt.Breaker, m, log)
 		if err != nil {
 			return nil, err
+		}
+		g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m)
+		g.model = s.Model
+		if g.model == "" {
+			g.model = s.Kind
 		}
 		links = append(links, g)
 	}

@@ -49,6 +49,9 @@ type PipelineOptions struct {
 	Coalescing    stream.Coalescing
 	OnAllDown     string // degrade (default), fail or defer
 	DegradedReply string
+	// MaxRetryDelay caps every retry delay, a provider's Retry-After
+	// included (default 5m).
+	MaxRetryDelay time.Duration
 	Metrics       *Metrics
 }
 
@@ -71,6 +74,9 @@ func NewPipeline(st *store.Store, jm *jobs.Manager, chain *llm.Chain, opt Pipeli
 	}
 	if opt.Metrics == nil {
 		opt.Metrics = NewMetrics(nil)
+	}
+	if opt.MaxRetryDelay <= 0 {
+		opt.MaxRetryDelay = 5 * time.Minute
 	}
 	return &Pipeline{store: st, jobs: jm, chain: chain, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second}
 }
@@ -134,6 +140,10 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	if p.opt.OnAllDown == AllDownDefer {
 		if open, until := p.chain.AllOpen(); open {
 			log.Info().Time("until", until).Msg("every provider is open; job deferred")
+			until = p.capDelay(until)
+			if err := p.store.Hold(ctx, pl.JobID, pl.Tenant, pl.SessionID, until); err != nil {
+				log.Warn().Err(err).Msg("could not extend the record of a deferred job")
+			}
 			return nil, ctx, &errDeferred{until: until}
 		}
 	}
@@ -173,7 +183,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 // attempt calls the provider chain, streaming the reply into the job's log.
 func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	pl := r.pl
-	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, r.att)}
+	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, r.att), Priority: pl.Priority}
 	if gp := pl.Params; gp != nil {
 		req.Params = llm.Params{MaxTokens: gp.MaxTokens, Temperature: gp.Temperature, TopP: gp.TopP, Stop: gp.Stop}
 	}
@@ -200,11 +210,15 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 		return p.degrade(ctx, r, c.emit, allDown)
 	}
 	if allDown != nil && allDown.AllOpen && p.opt.OnAllDown == AllDownDefer {
-		if err := p.store.MarkDeferred(ctx, pl.JobID); err != nil {
-			log.Warn().Err(err).Msg("could not hand back the attempt")
-		}
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
-		return &errDeferred{until: allDown.Until}
+		return p.deferJob(ctx, pl, allDown.Until)
+	}
+	var busy *llm.CapacityError
+	if errors.As(c.err, &busy) {
+		// Not a failure: the job waits in the queue for the provider's
+		// capacity, its attempt handed back.
+		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("provider at capacity; job waits in the queue")
+		return p.deferJob(ctx, pl, busy.Until)
 	}
 	if c.err != nil {
 		return p.failAttempt(ctx, pl, r.att.N, c.emit.Emitted(), c.err)
@@ -270,6 +284,27 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.A
 	return BuildPrompt(att.History, pl.Message, p.budget)
 }
 
+// deferJob hands the attempt back and parks the job in the queue until
+// `until` (capped), keeping its record alive past then.
+func (p *Pipeline) deferJob(ctx context.Context, pl tasks.ChatPayload, until time.Time) error {
+	until = p.capDelay(until)
+	if err := p.store.MarkDeferred(ctx, pl.JobID, pl.Tenant, pl.SessionID, until); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not hand back the attempt")
+	}
+	return &errDeferred{until: until}
+}
+
+func (p *Pipeline) capDelay(until time.Time) time.Time {
+	return minTime(until, time.Now().Add(p.opt.MaxRetryDelay))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // degrade ends a job whose providers are all down with the configured reply,
 // marked degraded. It is not added to the session's history: it is not the
 // model's answer, and the next turn should not build on it.
@@ -320,15 +355,10 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	var allDown *llm.AllDownError
 	isAllDown := errors.As(callErr, &allDown)
 	retryable := isAllDown || llm.Retryable(callErr)
-	jerr := store.JobError{Code: "provider_error", Message: callErr.Error()}
-	switch {
-	case errors.Is(callErr, context.DeadlineExceeded):
-		jerr = store.JobError{Code: "timeout", Message: fmt.Sprintf("provider call exceeded %s", p.opt.CallTimeout)}
-	case allDown != nil:
-		jerr.Code = "providers_unavailable"
-	}
+	jerr := p.publicError(callErr)
 	if retryable && attempt < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
-		if err := p.store.MarkRetrying(ctx, pl.JobID, jerr); err != nil {
+		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
+		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, jerr, until); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		if emitted {
@@ -346,6 +376,25 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	}
 	log.Error().Err(callErr).Str("status", store.StatusFailed).Msg("job failed")
 	return fmt.Errorf("%w: %w", callErr, asynq.SkipRetry)
+}
+
+// publicError is what tenants see of a failed call: a stable code and a
+// message that names no upstream address, body or internal detail (those go
+// to the logs with the full error).
+func (p *Pipeline) publicError(err error) store.JobError {
+	var allDown *llm.AllDownError
+	var pe *llm.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return store.JobError{Code: "timeout", Message: fmt.Sprintf("the provider did not finish within %s", p.opt.CallTimeout)}
+	case errors.As(err, &allDown):
+		return store.JobError{Code: "providers_unavailable", Message: "every provider failed"}
+	case errors.As(err, &pe) && pe.Status != 0 && !pe.Retryable:
+		return store.JobError{Code: "provider_rejected", Message: fmt.Sprintf("the provider rejected the request (HTTP %d)", pe.Status)}
+	case errors.As(err, &pe) && pe.Status != 0:
+		return store.JobError{Code: "provider_error", Message: fmt.Sprintf("the provider failed (HTTP %d)", pe.Status)}
+	}
+	return store.JobError{Code: "provider_error", Message: "the provider could not be reached or broke off its answer"}
 }
 
 // announceRetry tells followers to discard the output of a failed attempt.
@@ -425,8 +474,12 @@ func (p *Pipeline) awaitTurn(ctx context.Context, pl tasks.ChatPayload) error {
 	}
 }
 
-// retryDelay spaces real retries exponentially with jitter and hands a yielding
+// retryDelay (capped by MaxRetryDelay) spaces real retries exponentially with jitter and hands a yielding
 // job back almost at once.
+func (p *Pipeline) retryDelay(n int, err error, t *asynq.Task) time.Duration {
+	return min(retryDelay(n, err, t), p.opt.MaxRetryDelay)
+}
+
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	var deferred *errDeferred
 	if errors.As(err, &deferred) {

@@ -41,7 +41,7 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 		// Scheduled and retried tasks (including jobs that yielded their turn)
 		// move back to pending on this tick.
 		DelayedTaskCheckInterval: 200 * time.Millisecond,
-		RetryDelayFunc:           retryDelay,
+		RetryDelayFunc:           p.retryDelay,
 		IsFailure:                isFailure,
 		ShutdownTimeout:          o.ShutdownTimeout,
 		Logger:                   logging.Asynq{L: alog},

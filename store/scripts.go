@@ -60,21 +60,41 @@ end
 return out
 `)
 
-// markDeferred hands back an attempt that never reached a provider.
-// KEYS: job.
-var markDeferred = redis.NewScript(`
+// holdLua keeps a waiting job's record and session order alive for at least
+// ttl seconds: a job that waits in the queue must still have them when it runs.
+const holdLua = `
+local function hold(job, order, ttl)
+  ttl = tonumber(ttl)
+  if redis.call('TTL', job) < ttl then redis.call('EXPIRE', job, ttl) end
+  if redis.call('TTL', order) < ttl then redis.call('EXPIRE', order, ttl) end
+end
+`
+
+// markDeferred hands back an attempt that never reached a provider (every
+// breaker open, or no capacity): queued again, its attempt not counted.
+// KEYS: job, order. ARGV: ttl s.
+var markDeferred = redis.NewScript(holdLua + `
 if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', 'queued')
+hold(KEYS[1], KEYS[2], ARGV[1])
 return 1
 `)
 
 // markRetrying records a failed attempt that will be retried.
-// KEYS: job. ARGV: error json.
-var markRetrying = redis.NewScript(`
+// KEYS: job, order. ARGV: error json, ttl s.
+var markRetrying = redis.NewScript(holdLua + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'active' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'error', ARGV[1])
+hold(KEYS[1], KEYS[2], ARGV[2])
+return 1
+`)
+
+// holdJob keeps a job that waits without an attempt alive. KEYS: job, order. ARGV: ttl s.
+var holdJob = redis.NewScript(holdLua + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+hold(KEYS[1], KEYS[2], ARGV[1])
 return 1
 `)
 

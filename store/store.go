@@ -249,22 +249,40 @@ func (s *Store) Requeue(ctx context.Context, j Job) error {
 	return nil
 }
 
-// MarkDeferred undoes StartAttempt for an attempt that never reached a provider
-// (every breaker was open): the job is queued again and keeps its attempts.
-func (s *Store) MarkDeferred(ctx context.Context, id string) error {
-	if err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id)}).Err(); err != nil {
+// MarkDeferred undoes StartAttempt for an attempt that never reached a
+// provider (every breaker open, or no capacity): the job is queued again,
+// keeps its attempts, and its record lives at least until the retention past
+// `until`, when it runs again.
+func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, until time.Time) error {
+	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session)}, s.holdFor(until)).Err()
+	if err != nil {
 		return unavailable("mark deferred", err)
 	}
 	return nil
 }
 
-// MarkRetrying records a failed attempt that asynq will retry.
-func (s *Store) MarkRetrying(ctx context.Context, id string, e JobError) error {
+// MarkRetrying records a failed attempt that asynq will retry no later than
+// `until`; the record lives at least until the retention past it.
+func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, e JobError, until time.Time) error {
 	b, _ := json.Marshal(e)
-	if err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id)}, string(b)).Err(); err != nil {
+	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session)}, string(b), s.holdFor(until)).Err()
+	if err != nil {
 		return unavailable("mark retrying", err)
 	}
 	return nil
+}
+
+// Hold keeps a job that waits in the queue without starting an attempt alive
+// until the retention past `until`.
+func (s *Store) Hold(ctx context.Context, id, tenant, session string, until time.Time) error {
+	if err := holdJob.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session)}, s.holdFor(until)).Err(); err != nil {
+		return unavailable("hold job", err)
+	}
+	return nil
+}
+
+func (s *Store) holdFor(until time.Time) int64 {
+	return seconds(max(time.Until(until), 0) + s.opt.Retention)
 }
 
 // Outcome is how a job ended.

@@ -136,6 +136,9 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		Breakers: func(ctx context.Context) (map[string]string, error) {
 			return llm.BreakerStates(ctx, rdb, wiring.ProviderNames(cfg))
 		},
+		Saturated: func(ctx context.Context) ([]string, error) {
+			return llm.Saturated(ctx, rdb, wiring.Providers(cfg))
+		},
 	})
 	fleet.Register(e)
 	reg.MustRegister(fleet.Collector())

@@ -1,7 +1,8 @@
 // Package llmfake runs fake LLM servers that speak the real HTTP streaming
 // wire formats (OpenAI Chat Completions, Anthropic Messages), scripted per
 // call: replies, errors with status and Retry-After, slow first bytes, streams
-// cut mid-reply, malformed chunks, missing usage. Tests point real providers
+// cut mid-reply, malformed chunks, missing usage; and a quota mode that
+// answers 429 beyond a rate and a number of calls in flight. Tests point real providers
 // and real worker processes at them over loopback.
 package llmfake
 
@@ -36,6 +37,62 @@ type Fake struct {
 	mu    sync.Mutex
 	plan  func(call int) Step
 	kind  string
+	quota *quota
+}
+
+// quota is a provider's rate limit as providers enforce it: a bucket of
+// perSecond calls refilled continuously, at most atOnce in flight; beyond
+// either the call gets 429 with Retry-After: 1.
+type quota struct {
+	mu                  sync.Mutex
+	perSecond, atOnce   int
+	tokens              float64
+	last                time.Time
+	inflight, maxFlight int
+	served, rejected    int
+}
+
+func (q *quota) admit() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := time.Now()
+	q.tokens = min(float64(q.perSecond), q.tokens+now.Sub(q.last).Seconds()*float64(q.perSecond))
+	q.last = now
+	if q.tokens < 1 || q.inflight >= q.atOnce {
+		q.rejected++
+		return false
+	}
+	q.tokens--
+	q.inflight++
+	q.served++
+	q.maxFlight = max(q.maxFlight, q.inflight)
+	return true
+}
+
+func (q *quota) done() {
+	q.mu.Lock()
+	q.inflight--
+	q.mu.Unlock()
+}
+
+// SetQuota turns on quota mode: perSecond calls a second (a bucket that
+// refills continuously) and atOnce calls in flight; beyond either, 429 with
+// Retry-After: 1.
+func (f *Fake) SetQuota(perSecond, atOnce int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.quota = &quota{perSecond: perSecond, atOnce: atOnce, tokens: float64(perSecond), last: time.Now()}
+}
+
+// QuotaStats are the quota's counts: calls served, calls answered 429, and
+// the most calls that were in flight at once.
+func (f *Fake) QuotaStats() (served, rejected, maxInFlight int) {
+	f.mu.Lock()
+	q := f.quota
+	f.mu.Unlock()
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.served, q.rejected, q.maxFlight
 }
 
 // Reply is the text the fakes answer a prompt whose last user message is msg.
@@ -78,8 +135,15 @@ func (f *Fake) Always(step Step) { f.SetPlan(func(int) Step { return step }) }
 func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	n := int(f.calls.Add(1))
 	f.mu.Lock()
-	step := f.plan(n)
+	step, q := f.plan(n), f.quota
 	f.mu.Unlock()
+	if q != nil {
+		if !q.admit() {
+			f.fail(w, http.StatusTooManyRequests, "Rate limit reached for requests", "1")
+			return
+		}
+		defer q.done()
+	}
 
 	var req struct {
 		Model    string `json:"model"`

@@ -47,3 +47,30 @@ func TenantJobs(tenant string) string { return prefix + "tenant:" + tenant + ":j
 
 // TenantRate is the rate limiter's key of a tenant.
 func TenantRate(tenant string) string { return prefix + "tenant:" + tenant + ":rate" }
+
+// Provider keys share the hash tag {provider:<name>}, so that one script may
+// touch all of them on a Redis Cluster.
+
+// ProviderLeases holds the in-flight calls to a provider, fleet-wide (sorted
+// set of lease tokens scored by their expiry in ms).
+func ProviderLeases(name string) string { return prefix + "{provider:" + name + "}:leases" }
+
+// ProviderRPM is the requests-per-minute limiter's state of a provider.
+func ProviderRPM(name string) string { return prefix + "{provider:" + name + "}:rpm" }
+
+// ProviderTPM is the tokens-per-minute limiter's state of a provider.
+func ProviderTPM(name string) string { return prefix + "{provider:" + name + "}:tpm" }
+
+// ProviderPause exists while a provider asked the fleet to wait (Retry-After).
+func ProviderPause(name string) string { return prefix + "{provider:" + name + "}:pause" }
+
+// ProviderAdaptive holds a provider's learned concurrency limit (hash).
+func ProviderAdaptive(name string) string { return prefix + "{provider:" + name + "}:adaptive" }
+
+// ProviderWaiting holds the high-priority calls waiting for the provider
+// (sorted set scored by expiry in ms): lower priorities let them go first.
+func ProviderWaiting(name string) string { return prefix + "{provider:" + name + "}:waiting" }
+
+// ProviderSaturated exists for a short while after a call had to wait for
+// the provider's capacity, for the queue status advice.
+func ProviderSaturated(name string) string { return prefix + "{provider:" + name + "}:saturated" }

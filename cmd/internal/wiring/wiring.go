@@ -84,7 +84,8 @@ func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.M
 func Providers(cfg config.Config) []llm.Spec {
 	var out []llm.Spec
 	for _, s := range append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...) {
-		out = append(out, llm.Spec{Kind: s.Kind, Model: s.Model, BaseURL: s.BaseURL, APIKey: s.APIKey})
+		out = append(out, llm.Spec{Kind: s.Kind, Model: s.Model, BaseURL: s.BaseURL, APIKey: s.APIKey,
+			Limits: llm.Limits{RPM: s.Limits.RPM, TPM: s.Limits.TPM, Concurrency: s.Limits.Concurrency}})
 	}
 	return out
 }
@@ -97,9 +98,10 @@ func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Provid
 func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store, jm *jobs.Manager,
 	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
 	chain, err := llm.Build(ctx, llm.ChainOptions{
-		Specs:   Providers(cfg),
-		Sim:     llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
-		Breaker: llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
+		Specs:    Providers(cfg),
+		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
+		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
+		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay},
 	}, rdb, llm.NewMetrics(reg, Providers(cfg)), log)
 	if err != nil {
 		return nil, err
@@ -110,6 +112,7 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, s
 		Coalescing:    stream.Coalescing{Window: cfg.StreamFlushInterval, MaxBytes: cfg.StreamFlushBytes},
 		OnAllDown:     cfg.OnAllDown,
 		DegradedReply: cfg.DegradedReply,
+		MaxRetryDelay: cfg.MaxRetryDelay,
 		Metrics:       orchestration.NewMetrics(reg),
 	})
 	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{

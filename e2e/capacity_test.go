@@ -1,0 +1,164 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/llmfake"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// The upstream's quota in the burst tests: perSecond calls a second (a
+// bucket that starts full), atOnce in flight; beyond, 429 with Retry-After: 1.
+const (
+	quotaPerSecond = 20
+	quotaAtOnce    = 10
+	burstJobs      = 120
+)
+
+type burstResult struct {
+	elapsed, floor           time.Duration
+	served, rejected, maxFly int
+}
+
+// runBurst submits burstJobs jobs at once to a fleet of 3 workers over a
+// quota-limited upstream and waits for all of them. Every job must end with a
+// real reply (not degraded) and the breaker must stay closed.
+func runBurst(t *testing.T, extra map[string]string) burstResult {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.SetQuota(quotaPerSecond, quotaAtOnce)
+	const callTime = 60 * time.Millisecond
+	fake.Always(llmfake.Step{FirstByteDelay: callTime})
+	apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, extra))
+	c := client.New(apis[0].URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	ids := make([]string, burstJobs)
+	var wg sync.WaitGroup
+	errs := make(chan error, burstJobs)
+	for i := range burstJobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("burst-%d", i), Message: fmt.Sprintf("hello %d", i)})
+			if err != nil {
+				errs <- err
+				return
+			}
+			ids[i] = sub.JobID
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	degraded, failed := 0, 0
+	for _, id := range ids {
+		j, err := c.Wait(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case j.Status != "succeeded":
+			failed++
+			t.Errorf("job %s ended %s: %+v", id, j.Status, j.Error)
+		case j.Result.Degraded:
+			degraded++
+		}
+	}
+	elapsed := time.Since(start)
+	if degraded > 0 || failed > 0 {
+		t.Fatalf("%d of %d jobs degraded, %d failed", degraded, burstJobs, failed)
+	}
+	for _, w := range workers {
+		if v, _ := labelled(t, w.URL(), `chatfleet_breaker_state{provider="openai"}`); v != 0 {
+			t.Errorf("%s: breaker state %v, want closed", w.Name, v)
+		}
+	}
+	r := burstResult{elapsed: elapsed}
+	r.served, r.rejected, r.maxFly = fake.QuotaStats()
+	// The quota's own floor: the bucket's first perSecond calls at once, the
+	// rest at perSecond a second, then the last call's own time.
+	r.floor = time.Duration(float64(burstJobs-quotaPerSecond)/quotaPerSecond*float64(time.Second)) + callTime
+	t.Logf("%d jobs in %s (quota floor %s, ratio %.2f); upstream served %d, answered 429 %d times (%.1f%% of calls), at most %d at once",
+		burstJobs, elapsed.Round(time.Millisecond), r.floor, float64(elapsed)/float64(r.floor), r.served, r.rejected,
+		100*float64(r.rejected)/float64(r.served+r.rejected), r.maxFly)
+	if r.served != burstJobs {
+		t.Errorf("the upstream served %d calls for %d jobs", r.served, burstJobs)
+	}
+	return r
+}
+
+// With the fleet's limits set to the upstream's quota, a burst waits in the
+// queue and is fed to the upstream at the rate it accepts.
+func TestBurstWithinConfiguredQuota(t *testing.T) {
+	r := runBurst(t, map[string]string{
+		"CHATFLEET_LLM_RPM": fmt.Sprint(quotaPerSecond * 60), "CHATFLEET_LLM_MAX_CONCURRENCY": fmt.Sprint(quotaAtOnce),
+	})
+	if r.maxFly > quotaAtOnce {
+		t.Errorf("the upstream saw %d calls at once, its quota is %d", r.maxFly, quotaAtOnce)
+	}
+	if limit := (r.served + r.rejected) * 5 / 100; r.rejected > limit {
+		t.Errorf("%d calls rejected with 429, more than 5%% (%d)", r.rejected, limit)
+	}
+	if ratio := float64(r.elapsed) / float64(r.floor); ratio > 1.3 {
+		t.Errorf("the burst took %.2f× what the quota allows, want at most 1.3×", ratio)
+	}
+}
+
+// With nothing configured the fleet learns the upstream's capacity from its
+// 429s (a fleet-wide pause per Retry-After, a halved concurrency limit) and
+// still answers every job for real.
+func TestBurstAdaptsWithoutLimits(t *testing.T) {
+	r := runBurst(t, nil)
+	if r.rejected >= burstJobs {
+		t.Errorf("%d calls rejected with 429 for %d jobs: the fleet hammered the upstream", r.rejected, burstJobs)
+	}
+	if ratio := float64(r.elapsed) / float64(r.floor); ratio > 4 {
+		t.Errorf("the burst took %.2f× what the quota allows, want at most 4×", ratio)
+	}
+}
+
+// A 429 whose Retry-After reaches far past the job's retention: the wait is
+// capped by CHATFLEET_MAX_RETRY_DELAY, the job waits in the queue without
+// losing its record, and runs.
+func TestHugeRetryAfterIsCappedAndTheJobRuns(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.SetPlan(func(call int) llmfake.Step {
+		if call == 1 {
+			return llmfake.Step{Status: 429, Message: "slow down", RetryAfter: "90000"}
+		}
+		return llmfake.Step{}
+	})
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, map[string]string{
+		"CHATFLEET_JOB_RETENTION": "2s", "CHATFLEET_MAX_RETRY_DELAY": "7s", "CHATFLEET_MAX_RETRIES": "0",
+	}))
+	c := client.New(apis[0].URL())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "patient", Message: "wait for it"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	j, err := c.Wait(ctx, sub.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Status != "succeeded" || j.Result.Degraded || j.Result.Content != llmfake.Reply("wait for it") || j.Attempts != 1 {
+		t.Fatalf("job: %+v", j)
+	}
+	if fake.Calls() != 2 {
+		t.Fatalf("upstream calls %d, want 2", fake.Calls())
+	}
+	t.Logf("ran %s after the 429 (Retry-After capped at 7s, retention 2s)", time.Since(start).Round(time.Millisecond))
+}

@@ -1,0 +1,405 @@
+package llm
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// Limits are a provider's quota, enforced for the whole fleet; 0 means no
+// limit of that kind. With no concurrency limit the fleet learns one from the
+// provider's 429s (additive increase, multiplicative decrease).
+type Limits struct {
+	RPM         int // requests per minute
+	TPM         int // tokens per minute (prompt + output cap estimated before, settled after)
+	Concurrency int // calls in flight
+}
+
+// CapacitySettings tune how calls wait for a provider's capacity.
+type CapacitySettings struct {
+	// MaxInlineWait bounds how long one attempt waits in place for capacity;
+	// longer waits hand the job back to the queue (default 5s).
+	MaxInlineWait time.Duration
+	// MaxRetryDelay caps a provider's Retry-After (default 5m).
+	MaxRetryDelay time.Duration
+	// Lease is how long a call's slot outlives a worker that died holding it
+	// (default 10s; renewed while the call runs).
+	Lease time.Duration
+}
+
+func (s *CapacitySettings) defaults() {
+	if s.MaxInlineWait <= 0 {
+		s.MaxInlineWait = 5 * time.Second
+	}
+	if s.MaxRetryDelay <= 0 {
+		s.MaxRetryDelay = 5 * time.Minute
+	}
+	if s.Lease <= 0 {
+		s.Lease = 10 * time.Second
+	}
+}
+
+// CapacityError says a provider has no capacity for the call now: its quota
+// is used up or it asked the fleet to wait. It is not a failure: the job
+// waits (in the queue, without using an attempt) until Until.
+type CapacityError struct {
+	Provider string
+	Until    time.Time
+	Reason   string // paused, rpm, tpm, concurrency, priority
+}
+
+func (e *CapacityError) Error() string {
+	return fmt.Sprintf("%s: at capacity (%s) until %s", e.Provider, e.Reason, e.Until.UTC().Format(time.RFC3339Nano))
+}
+
+// RateLimited reports whether a provider's answer is a capacity signal (429
+// too many requests, 529 overloaded) rather than a health failure. A 429 for
+// an exhausted account (insufficient_quota) will not pass by waiting: it is a
+// failure like any other.
+func RateLimited(err error) bool {
+	var pe *Error
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return (pe.Status == 429 && !strings.Contains(pe.Msg, "insufficient_quota")) || pe.Status == 529
+}
+
+// capacity enforces one provider's limits through Redis, for every worker at
+// once. A call costs two round trips: acquire (pause, priority, concurrency,
+// both rates, in one script) and release (or rateLimited).
+type capacity struct {
+	name string
+	rdb  redis.UniversalClient
+	lim  Limits
+	set  CapacitySettings
+	m    *Metrics
+	keys []string // leases, rpm, tpm, pause, adaptive, waiting, saturated
+}
+
+func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set CapacitySettings, m *Metrics) *capacity {
+	set.defaults()
+	c := &capacity{name: name, rdb: rdb, lim: lim, set: set, m: m, keys: []string{
+		rkeys.ProviderLeases(name), rkeys.ProviderRPM(name), rkeys.ProviderTPM(name), rkeys.ProviderPause(name),
+		rkeys.ProviderAdaptive(name), rkeys.ProviderWaiting(name), rkeys.ProviderSaturated(name),
+	}}
+	m.limits(name, lim)
+	return c
+}
+
+// adaptive: with no limits configured the fleet learns a concurrency limit
+// from the provider's 429s, starting at initialLimit.
+func (c *capacity) adaptive() bool { return c.lim == Limits{} }
+
+// initialLimit is where a learned concurrency limit starts: it grows by one
+// per success (doubling every round of calls) until the first 429.
+const initialLimit = 16
+
+// slot is one call's hold on the provider's capacity.
+type slot struct {
+	c     *capacity
+	token string
+	cost  int
+	stop  context.CancelFunc
+}
+
+// acquireScript takes capacity for one call. It answers {1} (go now), {2,
+// wait ms} (the rates are reserved and a slot held: go after wait, without
+// asking again), or {0, wait ms, why} (ask again after wait; -1: when a slot
+// may have freed up).
+// KEYS: leases, rpm, tpm, pause, adaptive, waiting, saturated.
+// ARGV: now ms, token, lease ms, concurrency (0: none), rpm, tpm, cost,
+// high priority (1/0), longest wait to reserve ms, adaptive (1/0), initial learned limit.
+var acquireScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+local function deny(wait, why)
+  redis.call('SET', KEYS[7], why, 'PX', 10000)
+  if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], now + 2000, ARGV[2]) end
+  return {0, wait, why}
+end
+local p = redis.call('PTTL', KEYS[4])
+if p > 0 then return deny(p, 'paused') end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[8] ~= '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  if redis.call('ZCARD', KEYS[6]) > 0 then return deny(-1, 'priority') end
+end
+local limit = tonumber(ARGV[4])
+if ARGV[10] == '1' then
+  redis.call('HSETNX', KEYS[5], 'limit', ARGV[11])
+  limit = math.floor(tonumber(redis.call('HGET', KEYS[5], 'limit')))
+end
+local inflight = redis.call('ZCARD', KEYS[1])
+if limit > 0 and inflight >= limit then return deny(-1, 'concurrency') end
+-- GCRA: tat is when the bucket is full again; a burst of half a second's
+-- quota may go at once, and one call larger than the burst when it is full.
+local function gcra(key, perMinute, cost)
+  local t = 60000 / perMinute
+  local burst = math.max(1, math.floor(perMinute / 120), cost)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new = tat + cost * t
+  return new, new - burst * t - now
+end
+local rpm, tpm = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rn, rw, tn, tw = 0, 0, 0, 0
+if rpm > 0 then rn, rw = gcra(KEYS[2], rpm, 1) end
+if tpm > 0 then tn, tw = gcra(KEYS[3], tpm, tonumber(ARGV[7])) end
+local wait = math.ceil(math.max(rw, tw, 0))
+if wait > tonumber(ARGV[9]) then
+  if rw >= tw then return deny(wait, 'rpm') end
+  return deny(wait, 'tpm')
+end
+if rpm > 0 then redis.call('SET', KEYS[2], string.format('%.3f', rn), 'PX', math.ceil(rn - now) + 1000) end
+if tpm > 0 then redis.call('SET', KEYS[3], string.format('%.3f', tn), 'PX', math.ceil(tn - now) + 1000) end
+redis.call('ZADD', KEYS[1], now + wait + tonumber(ARGV[3]), ARGV[2])
+if ARGV[8] == '1' then redis.call('ZREM', KEYS[6], ARGV[2]) end
+if wait > 0 then
+  redis.call('SET', KEYS[7], 'rate', 'PX', 10000)
+  return {2, wait, ''}
+end
+return {1, 0, ''}
+`)
+
+// releaseScript ends a call: frees its slot, settles the token estimate with
+// the real usage and, in adaptive mode, raises the learned limit after a
+// success (by 1 until the first 429, then by 1/limit). Returns the learned
+// limit (0: none).
+// KEYS: leases, tpm, adaptive. ARGV: token, now ms, tpm, tokens used minus estimated, adaptive (1/0), success (1/0).
+var releaseScript = redis.NewScript(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+local tpm, delta, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[2])
+if tpm > 0 and delta ~= 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tat > 0 then
+    local new = tat + delta * 60000 / tpm
+    if new > now then
+      redis.call('SET', KEYS[2], string.format('%.3f', new), 'PX', math.ceil(new - now) + 1000)
+    else
+      redis.call('DEL', KEYS[2])
+    end
+  end
+end
+local l = 0
+if ARGV[5] == '1' then
+  l = tonumber(redis.call('HGET', KEYS[3], 'limit') or '0')
+  if l > 0 and ARGV[6] == '1' then
+    if redis.call('HEXISTS', KEYS[3], 'decreased_at') == 0 then
+      l = l + 1 -- slow start: doubles every round of calls until the first 429
+    else
+      l = l + 1 / l -- then one more slot per limit successes
+    end
+    l = math.min(l, 100000)
+    redis.call('HSET', KEYS[3], 'limit', string.format('%.4f', l))
+  end
+end
+return math.floor(l)
+`)
+
+// rateLimitedScript records a 429: frees the call's slot, pauses the provider
+// for the whole fleet and, in adaptive mode, halves the concurrency limit
+// (once per pause: the 429s of one burst count once). The learned limit is
+// forgotten after ten minutes without a 429. Returns the learned limit.
+// KEYS: leases, pause, adaptive. ARGV: token, now ms, pause ms, adaptive (1/0).
+var rateLimitedScript = redis.NewScript(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+local pause, now = tonumber(ARGV[3]), tonumber(ARGV[2])
+if redis.call('PTTL', KEYS[2]) < pause then redis.call('SET', KEYS[2], '1', 'PX', pause) end
+if ARGV[4] ~= '1' then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[3], 'limit') or '0')
+local last = tonumber(redis.call('HGET', KEYS[3], 'decreased_at') or '0')
+if now - last >= pause then
+  local inflight = redis.call('ZCARD', KEYS[1]) + 1
+  if cur == 0 or cur > inflight then cur = inflight end
+  cur = math.max(1, math.floor(cur / 2))
+  redis.call('HSET', KEYS[3], 'limit', cur, 'decreased_at', now)
+end
+redis.call('EXPIRE', KEYS[3], 600) -- forgotten after ten quiet minutes
+return math.floor(cur)
+`)
+
+func newToken() string {
+	b := make([]byte, 12)
+	_, _ = crand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// acquire waits for capacity for a call of cost tokens: in place while the
+// wait fits in what is left of MaxInlineWait, else it returns a
+// *CapacityError for the job to wait in the queue.
+func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *time.Duration) (*slot, error) {
+	start := time.Now()
+	token := newToken()
+	poll := 10 * time.Millisecond
+	highFlag := "0"
+	if high {
+		highFlag = "1"
+	}
+	for {
+		now := time.Now()
+		left := *budget - time.Since(start)
+		res, err := acquireScript.Run(ctx, c.rdb, c.keys, now.UnixMilli(), token, c.set.Lease.Milliseconds(),
+			c.lim.Concurrency, c.lim.RPM, c.lim.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit).Slice()
+		if err != nil {
+			// Without Redis there is no fleet-wide quota to keep: the call goes
+			// ahead rather than failing every job (the breaker guards the rest).
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return &slot{c: c, token: token, stop: func() {}}, nil
+		}
+		wait := time.Duration(res[1].(int64)) * time.Millisecond
+		switch res[0].(int64) {
+		case 2: // reserved: sleep until it is due, then go
+			select {
+			case <-ctx.Done():
+				_ = c.rdb.ZRem(context.WithoutCancel(ctx), c.keys[0], token).Err()
+				return nil, ctx.Err()
+			case <-time.After(wait):
+			}
+			fallthrough
+		case 1:
+			waited := time.Since(start)
+			c.m.capacityWait(c.name, waited)
+			*budget -= waited
+			return c.hold(token, cost), nil
+		}
+		why, _ := res[2].(string)
+		if wait < 0 { // a slot must free up: poll, backing off
+			wait = poll
+			poll = min(poll*2, 500*time.Millisecond)
+		}
+		wait += time.Duration(rand.Int64N(int64(wait/10) + 1)) // spread the herd
+		if time.Since(start)+wait > *budget {
+			waited := time.Since(start)
+			c.m.capacityWait(c.name, waited)
+			*budget -= waited
+			until := time.Now().Add(wait)
+			if why == "concurrency" || why == "priority" {
+				until = time.Now().Add(time.Second) // a slot frees when a call ends
+			}
+			return nil, &CapacityError{Provider: c.name, Until: until, Reason: why}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// hold renews the slot's lease while the call runs, so that it outlives a
+// long generation but not a dead worker.
+func (c *capacity) hold(token string, cost int) *slot {
+	ctx, stop := context.WithCancel(context.Background())
+	c.m.inflightAdd(c.name, 1)
+	go func() {
+		t := time.NewTicker(c.set.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = c.rdb.ZAddXX(ctx, c.keys[0], redis.Z{Score: float64(time.Now().Add(c.set.Lease).UnixMilli()), Member: token}).Err()
+			}
+		}
+	}()
+	return &slot{c: c, token: token, cost: cost, stop: func() { stop(); c.m.inflightAdd(c.name, -1) }}
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// release frees the slot after a call that used `used` tokens.
+func (s *slot) release(ctx context.Context, used int, success bool) {
+	s.stop()
+	c := s.c
+	delta := 0
+	if c.lim.TPM > 0 && used > 0 {
+		delta = used - s.cost
+	}
+	l, err := releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[2], c.keys[4]},
+		s.token, time.Now().UnixMilli(), c.lim.TPM, delta, flag(c.adaptive()), flag(success)).Int()
+	if err == nil && c.adaptive() {
+		c.m.learned(c.name, l)
+	}
+}
+
+// rateLimited records a 429 for the slot's call: the provider pauses for the
+// whole fleet for retryAfter (1 s when it named none; capped).
+func (s *slot) rateLimited(ctx context.Context, retryAfter time.Duration) {
+	s.stop()
+	c := s.c
+	c.m.rateLimited(c.name)
+	if retryAfter <= 0 {
+		retryAfter = time.Second
+	}
+	retryAfter = min(retryAfter, c.set.MaxRetryDelay)
+	l, err := rateLimitedScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[3], c.keys[4]},
+		s.token, time.Now().UnixMilli(), retryAfter.Milliseconds(), flag(c.adaptive())).Int()
+	if err == nil && c.adaptive() {
+		c.m.learned(c.name, l)
+	}
+}
+
+// estimateCost is the tokens a call may use before it is made: the prompt
+// (about four bytes a token) and the output cap.
+func estimateCost(req Request) int {
+	n := 0
+	for _, m := range req.Messages {
+		n += len(m.Content)/4 + 1
+	}
+	out := req.Params.MaxTokens
+	if out <= 0 {
+		out = defaultOutputEstimate
+	}
+	return n + out
+}
+
+// defaultOutputEstimate stands for the output of a call with no max_tokens.
+const defaultOutputEstimate = 512
+
+// Saturated describes the providers that made calls wait for their capacity
+// in the last few seconds, e.g. "openai is at its limit of 500 requests per
+// minute", for the queue status advice: more workers do not help them.
+func Saturated(ctx context.Context, rdb redis.UniversalClient, specs []Spec) ([]string, error) {
+	names := ProviderNames(specs)
+	var out []string
+	for i, name := range names {
+		why, err := rdb.Get(ctx, rkeys.ProviderSaturated(name)).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		lim := specs[i].Limits
+		switch {
+		case why == "rpm" || (why == "rate" && lim.RPM > 0):
+			out = append(out, fmt.Sprintf("%s is at its limit of %d requests per minute", name, lim.RPM))
+		case why == "tpm" || why == "rate":
+			out = append(out, fmt.Sprintf("%s is at its limit of %d tokens per minute", name, lim.TPM))
+		case why == "concurrency" && lim.Concurrency > 0:
+			out = append(out, fmt.Sprintf("%s is at its limit of %d calls at once", name, lim.Concurrency))
+		case why == "concurrency":
+			learned, _ := rdb.HGet(ctx, rkeys.ProviderAdaptive(name), "limit").Float64()
+			out = append(out, fmt.Sprintf("%s is at the %d calls at once it accepts (learned from its 429s)", name, int(learned)))
+		case why == "paused":
+			out = append(out, fmt.Sprintf("%s answered 429 and asked the fleet to wait", name))
+		}
+	}
+	return out, nil
+}

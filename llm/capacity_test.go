@@ -1,0 +1,132 @@
+package llm
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+func newCap(t *testing.T, rdb redis.UniversalClient, lim Limits, set CapacitySettings) *capacity {
+	t.Helper()
+	return newCapacity("p", rdb, lim, set, NewMetrics(nil, nil))
+}
+
+// take acquires with an inline budget; it fails the test on anything but
+// success or a *CapacityError.
+func take(t *testing.T, c *capacity, cost int, high bool, budget time.Duration) (*slot, *CapacityError) {
+	t.Helper()
+	s, err := c.acquire(context.Background(), cost, high, &budget)
+	var ce *CapacityError
+	if err != nil && !errors.As(err, &ce) {
+		t.Fatalf("acquire: %v", err)
+	}
+	return s, ce
+}
+
+func TestConcurrencyIsFleetWideAndLeased(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	lim := Limits{Concurrency: 2}
+	a, b := newCap(t, rdb, lim, CapacitySettings{}), newCap(t, rdb, lim, CapacitySettings{Lease: 300 * time.Millisecond})
+	s1, _ := take(t, a, 1, false, 0)
+	s2, _ := take(t, b, 1, false, 0)
+	if s1 == nil || s2 == nil {
+		t.Fatal("two slots of two were refused")
+	}
+	if _, ce := take(t, a, 1, false, 50*time.Millisecond); ce == nil || ce.Reason != "concurrency" {
+		t.Fatalf("a third call got a slot: %v", ce)
+	}
+	s1.release(context.Background(), 0, true)
+	if s, _ := take(t, a, 1, false, 0); s == nil {
+		t.Fatal("a released slot was not given again")
+	}
+	// b "dies" holding s2: its renewal stops and its lease runs out.
+	s2.stop()
+	if s, ce := take(t, a, 1, false, 2*time.Second); s == nil {
+		t.Fatalf("a dead worker's slot never came back: %v", ce)
+	}
+}
+
+func TestRequestsPerMinute(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{RPM: 120}, CapacitySettings{}) // 2 a second, a burst of 1
+	if s, _ := take(t, c, 1, false, 0); s == nil {
+		t.Fatal("the first call waited")
+	}
+	_, ce := take(t, c, 1, false, 100*time.Millisecond)
+	if ce == nil || ce.Reason != "rpm" || time.Until(ce.Until) < 200*time.Millisecond {
+		t.Fatalf("the second call at once: %+v", ce)
+	}
+	if s, ce := take(t, c, 1, false, 2*time.Second); s == nil {
+		t.Fatalf("the second call within its budget: %v", ce)
+	}
+}
+
+func TestTokensPerMinuteSettleWithUsage(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{TPM: 6000}, CapacitySettings{}) // 100 a second
+	s, _ := take(t, c, 1000, false, 0)                         // larger than the burst: allowed when the bucket is full
+	if s == nil {
+		t.Fatal("a full bucket refused one large call")
+	}
+	if _, ce := take(t, c, 1000, false, 0); ce == nil || ce.Reason != "tpm" {
+		t.Fatalf("a second large call right away: %v", ce)
+	}
+	s.release(context.Background(), 10, true)        // it used 10 of the 1000 estimated
+	if s, ce := take(t, c, 30, false, 0); s == nil { // 40 of the burst of 50 are left
+		t.Fatalf("the unused estimate was not given back: %v", ce)
+	}
+}
+
+func TestRateLimitedPausesTheFleetAndHalvesTheLearnedLimit(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{}, CapacitySettings{}) // no limits: concurrency is learned
+	var held []*slot
+	for range 4 {
+		s, _ := take(t, c, 1, false, 0)
+		held = append(held, s)
+	}
+	held[0].rateLimited(context.Background(), 300*time.Millisecond) // 4 in flight when it came
+	limit, _ := rdb.HGet(context.Background(), rkeys.ProviderAdaptive("p"), "limit").Int()
+	if limit != 2 {
+		t.Fatalf("learned limit %d, want 2 (half of 4 in flight)", limit)
+	}
+	if _, ce := take(t, c, 1, false, 0); ce == nil || ce.Reason != "paused" {
+		t.Fatalf("during the pause: %v", ce)
+	}
+	held[1].rateLimited(context.Background(), 300*time.Millisecond) // the same burst: no second halving
+	if l, _ := rdb.HGet(context.Background(), rkeys.ProviderAdaptive("p"), "limit").Int(); l != 2 {
+		t.Fatalf("a second 429 of the same burst changed the limit to %d", l)
+	}
+	held[2].release(context.Background(), 0, true)
+	held[3].release(context.Background(), 0, true)
+	s, ce := take(t, c, 1, false, 2*time.Second) // waits out the pause in place
+	if s == nil {
+		t.Fatalf("after the pause: %v", ce)
+	}
+	s.release(context.Background(), 0, true) // a success raises the limit by 1/limit
+	if l, _ := rdb.HGet(context.Background(), rkeys.ProviderAdaptive("p"), "limit").Float64(); l <= 2 {
+		t.Fatalf("limit after a success %v, want above 2", l)
+	}
+}
+
+func TestHighPriorityGoesFirst(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{Concurrency: 1}, CapacitySettings{})
+	s, _ := take(t, c, 1, false, 0)
+	if _, ce := take(t, c, 1, true, 0); ce == nil { // a high-priority call now waits
+		t.Fatal("two calls in one slot")
+	}
+	s.release(context.Background(), 0, true)
+	if _, ce := take(t, c, 1, false, 0); ce == nil || ce.Reason != "priority" {
+		t.Fatalf("a normal call took the slot a high one waits for: %v", ce)
+	}
+	if s, ce := take(t, c, 1, true, 0); s == nil {
+		t.Fatalf("the high-priority call: %v", ce)
+	}
+}
