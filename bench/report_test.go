@@ -25,7 +25,9 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/chatfleet/chatfleet/internal/llmfake"
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/llm"
 )
 
 const reps = 3
@@ -467,7 +469,83 @@ func (e env) commandsPerJob() (result, string) {
 	r.ours, r.base = []float64{sum(top)}, []float64{sum(baseTop)}
 	r.met = func(float64) bool { return sum(top) <= 15 }
 	return r, fmt.Sprintf("sent per job: %s; run inside scripts per job: %.1f (%s). Bare asynq per task: %.1f sent, %.1f inside scripts",
-		breakdown(top), sum(lua), breakdown(lua), sum(baseTop), sum(baseLua))
+		breakdown(named(top)), sum(lua), breakdown(lua), sum(baseTop), sum(baseLua))
+}
+
+// 7. The provider limiter's Redis round trips per call, over a fake
+// OpenAI-compatible upstream: with the three limits set (none binding) and
+// with none set (adaptive mode). The baseline is the same fleet's commands
+// per job without the limiter's scripts.
+func (e env) limiterCommands() result {
+	r := result{name: "Provider limiter: Redis round trips per call (limits on)", unit: "round trips", target: "≤ 2", met: nil}
+	const n = 300
+	fake := llmfake.NewOpenAI(e.b)
+	var notes []string
+	var on float64
+	for _, mode := range []struct {
+		name string
+		env  map[string]string
+	}{
+		{"limits off (adaptive)", nil},
+		{"limits on", map[string]string{"CHATFLEET_LLM_RPM": "1000000", "CHATFLEET_LLM_TPM": "1000000000", "CHATFLEET_LLM_MAX_CONCURRENCY": "1000"}},
+	} {
+		rd := testkit.StartRedis(e.b)
+		env := map[string]string{"CHATFLEET_LLM_PROVIDER": "openai", "CHATFLEET_LLM_BASE_URL": fake.URL(),
+			"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": "k"}
+		for k, v := range mode.env {
+			env[k] = v
+		}
+		api := e.start("api", e.apiBin, rd, nil)
+		worker := e.start("worker", e.workerBin, rd, env)
+		if _, err := submit(api.URL(), "warm", "up"); err != nil {
+			e.b.Fatal(err)
+		}
+		for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < 1 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		top, _ := measureCommands(e.b, rd.Addr(), n, func() {
+			for i := range n {
+				_, _ = submit(api.URL(), "lim-"+strconv.Itoa(i), "count me")
+			}
+			for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < n+1 {
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+		worker.Stop()
+		api.Stop()
+		rd.Stop()
+		limiter := 0.0
+		for name, v := range named(top) {
+			if strings.HasPrefix(name, "limiter ") {
+				limiter += v
+			}
+		}
+		notes = append(notes, fmt.Sprintf("%s: %.1f commands sent per job, of which the limiter %.2f", mode.name, sum(top), limiter))
+		if mode.env != nil {
+			on = limiter
+			r.ours, r.base = []float64{sum(top)}, []float64{sum(top) - limiter}
+		}
+	}
+	r.met = func(float64) bool { return on <= 2 }
+	r.note = strings.Join(notes, "; ") + fmt.Sprintf(". Ours is the fleet's commands per job with the limits on, the baseline the same without the limiter's %.2f", on)
+	return r
+}
+
+// named replaces the SHA of chatfleet's limiter scripts by their names.
+func named(m map[string]float64) map[string]float64 {
+	scripts := llm.LimiterScripts()
+	out := map[string]float64{}
+	for k, v := range m {
+		if sha, ok := strings.CutPrefix(k, "evalsha "); ok {
+			if name, ok := scripts[sha]; ok {
+				k = "limiter " + name
+			} else {
+				k = "evalsha"
+			}
+		}
+		out[k] += v
+	}
+	return out
 }
 
 // measureCommands counts, per job, the commands clients send and the commands
@@ -513,8 +591,13 @@ func monitor(b *testing.B, addr string, f func()) (top, lua map[string]float64, 
 			if !ok {
 				continue
 			}
-			name, _, _ := strings.Cut(rest, "\"")
+			name, args, _ := strings.Cut(rest, "\"")
 			name = strings.ToLower(name)
+			if name == "evalsha" { // name the script: "evalsha <sha>"
+				if _, sha, ok := strings.Cut(args, " \""); ok && len(sha) >= 40 {
+					name += " " + sha[:40]
+				}
+			}
 			mu.Lock()
 			if strings.Contains(line, " lua] ") {
 				lua[name]++
@@ -573,7 +656,7 @@ func BenchmarkReport(b *testing.B) {
 	results = append(results, mem, conns, e.scaleOut())
 	cmds, cmdNote := e.commandsPerJob()
 	cmds.note = cmdNote
-	results = append(results, cmds)
+	results = append(results, cmds, e.limiterCommands())
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {
@@ -635,7 +718,7 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 	}
 	fmt.Fprintln(&w, "\nBaselines: (1) a bare asynq `Client.Enqueue` loop with task ids at 32 goroutines; (2) bare asynq enqueue → handler → "+
 		"Redis PUBLISH → subscriber, same 20 ms poll interval; (3) bare asynq no-op handler at concurrency 100; (5) the same fleet with one worker, times 4; "+
-		"(6) a bare asynq no-op task with retention.")
+		"(6) a bare asynq no-op task with retention; (7) the same fleet's commands per job less the provider limiter's scripts.")
 	fmt.Fprintln(&w, "\nNotes:")
 	for _, r := range rs {
 		if r.note != "" {

@@ -54,6 +54,11 @@ func TestLabelledMetricsExistAtStart(t *testing.T) {
 			`chatfleet_llm_tokens_total{kind="completion",model="sim",provider="sim-1"} 0`,
 			`chatfleet_breaker_state{provider="sim-2"} 0`,
 			`chatfleet_queue_wait_seconds_count{queue="chatfleet-normal"} 0`,
+			`chatfleet_llm_capacity_wait_seconds_count{provider="sim-1"} 0`,
+			`chatfleet_llm_rate_limited_total{provider="sim-2"} 0`,
+			`chatfleet_llm_inflight{provider="sim-1"} 0`,
+			`chatfleet_llm_limit{kind="rpm",provider="sim-1"} 0`,
+			`chatfleet_llm_limit{kind="concurrency",provider="sim-2"} 0`,
 		},
 	}
 	for body, lines := range want {

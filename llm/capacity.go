@@ -403,3 +403,9 @@ func Saturated(ctx context.Context, rdb redis.UniversalClient, specs []Spec) ([]
 	}
 	return out, nil
 }
+
+// LimiterScripts names the SHA1 of each capacity script, for counting the
+// limiter's Redis round trips.
+func LimiterScripts() map[string]string {
+	return map[string]string{acquireScript.Hash(): "acquire", releaseScript.Hash(): "release", rateLimitedScript.Hash(): "rate-limited"}
+}

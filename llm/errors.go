@@ -17,6 +17,10 @@ type Error struct {
 	Retryable  bool          // a later attempt may succeed
 	RetryAfter time.Duration // the upstream's Retry-After, if any
 	Msg        string
+	// RequestFault is the upstream's own message when it rejected the request
+	// itself (400, 413, 422 with a JSON error message, e.g. a context length
+	// exceeded): the one detail the caller may be shown. Empty otherwise.
+	RequestFault string
 }
 
 func (e *Error) Error() string {
@@ -37,6 +41,13 @@ func RetryableStatus(code int) bool {
 // httpError classifies an upstream answer with an error status: the SDK's
 // parsed message, else the raw body, else the status text.
 func httpError(provider string, code int, res *http.Response, msg, raw string) *Error {
+	fault := ""
+	if code == http.StatusBadRequest || code == http.StatusRequestEntityTooLarge || code == http.StatusUnprocessableEntity {
+		fault = msg // parsed from the upstream's JSON error, never a raw body
+		if len(fault) > 300 {
+			fault = fault[:300] + "…"
+		}
+	}
 	if msg == "" {
 		msg = raw
 	}
@@ -47,7 +58,7 @@ func httpError(provider string, code int, res *http.Response, msg, raw string) *
 	if res != nil {
 		h = res.Header
 	}
-	return &Error{Provider: provider, Status: code, Retryable: RetryableStatus(code), RetryAfter: retryAfter(h), Msg: msg}
+	return &Error{Provider: provider, Status: code, Retryable: RetryableStatus(code), RetryAfter: retryAfter(h), Msg: msg, RequestFault: fault}
 }
 
 // transportError classifies a failure without an upstream status: timeouts

@@ -57,7 +57,11 @@ func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *
 		if err != nil {
 			return nil, err
 		}
-		g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m)
+		// The simulated provider never answers 429: it has nothing to learn,
+		// so it is limited only when limits are configured.
+		if s.Kind != "sim" || s.Limits != (Limits{}) {
+			g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m)
+		}
 		g.model = s.Model
 		if g.model == "" {
 			g.model = s.Kind

@@ -380,7 +380,9 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 
 // publicError is what tenants see of a failed call: a stable code and a
 // message that names no upstream address, body or internal detail (those go
-// to the logs with the full error).
+// to the logs with the full error). The one exception is the upstream's own
+// JSON message when it rejected the request itself (400, 413, 422): it tells
+// the caller what to change (a prompt over the context length).
 func (p *Pipeline) publicError(err error) store.JobError {
 	var allDown *llm.AllDownError
 	var pe *llm.Error
@@ -390,7 +392,11 @@ func (p *Pipeline) publicError(err error) store.JobError {
 	case errors.As(err, &allDown):
 		return store.JobError{Code: "providers_unavailable", Message: "every provider failed"}
 	case errors.As(err, &pe) && pe.Status != 0 && !pe.Retryable:
-		return store.JobError{Code: "provider_rejected", Message: fmt.Sprintf("the provider rejected the request (HTTP %d)", pe.Status)}
+		msg := fmt.Sprintf("the provider rejected the request (HTTP %d)", pe.Status)
+		if pe.RequestFault != "" {
+			msg += ": " + pe.RequestFault
+		}
+		return store.JobError{Code: "provider_rejected", Message: msg}
 	case errors.As(err, &pe) && pe.Status != 0:
 		return store.JobError{Code: "provider_error", Message: fmt.Sprintf("the provider failed (HTTP %d)", pe.Status)}
 	}
