@@ -477,7 +477,7 @@ func (e env) commandsPerJob() (result, string) {
 // with none set (adaptive mode). The baseline is the same fleet's commands
 // per job without the limiter's scripts.
 func (e env) limiterCommands() result {
-	r := result{name: "Provider limiter: Redis round trips per call (limits on)", unit: "round trips", target: "≤ 2", met: nil}
+	r := result{name: "Redis commands sent per job, provider limits on (OpenAI-compatible upstream)", unit: "commands", target: "limiter ≤ 2 per call", met: nil}
 	const n = 300
 	fake := llmfake.NewOpenAI(e.b)
 	var notes []string
