@@ -41,7 +41,10 @@ type Config struct {
 	Fallbacks       []ProviderSpec // parsed from LLMFallbacks
 	OnAllDown       string         // degrade, fail or defer
 	DegradedReply   string
-	LLMTimeout      time.Duration
+	LLMTimeout      time.Duration // whole call
+	FirstTokenWait  time.Duration // longest wait for a provider's first token
+	IdleTimeout     time.Duration // longest gap between two tokens
+	JobLease        time.Duration // a running job's heartbeat lease
 	LLMLimits       Limits        // the primary provider's quota
 	MaxRetryDelay   time.Duration // cap of every retry delay, Retry-After included
 	BreakerFailures int
@@ -152,8 +155,14 @@ func Vars(role Role) []Var {
 			}},
 		{"CHATFLEET_DEGRADED_REPLY", "The assistant is temporarily unavailable. Please try again in a few minutes.", "the reply of a degraded job", false,
 			func(c *Config, v string) error { c.DegradedReply = v; return nil }},
-		{"CHATFLEET_LLM_TIMEOUT", "60s", "whole-call timeout of one provider call", false,
+		{"CHATFLEET_LLM_FIRST_TOKEN_TIMEOUT", "60s", "longest wait for a provider's first token; then the call counts as failed (for the breaker too) and the next provider is tried", false,
+			durationVar(func(c *Config) *time.Duration { return &c.FirstTokenWait }, time.Millisecond)},
+		{"CHATFLEET_LLM_IDLE_TIMEOUT", "30s", "longest gap between two tokens; a stall after output has begun is retried but is not a breaker failure", false,
+			durationVar(func(c *Config) *time.Duration { return &c.IdleTimeout }, time.Millisecond)},
+		{"CHATFLEET_LLM_TIMEOUT", "10m", "whole-call cap of one provider call (long generations are normal)", false,
 			durationVar(func(c *Config) *time.Duration { return &c.LLMTimeout }, time.Millisecond)},
+		{"CHATFLEET_JOB_LEASE", "5s", "a running job's heartbeat lease, renewed every third of it; a job whose worker died is taken over by another after it (plus about a second)", false,
+			durationVar(func(c *Config) *time.Duration { return &c.JobLease }, 300*time.Millisecond)},
 		{"CHATFLEET_LLM_RPM", "0", "the primary provider's requests per minute, enforced for the whole fleet (0: no limit)", false,
 			intVar(func(c *Config) *int { return &c.LLMLimits.RPM }, 0)},
 		{"CHATFLEET_LLM_TPM", "0", "the primary provider's tokens per minute, fleet-wide: the prompt and output cap are counted before a call, the reported usage after it (0: no limit)", false,

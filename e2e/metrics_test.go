@@ -59,6 +59,9 @@ func TestLabelledMetricsExistAtStart(t *testing.T) {
 			`chatfleet_llm_inflight{provider="sim-1"} 0`,
 			`chatfleet_llm_limit{kind="rpm",provider="sim-1"} 0`,
 			`chatfleet_llm_limit{kind="concurrency",provider="sim-2"} 0`,
+			`chatfleet_job_takeovers_total 0`,
+			`chatfleet_reconciled_jobs_total{action="released"} 0`,
+			`chatfleet_reconciled_jobs_total{action="requeued"} 0`,
 		},
 	}
 	for body, lines := range want {

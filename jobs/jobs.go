@@ -72,40 +72,73 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	// half-way, so that no record is left without its task.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 	defer cancel()
+	raw, err := p.Encode()
+	if err != nil {
+		return Submitted{}, err
+	}
+	nj.Payload = raw
 	created, existing, err := m.st.Create(ctx, nj)
 	if err != nil {
 		return Submitted{}, err
 	}
 	if created {
-		if err := m.enqueue(ctx, p); err != nil {
+		if err := m.enqueueNew(ctx, nj); err != nil {
 			if derr := m.st.Delete(ctx, nj); derr != nil {
 				err = errors.Join(err, fmt.Errorf("undo job record: %w", derr))
 			}
 			return Submitted{}, err
 		}
-		return Submitted{Job: store.Job{ID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Queue: nj.Queue,
+		return Submitted{Job: store.Job{ID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Queue: nj.Queue, Task: nj.ID,
 			Status: store.StatusQueued, BodyHash: nj.BodyHash, CreatedAt: nj.CreatedAt}}, nil
 	}
 	if existing.Tenant != nj.Tenant || existing.BodyHash != nj.BodyHash {
 		return Submitted{}, ErrConflict
 	}
-	if existing.Status == store.StatusQueued {
+	if existing.Status == store.StatusQueued && existing.Task == existing.ID && existing.Payload != nil {
 		// Make sure the first request's enqueue happened; asynq refuses a second
 		// task with the same id, so this never makes two jobs.
-		p.SubmittedAt = existing.CreatedAt
-		if err := m.enqueue(ctx, p); err != nil {
+		if err := m.enqueue(ctx, existing.Payload, existing.Task, existing.Queue); err != nil {
 			return Submitted{}, err
 		}
 	}
 	return Submitted{Job: existing, Replayed: true}, nil
 }
 
-func (m *Manager) enqueue(ctx context.Context, p tasks.ChatPayload) error {
-	task, err := tasks.NewChatTask(p, m.opt.MaxRetries, m.opt.Retention)
-	if err != nil {
+// enqueueNew enqueues a new record's task. A task of the same id may be left
+// from an earlier job whose record was lost (an Idempotency-Key sent again):
+// if that task is finished, the job runs under a new task id instead.
+func (m *Manager) enqueueNew(ctx context.Context, nj store.NewJob) error {
+	err := m.enqueueRaw(ctx, tasks.ChatTask(nj.Payload, nj.ID, nj.Queue, m.opt.MaxRetries, m.opt.Retention))
+	if !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
-	_, err = m.queue.EnqueueContext(ctx, task)
+	info, ierr := m.insp.GetTaskInfo(nj.Queue, nj.ID)
+	if ierr != nil || (info.State != asynq.TaskStateCompleted && info.State != asynq.TaskStateArchived) {
+		return nil // the waiting task runs the new record
+	}
+	return m.requeue(ctx, nj.ID, nj.Payload, nj.Queue)
+}
+
+// requeue runs a queued job under a new task id (its task is gone or done).
+func (m *Manager) requeue(ctx context.Context, id string, payload []byte, queue string) error {
+	task := tasks.RetryTaskID(id)
+	if ok, err := m.st.Retask(ctx, id, task); err != nil || !ok {
+		return err
+	}
+	return m.enqueue(ctx, payload, task, queue)
+}
+
+// enqueueRaw enqueues t, telling a task id conflict apart.
+func (m *Manager) enqueueRaw(ctx context.Context, t *asynq.Task) error {
+	_, err := m.queue.EnqueueContext(ctx, t)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("enqueue: %w: %w", store.ErrUnavailable, err)
+	}
+	return err
+}
+
+func (m *Manager) enqueue(ctx context.Context, payload []byte, taskID, queue string) error {
+	_, err := m.queue.EnqueueContext(ctx, tasks.ChatTask(payload, taskID, queue, m.opt.MaxRetries, m.opt.Retention))
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return fmt.Errorf("enqueue: %w: %w", store.ErrUnavailable, err)
 	}
@@ -159,7 +192,7 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 	if store.Terminal(j.Status) {
 		return j, ErrFinished
 	}
-	first, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{
+	first, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{
 		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: why},
 	})
 	if err != nil {
@@ -170,40 +203,59 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 	}
 	// The record is canceled, so no worker will run or retry the job; removing
 	// the task and aborting a running call make it stop now.
-	if err := m.insp.DeleteTask(j.Queue, j.ID); err != nil {
-		_ = m.insp.CancelProcessing(j.ID)
+	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
+		_ = m.insp.CancelProcessing(j.Task)
 	}
 	return m.st.Get(ctx, j.ID)
 }
 
-// Reconcile brings a non-terminal record in line with asynq when asynq has
-// given up on the task (archived after a crash on the last attempt) or never
-// had it (the enqueue after Create failed and the undo did not happen). It
+// Reconcile brings a non-terminal record in line with asynq: a queued or
+// retrying job whose task is missing or finished (its enqueue failed, it was
+// lost) is enqueued again under a new task id, or failed when it cannot be;
+// one whose task asynq archived (a crash on the last attempt) is failed. It
 // returns the record as it now stands.
 func (m *Manager) Reconcile(ctx context.Context, j store.Job) (store.Job, error) {
-	// Both cases take time to arise (an enqueue under way, a 30 s lease), so
-	// young records skip the asynq lookup: frequent polls stay cheap.
-	if store.Terminal(j.Status) || time.Since(j.CreatedAt) < m.opt.OrphanAfter {
-		return j, nil
-	}
-	info, err := m.insp.GetTaskInfo(j.Queue, j.ID)
-	var reason *store.JobError
-	switch {
-	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
-		reason = &store.JobError{Code: "lost", Message: "the job was accepted but never reached the queue"}
-	case err != nil:
-		return j, fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
-	case info.State == asynq.TaskStateArchived:
-		// asynq's last error may hold upstream detail: operators read it
-		// with `worker jobs archived`, tenants get a plain message.
-		reason = &store.JobError{Code: "failed", Message: "the job was abandoned after its last attempt"}
-	default:
-		return j, nil
-	}
-	if _, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, store.Outcome{Status: store.StatusFailed, Error: reason}); err != nil {
+	if _, err := m.reconcile(ctx, j); err != nil {
 		return j, err
 	}
 	return m.st.Get(ctx, j.ID)
+}
+
+// Reconciler actions, the label values of chatfleet_reconciled_jobs_total.
+const (
+	actionRequeued = "requeued"
+	actionFailed   = "failed"
+	actionReleased = "released"
+)
+
+// reconcile does Reconcile's work and says what it did ("" for nothing).
+func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
+	// Both cases take time to arise (an enqueue under way), so young records
+	// skip the asynq lookup: frequent polls stay cheap.
+	if (j.Status != store.StatusQueued && j.Status != store.StatusRetrying) || time.Since(j.CreatedAt) < m.opt.OrphanAfter {
+		return "", nil
+	}
+	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) ||
+		(err == nil && info.State == asynq.TaskStateCompleted):
+		if j.Payload == nil {
+			return actionFailed, m.fail(ctx, j, &store.JobError{Code: "lost", Message: "the job was accepted but its task was lost"})
+		}
+		return actionRequeued, m.requeue(ctx, j.ID, j.Payload, j.Queue)
+	case err != nil:
+		return "", fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
+	case info.State == asynq.TaskStateArchived:
+		// asynq's last error may hold upstream detail: operators read it
+		// with `worker jobs archived`, tenants get a plain message.
+		return actionFailed, m.fail(ctx, j, &store.JobError{Code: "failed", Message: "the job was abandoned after its last attempt"})
+	}
+	return "", nil
+}
+
+func (m *Manager) fail(ctx context.Context, j store.Job, reason *store.JobError) error {
+	_, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{Status: store.StatusFailed, Error: reason})
+	return err
 }
 
 // Archived is a job asynq gave up on (the dead letter queue).
@@ -247,20 +299,20 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("job %s: %w", id, err)
 	}
-	info, err := m.insp.GetTaskInfo(j.Queue, id)
+	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
 	if err != nil {
 		return fmt.Errorf("job %s: task: %w", id, err)
 	}
 	if info.State != asynq.TaskStateArchived {
 		return fmt.Errorf("job %s: task is %s: %w", id, info.State, ErrNotArchived)
 	}
-	if err := m.st.Requeue(ctx, j); err != nil {
+	if err := m.st.Requeue(ctx, j, info.Payload); err != nil {
 		return fmt.Errorf("job %s: %w", id, err)
 	}
-	if err := m.insp.DeleteTask(j.Queue, id); err != nil {
+	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
 		return fmt.Errorf("job %s: remove archived task: %w", id, err)
 	}
-	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(id),
+	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(j.Task),
 		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry), asynq.Retention(info.Retention)))
 	if err != nil {
 		return fmt.Errorf("job %s: enqueue: %w", id, err)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
@@ -14,11 +15,16 @@ import (
 )
 
 func newManager(t *testing.T) (*Manager, *store.Store) {
+	m, st, _ := newManagerOn(t)
+	return m, st
+}
+
+func newManagerOn(t *testing.T) (*Manager, *store.Store, *redis.Client) {
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
 	q := asynq.NewClientFromRedisClient(c)
-	return New(st, q, asynq.NewInspectorFromRedisClient(c), Options{MaxRetries: 1, Retention: time.Hour, OrphanAfter: 50 * time.Millisecond}), st
+	return New(st, q, asynq.NewInspectorFromRedisClient(c), Options{MaxRetries: 1, Retention: time.Hour, OrphanAfter: 50 * time.Millisecond}), st, c
 }
 
 func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,14 +42,15 @@ func (e *ErrOpen) Error() string { return e.Provider + ": circuit breaker open" 
 // so that its chatfleet_breaker_state gauge follows the fleet within a second.
 type Guarded struct {
 	Provider
-	cap     *capacity // nil: no fleet-wide capacity control
-	model   string    // the configured model: the bounded label of token metrics
-	dcb     *gobreaker.DistributedCircuitBreaker[struct{}]
-	store   *breakerStore
-	rdb     redis.UniversalClient
-	set     BreakerSettings
-	log     zerolog.Logger
-	metrics *Metrics
+	cap      *capacity // nil: no fleet-wide capacity control
+	timeouts Timeouts
+	model    string // the configured model: the bounded label of token metrics
+	dcb      *gobreaker.DistributedCircuitBreaker[struct{}]
+	store    *breakerStore
+	rdb      redis.UniversalClient
+	set      BreakerSettings
+	log      zerolog.Logger
+	metrics  *Metrics
 
 	mu       sync.Mutex
 	state    gobreaker.State
@@ -138,7 +140,7 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) 
 // failures; a wait too long for one attempt is a *CapacityError.
 func (g *Guarded) call(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
 	if g.cap == nil {
-		return g.Provider.Stream(ctx, req, onDelta)
+		return g.stream(ctx, req, onDelta)
 	}
 	cost := estimateCost(req)
 	budget := g.cap.set.MaxInlineWait
@@ -148,7 +150,7 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(string) er
 			return Reply{}, err
 		}
 		emitted := false
-		reply, err := g.Provider.Stream(ctx, req, func(d string) error { emitted = true; return onDelta(d) })
+		reply, err := g.stream(ctx, req, func(d string) error { emitted = true; return onDelta(d) })
 		if RateLimited(err) && !emitted {
 			var pe *Error
 			errors.As(err, &pe)
@@ -161,12 +163,58 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(string) er
 	}
 }
 
+// Timeouts bound the waits within one provider call.
+type Timeouts struct {
+	FirstToken time.Duration // for the first token (0: none)
+	Idle       time.Duration // between two tokens (0: none)
+}
+
+type timeoutCause struct{ what string }
+
+func (t *timeoutCause) Error() string { return t.what }
+
+// stream calls the provider with the first-token and idle timeouts: a call
+// that sends nothing, or stalls, is cut and reported as a retryable timeout.
+func (g *Guarded) stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+	t := g.timeouts
+	if t.FirstToken <= 0 && t.Idle <= 0 {
+		return g.Provider.Stream(ctx, req, onDelta)
+	}
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var started atomic.Bool
+	arm := func(d time.Duration, what string) *time.Timer {
+		if d <= 0 {
+			return nil
+		}
+		return time.AfterFunc(d, func() { cancel(&timeoutCause{what}) })
+	}
+	timer := arm(t.FirstToken, fmt.Sprintf("no first token within %s", t.FirstToken))
+	reply, err := g.Provider.Stream(cctx, req, func(d string) error {
+		if timer != nil {
+			timer.Stop()
+		}
+		started.Store(true)
+		timer = arm(t.Idle, fmt.Sprintf("no token for %s mid-reply", t.Idle))
+		return onDelta(d)
+	})
+	if timer != nil {
+		timer.Stop()
+	}
+	var tc *timeoutCause
+	if err != nil && ctx.Err() == nil && errors.As(context.Cause(cctx), &tc) {
+		return Reply{}, &Error{Provider: g.Name(), Retryable: true, Timeout: true, AfterOutput: started.Load(), Msg: tc.what}
+	}
+	return reply, err
+}
+
 // record feeds an outcome to the shared breaker. Only provider failures and
 // successes count; client errors and cancels do not. A success while all is
 // well changes nothing and is not written.
 func (g *Guarded) record(seen gobreaker.State, err error) {
-	if err != nil && (!Retryable(err) || RateLimited(err)) {
-		return // the caller's fault, or a capacity signal: not the provider's health
+	var pe *Error
+	if err != nil && (!Retryable(err) || RateLimited(err) || (errors.As(err, &pe) && pe.AfterOutput)) {
+		return // the caller's fault, a capacity signal, or a stall mid-reply: not the provider's health
 	}
 	g.mu.Lock()
 	steady := err == nil && seen == gobreaker.StateClosed && g.failures == 0

@@ -21,6 +21,10 @@ type Error struct {
 	// itself (400, 413, 422 with a JSON error message, e.g. a context length
 	// exceeded): the one detail the caller may be shown. Empty otherwise.
 	RequestFault string
+	// Timeout: the provider sent no first token, or stalled between tokens,
+	// for longer than allowed. AfterOutput: it had already sent part of the
+	// reply, which makes it no health failure for the breaker.
+	Timeout, AfterOutput bool
 }
 
 func (e *Error) Error() string {

@@ -29,6 +29,7 @@ type ChainOptions struct {
 	Sim      SimConfig // settings of sim providers (Name is set per provider)
 	Breaker  BreakerSettings
 	Capacity CapacitySettings
+	Timeouts Timeouts
 }
 
 // Build makes the provider chain, primary first, each provider behind its
@@ -62,6 +63,7 @@ func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *
 		if s.Kind != "sim" || s.Limits != (Limits{}) {
 			g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m)
 		}
+		g.timeouts = opt.Timeouts
 		g.model = s.Model
 		if g.model == "" {
 			g.model = s.Kind

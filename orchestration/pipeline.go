@@ -52,7 +52,10 @@ type PipelineOptions struct {
 	// MaxRetryDelay caps every retry delay, a provider's Retry-After
 	// included (default 5m).
 	MaxRetryDelay time.Duration
-	Metrics       *Metrics
+	// Lease is a running attempt's heartbeat lease: the worker renews it every
+	// third of it; once it expires another worker takes the job over (default 5s).
+	Lease   time.Duration
+	Metrics *Metrics
 }
 
 // Pipeline is the asynq handler of chat:complete tasks.
@@ -64,6 +67,7 @@ type Pipeline struct {
 	m        *Metrics
 	budget   int           // prompt tokens
 	turnWait time.Duration // how long a job waits in place for its session's turn
+	leases   *leaseSet     // the attempts running here, renewed together
 }
 
 // NewPipeline returns the handler. The jobs manager reconciles a session's
@@ -78,7 +82,11 @@ func NewPipeline(st *store.Store, jm *jobs.Manager, chain *llm.Chain, opt Pipeli
 	if opt.MaxRetryDelay <= 0 {
 		opt.MaxRetryDelay = 5 * time.Minute
 	}
-	return &Pipeline{store: st, jobs: jm, chain: chain, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second}
+	if opt.Lease <= 0 {
+		opt.Lease = 5 * time.Second
+	}
+	return &Pipeline{store: st, jobs: jm, chain: chain, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second,
+		leases: newLeaseSet()}
 }
 
 func (p *Pipeline) maxAttempts() int { return p.opt.MaxRetries + 1 }
@@ -88,10 +96,10 @@ func (p *Pipeline) maxAttempts() int { return p.opt.MaxRetries + 1 }
 // cancels the task just after the provider answered.
 const finishTimeout = 5 * time.Second
 
-func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, o store.Outcome) (bool, error) {
+func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, attempt int, o store.Outcome) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
-	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, o)
+	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, o)
 }
 
 // run is one admitted attempt of a job.
@@ -117,6 +125,8 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if r == nil {
 		return err
 	}
+	member := p.leases.add(r.pl.JobID, r.att.N)
+	defer p.leases.remove(member)
 	return p.settle(ctx, r, p.attempt(ctx, r))
 }
 
@@ -127,7 +137,7 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Context, error) {
 	taskID, _ := asynq.GetTaskID(ctx)
 	pl, err := tasks.DecodeChat(t.Payload())
-	if err == nil && pl.JobID != taskID {
+	if err == nil && pl.JobID != tasks.JobOfTask(taskID) {
 		err = fmt.Errorf("%w: job_id %q differs from task id", tasks.ErrBadPayload, pl.JobID)
 	}
 	if err != nil {
@@ -147,15 +157,18 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 			return nil, ctx, &errDeferred{until: until}
 		}
 	}
-	att, err := p.start(ctx, pl)
+	att, err := p.start(ctx, pl, taskID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		log.Warn().Msg("job record expired before the job ran; dropping it")
+		log.Warn().Msg("job record is gone (expired or lost) before the job ran; dropping it")
+		if err := p.store.Release(ctx, pl.Tenant, pl.SessionID, pl.JobID); err != nil {
+			log.Warn().Err(err).Msg("could not release the session's turn; the reconciler will")
+		}
 		return nil, ctx, nil
 	case err != nil:
 		return nil, ctx, err
 	case att.N == 0:
-		log.Info().Msg("job already finished; not running it again")
+		log.Info().Msg("job already finished or run by another task; not running it again")
 		return nil, ctx, nil
 	}
 	log = log.With().Int("attempt", att.N).Logger()
@@ -163,7 +176,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	if att.N > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
 		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", att.N-1)}
-		if _, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
+		if _, err := p.finish(ctx, pl, att.N, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
 			return nil, ctx, err
 		}
 		log.Error().Str("status", store.StatusFailed).Msg("job failed: attempts exhausted")
@@ -187,7 +200,7 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	if gp := pl.Params; gp != nil {
 		req.Params = llm.Params{MaxTokens: gp.MaxTokens, Temperature: gp.Temperature, TopP: gp.TopP, Stop: gp.Stop}
 	}
-	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, p.opt.Coalescing)}
+	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, r.att.N, p.opt.Coalescing)}
 	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
 	onDelta := func(d string) error { firstToken(); return c.emit.Delta(d) }
 	callCtx, cancel := context.WithTimeout(ctx, p.opt.CallTimeout)
@@ -211,14 +224,14 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	}
 	if allDown != nil && allDown.AllOpen && p.opt.OnAllDown == AllDownDefer {
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
-		return p.deferJob(ctx, pl, allDown.Until)
+		return p.deferJob(ctx, pl, r.att.N, allDown.Until)
 	}
 	var busy *llm.CapacityError
 	if errors.As(c.err, &busy) {
 		// Not a failure: the job waits in the queue for the provider's
 		// capacity, its attempt handed back.
 		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("provider at capacity; job waits in the queue")
-		return p.deferJob(ctx, pl, busy.Until)
+		return p.deferJob(ctx, pl, r.att.N, busy.Until)
 	}
 	if c.err != nil {
 		return p.failAttempt(ctx, pl, r.att.N, c.emit.Emitted(), c.err)
@@ -236,7 +249,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 			{Role: "assistant", Content: c.reply.Content, JobID: pl.JobID, CreatedAt: now},
 		}
 	}
-	first, err := p.finish(ctx, pl, outcome)
+	first, err := p.finish(ctx, pl, r.att.N, outcome)
 	if err != nil {
 		return err // asynq retries; Finish applies once
 	}
@@ -252,11 +265,26 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 
 // start waits for the session's turn and starts an attempt. The common case,
 // the job's turn, is one round trip that also brings the history.
-func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload) (store.Attempt, error) {
+func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, taskID string) (store.Attempt, error) {
+	waiting := ""
+	defer func() {
+		if waiting != "" {
+			p.leases.remove(waiting)
+			_ = p.store.DropWaiting(context.WithoutCancel(ctx), taskID)
+		}
+	}()
 	for {
-		att, err := p.store.StartAttempt(ctx, pl.JobID, pl.Tenant, pl.SessionID, len(pl.Messages) == 0)
+		att, err := p.store.StartAttempt(ctx, pl.JobID, pl.Tenant, pl.SessionID, taskID, len(pl.Messages) == 0, p.opt.Lease)
 		if err != nil || att.Head == "" {
 			return att, err
+		}
+		if waiting == "" {
+			// It waits here holding its task: leased, so that if this worker
+			// dies the job is handed to another within the lease.
+			if err := p.store.HoldWaiting(ctx, taskID, time.Now().Add(p.opt.Lease)); err != nil {
+				return att, err
+			}
+			waiting = p.leases.addMember(store.WaitingMember(taskID))
 		}
 		if err := p.awaitTurn(ctx, pl); err != nil {
 			if errors.Is(err, errNotYourTurn) {
@@ -286,9 +314,9 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.A
 
 // deferJob hands the attempt back and parks the job in the queue until
 // `until` (capped), keeping its record alive past then.
-func (p *Pipeline) deferJob(ctx context.Context, pl tasks.ChatPayload, until time.Time) error {
+func (p *Pipeline) deferJob(ctx context.Context, pl tasks.ChatPayload, attempt int, until time.Time) error {
 	until = p.capDelay(until)
-	if err := p.store.MarkDeferred(ctx, pl.JobID, pl.Tenant, pl.SessionID, until); err != nil {
+	if err := p.store.MarkDeferred(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, until); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not hand back the attempt")
 	}
 	return &errDeferred{until: until}
@@ -315,12 +343,12 @@ func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, ca
 		reason = "all_open"
 	}
 	if emit.Emitted() {
-		p.announceRetry(ctx, pl.JobID, 0, "every provider failed; answering with the degraded reply")
+		p.announceRetry(ctx, pl.JobID, r.att.N, r.att.N, "every provider failed; answering with the degraded reply")
 	}
 	if err := emit.Delta(p.opt.DegradedReply); err == nil {
 		_ = emit.Flush()
 	}
-	first, err := p.finish(ctx, pl, store.Outcome{
+	first, err := p.finish(ctx, pl, r.att.N, store.Outcome{
 		Status: store.StatusSucceeded,
 		Result: &store.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
 		Usage:  &store.Usage{},
@@ -340,16 +368,28 @@ func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, ca
 // failAttempt decides between retry and failure for a failed provider call.
 func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, emitted bool, callErr error) error {
 	log := zerolog.Ctx(ctx)
-	if errors.Is(callErr, store.ErrJobFinished) || ctx.Err() != nil {
-		if j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID); err == nil && j.Status == store.StatusCanceled {
+	if errors.Is(callErr, store.ErrJobFinished) || errors.Is(callErr, store.ErrSuperseded) || ctx.Err() != nil {
+		j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID)
+		if err == nil && j.Status == store.StatusCanceled {
 			log.Info().Str("status", store.StatusCanceled).Msg("job canceled; provider call aborted")
 			p.m.jobs.WithLabelValues(store.StatusCanceled).Inc()
 			return nil
 		}
+		if errors.Is(callErr, store.ErrSuperseded) || (err == nil && store.Terminal(j.Status)) {
+			// Another worker took the job over while this attempt was
+			// stalled (and may have finished it): this one stops here and
+			// writes nothing more.
+			log.Warn().Str("status", j.Status).Msg("attempt superseded: the job was taken over; stopping")
+			return nil
+		}
 	}
 	if ctx.Err() != nil {
-		// The worker is shutting down: asynq hands the task back; nothing to record.
-		log.Warn().Err(callErr).Msg("job interrupted by shutdown")
+		// The worker is shutting down: the job is handed over at once (its
+		// lease expires now) and asynq hands the task back too.
+		if err := p.store.Abandon(context.WithoutCancel(ctx), pl.JobID, attempt); err != nil {
+			log.Warn().Err(err).Msg("could not hand over the interrupted job")
+		}
+		log.Warn().Err(callErr).Msg("job interrupted by shutdown; handed over")
 		return callErr
 	}
 	var allDown *llm.AllDownError
@@ -358,16 +398,16 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	jerr := p.publicError(callErr)
 	if retryable && attempt < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
-		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, jerr, until); err != nil {
+		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, jerr, until); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		if emitted {
-			p.announceRetry(ctx, pl.JobID, attempt, jerr.Message)
+			p.announceRetry(ctx, pl.JobID, attempt, attempt+1, jerr.Message)
 		}
 		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
-	first, err := p.finish(ctx, pl, store.Outcome{Status: store.StatusFailed, Error: &jerr})
+	first, err := p.finish(ctx, pl, attempt, store.Outcome{Status: store.StatusFailed, Error: &jerr})
 	if err != nil {
 		return err // retried by asynq; Finish applies once
 	}
@@ -389,6 +429,8 @@ func (p *Pipeline) publicError(err error) store.JobError {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return store.JobError{Code: "timeout", Message: fmt.Sprintf("the provider did not finish within %s", p.opt.CallTimeout)}
+	case errors.As(err, &pe) && pe.Timeout && (!errors.As(err, &allDown) || len(allDown.Errs) == 1):
+		return store.JobError{Code: "timeout", Message: "the provider timed out: " + pe.Msg}
 	case errors.As(err, &allDown):
 		return store.JobError{Code: "providers_unavailable", Message: "every provider failed"}
 	case errors.As(err, &pe) && pe.Status != 0 && !pe.Retryable:
@@ -404,8 +446,9 @@ func (p *Pipeline) publicError(err error) store.JobError {
 }
 
 // announceRetry tells followers to discard the output of a failed attempt.
-func (p *Pipeline) announceRetry(ctx context.Context, id string, failed int, reason string) {
-	_, err := p.store.AppendEvent(ctx, id, store.RetryEvent{Attempt: failed + 1, Reason: reason})
+// writer is the attempt that writes it, next the attempt that follows.
+func (p *Pipeline) announceRetry(ctx context.Context, id string, writer, next int, reason string) {
+	_, err := p.store.AppendEvent(ctx, id, writer, store.RetryEvent{Attempt: next, Reason: reason})
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not publish the retry event")
 	}
@@ -421,7 +464,7 @@ func (p *Pipeline) retractInterrupted(ctx context.Context, id string, attempt in
 		return
 	}
 	if ok && last.Type == store.EventToken {
-		p.announceRetry(ctx, id, attempt-1, "the previous attempt was interrupted")
+		p.announceRetry(ctx, id, attempt, attempt, "the previous attempt was interrupted")
 	}
 }
 
@@ -432,7 +475,7 @@ func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error) 
 	if err != nil {
 		return // no record to update; the task is archived with the error
 	}
-	_, _ = p.store.Finish(ctx, id, j.Tenant, j.SessionID, store.Outcome{
+	_, _ = p.store.Finish(ctx, id, j.Tenant, j.SessionID, 0, store.Outcome{
 		Status: store.StatusFailed, Error: &store.JobError{Code: "bad_payload", Message: cause.Error()},
 	})
 }

@@ -23,8 +23,11 @@ type WorkerOptions struct {
 
 // Worker pulls chat jobs from the queues and runs them through the pipeline.
 type Worker struct {
-	srv *asynq.Server
-	mux *asynq.ServeMux
+	srv      *asynq.Server
+	mux      *asynq.ServeMux
+	pipeline *Pipeline
+	log      zerolog.Logger
+	stop     context.CancelFunc
 }
 
 // NewWorker builds a worker on a shared Redis client (asynq does not close it).
@@ -62,7 +65,7 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 	mux := asynq.NewServeMux()
 	mux.Use(withJobLogger(log), countActive(p.m.active), recoverPanics)
 	mux.Handle(tasks.TypeChatComplete, p)
-	return &Worker{srv: srv, mux: mux}
+	return &Worker{srv: srv, mux: mux, pipeline: p, log: log, stop: func() {}}
 }
 
 // Start begins fetching and running jobs.
@@ -70,6 +73,9 @@ func (w *Worker) Start() error {
 	if err := w.srv.Start(w.mux); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
+	ctx, stop := context.WithCancel(context.Background())
+	w.stop = stop
+	go w.pipeline.renewLeases(ctx, w.log)
 	return nil
 }
 
@@ -78,4 +84,5 @@ func (w *Worker) Start() error {
 func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.srv.Shutdown()
+	w.stop() // leases are renewed while jobs drain
 }

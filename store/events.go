@@ -140,19 +140,22 @@ func ParseEvent(entry string) (Event, error) {
 }
 
 // AppendEvent adds an event to a running job's log and publishes it; it
-// returns the event's seq.
-func (s *Store) AppendEvent(ctx context.Context, id string, p Payload) (int64, error) {
+// returns the event's seq. attempt > 0 fences it: ErrSuperseded once a later
+// attempt owns the job.
+func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Payload) (int64, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return 0, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
 	n, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id)).Int64()
+		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id), attempt).Int64()
 	switch {
 	case err != nil:
 		return 0, unavailable("append event", err)
 	case n == 0:
 		return 0, ErrJobFinished
+	case n == -2:
+		return 0, ErrSuperseded
 	case n < 0:
 		return 0, ErrNotFound
 	}

@@ -8,8 +8,10 @@ import "github.com/redis/go-redis/v9"
 // createJob writes a new record, appends the job to its session's order and
 // counts it among its tenant's unfinished jobs; or returns the existing
 // record's body hash; or -1 when the tenant is at its limit of unfinished jobs.
-// KEYS: job, order, tenant jobs.
-// ARGV: id, retention s, max unfinished (0: no limit), now ms, then field/value pairs.
+// It also indexes the job for the reconciler.
+// KEYS: job, order, tenant jobs, unfinished.
+// ARGV: id, retention s, max unfinished (0: no limit), now ms, unfinished
+// member, first check ms, then field/value pairs.
 var createJob = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'body_hash') or ''}
@@ -21,39 +23,47 @@ if tonumber(ARGV[3]) > 0 then
   if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {-1, ''} end
 end
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[5])
 return {1, ''}
 `)
 
 // deleteJob undoes createJob when the enqueue that follows it fails.
-// KEYS: job, order, tenant jobs. ARGV: id.
+// KEYS: job, order, tenant jobs, unfinished. ARGV: id, unfinished member.
 var deleteJob = redis.NewScript(`
 redis.call('DEL', KEYS[1])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return 1
 `)
 
 // startAttempt starts an attempt in one round trip: it checks the session's
-// turn, marks the job active and reads the session's history. Returns
-// {'wait', head} when an earlier job holds the turn, {'done'} when the job has
-// finished, {'gone'} when its record is gone, else {'run', attempt, history…}.
-// KEYS: job, order, history. ARGV: id, now, 1 to read the history.
+// turn, marks the job active, takes the attempt's lease and reads the
+// session's history. Returns {'wait', head} when an earlier job holds the
+// turn, {'done'} when the job has finished or another task now runs it (it was
+// taken over), {'gone'} when its record is gone, else {'run', attempt, history…}.
+// The new attempt number fences every earlier attempt out.
+// KEYS: job, order, history, leases. ARGV: id, now, 1 to read the history, task id, lease expiry ms.
 var startAttempt = redis.NewScript(`
 local head = redis.call('LINDEX', KEYS[2], 0)
 if head and head ~= ARGV[1] then return {'wait', head} end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'gone'} end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return {'done'} end
+local task = redis.call('HGET', KEYS[1], 'task')
+if task and task ~= ARGV[4] then return {'done'} end
 redis.call('HSET', KEYS[1], 'status', 'active')
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-local out = {'run', tostring(redis.call('HINCRBY', KEYS[1], 'attempts', 1))}
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1] .. ':' .. n)
+local out = {'run', tostring(n)}
 if ARGV[3] == '1' then
   for _, m in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = m end
 end
@@ -70,24 +80,102 @@ local function hold(job, order, ttl)
 end
 `
 
+// ownsLua: an attempt may write only while the job is active and no later
+// attempt has started (fencing: a paused worker that comes back cannot write).
+const ownsLua = `
+local function owns(job, attempt)
+  return redis.call('HGET', job, 'status') == 'active' and tonumber(redis.call('HGET', job, 'attempts')) == tonumber(attempt)
+end
+`
+
 // markDeferred hands back an attempt that never reached a provider (every
 // breaker open, or no capacity): queued again, its attempt not counted.
-// KEYS: job, order. ARGV: ttl s.
-var markDeferred = redis.NewScript(holdLua + `
-if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return 0 end
+// KEYS: job, order, leases. ARGV: ttl s, attempt, lease member.
+var markDeferred = redis.NewScript(holdLua + ownsLua + `
+if not owns(KEYS[1], ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('ZREM', KEYS[3], ARGV[3])
 hold(KEYS[1], KEYS[2], ARGV[1])
 return 1
 `)
 
 // markRetrying records a failed attempt that will be retried.
-// KEYS: job, order. ARGV: error json, ttl s.
-var markRetrying = redis.NewScript(holdLua + `
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'active' then return 0 end
+// KEYS: job, order, leases. ARGV: error json, ttl s, attempt, lease member.
+var markRetrying = redis.NewScript(holdLua + ownsLua + `
+if not owns(KEYS[1], ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'error', ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[4])
 hold(KEYS[1], KEYS[2], ARGV[2])
+return 1
+`)
+
+// abandon ends an attempt cut short by a shutdown: its lease expires now, so
+// that a rescuer takes the job over at once. KEYS: job, leases. ARGV: attempt, lease member.
+var abandon = redis.NewScript(ownsLua + `
+if not owns(KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
+return 1
+`)
+
+// claimExpired takes up to ARGV[2] expired leases off the index, atomically,
+// so that each is handled by one rescuer. KEYS: leases. ARGV: now ms, limit.
+var claimExpired = redis.NewScript(`
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
+return due
+`)
+
+// takeOver hands a job whose attempt lost its lease to a new task: the job is
+// queued again under the new task id, which fences the old attempt out; the
+// stale task, if asynq ever runs it again, finds another task owns the job.
+// Returns {1, payload, queue}, or {0} when the attempt had ended anyway.
+// KEYS: job. ARGV: attempt, new task id.
+var takeOver = redis.NewScript(ownsLua + `
+if not owns(KEYS[1], ARGV[1]) then return {0} end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2])
+return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
+`)
+
+// retakeWaiting hands a job whose task was waiting (for its session's turn)
+// on a worker that died to a new task. Returns {1, payload, queue}, or {0}
+// when the job is no longer waiting on that task.
+// KEYS: job. ARGV: stale task id, new task id.
+var retakeWaiting = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'queued' and st ~= 'retrying' then return {0} end
+local task = redis.call('HGET', KEYS[1], 'task') or ''
+if task ~= ARGV[1] then return {0} end
+redis.call('HSET', KEYS[1], 'task', ARGV[2])
+return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
+`)
+
+// claimDue takes up to ARGV[2] unfinished jobs whose check is due and moves
+// their next check ARGV[3] ms ahead, so that one reconciler handles each.
+// KEYS: unfinished. ARGV: now ms, limit, claim ms.
+var claimDue = redis.NewScript(`
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local next = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', next, m) end
+return due
+`)
+
+// forget releases what a job whose record is gone or finished still holds:
+// its place in the session's order, its tenant count and its index entry.
+// Returns 1 when it held the session's order. KEYS: order, tenant jobs, unfinished. ARGV: id, member.
+var forget = redis.NewScript(`
+local n = redis.call('LREM', KEYS[1], 0, ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return n
+`)
+
+// retask points a queued job at a new task (its old one was lost or finished).
+// KEYS: job. ARGV: task id. Returns 0 unless the job is queued or retrying.
+var retask = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'queued' and st ~= 'retrying' then return 0 end
+redis.call('HSET', KEYS[1], 'task', ARGV[1])
 return 1
 `)
 
@@ -121,40 +209,53 @@ end
 
 // appendEvent adds an event to a running job. Returns the event's seq, 0 when
 // the job is already finished (nothing may follow its last event), -1 when the
-// record is gone. KEYS: job, events. ARGV: type, body, retention s, channel.
-var appendEvent = redis.NewScript(appendEventLua + `
+// record is gone, -2 when a later attempt owns the job (this one is fenced out).
+// KEYS: job, events. ARGV: type, body, retention s, channel, attempt (0: unfenced).
+var appendEvent = redis.NewScript(appendEventLua + ownsLua + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+if tonumber(ARGV[5]) > 0 and not owns(KEYS[1], ARGV[5]) then return -2 end
 return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
 `)
 
 // finish ends a job once: sets the terminal status and its fields, appends the
 // final event (done, error or canceled) to the log, appends the history entries
-// if any, and releases the session's turn. Returns 1 when this call finished
-// the job, 0 when it was already finished, -1 when the record is gone.
-// KEYS: job, order, history, events, tenant jobs.
+// if any, releases the session's turn and drops the job from the indexes.
+// An attempt's finish is fenced: it applies only while that attempt owns the
+// job. Returns 1 when this call finished the job, 0 when it was already
+// finished (or the attempt was fenced out), -1 when the record is gone.
+// KEYS: job, order, history, events, tenant jobs, leases, unfinished.
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
 // result json, usage json, error json, event type, event body, channel,
-// then history entries.
-var finish = redis.NewScript(appendEventLua + `
-redis.call('ZREM', KEYS[5], ARGV[1])
+// attempt (0: not an attempt's), unfinished member, then history entries.
+var finish = redis.NewScript(appendEventLua + ownsLua + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
+  redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('LREM', KEYS[2], 0, ARGV[1])
+  redis.call('ZREM', KEYS[7], ARGV[14])
   return -1
 end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+local att = tonumber(ARGV[13])
+if att > 0 then
+  if not owns(KEYS[1], att) then return 0 end
+  redis.call('ZREM', KEYS[6], ARGV[1] .. ':' .. att)
+end
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[14])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) else redis.call('HDEL', KEYS[1], 'error') end
+redis.call('HDEL', KEYS[1], 'payload') -- only needed to run the job again
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4]) > 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4]) -- the log lives as long as the record
 end
-if #ARGV > 12 then
-  for i = 13, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if #ARGV > 14 then
+  for i = 15, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
   redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
@@ -163,10 +264,13 @@ return 1
 `)
 
 // requeue reopens a failed job for another run: it is queued again at the
-// end of its session's order. KEYS: job, order, tenant jobs. ARGV: id, retention s, now ms.
+// end of its session's order, indexed as unfinished again.
+// KEYS: job, order, tenant jobs, unfinished. ARGV: id, retention s, now ms, member, payload.
 var requeue = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + 10000, ARGV[4])
+redis.call('HSET', KEYS[1], 'payload', ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0)
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at')
 redis.call('EXPIRE', KEYS[1], ARGV[2])

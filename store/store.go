@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,6 +36,9 @@ var (
 	ErrTooManyJobs = errors.New("too many unfinished jobs")
 	// ErrUnavailable wraps every failure to reach Redis; callers answer 503.
 	ErrUnavailable = errors.New("redis unavailable")
+	// ErrSuperseded is returned to an attempt whose job another attempt now
+	// owns (it was taken over): it must stop and write nothing more.
+	ErrSuperseded = errors.New("a later attempt owns the job")
 )
 
 // Job is a job record as the API shows it.
@@ -43,6 +47,8 @@ type Job struct {
 	Tenant     string
 	SessionID  string
 	Queue      string
+	Task       string // the asynq task that runs the job now (the job id, or a later task after a takeover)
+	Payload    []byte // the task payload, kept while the job is unfinished so that it can be enqueued again
 	Status     string
 	BodyHash   string
 	CreatedAt  time.Time
@@ -114,15 +120,22 @@ type NewJob struct {
 	Queue     string
 	BodyHash  string
 	CreatedAt time.Time
+	Payload   []byte // the task payload
 }
 
-// Create writes a queued record and appends it to its session's order. When a
-// record with the id exists it returns created=false and that record.
+// FirstCheck is how long after its creation the reconciler first looks at an
+// unfinished job: past the submit's own deadline for its enqueue.
+const FirstCheck = 10 * time.Second
+
+// Create writes a queued record, appends it to its session's order and
+// indexes it as unfinished. When a record with the id exists it returns
+// created=false and that record.
 func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Job, err error) {
 	args := []any{j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli(),
-		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue,
+		rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), FirstCheck.Milliseconds(),
+		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
-	res, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant)}, args...).Slice()
+	res, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant), rkeys.Unfinished()}, args...).Slice()
 	if err != nil {
 		return false, Job{}, unavailable("create job", err)
 	}
@@ -142,7 +155,8 @@ func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Jo
 
 // Delete removes a record that was created but could not be enqueued.
 func (s *Store) Delete(ctx context.Context, j NewJob) error {
-	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant)}, j.ID).Err()
+	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant), rkeys.Unfinished()},
+		j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)).Err()
 	if err != nil {
 		return unavailable("delete job", err)
 	}
@@ -160,11 +174,17 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 	}
 	j := Job{
 		ID: id, Tenant: m["tenant"], SessionID: m["session_id"], Queue: m["queue"],
-		Status: m["status"], BodyHash: m["body_hash"],
+		Task: m["task"], Status: m["status"], BodyHash: m["body_hash"],
 		CreatedAt: parseTime(m["created_at"]), StartedAt: parseTime(m["started_at"]),
 		FinishedAt: parseTime(m["finished_at"]),
 	}
 	j.Attempts, _ = strconv.Atoi(m["attempts"])
+	if p := m["payload"]; p != "" {
+		j.Payload = []byte(p)
+	}
+	if j.Task == "" {
+		j.Task = id
+	}
 	if err := unmarshalField(m, "result", &j.Result); err != nil {
 		return Job{}, err
 	}
@@ -199,15 +219,17 @@ type Attempt struct {
 	BadHistory error
 }
 
-// StartAttempt checks the session's turn, marks the job active and reads the
-// session's history in one round trip. ErrNotFound: the record is gone.
-func (s *Store) StartAttempt(ctx context.Context, id, tenant, session string, withHistory bool) (Attempt, error) {
+// StartAttempt checks the session's turn, marks the job active, takes the
+// attempt's lease (until now + lease) and reads the session's history in one
+// round trip. task is the asynq task running it: a task that no longer owns
+// the job (it was taken over) gets N = 0. ErrNotFound: the record is gone.
+func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task string, withHistory bool, lease time.Duration) (Attempt, error) {
 	flag := "0"
 	if withHistory {
 		flag = "1"
 	}
-	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session)},
-		id, fmtTime(time.Now()), flag).StringSlice()
+	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases()},
+		id, fmtTime(time.Now()), flag, task, time.Now().Add(lease).UnixMilli()).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
@@ -237,9 +259,9 @@ var ErrNotFailed = errors.New("only a failed job can be re-run")
 
 // Requeue reopens a failed job: queued again, attempts reset, at the end of
 // its session's order. The caller then moves its asynq task back to pending.
-func (s *Store) Requeue(ctx context.Context, j Job) error {
-	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant)},
-		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli()).Int()
+func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) error {
+	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant), rkeys.Unfinished()},
+		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload)).Int()
 	if err != nil {
 		return unavailable("requeue", err)
 	}
@@ -253,8 +275,9 @@ func (s *Store) Requeue(ctx context.Context, j Job) error {
 // provider (every breaker open, or no capacity): the job is queued again,
 // keeps its attempts, and its record lives at least until the retention past
 // `until`, when it runs again.
-func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, until time.Time) error {
-	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session)}, s.holdFor(until)).Err()
+func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, attempt int, until time.Time) error {
+	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases()},
+		s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
 	if err != nil {
 		return unavailable("mark deferred", err)
 	}
@@ -263,9 +286,10 @@ func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, un
 
 // MarkRetrying records a failed attempt that asynq will retry no later than
 // `until`; the record lives at least until the retention past it.
-func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, e JobError, until time.Time) error {
+func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, attempt int, e JobError, until time.Time) error {
 	b, _ := json.Marshal(e)
-	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session)}, string(b), s.holdFor(until)).Err()
+	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases()},
+		string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
 	if err != nil {
 		return unavailable("mark retrying", err)
 	}
@@ -296,8 +320,10 @@ type Outcome struct {
 
 // Finish records a job's outcome exactly once, appends its final event (done,
 // error or canceled) to the event log and releases its session's turn. It
-// reports whether this call was the one that finished it.
-func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcome) (bool, error) {
+// reports whether this call was the one that finished it. attempt > 0 fences
+// it: it applies only while that attempt owns the job; 0 is for the
+// lifecycle's own ends (cancel, reconcile).
+func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt int, o Outcome) (bool, error) {
 	ev := finalEvent(o)
 	body, err := json.Marshal(ev)
 	if err != nil {
@@ -306,16 +332,171 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, o Outcom
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
 		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
-		ev.EventType(), string(body), rkeys.LiveChannel(id)}
+		ev.EventType(), string(body), rkeys.LiveChannel(id), attempt, rkeys.UnfinishedMember(tenant, session, id)}
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
-	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id), rkeys.TenantJobs(tenant)}
+	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
+		rkeys.TenantJobs(tenant), rkeys.Leases(), rkeys.Unfinished()}
 	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
 		return false, unavailable("finish job", err)
 	}
 	return n == 1, nil
+}
+
+// Abandon ends an attempt cut short by a shutdown: its lease expires at once,
+// so that a rescuer takes the job over now rather than after the lease.
+func (s *Store) Abandon(ctx context.Context, id string, attempt int) error {
+	if err := abandon.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases()}, attempt, rkeys.LeaseMember(id, attempt)).Err(); err != nil {
+		return unavailable("abandon attempt", err)
+	}
+	return nil
+}
+
+// RenewLeases extends the leases of running attempts ("<id>:<attempt>") to
+// until, in one command; leases already taken over are not brought back.
+func (s *Store) RenewLeases(ctx context.Context, members []string, until time.Time) error {
+	if len(members) == 0 {
+		return nil
+	}
+	zs := make([]redis.Z, len(members))
+	for i, m := range members {
+		zs[i] = redis.Z{Score: float64(until.UnixMilli()), Member: m}
+	}
+	if err := s.rdb.ZAddXX(ctx, rkeys.Leases(), zs...).Err(); err != nil {
+		return unavailable("renew leases", err)
+	}
+	return nil
+}
+
+// Lease is a running attempt, or a task waiting for its session's turn, whose
+// lease expired.
+type Lease struct {
+	JobID   string
+	Attempt int
+	Waiting string // the task that was waiting ("" for an attempt)
+}
+
+// WaitingMember is the lease of a task that waits for its session's turn.
+func WaitingMember(task string) string { return task + "#wait" }
+
+// HoldWaiting leases a task while it waits for its session's turn, so that a
+// worker dying meanwhile does not strand the job until asynq's recovery.
+func (s *Store) HoldWaiting(ctx context.Context, task string, until time.Time) error {
+	if err := s.rdb.ZAdd(ctx, rkeys.Leases(), redis.Z{Score: float64(until.UnixMilli()), Member: WaitingMember(task)}).Err(); err != nil {
+		return unavailable("lease waiting task", err)
+	}
+	return nil
+}
+
+// DropWaiting ends a waiting task's lease.
+func (s *Store) DropWaiting(ctx context.Context, task string) error {
+	if err := s.rdb.ZRem(ctx, rkeys.Leases(), WaitingMember(task)).Err(); err != nil {
+		return unavailable("drop waiting lease", err)
+	}
+	return nil
+}
+
+// RetakeWaiting hands a job whose waiting task's worker died to a new task.
+func (s *Store) RetakeWaiting(ctx context.Context, id, staleTask, task string) (ok bool, payload []byte, queue string, err error) {
+	return s.handOver(ctx, retakeWaiting, id, "retake waiting job", staleTask, task)
+}
+
+// ClaimExpired takes up to limit expired leases; each is claimed by one caller.
+func (s *Store) ClaimExpired(ctx context.Context, limit int) ([]Lease, error) {
+	raw, err := claimExpired.Run(ctx, s.rdb, []string{rkeys.Leases()}, time.Now().UnixMilli(), limit).StringSlice()
+	if err != nil {
+		return nil, unavailable("claim expired leases", err)
+	}
+	out := make([]Lease, 0, len(raw))
+	for _, m := range raw {
+		if task, ok := strings.CutSuffix(m, "#wait"); ok {
+			id, _, _ := strings.Cut(task, ":")
+			out = append(out, Lease{JobID: id, Waiting: task})
+			continue
+		}
+		i := strings.LastIndexByte(m, ':')
+		n, err := strconv.Atoi(m[i+1:])
+		if i < 0 || err != nil {
+			continue
+		}
+		out = append(out, Lease{JobID: m[:i], Attempt: n})
+	}
+	return out, nil
+}
+
+// TakeOver hands a job whose attempt lost its lease to the new task id: it
+// is queued again and the old attempt is fenced out. ok=false: the attempt
+// had ended anyway. It returns what the new task needs.
+func (s *Store) TakeOver(ctx context.Context, id string, attempt int, task string) (ok bool, payload []byte, queue string, err error) {
+	return s.handOver(ctx, takeOver, id, "take over", attempt, task)
+}
+
+func (s *Store) handOver(ctx context.Context, script *redis.Script, id, op string, args ...any) (ok bool, payload []byte, queue string, err error) {
+	res, err := script.Run(ctx, s.rdb, []string{rkeys.Job(id)}, args...).Slice()
+	if err != nil {
+		return false, nil, "", unavailable(op, err)
+	}
+	if res[0].(int64) != 1 {
+		return false, nil, "", nil
+	}
+	p, _ := res[1].(string)
+	q, _ := res[2].(string)
+	return true, []byte(p), q, nil
+}
+
+// Retask points a queued or retrying job at a new task; false when the job
+// is in another state.
+func (s *Store) Retask(ctx context.Context, id, task string) (bool, error) {
+	n, err := retask.Run(ctx, s.rdb, []string{rkeys.Job(id)}, task).Int()
+	if err != nil {
+		return false, unavailable("retask", err)
+	}
+	return n == 1, nil
+}
+
+// Unfinished is an entry of the reconciler's index.
+type Unfinished struct {
+	Tenant, SessionID, ID string
+}
+
+// ClaimDue takes up to limit unfinished jobs whose check is due; their next
+// check moves claimFor ahead, so that one reconciler handles each.
+func (s *Store) ClaimDue(ctx context.Context, limit int, claimFor time.Duration) ([]Unfinished, error) {
+	raw, err := claimDue.Run(ctx, s.rdb, []string{rkeys.Unfinished()}, time.Now().UnixMilli(), limit, claimFor.Milliseconds()).StringSlice()
+	if err != nil {
+		return nil, unavailable("claim due jobs", err)
+	}
+	out := make([]Unfinished, 0, len(raw))
+	for _, m := range raw {
+		parts := strings.SplitN(m, "\n", 3)
+		if len(parts) == 3 {
+			out = append(out, Unfinished{Tenant: parts[0], SessionID: parts[1], ID: parts[2]})
+		}
+	}
+	return out, nil
+}
+
+// CheckAt sets when the reconciler looks at an unfinished job next.
+func (s *Store) CheckAt(ctx context.Context, u Unfinished, at time.Time) error {
+	err := s.rdb.ZAddXX(ctx, rkeys.Unfinished(), redis.Z{Score: float64(at.UnixMilli()), Member: rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}).Err()
+	if err != nil {
+		return unavailable("schedule check", err)
+	}
+	return nil
+}
+
+// Forget releases what a job whose record is gone (or finished) still holds:
+// its place in its session's order, its tenant count, its index entry. It
+// reports whether it held a place in the order.
+func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, error) {
+	n, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.TenantJobs(u.Tenant), rkeys.Unfinished()},
+		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)).Int()
+	if err != nil {
+		return false, unavailable("forget job", err)
+	}
+	return n > 0, nil
 }
 
 // History returns a session's conversation, oldest first.

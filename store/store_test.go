@@ -47,18 +47,18 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
-		if a, err := s.StartAttempt(ctx, id, "t", "s", true); err != nil || a.N != 1 || a.Head != "" {
+		if a, err := s.StartAttempt(ctx, id, "t", "s", id, true, time.Minute); err != nil || a.N != 1 || a.Head != "" {
 			t.Fatalf("start attempt: %+v %v", a, err)
 		}
 		o := Outcome{Status: StatusSucceeded, Result: &Result{Content: "r"}, Usage: &Usage{1, 2},
 			History: []Message{{Role: "user", Content: id}, {Role: "assistant", Content: "r" + id}}}
 		for attempt := range 2 { // a retried Finish must not append twice
-			first, err := s.Finish(ctx, id, "t", "s", o)
+			first, err := s.Finish(ctx, id, "t", "s", 1, o)
 			if err != nil || first != (attempt == 0) {
 				t.Fatalf("finish %s attempt %d: %v %v", id, i, first, err)
 			}
 		}
-		if a, _ := s.StartAttempt(ctx, id, "t", "s", false); a.N != 0 {
+		if a, _ := s.StartAttempt(ctx, id, "t", "s", id, false, time.Minute); a.N != 0 {
 			t.Fatalf("a finished job was started again: %+v", a)
 		}
 	}
@@ -82,25 +82,25 @@ func TestStartAttemptKeepsTheSessionsTurn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	a, err := s.StartAttempt(ctx, "job_second", "t", "s", true)
+	a, err := s.StartAttempt(ctx, "job_second", "t", "s", "job_second", true, time.Minute)
 	if err != nil || a.Head != "job_first" || a.N != 0 {
 		t.Fatalf("second before first: %+v %v", a, err)
 	}
 	if j, _ := s.Get(ctx, "job_second"); j.Status != StatusQueued || j.Attempts != 0 {
 		t.Fatalf("a waiting job was changed: %+v", j)
 	}
-	if _, err := s.StartAttempt(ctx, "job_first", "t", "s", true); err != nil {
+	if _, err := s.StartAttempt(ctx, "job_first", "t", "s", "job_first", true, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	hist := []Message{{Role: "user", Content: "q"}, {Role: "assistant", Content: "a"}}
-	if _, err := s.Finish(ctx, "job_first", "t", "s", Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist}); err != nil {
+	if _, err := s.Finish(ctx, "job_first", "t", "s", 1, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist}); err != nil {
 		t.Fatal(err)
 	}
-	a, err = s.StartAttempt(ctx, "job_second", "t", "s", true)
+	a, err = s.StartAttempt(ctx, "job_second", "t", "s", "job_second", true, time.Minute)
 	if err != nil || a.N != 1 || a.Head != "" || len(a.History) != 2 || a.History[1].Content != "a" {
 		t.Fatalf("second after first: %+v %v", a, err)
 	}
-	if _, err := s.StartAttempt(ctx, "job_missing", "t", "other", false); err != ErrNotFound {
+	if _, err := s.StartAttempt(ctx, "job_missing", "t", "other", "job_missing", false, time.Minute); err != ErrNotFound {
 		t.Fatalf("missing record: %v", err)
 	}
 }

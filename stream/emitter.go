@@ -28,24 +28,26 @@ const publishAttempts = 3
 
 // Emitter publishes one attempt's token deltas to a job's event log.
 type Emitter struct {
-	ctx  context.Context
-	st   *store.Store
-	id   string
-	c    Coalescing
-	mu   sync.Mutex
-	buf  strings.Builder
-	tm   *time.Timer
-	sent int   // token events published
-	err  error // sticky: store.ErrJobFinished once the job was canceled
+	ctx     context.Context
+	st      *store.Store
+	id      string
+	attempt int // fences the writes: a superseded attempt stops
+	c       Coalescing
+	mu      sync.Mutex
+	buf     strings.Builder
+	tm      *time.Timer
+	sent    int   // token events published
+	err     error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
 }
 
-// NewEmitter returns an emitter for one attempt of job id.
-func NewEmitter(ctx context.Context, st *store.Store, id string, c Coalescing) *Emitter {
-	return &Emitter{ctx: ctx, st: st, id: id, c: c}
+// NewEmitter returns an emitter for attempt `attempt` of job id.
+func NewEmitter(ctx context.Context, st *store.Store, id string, attempt int, c Coalescing) *Emitter {
+	return &Emitter{ctx: ctx, st: st, id: id, attempt: attempt, c: c}
 }
 
 // Delta takes the next piece of the reply. It returns store.ErrJobFinished
-// once the job has been canceled, which aborts the provider call.
+// once the job has been canceled, or store.ErrSuperseded once another attempt
+// owns it; either aborts the provider call.
 func (e *Emitter) Delta(d string) error {
 	if d == "" {
 		return nil
@@ -97,8 +99,8 @@ func (e *Emitter) flushLocked() {
 	e.buf.Reset()
 	var err error
 	for i := range publishAttempts {
-		_, err = e.st.AppendEvent(e.ctx, e.id, store.TokenEvent{Delta: delta})
-		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
+		_, err = e.st.AppendEvent(e.ctx, e.id, e.attempt, store.TokenEvent{Delta: delta})
+		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrSuperseded) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
 			break
 		}
 		time.Sleep(time.Duration(25<<i) * time.Millisecond)
@@ -106,6 +108,8 @@ func (e *Emitter) flushLocked() {
 	switch {
 	case err == nil:
 		e.sent++
+	case errors.Is(err, store.ErrSuperseded):
+		e.err = err
 	case errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound):
 		e.err = store.ErrJobFinished
 	}

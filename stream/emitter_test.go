@@ -22,7 +22,7 @@ func activeJob(t testing.TB, st *store.Store, id string) {
 	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := st.StartAttempt(ctx, id, "t", id, false); err != nil || a.N != 1 {
+	if a, err := st.StartAttempt(ctx, id, "t", id, id, false, time.Minute); err != nil || a.N != 1 {
 		t.Fatal(err)
 	}
 }
@@ -49,7 +49,7 @@ func deltas(t *testing.T, st *store.Store, id string) []string {
 func TestEmitterCoalesces(t *testing.T) {
 	st := newStore(t)
 	activeJob(t, st, "job_c")
-	e := NewEmitter(context.Background(), st, "job_c", Coalescing{Window: time.Hour, MaxBytes: 10})
+	e := NewEmitter(context.Background(), st, "job_c", 1, Coalescing{Window: time.Hour, MaxBytes: 10})
 	var want strings.Builder
 	for i := range 30 {
 		d := string(rune('a'+i%26)) + " "
@@ -71,7 +71,7 @@ func TestEmitterCoalesces(t *testing.T) {
 
 	// With a short window the timer flushes a batch without a further delta.
 	activeJob(t, st, "job_t")
-	e = NewEmitter(context.Background(), st, "job_t", Coalescing{Window: 20 * time.Millisecond, MaxBytes: 1 << 20})
+	e = NewEmitter(context.Background(), st, "job_t", 1, Coalescing{Window: 20 * time.Millisecond, MaxBytes: 1 << 20})
 	_ = e.Delta("first")
 	_ = e.Delta(" second")
 	deadline := time.Now().Add(2 * time.Second)
@@ -88,11 +88,11 @@ func TestEmitterCoalesces(t *testing.T) {
 func TestEmitterStopsAfterCancel(t *testing.T) {
 	st := newStore(t)
 	activeJob(t, st, "job_x")
-	e := NewEmitter(context.Background(), st, "job_x", Coalescing{Window: 0, MaxBytes: 1})
+	e := NewEmitter(context.Background(), st, "job_x", 1, Coalescing{Window: 0, MaxBytes: 1})
 	if err := e.Delta("one"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Finish(context.Background(), "job_x", "t", "job_x", store.Outcome{Status: store.StatusCanceled}); err != nil {
+	if _, err := st.Finish(context.Background(), "job_x", "t", "job_x", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Delta("two"); err != store.ErrJobFinished {

@@ -175,10 +175,31 @@ func NewChatTask(p ChatPayload, maxRetries int, retention time.Duration) (*asynq
 	if err != nil {
 		return nil, fmt.Errorf("encode payload: %w", err)
 	}
-	return asynq.NewTask(TypeChatComplete, b,
-		asynq.TaskID(p.JobID),
-		asynq.Queue(QueueName(p.Priority)),
+	return ChatTask(b, p.JobID, QueueName(p.Priority), maxRetries, retention), nil
+}
+
+// ChatTask is a chat:complete task of an encoded payload under task id (the
+// job id, or a later task's id after a takeover).
+func ChatTask(payload []byte, taskID, queue string, maxRetries int, retention time.Duration) *asynq.Task {
+	return asynq.NewTask(TypeChatComplete, payload,
+		asynq.TaskID(taskID),
+		asynq.Queue(queue),
 		asynq.MaxRetry(maxRetries+1),
 		asynq.Retention(retention),
-	), nil
+	)
+}
+
+// RetryTaskID names a new task that runs a job again after its attempt was
+// lost (taken over) or its task went missing: "<job id>:<random>". Task ids
+// other than the job id always carry it before the colon.
+func RetryTaskID(jobID string) string {
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return jobID + ":" + idEncoding.EncodeToString(b[:])
+}
+
+// JobOfTask returns the job a task id runs.
+func JobOfTask(taskID string) string {
+	id, _, _ := strings.Cut(taskID, ":")
+	return id
 }

@@ -116,6 +116,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		if err != nil {
 			return err
 		}
+		wiring.Supervise(bg, cfg, jm, reg, log)
 		if err := w.Start(); err != nil {
 			return err
 		}

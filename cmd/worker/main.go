@@ -90,10 +90,12 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	w, err := wiring.Worker(bg, cfg, rdb, st, wiring.Jobs(cfg, rdb, st), reg, log)
+	jm := wiring.Jobs(cfg, rdb, st)
+	w, err := wiring.Worker(bg, cfg, rdb, st, jm, reg, log)
 	if err != nil {
 		return err
 	}
+	wiring.Supervise(bg, cfg, jm, reg, log)
 	if err := w.Start(); err != nil {
 		return err
 	}

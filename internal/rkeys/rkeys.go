@@ -2,6 +2,8 @@
 // names its own). Nothing else builds a key.
 package rkeys
 
+import "strconv"
+
 const prefix = "chatfleet:"
 
 // Job is a job's record (hash).
@@ -74,3 +76,17 @@ func ProviderWaiting(name string) string { return prefix + "{provider:" + name +
 // ProviderSaturated exists for a short while after a call had to wait for
 // the provider's capacity, for the queue status advice.
 func ProviderSaturated(name string) string { return prefix + "{provider:" + name + "}:saturated" }
+
+// Leases holds the running attempts' heartbeat leases (sorted set of
+// "<job id>:<attempt>" scored by expiry in ms); an expired one is taken over.
+func Leases() string { return prefix + "leases" }
+
+// Unfinished indexes every unfinished job for the reconciler (sorted set of
+// "<tenant>\n<session>\n<job id>" scored by its next check in ms).
+func Unfinished() string { return prefix + "unfinished" }
+
+// UnfinishedMember is a job's entry in Unfinished.
+func UnfinishedMember(tenant, session, id string) string { return tenant + "\n" + session + "\n" + id }
+
+// LeaseMember is an attempt's entry in Leases.
+func LeaseMember(id string, attempt int) string { return id + ":" + strconv.Itoa(attempt) }

@@ -93,6 +93,11 @@ func Providers(cfg config.Config) []llm.Spec {
 // ProviderNames are the chain's provider names, primary first.
 func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Providers(cfg)) }
 
+// Supervise starts the job rescuer and reconciler of a worker process until ctx ends.
+func Supervise(ctx context.Context, cfg config.Config, jm *jobs.Manager, reg prometheus.Registerer, log zerolog.Logger) {
+	jm.Supervise(ctx, jobs.SuperviseOptions{Lease: cfg.JobLease, Registerer: reg, Log: log.With().Str("component", "supervisor").Logger()})
+}
+
 // Worker assembles the provider chain, pipeline and asynq server that the
 // worker process and standalone mode run. ctx bounds the breakers' refresh.
 func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store, jm *jobs.Manager,
@@ -102,6 +107,7 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, s
 		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
 		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
 		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay},
+		Timeouts: llm.Timeouts{FirstToken: cfg.FirstTokenWait, Idle: cfg.IdleTimeout},
 	}, rdb, llm.NewMetrics(reg, Providers(cfg)), log)
 	if err != nil {
 		return nil, err
@@ -113,6 +119,7 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, s
 		OnAllDown:     cfg.OnAllDown,
 		DegradedReply: cfg.DegradedReply,
 		MaxRetryDelay: cfg.MaxRetryDelay,
+		Lease:         cfg.JobLease,
 		Metrics:       orchestration.NewMetrics(reg),
 	})
 	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{

@@ -1,0 +1,154 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// SuperviseOptions tune the rescuer and the reconciler that every worker runs.
+// Neither has a leader: each claim is atomic in Redis, so any number of
+// workers share the work.
+type SuperviseOptions struct {
+	// Lease is the running jobs' heartbeat lease; the rescuer looks for
+	// expired ones every Lease/5 (at most every second).
+	Lease time.Duration
+	// ReconcileEvery is how often the reconciler takes the unfinished jobs
+	// whose check is due (default 2s).
+	ReconcileEvery time.Duration
+	Registerer     prometheus.Registerer
+	Log            zerolog.Logger
+}
+
+type superviseMetrics struct {
+	takeovers  prometheus.Counter
+	reconciled *prometheus.CounterVec
+}
+
+// Supervise runs the rescuer and the reconciler until ctx ends.
+//   - The rescuer takes over a job whose attempt's lease expired (its worker
+//     died or stopped): the job runs again as a new attempt under a new task,
+//     within the lease plus about a second, and the old attempt is fenced out.
+//   - The reconciler walks the index of unfinished jobs, a bounded number at a
+//     time: a record that is gone or finished but still holds its session's
+//     turn releases it; a queued job whose task is missing or finished is
+//     enqueued again; one asynq archived is failed.
+func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
+	if o.Lease <= 0 {
+		o.Lease = 5 * time.Second
+	}
+	if o.ReconcileEvery <= 0 {
+		o.ReconcileEvery = 2 * time.Second
+	}
+	reg := o.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	sm := &superviseMetrics{
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatfleet_job_takeovers_total", Help: "Jobs taken over from an attempt whose lease expired (its worker died or stopped).",
+		}),
+		reconciled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatfleet_reconciled_jobs_total", Help: "Jobs the reconciler re-enqueued, failed or released from their session's turn, by action.",
+		}, []string{"action"}),
+	}
+	reg.MustRegister(sm.takeovers, sm.reconciled)
+	for _, a := range []string{actionRequeued, actionFailed, actionReleased} {
+		sm.reconciled.WithLabelValues(a)
+	}
+	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Log) })
+	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
+}
+
+func (m *Manager) loop(ctx context.Context, every time.Duration, step func()) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			step()
+		}
+	}
+}
+
+// rescue takes over the jobs whose leases expired.
+func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, log zerolog.Logger) {
+	expired, err := m.st.ClaimExpired(ctx, 100)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn().Err(err).Msg("rescuer could not read the leases")
+		}
+		return
+	}
+	for _, l := range expired {
+		task := tasks.RetryTaskID(l.JobID)
+		var ok bool
+		var payload []byte
+		var queue string
+		if l.Waiting != "" {
+			ok, payload, queue, err = m.st.RetakeWaiting(ctx, l.JobID, l.Waiting, task)
+		} else {
+			ok, payload, queue, err = m.st.TakeOver(ctx, l.JobID, l.Attempt, task)
+		}
+		if err != nil || !ok {
+			continue // the attempt ended anyway, or Redis is away (the reconciler comes back to it)
+		}
+		jl := log.With().Str("job_id", l.JobID).Int("attempt", l.Attempt).Bool("was_waiting", l.Waiting != "").Logger()
+		if len(payload) == 0 {
+			jl.Warn().Msg("job taken over but its payload is gone; the reconciler fails it")
+			continue
+		}
+		if err := m.enqueue(ctx, payload, task, queue); err != nil {
+			jl.Warn().Err(err).Msg("job taken over but not enqueued; the reconciler enqueues it")
+			continue
+		}
+		sm.takeovers.Inc()
+		jl.Info().Str("task", task).Msg("job taken over: its attempt's lease expired")
+	}
+}
+
+// reconcileDue checks the unfinished jobs whose check is due.
+func (m *Manager) reconcileDue(ctx context.Context, sm *superviseMetrics, log zerolog.Logger) {
+	due, err := m.st.ClaimDue(ctx, 100, 30*time.Second)
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn().Err(err).Msg("reconciler could not read the index")
+		}
+		return
+	}
+	for _, u := range due {
+		jl := log.With().Str("job_id", u.ID).Str("session_id", u.SessionID).Str("tenant", u.Tenant).Logger()
+		j, err := m.st.Get(ctx, u.ID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && store.Terminal(j.Status)) {
+			held, ferr := m.st.Forget(ctx, u)
+			if ferr == nil && held {
+				sm.reconciled.WithLabelValues(actionReleased).Inc()
+				jl.Warn().Msg("reconciler released the session's turn of a job whose record is gone or finished")
+			}
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		action, err := m.reconcile(ctx, j)
+		if err != nil {
+			jl.Warn().Err(err).Msg("reconciler could not check the job")
+		}
+		if action != "" {
+			sm.reconciled.WithLabelValues(action).Inc()
+			jl.Warn().Str("action", action).Str("status", j.Status).Msg("reconciler repaired a job")
+		}
+		// Young jobs are looked at often, old ones less: the cost stays
+		// bounded however long the backlog.
+		next := min(max(time.Since(j.CreatedAt)/4, 5*time.Second), time.Minute)
+		_ = m.st.CheckAt(ctx, u, time.Now().Add(next))
+	}
+}
