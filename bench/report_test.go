@@ -28,6 +28,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/llmfake"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/llm"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 const reps = 3
@@ -531,6 +532,37 @@ func (e env) limiterCommands() result {
 	return r
 }
 
+// 8. An idle worker's Redis commands per second (queue polling, heartbeats,
+// lease renewal, the rescuer and the reconciler), against a bare asynq server
+// with the same queues and poll intervals.
+func (e env) idleWorker() result {
+	r := result{name: "Idle worker: Redis commands per second", unit: "commands/s", target: "(reported)"}
+	rd := testkit.StartRedis(e.b)
+	c := rd.Client()
+	srv := asynq.NewServerFromRedisClient(c, asynq.Config{Concurrency: 100, Queues: tasks.Queues, TaskCheckInterval: 20 * time.Millisecond,
+		DelayedTaskCheckInterval: 200 * time.Millisecond, LogLevel: asynq.ErrorLevel})
+	_ = srv.Start(asynq.NewServeMux())
+	time.Sleep(time.Second)
+	baseTop, baseLua, baseTook := monitor(e.b, rd.Addr(), func() { time.Sleep(5 * time.Second) })
+	srv.Shutdown()
+	worker := e.start("worker", e.workerBin, rd, nil)
+	time.Sleep(time.Second)
+	top, lua, took := monitor(e.b, rd.Addr(), func() { time.Sleep(5 * time.Second) })
+	worker.Stop()
+	rd.Stop()
+	perSec := func(m map[string]float64, d time.Duration) map[string]float64 {
+		out := map[string]float64{}
+		for k, v := range m {
+			out[k] = v / d.Seconds()
+		}
+		return out
+	}
+	r.ours, r.base = []float64{sum(perSec(top, took))}, []float64{sum(perSec(baseTop, baseTook))}
+	r.note = fmt.Sprintf("sent: %s; inside scripts %.0f/s. Bare asynq: %s; inside scripts %.0f/s",
+		breakdown(named(perSec(top, took))), sum(perSec(lua, took)), breakdown(named(perSec(baseTop, baseTook))), sum(perSec(baseLua, baseTook)))
+	return r
+}
+
 // named replaces the SHA of chatfleet's limiter scripts by their names.
 func named(m map[string]float64) map[string]float64 {
 	scripts := llm.LimiterScripts()
@@ -656,7 +688,7 @@ func BenchmarkReport(b *testing.B) {
 	results = append(results, mem, conns, e.scaleOut())
 	cmds, cmdNote := e.commandsPerJob()
 	cmds.note = cmdNote
-	results = append(results, cmds, e.limiterCommands())
+	results = append(results, cmds, e.limiterCommands(), e.idleWorker())
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {
@@ -718,7 +750,8 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 	}
 	fmt.Fprintln(&w, "\nBaselines: (1) a bare asynq `Client.Enqueue` loop with task ids at 32 goroutines; (2) bare asynq enqueue → handler → "+
 		"Redis PUBLISH → subscriber, same 20 ms poll interval; (3) bare asynq no-op handler at concurrency 100; (5) the same fleet with one worker, times 4; "+
-		"(6) a bare asynq no-op task with retention; (7) the same fleet's commands per job less the provider limiter's scripts.")
+		"(6) a bare asynq no-op task with retention; (7) the same fleet's commands per job less the provider limiter's scripts; "+
+		"(8) a bare asynq server with the same queues and poll intervals, idle.")
 	fmt.Fprintln(&w, "\nNotes:")
 	for _, r := range rs {
 		if r.note != "" {
