@@ -213,6 +213,16 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: time.Now().UTC()}
 	p := tasks.ChatPayload{JobID: id, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}
+	renew, release := func() {}, func() {}
+	if r.Stream { // a streamed answer counts against the tenant's stream cap
+		if renew, release, err = s.cap.acquire(c.Request().Context(), nj.Tenant); err != nil {
+			if errors.Is(err, errTooManyStreams) {
+				c.Response().Header().Set("Retry-After", retryAfterSeconds)
+			}
+			return err
+		}
+	}
+	defer release()
 	if _, err := s.jobs.Submit(c.Request().Context(), nj, p); err != nil {
 		return err
 	}
@@ -228,7 +238,7 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		defer s.m.streamClients.Dec()
 	}
 	ctx := c.Request().Context()
-	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, sink)
+	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{sink, renew})
 	if !sink.final {
 		// The client left (it cannot come back to this request) or following
 		// failed: the job has no one to answer, so it stops.

@@ -35,6 +35,12 @@ type Options struct {
 	TenantRate, TenantBurst int
 	Models                  []string // models a job may ask for; empty: any
 	DefaultModel            string   // what /v1/models lists when Models is empty
+	// StreamMaxDuration ends a stream after this long (default 1h); the
+	// client resumes with Last-Event-ID.
+	StreamMaxDuration time.Duration
+	// TenantMaxStreams bounds a tenant's concurrent streams across every API
+	// process (0: unlimited).
+	TenantMaxStreams int
 }
 
 // Deps are what the API works with.
@@ -73,6 +79,8 @@ type Server struct {
 	hub     *stream.Hub
 	keys    *keyring
 	rate    *tenantLimiter
+	rdb     redis.UniversalClient
+	cap     *streamCap
 	opt     Options
 	m       *metrics
 	streams sync.WaitGroup // streams served off their connections
@@ -86,8 +94,12 @@ func New(d Deps, opt Options) *Server {
 	if opt.Closing == nil {
 		opt.Closing = context.Background()
 	}
+	if opt.StreamMaxDuration <= 0 {
+		opt.StreamMaxDuration = time.Hour
+	}
 	return &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
-		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst)}
+		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
+		cap: &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat}}
 }
 
 // Drain waits until the streams served off their connections have ended
@@ -111,7 +123,8 @@ func (s *Server) Register(e *echo.Echo) {
 	mw := []echo.MiddlewareFunc{auth(s.keys), s.rate.middleware}
 	e.POST("/api/v1/chat/jobs", s.submit, mw...)
 	e.GET("/api/v1/chat/jobs/:id", s.getJob, mw...)
-	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, mw...)
+	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, s.streamAuth, s.rate.middleware)
+	e.POST("/api/v1/chat/jobs/:id/stream-token", s.issueStreamToken, mw...)
 	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
 	s.registerOpenAI(e)

@@ -1,6 +1,9 @@
 package api
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -23,7 +26,7 @@ import (
 // idle stream. A client that went away is noticed at the next write (at the
 // latest the heartbeat after next).
 func (s *Server) streamJob(c echo.Context) error {
-	after, err := lastEventID(c)
+	after, field, err := lastEventID(c)
 	if err != nil {
 		return err
 	}
@@ -32,18 +35,44 @@ func (s *Server) streamJob(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if after > 0 {
+		// EventSource reconnects after the server closes, even after the
+		// final event: 204 is how the HTML standard tells it to stop.
+		last, ok, err := s.store.LastEvent(ctx, j.ID)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ok && store.FinalEvent(last.Type) && after >= last.Seq:
+			return c.NoContent(http.StatusNoContent)
+		case !ok || after > last.Seq:
+			return errf(http.StatusBadRequest, "invalid_header", field,
+				fmt.Sprintf("%s %d is beyond the job's log (%d events so far)", field, after, last.Seq))
+		}
+	}
+	renew, release, err := s.cap.acquire(ctx, j.Tenant)
+	if err != nil {
+		if errors.Is(err, errTooManyStreams) {
+			c.Response().Header().Set("Retry-After", retryAfterSeconds)
+		}
+		return err
+	}
 	// Subscribe while a failure can still be answered with a JSON 503.
 	sub, err := s.hub.Subscribe(ctx, j.ID)
 	if err != nil {
+		release()
 		return err
 	}
 	conn, _, err := http.NewResponseController(c.Response()).Hijack()
 	if err != nil {
 		// Not hijackable (HTTP/2): serve the stream from the handler.
+		defer release()
 		defer sub.Close()
 		s.m.streamClients.Inc()
 		defer s.m.streamClients.Dec()
-		return stream.FollowSubscribed(ctx, sub, s.store, j.ID, after, s.opt.Heartbeat, &sseSink{res: c.Response()})
+		sctx, cancel := context.WithTimeout(ctx, s.opt.StreamMaxDuration)
+		defer cancel()
+		return stream.FollowSubscribed(sctx, sub, s.store, j.ID, after, s.opt.Heartbeat, leasedSink{&sseSink{res: c.Response()}, renew})
 	}
 	c.Response().Status = http.StatusOK // for the request log; the answer goes out below
 	s.m.streamClients.Inc()
@@ -51,13 +80,21 @@ func (s *Server) streamJob(c echo.Context) error {
 	go func() {
 		defer s.streams.Done()
 		defer s.m.streamClients.Dec()
+		defer release()
 		defer sub.Close()
 		defer conn.Close()
+		// The stream ends cleanly after StreamMaxDuration; the client resumes
+		// with Last-Event-ID.
+		sctx, cancel := context.WithTimeout(s.opt.Closing, s.opt.StreamMaxDuration)
+		defer cancel()
 		sink := &connSink{conn: conn, requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
-		_ = stream.FollowSubscribed(s.opt.Closing, sub, s.store, j.ID, after, s.opt.Heartbeat, sink)
+		_ = stream.FollowSubscribed(sctx, sub, s.store, j.ID, after, s.opt.Heartbeat, leasedSink{sink, renew})
 	}()
 	return nil
 }
+
+// retryHint tells EventSource how long to wait before it reconnects.
+const retryHint = "retry: 2000\n\n"
 
 // streamHeader opens a hijacked stream: the body ends when the connection closes.
 const streamHeader = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n" +
@@ -84,7 +121,7 @@ func (s *connSink) Open() error {
 	if s.requestID != "" {
 		h += echo.HeaderXRequestID + ": " + s.requestID + "\r\n"
 	}
-	return s.write([]byte(h + "\r\n"))
+	return s.write([]byte(h + "\r\n" + retryHint))
 }
 
 func (s *connSink) Event(ev store.Event) error {
@@ -105,20 +142,22 @@ func appendEvent(b []byte, ev store.Event) []byte {
 	return append(b, "\n\n"...)
 }
 
-func lastEventID(c echo.Context) (int64, error) {
+// lastEventID reads Last-Event-ID, or ?last_event_id= for pages that cannot
+// set headers, and names where it came from.
+func lastEventID(c echo.Context) (int64, string, error) {
 	v := c.Request().Header.Get("Last-Event-ID")
 	field := "Last-Event-ID"
 	if v == "" {
 		v, field = c.QueryParam("last_event_id"), "last_event_id"
 	}
 	if v == "" {
-		return 0, nil
+		return 0, field, nil
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 0 {
-		return 0, errf(http.StatusBadRequest, "invalid_header", field, field+" must be a whole number of 0 or more")
+		return 0, field, errf(http.StatusBadRequest, "invalid_header", field, field+" must be a whole number of 0 or more")
 	}
-	return n, nil
+	return n, field, nil
 }
 
 // sseSink writes events in the text/event-stream format through the
@@ -135,6 +174,9 @@ func (s *sseSink) Open() error {
 	h.Set("Connection", "keep-alive")
 	h.Set("X-Accel-Buffering", "no") // let proxies pass events through at once
 	s.res.WriteHeader(http.StatusOK)
+	if _, err := s.res.Write([]byte(retryHint)); err != nil {
+		return err
+	}
 	s.res.Flush()
 	return nil
 }

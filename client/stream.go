@@ -96,6 +96,9 @@ func (c *Client) streamOnce(ctx context.Context, id string, last *int64, opt Str
 	}
 	conn := sc.NewConnection(req)
 	conn.SubscribeToAll(func(e sse.Event) {
+		if e.Data == "" {
+			return // a block with no data (the server's retry hint) is no event
+		}
 		var ev Event
 		if err := json.Unmarshal([]byte(e.Data), &ev); err != nil {
 			cancel(fmt.Errorf("chatfleet: malformed %s event: %w", e.Type, err))

@@ -61,6 +61,9 @@ type Config struct {
 	StreamFlushInterval time.Duration
 	StreamFlushBytes    int
 	SSEHeartbeat        time.Duration
+	StreamMaxDuration   time.Duration
+	TenantMaxStreams    int
+	AdminKey            string
 	LogLevel            string
 
 	SimLatency    time.Duration
@@ -195,6 +198,18 @@ func Vars(role Role) []Var {
 			durationVar(func(c *Config) *time.Duration { return &c.StreamFlushInterval }, 0)},
 		{"CHATFLEET_STREAM_FLUSH_BYTES", "256", "a batch of token deltas goes out early once it holds this many bytes", false,
 			intVar(func(c *Config) *int { return &c.StreamFlushBytes }, 1)},
+		{"CHATFLEET_STREAM_MAX_DURATION", "1h", "a stream ends cleanly after this long; the client resumes with Last-Event-ID", false,
+			durationVar(func(c *Config) *time.Duration { return &c.StreamMaxDuration }, time.Second)},
+		{"CHATFLEET_TENANT_MAX_STREAMS", "0", "concurrent streams of one tenant across all API processes, streamed /v1 requests included; beyond it 429 (0: unlimited; e.g. 200 in a multi-tenant production)", false,
+			intVar(func(c *Config) *int { return &c.TenantMaxStreams }, 0)},
+		{"CHATFLEET_ADMIN_KEY", "", "password of the operators' queue UI at /admin/queues (HTTP basic auth, any user name); empty disables the UI", true,
+			func(c *Config, v string) error {
+				if v != "" && len(v) < 16 {
+					return errors.New("must be at least 16 characters")
+				}
+				c.AdminKey = v
+				return nil
+			}},
 		{"CHATFLEET_SSE_HEARTBEAT", "15s", "comment heartbeat interval on idle SSE streams", false,
 			durationVar(func(c *Config) *time.Duration { return &c.SSEHeartbeat }, 100*time.Millisecond)},
 		{"CHATFLEET_LOG_LEVEL", "info", "trace, debug, info, warn or error", false,

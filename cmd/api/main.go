@@ -14,11 +14,13 @@ import (
 	"syscall"
 
 	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynqmon"
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/api"
 	"github.com/chatfleet/chatfleet/cmd/internal/wiring"
 	"github.com/chatfleet/chatfleet/config"
+	"github.com/chatfleet/chatfleet/console"
 	"github.com/chatfleet/chatfleet/health"
 	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/logging"
@@ -129,9 +131,19 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb}, api.Options{
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
+		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams,
 	})
 	server.Register(e)
 	checker.Register(e)
+	console.Register(e)
+	if cfg.AdminKey != "" {
+		queues, err := queueUI(cfg.RedisURL)
+		if err != nil {
+			return err
+		}
+		closers.Add(queues.Close)
+		console.RegisterAdmin(e, console.AdminOptions{Key: cfg.AdminKey, Queues: queues, Jobs: jm})
+	}
 	fleet := health.NewFleet(bg, rdb, asynq.NewInspectorFromRedisClient(rdb), health.FleetOptions{
 		Threshold: cfg.QueueAlertThreshold, Version: version,
 		Breakers: func(ctx context.Context) (map[string]string, error) {
@@ -163,6 +175,16 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	case err := <-srv.Done():
 		return err
 	}
+}
+
+// queueUI is asynqmon, read-only: changes to jobs go through the console's
+// dead-letter view or `worker jobs`, which keep the job records in step.
+func queueUI(redisURL string) (*asynqmon.HTTPHandler, error) {
+	opt, err := asynq.ParseRedisURI(redisURL)
+	if err != nil {
+		return nil, fmt.Errorf("queue UI: %w", err)
+	}
+	return asynqmon.New(asynqmon.Options{RootPath: "/admin/queues", RedisConnOpt: opt, ReadOnly: true}), nil
 }
 
 // defaultModel is the model jobs get when they name none.

@@ -90,3 +90,11 @@ func UnfinishedMember(tenant, session, id string) string { return tenant + "\n" 
 
 // LeaseMember is an attempt's entry in Leases.
 func LeaseMember(id string, attempt int) string { return id + ":" + strconv.Itoa(attempt) }
+
+// TenantStreams holds a tenant's open streams across API processes (sorted
+// set of stream ids scored by lease expiry in ms), for its stream cap.
+func TenantStreams(tenant string) string { return prefix + "tenant:" + tenant + ":streams" }
+
+// StreamToken maps a short-lived stream token to the tenant and job it lets a
+// page follow (EventSource cannot send an Authorization header).
+func StreamToken(token string) string { return prefix + "stream-token:" + token }

@@ -1,0 +1,126 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
+)
+
+// streamCap bounds a tenant's concurrent streams across every API process.
+// Each open stream holds a lease in Redis, renewed at each heartbeat, so the
+// streams of an API process that died stop counting after a few heartbeats.
+type streamCap struct {
+	rdb   redis.UniversalClient
+	max   int
+	lease time.Duration
+}
+
+var acquireStream = redis.NewScript(`
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+`)
+
+// errTooManyStreams is a tenant over its stream cap.
+var errTooManyStreams = errf(http.StatusTooManyRequests, "too_many_streams", "",
+	"this tenant has as many open streams as it may have; close one or try again shortly")
+
+// acquire takes a stream slot for tenant; the returned renew and release keep
+// and end it. errTooManyStreams: the tenant is at its cap.
+func (c *streamCap) acquire(ctx context.Context, tenant string) (renew, release func(), err error) {
+	noop := func() {}
+	if c.max <= 0 {
+		return noop, noop, nil
+	}
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	id := hex.EncodeToString(b)
+	key := rkeys.TenantStreams(tenant)
+	now := time.Now()
+	ok, err := acquireStream.Run(ctx, c.rdb, []string{key}, now.UnixMilli(), c.max, now.Add(c.lease).UnixMilli(), id, c.lease.Milliseconds()*2).Int()
+	if err != nil {
+		return nil, nil, errors.Join(store.ErrUnavailable, err)
+	}
+	if ok == 0 {
+		return nil, nil, errTooManyStreams
+	}
+	renew = func() {
+		_ = c.rdb.ZAddXX(context.Background(), key, redis.Z{Score: float64(time.Now().Add(c.lease).UnixMilli()), Member: id}).Err()
+	}
+	release = func() { _ = c.rdb.ZRem(context.Background(), key, id).Err() }
+	return renew, release, nil
+}
+
+// leasedSink renews a stream's slot at every heartbeat.
+type leasedSink struct {
+	stream.Sink
+	renew func()
+}
+
+func (s leasedSink) Heartbeat() error {
+	s.renew()
+	return s.Sink.Heartbeat()
+}
+
+// streamTokenTTL is how long a stream token lets a page follow its job
+// (reconnects included): the longest stream.
+const streamTokenTTL = time.Hour
+
+// issueStreamToken answers a short-lived token that lets a page (whose
+// EventSource cannot send an Authorization header) follow one job of the
+// caller's tenant: GET …/stream?token=….
+func (s *Server) issueStreamToken(c echo.Context) error {
+	ctx := c.Request().Context()
+	j, err := s.jobs.Get(ctx, c.Param("id"), tenantOf(c))
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	token := hex.EncodeToString(b)
+	if err := s.rdb.Set(ctx, rkeys.StreamToken(token), j.Tenant+"\n"+j.ID, streamTokenTTL).Err(); err != nil {
+		return errors.Join(store.ErrUnavailable, err)
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"token": token, "expires_in": int(streamTokenTTL.Seconds()),
+		"stream_url": jobURL(j.ID) + "/stream?token=" + token,
+	})
+}
+
+// streamAuth accepts a stream token (?token=) for the job it was issued for,
+// else the usual Authorization header.
+func (s *Server) streamAuth(next echo.HandlerFunc) echo.HandlerFunc {
+	bearer := auth(s.keys)(next)
+	return func(c echo.Context) error {
+		token := c.QueryParam("token")
+		if token == "" {
+			return bearer(c)
+		}
+		v, err := s.rdb.Get(c.Request().Context(), rkeys.StreamToken(token)).Result()
+		if errors.Is(err, redis.Nil) {
+			return errf(http.StatusUnauthorized, "unauthorized", "token", "the stream token is unknown or expired; ask for a new one")
+		}
+		if err != nil {
+			return errors.Join(store.ErrUnavailable, err)
+		}
+		tenant, id, _ := strings.Cut(v, "\n")
+		if id != c.Param("id") {
+			return errf(http.StatusUnauthorized, "unauthorized", "token", "the stream token is for another job")
+		}
+		c.Set(tenantKey, tenant)
+		return next(c)
+	}
+}

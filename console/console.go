@@ -1,0 +1,106 @@
+// Package console serves the web console (chat, queue, job views) from files
+// embedded in the binary, and mounts the operators' queue UI (asynqmon) and
+// the dead-letter endpoints behind the admin key. Nothing is fetched from
+// elsewhere: it works offline.
+package console
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"errors"
+	"io/fs"
+	"net/http"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/chatfleet/chatfleet/jobs"
+	"github.com/chatfleet/chatfleet/store"
+)
+
+//go:embed static
+var static embed.FS
+
+// Register serves the console at /console/ and redirects / there.
+func Register(e *echo.Echo) {
+	files, _ := fs.Sub(static, "static")
+	h := http.StripPrefix("/console/", http.FileServer(http.FS(files)))
+	e.GET("/console/*", echo.WrapHandler(noStore(h)))
+	e.GET("/console", func(c echo.Context) error { return c.Redirect(http.StatusMovedPermanently, "/console/") })
+	e.GET("/", func(c echo.Context) error { return c.Redirect(http.StatusFound, "/console/") })
+}
+
+// noStore keeps browsers from serving an old console after an upgrade.
+func noStore(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'")
+		h.ServeHTTP(w, r)
+	})
+}
+
+// AdminOptions configure the operators' routes.
+type AdminOptions struct {
+	Key    string       // the admin key; empty: the routes are not mounted
+	Queues http.Handler // the queue UI mounted at /admin/queues/ (asynqmon)
+	Jobs   *jobs.Manager
+}
+
+// RegisterAdmin mounts /admin/queues/ (the queue UI) and the dead-letter
+// endpoints GET /admin/api/archived and POST /admin/api/jobs/:id/rerun,
+// behind HTTP basic auth whose password is the admin key (any user name), or
+// `Authorization: Bearer <admin key>`.
+func RegisterAdmin(e *echo.Echo, o AdminOptions) {
+	if o.Key == "" {
+		return
+	}
+	guard := adminAuth(o.Key)
+	if o.Queues != nil {
+		e.Any("/admin/queues", echo.WrapHandler(o.Queues), guard)
+		e.Any("/admin/queues/*", echo.WrapHandler(o.Queues), guard)
+	}
+	e.GET("/admin/api/archived", func(c echo.Context) error {
+		list, err := o.Jobs.ListArchived()
+		if err != nil {
+			return errors.Join(store.ErrUnavailable, err)
+		}
+		if list == nil {
+			list = []jobs.Archived{}
+		}
+		return c.JSON(http.StatusOK, map[string]any{"jobs": list})
+	}, guard)
+	e.POST("/admin/api/jobs/:id/rerun", func(c echo.Context) error {
+		err := o.Jobs.Rerun(c.Request().Context(), c.Param("id"))
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return echo.NewHTTPError(http.StatusNotFound, "no such job")
+		case errors.Is(err, jobs.ErrNotArchived), errors.Is(err, store.ErrNotFailed):
+			return echo.NewHTTPError(http.StatusConflict, "only an archived, failed job can be re-run")
+		case err != nil:
+			return err
+		}
+		return c.JSON(http.StatusOK, map[string]any{"job_id": c.Param("id"), "status": store.StatusQueued})
+	}, guard)
+}
+
+func adminAuth(key string) echo.MiddlewareFunc {
+	want := sha256.Sum256([]byte(key))
+	ok := func(got string) bool {
+		d := sha256.Sum256([]byte(got))
+		return subtle.ConstantTimeCompare(d[:], want[:]) == 1
+	}
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			r := c.Request()
+			if _, pass, has := r.BasicAuth(); has && ok(pass) {
+				return next(c)
+			}
+			if b, has := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); has && ok(strings.TrimSpace(b)) {
+				return next(c)
+			}
+			c.Response().Header().Set("WWW-Authenticate", `Basic realm="chatfleet admin"`)
+			return echo.NewHTTPError(http.StatusUnauthorized, "the admin key is required")
+		}
+	}
+}

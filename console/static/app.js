@@ -1,0 +1,264 @@
+'use strict';
+// The chatfleet console: plain JavaScript against the public API, no build
+// step. An in-progress answer is kept in sessionStorage (its text so far and
+// the last event id), so that a reload resumes the stream exactly where it was.
+
+const $ = (id) => document.getElementById(id);
+const store = window.sessionStorage;
+const state = { key: store.getItem('cf.key') || '', admin: store.getItem('cf.admin') || '' };
+
+function authHeaders(extra) {
+  const h = Object.assign({}, extra || {});
+  if (state.key) h['Authorization'] = 'Bearer ' + state.key;
+  return h;
+}
+
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: authHeaders(body ? { 'Content-Type': 'application/json' } : {}),
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  if (res.status === 401) {
+    $('keyform').hidden = false;
+    throw new Error('this fleet needs an API key');
+  }
+  const data = res.status === 204 ? null : await res.json();
+  if (!res.ok) throw new Error((data && data.error && data.error.message) || res.statusText);
+  return data;
+}
+
+// A stream URL a page can open: EventSource cannot send an Authorization
+// header, so with keys on the page asks for a short-lived stream token.
+async function streamURL(jobID, after) {
+  let url = '/api/v1/chat/jobs/' + encodeURIComponent(jobID) + '/stream';
+  if (state.key) url = (await api('POST', url + '-token')).stream_url;
+  if (after > 0) url += (url.includes('?') ? '&' : '?') + 'last_event_id=' + after;
+  return url;
+}
+
+// ---- tabs ----
+document.querySelectorAll('nav button').forEach((b) => b.addEventListener('click', () => showTab(b.dataset.tab)));
+function showTab(name) {
+  document.querySelectorAll('nav button').forEach((b) => b.classList.toggle('active', b.dataset.tab === name));
+  document.querySelectorAll('.tab').forEach((s) => { s.hidden = s.id !== name; });
+  if (name === 'queue') refreshQueue();
+}
+
+$('keyform').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  state.key = $('apikey').value.trim();
+  store.setItem('cf.key', state.key);
+  $('keyform').hidden = true;
+  loadHistory();
+});
+
+// ---- chat ----
+function newSessionID() {
+  const b = new Uint8Array(6);
+  crypto.getRandomValues(b);
+  return 'console-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+$('session').value = store.getItem('cf.session') || newSessionID();
+store.setItem('cf.session', $('session').value);
+$('session').addEventListener('change', () => { store.setItem('cf.session', $('session').value.trim()); loadHistory(); });
+$('newsession').addEventListener('click', () => {
+  $('session').value = newSessionID();
+  store.setItem('cf.session', $('session').value);
+  loadHistory();
+});
+
+function bubble(role, text, jobID) {
+  const el = document.createElement('div');
+  el.className = 'msg ' + role;
+  if (jobID) el.dataset.job = jobID;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  el.appendChild(body);
+  $('messages').appendChild(el);
+  el.scrollIntoView({ block: 'end' });
+  return el;
+}
+
+function note(el, text, st) {
+  el.dataset.state = st;
+  let n = el.querySelector('.note');
+  if (!n) { n = document.createElement('span'); n.className = 'note'; el.appendChild(n); }
+  n.textContent = text;
+}
+
+async function loadHistory() {
+  $('messages').textContent = '';
+  try {
+    const h = await api('GET', '/api/v1/sessions/' + encodeURIComponent($('session').value) + '/messages');
+    h.messages.forEach((m) => bubble(m.role, m.content, m.job_id));
+  } catch (e) {
+    $('chatstatus').textContent = e.message;
+  }
+  const cur = current();
+  if (cur && cur.session === $('session').value) {
+    bubble('user', cur.message);
+    follow(cur);
+  }
+}
+
+function current() {
+  try { return JSON.parse(store.getItem('cf.current') || 'null'); } catch (e) { return null; }
+}
+
+// follow streams a job into its bubble, from the event after cur.seq.
+async function follow(cur) {
+  const el = bubble('assistant', cur.text, cur.job);
+  note(el, cur.text ? 'resuming…' : 'waiting for a worker…', 'streaming');
+  $('cancel').disabled = false;
+  $('cancel').onclick = () => api('POST', '/api/v1/chat/jobs/' + cur.job + '/cancel').catch((e) => { $('chatstatus').textContent = e.message; });
+  const es = new EventSource(await streamURL(cur.job, cur.seq));
+  window.cfStream = es; // for tests and the curious: the page never closes it
+  const save = (seq) => { cur.seq = seq; store.setItem('cf.current', JSON.stringify(cur)); };
+  const text = el.querySelector('.text');
+  const end = (st, msg) => {
+    note(el, msg, st);
+    store.removeItem('cf.current');
+    $('cancel').disabled = true;
+    $('chatstatus').textContent = '';
+    // The stream is not closed here: after the final event the server
+    // closes it, and answers the browser's reconnect with 204, which tells
+    // EventSource to stop.
+  };
+  es.addEventListener('token', (ev) => {
+    const d = JSON.parse(ev.data);
+    cur.text += d.delta;
+    text.textContent = cur.text;
+    note(el, '', 'streaming');
+    save(d.seq);
+  });
+  es.addEventListener('retry', (ev) => {
+    const d = JSON.parse(ev.data);
+    cur.text = '';
+    text.textContent = '';
+    note(el, 'the provider failed mid-answer; retrying (attempt ' + d.attempt + ')…', 'retrying');
+    save(d.seq);
+  });
+  es.addEventListener('done', (ev) => {
+    const d = JSON.parse(ev.data);
+    el.dataset.streamed = cur.text; // what the tokens added up to, for checks
+    text.textContent = d.result.content;
+    end(d.result.degraded ? 'degraded' : 'done',
+      d.result.degraded ? 'degraded reply: every provider is unavailable' : d.result.provider + ' · ' + d.usage.completion_tokens + ' tokens');
+  });
+  es.addEventListener('error', (ev) => {
+    if (!ev.data) return; // a dropped connection: EventSource reconnects by itself
+    const d = JSON.parse(ev.data);
+    end('failed', 'failed: ' + d.error.message);
+  });
+  es.addEventListener('canceled', () => end('canceled', 'canceled'));
+}
+
+async function send() {
+  const message = $('input').value.trim();
+  if (!message) return;
+  $('send').disabled = true;
+  try {
+    const sub = await api('POST', '/api/v1/chat/jobs', { session_id: $('session').value, message });
+    $('input').value = '';
+    bubble('user', message);
+    const cur = { job: sub.job_id, session: sub.session_id, message, text: '', seq: 0 };
+    store.setItem('cf.current', JSON.stringify(cur));
+    follow(cur);
+  } catch (e) {
+    $('chatstatus').textContent = e.message;
+  } finally {
+    $('send').disabled = false;
+  }
+}
+$('compose').addEventListener('submit', (ev) => { ev.preventDefault(); send(); });
+$('input').addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); send(); }
+});
+
+// ---- queue ----
+let queueTimer = null;
+async function refreshQueue() {
+  clearTimeout(queueTimer);
+  if ($('queue').hidden) return;
+  try {
+    const [q, d] = await Promise.all([api('GET', '/health/queue/status'), api('GET', '/health/detailed')]);
+    $('queuestatus').textContent = q.status + ': backlog ' + q.backlog + ' of threshold ' + q.threshold +
+      (q.throughput_jobs_per_second !== undefined ? ' · ' + q.throughput_jobs_per_second + ' jobs/s' : '');
+    $('queuestatus').className = 'status' + (q.status === 'warning' ? ' warning' : '');
+    $('advice').textContent = q.advice;
+    table($('queues'), ['queue', 'pending', 'scheduled', 'retry', 'active', 'archived', 'oldest (s)'],
+      q.queues.map((x) => [x.name, x.pending, x.scheduled, x.retry, x.active, x.archived, x.latency_seconds.toFixed(1)]));
+    $('workers').textContent = q.workers.live + ' live, ' + q.workers.busy + ' of ' + q.workers.concurrency + ' slots busy';
+    table($('breakers'), ['provider', 'breaker'], Object.entries(d.breakers || {}));
+  } catch (e) {
+    $('queuestatus').textContent = e.message;
+  }
+  queueTimer = setTimeout(refreshQueue, 2000);
+}
+
+function table(t, head, rows) {
+  t.textContent = '';
+  const tr = t.insertRow();
+  head.forEach((h) => { const th = document.createElement('th'); th.textContent = h; tr.appendChild(th); });
+  rows.forEach((r) => {
+    const row = t.insertRow();
+    r.forEach((c) => { const td = row.insertCell(); if (c instanceof Node) td.appendChild(c); else td.textContent = c; });
+  });
+}
+
+// ---- jobs ----
+$('jobform').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const id = $('jobid').value.trim();
+  $('jobevents').textContent = '';
+  try {
+    const j = await api('GET', '/api/v1/chat/jobs/' + encodeURIComponent(id));
+    $('jobview').textContent = JSON.stringify(j, null, 2);
+    const es = new EventSource(await streamURL(id, 0));
+    const add = (ev) => {
+      const li = document.createElement('li');
+      li.textContent = ev.type + ' ' + ev.data;
+      $('jobevents').appendChild(li);
+      if (ev.type !== 'token' && ev.type !== 'retry') es.close();
+    };
+    ['token', 'retry', 'done', 'canceled'].forEach((t) => es.addEventListener(t, add));
+    es.addEventListener('error', (ev) => { if (ev.data) add(ev); else es.close(); });
+  } catch (e) {
+    $('jobview').textContent = e.message;
+  }
+});
+
+$('adminform').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  state.admin = $('adminkey').value.trim();
+  store.setItem('cf.admin', state.admin);
+  listArchived();
+});
+
+async function admin(method, path) {
+  const res = await fetch(path, { method, headers: { Authorization: 'Bearer ' + state.admin } });
+  const data = await res.json();
+  if (!res.ok) throw new Error((data.error && data.error.message) || res.statusText);
+  return data;
+}
+
+async function listArchived() {
+  try {
+    const data = await admin('GET', '/admin/api/archived');
+    $('adminstatus').textContent = data.jobs.length + ' archived jobs';
+    table($('archived'), ['job', 'queue', 'last error', 'failed at', ''], data.jobs.map((j) => {
+      const b = document.createElement('button');
+      b.textContent = 'Re-run';
+      b.addEventListener('click', async () => {
+        try { await admin('POST', '/admin/api/jobs/' + encodeURIComponent(j.job_id) + '/rerun'); listArchived(); } catch (e) { $('adminstatus').textContent = e.message; }
+      });
+      return [j.job_id, j.queue, j.last_error, j.last_failed_at, b];
+    }));
+  } catch (e) {
+    $('adminstatus').textContent = e.message;
+  }
+}
+
+loadHistory();

@@ -1,0 +1,282 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// browser is a headless Chromium on a private profile that records every
+// request the page makes and every error it throws.
+type browser struct {
+	ctx      context.Context
+	mu       sync.Mutex
+	requests []string
+	errors   []string
+}
+
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is not installed: apt-get install -y chromium (make test and .ci/run install it)")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1100, 800),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(func() { cancel(); cancelAlloc() })
+	b := &browser{ctx: ctx}
+	chromedp.ListenTarget(ctx, func(ev any) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		switch e := ev.(type) {
+		case *network.EventRequestWillBeSent:
+			b.requests = append(b.requests, e.Request.URL)
+		case *runtime.EventExceptionThrown:
+			b.errors = append(b.errors, e.ExceptionDetails.Error())
+		case *runtime.EventConsoleAPICalled:
+			if e.Type == runtime.APITypeError {
+				b.errors = append(b.errors, "console.error")
+			}
+		}
+	})
+	if err := chromedp.Run(ctx, network.Enable(), runtime.Enable()); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (b *browser) run(t *testing.T, timeout time.Duration, actions ...chromedp.Action) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, timeout)
+	defer cancel()
+	if err := chromedp.Run(ctx, actions...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (b *browser) streamRequests(jobID string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, u := range b.requests {
+		if strings.Contains(u, "/api/v1/chat/jobs/"+jobID) && strings.Contains(u, "/stream") && !strings.Contains(u, "stream-token") {
+			n++
+		}
+	}
+	return n
+}
+
+// The console in a real Chromium: a chat round trip with live tokens; a
+// reload mid-answer resumes exactly; the EventSource the page leaves open
+// after `done` is stopped by the server's 204; every request stays on the
+// API's origin; no page errors.
+func TestConsoleInABrowser(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "40", "CHATFLEET_SIM_TOKEN_DELAY": "60ms"})
+	base := apis[0].URL()
+	c := client.New(base)
+	b := newBrowser(t)
+	b.run(t, 20*time.Second, chromedp.Navigate(base+"/"), chromedp.WaitVisible("#input", chromedp.ByID))
+
+	var session string
+	b.run(t, 5*time.Second, chromedp.Value("#session", &session, chromedp.ByID))
+	reply := `#messages .msg.assistant:last-child`
+	send := func(text string) {
+		b.run(t, 5*time.Second, chromedp.SendKeys("#input", text, chromedp.ByID), chromedp.SendKeys("#input", "\r", chromedp.ByID))
+	}
+	shown := func() (string, string) {
+		var text, st string
+		b.run(t, 5*time.Second, chromedp.Evaluate(`(() => { const m = document.querySelector('`+reply+`'); return m ? m.querySelector('.text').textContent : ''; })()`, &text),
+			chromedp.Evaluate(`(() => { const m = document.querySelector('`+reply+`'); return m ? (m.dataset.state || '') : ''; })()`, &st))
+		return text, st
+	}
+	jobOf := func() string {
+		var id string
+		b.run(t, 5*time.Second, chromedp.Evaluate(`document.querySelector('`+reply+`').dataset.job`, &id))
+		return id
+	}
+	waitDone := func() string {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			if text, st := shown(); st == "done" {
+				return text
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatal("the answer never finished in the page")
+		return ""
+	}
+
+	// 1. A round trip with live tokens: the text grows before the answer ends.
+	send("hello browser")
+	var partial []int
+	for len(partial) < 3 {
+		text, st := shown()
+		if st == "done" {
+			break
+		}
+		if n := len(text); n > 0 && (len(partial) == 0 || n > partial[len(partial)-1]) {
+			partial = append(partial, n)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	if len(partial) < 3 {
+		t.Fatalf("no live tokens: the text grew %v before done", partial)
+	}
+	first := jobOf()
+	text := waitDone()
+	j, err := c.Get(context.Background(), first)
+	if err != nil || j.SessionID != session || text != j.Result.Content {
+		t.Fatalf("page shows %q, the job %+v (%v)", text, j, err)
+	}
+
+	// 2. The EventSource left open after done: the server closes, the
+	// browser reconnects once, gets 204 and stops.
+	deadline := time.Now().Add(10 * time.Second)
+	var ready int
+	for time.Now().Before(deadline) {
+		b.run(t, 5*time.Second, chromedp.Evaluate(`window.cfStream ? window.cfStream.readyState : -1`, &ready))
+		if ready == 2 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if ready != 2 {
+		t.Fatalf("EventSource readyState %d after done, want 2 (closed)", ready)
+	}
+	time.Sleep(3 * time.Second) // a page that kept reconnecting would show more requests now
+	if n := b.streamRequests(first); n != 2 {
+		t.Fatalf("%d stream requests for the finished job, want 2 (the stream and one reconnect answered 204)", n)
+	}
+
+	// 3. A reload mid-answer resumes exactly where it was.
+	send("reload me")
+	var second string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var id string
+		b.run(t, 5*time.Second, chromedp.Evaluate(`(() => { const m = document.querySelector('`+reply+`'); return m ? m.dataset.job : ''; })()`, &id))
+		if text, st := shown(); id != first && st == "streaming" && len(text) > 40 {
+			second = id
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second answer never streamed")
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	b.run(t, 20*time.Second, chromedp.Reload(), chromedp.WaitVisible("#input", chromedp.ByID))
+	text = waitDone()
+	var streamed string
+	b.run(t, 5*time.Second, chromedp.Evaluate(`document.querySelector('`+reply+`').dataset.streamed`, &streamed))
+	j, err = c.Get(context.Background(), second)
+	if err != nil || text != j.Result.Content || streamed != j.Result.Content {
+		t.Fatalf("after a reload the page streamed %q and shows %q; the job's result is %q (%v)", streamed, text, j.Result.Content, err)
+	}
+	b.mu.Lock()
+	resumed := false
+	for _, u := range b.requests {
+		resumed = resumed || (strings.Contains(u, second+"/stream") && strings.Contains(u, "last_event_id="))
+	}
+	b.mu.Unlock()
+	if !resumed {
+		t.Error("the reloaded page did not resume with last_event_id")
+	}
+
+	// 4. The queue view shows the queue against its threshold, live.
+	var status, workers string
+	b.run(t, 10*time.Second, chromedp.Click(`nav button[data-tab="queue"]`, chromedp.ByQuery),
+		chromedp.WaitVisible("#queues tr:nth-child(2)", chromedp.ByQuery),
+		chromedp.Text("#queuestatus", &status, chromedp.ByID), chromedp.Text("#workers", &workers, chromedp.ByID))
+	if !strings.Contains(status, "backlog 0 of threshold 500") || !strings.Contains(workers, "1 live") {
+		t.Errorf("queue view: %q, workers %q", status, workers)
+	}
+	// The job view replays a job's events.
+	b.run(t, 10*time.Second, chromedp.Click(`nav button[data-tab="jobs"]`, chromedp.ByQuery),
+		chromedp.SendKeys("#jobid", first, chromedp.ByID), chromedp.Click("#jobform button", chromedp.ByQuery),
+		chromedp.WaitVisible(`#jobevents li:last-child`, chromedp.ByQuery))
+	var lastEvent string
+	for deadline := time.Now().Add(5 * time.Second); !strings.HasPrefix(lastEvent, "done ") && time.Now().Before(deadline); {
+		b.run(t, 5*time.Second, chromedp.Text(`#jobevents li:last-child`, &lastEvent, chromedp.ByQuery))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.HasPrefix(lastEvent, "done ") {
+		t.Errorf("job view: last event %q", lastEvent)
+	}
+	b.run(t, 5*time.Second, chromedp.Click(`nav button[data-tab="chat"]`, chromedp.ByQuery))
+
+	// 5. Nothing left the API's origin; no page errors.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, u := range b.requests {
+		if !strings.HasPrefix(u, base+"/") && !strings.HasPrefix(u, "data:") {
+			t.Errorf("a request left the API's origin: %s", u)
+		}
+	}
+	if len(b.errors) > 0 {
+		t.Errorf("page errors: %v", b.errors)
+	}
+
+	if out := os.Getenv("CHATFLEET_CONSOLE_SCREENSHOT"); out != "" {
+		var png []byte
+		b.mu.Unlock()
+		b.run(t, 10*time.Second, chromedp.FullScreenshot(&png, 100))
+		b.mu.Lock()
+		if err := os.WriteFile(filepath.Clean(out), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// With API keys on, the console asks for a key, and follows its answers over
+// EventSource with a stream token (EventSource cannot send the header).
+func TestConsoleWithAPIKeys(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	const key = "acme-key-0123456789"
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": "acme:" + key, "CHATFLEET_SIM_TOKENS": "5"})
+	base := apis[0].URL()
+	b := newBrowser(t)
+	var state string
+	b.run(t, 20*time.Second, chromedp.Navigate(base+"/console/"),
+		chromedp.WaitVisible("#apikey", chromedp.ByID),
+		chromedp.SendKeys("#apikey", key, chromedp.ByID), chromedp.Click("#keyform button", chromedp.ByQuery),
+		chromedp.WaitNotVisible("#keyform", chromedp.ByID),
+		chromedp.SendKeys("#input", "with a key\r", chromedp.ByID),
+		chromedp.WaitVisible(`#messages .msg.assistant[data-state="done"]`, chromedp.ByQuery),
+		chromedp.AttributeValue(`#messages .msg.assistant`, "data-state", &state, nil))
+	if b.streamRequests("") == 0 {
+		t.Fatal("no stream request")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	tokened := false
+	for _, u := range b.requests {
+		tokened = tokened || (strings.Contains(u, "/stream?token=") && !strings.Contains(u, key))
+		if strings.Contains(u, key) {
+			t.Errorf("the API key appears in a URL: %s", u)
+		}
+	}
+	if !tokened || state != "done" {
+		t.Fatalf("followed with a stream token: %v, state %q", tokened, state)
+	}
+	if len(b.errors) > 0 {
+		t.Errorf("page errors: %v", b.errors)
+	}
+}
