@@ -89,13 +89,23 @@ func oaInvalid(param, msg string) *Error {
 	return errf(http.StatusBadRequest, "invalid_request_error", param, msg)
 }
 
+// readOpenAIBody reads a /v1 request body (conversations make them larger
+// than the jobs API's).
+func readOpenAIBody(c echo.Context) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, 4*maxBodyBytes))
+	if err != nil {
+		return nil, errf(http.StatusRequestEntityTooLarge, "request_too_large", "body", fmt.Sprintf("body must be at most %d bytes", 4*maxBodyBytes))
+	}
+	return body, nil
+}
+
 // readOpenAI decodes a Chat Completions request. Unlike the jobs API it
 // ignores fields it does not know: SDKs send many optional ones.
 func readOpenAI(c echo.Context) (oaRequest, error) {
 	var r oaRequest
-	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, 4*maxBodyBytes))
+	body, err := readOpenAIBody(c)
 	if err != nil {
-		return r, errf(http.StatusRequestEntityTooLarge, "request_too_large", "body", fmt.Sprintf("body must be at most %d bytes", 4*maxBodyBytes))
+		return r, err
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
 		return r, oaInvalid("body", "the body is not a valid Chat Completions request: "+err.Error())
@@ -215,10 +225,7 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}
 	renew, release := func() {}, func() {}
 	if r.Stream { // a streamed answer counts against the tenant's stream cap
-		if renew, release, err = s.cap.acquire(c.Request().Context(), nj.Tenant); err != nil {
-			if errors.Is(err, errTooManyStreams) {
-				c.Response().Header().Set("Retry-After", retryAfterSeconds)
-			}
+		if renew, release, err = s.openStream(c, nj.Tenant); err != nil {
 			return err
 		}
 	}
@@ -278,11 +285,7 @@ func (s *oaSink) Open() error {
 	if !s.stream {
 		return nil
 	}
-	h := s.res.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	s.res.WriteHeader(http.StatusOK)
+	sseHead(s.res)
 	s.opened = true
 	return s.chunk(map[string]any{"role": "assistant", "content": ""}, nil, nil)
 }
@@ -291,11 +294,7 @@ func (s *oaSink) Heartbeat() error {
 	if !s.stream {
 		return nil
 	}
-	if _, err := s.res.Write([]byte(": heartbeat\n\n")); err != nil {
-		return err
-	}
-	s.res.Flush()
-	return nil
+	return sseHeartbeat(s.res)
 }
 
 func (s *oaSink) Event(ev store.Event) error {

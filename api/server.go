@@ -41,6 +41,8 @@ type Options struct {
 	// TenantMaxStreams bounds a tenant's concurrent streams across every API
 	// process (0: unlimited).
 	TenantMaxStreams int
+	// Retention is how long /v1/responses records are kept (the job retention; default 24h).
+	Retention time.Duration
 }
 
 // Deps are what the API works with.
@@ -97,6 +99,9 @@ func New(d Deps, opt Options) *Server {
 	if opt.StreamMaxDuration <= 0 {
 		opt.StreamMaxDuration = time.Hour
 	}
+	if opt.Retention <= 0 {
+		opt.Retention = 24 * time.Hour
+	}
 	return &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
 		cap: &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat}}
@@ -128,6 +133,7 @@ func (s *Server) Register(e *echo.Echo) {
 	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
 	s.registerOpenAI(e)
+	s.registerResponses(e)
 }
 
 type submitResponse struct {

@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -50,11 +49,8 @@ func (s *Server) streamJob(c echo.Context) error {
 				fmt.Sprintf("%s %d is beyond the job's log (%d events so far)", field, after, last.Seq))
 		}
 	}
-	renew, release, err := s.cap.acquire(ctx, j.Tenant)
+	renew, release, err := s.openStream(c, j.Tenant)
 	if err != nil {
-		if errors.Is(err, errTooManyStreams) {
-			c.Response().Header().Set("Retry-After", retryAfterSeconds)
-		}
 		return err
 	}
 	// Subscribe while a failure can still be answered with a JSON 503.
@@ -169,11 +165,8 @@ type sseSink struct {
 
 func (s *sseSink) Open() error {
 	h := s.res.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
 	h.Set("Connection", "keep-alive")
-	h.Set("X-Accel-Buffering", "no") // let proxies pass events through at once
-	s.res.WriteHeader(http.StatusOK)
+	sseHead(s.res)
 	if _, err := s.res.Write([]byte(retryHint)); err != nil {
 		return err
 	}
@@ -190,13 +183,7 @@ func (s *sseSink) Event(ev store.Event) error {
 	return nil
 }
 
-func (s *sseSink) Heartbeat() error {
-	if _, err := s.res.Write([]byte(": heartbeat\n\n")); err != nil {
-		return err
-	}
-	s.res.Flush()
-	return nil
-}
+func (s *sseSink) Heartbeat() error { return sseHeartbeat(s.res) }
 
 // cancelJob stops a job: a queued one never runs, an active one has its
 // provider call aborted and is not retried; a finished one is a conflict.

@@ -64,6 +64,34 @@ func (c *streamCap) acquire(ctx context.Context, tenant string) (renew, release 
 	return renew, release, nil
 }
 
+// openStream takes one of the tenant's stream slots for a request, answering
+// 429 with Retry-After when the tenant is at its cap.
+func (s *Server) openStream(c echo.Context, tenant string) (renew, release func(), err error) {
+	renew, release, err = s.cap.acquire(c.Request().Context(), tenant)
+	if errors.Is(err, errTooManyStreams) {
+		c.Response().Header().Set("Retry-After", retryAfterSeconds)
+	}
+	return renew, release, err
+}
+
+// sseHead starts a text/event-stream answer served from the handler.
+func sseHead(res *echo.Response) {
+	h := res.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // let proxies pass events through at once
+	res.WriteHeader(http.StatusOK)
+}
+
+// sseHeartbeat writes a comment line that keeps an idle stream open.
+func sseHeartbeat(res *echo.Response) error {
+	if _, err := res.Write([]byte(": heartbeat\n\n")); err != nil {
+		return err
+	}
+	res.Flush()
+	return nil
+}
+
 // leasedSink renews a stream's slot at every heartbeat.
 type leasedSink struct {
 	stream.Sink

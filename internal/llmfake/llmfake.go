@@ -38,6 +38,22 @@ type Fake struct {
 	plan  func(call int) Step
 	kind  string
 	quota *quota
+	seen  [][]Message
+	// aborted counts calls whose client went away mid-reply.
+	aborted atomic.Int64
+}
+
+// Aborted is how many calls the caller broke off while the fake was answering.
+func (f *Fake) Aborted() int { return int(f.aborted.Load()) }
+
+// Message is one message of a request the fake received.
+type Message struct{ Role, Content string }
+
+// Requests returns the messages of every request received, in order.
+func (f *Fake) Requests() [][]Message {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]Message(nil), f.seen...)
 }
 
 // quota is a provider's rate limit as providers enforce it: a bucket of
@@ -157,6 +173,13 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		f.fail(w, http.StatusBadRequest, "malformed request", "")
 		return
 	}
+	var msgs []Message
+	for _, m := range req.Messages {
+		msgs = append(msgs, Message{Role: m.Role, Content: contentText(m.Content)})
+	}
+	f.mu.Lock()
+	f.seen = append(f.seen, msgs)
+	f.mu.Unlock()
 	if step.FirstByteDelay > 0 {
 		select {
 		case <-time.After(step.FirstByteDelay):
@@ -227,6 +250,9 @@ func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Requ
 	send(chunk(map[string]any{"role": "assistant", "content": ""}, nil))
 	if !streamWords(w, fl, r, step, words, "data: {\"id\": not json\n\n",
 		func(wd string) { send(chunk(map[string]any{"content": wd}, nil)) }) {
+		if r.Context().Err() != nil {
+			f.aborted.Add(1)
+		}
 		return
 	}
 	send(chunk(map[string]any{}, "stop"))

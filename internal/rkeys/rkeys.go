@@ -98,3 +98,7 @@ func TenantStreams(tenant string) string { return prefix + "tenant:" + tenant + 
 // StreamToken maps a short-lived stream token to the tenant and job it lets a
 // page follow (EventSource cannot send an Authorization header).
 func StreamToken(token string) string { return prefix + "stream-token:" + token }
+
+// Response is a /v1/responses response's own fields (hash): its tenant,
+// input, conversation, instructions and settings; its job holds the rest.
+func Response(id string) string { return prefix + "response:" + id }
