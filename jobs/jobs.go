@@ -94,10 +94,10 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	if existing.Tenant != nj.Tenant || existing.BodyHash != nj.BodyHash {
 		return Submitted{}, ErrConflict
 	}
-	if existing.Status == store.StatusQueued && existing.Task == existing.ID && existing.Payload != nil {
+	if existing.Status == store.StatusQueued && existing.Task == existing.ID {
 		// Make sure the first request's enqueue happened; asynq refuses a second
 		// task with the same id, so this never makes two jobs.
-		if err := m.enqueue(ctx, existing.Payload, existing.Task, existing.Queue); err != nil {
+		if err := m.enqueue(ctx, raw, existing.Task, existing.Queue); err != nil {
 			return Submitted{}, err
 		}
 	}
@@ -239,10 +239,14 @@ func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
 	switch {
 	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) ||
 		(err == nil && info.State == asynq.TaskStateCompleted):
-		if j.Payload == nil {
+		payload, err := m.st.Payload(ctx, j.ID)
+		if err != nil {
+			return "", err
+		}
+		if payload == nil {
 			return actionFailed, m.fail(ctx, j, &store.JobError{Code: "lost", Message: "the job was accepted but its task was lost"})
 		}
-		return actionRequeued, m.requeue(ctx, j.ID, j.Payload, j.Queue)
+		return actionRequeued, m.requeue(ctx, j.ID, payload, j.Queue)
 	case err != nil:
 		return "", fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
 	case info.State == asynq.TaskStateArchived:

@@ -48,7 +48,6 @@ type Job struct {
 	SessionID  string
 	Queue      string
 	Task       string // the asynq task that runs the job now (the job id, or a later task after a takeover)
-	Payload    []byte // the task payload, kept while the job is unfinished so that it can be enqueued again
 	Status     string
 	BodyHash   string
 	CreatedAt  time.Time
@@ -165,9 +164,17 @@ func (s *Store) Delete(ctx context.Context, j NewJob) error {
 
 // Get reads a record.
 func (s *Store) Get(ctx context.Context, id string) (Job, error) {
-	m, err := s.rdb.HGetAll(ctx, rkeys.Job(id)).Result()
+	// Not HGETALL: the record also keeps the task payload (a conversation can
+	// be large), which only a re-enqueue needs (Payload).
+	vals, err := s.rdb.HMGet(ctx, rkeys.Job(id), recordFields...).Result()
 	if err != nil {
 		return Job{}, unavailable("get job", err)
+	}
+	m := make(map[string]string, len(recordFields))
+	for i, v := range vals {
+		if str, ok := v.(string); ok {
+			m[recordFields[i]] = str
+		}
 	}
 	if len(m) == 0 {
 		return Job{}, ErrNotFound
@@ -179,9 +186,6 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 		FinishedAt: parseTime(m["finished_at"]),
 	}
 	j.Attempts, _ = strconv.Atoi(m["attempts"])
-	if p := m["payload"]; p != "" {
-		j.Payload = []byte(p)
-	}
 	if j.Task == "" {
 		j.Task = id
 	}
@@ -195,6 +199,23 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 		return Job{}, err
 	}
 	return j, nil
+}
+
+// recordFields are the fields Get reads.
+var recordFields = []string{"tenant", "session_id", "queue", "task", "status", "body_hash",
+	"created_at", "started_at", "finished_at", "attempts", "result", "usage", "error"}
+
+// Payload returns the task payload an unfinished job's record keeps (nil
+// once the job has finished, or for a record without one).
+func (s *Store) Payload(ctx context.Context, id string) ([]byte, error) {
+	b, err := s.rdb.HGet(ctx, rkeys.Job(id), "payload").Bytes()
+	if errors.Is(err, redis.Nil) || (err == nil && len(b) == 0) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, unavailable("get payload", err)
+	}
+	return b, nil
 }
 
 func unmarshalField[T any](m map[string]string, field string, dst **T) error {
