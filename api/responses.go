@@ -93,7 +93,6 @@ func msgID(jobID string) string  { return "msg_" + strings.TrimPrefix(jobID, "jo
 func validRespID(id string) bool {
 	return strings.HasPrefix(id, "resp_") && tasks.ValidJobID(jobOfResp(id))
 }
-func respInvalid(param, msg string) *Error { return oaInvalid(param, msg) }
 
 func readResponseRequest(c echo.Context) (respRequest, error) {
 	var r respRequest
@@ -103,7 +102,7 @@ func readResponseRequest(c echo.Context) (respRequest, error) {
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
-		return r, respInvalid("body", "the body is not a valid Responses request: "+err.Error())
+		return r, oaInvalid("body", "the body is not a valid Responses request: "+err.Error())
 	}
 	var unknown []string
 	for k, v := range fields {
@@ -113,10 +112,10 @@ func readResponseRequest(c echo.Context) (respRequest, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return r, respInvalid(unknown[0], fmt.Sprintf("parameter %q is not supported by this server (supported: %s)", unknown[0], strings.Join(respParams, ", ")))
+		return r, oaInvalid(unknown[0], fmt.Sprintf("parameter %q is not supported by this server (supported: %s)", unknown[0], strings.Join(respParams, ", ")))
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
-		return r, respInvalid("body", "the body is not a valid Responses request: "+err.Error())
+		return r, oaInvalid("body", "the body is not a valid Responses request: "+err.Error())
 	}
 	return r, nil
 }
@@ -126,12 +125,12 @@ func readResponseRequest(c echo.Context) (respRequest, error) {
 func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMessage, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil, respInvalid("input", "input is required")
+		return nil, nil, oaInvalid("input", "input is required")
 	}
 	if raw[0] == '"' {
 		var text string
 		if err := json.Unmarshal(raw, &text); err != nil {
-			return nil, nil, respInvalid("input", "input is not a valid string")
+			return nil, nil, oaInvalid("input", "input is not a valid string")
 		}
 		raw, _ = json.Marshal([]map[string]any{{"role": "user", "content": text}})
 	}
@@ -141,10 +140,10 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 		Content json.RawMessage `json:"content"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, nil, respInvalid("input", "input must be a string or an array of message items")
+		return nil, nil, oaInvalid("input", "input must be a string or an array of message items")
 	}
 	if len(items) == 0 {
-		return nil, nil, respInvalid("input", "input must not be empty")
+		return nil, nil, oaInvalid("input", "input must not be empty")
 	}
 	var out []inputItem
 	var msgs []tasks.ChatMessage
@@ -152,7 +151,7 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 	for i, it := range items {
 		param := fmt.Sprintf("input[%d]", i)
 		if it.Type != "" && it.Type != "message" {
-			return nil, nil, respInvalid(param+".type", fmt.Sprintf("input item type %q is not supported (message only)", it.Type))
+			return nil, nil, oaInvalid(param+".type", fmt.Sprintf("input item type %q is not supported (message only)", it.Type))
 		}
 		role := it.Role
 		switch role {
@@ -160,7 +159,7 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 		case "developer":
 			role = "system"
 		default:
-			return nil, nil, respInvalid(param+".role", fmt.Sprintf("role %q is not supported (user, assistant, system, developer)", it.Role))
+			return nil, nil, oaInvalid(param+".role", fmt.Sprintf("role %q is not supported (user, assistant, system, developer)", it.Role))
 		}
 		var text string
 		var parts []contentPart
@@ -170,12 +169,12 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 			_ = json.Unmarshal(c, &text)
 		default:
 			if err := json.Unmarshal(c, &parts); err != nil {
-				return nil, nil, respInvalid(param+".content", "content must be a string or an array of input_text parts")
+				return nil, nil, oaInvalid(param+".content", "content must be a string or an array of input_text parts")
 			}
 			var b strings.Builder
 			for j, p := range parts {
 				if p.Type != "input_text" && !(role == "assistant" && p.Type == "output_text") {
-					return nil, nil, respInvalid(fmt.Sprintf("%s.content[%d].type", param, j), fmt.Sprintf("content part type %q is not supported (input_text only)", p.Type))
+					return nil, nil, oaInvalid(fmt.Sprintf("%s.content[%d].type", param, j), fmt.Sprintf("content part type %q is not supported (input_text only)", p.Type))
 				}
 				b.WriteString(p.Text)
 			}
@@ -187,10 +186,10 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 		msgs = append(msgs, tasks.ChatMessage{Role: role, Content: text})
 	}
 	if total > 4*maxMessageBytes {
-		return nil, nil, respInvalid("input", fmt.Sprintf("input holds more than %d bytes of text", 4*maxMessageBytes))
+		return nil, nil, oaInvalid("input", fmt.Sprintf("input holds more than %d bytes of text", 4*maxMessageBytes))
 	}
 	if last := msgs[len(msgs)-1]; last.Role != "user" || strings.TrimSpace(last.Content) == "" {
-		return nil, nil, respInvalid("input", "the last input item must be a non-empty user message")
+		return nil, nil, oaInvalid("input", "the last input item must be a non-empty user message")
 	}
 	return out, msgs, nil
 }
@@ -205,13 +204,13 @@ func (s *Server) createResponse(c echo.Context) error {
 	}
 	stored := r.Store == nil || *r.Store
 	if r.Background && !stored {
-		return respInvalid("store", "background responses must be stored (store: true)")
+		return oaInvalid("store", "background responses must be stored (store: true)")
 	}
 	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
-		return respInvalid("max_output_tokens", "max_output_tokens must be at least 1")
+		return oaInvalid("max_output_tokens", "max_output_tokens must be at least 1")
 	}
 	if len(r.Metadata) > 16 {
-		return respInvalid("metadata", "metadata holds at most 16 pairs")
+		return oaInvalid("metadata", "metadata holds at most 16 pairs")
 	}
 	tenant := tenantOf(c)
 	ctx := c.Request().Context()
@@ -230,7 +229,7 @@ func (s *Server) createResponse(c echo.Context) error {
 			return err
 		}
 		if pj.Status != store.StatusSucceeded || pj.Result == nil {
-			return respInvalid("previous_response_id", "the previous response has not completed")
+			return oaInvalid("previous_response_id", "the previous response has not completed")
 		}
 		conversation = append(append(slices.Clone(prev.Conversation), tasks.ChatMessage{Role: "assistant", Content: pj.Result.Content}), msgs...)
 	}
@@ -417,7 +416,7 @@ func (s *Server) getResponse(c echo.Context) error {
 	if v := c.QueryParam("starting_after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 0 {
-			return respInvalid("starting_after", "starting_after must be a whole number of 0 or more")
+			return oaInvalid("starting_after", "starting_after must be a whole number of 0 or more")
 		}
 		after = n
 	}
@@ -443,7 +442,7 @@ func (s *Server) cancelResponse(c echo.Context) error {
 		return respNotFound(err, c.Param("id"))
 	}
 	if !r.Background {
-		return respInvalid("response_id", "only background responses can be cancelled")
+		return oaInvalid("response_id", "only background responses can be cancelled")
 	}
 	if !store.Terminal(j.Status) {
 		if j, err = s.jobs.Cancel(ctx, j, "cancelled through the Responses API"); err != nil && !errors.Is(err, jobs.ErrFinished) {
