@@ -102,11 +102,13 @@ func TestConsoleInABrowser(t *testing.T) {
 	send := func(text string) {
 		b.run(t, 5*time.Second, chromedp.SendKeys("#input", text, chromedp.ByID), chromedp.SendKeys("#input", "\r", chromedp.ByID))
 	}
+	// shown reads the last answer's text and state together (one evaluation,
+	// so that the two belong to the same moment).
 	shown := func() (string, string) {
-		var text, st string
-		b.run(t, 5*time.Second, chromedp.Evaluate(`(() => { const m = document.querySelector('`+reply+`'); return m ? m.querySelector('.text').textContent : ''; })()`, &text),
-			chromedp.Evaluate(`(() => { const m = document.querySelector('`+reply+`'); return m ? (m.dataset.state || '') : ''; })()`, &st))
-		return text, st
+		var got []string
+		b.run(t, 5*time.Second, chromedp.Evaluate(`(() => { const m = document.querySelector('`+reply+`');
+			return m ? [m.querySelector('.text').textContent, m.dataset.state || ''] : ['', '']; })()`, &got))
+		return got[0], got[1]
 	}
 	jobOf := func() string {
 		var id string
