@@ -80,25 +80,8 @@ func TestKilledWorkersJobsGoOnWithinSeconds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	const n = 8
-	var ids []string
-	var streams []*followed
-	for i := range n {
-		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("kill-%d", i), Message: fmt.Sprintf("job %d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, sub.JobID)
-		streams = append(streams, follow(ctx, c, sub.JobID))
-	}
-	// All eight stream through the victim; then a second worker joins.
-	waitUntil(t, 10*time.Second, "every job streaming", func() bool {
-		for _, s := range streams {
-			if s.count() < 3 {
-				return false
-			}
-		}
-		return true
-	})
+	// All of them stream through the victim; then a second worker joins.
+	ids, streams := submitStreaming(ctx, t, c, "kill", n)
 	rescuer := testkit.StartProc(t, "worker-1", workerBin, fleetEnv(rd.URL(), extra))
 	victim.Signal(syscall.SIGKILL)
 	killedAt := time.Now()
@@ -146,24 +129,7 @@ func TestPausedWorkerIsFencedOut(t *testing.T) {
 	c := client.New(apis[0].URL())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var ids []string
-	var streams []*followed
-	for i := range 6 {
-		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("pause-%d", i), Message: fmt.Sprintf("job %d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, sub.JobID)
-		streams = append(streams, follow(ctx, c, sub.JobID))
-	}
-	waitUntil(t, 10*time.Second, "every job streaming", func() bool {
-		for _, s := range streams {
-			if s.count() < 3 {
-				return false
-			}
-		}
-		return true
-	})
+	ids, _ := submitStreaming(ctx, t, c, "pause", 6)
 	testkit.StartProc(t, "worker-1", workerBin, fleetEnv(rd.URL(), extra))
 	paused.Signal(syscall.SIGSTOP)
 	type snapshot struct {
@@ -312,6 +278,31 @@ func TestTimeoutsFitLongGenerations(t *testing.T) {
 		}
 		t.Logf("failed with %q after %s", j.Error.Message, took.Round(time.Millisecond))
 	})
+}
+
+// submitStreaming submits n jobs of sessions prefix-0… and follows each until
+// it has streamed a few events.
+func submitStreaming(ctx context.Context, t *testing.T, c *client.Client, prefix string, n int) ([]string, []*followed) {
+	t.Helper()
+	var ids []string
+	var streams []*followed
+	for i := range n {
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("%s-%d", prefix, i), Message: fmt.Sprintf("job %d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sub.JobID)
+		streams = append(streams, follow(ctx, c, sub.JobID))
+	}
+	waitUntil(t, 10*time.Second, "every job streaming", func() bool {
+		for _, s := range streams {
+			if s.count() < 3 {
+				return false
+			}
+		}
+		return true
+	})
+	return ids, streams
 }
 
 func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool) {

@@ -90,13 +90,8 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	jm := wiring.Jobs(cfg, rdb, st)
-	w, err := wiring.Worker(bg, cfg, rdb, st, jm, reg, log)
+	w, err := wiring.StartWorker(bg, cfg, rdb, st, wiring.Jobs(cfg, rdb, st), reg, log)
 	if err != nil {
-		return err
-	}
-	wiring.Supervise(bg, cfg, jm, reg, log)
-	if err := w.Start(); err != nil {
 		return err
 	}
 	closers.AddFunc(w.Shutdown)

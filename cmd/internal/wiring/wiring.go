@@ -93,9 +93,19 @@ func Providers(cfg config.Config) []llm.Spec {
 // ProviderNames are the chain's provider names, primary first.
 func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Providers(cfg)) }
 
-// Supervise starts the job rescuer and reconciler of a worker process until ctx ends.
-func Supervise(ctx context.Context, cfg config.Config, jm *jobs.Manager, reg prometheus.Registerer, log zerolog.Logger) {
+// StartWorker assembles a worker, starts the job rescuer and reconciler
+// beside it (both until ctx ends) and starts fetching jobs.
+func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store, jm *jobs.Manager,
+	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
+	w, err := Worker(ctx, cfg, rdb, st, jm, reg, log)
+	if err != nil {
+		return nil, err
+	}
 	jm.Supervise(ctx, jobs.SuperviseOptions{Lease: cfg.JobLease, Registerer: reg, Log: log.With().Str("component", "supervisor").Logger()})
+	if err := w.Start(); err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 // Worker assembles the provider chain, pipeline and asynq server that the
