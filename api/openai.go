@@ -217,9 +217,10 @@ func (s *Server) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	id := tasks.NewJobID()
 	// Each request is its own one-job session: the conversation comes with it.
-	nj := store.NewJob{ID: id, Tenant: tenantOf(c), SessionID: "openai-" + strings.TrimPrefix(id, "job_"),
+	session := "openai-" + tasks.NewSessionID()
+	id := tasks.NewJobID(tenantOf(c), session)
+	nj := store.NewJob{ID: id, Tenant: tenantOf(c), SessionID: session,
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: time.Now().UTC()}
 	p := tasks.ChatPayload{JobID: id, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}

@@ -214,7 +214,9 @@ func (s *Server) createResponse(c echo.Context) error {
 	}
 	tenant := tenantOf(c)
 	ctx := c.Request().Context()
-	id := tasks.NewJobID()
+	// Each response is a one-job session: the conversation comes with it.
+	session := "resp-" + tasks.NewSessionID()
+	id := tasks.NewJobID(tenant, session)
 	items, msgs, err := parseInput(r.Input, id)
 	if err != nil {
 		return err
@@ -255,7 +257,7 @@ func (s *Server) createResponse(c echo.Context) error {
 		}
 	}
 	defer release()
-	nj := store.NewJob{ID: id, Tenant: tenant, SessionID: "resp-" + strings.TrimPrefix(id, "job_"),
+	nj := store.NewJob{ID: id, Tenant: tenant, SessionID: session,
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: now}
 	p := tasks.ChatPayload{JobID: id, Tenant: tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: now, Messages: toProvider, Params: params}

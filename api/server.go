@@ -160,13 +160,12 @@ func (s *Server) submit(c echo.Context) error {
 	if err := validIdempotencyKey(key); err != nil {
 		return err
 	}
-	id := tasks.NewJobID()
-	if key != "" {
-		id = tasks.IdempotentJobID(tenant, key)
-	}
 	nj := store.NewJob{
-		ID: id, Tenant: tenant, SessionID: req.SessionID, Queue: tasks.QueueName(req.Priority),
+		ID: tasks.NewJobID(tenant, req.SessionID), Tenant: tenant, SessionID: req.SessionID, Queue: tasks.QueueName(req.Priority),
 		BodyHash: req.hash(), CreatedAt: time.Now().UTC(),
+	}
+	if key != "" {
+		nj.ID, nj.KeyHash = tasks.IdempotentJobID(tenant, key, req.SessionID), tasks.IdempotencyKeyHash(tenant, key)
 	}
 	sub, err := s.jobs.Submit(c.Request().Context(), nj, req.payload(nj))
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"sort"
 	"strconv"
@@ -112,7 +113,7 @@ func Vars(role Role) []Var {
 			}},
 		{"CHATFLEET_HTTP_ADDR", addr, "listen address (api :8080, worker :8081, api --standalone 127.0.0.1:8080)", false,
 			func(c *Config, v string) error { c.HTTPAddr = v; return validAddr(v) }},
-		{"CHATFLEET_REDIS_URL", "", "redis://, rediss://, redis-socket:// or redis-sentinel:// URL; empty means embedded Redis (api --standalone only)", true,
+		{"CHATFLEET_REDIS_URL", "", "redis://, rediss://, redis-socket://, redis-sentinel:// or redis-cluster://host:port[,host:port…] (rediss-cluster:// with TLS) URL; empty means embedded Redis (api --standalone only)", true,
 			func(c *Config, v string) error { c.RedisURL = v; return validRedisURL(v) }},
 		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs, or tenant:sha256:<hex of the key's SHA-256> so that no key sits in plain text; empty disables auth outside production", true,
 			func(c *Config, v string) (err error) { c.APIKeys, err = parseAPIKeys(v); return err }},
@@ -437,6 +438,19 @@ func validRedisURL(v string) error {
 	if v == "" {
 		return nil
 	}
+	if scheme, rest, ok := strings.Cut(v, "://"); ok && (scheme == "redis-cluster" || scheme == "rediss-cluster") {
+		// host:port[,host:port…] is not a URL host: read it here.
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			rest = rest[at+1:]
+		}
+		for _, a := range strings.Split(strings.TrimSuffix(rest, "/"), ",") {
+			host, port, err := net.SplitHostPort(a)
+			if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 || strings.ContainsAny(a, "/?#") {
+				return fmt.Errorf("%s: %q is not a host:port (want %s://[user:password@]host:port[,host:port…])", scheme, a, scheme)
+			}
+		}
+		return nil
+	}
 	u, err := url.Parse(v)
 	if err != nil {
 		return errors.New("is not a valid URL")
@@ -451,7 +465,7 @@ func validRedisURL(v string) error {
 			return errors.New("has no socket path")
 		}
 	default:
-		return fmt.Errorf("scheme must be redis, rediss, redis-socket or redis-sentinel, got %q", u.Scheme)
+		return fmt.Errorf("scheme must be redis, rediss, redis-socket, redis-sentinel, redis-cluster or rediss-cluster, got %q", u.Scheme)
 	}
 	return nil
 }

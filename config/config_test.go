@@ -162,3 +162,22 @@ func TestProviderLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestRedisURLForms(t *testing.T) {
+	for _, good := range []string{"redis://r:6379/0", "rediss://u:p@r:6380", "redis-sentinel://s1:26379,s2:26379?master=m",
+		"redis-cluster://n1:7000,n2:7001,n3:7002", "rediss-cluster://user:secret@n1:7000"} {
+		if _, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": good})); err != nil {
+			t.Errorf("%q: %v", good, err)
+		}
+	}
+	for _, bad := range []string{"redis-cluster://", "redis-cluster://n1", "redis-cluster://n1:7000,,n2:7001",
+		"redis-cluster://n1:70000", "redis-cluster://n1:7000/0", "memcache://m:11211"} {
+		_, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": bad}))
+		if err == nil || !strings.Contains(err.Error(), "CHATFLEET_REDIS_URL") {
+			t.Errorf("%q: %v", bad, err)
+		}
+		if err != nil && strings.Contains(bad, "secret") && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%q: the error quotes the password: %v", bad, err)
+		}
+	}
+}

@@ -33,54 +33,55 @@ func waitStatus(t *testing.T, c *client.Client, id, status string) client.Job {
 // provider call (its context) within a second, the stream ends with
 // `canceled`, and the job is not retried.
 func TestCancelActiveJobAbortsTheProviderCall(t *testing.T) {
-	rd := testkit.StartRedis(t)
-	apis, workers := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_LATENCY": "30s"})
-	c := client.New(apis[0].URL())
-	ctx := context.Background()
-	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cancel-active", Message: "slow"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitStatus(t, c, sub.JobID, "active")
-
-	streamEnd := make(chan client.Event, 1)
-	go func() {
-		var last client.Event
-		_ = c.Stream(ctx, sub.JobID, client.StreamOptions{}, func(ev client.Event) error { last = ev; return nil })
-		streamEnd <- last
-	}()
-	time.Sleep(100 * time.Millisecond) // the stream is open and idle
-
-	start := time.Now()
-	j, err := c.Cancel(ctx, sub.JobID)
-	if err != nil || j.Status != "canceled" {
-		t.Fatalf("cancel: %+v %v", j, err)
-	}
-	select {
-	case ev := <-streamEnd:
-		if ev.Type != "canceled" {
-			t.Fatalf("stream ended with %+v", ev)
+	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
+		apis, workers := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_LATENCY": "30s"})
+		c := client.New(apis[0].URL())
+		ctx := context.Background()
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cancel-active", Message: "slow"})
+		if err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(time.Second):
-		t.Fatal("no canceled event within 1s")
-	}
-	// The worker's provider call returns because its context was canceled.
-	for !strings.Contains(strings.Join(workers[0].Logs(), "\n"), `"job canceled; provider call aborted"`) {
-		if time.Since(start) > time.Second {
-			t.Fatal("the provider call was not aborted within 1s of the cancel")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Logf("provider call aborted %s after the cancel", time.Since(start))
+		waitStatus(t, c, sub.JobID, "active")
 
-	time.Sleep(1500 * time.Millisecond) // long enough for a retry to have started
-	j, err = c.Get(ctx, sub.JobID)
-	if err != nil || j.Status != "canceled" || j.Attempts != 1 {
-		t.Fatalf("after cancel: %+v %v", j, err)
-	}
-	if _, err := c.Cancel(ctx, sub.JobID); !client.IsStatus(err, http.StatusConflict) {
-		t.Fatalf("second cancel: %v, want 409", err)
-	}
+		streamEnd := make(chan client.Event, 1)
+		go func() {
+			var last client.Event
+			_ = c.Stream(ctx, sub.JobID, client.StreamOptions{}, func(ev client.Event) error { last = ev; return nil })
+			streamEnd <- last
+		}()
+		time.Sleep(100 * time.Millisecond) // the stream is open and idle
+
+		start := time.Now()
+		j, err := c.Cancel(ctx, sub.JobID)
+		if err != nil || j.Status != "canceled" {
+			t.Fatalf("cancel: %+v %v", j, err)
+		}
+		select {
+		case ev := <-streamEnd:
+			if ev.Type != "canceled" {
+				t.Fatalf("stream ended with %+v", ev)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("no canceled event within 1s")
+		}
+		// The worker's provider call returns because its context was canceled.
+		for !strings.Contains(strings.Join(workers[0].Logs(), "\n"), `"job canceled; provider call aborted"`) {
+			if time.Since(start) > time.Second {
+				t.Fatal("the provider call was not aborted within 1s of the cancel")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Logf("provider call aborted %s after the cancel", time.Since(start))
+
+		time.Sleep(1500 * time.Millisecond) // long enough for a retry to have started
+		j, err = c.Get(ctx, sub.JobID)
+		if err != nil || j.Status != "canceled" || j.Attempts != 1 {
+			t.Fatalf("after cancel: %+v %v", j, err)
+		}
+		if _, err := c.Cancel(ctx, sub.JobID); !client.IsStatus(err, http.StatusConflict) {
+			t.Fatalf("second cancel: %v, want 409", err)
+		}
+	})
 }
 
 // A job canceled mid-reply keeps its partial output in the log: a replay
@@ -124,35 +125,36 @@ func TestCancelKeepsPartialOutput(t *testing.T) {
 // A queued job that is canceled never runs, even when a worker arrives later;
 // a finished job cannot be canceled.
 func TestCancelQueuedAndFinished(t *testing.T) {
-	rd := testkit.StartRedis(t)
-	apis, _ := fleet(t, rd, 1, 0, nil)
-	c := client.New(apis[0].URL())
-	ctx := context.Background()
-	queued, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cancel-queued", Message: "never"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if j, err := c.Cancel(ctx, queued.JobID); err != nil || j.Status != "canceled" {
-		t.Fatalf("cancel queued: %+v %v", j, err)
-	}
-	next, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cancel-queued", Message: "after"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	testkit.StartProc(t, "worker-late", workerBin, fleetEnv(rd.URL(), nil))
-	done, err := c.Wait(ctx, next.JobID)
-	if err != nil || done.Status != "succeeded" {
-		t.Fatalf("the next job of the session: %+v %v", done, err)
-	}
-	j, err := c.Get(ctx, queued.JobID)
-	if err != nil || j.Status != "canceled" || j.Attempts != 0 {
-		t.Fatalf("canceled job ran: %+v %v", j, err)
-	}
-	h, err := c.History(ctx, "cancel-queued")
-	if err != nil || len(h) != 2 || h[0].Content != "after" {
-		t.Fatalf("history: %+v %v", h, err)
-	}
-	if _, err := c.Cancel(ctx, next.JobID); !client.IsStatus(err, http.StatusConflict) {
-		t.Fatalf("cancel finished: %v, want 409", err)
-	}
+	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
+		apis, _ := fleet(t, rd, 1, 0, nil)
+		c := client.New(apis[0].URL())
+		ctx := context.Background()
+		queued, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cancel-queued", Message: "never"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j, err := c.Cancel(ctx, queued.JobID); err != nil || j.Status != "canceled" {
+			t.Fatalf("cancel queued: %+v %v", j, err)
+		}
+		next, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cancel-queued", Message: "after"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.StartProc(t, "worker-late", workerBin, fleetEnv(rd.URL(), nil))
+		done, err := c.Wait(ctx, next.JobID)
+		if err != nil || done.Status != "succeeded" {
+			t.Fatalf("the next job of the session: %+v %v", done, err)
+		}
+		j, err := c.Get(ctx, queued.JobID)
+		if err != nil || j.Status != "canceled" || j.Attempts != 0 {
+			t.Fatalf("canceled job ran: %+v %v", j, err)
+		}
+		h, err := c.History(ctx, "cancel-queued")
+		if err != nil || len(h) != 2 || h[0].Content != "after" {
+			t.Fatalf("history: %+v %v", h, err)
+		}
+		if _, err := c.Cancel(ctx, next.JobID); !client.IsStatus(err, http.StatusConflict) {
+			t.Fatalf("cancel finished: %v, want 409", err)
+		}
+	})
 }

@@ -14,71 +14,72 @@ import (
 // 60 concurrent POSTs with one Idempotency-Key, spread over two API nodes,
 // make exactly one job: one 202, 59 replays of the same id, one task in Redis.
 func TestConcurrentIdempotentPostsMakeOneJob(t *testing.T) {
-	rd := testkit.StartRedis(t)
-	apis, _ := fleet(t, rd, 2, 1, nil)
+	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
+		apis, _ := fleet(t, rd, 2, 1, nil)
 
-	const n = 60
-	results := make([]response, n)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			results[i] = submit(t, apis[i%2].URL(), "sess_idem", "only once", map[string]string{"Idempotency-Key": "order-7431"})
-		}()
-	}
-	close(start)
-	wg.Wait()
-
-	accepted, replayed := 0, 0
-	ids := map[string]bool{}
-	for _, r := range results {
-		switch {
-		case r.Status == http.StatusAccepted:
-			accepted++
-		case r.Status == http.StatusOK && r.Header.Get("Idempotent-Replayed") == "true":
-			replayed++
-		default:
-			t.Fatalf("unexpected answer: %d %s", r.Status, r.Raw)
+		const n = 60
+		results := make([]response, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				results[i] = submit(t, apis[i%2].URL(), "sess_idem", "only once", map[string]string{"Idempotency-Key": "order-7431"})
+			}()
 		}
-		ids[r.Body["job_id"].(string)] = true
-	}
-	if accepted != 1 || replayed != n-1 || len(ids) != 1 {
-		t.Fatalf("accepted=%d replayed=%d distinct ids=%d, want 1, %d, 1", accepted, replayed, len(ids), n-1)
-	}
-	var id string
-	for k := range ids {
-		id = k
-	}
-	done := waitJob(t, apis[0].URL(), id)
-	if content(done) != "echo: only once" || done.Body["attempts"] != float64(1) {
-		t.Fatalf("job: %s", done.Raw)
-	}
+		close(start)
+		wg.Wait()
 
-	// Exactly one task exists across every queue, in any state.
-	insp := asynq.NewInspectorFromRedisClient(rd.Client())
-	tasksSeen := 0
-	for q := range tasks.Queues {
-		info, err := insp.GetQueueInfo(q)
-		if err != nil {
-			continue // a queue never used does not exist
+		accepted, replayed := 0, 0
+		ids := map[string]bool{}
+		for _, r := range results {
+			switch {
+			case r.Status == http.StatusAccepted:
+				accepted++
+			case r.Status == http.StatusOK && r.Header.Get("Idempotent-Replayed") == "true":
+				replayed++
+			default:
+				t.Fatalf("unexpected answer: %d %s", r.Status, r.Raw)
+			}
+			ids[r.Body["job_id"].(string)] = true
 		}
-		tasksSeen += info.Size // every state, completed included
-	}
-	if tasksSeen != 1 {
-		t.Fatalf("%d tasks in the queues, want 1", tasksSeen)
-	}
-	h := do(t, http.MethodGet, apis[1].URL()+"/api/v1/sessions/sess_idem/messages", nil, nil)
-	if msgs, _ := h.Body["messages"].([]any); len(msgs) != 2 {
-		t.Fatalf("history has %d messages, want 2: %s", len(msgs), h.Raw)
-	}
+		if accepted != 1 || replayed != n-1 || len(ids) != 1 {
+			t.Fatalf("accepted=%d replayed=%d distinct ids=%d, want 1, %d, 1", accepted, replayed, len(ids), n-1)
+		}
+		var id string
+		for k := range ids {
+			id = k
+		}
+		done := waitJob(t, apis[0].URL(), id)
+		if content(done) != "echo: only once" || done.Body["attempts"] != float64(1) {
+			t.Fatalf("job: %s", done.Raw)
+		}
 
-	// The same key with another body is a conflict, never a second job.
-	r := do(t, http.MethodPost, apis[0].URL()+"/api/v1/chat/jobs",
-		map[string]any{"session_id": "sess_idem", "message": "something else"}, map[string]string{"Idempotency-Key": "order-7431"})
-	if r.Status != http.StatusConflict {
-		t.Fatalf("same key, other body: %d %s", r.Status, r.Raw)
-	}
+		// Exactly one task exists across every queue, in any state.
+		insp := asynq.NewInspectorFromRedisClient(rd.UniversalClient())
+		tasksSeen := 0
+		for q := range tasks.Queues {
+			info, err := insp.GetQueueInfo(q)
+			if err != nil {
+				continue // a queue never used does not exist
+			}
+			tasksSeen += info.Size // every state, completed included
+		}
+		if tasksSeen != 1 {
+			t.Fatalf("%d tasks in the queues, want 1", tasksSeen)
+		}
+		h := do(t, http.MethodGet, apis[1].URL()+"/api/v1/sessions/sess_idem/messages", nil, nil)
+		if msgs, _ := h.Body["messages"].([]any); len(msgs) != 2 {
+			t.Fatalf("history has %d messages, want 2: %s", len(msgs), h.Raw)
+		}
+
+		// The same key with another body is a conflict, never a second job.
+		r := do(t, http.MethodPost, apis[0].URL()+"/api/v1/chat/jobs",
+			map[string]any{"session_id": "sess_idem", "message": "something else"}, map[string]string{"Idempotency-Key": "order-7431"})
+		if r.Status != http.StatusConflict {
+			t.Fatalf("same key, other body: %d %s", r.Status, r.Raw)
+		}
+	})
 }

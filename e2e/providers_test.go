@@ -51,83 +51,84 @@ func providerEnv(fake *llmfake.Fake, extra map[string]string) map[string]string 
 // the upstream; after the open period one probe closes it and real replies
 // resume, on every worker.
 func TestBreakerOpensFleetWideAndRecovers(t *testing.T) {
-	rd := testkit.StartRedis(t)
-	fake := llmfake.NewOpenAI(t)
-	fake.Always(llmfake.Step{Status: 500, Message: "upstream on fire"})
-	const openFor = 3 * time.Second
-	apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, map[string]string{
-		"CHATFLEET_BREAKER_FAILURES": "5", "CHATFLEET_BREAKER_OPEN_FOR": openFor.String(), "CHATFLEET_MAX_RETRIES": "0",
-	}))
-	c := client.New(apis[0].URL())
-	ctx := context.Background()
-	run := func(i int) client.Job {
-		t.Helper()
-		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("brk-%d", i), Message: fmt.Sprintf("hello %d", i)})
-		if err != nil {
-			t.Fatal(err)
+	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
+		fake := llmfake.NewOpenAI(t)
+		fake.Always(llmfake.Step{Status: 500, Message: "upstream on fire"})
+		const openFor = 3 * time.Second
+		apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, map[string]string{
+			"CHATFLEET_BREAKER_FAILURES": "5", "CHATFLEET_BREAKER_OPEN_FOR": openFor.String(), "CHATFLEET_MAX_RETRIES": "0",
+		}))
+		c := client.New(apis[0].URL())
+		ctx := context.Background()
+		run := func(i int) client.Job {
+			t.Helper()
+			sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("brk-%d", i), Message: fmt.Sprintf("hello %d", i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			j, err := c.Wait(ctx, sub.JobID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return j
 		}
-		j, err := c.Wait(ctx, sub.JobID)
-		if err != nil {
-			t.Fatal(err)
+		state := func(w *testkit.Proc) float64 {
+			v, _ := labelled(t, w.URL(), `chatfleet_breaker_state{provider="openai"}`)
+			return v
 		}
-		return j
-	}
-	state := func(w *testkit.Proc) float64 {
-		v, _ := labelled(t, w.URL(), `chatfleet_breaker_state{provider="openai"}`)
-		return v
-	}
-	waitAll := func(want float64) {
-		t.Helper()
-		deadline := time.Now().Add(time.Second)
-		for _, w := range workers {
-			for state(w) != want {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s reports breaker state %v, want %v within 1s", w.Name, state(w), want)
+		waitAll := func(want float64) {
+			t.Helper()
+			deadline := time.Now().Add(time.Second)
+			for _, w := range workers {
+				for state(w) != want {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s reports breaker state %v, want %v within 1s", w.Name, state(w), want)
+					}
+					time.Sleep(20 * time.Millisecond)
 				}
-				time.Sleep(20 * time.Millisecond)
 			}
 		}
-	}
 
-	// One job at a time, spread over the workers by the queue.
-	for i := range 8 {
-		j := run(i)
-		if j.Status != "succeeded" || j.Result == nil || !j.Result.Degraded {
-			t.Fatalf("job %d during the outage: %+v", i, j)
+		// One job at a time, spread over the workers by the queue.
+		for i := range 8 {
+			j := run(i)
+			if j.Status != "succeeded" || j.Result == nil || !j.Result.Degraded {
+				t.Fatalf("job %d during the outage: %+v", i, j)
+			}
 		}
-	}
-	if got := fake.Calls(); got != 5 {
-		t.Fatalf("%d upstream calls before the breaker stopped them, want 5 for the whole fleet", got)
-	}
-	waitAll(1)
-	trippedAt := time.Now()
+		if got := fake.Calls(); got != 5 {
+			t.Fatalf("%d upstream calls before the breaker stopped them, want 5 for the whole fleet", got)
+		}
+		waitAll(1)
+		trippedAt := time.Now()
 
-	// While open: degraded at once, the upstream untouched.
-	for i := 8; i < 12; i++ {
-		if j := run(i); !j.Result.Degraded {
-			t.Fatalf("job %d while open: %+v", i, j)
+		// While open: degraded at once, the upstream untouched.
+		for i := 8; i < 12; i++ {
+			if j := run(i); !j.Result.Degraded {
+				t.Fatalf("job %d while open: %+v", i, j)
+			}
 		}
-	}
-	if got := fake.Calls(); got != 5 {
-		t.Fatalf("the upstream was called while the breaker was open: %d calls", got)
-	}
+		if got := fake.Calls(); got != 5 {
+			t.Fatalf("the upstream was called while the breaker was open: %d calls", got)
+		}
 
-	// The upstream recovers; after the open period one probe closes the breaker.
-	fake.Always(llmfake.Step{})
-	time.Sleep(time.Until(trippedAt.Add(openFor + 300*time.Millisecond)))
-	j := run(100)
-	if j.Status != "succeeded" || j.Result.Degraded || j.Result.Content != llmfake.Reply("hello 100") || j.Result.Provider != "openai" {
-		t.Fatalf("first job after the open period: %+v %+v", j, j.Result)
-	}
-	if got := fake.Calls(); got != 6 {
-		t.Fatalf("%d upstream calls, want one probe (6)", got)
-	}
-	waitAll(0)
-	for i := 101; i < 104; i++ {
-		if j := run(i); j.Result.Degraded {
-			t.Fatalf("job %d after recovery: %+v", i, j.Result)
+		// The upstream recovers; after the open period one probe closes the breaker.
+		fake.Always(llmfake.Step{})
+		time.Sleep(time.Until(trippedAt.Add(openFor + 300*time.Millisecond)))
+		j := run(100)
+		if j.Status != "succeeded" || j.Result.Degraded || j.Result.Content != llmfake.Reply("hello 100") || j.Result.Provider != "openai" {
+			t.Fatalf("first job after the open period: %+v %+v", j, j.Result)
 		}
-	}
+		if got := fake.Calls(); got != 6 {
+			t.Fatalf("%d upstream calls, want one probe (6)", got)
+		}
+		waitAll(0)
+		for i := 101; i < 104; i++ {
+			if j := run(i); j.Result.Degraded {
+				t.Fatalf("job %d after recovery: %+v", i, j.Result)
+			}
+		}
+	})
 }
 
 // A 400 from the upstream fails the job at once with the upstream's message,

@@ -54,45 +54,46 @@ func (s *streamed) check(t *testing.T, first int64) {
 // 2 API + 2 worker processes, 40 concurrent jobs with 40-word replies, each
 // followed from the API node it was not submitted to.
 func TestStreamsAcrossNodesAreExact(t *testing.T) {
-	rd := testkit.StartRedis(t)
-	// "echo: job N" is 3 words; 37 filler words make 40.
-	apis, _ := fleet(t, rd, 2, 2, map[string]string{"CHATFLEET_SIM_TOKENS": "37", "CHATFLEET_SIM_TOKEN_DELAY": "2ms"})
-	clients := []*client.Client{client.New(apis[0].URL()), client.New(apis[1].URL())}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
+		// "echo: job N" is 3 words; 37 filler words make 40.
+		apis, _ := fleet(t, rd, 2, 2, map[string]string{"CHATFLEET_SIM_TOKENS": "37", "CHATFLEET_SIM_TOKEN_DELAY": "2ms"})
+		clients := []*client.Client{client.New(apis[0].URL()), client.New(apis[1].URL())}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
 
-	const jobs = 40
-	var wg sync.WaitGroup
-	results := make([]*streamed, jobs)
-	errs := make(chan error, jobs)
-	for i := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sub, err := clients[i%2].Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("stream-%d", i), Message: fmt.Sprintf("job %d", i)})
-			if err != nil {
-				errs <- err
-				return
-			}
-			s := &streamed{}
-			if err := clients[(i+1)%2].Stream(ctx, sub.JobID, client.StreamOptions{}, s.add); err != nil {
-				errs <- err
-				return
-			}
-			results[i] = s
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	for i, s := range results {
-		s.check(t, 1)
-		if want := 40; len(strings.Fields(s.text.String())) != want {
-			t.Fatalf("job %d: %d words, want %d", i, len(strings.Fields(s.text.String())), want)
+		const jobs = 40
+		var wg sync.WaitGroup
+		results := make([]*streamed, jobs)
+		errs := make(chan error, jobs)
+		for i := range jobs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sub, err := clients[i%2].Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("stream-%d", i), Message: fmt.Sprintf("job %d", i)})
+				if err != nil {
+					errs <- err
+					return
+				}
+				s := &streamed{}
+				if err := clients[(i+1)%2].Stream(ctx, sub.JobID, client.StreamOptions{}, s.add); err != nil {
+					errs <- err
+					return
+				}
+				results[i] = s
+			}()
 		}
-	}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		for i, s := range results {
+			s.check(t, 1)
+			if want := 40; len(strings.Fields(s.text.String())) != want {
+				t.Fatalf("job %d: %d words, want %d", i, len(strings.Fields(s.text.String())), want)
+			}
+		}
+	})
 }
 
 // A stream opened after the job finished replays it whole; a stream cut after

@@ -78,6 +78,9 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	}
 	nj.Payload = raw
 	created, existing, err := m.st.Create(ctx, nj)
+	if errors.Is(err, store.ErrKeyReused) {
+		return Submitted{}, ErrConflict
+	}
 	if err != nil {
 		return Submitted{}, err
 	}

@@ -35,8 +35,9 @@ func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {
 func TestSubmitReplaysAndRefusesConflicts(t *testing.T) {
 	m, _ := newManager(t)
 	ctx := context.Background()
-	id := tasks.IdempotentJobID("t", "key-1")
+	id := tasks.IdempotentJobID("t", "key-1", "s")
 	nj, p := submission(id, "s", "h1")
+	nj.KeyHash = tasks.IdempotencyKeyHash("t", "key-1")
 	first, err := m.Submit(ctx, nj, p)
 	if err != nil || first.Replayed || first.Job.Status != store.StatusQueued {
 		t.Fatalf("first submit: %+v %v", first, err)
@@ -48,6 +49,16 @@ func TestSubmitReplaysAndRefusesConflicts(t *testing.T) {
 	nj.BodyHash = "h2"
 	if _, err := m.Submit(ctx, nj, p); !errors.Is(err, ErrConflict) {
 		t.Fatalf("different body: %v", err)
+	}
+	// The same key with another session makes another id (the session's
+	// bucket): the key's binding still tells it is a conflict.
+	other, op := submission(tasks.IdempotentJobID("t", "key-1", "s-other"), "s-other", "h3")
+	other.KeyHash = nj.KeyHash
+	if _, err := m.Submit(ctx, other, op); !errors.Is(err, ErrConflict) {
+		t.Fatalf("same key, another session: %v", err)
+	}
+	if _, err := m.Get(ctx, other.ID, "t"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the conflicting submit left a record: %v", err)
 	}
 	info, err := m.insp.GetTaskInfo(nj.Queue, id)
 	if err != nil || info.State != asynq.TaskStatePending {
@@ -61,7 +72,7 @@ func TestSubmitReplaysAndRefusesConflicts(t *testing.T) {
 func TestCancelQueuedRemovesTheTask(t *testing.T) {
 	m, _ := newManager(t)
 	ctx := context.Background()
-	nj, p := submission(tasks.NewJobID(), "s", "h")
+	nj, p := submission(tasks.NewJobID("t", "s"), "s", "h")
 	sub, err := m.Submit(ctx, nj, p)
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +93,7 @@ func TestReconcileFailsLostJobs(t *testing.T) {
 	m, st := newManager(t)
 	ctx := context.Background()
 	// A record whose enqueue never happened.
-	nj, _ := submission(tasks.NewJobID(), "s", "h")
+	nj, _ := submission(tasks.NewJobID("t", "s"), "s", "h")
 	if _, _, err := st.Create(ctx, nj); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +114,7 @@ func TestReconcileFailsLostJobs(t *testing.T) {
 func TestRerunOnlyArchivedJobs(t *testing.T) {
 	m, _ := newManager(t)
 	ctx := context.Background()
-	nj, p := submission(tasks.NewJobID(), "s", "h")
+	nj, p := submission(tasks.NewJobID("t", "s"), "s", "h")
 	if _, err := m.Submit(ctx, nj, p); err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ func newMetrics() *superviseMetrics {
 func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 	m, st := newManager(t)
 	ctx := context.Background()
-	nj, p := submission(tasks.NewJobID(), "s", "h")
+	nj, p := submission(tasks.NewJobID("t", "s"), "s", "h")
 	if _, err := m.Submit(ctx, nj, p); err != nil {
 		t.Fatal(err)
 	}
@@ -67,13 +67,13 @@ func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 func TestReconcilerRepairsLostTasksAndRecords(t *testing.T) {
 	m, st, rdb := newManagerOn(t)
 	ctx := context.Background()
-	lostTask, p := submission(tasks.NewJobID(), "s1", "h")
+	lostTask, p := submission(tasks.NewJobID("t", "s1"), "s1", "h")
 	raw, _ := p.Encode()
 	lostTask.Payload = raw
 	if _, _, err := st.Create(ctx, lostTask); err != nil { // recorded, never enqueued
 		t.Fatal(err)
 	}
-	lostRecord, p2 := submission(tasks.NewJobID(), "s2", "h")
+	lostRecord, p2 := submission(tasks.NewJobID("t", "s2"), "s2", "h")
 	if _, err := m.Submit(ctx, lostRecord, p2); err != nil {
 		t.Fatal(err)
 	}

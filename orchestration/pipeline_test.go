@@ -84,7 +84,7 @@ func (r rig) waitFinished(t *testing.T, id string) store.Job {
 // after one attempt even though retries are allowed.
 func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
 	r := startRig(t, llm.NewSim(llm.SimConfig{}), 5)
-	id := tasks.NewJobID()
+	id := tasks.NewJobID("t", "s")
 	r.submit(t, id, []byte(`{"v":7,"job_id":"`+id+`"}`))
 	j := r.waitFinished(t, id)
 	if j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "bad_payload" {
@@ -109,7 +109,7 @@ func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
 // provider's own message stays in the logs) and its attempts counted.
 func TestRetryableFailuresRetryThenFail(t *testing.T) {
 	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1, func(p *Pipeline) { p.opt.OnAllDown = AllDownFail })
-	id := tasks.NewJobID()
+	id := tasks.NewJobID("t", "s")
 	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "m", Priority: "normal", SubmittedAt: time.Now()}.Encode()
 	r.submit(t, id, raw)
 	j := r.waitFinished(t, id)
@@ -126,7 +126,7 @@ func TestRetryableFailuresRetryThenFail(t *testing.T) {
 // with the degraded reply: succeeded, degraded, kept out of the history.
 func TestFailingProvidersDegradeOnTheLastAttempt(t *testing.T) {
 	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1, func(p *Pipeline) { p.opt.DegradedReply = "busy, sorry" })
-	id := tasks.NewJobID()
+	id := tasks.NewJobID("t", "s")
 	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "m", Priority: "normal", SubmittedAt: time.Now()}.Encode()
 	r.submit(t, id, raw)
 	j := r.waitFinished(t, id)
@@ -149,7 +149,7 @@ func TestWaitingForTheTurnUsesNoAttempt(t *testing.T) {
 		func(p *Pipeline) { p.turnWait = 20 * time.Millisecond })
 	var ids []string
 	for i := range 2 {
-		id := tasks.NewJobID()
+		id := tasks.NewJobID("t", "s")
 		task, err := tasks.NewChatTask(tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: fmt.Sprint("turn ", i),
 			Priority: "normal", SubmittedAt: time.Now()}, 0, time.Hour)
 		if err != nil {
@@ -197,7 +197,7 @@ func (f *flaky) Stream(ctx context.Context, req llm.Request, onDelta func(string
 func TestRetryAfterPartialOutputIsAnnounced(t *testing.T) {
 	prov := &flaky{sim: llm.NewSim(llm.SimConfig{Tokens: 3})}
 	r := startRig(t, prov, 2)
-	id := tasks.NewJobID()
+	id := tasks.NewJobID("t", "s")
 	raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "again", Priority: "normal", SubmittedAt: time.Now()}.Encode()
 	r.submit(t, id, raw)
 	j := r.waitFinished(t, id)

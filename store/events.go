@@ -148,7 +148,7 @@ func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Paylo
 		return 0, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
 	n, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id), attempt).Int64()
+		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id), attempt, s.publish).Int64()
 	switch {
 	case err != nil:
 		return 0, unavailable("append event", err)

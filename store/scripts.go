@@ -5,42 +5,61 @@ import "github.com/redis/go-redis/v9"
 // Each script changes one job atomically, so no reader ever sees half a change
 // and a retried call never applies twice.
 
+// Every job script touches keys of one bucket only (rkeys): the job's, its
+// session's and the bucket's indexes, so that it runs on Redis Cluster.
+
 // createJob writes a new record, appends the job to its session's order and
-// counts it among its tenant's unfinished jobs; or returns the existing
-// record's body hash; or -1 when the tenant is at its limit of unfinished jobs.
-// It also indexes the job for the reconciler.
-// KEYS: job, order, tenant jobs, unfinished.
-// ARGV: id, retention s, max unfinished (0: no limit), now ms, unfinished
-// member, first check ms, then field/value pairs.
+// indexes it for the reconciler; or returns {0} when the record exists.
+// KEYS: job, order, unfinished.
+// ARGV: id, retention s, now ms, unfinished member, first check ms, then
+// field/value pairs.
 var createJob = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('HGET', KEYS[1], 'body_hash') or ''}
-end
-local now = tonumber(ARGV[4])
-if tonumber(ARGV[3]) > 0 then
-  -- entries older than the retention belong to jobs whose records expired
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[2]) * 1000)
-  if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {-1, ''} end
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[5])
-return {1, ''}
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[5]), ARGV[4])
+return 1
+`)
+
+// countTenantJob counts a job among its tenant's unfinished jobs, or returns
+// 0 when the tenant is at its limit. A job already counted is admitted again.
+// KEYS: tenant jobs. ARGV: id, retention s, max unfinished, now ms.
+var countTenantJob = redis.NewScript(`
+local now = tonumber(ARGV[4])
+-- entries older than the retention belong to jobs whose records expired
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) * 1000)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// bindKey binds an Idempotency-Key to a job id unless it is bound already,
+// and returns the id it is bound to. KEYS: binding. ARGV: id, ttl s.
+var bindKey = redis.NewScript(`
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+`)
+
+// unbindKey undoes bindKey for a job that was not made. KEYS: binding. ARGV: id.
+var unbindKey = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 `)
 
 // deleteJob undoes createJob when the enqueue that follows it fails.
-// KEYS: job, order, tenant jobs, unfinished. ARGV: id, unfinished member.
+// KEYS: job, order, unfinished. ARGV: id, unfinished member.
 var deleteJob = redis.NewScript(`
 redis.call('DEL', KEYS[1])
 redis.call('LREM', KEYS[2], 0, ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
 return 1
 `)
 
@@ -161,12 +180,11 @@ return due
 `)
 
 // forget releases what a job whose record is gone or finished still holds:
-// its place in the session's order, its tenant count and its index entry.
-// Returns 1 when it held the session's order. KEYS: order, tenant jobs, unfinished. ARGV: id, member.
+// its place in the session's order and its index entry.
+// Returns 1 when it held the session's order. KEYS: order, unfinished. ARGV: id, member.
 var forget = redis.NewScript(`
 local n = redis.call('LREM', KEYS[1], 0, ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
 return n
 `)
 
@@ -189,9 +207,10 @@ return 1
 // appendEventLua appends one event to a job's log and publishes it, in one
 // step, so a subscriber that subscribes first and then reads the log misses
 // nothing. seq is the event's 1-based position in the log; it is spliced into
-// the JSON body, which arrives without it.
+// the JSON body, which arrives without it. publish is PUBLISH, or SPUBLISH on
+// Redis Cluster (the channel then lives on the job's shard).
 const appendEventLua = `
-local function append_event(events, channel, typ, body, ttl)
+local function append_event(events, channel, typ, body, ttl, publish)
   local seq = redis.call('LLEN', events) + 1
   local data
   if body == '{}' then
@@ -202,7 +221,7 @@ local function append_event(events, channel, typ, body, ttl)
   local entry = typ .. ' ' .. data
   redis.call('RPUSH', events, entry)
   if seq == 1 then redis.call('EXPIRE', events, ttl) end -- finish sets it again
-  redis.call('PUBLISH', channel, entry)
+  redis.call(publish, channel, entry)
   return seq
 end
 `
@@ -210,13 +229,14 @@ end
 // appendEvent adds an event to a running job. Returns the event's seq, 0 when
 // the job is already finished (nothing may follow its last event), -1 when the
 // record is gone, -2 when a later attempt owns the job (this one is fenced out).
-// KEYS: job, events. ARGV: type, body, retention s, channel, attempt (0: unfenced).
+// KEYS: job, events. ARGV: type, body, retention s, channel, attempt (0:
+// unfenced), publish command.
 var appendEvent = redis.NewScript(appendEventLua + ownsLua + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 if tonumber(ARGV[5]) > 0 and not owns(KEYS[1], ARGV[5]) then return -2 end
-return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
+return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3], ARGV[6])
 `)
 
 // finish ends a job once: sets the terminal status and its fields, appends the
@@ -225,37 +245,36 @@ return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3])
 // An attempt's finish is fenced: it applies only while that attempt owns the
 // job. Returns 1 when this call finished the job, 0 when it was already
 // finished (or the attempt was fenced out), -1 when the record is gone.
-// KEYS: job, order, history, events, tenant jobs, leases, unfinished.
+// KEYS: job, order, history, events, leases, unfinished.
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
 // result json, usage json, error json, event type, event body, channel,
-// attempt (0: not an attempt's), unfinished member, then history entries.
+// attempt (0: not an attempt's), unfinished member, publish command, then
+// history entries.
 var finish = redis.NewScript(appendEventLua + ownsLua + `
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
-  redis.call('ZREM', KEYS[5], ARGV[1])
   redis.call('LREM', KEYS[2], 0, ARGV[1])
-  redis.call('ZREM', KEYS[7], ARGV[14])
+  redis.call('ZREM', KEYS[6], ARGV[14])
   return -1
 end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 local att = tonumber(ARGV[13])
 if att > 0 then
   if not owns(KEYS[1], att) then return 0 end
-  redis.call('ZREM', KEYS[6], ARGV[1] .. ':' .. att)
+  redis.call('ZREM', KEYS[5], ARGV[1] .. ':' .. att)
 end
-redis.call('ZREM', KEYS[5], ARGV[1])
-redis.call('ZREM', KEYS[7], ARGV[14])
+redis.call('ZREM', KEYS[6], ARGV[14])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) else redis.call('HDEL', KEYS[1], 'error') end
 redis.call('HDEL', KEYS[1], 'payload') -- only needed to run the job again
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4]) > 1 then
+if append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4], ARGV[15]) > 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4]) -- the log lives as long as the record
 end
-if #ARGV > 14 then
-  for i = 15, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if #ARGV > 15 then
+  for i = 16, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
   redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
@@ -265,11 +284,10 @@ return 1
 
 // requeue reopens a failed job for another run: it is queued again at the
 // end of its session's order, indexed as unfinished again.
-// KEYS: job, order, tenant jobs, unfinished. ARGV: id, retention s, now ms, member, payload.
+// KEYS: job, order, unfinished. ARGV: id, retention s, now ms, member, payload.
 var requeue = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[4], tonumber(ARGV[3]) + 10000, ARGV[4])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + 10000, ARGV[4])
 redis.call('HSET', KEYS[1], 'payload', ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0)
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at')

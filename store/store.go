@@ -98,13 +98,19 @@ type Options struct {
 
 // Store reads and writes job records, session order, history and event logs.
 type Store struct {
-	rdb redis.UniversalClient
-	opt Options
+	rdb     redis.UniversalClient
+	opt     Options
+	publish string // PUBLISH, or SPUBLISH on Redis Cluster
 }
 
-// New returns a Store on rdb (which it does not close).
+// New returns a Store on rdb (which it does not close). On a Redis Cluster
+// client live events go out by sharded pub/sub.
 func New(rdb redis.UniversalClient, opt Options) *Store {
-	return &Store{rdb: rdb, opt: opt}
+	publish := "PUBLISH"
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		publish = "SPUBLISH"
+	}
+	return &Store{rdb: rdb, opt: opt, publish: publish}
 }
 
 func unavailable(op string, err error) error {
@@ -120,7 +126,14 @@ type NewJob struct {
 	BodyHash  string
 	CreatedAt time.Time
 	Payload   []byte // the task payload
+	// KeyHash names the Idempotency-Key the job was submitted with, if any
+	// (tasks.IdempotencyKeyHash): the key stays bound to this job.
+	KeyHash string
 }
+
+// ErrKeyReused is returned by Create for an Idempotency-Key that is bound to
+// another job (it was used with another session).
+var ErrKeyReused = errors.New("idempotency key bound to another job")
 
 // FirstCheck is how long after its creation the reconciler first looks at an
 // unfinished job: past the submit's own deadline for its enqueue.
@@ -128,36 +141,75 @@ const FirstCheck = 10 * time.Second
 
 // Create writes a queued record, appends it to its session's order and
 // indexes it as unfinished. When a record with the id exists it returns
-// created=false and that record.
+// created=false and that record. With a limit of unfinished jobs per tenant
+// the job is counted first (ErrTooManyJobs at the limit): the tenant's count
+// is a key of its own, outside the session's slot.
 func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Job, err error) {
-	args := []any{j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli(),
-		rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), FirstCheck.Milliseconds(),
+	if j.KeyHash != "" {
+		// The job id comes from the key and the session (the session's slot):
+		// this binding tells the same key with another session apart.
+		owner, err := bindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID, 2*seconds(s.opt.Retention)).Text()
+		if err != nil {
+			return false, Job{}, unavailable("bind idempotency key", err)
+		}
+		if owner != j.ID {
+			return false, Job{}, ErrKeyReused
+		}
+	}
+	if s.opt.TenantMaxJobs > 0 {
+		n, err := countTenantJob.Run(ctx, s.rdb, []string{rkeys.TenantJobs(j.Tenant)},
+			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli()).Int()
+		if err != nil {
+			return false, Job{}, unavailable("count tenant job", err)
+		}
+		if n == 0 {
+			// At the limit, a replay of a finished job is still a replay.
+			if existing, err = s.Get(ctx, j.ID); errors.Is(err, ErrNotFound) {
+				return false, Job{}, ErrTooManyJobs
+			}
+			return false, existing, err
+		}
+	}
+	n, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
+		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), FirstCheck.Milliseconds(),
 		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
-		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
-	res, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant), rkeys.Unfinished()}, args...).Slice()
+		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0).Int()
 	if err != nil {
+		s.uncount(ctx, j.Tenant, j.ID)
 		return false, Job{}, unavailable("create job", err)
 	}
-	switch res[0].(int64) {
-	case 1:
+	if n == 1 {
 		return true, Job{}, nil
-	case -1:
-		return false, Job{}, ErrTooManyJobs
 	}
 	existing, err = s.Get(ctx, j.ID)
 	if errors.Is(err, ErrNotFound) {
 		// Expired between the two calls: the caller may simply try again.
 		return false, Job{}, unavailable("create job", errors.New("record vanished"))
 	}
+	if err == nil && Terminal(existing.Status) {
+		s.uncount(ctx, j.Tenant, j.ID) // counted again above, but it has finished
+	}
 	return false, existing, err
+}
+
+// uncount drops a job from its tenant's unfinished jobs. Best effort: an
+// entry left behind leaves the count when its retention has passed.
+func (s *Store) uncount(ctx context.Context, tenant, id string) {
+	if s.opt.TenantMaxJobs > 0 {
+		_ = s.rdb.ZRem(context.WithoutCancel(ctx), rkeys.TenantJobs(tenant), id).Err()
+	}
 }
 
 // Delete removes a record that was created but could not be enqueued.
 func (s *Store) Delete(ctx context.Context, j NewJob) error {
-	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant), rkeys.Unfinished()},
+	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
 		j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)).Err()
 	if err != nil {
 		return unavailable("delete job", err)
+	}
+	s.uncount(ctx, j.Tenant, j.ID)
+	if j.KeyHash != "" {
+		_ = unbindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID).Err()
 	}
 	return nil
 }
@@ -249,7 +301,7 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task stri
 	if withHistory {
 		flag = "1"
 	}
-	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases()},
+	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
 		id, fmtTime(time.Now()), flag, task, time.Now().Add(lease).UnixMilli()).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
@@ -281,13 +333,18 @@ var ErrNotFailed = errors.New("only a failed job can be re-run")
 // Requeue reopens a failed job: queued again, attempts reset, at the end of
 // its session's order. The caller then moves its asynq task back to pending.
 func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) error {
-	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.TenantJobs(j.Tenant), rkeys.Unfinished()},
+	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
 		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload)).Int()
 	if err != nil {
 		return unavailable("requeue", err)
 	}
 	if n == 0 {
 		return ErrNotFailed
+	}
+	if s.opt.TenantMaxJobs > 0 { // counted again, past the limit: a re-run is an operator's decision
+		if err := s.rdb.ZAdd(ctx, rkeys.TenantJobs(j.Tenant), redis.Z{Score: float64(time.Now().UnixMilli()), Member: j.ID}).Err(); err != nil {
+			return unavailable("requeue", err)
+		}
 	}
 	return nil
 }
@@ -297,7 +354,7 @@ func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) error {
 // keeps its attempts, and its record lives at least until the retention past
 // `until`, when it runs again.
 func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, attempt int, until time.Time) error {
-	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases()},
+	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
 		s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
 	if err != nil {
 		return unavailable("mark deferred", err)
@@ -309,7 +366,7 @@ func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, at
 // `until`; the record lives at least until the retention past it.
 func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, attempt int, e JobError, until time.Time) error {
 	b, _ := json.Marshal(e)
-	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases()},
+	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
 		string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
 	if err != nil {
 		return unavailable("mark retrying", err)
@@ -353,15 +410,18 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
 		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
-		ev.EventType(), string(body), rkeys.LiveChannel(id), attempt, rkeys.UnfinishedMember(tenant, session, id)}
+		ev.EventType(), string(body), rkeys.LiveChannel(id), attempt, rkeys.UnfinishedMember(tenant, session, id), s.publish}
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
 	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
-		rkeys.TenantJobs(tenant), rkeys.Leases(), rkeys.Unfinished()}
+		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id))}
 	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
 	if err != nil {
 		return false, unavailable("finish job", err)
+	}
+	if n != 0 {
+		s.uncount(ctx, tenant, id)
 	}
 	return n == 1, nil
 }
@@ -369,26 +429,41 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 // Abandon ends an attempt cut short by a shutdown: its lease expires at once,
 // so that a rescuer takes the job over now rather than after the lease.
 func (s *Store) Abandon(ctx context.Context, id string, attempt int) error {
-	if err := abandon.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases()}, attempt, rkeys.LeaseMember(id, attempt)).Err(); err != nil {
+	if err := abandon.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, attempt, rkeys.LeaseMember(id, attempt)).Err(); err != nil {
 		return unavailable("abandon attempt", err)
 	}
 	return nil
 }
 
 // RenewLeases extends the leases of running attempts ("<id>:<attempt>") to
-// until, in one command; leases already taken over are not brought back.
+// until, one command per bucket in one pipeline; leases already taken over
+// are not brought back.
 func (s *Store) RenewLeases(ctx context.Context, members []string, until time.Time) error {
 	if len(members) == 0 {
 		return nil
 	}
-	zs := make([]redis.Z, len(members))
-	for i, m := range members {
-		zs[i] = redis.Z{Score: float64(until.UnixMilli()), Member: m}
+	byBucket := map[int][]redis.Z{}
+	for _, m := range members {
+		b := rkeys.Bucket(jobOf(m))
+		byBucket[b] = append(byBucket[b], redis.Z{Score: float64(until.UnixMilli()), Member: m})
 	}
-	if err := s.rdb.ZAddXX(ctx, rkeys.Leases(), zs...).Err(); err != nil {
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for b, zs := range byBucket {
+			p.ZAddXX(ctx, rkeys.Leases(b), zs...)
+		}
+		return nil
+	})
+	if err != nil {
 		return unavailable("renew leases", err)
 	}
 	return nil
+}
+
+// jobOf is the job id of a task id or lease member ("<id>", "<id>:<…>").
+func jobOf(member string) string {
+	id, _, _ := strings.Cut(member, ":")
+	id, _, _ = strings.Cut(id, "#")
+	return id
 }
 
 // Lease is a running attempt, or a task waiting for its session's turn, whose
@@ -405,7 +480,7 @@ func WaitingMember(task string) string { return task + "#wait" }
 // HoldWaiting leases a task while it waits for its session's turn, so that a
 // worker dying meanwhile does not strand the job until asynq's recovery.
 func (s *Store) HoldWaiting(ctx context.Context, task string, until time.Time) error {
-	if err := s.rdb.ZAdd(ctx, rkeys.Leases(), redis.Z{Score: float64(until.UnixMilli()), Member: WaitingMember(task)}).Err(); err != nil {
+	if err := s.rdb.ZAdd(ctx, rkeys.Leases(rkeys.Bucket(jobOf(task))), redis.Z{Score: float64(until.UnixMilli()), Member: WaitingMember(task)}).Err(); err != nil {
 		return unavailable("lease waiting task", err)
 	}
 	return nil
@@ -413,7 +488,7 @@ func (s *Store) HoldWaiting(ctx context.Context, task string, until time.Time) e
 
 // DropWaiting ends a waiting task's lease.
 func (s *Store) DropWaiting(ctx context.Context, task string) error {
-	if err := s.rdb.ZRem(ctx, rkeys.Leases(), WaitingMember(task)).Err(); err != nil {
+	if err := s.rdb.ZRem(ctx, rkeys.Leases(rkeys.Bucket(jobOf(task))), WaitingMember(task)).Err(); err != nil {
 		return unavailable("drop waiting lease", err)
 	}
 	return nil
@@ -424,9 +499,10 @@ func (s *Store) RetakeWaiting(ctx context.Context, id, staleTask, task string) (
 	return s.handOver(ctx, retakeWaiting, id, "retake waiting job", staleTask, task)
 }
 
-// ClaimExpired takes up to limit expired leases; each is claimed by one caller.
+// ClaimExpired takes up to limit expired leases of each bucket; each is
+// claimed by one caller.
 func (s *Store) ClaimExpired(ctx context.Context, limit int) ([]Lease, error) {
-	raw, err := claimExpired.Run(ctx, s.rdb, []string{rkeys.Leases()}, time.Now().UnixMilli(), limit).StringSlice()
+	raw, err := s.claimEach(ctx, claimExpired, rkeys.Leases, time.Now().UnixMilli(), limit)
 	if err != nil {
 		return nil, unavailable("claim expired leases", err)
 	}
@@ -482,10 +558,11 @@ type Unfinished struct {
 	Tenant, SessionID, ID string
 }
 
-// ClaimDue takes up to limit unfinished jobs whose check is due; their next
-// check moves claimFor ahead, so that one reconciler handles each.
+// ClaimDue takes up to limit unfinished jobs of each bucket whose check is
+// due; their next check moves claimFor ahead, so that one reconciler handles
+// each.
 func (s *Store) ClaimDue(ctx context.Context, limit int, claimFor time.Duration) ([]Unfinished, error) {
-	raw, err := claimDue.Run(ctx, s.rdb, []string{rkeys.Unfinished()}, time.Now().UnixMilli(), limit, claimFor.Milliseconds()).StringSlice()
+	raw, err := s.claimEach(ctx, claimDue, rkeys.Unfinished, time.Now().UnixMilli(), limit, claimFor.Milliseconds())
 	if err != nil {
 		return nil, unavailable("claim due jobs", err)
 	}
@@ -499,9 +576,32 @@ func (s *Store) ClaimDue(ctx context.Context, limit int, claimFor time.Duration)
 	return out, nil
 }
 
+// claimEach runs a claim script on every bucket's index in one pipeline (on
+// Redis Cluster, one round trip per shard, in parallel) and returns what
+// they claimed. EVAL, not EVALSHA: a pipeline cannot fall back on a script
+// that a freshly promoted master has not cached.
+func (s *Store) claimEach(ctx context.Context, script *redis.Script, key func(int) string, args ...any) ([]string, error) {
+	cmds := make([]*redis.Cmd, rkeys.Buckets)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for b := range cmds {
+			cmds[b] = script.Eval(ctx, p, []string{key(b)}, args...)
+		}
+		return nil
+	})
+	var out []string
+	for _, c := range cmds {
+		raw, cerr := c.StringSlice()
+		if cerr != nil {
+			continue // reported through err; the other buckets' claims stand
+		}
+		out = append(out, raw...)
+	}
+	return out, err
+}
+
 // CheckAt sets when the reconciler looks at an unfinished job next.
 func (s *Store) CheckAt(ctx context.Context, u Unfinished, at time.Time) error {
-	err := s.rdb.ZAddXX(ctx, rkeys.Unfinished(), redis.Z{Score: float64(at.UnixMilli()), Member: rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}).Err()
+	err := s.rdb.ZAddXX(ctx, rkeys.Unfinished(rkeys.Bucket(u.ID)), redis.Z{Score: float64(at.UnixMilli()), Member: rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}).Err()
 	if err != nil {
 		return unavailable("schedule check", err)
 	}
@@ -512,11 +612,12 @@ func (s *Store) CheckAt(ctx context.Context, u Unfinished, at time.Time) error {
 // its place in its session's order, its tenant count, its index entry. It
 // reports whether it held a place in the order.
 func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, error) {
-	n, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.TenantJobs(u.Tenant), rkeys.Unfinished()},
+	n, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
 		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)).Int()
 	if err != nil {
 		return false, unavailable("forget job", err)
 	}
+	s.uncount(ctx, u.Tenant, u.ID)
 	return n > 0, nil
 }
 

@@ -16,22 +16,33 @@ import (
 	"github.com/chatfleet/chatfleet/store"
 )
 
-// Hub multiplexes every live stream of an API process over one Redis pub/sub
-// connection: a job's channel is subscribed while at least one client follows
-// it, and its messages are fanned out to those clients.
+// Hub multiplexes every live stream of an API process over few Redis pub/sub
+// connections: one, or on Redis Cluster one per shard (sharded pub/sub, where
+// a job's channel lives on its shard). A job's channel is subscribed while at
+// least one client follows it, and its messages are fanned out to those
+// clients.
 type Hub struct {
-	ps  *redis.PubSub
-	log zerolog.Logger
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // nil: not a cluster
+	log     zerolog.Logger
 
 	closing atomic.Bool
+	wg      sync.WaitGroup
 
 	mu    sync.Mutex
-	chans map[string]*channel   // job id -> followers
-	queue map[string][]*channel // per channel, the (un)subscribe confirmations awaited, in order
-	done  chan struct{}
+	chans map[string]*channel // job id -> followers
+	conns map[string]*conn    // shard's address ("" when not a cluster) -> its connection
+}
+
+// conn is one pub/sub connection and the (un)subscribe confirmations it
+// awaits, per channel in order.
+type conn struct {
+	ps    *redis.PubSub
+	queue map[string][]*channel
 }
 
 type channel struct {
+	conn      *conn
 	ready     chan struct{} // closed once Redis confirmed the subscription
 	confirmed bool
 	members   map[*Subscription]struct{}
@@ -55,25 +66,70 @@ const (
 	receiveTimeout     = 30 * time.Second
 )
 
-// NewHub opens the pub/sub connection and starts receiving.
+// NewHub returns a hub on rdb; connections open with the first subscription
+// of their shard.
 func NewHub(rdb redis.UniversalClient, log zerolog.Logger) *Hub {
 	h := &Hub{
-		ps:    rdb.Subscribe(context.Background()),
+		rdb:   rdb,
 		log:   log.With().Str("component", "stream-hub").Logger(),
 		chans: map[string]*channel{},
-		queue: map[string][]*channel{},
-		done:  make(chan struct{}),
+		conns: map[string]*conn{},
 	}
-	go h.receive()
+	h.cluster, _ = rdb.(*redis.ClusterClient)
 	return h
 }
 
-// Close ends the pub/sub connection.
+// Close ends the pub/sub connections.
 func (h *Hub) Close() error {
 	h.closing.Store(true)
-	err := h.ps.Close()
-	<-h.done
-	return err
+	h.mu.Lock()
+	var errs []error
+	for _, c := range h.conns {
+		errs = append(errs, c.ps.Close())
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// connFor returns the connection that carries a channel, opening it when
+// needed; h.mu is held.
+func (h *Hub) connFor(ctx context.Context, name string) (*conn, error) {
+	shard := ""
+	if h.cluster != nil {
+		master, err := h.cluster.MasterForKey(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		shard = master.Options().Addr
+	}
+	if c := h.conns[shard]; c != nil {
+		return c, nil
+	}
+	c := &conn{queue: map[string][]*channel{}}
+	if h.cluster != nil {
+		c.ps = h.cluster.SSubscribe(context.Background()) // connects to the first channel's shard
+	} else {
+		c.ps = h.rdb.Subscribe(context.Background())
+	}
+	h.conns[shard] = c
+	h.wg.Add(1)
+	go h.receive(c)
+	return c, nil
+}
+
+func (h *Hub) subscribe(ctx context.Context, c *conn, name string) error {
+	if h.cluster != nil {
+		return c.ps.SSubscribe(ctx, name)
+	}
+	return c.ps.Subscribe(ctx, name)
+}
+
+func (h *Hub) unsubscribe(ctx context.Context, c *conn, name string) error {
+	if h.cluster != nil {
+		return c.ps.SUnsubscribe(ctx, name)
+	}
+	return c.ps.Unsubscribe(ctx, name)
 }
 
 // Subscribe follows a job's live events. It returns once Redis has confirmed
@@ -84,16 +140,11 @@ func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
 	ch := h.chans[id]
 	if ch == nil {
 		ch = &channel{ready: make(chan struct{}), members: map[*Subscription]struct{}{}}
-		h.chans[id] = ch
-		// Written under the lock so that the order of commands on the wire is
-		// the order of the confirmation queue.
-		name := rkeys.LiveChannel(id)
-		if err := h.ps.Subscribe(ctx, name); err != nil {
-			delete(h.chans, id)
+		if err := h.attach(ctx, id, ch); err != nil {
 			h.mu.Unlock()
 			return nil, fmt.Errorf("subscribe: %w: %w", store.ErrUnavailable, err)
 		}
-		h.queue[name] = append(h.queue[name], ch)
+		h.chans[id] = ch
 	}
 	ch.members[s] = struct{}{}
 	h.mu.Unlock()
@@ -112,6 +163,23 @@ func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
 	}
 }
 
+// attach subscribes a job's channel on its shard's connection; h.mu is held,
+// so that the order of commands on the wire is the order of the confirmation
+// queue.
+func (h *Hub) attach(ctx context.Context, id string, ch *channel) error {
+	name := rkeys.LiveChannel(id)
+	c, err := h.connFor(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := h.subscribe(ctx, c, name); err != nil {
+		return err
+	}
+	ch.conn = c
+	c.queue[name] = append(c.queue[name], ch)
+	return nil
+}
+
 // Close stops following; the channel is unsubscribed when its last follower leaves.
 func (s *Subscription) Close() {
 	h := s.hub
@@ -126,22 +194,25 @@ func (s *Subscription) Close() {
 		return
 	}
 	delete(h.chans, s.id)
+	if ch.conn == nil {
+		return
+	}
 	name := rkeys.LiveChannel(s.id)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := h.ps.Unsubscribe(ctx, name); err != nil {
+	if err := h.unsubscribe(ctx, ch.conn, name); err != nil {
 		h.log.Debug().Err(err).Msg("unsubscribe failed; the reconnect will drop the channel")
 		return
 	}
-	h.queue[name] = append(h.queue[name], nil) // nil awaits an unsubscribe confirmation
+	ch.conn.queue[name] = append(ch.conn.queue[name], nil) // nil awaits an unsubscribe confirmation
 }
 
-func (h *Hub) receive() {
-	defer close(h.done)
+func (h *Hub) receive(c *conn) {
+	defer h.wg.Done()
 	ctx := context.Background()
 	broken := false
 	for {
-		msg, err := h.ps.ReceiveTimeout(ctx, receiveTimeout)
+		msg, err := c.ps.ReceiveTimeout(ctx, receiveTimeout)
 		if err == nil && broken {
 			broken = false
 			h.log.Info().Msg("live event connection restored")
@@ -152,42 +223,65 @@ func (h *Hub) receive() {
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
-				_ = h.ps.Ping(ctx) // an idle connection: make sure it is alive
+				_ = c.ps.Ping(ctx) // an idle connection: make sure it is alive
 				continue
 			}
 			if !broken {
 				h.log.Warn().Err(err).Msg("live event connection lost; followers catch up from the log")
 				broken = true
 			}
-			h.resync()
+			h.resync(c)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			h.confirm(m)
+			h.confirm(c, m)
 		case *redis.Message:
 			h.deliver(m)
 		}
 	}
 }
 
-func (h *Hub) confirm(m *redis.Subscription) {
+func (h *Hub) confirm(c *conn, m *redis.Subscription) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	q := h.queue[m.Channel]
+	q := c.queue[m.Channel]
 	if len(q) == 0 {
-		return // a resubscribe after a reconnect
+		if m.Kind == "sunsubscribe" {
+			h.moved(c, m.Channel) // the server dropped it: its slot moved
+		}
+		return // else a resubscribe after a reconnect
 	}
 	head := q[0]
 	if len(q) == 1 {
-		delete(h.queue, m.Channel)
+		delete(c.queue, m.Channel)
 	} else {
-		h.queue[m.Channel] = q[1:]
+		c.queue[m.Channel] = q[1:]
 	}
-	if head != nil && m.Kind == "subscribe" && !head.confirmed {
+	if head != nil && (m.Kind == "subscribe" || m.Kind == "ssubscribe") && !head.confirmed {
 		head.confirmed = true
 		close(head.ready)
+	}
+}
+
+// moved subscribes again, on the shard that now holds it, a channel whose
+// slot moved to another shard (resharding or failover); its followers catch
+// up from the log. h.mu is held.
+func (h *Hub) moved(c *conn, name string) {
+	id, ok := rkeys.JobIDOfChannel(name)
+	ch := h.chans[id]
+	if !ok || ch == nil || ch.conn != c {
+		return
+	}
+	ch.conn = nil
+	for s := range ch.members {
+		s.lag()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := h.attach(ctx, id, ch); err != nil {
+		h.log.Warn().Err(err).Str("job_id", id).Msg("could not follow a moved channel; its followers read the log at each heartbeat")
 	}
 }
 
@@ -217,12 +311,16 @@ func (h *Hub) deliver(m *redis.Message) {
 }
 
 // resync handles a lost connection: go-redis reconnects and resubscribes by
-// itself, but messages in between are gone, so every follower reads the log.
-func (h *Hub) resync() {
+// itself, but messages in between are gone, so every follower of the
+// connection's channels reads the log.
+func (h *Hub) resync(c *conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.queue = map[string][]*channel{}
+	c.queue = map[string][]*channel{}
 	for _, ch := range h.chans {
+		if ch.conn != c {
+			continue
+		}
 		if !ch.confirmed {
 			ch.confirmed = true
 			close(ch.ready)

@@ -6,7 +6,7 @@ import (
 )
 
 func BenchmarkPayloadEncode(b *testing.B) {
-	p := ChatPayload{JobID: NewJobID(), Tenant: "acme", SessionID: "sess_1", Message: "hello there, how are you today?",
+	p := ChatPayload{JobID: NewJobID("acme", "sess_1"), Tenant: "acme", SessionID: "sess_1", Message: "hello there, how are you today?",
 		Priority: PriorityNormal, Metadata: []byte(`{"source":"web","tags":["a","b"]}`), SubmittedAt: time.Now()}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -17,7 +17,7 @@ func BenchmarkPayloadEncode(b *testing.B) {
 }
 
 func BenchmarkPayloadDecode(b *testing.B) {
-	raw, _ := ChatPayload{JobID: NewJobID(), Tenant: "acme", SessionID: "sess_1", Message: "hello there, how are you today?",
+	raw, _ := ChatPayload{JobID: NewJobID("acme", "sess_1"), Tenant: "acme", SessionID: "sess_1", Message: "hello there, how are you today?",
 		Priority: PriorityNormal, Metadata: []byte(`{"source":"web","tags":["a","b"]}`), SubmittedAt: time.Now()}.Encode()
 	b.ReportAllocs()
 	for b.Loop() {

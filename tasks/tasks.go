@@ -1,6 +1,7 @@
 // Package tasks is the wire contract between the API and the workers: task type
 // names, the versioned JSON payload, queue names and job id derivation.
-// It imports only the standard library and asynq.
+// It imports only the standard library, asynq and rkeys (a job id names its
+// key bucket).
 package tasks
 
 import (
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
 // TypeChatComplete is the task type of a chat job. Never rename it once shipped:
@@ -137,20 +140,42 @@ var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadd
 
 const idLen = 26 // 130 bits of base32
 
-// NewJobID returns a random job id.
-func NewJobID() string {
+// NewJobID returns a random job id in its session's bucket (rkeys.Bucket),
+// so that the job's keys share a Redis Cluster slot with the session's.
+func NewJobID(tenant, session string) string {
 	var b [17]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err) // crypto/rand never fails on supported platforms
 	}
-	return "job_" + idEncoding.EncodeToString(b[:])[:idLen]
+	return inBucket(idEncoding.EncodeToString(b[:]), tenant, session)
 }
 
-// IdempotentJobID derives the job id of a tenant's Idempotency-Key, so that a
-// retried POST lands on the same asynq TaskID and asynq refuses the duplicate.
-func IdempotentJobID(tenant, key string) string {
+// IdempotentJobID derives the job id of a tenant's Idempotency-Key in its
+// session's bucket, so that a retried POST lands on the same asynq TaskID and
+// asynq refuses the duplicate. The key used again with another session makes
+// another id: IdempotencyKeyHash lets the caller see that it was used before.
+func IdempotentJobID(tenant, key, session string) string {
+	return inBucket(IdempotencyKeyHash(tenant, key), tenant, session)
+}
+
+// IdempotencyKeyHash names a tenant's Idempotency-Key without its text.
+func IdempotencyKeyHash(tenant, key string) string {
 	sum := sha256.Sum256([]byte(tenant + "\x00" + key))
-	return "job_" + idEncoding.EncodeToString(sum[:])[:idLen]
+	return idEncoding.EncodeToString(sum[:])[:idLen]
+}
+
+// NewSessionID returns a random session id, for requests that are sessions
+// of their own.
+func NewSessionID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return idEncoding.EncodeToString(b[:])
+}
+
+func inBucket(random, tenant, session string) string {
+	return "job_" + rkeys.IDBucketChars(rkeys.SessionBucket(tenant, session)) + random[2:idLen]
 }
 
 // ValidJobID reports whether id has the shape of a job id.

@@ -5,10 +5,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
 func validPayload() ChatPayload {
-	return ChatPayload{JobID: NewJobID(), Tenant: "default", SessionID: "s1", Message: "hi",
+	return ChatPayload{JobID: NewJobID("default", "s1"), Tenant: "default", SessionID: "s1", Message: "hi",
 		Priority: PriorityNormal, SubmittedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 }
 
@@ -55,15 +57,18 @@ func TestDecodeRejects(t *testing.T) {
 }
 
 func TestJobIDs(t *testing.T) {
-	a, b := NewJobID(), NewJobID()
+	a, b := NewJobID("acme", "s1"), NewJobID("acme", "s1")
 	if a == b || !ValidJobID(a) || !ValidJobID(b) {
 		t.Fatalf("ids %q %q", a, b)
 	}
-	k1, k2 := IdempotentJobID("acme", "key-1"), IdempotentJobID("acme", "key-1")
-	if k1 != k2 || !ValidJobID(k1) {
+	if rkeys.Bucket(a) != rkeys.SessionBucket("acme", "s1") {
+		t.Fatalf("id %q is not in its session's bucket", a)
+	}
+	k1, k2 := IdempotentJobID("acme", "key-1", "s1"), IdempotentJobID("acme", "key-1", "s1")
+	if k1 != k2 || !ValidJobID(k1) || rkeys.Bucket(k1) != rkeys.SessionBucket("acme", "s1") {
 		t.Fatalf("idempotent ids %q %q", k1, k2)
 	}
-	if IdempotentJobID("beta", "key-1") == k1 {
+	if IdempotentJobID("beta", "key-1", "s1") == k1 {
 		t.Fatal("two tenants with one key must get different jobs")
 	}
 	for _, bad := range []string{"", "job_", "job_../../etc", "JOB_" + a[4:], a + "x"} {

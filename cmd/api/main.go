@@ -176,7 +176,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 // queueUI is asynqmon, read-only: changes to jobs go through the console's
 // dead-letter view or `worker jobs`, which keep the job records in step.
 func queueUI(redisURL string) (*asynqmon.HTTPHandler, error) {
-	opt, err := asynq.ParseRedisURI(redisURL)
+	opt, err := redisconn.ConnOpt(redisURL)
 	if err != nil {
 		return nil, fmt.Errorf("queue UI: %w", err)
 	}

@@ -4,8 +4,12 @@ package redisconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -24,17 +28,28 @@ const (
 	retryBackoff = 100 * time.Millisecond
 )
 
-// Open connects to a redis://, rediss://, redis-socket:// or redis-sentinel://
-// URL. name labels the connections in CLIENT LIST (chatfleet-api, …).
-// go-redis's own messages (reconnect attempts) go to log at debug level.
+// Open connects to a redis://, rediss://, redis-socket://, redis-sentinel://,
+// redis-cluster:// or rediss-cluster:// URL. name labels the connections in
+// CLIENT LIST (chatfleet-api, …). go-redis's own messages (reconnect
+// attempts) go to log at debug level.
 func Open(url, name string, log zerolog.Logger) (redis.UniversalClient, error) {
-	opt, err := asynq.ParseRedisURI(url)
+	opt, err := ConnOpt(url)
 	if err != nil {
-		// The parse error may quote the URL, password included: do not pass it on.
-		return nil, errors.New("parse redis url: malformed")
+		return nil, err
 	}
 	redis.SetLogger(logAdapter{log.With().Str("logger", "go-redis").Logger()})
 	switch o := opt.(type) {
+	case asynq.RedisClusterClientOpt:
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			ClientName: name, Addrs: o.Addrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig,
+			DialTimeout: dialTimeout, ReadTimeout: ioTimeout, WriteTimeout: ioTimeout,
+			DialerRetries: dialAttempts, MaxRetryBackoff: retryBackoff,
+			// A failover moves slots without a MOVED to anyone who asks the
+			// dead master: the slot map is read again every second (one
+			// CLUSTER SLOTS, only while commands run) instead of every minute.
+			ClusterStateReloadInterval: time.Second,
+			MaxRedirects:               8, MaxRetries: cmdRetries,
+		}), nil
 	case asynq.RedisClientOpt:
 		return redis.NewClient(&redis.Options{
 			ClientName: name, Network: o.Network, Addr: o.Addr, Username: o.Username, Password: o.Password,
@@ -51,6 +66,52 @@ func Open(url, name string, log zerolog.Logger) (redis.UniversalClient, error) {
 		}), nil
 	}
 	return nil, fmt.Errorf("redis url scheme not supported: %T", opt)
+}
+
+// ConnOpt parses a Redis URL into asynq's connection options; asynq parses
+// every scheme but the cluster ones, which are read here.
+func ConnOpt(u string) (asynq.RedisConnOpt, error) {
+	if strings.HasPrefix(u, "redis-cluster://") || strings.HasPrefix(u, "rediss-cluster://") {
+		return parseCluster(u)
+	}
+	opt, err := asynq.ParseRedisURI(u)
+	if err != nil {
+		// The parse error may quote the URL, password included: do not pass it on.
+		return nil, errors.New("parse redis url: malformed")
+	}
+	return opt, nil
+}
+
+// parseCluster reads redis-cluster://[user:password@]host:port[,host:port…]
+// (rediss-cluster:// for TLS). The addresses are seeds: the client learns
+// the rest of the cluster from them.
+func parseCluster(u string) (asynq.RedisClusterClientOpt, error) {
+	scheme, rest, _ := strings.Cut(u, "://")
+	var o asynq.RedisClusterClientOpt
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		info, err := url.Parse("redis://" + rest[:at+1] + "x")
+		if err != nil {
+			return o, errors.New("parse redis url: malformed user info")
+		}
+		o.Username = info.User.Username()
+		o.Password, _ = info.User.Password()
+		rest = rest[at+1:]
+	}
+	rest = strings.TrimSuffix(rest, "/")
+	for _, a := range strings.Split(rest, ",") {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil || host == "" || port == "" || strings.ContainsAny(a, "/?#") {
+			return o, fmt.Errorf("parse redis url: %q is not a host:port", a)
+		}
+		o.Addrs = append(o.Addrs, a)
+	}
+	if scheme == "rediss-cluster" {
+		// Verified against the first seed's name, as go-redis does for its
+		// own cluster URLs: the nodes share a certificate naming them all.
+		host, _, _ := net.SplitHostPort(o.Addrs[0])
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	}
+	return o, nil
 }
 
 type logAdapter struct{ l zerolog.Logger }

@@ -1,27 +1,119 @@
 // Package rkeys names every Redis key and channel chatfleet writes (asynq
 // names its own). Nothing else builds a key.
+//
+// Keys are laid out for Redis Cluster, where one script may touch only keys
+// of one hash slot: a session's keys and its jobs' keys share a hash tag, the
+// tag of one of Buckets buckets (see Bucket), and so do the per-bucket indexes
+// that the job scripts update (leases, unfinished jobs). Per-provider keys
+// share {provider:<name>}. Every other key is alone in its scripts.
 package rkeys
 
-import "strconv"
+import (
+	"hash/fnv"
+	"strconv"
+	"strings"
+)
 
 const prefix = "chatfleet:"
 
+// Buckets is the number of hash tags that jobs and sessions are spread over.
+// Each bucket's tag hashes to the middle of its 1/Buckets of the slot space,
+// so a cluster whose masters hold even slot ranges gets an even share of
+// buckets; 64 lets load spread over up to about 32 masters. The rescuer and
+// the reconciler walk every bucket's index each round.
+const Buckets = 64
+
+// bucketTags[i] is the hash tag of bucket i.
+var bucketTags = func() [Buckets]string {
+	var tags [Buckets]string
+	const width = 16384 / Buckets
+	for i := range tags {
+		lo := i*width + width/4 // within the middle half of the bucket's range
+		for n := 0; ; n++ {
+			t := "b" + strconv.Itoa(i) + "." + strconv.Itoa(n)
+			if s := Slot(t); s >= lo && s < lo+width/2 {
+				tags[i] = t
+				break
+			}
+		}
+	}
+	return tags
+}()
+
+// Slot is the Redis Cluster hash slot of a key (CRC16/XMODEM of its hash tag,
+// or of the whole key when it has none, modulo 16384).
+func Slot(key string) int {
+	if s := strings.IndexByte(key, '{'); s >= 0 {
+		if e := strings.IndexByte(key[s+1:], '}'); e > 0 {
+			key = key[s+1 : s+1+e]
+		}
+	}
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
+}
+
+// SessionBucket is the bucket of a session's keys and of its jobs.
+func SessionBucket(tenant, session string) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(tenant))
+	_, _ = h.Write([]byte{'\n'})
+	_, _ = h.Write([]byte(session))
+	return int(h.Sum32() % Buckets)
+}
+
+// IDAlphabet is the job ids' base32 alphabet.
+const IDAlphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+
+// IDBucketChars are the two characters that put a job id ("job_" + base32)
+// in a bucket: the id's 5th and 6th characters.
+func IDBucketChars(bucket int) string {
+	return string([]byte{IDAlphabet[bucket/32], IDAlphabet[bucket%32]})
+}
+
+// Bucket is the bucket of a job id: the one its 5th and 6th characters name
+// for a job id, else a hash of the id (ids that never share a script with a
+// session, in tests).
+func Bucket(id string) int {
+	if len(id) >= 6 && strings.HasPrefix(id, "job_") {
+		hi, lo := strings.IndexByte(IDAlphabet, id[4]), strings.IndexByte(IDAlphabet, id[5])
+		if hi >= 0 && lo >= 0 {
+			return (hi*32 + lo) % Buckets
+		}
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() % Buckets)
+}
+
+func tagged(bucket int) string { return prefix + "{" + bucketTags[bucket] + "}:" }
+
 // Job is a job's record (hash).
-func Job(id string) string { return prefix + "job:" + id }
+func Job(id string) string { return tagged(Bucket(id)) + "job:" + id }
 
 // Events is a job's event log (list; entry i is event seq i+1).
-func Events(id string) string { return prefix + "job:" + id + ":events" }
+func Events(id string) string { return tagged(Bucket(id)) + "job:" + id + ":events" }
 
-// LiveChannel is the pub/sub channel on which a job's events go out live.
-func LiveChannel(id string) string { return prefix + "job:" + id + ":live" }
+// LiveChannel is the (sharded) pub/sub channel on which a job's events go out live.
+func LiveChannel(id string) string { return tagged(Bucket(id)) + "job:" + id + ":live" }
 
 // JobIDOfChannel returns the job id of a LiveChannel name.
 func JobIDOfChannel(ch string) (string, bool) {
-	const head, tail = prefix + "job:", ":live"
-	if len(ch) <= len(head)+len(tail) || ch[:len(head)] != head || ch[len(ch)-len(tail):] != tail {
+	const mid, tail = "}:job:", ":live"
+	i := strings.Index(ch, mid)
+	if !strings.HasPrefix(ch, prefix+"{") || i < 0 || !strings.HasSuffix(ch, tail) || len(ch) <= i+len(mid)+len(tail) {
 		return "", false
 	}
-	return ch[len(head) : len(ch)-len(tail)], true
+	return ch[i+len(mid) : len(ch)-len(tail)], true
 }
 
 // Tenant names never contain ':' and session ids never contain a newline
@@ -29,13 +121,26 @@ func JobIDOfChannel(ch string) (string, bool) {
 
 // SessionOrder lists a session's unfinished jobs in submission order.
 func SessionOrder(tenant, session string) string {
-	return prefix + "session:" + tenant + ":" + session + ":order"
+	return tagged(SessionBucket(tenant, session)) + "session:" + tenant + ":" + session + ":order"
 }
 
 // History is a session's conversation (list of JSON messages).
 func History(tenant, session string) string {
-	return prefix + "session:" + tenant + ":" + session + ":history"
+	return tagged(SessionBucket(tenant, session)) + "session:" + tenant + ":" + session + ":history"
 }
+
+// Leases holds a bucket's running attempts' heartbeat leases (sorted set of
+// "<job id>:<attempt>", or "<task id>#wait" for a task waiting for its
+// session's turn, scored by expiry in ms); an expired one is taken over.
+func Leases(bucket int) string { return tagged(bucket) + "leases" }
+
+// Unfinished indexes a bucket's unfinished jobs for the reconciler (sorted
+// set of "<tenant>\n<session>\n<job id>" scored by its next check in ms).
+func Unfinished(bucket int) string { return tagged(bucket) + "unfinished" }
+
+// Idempotency points a tenant's Idempotency-Key at the job it made, so that
+// the key reused with another session (hence another job id) is a conflict.
+func Idempotency(tenant, keyHash string) string { return prefix + "idem:" + tenant + ":" + keyHash }
 
 // Breaker namespaces the keys of a provider's shared circuit breaker state.
 func Breaker(name string) string { return prefix + "breaker:" + name }
@@ -76,14 +181,6 @@ func ProviderWaiting(name string) string { return prefix + "{provider:" + name +
 // ProviderSaturated exists for a short while after a call had to wait for
 // the provider's capacity, for the queue status advice.
 func ProviderSaturated(name string) string { return prefix + "{provider:" + name + "}:saturated" }
-
-// Leases holds the running attempts' heartbeat leases (sorted set of
-// "<job id>:<attempt>" scored by expiry in ms); an expired one is taken over.
-func Leases() string { return prefix + "leases" }
-
-// Unfinished indexes every unfinished job for the reconciler (sorted set of
-// "<tenant>\n<session>\n<job id>" scored by its next check in ms).
-func Unfinished() string { return prefix + "unfinished" }
 
 // UnfinishedMember is a job's entry in Unfinished.
 func UnfinishedMember(tenant, session, id string) string { return tenant + "\n" + session + "\n" + id }

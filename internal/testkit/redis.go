@@ -22,6 +22,7 @@ type Redis struct {
 	Port   int
 	dir    string
 	aof    bool
+	extra  []string // more redis-server arguments
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the running server exits; nil when stopped
 	log    *bytes.Buffer
@@ -32,6 +33,11 @@ type RedisOption func(*Redis)
 
 // WithAOF turns on append-only persistence so data survives Stop and Restart.
 func WithAOF() RedisOption { return func(r *Redis) { r.aof = true } }
+
+// WithArgs passes more arguments to redis-server.
+func WithArgs(args ...string) RedisOption {
+	return func(r *Redis) { r.extra = append(r.extra, args...) }
+}
 
 // StartRedis starts redis-server and stops it when the test ends. A missing
 // redis-server fails the test with the install command; it never skips.
@@ -48,6 +54,9 @@ func StartRedis(t testing.TB, opts ...RedisOption) *Redis {
 	var lastErr error
 	for range 5 { // a free port can be taken between picking and binding
 		r.Port = FreePort(t)
+		if r.clusterNode() {
+			r.Port = clusterPort(t)
+		}
 		if lastErr = r.start(); lastErr == nil {
 			t.Cleanup(r.Stop)
 			return r
@@ -70,16 +79,25 @@ func (r *Redis) Client() *redis.Client {
 	return c
 }
 
+// UniversalClient is Client, for code that takes either kind.
+func (r *Redis) UniversalClient() redis.UniversalClient { return r.Client() }
+
+// Backend is a Redis the fleet runs on: one server or a cluster.
+type Backend interface {
+	URL() string
+	UniversalClient() redis.UniversalClient
+}
+
 func (r *Redis) start() error {
 	aof := "no"
 	if r.aof {
 		aof = "yes"
 	}
 	r.log = &bytes.Buffer{}
-	r.cmd = exec.Command("redis-server",
+	r.cmd = exec.Command("redis-server", append([]string{
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", aof, "--appendfsync", "always",
-		"--dir", r.dir, "--daemonize", "no", "--protected-mode", "yes")
+		"--dir", r.dir, "--daemonize", "no", "--protected-mode", "yes"}, r.extra...)...)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 	if err := r.cmd.Start(); err != nil {
 		return err
@@ -121,6 +139,16 @@ func (r *Redis) Stop() {
 		_ = r.cmd.Process.Kill()
 		<-r.exited
 	}
+	r.exited = nil
+}
+
+// Kill ends the server with SIGKILL: a crash, nothing flushed or handed over.
+func (r *Redis) Kill() {
+	if r.cmd == nil || r.exited == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.exited
 	r.exited = nil
 }
 

@@ -1,0 +1,54 @@
+package rkeys
+
+import (
+	"testing"
+)
+
+// The CRC16 of the Redis Cluster specification's example, and the rule that
+// only the first {…} counts.
+func TestSlotFollowsTheClusterSpec(t *testing.T) {
+	for key, want := range map[string]int{
+		"123456789":            0x31C3 % 16384,
+		"{user1000}.following": Slot("user1000"),
+		"foo{}{bar}":           Slot("foo{}{bar}"),
+		"foo{{bar}}zap":        Slot("{bar"),
+	} {
+		if got := Slot(key); got != want {
+			t.Errorf("Slot(%q) = %d, want %d", key, got, want)
+		}
+	}
+}
+
+// Every bucket's tag lies in the middle of its own share of the slot space.
+func TestBucketTagsSpreadOverTheSlots(t *testing.T) {
+	const width = 16384 / Buckets
+	for i, tag := range bucketTags {
+		if s := Slot(tag); s/width != i {
+			t.Errorf("bucket %d: tag %q has slot %d, outside %d..%d", i, tag, s, i*width, (i+1)*width-1)
+		}
+	}
+}
+
+// A session's keys and its jobs' keys (with ids built for its bucket) share
+// one slot, and so do the bucket's indexes.
+func TestASessionAndItsJobsShareASlot(t *testing.T) {
+	for _, s := range []string{"s1", "sess_42", "a much longer session id"} {
+		b := SessionBucket("acme", s)
+		id := "job_" + IDBucketChars(b) + "0123456789abcdefghjkmnpq"
+		if Bucket(id) != b {
+			t.Fatalf("Bucket(%q) = %d, want %d", id, Bucket(id), b)
+		}
+		want := Slot(SessionOrder("acme", s))
+		for _, k := range []string{History("acme", s), Job(id), Events(id), LiveChannel(id), Leases(b), Unfinished(b)} {
+			if Slot(k) != want {
+				t.Errorf("%s: slot %d, want %d", k, Slot(k), want)
+			}
+		}
+		if got, ok := JobIDOfChannel(LiveChannel(id)); !ok || got != id {
+			t.Errorf("JobIDOfChannel(LiveChannel(%q)) = %q, %v", id, got, ok)
+		}
+	}
+	if _, ok := JobIDOfChannel("chatfleet:{x}:job::live"); ok {
+		t.Error("a channel without a job id parsed")
+	}
+}
