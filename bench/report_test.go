@@ -41,7 +41,7 @@ type env struct {
 	workerBin string
 }
 
-func (e env) procEnv(rd *testkit.Redis, extra map[string]string) []string {
+func (e env) procEnv(rd testkit.Backend, extra map[string]string) []string {
 	vars := map[string]string{"CHATFLEET_REDIS_URL": rd.URL(), "CHATFLEET_HTTP_ADDR": "127.0.0.1:0", "CHATFLEET_LOG_LEVEL": "info",
 		"CHATFLEET_TENANT_RATE": "0", "CHATFLEET_TENANT_MAX_JOBS": "0"}
 	for k, v := range extra {
@@ -50,7 +50,7 @@ func (e env) procEnv(rd *testkit.Redis, extra map[string]string) []string {
 	return testkit.Env(vars)
 }
 
-func (e env) start(name, bin string, rd *testkit.Redis, extra map[string]string) *testkit.Proc {
+func (e env) start(name, bin string, rd testkit.Backend, extra map[string]string) *testkit.Proc {
 	return testkit.StartProc(e.b, name, bin, e.procEnv(rd, extra))
 }
 
@@ -262,34 +262,47 @@ func (e env) fleetThroughput() result {
 		r.base = append(r.base, n/time.Since(start).Seconds())
 		srv.Shutdown()
 		c.FlushAll(context.Background())
-
-		api := e.start("api", e.apiBin, rd, nil)
-		var wg sync.WaitGroup
-		for g := range 16 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := g; i < n; i += 16 {
-					if _, err := submit(api.URL(), "fleet-"+strconv.Itoa(i), "go"); err != nil {
-						e.b.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		start = time.Now()
-		worker := e.start("worker", e.workerBin, rd, map[string]string{"CHATFLEET_SIM_TOKENS": "62"})
-		for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < n {
-			time.Sleep(20 * time.Millisecond)
-		}
-		r.ours = append(r.ours, n/time.Since(start).Seconds())
-		worker.Stop()
-		api.Stop()
+		r.ours = append(r.ours, e.fleetRun(rd, n, nil))
 		rd.Stop()
 	}
 	r.note = "the worker's time includes its start-up (about 50 ms)"
 	return r
+}
+
+// fleetRun submits n jobs of one turn each through one API process, then
+// times one worker (concurrency 100) running them with 64-word replies and
+// returns jobs/s. between runs after the submits and after the run.
+func (e env) fleetRun(rd testkit.Backend, n int, between func()) float64 {
+	api := e.start("api", e.apiBin, rd, nil)
+	defer api.Stop()
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 16 {
+				if _, err := submit(api.URL(), "fleet-"+strconv.Itoa(i), "go"); err != nil {
+					e.b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if between != nil {
+		between()
+	}
+	start := time.Now()
+	worker := e.start("worker", e.workerBin, rd, map[string]string{"CHATFLEET_SIM_TOKENS": "62"})
+	defer worker.Stop()
+	for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < float64(n) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	if between != nil {
+		between()
+	}
+	return float64(n) / took.Seconds()
 }
 
 func rss(pid int) float64 {
@@ -689,6 +702,8 @@ func BenchmarkReport(b *testing.B) {
 	cmds, cmdNote := e.commandsPerJob()
 	cmds.note = cmdNote
 	results = append(results, cmds, e.limiterCommands(), e.idleWorker())
+	thr, hot, mem := e.cluster()
+	results = append(results, thr, hot, mem)
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {

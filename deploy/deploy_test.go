@@ -86,6 +86,37 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
+// TestComposeClusterOverride loads the production compose file with the
+// Redis Cluster override: six nodes, the one-shot init, and api and worker
+// on a redis-cluster:// URL that starts after it.
+func TestComposeClusterOverride(t *testing.T) {
+	files := []string{filepath.Join("..", "docker-compose.production.yml"), filepath.Join("..", "docker-compose.cluster.yml")}
+	opts, err := cli.NewProjectOptions(files, cli.WithWorkingDirectory(".."), cli.WithEnvFiles(filepath.Join("..", ".env.production.example")),
+		cli.WithDotEnv, cli.WithName("chatfleet"), cli.WithConsistency(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	project, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("the compose files do not load: %v", err)
+	}
+	for i := 1; i <= 6; i++ {
+		n, err := project.GetService(fmt.Sprint("redis-", i))
+		if err != nil || !slices.Contains(n.Command, "--cluster-enabled") || !slices.Contains(n.Command, "--appendonly") {
+			t.Errorf("redis-%d: %v %v", i, n.Command, err)
+		}
+	}
+	for _, name := range []string{"api", "worker"} {
+		s, _ := project.GetService(name)
+		if u := s.Environment["CHATFLEET_REDIS_URL"]; u == nil || !strings.HasPrefix(*u, "redis-cluster://") {
+			t.Errorf("%s: CHATFLEET_REDIS_URL %v", name, u)
+		}
+		if d, ok := s.DependsOn["redis-cluster-init"]; !ok || d.Condition != "service_completed_successfully" {
+			t.Errorf("%s does not wait for the cluster: %+v", name, s.DependsOn)
+		}
+	}
+}
+
 type k8sObject struct {
 	Kind     string `yaml:"kind"`
 	Metadata struct {

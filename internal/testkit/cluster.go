@@ -205,3 +205,25 @@ func (c *Cluster) nodeClient(n *Redis) *redis.Client {
 	c.t.Cleanup(func() { _ = cl.Close() })
 	return cl
 }
+
+// Masters returns the running nodes that are masters now.
+func (c *Cluster) Masters() []*Redis {
+	var out []*Redis
+	for _, n := range c.Nodes {
+		if n.exited == nil {
+			continue
+		}
+		info, err := c.nodeClient(n).Info(context.Background(), "replication").Result()
+		if err == nil && strings.Contains(info, "role:master") {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Stop stops every node (also done when the test ends).
+func (c *Cluster) Stop() {
+	for _, n := range c.Nodes {
+		n.Stop()
+	}
+}

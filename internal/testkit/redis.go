@@ -7,7 +7,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"testing"
@@ -23,6 +25,9 @@ type Redis struct {
 	dir    string
 	aof    bool
 	extra  []string // more redis-server arguments
+	// sentinel, when set, is the Sentinel configuration to run with instead
+	// of a server's (see StartSentinel).
+	sentinel string
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the running server exits; nil when stopped
 	log    *bytes.Buffer
@@ -94,10 +99,18 @@ func (r *Redis) start() error {
 		aof = "yes"
 	}
 	r.log = &bytes.Buffer{}
-	r.cmd = exec.Command("redis-server", append([]string{
+	args := append([]string{
 		"--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", aof, "--appendfsync", "always",
-		"--dir", r.dir, "--daemonize", "no", "--protected-mode", "yes"}, r.extra...)...)
+		"--dir", r.dir, "--daemonize", "no", "--protected-mode", "yes"}, r.extra...)
+	if r.sentinel != "" {
+		conf := filepath.Join(r.dir, "sentinel.conf") // Sentinel rewrites it as it learns
+		if err := os.WriteFile(conf, []byte(r.sentinel), 0o600); err != nil {
+			return err
+		}
+		args = []string{conf, "--sentinel", "--port", strconv.Itoa(r.Port), "--bind", "127.0.0.1", "--dir", r.dir, "--daemonize", "no"}
+	}
+	r.cmd = exec.Command("redis-server", args...)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 	if err := r.cmd.Start(); err != nil {
 		return err
