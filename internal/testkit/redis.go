@@ -20,17 +20,17 @@ import (
 
 // Redis is a private redis-server on a free loopback port.
 type Redis struct {
-	t      testing.TB
-	Port   int
-	dir    string
-	aof    bool
-	extra  []string // more redis-server arguments
+	t     testing.TB
+	Port  int
+	dir   string
+	aof   bool
+	extra []string // more redis-server arguments
 	// sentinel, when set, is the Sentinel configuration to run with instead
 	// of a server's (see StartSentinel).
 	sentinel string
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when the running server exits; nil when stopped
-	log    *bytes.Buffer
+	cmd      *exec.Cmd
+	exited   chan struct{} // closed when the running server exits; nil when stopped
+	log      *bytes.Buffer
 }
 
 // RedisOption tunes StartRedis.
