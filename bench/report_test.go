@@ -262,7 +262,7 @@ func (e env) fleetThroughput() result {
 		r.base = append(r.base, n/time.Since(start).Seconds())
 		srv.Shutdown()
 		c.FlushAll(context.Background())
-		r.ours = append(r.ours, e.fleetRun(rd, n, nil))
+		r.ours = append(r.ours, e.fleetRun(rd, n, nil, nil))
 		rd.Stop()
 	}
 	r.note = "the worker's time includes its start-up (about 50 ms)"
@@ -271,9 +271,10 @@ func (e env) fleetThroughput() result {
 
 // fleetRun submits n jobs of one turn each through one API process, then
 // times one worker (concurrency 100) running them with 64-word replies and
-// returns jobs/s. between runs after the submits and after the run.
-func (e env) fleetRun(rd testkit.Backend, n int, between func()) float64 {
-	api := e.start("api", e.apiBin, rd, nil)
+// returns jobs/s. between runs after the submits and after the run; extra
+// is more environment for both processes.
+func (e env) fleetRun(rd testkit.Backend, n int, extra map[string]string, between func()) float64 {
+	api := e.start("api", e.apiBin, rd, extra)
 	defer api.Stop()
 	var wg sync.WaitGroup
 	for g := range 16 {
@@ -293,7 +294,11 @@ func (e env) fleetRun(rd testkit.Backend, n int, between func()) float64 {
 		between()
 	}
 	start := time.Now()
-	worker := e.start("worker", e.workerBin, rd, map[string]string{"CHATFLEET_SIM_TOKENS": "62"})
+	wenv := map[string]string{"CHATFLEET_SIM_TOKENS": "62"}
+	for k, v := range extra {
+		wenv[k] = v
+	}
+	worker := e.start("worker", e.workerBin, rd, wenv)
 	defer worker.Stop()
 	for metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`) < float64(n) {
 		time.Sleep(20 * time.Millisecond)
@@ -702,8 +707,7 @@ func BenchmarkReport(b *testing.B) {
 	cmds, cmdNote := e.commandsPerJob()
 	cmds.note = cmdNote
 	results = append(results, cmds, e.limiterCommands(), e.idleWorker())
-	thr, hot, mem := e.cluster()
-	results = append(results, thr, hot, mem)
+	results = append(results, e.cluster()...)
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {
@@ -766,7 +770,7 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 	fmt.Fprintln(&w, "\nBaselines: (1) a bare asynq `Client.Enqueue` loop with task ids at 32 goroutines; (2) bare asynq enqueue → handler → "+
 		"Redis PUBLISH → subscriber, same 20 ms poll interval; (3) bare asynq no-op handler at concurrency 100; (5) the same fleet with one worker, times 4; "+
 		"(6) a bare asynq no-op task with retention; (7) the same fleet's commands per job less the provider limiter's scripts; "+
-		"(8) a bare asynq server with the same queues and poll intervals, idle.")
+		"(8) a bare asynq server with the same queues and poll intervals, idle; (9) the fleet run of (3) on one Redis, in the same repetition.")
 	fmt.Fprintln(&w, "\nNotes:")
 	for _, r := range rs {
 		if r.note != "" {

@@ -53,6 +53,7 @@ type Config struct {
 
 	WorkerConcurrency   int
 	QueuePollInterval   time.Duration
+	QueueSpread         int
 	ShutdownTimeout     time.Duration
 	QueueAlertThreshold int
 	JobRetention        time.Duration
@@ -183,6 +184,16 @@ func Vars(role Role) []Var {
 			intVar(func(c *Config) *int { return &c.WorkerConcurrency }, 1)},
 		{"CHATFLEET_QUEUE_POLL_INTERVAL", "20ms", "how often an idle worker polls the empty queues; the floor of time-to-first-token on an idle fleet", false,
 			durationVar(func(c *Config) *time.Duration { return &c.QueuePollInterval }, time.Millisecond)},
+		{"CHATFLEET_QUEUE_SPREAD", "1", "queues per priority, for Redis Cluster: asynq keeps a queue on one slot, so one master does asynq's work for all jobs of a queue; set the number of masters, the same on every api and worker (each idle poll asks every queue)", false,
+			func(c *Config, v string) error {
+				if err := intVar(func(c *Config) *int { return &c.QueueSpread }, 1)(c, v); err != nil {
+					return err
+				}
+				if c.QueueSpread > 16 {
+					return fmt.Errorf("must be at most 16, got %d", c.QueueSpread)
+				}
+				return nil
+			}},
 		{"CHATFLEET_SHUTDOWN_TIMEOUT", "25s", "how long SIGTERM waits for in-flight jobs before handing them back to the queue; keep below the orchestrator's grace period", false,
 			durationVar(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, time.Second)},
 		{"CHATFLEET_QUEUE_ALERT_THRESHOLD", "500", "backlog above which queue status is warning", false,

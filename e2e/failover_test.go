@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/chatfleet/chatfleet/client"
 	"github.com/chatfleet/chatfleet/internal/testkit"
@@ -133,4 +136,44 @@ func waitEnded(ctx context.Context, c *client.Client, id string) string {
 		time.Sleep(250 * time.Millisecond)
 	}
 	return status
+}
+
+// With each priority spread over 3 queues (CHATFLEET_QUEUE_SPREAD=3) on a
+// 3-master cluster, jobs run from all three normal queues, each on its own
+// master, and the queue status reports every queue and the live worker.
+func TestQueueSpreadOnCluster(t *testing.T) {
+	cl := testkit.StartCluster(t)
+	apis, _ := fleet(t, cl, 1, 1, map[string]string{"CHATFLEET_QUEUE_SPREAD": "3"})
+	c := client.New(apis[0].URL())
+	ctx := context.Background()
+	for i := range 30 {
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprint("spread-", i), Message: "hi"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j, err := c.Wait(ctx, sub.JobID); err != nil || j.Status != "succeeded" {
+			t.Fatalf("job %s: %+v %v", sub.JobID, j, err)
+		}
+	}
+	insp := asynq.NewInspectorFromRedisClient(cl.UniversalClient())
+	masters := map[string]bool{}
+	for q := range tasks.QueueSet(3) {
+		if !strings.HasPrefix(q, tasks.QueueName(tasks.PriorityNormal)) {
+			continue
+		}
+		info, err := insp.GetQueueInfo(q)
+		if err != nil || info.Processed == 0 {
+			t.Errorf("queue %s ran no job: %+v %v", q, info, err)
+		}
+		masters[cl.MasterOf("asynq:{"+q+"}:pending").Addr()] = true
+	}
+	if len(masters) != 3 {
+		t.Errorf("the 3 normal queues live on %d masters, want 3", len(masters))
+	}
+	r := do(t, http.MethodGet, apis[0].URL()+"/health/queue/status", nil, nil)
+	queues, _ := r.Body["queues"].([]any)
+	workers, _ := r.Body["workers"].(map[string]any)
+	if len(queues) != 9 || workers["live"] != float64(1) {
+		t.Fatalf("queue status: %s", r.Raw)
+	}
 }

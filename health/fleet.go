@@ -26,6 +26,7 @@ type Fleet struct {
 	rdb       redis.UniversalClient
 	insp      *asynq.Inspector
 	threshold int
+	queues    map[string]int
 	version   string
 	started   time.Time
 	breakers  func(context.Context) (map[string]string, error)
@@ -45,7 +46,10 @@ type sample struct {
 // FleetOptions configures Fleet.
 type FleetOptions struct {
 	Threshold int // backlog above which queue status is warning
-	Version   string
+	// Queues are the queues to report (default tasks.Queues; more when each
+	// priority is spread over several).
+	Queues  map[string]int
+	Version string
 	// Breakers reads each provider's breaker state.
 	Breakers func(context.Context) (map[string]string, error)
 	// Saturated describes the providers whose capacity holds jobs back now
@@ -55,7 +59,10 @@ type FleetOptions struct {
 
 // NewFleet returns the fleet reporter and starts sampling throughput until ctx ends.
 func NewFleet(ctx context.Context, rdb redis.UniversalClient, insp *asynq.Inspector, opt FleetOptions) *Fleet {
-	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated}
+	if opt.Queues == nil {
+		opt.Queues = tasks.Queues
+	}
+	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, queues: opt.Queues, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated}
 	go f.sampleLoop(ctx)
 	return f
 }
@@ -98,8 +105,8 @@ func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
 	f.mu.Unlock()
 
 	var s snapshot
-	names := make([]string, 0, len(tasks.Queues))
-	for q := range tasks.Queues {
+	names := make([]string, 0, len(f.queues))
+	for q := range f.queues {
 		names = append(names, q)
 	}
 	sort.Strings(names)
@@ -129,7 +136,7 @@ func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
 		return snapshot{}, fmt.Errorf("list workers: %w", err)
 	}
 	for _, srv := range servers {
-		if _, ours := srv.Queues[tasks.QueueName(tasks.PriorityNormal)]; !ours {
+		if !servesOurs(srv.Queues) {
 			continue
 		}
 		s.workers.Live++
@@ -325,4 +332,15 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, q.LatencySeconds, q.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(s.workers.Live))
+}
+
+// servesOurs tells a chatfleet worker (whatever its queue spread) from other
+// asynq servers on the same Redis.
+func servesOurs(queues map[string]int) bool {
+	for q := range queues {
+		if strings.HasPrefix(q, tasks.QueueName("")) {
+			return true
+		}
+	}
+	return false
 }

@@ -35,6 +35,8 @@ type Options struct {
 	// before it is taken as lost (its enqueue failed) and failed. Default 30 s,
 	// well past the submit deadline.
 	OrphanAfter time.Duration
+	// QueueSpread spreads each priority over this many queues (tasks.SpreadQueue).
+	QueueSpread int
 }
 
 // Manager runs the job lifecycle over the store and asynq.
@@ -77,6 +79,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		return Submitted{}, err
 	}
 	nj.Payload = raw
+	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)
 	created, existing, err := m.st.Create(ctx, nj)
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict
@@ -277,7 +280,7 @@ type Archived struct {
 // ListArchived returns the archived jobs of every queue, newest failure first.
 func (m *Manager) ListArchived() ([]Archived, error) {
 	var out []Archived
-	for q := range tasks.Queues {
+	for q := range tasks.QueueSet(m.opt.QueueSpread) {
 		for page := 1; ; page++ {
 			infos, err := m.insp.ListArchivedTasks(q, asynq.Page(page), asynq.PageSize(500))
 			if errors.Is(err, asynq.ErrQueueNotFound) {

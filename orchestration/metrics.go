@@ -2,8 +2,6 @@ package orchestration
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // Metrics are the worker's job series. No label holds a job, session or tenant id.
@@ -21,7 +19,7 @@ type Metrics struct {
 var latencyBuckets = prometheus.ExponentialBuckets(0.005, 2, 15)
 
 // NewMetrics registers the job metrics on reg (nil: not exposed).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func NewMetrics(reg prometheus.Registerer, queues map[string]int) *Metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
@@ -57,7 +55,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"all_open", "all_failed"} {
 		m.degraded.WithLabelValues(r)
 	}
-	for q := range tasks.Queues {
+	for q := range queues {
 		m.queueWait.WithLabelValues(q)
 	}
 	return m

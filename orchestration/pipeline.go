@@ -77,7 +77,7 @@ func NewPipeline(st *store.Store, jm *jobs.Manager, chain *llm.Chain, opt Pipeli
 		opt.OnAllDown = AllDownDegrade
 	}
 	if opt.Metrics == nil {
-		opt.Metrics = NewMetrics(nil)
+		opt.Metrics = NewMetrics(nil, tasks.Queues)
 	}
 	if opt.MaxRetryDelay <= 0 {
 		opt.MaxRetryDelay = 5 * time.Minute

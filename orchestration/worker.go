@@ -16,7 +16,8 @@ import (
 // WorkerOptions configures the asynq server of a worker.
 type WorkerOptions struct {
 	Concurrency     int
-	PollInterval    time.Duration // idle poll of empty queues
+	PollInterval    time.Duration  // idle poll of empty queues
+	Queues          map[string]int // the queues to serve and their weights (default tasks.Queues)
 	ShutdownTimeout time.Duration
 	LogLevel        string
 }
@@ -37,9 +38,12 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 	if o.LogLevel == "debug" || o.LogLevel == "trace" {
 		lvl = asynq.DebugLevel
 	}
+	if o.Queues == nil {
+		o.Queues = tasks.Queues
+	}
 	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:       o.Concurrency,
-		Queues:            tasks.Queues,
+		Queues:            o.Queues,
 		TaskCheckInterval: o.PollInterval,
 		// Scheduled and retried tasks (including jobs that yielded their turn)
 		// move back to pending on this tick.

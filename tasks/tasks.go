@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,15 +36,60 @@ const (
 	PriorityLow    = "low"
 )
 
-// Queues maps queue names to their asynq weights.
-var Queues = map[string]int{
-	QueueName(PriorityHigh):   6,
-	QueueName(PriorityNormal): 3,
-	QueueName(PriorityLow):    1,
-}
+// weights are the priorities' asynq weights.
+var weights = map[string]int{PriorityHigh: 6, PriorityNormal: 3, PriorityLow: 1}
+
+// Queues maps queue names to their asynq weights (no spread).
+var Queues = QueueSet(1)
 
 // QueueName returns the asynq queue of a priority.
 func QueueName(priority string) string { return "chatfleet-" + priority }
+
+// asynq keeps all of a queue's keys in one Redis Cluster slot, so a queue's
+// master does asynq's work for every job of that queue. Spreading each
+// priority over several queues spreads that work: the job's bucket picks one.
+// Spread over s queues, the k-th is named (chatfleet-normal-<n>) so that its
+// slot lies in the middle of the k-th of s equal parts of the slot space: on
+// s masters with even slot ranges, one per master.
+
+// SpreadQueue returns the queue of a job of a priority's queue when each
+// priority is spread over `spread` queues.
+func SpreadQueue(queue, jobID string, spread int) string {
+	if spread <= 1 {
+		return queue
+	}
+	return spreadNames(queue, spread)[rkeys.Bucket(jobID)%spread]
+}
+
+// QueueSet maps every queue to its weight when each priority is spread over
+// `spread` queues.
+func QueueSet(spread int) map[string]int {
+	out := map[string]int{}
+	for p, w := range weights {
+		for _, q := range spreadNames(QueueName(p), max(spread, 1)) {
+			out[q] = w
+		}
+	}
+	return out
+}
+
+func spreadNames(queue string, spread int) []string {
+	if spread <= 1 {
+		return []string{queue}
+	}
+	var names []string
+	width := 16384 / spread
+	for k := range spread {
+		for n := 0; ; n++ {
+			name := queue + "-" + strconv.Itoa(n)
+			if s := rkeys.Slot(name); s >= k*width+width/4 && s < k*width+3*width/4 {
+				names = append(names, name)
+				break
+			}
+		}
+	}
+	return names
+}
 
 // ValidPriority reports whether p is a known priority.
 func ValidPriority(p string) bool {

@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -76,4 +77,43 @@ func TestJobIDs(t *testing.T) {
 			t.Errorf("ValidJobID(%q) = true", bad)
 		}
 	}
+}
+
+// Spread queues: the k-th of s lies in the k-th of s parts of the slot
+// space; a job always lands in the same one.
+func TestSpreadQueues(t *testing.T) {
+	if q := SpreadQueue("chatfleet-normal", "job_00x", 1); q != "chatfleet-normal" {
+		t.Fatalf("no spread: %s", q)
+	}
+	set := QueueSet(4)
+	if len(set) != 12 {
+		t.Fatalf("queue set %v", set)
+	}
+	for q, w := range set {
+		if p := strings.Split(q, "-")[1]; w != weights[p] {
+			t.Errorf("%s: weight %d, want %d", q, w, weights[p])
+		}
+	}
+	names := spreadNames("chatfleet-normal", 4)
+	for k, n := range names {
+		if set[n] != 3 {
+			t.Errorf("%s missing from the set", n)
+		}
+		if s := rkeys.Slot(n); s/4096 != k {
+			t.Errorf("%s: slot %d, want within %d..%d", n, s, k*4096, (k+1)*4096-1)
+		}
+	}
+	seen := map[string]bool{}
+	for i := range 200 {
+		id := NewJobID("t", fmt.Sprint("s", i))
+		q := SpreadQueue("chatfleet-normal", id, 4)
+		if q != SpreadQueue("chatfleet-normal", id, 4) || set[q] == 0 {
+			t.Fatalf("job %s: queue %q", id, q)
+		}
+		seen[q] = true
+	}
+	if len(seen) != 4 {
+		t.Fatalf("200 jobs used %d of 4 queues", len(seen))
+	}
+	t.Log(names)
 }

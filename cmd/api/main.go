@@ -27,6 +27,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/redisconn"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/stream"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 var version = "dev"
@@ -141,7 +142,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		console.RegisterAdmin(e, console.AdminOptions{Key: cfg.AdminKey, Queues: queues, Jobs: jm})
 	}
 	fleet := health.NewFleet(bg, rdb, asynq.NewInspectorFromRedisClient(rdb), health.FleetOptions{
-		Threshold: cfg.QueueAlertThreshold, Version: version,
+		Threshold: cfg.QueueAlertThreshold, Version: version, Queues: tasks.QueueSet(cfg.QueueSpread),
 		Breakers: func(ctx context.Context) (map[string]string, error) {
 			return llm.BreakerStates(ctx, rdb, wiring.ProviderNames(cfg))
 		},

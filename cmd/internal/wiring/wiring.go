@@ -20,6 +20,7 @@ import (
 	"github.com/chatfleet/chatfleet/orchestration"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // Closers runs shutdown steps last in, first out, joining their errors.
@@ -77,7 +78,7 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 // Jobs is the job lifecycle of cfg.
 func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
 	return jobs.New(st, asynq.NewClientFromRedisClient(rdb), asynq.NewInspectorFromRedisClient(rdb),
-		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention})
+		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, QueueSpread: cfg.QueueSpread})
 }
 
 // Providers are cfg's provider specs, primary first.
@@ -130,11 +131,12 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, s
 		DegradedReply: cfg.DegradedReply,
 		MaxRetryDelay: cfg.MaxRetryDelay,
 		Lease:         cfg.JobLease,
-		Metrics:       orchestration.NewMetrics(reg),
+		Metrics:       orchestration.NewMetrics(reg, tasks.QueueSet(cfg.QueueSpread)),
 	})
 	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{
 		Concurrency:     cfg.WorkerConcurrency,
 		PollInterval:    cfg.QueuePollInterval,
+		Queues:          tasks.QueueSet(cfg.QueueSpread),
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		LogLevel:        cfg.LogLevel,
 	}), nil
