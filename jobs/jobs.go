@@ -80,20 +80,27 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	}
 	nj.Payload = raw
 	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)
-	created, existing, err := m.st.Create(ctx, nj)
+	// On one Redis the record and the task are written in one script (one
+	// round trip); on a cluster, or when a task with the id exists, the task
+	// is enqueued after the record.
+	taskKey, pending, queues := tasks.AsynqKeys(nj.Queue, nj.ID)
+	created, enqueued, existing, err := m.st.CreateEnqueued(ctx, nj, store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
+		Queue: nj.Queue, Message: tasks.AsynqMessage(raw, nj.ID, nj.Queue, m.opt.MaxRetries, m.opt.Retention)})
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict
 	}
 	if err != nil {
 		return Submitted{}, err
 	}
-	if created {
+	if created && !enqueued {
 		if err := m.enqueueNew(ctx, nj); err != nil {
 			if derr := m.st.Delete(ctx, nj); derr != nil {
 				err = errors.Join(err, fmt.Errorf("undo job record: %w", derr))
 			}
 			return Submitted{}, err
 		}
+	}
+	if created {
 		return Submitted{Job: store.Job{ID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Queue: nj.Queue, Task: nj.ID,
 			Status: store.StatusQueued, BodyHash: nj.BodyHash, CreatedAt: nj.CreatedAt}}, nil
 	}

@@ -8,20 +8,45 @@ import "github.com/redis/go-redis/v9"
 // Every job script touches keys of one bucket only (rkeys): the job's, its
 // session's and the bucket's indexes, so that it runs on Redis Cluster.
 
-// createJob writes a new record, appends the job to its session's order and
-// indexes it for the reconciler; or returns {0} when the record exists.
-// KEYS: job, order, unfinished.
-// ARGV: id, retention s, now ms, unfinished member, first check ms, then
-// field/value pairs.
-var createJob = redis.NewScript(`
+// createJobLua writes a new record from ARGV[from] on (field/value pairs),
+// appends the job to its session's order and indexes it for the reconciler.
+// KEYS: job, order, unfinished. ARGV: id, retention s, now ms, unfinished
+// member, first check ms, ….
+const createJobLua = `
+local function create_job(from)
+  local fields = {}
+  for i = from, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[5]), ARGV[4])
+end
+`
+
+// createJob writes a new record (createJobLua), or returns 0 when it exists.
+// ARGV from 6: the record's field/value pairs.
+var createJob = redis.NewScript(createJobLua + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[5]), ARGV[4])
+create_job(6)
+return 1
+`)
+
+// createAndEnqueue writes a new record and enqueues its asynq task in one
+// step, on one Redis (asynq's keys are in another slot on a cluster): the
+// task is written exactly as asynq's own enqueue script writes it. Returns 1,
+// 0 when the record exists, -1 when a task with the id exists (nothing was
+// written; the caller takes the two-step path, which handles that).
+// KEYS: job, order, unfinished, task, pending list, queue set.
+// ARGV: as createJob to 5, then the task message, now ns, queue, then the
+// record's field/value pairs.
+var createAndEnqueue = redis.NewScript(createJobLua + `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+create_job(9)
+redis.call('HSET', KEYS[4], 'msg', ARGV[6], 'state', 'pending', 'pending_since', ARGV[7])
+redis.call('LPUSH', KEYS[5], ARGV[1])
+redis.call('SADD', KEYS[6], ARGV[8])
 return 1
 `)
 

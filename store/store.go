@@ -145,51 +145,79 @@ const FirstCheck = 10 * time.Second
 // the job is counted first (ErrTooManyJobs at the limit): the tenant's count
 // is a key of its own, outside the session's slot.
 func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Job, err error) {
+	created, _, existing, err = s.create(ctx, j, nil)
+	return created, existing, err
+}
+
+// Task is an asynq task as asynq's enqueue writes it (tasks.AsynqTask).
+type Task struct {
+	Key, PendingKey, QueuesKey, Queue string
+	Message                           []byte // asynq's encoded task message
+}
+
+// CreateEnqueued is Create that also enqueues the job's task in the same
+// script, one round trip, when the store runs on one Redis; enqueued=false
+// (with created=true) when it did not (a cluster, or a task with the id
+// exists already), and the caller enqueues it.
+func (s *Store) CreateEnqueued(ctx context.Context, j NewJob, t Task) (created, enqueued bool, existing Job, err error) {
+	return s.create(ctx, j, &t)
+}
+
+func (s *Store) create(ctx context.Context, j NewJob, t *Task) (created, enqueued bool, existing Job, err error) {
 	if j.KeyHash != "" {
 		// The job id comes from the key and the session (the session's slot):
 		// this binding tells the same key with another session apart.
 		owner, err := bindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID, 2*seconds(s.opt.Retention)).Text()
 		if err != nil {
-			return false, Job{}, unavailable("bind idempotency key", err)
+			return false, false, Job{}, unavailable("bind idempotency key", err)
 		}
 		if owner != j.ID {
-			return false, Job{}, ErrKeyReused
+			return false, false, Job{}, ErrKeyReused
 		}
 	}
 	if s.opt.TenantMaxJobs > 0 {
 		n, err := countTenantJob.Run(ctx, s.rdb, []string{rkeys.TenantJobs(j.Tenant)},
 			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli()).Int()
 		if err != nil {
-			return false, Job{}, unavailable("count tenant job", err)
+			return false, false, Job{}, unavailable("count tenant job", err)
 		}
 		if n == 0 {
 			// At the limit, a replay of a finished job is still a replay.
 			if existing, err = s.Get(ctx, j.ID); errors.Is(err, ErrNotFound) {
-				return false, Job{}, ErrTooManyJobs
+				return false, false, Job{}, ErrTooManyJobs
 			}
-			return false, existing, err
+			return false, false, existing, err
 		}
 	}
-	n, err := createJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
-		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), FirstCheck.Milliseconds(),
-		"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
-		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0).Int()
+	keys := []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))}
+	args := []any{j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), FirstCheck.Milliseconds()}
+	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
+		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
+	n := -1
+	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together
+		n, err = createAndEnqueue.Run(ctx, s.rdb, append(keys, t.Key, t.PendingKey, t.QueuesKey),
+			append(append(args, t.Message, time.Now().UnixNano(), t.Queue), record...)...).Int()
+		enqueued = n == 1
+	}
+	if n == -1 {
+		n, err = createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
+	}
 	if err != nil {
 		s.uncount(ctx, j.Tenant, j.ID)
-		return false, Job{}, unavailable("create job", err)
+		return false, false, Job{}, unavailable("create job", err)
 	}
 	if n == 1 {
-		return true, Job{}, nil
+		return true, enqueued, Job{}, nil
 	}
 	existing, err = s.Get(ctx, j.ID)
 	if errors.Is(err, ErrNotFound) {
 		// Expired between the two calls: the caller may simply try again.
-		return false, Job{}, unavailable("create job", errors.New("record vanished"))
+		return false, false, Job{}, unavailable("create job", errors.New("record vanished"))
 	}
 	if err == nil && Terminal(existing.Status) {
 		s.uncount(ctx, j.Tenant, j.ID) // counted again above, but it has finished
 	}
-	return false, existing, err
+	return false, false, existing, err
 }
 
 // uncount drops a job from its tenant's unfinished jobs. Best effort: an

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
@@ -258,6 +259,44 @@ func ChatTask(payload []byte, taskID, queue string, maxRetries int, retention ti
 		asynq.MaxRetry(maxRetries+1),
 		asynq.Retention(retention),
 	)
+}
+
+// asynqTimeout is the timeout asynq's Client gives a task with neither a
+// timeout nor a deadline.
+const asynqTimeout = 30 * time.Minute
+
+// AsynqMessage encodes a chat task exactly as asynq v0.26's Client.Enqueue
+// does for ChatTask (its TaskMessage protobuf: type, payload, id, queue,
+// retry, timeout, retention), so that the job record and the task can be
+// written in one script. TestAsynqMessageIsAsynqs holds the bytes to
+// asynq's own, and fails on another asynq version.
+func AsynqMessage(payload []byte, taskID, queue string, maxRetries int, retention time.Duration) []byte {
+	b := make([]byte, 0, len(payload)+len(taskID)+len(queue)+48)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, TypeChatComplete)
+	if len(payload) > 0 {
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendBytes(b, payload)
+	}
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	b = protowire.AppendString(b, taskID)
+	b = protowire.AppendTag(b, 4, protowire.BytesType)
+	b = protowire.AppendString(b, queue)
+	b = protowire.AppendTag(b, 5, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(maxRetries+1))
+	b = protowire.AppendTag(b, 8, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(asynqTimeout/time.Second))
+	if s := int64(retention / time.Second); s > 0 {
+		b = protowire.AppendTag(b, 12, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(s))
+	}
+	return b
+}
+
+// AsynqKeys are asynq v0.26's keys of a task: its hash, its queue's list of
+// pending task ids, and the set of all queues.
+func AsynqKeys(queue, taskID string) (task, pending, queues string) {
+	return "asynq:{" + queue + "}:t:" + taskID, "asynq:{" + queue + "}:pending", "asynq:queues"
 }
 
 // RetryTaskID names a new task that runs a job again after its attempt was
