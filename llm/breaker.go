@@ -189,17 +189,24 @@ func (g *Guarded) stream(ctx context.Context, req Request, onDelta func(string) 
 		}
 		return time.AfterFunc(d, func() { cancel(&timeoutCause{what}) })
 	}
-	timer := arm(t.FirstToken, fmt.Sprintf("no first token within %s", t.FirstToken))
+	first := arm(t.FirstToken, fmt.Sprintf("no first token within %s", t.FirstToken))
+	var idle *time.Timer // one timer, reset at each token (a reply is hundreds of tokens)
 	reply, err := g.Provider.Stream(cctx, req, func(d string) error {
-		if timer != nil {
-			timer.Stop()
+		if !started.Load() {
+			if first != nil {
+				first.Stop()
+			}
+			started.Store(true)
+			idle = arm(t.Idle, fmt.Sprintf("no token for %s mid-reply", t.Idle))
+		} else if idle != nil {
+			idle.Reset(t.Idle)
 		}
-		started.Store(true)
-		timer = arm(t.Idle, fmt.Sprintf("no token for %s mid-reply", t.Idle))
 		return onDelta(d)
 	})
-	if timer != nil {
-		timer.Stop()
+	for _, tm := range []*time.Timer{first, idle} {
+		if tm != nil {
+			tm.Stop()
+		}
 	}
 	var tc *timeoutCause
 	if err != nil && ctx.Err() == nil && errors.As(context.Cause(cctx), &tc) {

@@ -135,3 +135,47 @@ func waitFor(t *testing.T, cond func() bool, what string) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// stalling sends `tokens` deltas 10 ms apart, then nothing until its call ends.
+type stalling struct{ tokens int }
+
+func (s stalling) Name() string { return "stalling" }
+
+func (s stalling) Stream(ctx context.Context, _ Request, onDelta func(string) error) (Reply, error) {
+	for range s.tokens {
+		time.Sleep(10 * time.Millisecond)
+		if err := onDelta("x "); err != nil {
+			return Reply{}, err
+		}
+	}
+	<-ctx.Done()
+	return Reply{}, ctx.Err()
+}
+
+// The idle timeout cuts a reply that stalls after its first tokens, however
+// many came before (one timer, reset at each token), and says so; the
+// first-token timeout cuts a silent one.
+func TestTimeoutsCutStalledCalls(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		tokens      int
+		afterOutput bool
+		msg         string
+	}{{30, true, "no token for 100ms mid-reply"}, {0, false, "no first token within 150ms"}} {
+		g, err := NewGuarded(ctx, stalling{tc.tokens}, rdb, BreakerSettings{Failures: 100, OpenFor: time.Second}, nil, zerolog.New(io.Discard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.timeouts = Timeouts{FirstToken: 150 * time.Millisecond, Idle: 100 * time.Millisecond}
+		got := 0
+		_, err = g.Stream(ctx, Request{}, func(string) error { got++; return nil })
+		var pe *Error
+		if !errors.As(err, &pe) || !pe.Timeout || !pe.Retryable || pe.AfterOutput != tc.afterOutput || pe.Msg != tc.msg {
+			t.Errorf("%d tokens then silence: %#v", tc.tokens, err)
+		}
+		if got != tc.tokens { // a steady stream is never cut, however long
+			t.Errorf("%d of %d tokens arrived before the cut", got, tc.tokens)
+		}
+	}
+}

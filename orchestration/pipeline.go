@@ -206,10 +206,10 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	callCtx, cancel := context.WithTimeout(ctx, p.opt.CallTimeout)
 	c.reply, c.provider, c.err = p.chain.Stream(callCtx, req, onDelta)
 	cancel()
-	if ferr := c.emit.Flush(); c.err == nil {
-		c.err = ferr // the job was canceled while its last tokens went out
+	if c.err != nil {
+		_ = c.emit.Flush() // a reply that ends in a retry or a failure keeps what it said
 	}
-	return c
+	return c // a whole reply's last batch goes out with the final script (settle)
 }
 
 // settle records what the attempt came to: the reply, a degraded reply, a
@@ -239,6 +239,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	outcome := store.Outcome{
+		Tail:   c.emit.Tail(),
 		Status: store.StatusSucceeded,
 		Result: &store.Result{Content: c.reply.Content, Provider: c.provider, Model: c.reply.Model},
 		Usage:  &store.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},

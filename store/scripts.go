@@ -98,14 +98,13 @@ return 1
 var startAttempt = redis.NewScript(`
 local head = redis.call('LINDEX', KEYS[2], 0)
 if head and head ~= ARGV[1] then return {'wait', head} end
-local st = redis.call('HGET', KEYS[1], 'status')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'task', 'attempts', 'started_at')
+local st, task = rec[1], rec[2]
 if not st then return {'gone'} end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return {'done'} end
-local task = redis.call('HGET', KEYS[1], 'task')
 if task and task ~= ARGV[4] then return {'done'} end
-redis.call('HSET', KEYS[1], 'status', 'active')
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local n = (tonumber(rec[3]) or 0) + 1
+redis.call('HSET', KEYS[1], 'status', 'active', 'attempts', n, 'started_at', rec[4] or ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1] .. ':' .. n)
 local out = {'run', tostring(n)}
 if ARGV[3] == '1' then
@@ -125,10 +124,16 @@ end
 `
 
 // ownsLua: an attempt may write only while the job is active and no later
-// attempt has started (fencing: a paused worker that comes back cannot write).
+// attempt has started (fencing: a paused worker that comes back cannot
+// write). state reads the status (nil: no record) and attempt count at once.
 const ownsLua = `
+local function state(job)
+  local v = redis.call('HMGET', job, 'status', 'attempts')
+  return v[1], tonumber(v[2])
+end
 local function owns(job, attempt)
-  return redis.call('HGET', job, 'status') == 'active' and tonumber(redis.call('HGET', job, 'attempts')) == tonumber(attempt)
+  local st, n = state(job)
+  return st == 'active' and n == tonumber(attempt)
 end
 `
 
@@ -257,10 +262,10 @@ end
 // KEYS: job, events. ARGV: type, body, retention s, channel, attempt (0:
 // unfenced), publish command.
 var appendEvent = redis.NewScript(appendEventLua + ownsLua + `
-local st = redis.call('HGET', KEYS[1], 'status')
+local st, n = state(KEYS[1])
 if not st then return -1 end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
-if tonumber(ARGV[5]) > 0 and not owns(KEYS[1], ARGV[5]) then return -2 end
+if tonumber(ARGV[5]) > 0 and (st ~= 'active' or n ~= tonumber(ARGV[5])) then return -2 end
 return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3], ARGV[6])
 `)
 
@@ -273,10 +278,11 @@ return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3], ARGV[6])
 // KEYS: job, order, history, events, leases, unfinished.
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
 // result json, usage json, error json, event type, event body, channel,
-// attempt (0: not an attempt's), unfinished member, publish command, then
-// history entries.
+// attempt (0: not an attempt's), unfinished member, publish command, the
+// body of a token event to append before the final one ('' for none: the
+// rest of a reply that had not gone out yet), then history entries.
 var finish = redis.NewScript(appendEventLua + ownsLua + `
-local st = redis.call('HGET', KEYS[1], 'status')
+local st, n = state(KEYS[1])
 if not st then
   redis.call('LREM', KEYS[2], 0, ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[14])
@@ -285,21 +291,24 @@ end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
 local att = tonumber(ARGV[13])
 if att > 0 then
-  if not owns(KEYS[1], att) then return 0 end
+  if st ~= 'active' or n ~= att then return 0 end
   redis.call('ZREM', KEYS[5], ARGV[1] .. ':' .. att)
 end
 redis.call('ZREM', KEYS[6], ARGV[14])
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[8]) end
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) else redis.call('HDEL', KEYS[1], 'error') end
-redis.call('HDEL', KEYS[1], 'payload') -- only needed to run the job again
+local fields = {'status', ARGV[2], 'finished_at', ARGV[3]}
+for i, f in ipairs({'result', 'usage', 'error'}) do
+  if ARGV[6 + i] ~= '' then fields[#fields + 1] = f; fields[#fields + 1] = ARGV[6 + i] end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+-- the payload was only needed to run the job again
+if ARGV[9] ~= '' then redis.call('HDEL', KEYS[1], 'payload') else redis.call('HDEL', KEYS[1], 'payload', 'error') end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+if ARGV[16] ~= '' then append_event(KEYS[4], ARGV[12], 'token', ARGV[16], ARGV[4], ARGV[15]) end
 if append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4], ARGV[15]) > 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4]) -- the log lives as long as the record
 end
-if #ARGV > 15 then
-  for i = 16, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if #ARGV > 16 then
+  for i = 17, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
   redis.call('EXPIRE', KEYS[3], ARGV[6])
 end

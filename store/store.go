@@ -422,6 +422,10 @@ type Outcome struct {
 	Usage   *Usage
 	Error   *JobError
 	History []Message // appended to the session's history with the outcome
+	// Tail is the end of the reply that had not gone out as token events
+	// yet: appended as one token event just before the final one, in the
+	// same script (a fast reply's last batch costs no round trip).
+	Tail string
 }
 
 // Finish records a job's outcome exactly once, appends its final event (done,
@@ -438,7 +442,14 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
 		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
-		ev.EventType(), string(body), rkeys.LiveChannel(id), attempt, rkeys.UnfinishedMember(tenant, session, id), s.publish}
+		ev.EventType(), string(body), rkeys.LiveChannel(id), attempt, rkeys.UnfinishedMember(tenant, session, id), s.publish, ""}
+	if o.Tail != "" {
+		tail, err := json.Marshal(TokenEvent{Delta: o.Tail})
+		if err != nil {
+			return false, fmt.Errorf("encode token event: %w", err)
+		}
+		args[len(args)-1] = string(tail)
+	}
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}

@@ -103,3 +103,36 @@ func TestEmitterStopsAfterCancel(t *testing.T) {
 		t.Fatalf("log %+v", evs)
 	}
 }
+
+// A reply's last batch, handed over with Tail, goes out in the final script:
+// one token event just before `done`, in order after the ones published, and
+// nothing is published twice.
+func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
+	st := newStore(t)
+	activeJob(t, st, "job_tail")
+	e := NewEmitter(context.Background(), st, "job_tail", 1, Coalescing{Window: time.Hour, MaxBytes: 1 << 20})
+	for _, d := range []string{"one", " two", " three"} {
+		if err := e.Delta(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := deltas(t, st, "job_tail"); len(got) != 1 || got[0] != "one" {
+		t.Fatalf("before the end: %q", got)
+	}
+	first, err := st.Finish(context.Background(), "job_tail", "t", "job_tail", 1, store.Outcome{Status: store.StatusSucceeded,
+		Result: &store.Result{Content: "one two three"}, Tail: e.Tail()})
+	if err != nil || !first {
+		t.Fatalf("finish: %v %v", first, err)
+	}
+	evs, err := st.Events(context.Background(), "job_tail", 0)
+	if err != nil || len(evs) != 3 || evs[1].Type != "token" || evs[2].Type != "done" || evs[2].Seq != 3 {
+		t.Fatalf("events %+v %v", evs, err)
+	}
+	var d struct{ Delta string }
+	if err := json.Unmarshal([]byte(evs[1].Data), &d); err != nil || d.Delta != " two three" {
+		t.Fatalf("tail event %s %v", evs[1].Data, err)
+	}
+	if e.Tail() != "" {
+		t.Fatal("the tail was handed over twice")
+	}
+}

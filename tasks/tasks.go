@@ -141,22 +141,24 @@ func (p ChatPayload) Encode() ([]byte, error) {
 // DecodeChat strictly decodes a chat:complete payload: unknown fields, a missing
 // or unknown version and missing required fields are errors wrapping ErrBadPayload.
 func DecodeChat(b []byte) (ChatPayload, error) {
-	var head struct {
-		Version *int `json:"v"`
-	}
-	if err := json.Unmarshal(b, &head); err != nil {
-		return ChatPayload{}, fmt.Errorf("%w: not JSON: %v", ErrBadPayload, err)
-	}
-	if head.Version == nil {
-		return ChatPayload{}, fmt.Errorf("%w: no version field", ErrBadPayload)
-	}
-	if *head.Version != PayloadVersion {
-		return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads %d)", ErrBadPayload, *head.Version, PayloadVersion)
-	}
 	var p ChatPayload
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := dec.Decode(&p); err != nil || p.Version != PayloadVersion {
+		// The rare path reads the version alone, so that a payload of another
+		// version says so rather than naming a field this build lacks.
+		var head struct {
+			Version *int `json:"v"`
+		}
+		if herr := json.Unmarshal(b, &head); herr != nil {
+			return ChatPayload{}, fmt.Errorf("%w: not JSON: %v", ErrBadPayload, herr)
+		}
+		if head.Version == nil {
+			return ChatPayload{}, fmt.Errorf("%w: no version field", ErrBadPayload)
+		}
+		if *head.Version != PayloadVersion {
+			return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads %d)", ErrBadPayload, *head.Version, PayloadVersion)
+		}
 		return ChatPayload{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
 	}
 	if dec.More() {
