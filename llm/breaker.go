@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,9 +38,12 @@ func (e *ErrOpen) Error() string { return e.Provider + ": circuit breaker open" 
 // Guarded wraps a provider in a circuit breaker shared by the whole fleet:
 // gobreaker's DistributedCircuitBreaker keeps its counts and state in Redis,
 // so consecutive failures are counted across workers and a trip on one worker
-// is a trip on all. A call reads the shared state once (one GET) and, in
-// steady state, writes nothing; each process also re-reads it every Refresh
-// so that its chatfleet_breaker_state gauge follows the fleet within a second.
+// is a trip on all. Every change of the shared state is announced by pub/sub
+// and re-read at once by every process, so that a call reads nothing from
+// Redis (one GET when the announcements' subscription is down) and, in steady
+// state, writes nothing; each process also re-reads it every Refresh, a safety
+// net that keeps its chatfleet_breaker_state gauge within a second of the
+// fleet's.
 type Guarded struct {
 	Provider
 	cap      *capacity // nil: no fleet-wide capacity control
@@ -51,6 +55,11 @@ type Guarded struct {
 	set      BreakerSettings
 	log      zerolog.Logger
 	metrics  *Metrics
+
+	// watching is set while the subscription to the breaker's change
+	// announcements stands: the copy is then current, and a call reads no
+	// state from Redis.
+	watching atomic.Bool
 
 	mu       sync.Mutex
 	state    gobreaker.State
@@ -85,6 +94,7 @@ func NewGuarded(ctx context.Context, p Provider, rdb redis.UniversalClient, set 
 	g.dcb = dcb
 	g.refresh()
 	go g.refreshLoop(ctx)
+	go g.watch(ctx)
 	return g, nil
 }
 
@@ -97,10 +107,12 @@ func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 
 // Stream implements Provider behind the breaker.
 func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
-	// One GET of the fleet's state: another worker may have tripped the
-	// breaker a moment ago. Cheap next to an LLM call; writes happen only on
-	// failures and on recoveries.
-	g.refresh()
+	// Another worker may have tripped the breaker a moment ago: its change is
+	// announced (watch), and without the announcements each call reads the
+	// fleet's state (one GET). Writes happen only on failures and recoveries.
+	if !g.watching.Load() {
+		g.refresh()
+	}
 	g.mu.Lock()
 	st, until := g.effectiveLocked(time.Now()), g.until
 	g.mu.Unlock()
@@ -249,6 +261,32 @@ func (g *Guarded) refreshLoop(ctx context.Context) {
 	}
 }
 
+// watch re-reads the shared state whenever a process announces a change
+// (breakerStore.SetData), and at each (re)subscription, since announcements
+// made while the connection was down are lost.
+func (g *Guarded) watch(ctx context.Context) {
+	ps := g.rdb.Subscribe(ctx, rkeys.BreakerChanged(g.Name()))
+	defer ps.Close()
+	for {
+		msg, err := ps.Receive(ctx)
+		switch {
+		case ctx.Err() != nil:
+			g.watching.Store(false)
+			return
+		case err != nil:
+			g.watching.Store(false) // go-redis reconnects and subscribes again
+			time.Sleep(100 * time.Millisecond)
+		default:
+			if _, ok := msg.(*redis.Subscription); ok {
+				g.refresh()
+				g.watching.Store(true)
+				continue
+			}
+			g.refresh()
+		}
+	}
+}
+
 // refresh reads the fleet's shared state (one GET) into this process's copy.
 func (g *Guarded) refresh() {
 	raw, err := g.store.GetData(sharedStateName(g.Name()))
@@ -346,9 +384,13 @@ func (s *breakerStore) GetData(name string) ([]byte, error) {
 	return b, err
 }
 
-// SetData writes the shared state.
+// SetData writes the shared state and announces the change to every
+// process (Guarded.watch).
 func (s *breakerStore) SetData(name string, data []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return s.rdb.Set(ctx, rkeys.Breaker(name), data, 0).Err()
+	if err := s.rdb.Set(ctx, rkeys.Breaker(name), data, 0).Err(); err != nil {
+		return err
+	}
+	return s.rdb.Publish(ctx, rkeys.BreakerChanged(strings.TrimPrefix(name, sharedStateName(""))), "1").Err()
 }

@@ -68,7 +68,10 @@ func TestBreakerIsSharedByTheFleet(t *testing.T) {
 			t.Fatal("a failing call succeeded")
 		}
 	}
+	// The trip is announced: the other process sees it without a call (well
+	// before the 20 ms refresh, typically within a millisecond).
 	var open *ErrOpen
+	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateOpen }, "w1 to hear of the trip")
 	for _, g := range workers {
 		if _, err := g.Stream(ctx, Request{}, nil); !errors.As(err, &open) {
 			t.Fatalf("after 3 failures: %v, want ErrOpen", err)
@@ -177,5 +180,41 @@ func TestTimeoutsCutStalledCalls(t *testing.T) {
 		if got != tc.tokens { // a steady stream is never cut, however long
 			t.Errorf("%d of %d tokens arrived before the cut", got, tc.tokens)
 		}
+	}
+}
+
+// With the periodic refresh out of the way (an hour), the announcement alone
+// carries a trip and a recovery to the other process, whose calls then read
+// nothing from Redis.
+func TestBreakerChangesAreAnnounced(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	up := &switchable{gate: make(chan struct{})}
+	close(up.gate)
+	up.failing.Store(true)
+	set := BreakerSettings{Failures: 2, OpenFor: 300 * time.Millisecond, Refresh: time.Hour}
+	w1, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return w1.watching.Load() && w2.watching.Load() }, "both to watch the announcements")
+	for range 2 {
+		_, _ = w2.Stream(ctx, Request{}, nil)
+	}
+	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateOpen }, "w1 to hear of the trip")
+
+	up.failing.Store(false)
+	time.Sleep(set.OpenFor)
+	if _, err := w2.Stream(ctx, Request{}, nil); err != nil { // the probe, which closes it
+		t.Fatalf("probe: %v", err)
+	}
+	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateClosed }, "w1 to hear of the recovery")
+	if _, err := w1.Stream(ctx, Request{}, nil); err != nil {
+		t.Fatalf("w1 after the recovery: %v", err)
 	}
 }

@@ -145,6 +145,10 @@ func Idempotency(tenant, keyHash string) string { return prefix + "idem:" + tena
 // Breaker namespaces the keys of a provider's shared circuit breaker state.
 func Breaker(name string) string { return prefix + "breaker:" + name }
 
+// BreakerChanged is the pub/sub channel on which a change of a provider's
+// shared breaker state is announced, so that processes re-read it at once.
+func BreakerChanged(name string) string { return prefix + "breaker:" + name + ":changed" }
+
 // BreakerProbe is held by the one worker that probes a half-open provider.
 func BreakerProbe(name string) string { return prefix + "breaker:" + name + ":probe" }
 
