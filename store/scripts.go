@@ -279,7 +279,7 @@ return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3], ARGV[6])
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
 // result json, usage json, error json, event type, event body, channel,
 // attempt (0: not an attempt's), unfinished member, publish command, the
-// body of a token event to append before the final one (” for none: the
+// body of a token event to append before the final one (empty for none: the
 // rest of a reply that had not gone out yet), then history entries.
 var finish = redis.NewScript(appendEventLua + ownsLua + `
 local st, n = state(KEYS[1])
