@@ -800,16 +800,22 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 	fmt.Fprint(&w, `
 ## What limits the missed targets
 See docs/capacity.md for the profiles behind these notes.
-- Submit throughput: a submit is an HTTP exchange and two Redis round trips (the job record
-  with the session order and tenant count, then asynq's enqueue); the baseline is one round
-  trip from a tight loop. The API's CPU profile is half system calls (those round trips,
-  go-redis's per-command connection check, the HTTP reads and writes). On a 2-core machine
-  the load generator, the API and Redis share the cores.
-- Fleet throughput: the worker spends its time in Redis round trips (system calls), about ten
-  per job besides asynq's own, against asynq's three for a no-op task: the attempt start
-  (one script: turn check, attempt, history), the breaker state read, the token events, the
-  final script, asynq's dequeue and completion. Batching the events of a fast reply is the
-  next lever.
+- Submit throughput: on one Redis a submit is one round trip (the job record, session order,
+  unfinished-job index and asynq's task in one script), like the thin API's; what remains is
+  the work: Redis spends about 50 µs a submit on that script against about 17 µs on asynq's
+  enqueue alone (the sorted-set insert of the reconciler's index, two EXPIREs, the record's
+  hash, and Lua's cost of some 35 arguments), and the API about 75 µs against 50 µs (request
+  log, metrics, auth, the body hash and the payload encoding). Load generator, API and
+  Redis share the 2 cores.
+- Fleet throughput: a no-op asynq task is three round trips and no work; a job is about
+  eight (asynq's dequeue, about 1.7 of them as it tries the queues in weighted order, and its
+  completion; the attempt start; the first token, which goes out at once; a size-triggered
+  batch; the final script with the last batch) and the reply's 64 token callbacks. The
+  worker's profile is about 40 % Redis round trips.
+- Commands per job: asynq's own part is 2.7 sent and 16 inside scripts; chatfleet's part is
+  the record, the attempt start, the first token (it cannot wait for the rest: time to first
+  token), any size-triggered batch and the final script, whose fencing, indexes, event log,
+  history and TTLs run about 40 commands inside Redis.
 - RSS per stream (when missed): a stream is served from its hijacked connection by one
   goroutine (net/http's connection goroutine, background reader and buffers are released);
   what remains is that goroutine's stack, the subscription and the kernel's socket.
