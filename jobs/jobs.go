@@ -84,7 +84,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	// round trip); on a cluster, or when a task with the id exists, the task
 	// is enqueued after the record.
 	taskKey, pending, queues := tasks.AsynqKeys(nj.Queue, nj.ID)
-	created, enqueued, existing, err := m.st.CreateEnqueued(ctx, nj, store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
+	created, enqueued, existing, err := m.st.Create(ctx, nj, &store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
 		Queue: nj.Queue, Message: tasks.AsynqMessage(raw, nj.ID, nj.Queue, m.opt.MaxRetries, m.opt.Retention)})
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict

@@ -94,7 +94,7 @@ func TestReconcileFailsLostJobs(t *testing.T) {
 	ctx := context.Background()
 	// A record whose enqueue never happened.
 	nj, _ := submission(tasks.NewJobID("t", "s"), "s", "h")
-	if _, _, err := st.Create(ctx, nj); err != nil {
+	if _, _, _, err := st.Create(ctx, nj, nil); err != nil {
 		t.Fatal(err)
 	}
 	j, err := m.Get(ctx, nj.ID, "t")

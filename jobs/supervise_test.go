@@ -70,7 +70,7 @@ func TestReconcilerRepairsLostTasksAndRecords(t *testing.T) {
 	lostTask, p := submission(tasks.NewJobID("t", "s1"), "s1", "h")
 	raw, _ := p.Encode()
 	lostTask.Payload = raw
-	if _, _, err := st.Create(ctx, lostTask); err != nil { // recorded, never enqueued
+	if _, _, _, err := st.Create(ctx, lostTask, nil); err != nil { // recorded, never enqueued
 		t.Fatal(err)
 	}
 	lostRecord, p2 := submission(tasks.NewJobID("t", "s2"), "s2", "h")

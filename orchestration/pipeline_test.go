@@ -57,7 +57,7 @@ func (r rig) submit(t *testing.T, id string, raw []byte) {
 func (r rig) submitAs(t *testing.T, id string, raw []byte, asynqMaxRetry int) {
 	t.Helper()
 	ctx := context.Background()
-	if _, _, err := r.st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}); err != nil {
+	if _, _, _, err := r.st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.queue.Enqueue(asynq.NewTask(tasks.TypeChatComplete, raw, asynq.TaskID(id),
@@ -155,7 +155,7 @@ func TestWaitingForTheTurnUsesNoAttempt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := r.st.Create(context.Background(), store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}); err != nil {
+		if _, _, _, err := r.st.Create(context.Background(), store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := r.queue.Enqueue(task); err != nil {

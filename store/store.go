@@ -139,31 +139,24 @@ var ErrKeyReused = errors.New("idempotency key bound to another job")
 // unfinished job: past the submit's own deadline for its enqueue.
 const FirstCheck = 10 * time.Second
 
-// Create writes a queued record, appends it to its session's order and
-// indexes it as unfinished. When a record with the id exists it returns
-// created=false and that record. With a limit of unfinished jobs per tenant
-// the job is counted first (ErrTooManyJobs at the limit): the tenant's count
-// is a key of its own, outside the session's slot.
-func (s *Store) Create(ctx context.Context, j NewJob) (created bool, existing Job, err error) {
-	created, _, existing, err = s.create(ctx, j, nil)
-	return created, existing, err
-}
-
-// Task is an asynq task as asynq's enqueue writes it (tasks.AsynqTask).
+// Task is an asynq task as asynq's enqueue writes it (tasks.AsynqMessage and
+// tasks.AsynqKeys).
 type Task struct {
 	Key, PendingKey, QueuesKey, Queue string
 	Message                           []byte // asynq's encoded task message
 }
 
-// CreateEnqueued is Create that also enqueues the job's task in the same
-// script, one round trip, when the store runs on one Redis; enqueued=false
-// (with created=true) when it did not (a cluster, or a task with the id
-// exists already), and the caller enqueues it.
-func (s *Store) CreateEnqueued(ctx context.Context, j NewJob, t Task) (created, enqueued bool, existing Job, err error) {
-	return s.create(ctx, j, &t)
-}
-
-func (s *Store) create(ctx context.Context, j NewJob, t *Task) (created, enqueued bool, existing Job, err error) {
+// Create writes a queued record, appends it to its session's order and
+// indexes it as unfinished. When a record with the id exists it returns
+// created=false and that record. With a limit of unfinished jobs per tenant
+// the job is counted first (ErrTooManyJobs at the limit): the tenant's count
+// is a key of its own, outside the session's slot.
+//
+// Given the job's task, on one Redis it also enqueues it in the same script
+// (one round trip): enqueued=true. enqueued=false with created=true (a
+// cluster, where asynq's keys are in another slot, or a task with the id
+// exists already, or no task given): the caller enqueues it.
+func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (created, enqueued bool, existing Job, err error) {
 	if j.KeyHash != "" {
 		// The job id comes from the key and the session (the session's slot):
 		// this binding tells the same key with another session apart.

@@ -18,11 +18,11 @@ func TestCreateIsOnceAndReplaysTheRecord(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	nj := NewJob{ID: "job_a", Tenant: "t", SessionID: "s", Queue: "q", BodyHash: "h1", CreatedAt: time.Now()}
-	created, _, err := s.Create(ctx, nj)
+	created, _, _, err := s.Create(ctx, nj, nil)
 	if err != nil || !created {
 		t.Fatalf("first create: %v %v", created, err)
 	}
-	created, existing, err := s.Create(ctx, nj)
+	created, _, existing, err := s.Create(ctx, nj, nil)
 	if err != nil || created || existing.BodyHash != "h1" || existing.Status != StatusQueued {
 		t.Fatalf("second create: %v %+v %v", created, existing, err)
 	}
@@ -44,7 +44,7 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	for i, id := range []string{"job_1", "job_2", "job_3"} {
-		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
+		if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if a, err := s.StartAttempt(ctx, id, "t", "s", id, true, time.Minute); err != nil || a.N != 1 || a.Head != "" {
@@ -78,7 +78,7 @@ func TestStartAttemptKeepsTheSessionsTurn(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	for _, id := range []string{"job_first", "job_second"} {
-		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
+		if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

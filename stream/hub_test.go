@@ -34,7 +34,7 @@ func TestHubOnClusterKeepsOneConnectionPerShard(t *testing.T) {
 		}
 		buckets[rkeys.SessionBucket("t", session)] = true
 		id := tasks.NewJobID("t", session)
-		if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: "q", CreatedAt: time.Now()}); err != nil {
+		if _, _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if a, err := st.StartAttempt(ctx, id, "t", session, id, false, time.Minute); err != nil || a.N != 1 {

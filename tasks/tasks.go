@@ -185,7 +185,7 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 	return p, nil
 }
 
-var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+var idEncoding = base32.NewEncoding(rkeys.IDAlphabet).WithPadding(base32.NoPadding)
 
 const idLen = 26 // 130 bits of base32
 
@@ -233,7 +233,7 @@ func ValidJobID(id string) bool {
 		return false
 	}
 	for _, r := range id[4:] {
-		if !strings.ContainsRune("0123456789abcdefghjkmnpqrstvwxyz", r) {
+		if !strings.ContainsRune(rkeys.IDAlphabet, r) {
 			return false
 		}
 	}
