@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ type Hub struct {
 // awaits, per channel in order.
 type conn struct {
 	ps    *redis.PubSub
+	shard string // the master's address it was opened to ("" when not a cluster)
 	queue map[string][]*channel
 }
 
@@ -106,7 +108,7 @@ func (h *Hub) connFor(ctx context.Context, name string) (*conn, error) {
 	if c := h.conns[shard]; c != nil {
 		return c, nil
 	}
-	c := &conn{queue: map[string][]*channel{}}
+	c := &conn{shard: shard, queue: map[string][]*channel{}}
 	if h.cluster != nil {
 		c.ps = h.cluster.SSubscribe(context.Background()) // connects to the first channel's shard
 	} else {
@@ -226,6 +228,9 @@ func (h *Hub) receive(c *conn) {
 				_ = c.ps.Ping(ctx) // an idle connection: make sure it is alive
 				continue
 			}
+			if strings.HasPrefix(err.Error(), "MOVED ") {
+				continue // the answer to unsubscribing a moved channel (moved)
+			}
 			if !broken {
 				h.log.Warn().Err(err).Msg("live event connection lost; followers catch up from the log")
 				broken = true
@@ -265,13 +270,13 @@ func (h *Hub) confirm(c *conn, m *redis.Subscription) {
 	}
 }
 
-// moved subscribes again, on the shard that now holds it, a channel whose
-// slot moved to another shard (resharding or failover); its followers catch
-// up from the log. h.mu is held.
+// moved handles a channel that the server dropped because its slot moved to
+// another shard (resharding): its followers catch up from the log, and it is
+// subscribed again on the new shard once the slot map names it. h.mu is held.
 func (h *Hub) moved(c *conn, name string) {
 	id, ok := rkeys.JobIDOfChannel(name)
 	ch := h.chans[id]
-	if !ok || ch == nil || ch.conn != c {
+	if !ok || ch == nil || ch.conn != c || h.cluster == nil {
 		return
 	}
 	ch.conn = nil
@@ -280,9 +285,41 @@ func (h *Hub) moved(c *conn, name string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := h.attach(ctx, id, ch); err != nil {
-		h.log.Warn().Err(err).Str("job_id", id).Msg("could not follow a moved channel; its followers read the log at each heartbeat")
+	// Else go-redis subscribes it again on this connection when it reconnects.
+	// The server answers MOVED, not a confirmation (receive skips it).
+	_ = h.unsubscribe(ctx, c, name)
+	h.cluster.ReloadState(ctx)
+	go h.reattach(id, ch, c.shard)
+}
+
+// reattach subscribes a moved channel on its new shard as soon as the slot map
+// names another master than `old` (up to 10 s), then has its followers catch
+// up from the log once more: events of the move's moments went to no one.
+func (h *Hub) reattach(id string, ch *channel, old string) {
+	name := rkeys.LiveChannel(id)
+	for range 50 {
+		time.Sleep(200 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		master, err := h.cluster.MasterForKey(ctx, name)
+		if err != nil || master.Options().Addr == old {
+			h.cluster.ReloadState(ctx)
+			cancel()
+			continue
+		}
+		h.mu.Lock()
+		if h.chans[id] == ch && ch.conn == nil && !h.closing.Load() {
+			err = h.attach(ctx, id, ch)
+			for s := range ch.members {
+				s.lag()
+			}
+		}
+		h.mu.Unlock()
+		cancel()
+		if err == nil {
+			return
+		}
 	}
+	h.log.Warn().Str("job_id", id).Msg("could not follow a moved channel; its followers read the log at each heartbeat")
 }
 
 func (h *Hub) deliver(m *redis.Message) {

@@ -69,3 +69,63 @@ func TestHubOnClusterKeepsOneConnectionPerShard(t *testing.T) {
 		}
 	}
 }
+
+// A followed job's slot moves to another master (resharding): the old master
+// drops the sharded subscription, and the hub follows the channel on the new
+// master, so that the job's later events arrive live again.
+func TestHubFollowsAChannelWhoseSlotMoved(t *testing.T) {
+	cl := testkit.StartCluster(t)
+	c := cl.Client()
+	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	h := NewHub(c, zerolog.New(zerolog.NewTestWriter(t)))
+	defer h.Close()
+	ctx := context.Background()
+	id := tasks.NewJobID("t", "moving")
+	if _, _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "moving", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := st.StartAttempt(ctx, id, "t", "moving", id, false, time.Minute); err != nil || a.N != 1 {
+		t.Fatalf("start: %+v %v", a, err)
+	}
+	sub, err := h.Subscribe(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+
+	from := cl.MasterOf(rkeys.Job(id))
+	var to *testkit.Redis
+	for _, m := range cl.Masters() {
+		if m != from {
+			to = m
+			break
+		}
+	}
+	cl.MoveSlot(rkeys.Slot(rkeys.Job(id)), from, to)
+
+	deadline := time.Now().Add(10 * time.Second)
+	for seq := int64(1); ; seq++ {
+		n, err := st.AppendEvent(ctx, id, 1, store.TokenEvent{Delta: "x"})
+		if err != nil || n != seq {
+			t.Fatalf("append %d: %d %v", seq, n, err)
+		}
+		select {
+		case ev := <-sub.Events:
+			if ev.Seq == seq {
+				h.mu.Lock()
+				_, onNew := h.conns[to.Addr()]
+				h.mu.Unlock()
+				if !onNew {
+					t.Fatalf("event %d arrived, but no connection to the new master %s", seq, to.Addr())
+				}
+				t.Logf("event %d arrived live after the move", seq)
+				return
+			}
+		case <-sub.Lagged:
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no live event within 10s of the slot's move")
+		}
+	}
+}

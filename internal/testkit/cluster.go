@@ -227,3 +227,42 @@ func (c *Cluster) Stop() {
 		n.Stop()
 	}
 }
+
+// MoveSlot moves a hash slot, with its keys, from one master to another, as
+// resharding does (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE).
+func (c *Cluster) MoveSlot(slot int, from, to *Redis) {
+	c.t.Helper()
+	ctx := context.Background()
+	src, dst := c.nodeClient(from), c.nodeClient(to)
+	srcID, err := src.ClusterMyID(ctx).Result()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	dstID, err := dst.ClusterMyID(ctx).Result()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	must := func(err error) {
+		c.t.Helper()
+		if err != nil {
+			c.t.Fatalf("move slot %d: %v", slot, err)
+		}
+	}
+	must(dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID).Err())
+	must(src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID).Err())
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must(err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", to.Port, "", 0, 5000, "KEYS"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must(src.Do(ctx, args...).Err())
+	}
+	for _, n := range c.Masters() {
+		must(c.nodeClient(n).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+	}
+}
