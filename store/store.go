@@ -177,6 +177,7 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (created, enqueue
 		if n == 0 {
 			// At the limit, a replay of a finished job is still a replay.
 			if existing, err = s.Get(ctx, j.ID); errors.Is(err, ErrNotFound) {
+				s.unbind(ctx, j)
 				return false, false, Job{}, ErrTooManyJobs
 			}
 			return false, false, existing, err
@@ -197,6 +198,7 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (created, enqueue
 	}
 	if err != nil {
 		s.uncount(ctx, j.Tenant, j.ID)
+		s.unbind(ctx, j)
 		return false, false, Job{}, unavailable("create job", err)
 	}
 	if n == 1 {
@@ -211,6 +213,14 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (created, enqueue
 		s.uncount(ctx, j.Tenant, j.ID) // counted again above, but it has finished
 	}
 	return false, false, existing, err
+}
+
+// unbind releases a job's Idempotency-Key binding when the job was not made.
+// Best effort: a binding left behind expires with twice the retention.
+func (s *Store) unbind(ctx context.Context, j NewJob) {
+	if j.KeyHash != "" {
+		_ = unbindKey.Run(context.WithoutCancel(ctx), s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID).Err()
+	}
 }
 
 // uncount drops a job from its tenant's unfinished jobs. Best effort: an
@@ -229,9 +239,7 @@ func (s *Store) Delete(ctx context.Context, j NewJob) error {
 		return unavailable("delete job", err)
 	}
 	s.uncount(ctx, j.Tenant, j.ID)
-	if j.KeyHash != "" {
-		_ = unbindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID).Err()
-	}
+	s.unbind(ctx, j)
 	return nil
 }
 

@@ -289,6 +289,7 @@ func (h *Hub) moved(c *conn, name string) {
 	// The server answers MOVED, not a confirmation (receive skips it).
 	_ = h.unsubscribe(ctx, c, name)
 	h.cluster.ReloadState(ctx)
+	h.wg.Add(1)
 	go h.reattach(id, ch, c.shard)
 }
 
@@ -296,9 +297,13 @@ func (h *Hub) moved(c *conn, name string) {
 // names another master than `old` (up to 10 s), then has its followers catch
 // up from the log once more: events of the move's moments went to no one.
 func (h *Hub) reattach(id string, ch *channel, old string) {
+	defer h.wg.Done()
 	name := rkeys.LiveChannel(id)
 	for range 50 {
 		time.Sleep(200 * time.Millisecond)
+		if h.closing.Load() {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		master, err := h.cluster.MasterForKey(ctx, name)
 		if err != nil || master.Options().Addr == old {
