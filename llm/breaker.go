@@ -39,9 +39,10 @@ func (e *ErrOpen) Error() string { return e.Provider + ": circuit breaker open" 
 // gobreaker's DistributedCircuitBreaker keeps its counts and state in Redis,
 // so consecutive failures are counted across workers and a trip on one worker
 // is a trip on all. Every change of the shared state is announced by pub/sub
-// and re-read at once by every process, so that a call reads nothing from
-// Redis (one GET when the announcements' subscription is down) and, in steady
-// state, writes nothing; each process also re-reads it every Refresh, a safety
+// and re-read at once by every process, so that in steady state (closed, no
+// failures) a call reads and writes nothing in Redis; once a failure is known,
+// each call reads the state (one GET), as it does while the announcements'
+// subscription is down. Each process also re-reads it every Refresh, a safety
 // net that keeps its chatfleet_breaker_state gauge within a second of the
 // fleet's.
 type Guarded struct {
@@ -107,10 +108,16 @@ func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 
 // Stream implements Provider behind the breaker.
 func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
-	// Another worker may have tripped the breaker a moment ago: its change is
-	// announced (watch), and without the announcements each call reads the
-	// fleet's state (one GET). Writes happen only on failures and recoveries.
-	if !g.watching.Load() {
+	// Another worker may have tripped the breaker a moment ago. While all is
+	// well (closed, no failures) every change is announced (watch) and the
+	// call reads nothing; once any failure is known, or without the
+	// announcements, each call reads the fleet's state (one GET), so that the
+	// fleet stops at exactly its threshold even if an announcement is late.
+	// Writes happen only on failures and recoveries.
+	g.mu.Lock()
+	steady := g.state == gobreaker.StateClosed && g.failures == 0
+	g.mu.Unlock()
+	if !steady || !g.watching.Load() {
 		g.refresh()
 	}
 	g.mu.Lock()
