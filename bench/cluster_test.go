@@ -30,7 +30,7 @@ func (e env) cluster() []result {
 		rd := testkit.StartRedis(e.b)
 		c := rd.Client()
 		m0, cpu0 := usedMemory(c), usedCPU(c)
-		jps := e.fleetRun(rd, n, nil, nil)
+		jps := e.fleetRun(rd, n, nil)
 		thr1.base, thr3.base = append(thr1.base, jps), append(thr3.base, jps)
 		m1, cpu1 := usedMemory(c), usedCPU(c)
 		mem.ours = append(mem.ours, (m1-m0)/n/1024)
@@ -54,7 +54,7 @@ func (e env) cluster() []result {
 			for i, m := range masters {
 				before[i] = usedCPU(m.Client())
 			}
-			thr.ours = append(thr.ours, e.fleetRun(cl, n, map[string]string{"CHATFLEET_QUEUE_SPREAD": strconv.Itoa(spread)}, nil))
+			thr.ours = append(thr.ours, e.fleetRun(cl, n, map[string]string{"CHATFLEET_QUEUE_SPREAD": strconv.Itoa(spread)}))
 			var busiest, total float64
 			var per []string
 			for i, m := range masters {

@@ -276,7 +276,7 @@ func (e env) fleetThroughput() result {
 		r.base = append(r.base, n/time.Since(start).Seconds())
 		srv.Shutdown()
 		c.FlushAll(context.Background())
-		r.ours = append(r.ours, e.fleetRun(rd, n, nil, nil))
+		r.ours = append(r.ours, e.fleetRun(rd, n, nil))
 		rd.Stop()
 	}
 	r.note = "the worker's time includes its start-up (about 50 ms)"
@@ -285,9 +285,8 @@ func (e env) fleetThroughput() result {
 
 // fleetRun submits n jobs of one turn each through one API process, then
 // times one worker (concurrency 100) running them with 64-word replies and
-// returns jobs/s. between runs after the submits and after the run; extra
-// is more environment for both processes.
-func (e env) fleetRun(rd testkit.Backend, n int, extra map[string]string, between func()) float64 {
+// returns jobs/s; extra is more environment for both processes.
+func (e env) fleetRun(rd testkit.Backend, n int, extra map[string]string) float64 {
 	api := e.start("api", e.apiBin, rd, extra)
 	defer api.Stop()
 	var wg sync.WaitGroup
@@ -304,9 +303,6 @@ func (e env) fleetRun(rd testkit.Backend, n int, extra map[string]string, betwee
 		}()
 	}
 	wg.Wait()
-	if between != nil {
-		between()
-	}
 	start := time.Now()
 	wenv := map[string]string{"CHATFLEET_SIM_TOKENS": "62"}
 	for k, v := range extra {
@@ -318,9 +314,6 @@ func (e env) fleetRun(rd testkit.Backend, n int, extra map[string]string, betwee
 		time.Sleep(20 * time.Millisecond)
 	}
 	took := time.Since(start)
-	if between != nil {
-		between()
-	}
 	return float64(n) / took.Seconds()
 }
 

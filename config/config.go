@@ -10,12 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/chatfleet/chatfleet/internal/redisconn"
 )
 
 // Environments.
@@ -449,18 +450,10 @@ func validRedisURL(v string) error {
 	if v == "" {
 		return nil
 	}
-	if scheme, rest, ok := strings.Cut(v, "://"); ok && (scheme == "redis-cluster" || scheme == "rediss-cluster") {
-		// host:port[,host:port…] is not a URL host: read it here.
-		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-			rest = rest[at+1:]
-		}
-		for _, a := range strings.Split(strings.TrimSuffix(rest, "/"), ",") {
-			host, port, err := net.SplitHostPort(a)
-			if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 || strings.ContainsAny(a, "/?#") {
-				return fmt.Errorf("%s: %q is not a host:port (want %s://[user:password@]host:port[,host:port…])", scheme, a, scheme)
-			}
-		}
-		return nil
+	if strings.HasPrefix(v, "redis-cluster://") || strings.HasPrefix(v, "rediss-cluster://") {
+		// host:port[,host:port…] is not a URL host: the one parser reads it.
+		_, err := redisconn.ConnOpt(v)
+		return err
 	}
 	u, err := url.Parse(v)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -74,9 +75,17 @@ func QueueSet(spread int) map[string]int {
 	return out
 }
 
+// spreadCache keeps spreadNames' results: the search runs once per queue and
+// spread, not at every submit.
+var spreadCache sync.Map // queue + "/" + spread -> []string
+
 func spreadNames(queue string, spread int) []string {
 	if spread <= 1 {
 		return []string{queue}
+	}
+	key := queue + "/" + strconv.Itoa(spread)
+	if v, ok := spreadCache.Load(key); ok {
+		return v.([]string)
 	}
 	var names []string
 	width := 16384 / spread
@@ -89,6 +98,7 @@ func spreadNames(queue string, spread int) []string {
 			}
 		}
 	}
+	spreadCache.Store(key, names)
 	return names
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -100,8 +101,8 @@ func parseCluster(u string) (asynq.RedisClusterClientOpt, error) {
 	rest = strings.TrimSuffix(rest, "/")
 	for _, a := range strings.Split(rest, ",") {
 		host, port, err := net.SplitHostPort(a)
-		if err != nil || host == "" || port == "" || strings.ContainsAny(a, "/?#") {
-			return o, fmt.Errorf("parse redis url: %q is not a host:port", a)
+		if p, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil || p < 1 || p > 65535 || strings.ContainsAny(a, "/?#") {
+			return o, fmt.Errorf("%q is not a host:port (want %s://[user:password@]host:port[,host:port…])", a, scheme)
 		}
 		o.Addrs = append(o.Addrs, a)
 	}

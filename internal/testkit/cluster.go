@@ -88,7 +88,7 @@ func (c *Cluster) waitReplicasInSync(within time.Duration) {
 	ctx := context.Background()
 	deadline := time.Now().Add(within)
 	for _, n := range c.Nodes {
-		cl := c.nodeClient(n)
+		cl := n.Client()
 		for {
 			info, err := cl.Info(ctx, "replication").Result()
 			if err == nil && strings.Contains(info, "role:slave") {
@@ -200,12 +200,6 @@ func (c *Cluster) unhealthy() string {
 	return ""
 }
 
-func (c *Cluster) nodeClient(n *Redis) *redis.Client {
-	cl := redis.NewClient(&redis.Options{Addr: n.Addr()})
-	c.t.Cleanup(func() { _ = cl.Close() })
-	return cl
-}
-
 // Masters returns the running nodes that are masters now.
 func (c *Cluster) Masters() []*Redis {
 	var out []*Redis
@@ -213,7 +207,7 @@ func (c *Cluster) Masters() []*Redis {
 		if n.exited == nil {
 			continue
 		}
-		info, err := c.nodeClient(n).Info(context.Background(), "replication").Result()
+		info, err := n.Client().Info(context.Background(), "replication").Result()
 		if err == nil && strings.Contains(info, "role:master") {
 			out = append(out, n)
 		}
@@ -233,7 +227,7 @@ func (c *Cluster) Stop() {
 func (c *Cluster) MoveSlot(slot int, from, to *Redis) {
 	c.t.Helper()
 	ctx := context.Background()
-	src, dst := c.nodeClient(from), c.nodeClient(to)
+	src, dst := from.Client(), to.Client()
 	srcID, err := src.ClusterMyID(ctx).Result()
 	if err != nil {
 		c.t.Fatal(err)
@@ -263,6 +257,6 @@ func (c *Cluster) MoveSlot(slot int, from, to *Redis) {
 		must(src.Do(ctx, args...).Err())
 	}
 	for _, n := range c.Masters() {
-		must(c.nodeClient(n).Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
+		must(n.Client().Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", dstID).Err())
 	}
 }

@@ -15,12 +15,15 @@ import (
 const SentinelMaster = "chatfleet"
 
 // Sentinel is a private master, its replica and one Sentinel watching them
-// (quorum 1), on free loopback ports.
+// (quorum 1), on free loopback ports. The Sentinel is redis-server in
+// sentinel mode (`redis-server <conf> --sentinel`), so Debian's redis-server
+// package is all it needs; the redis-sentinel package is not.
 type Sentinel struct {
 	t        testing.TB
 	Master   *Redis
 	Replica  *Redis
 	Sentinel *Redis
+	sc       *redis.SentinelClient
 }
 
 // StartSentinel starts the three and waits until the replica follows the
@@ -45,6 +48,8 @@ func StartSentinel(t testing.TB) *Sentinel {
 		r.sentinel = fmt.Sprintf("sentinel monitor %[1]s 127.0.0.1 %[2]d 1\n"+
 			"sentinel down-after-milliseconds %[1]s 1000\nsentinel failover-timeout %[1]s 5000\n", SentinelMaster, s.Master.Port)
 	})
+	s.sc = redis.NewSentinelClient(&redis.Options{Addr: s.Sentinel.Addr()})
+	t.Cleanup(func() { _ = s.sc.Close() })
 	for s.replicasKnown() < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the Sentinel did not discover the replica within 30s")
@@ -54,14 +59,8 @@ func StartSentinel(t testing.TB) *Sentinel {
 	return s
 }
 
-func (s *Sentinel) sentinelClient() *redis.SentinelClient {
-	c := redis.NewSentinelClient(&redis.Options{Addr: s.Sentinel.Addr()})
-	s.t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 func (s *Sentinel) replicasKnown() int {
-	r, err := s.sentinelClient().Replicas(context.Background(), SentinelMaster).Result()
+	r, err := s.sc.Replicas(context.Background(), SentinelMaster).Result()
 	if err != nil {
 		return 0
 	}
@@ -85,7 +84,7 @@ func (s *Sentinel) WaitPromoted(within time.Duration) {
 	s.t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		addr, err := s.sentinelClient().GetMasterAddrByName(context.Background(), SentinelMaster).Result()
+		addr, err := s.sc.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
 		if err == nil && len(addr) == 2 && net.JoinHostPort(addr[0], addr[1]) == s.Replica.Addr() {
 			return
 		}
