@@ -106,8 +106,16 @@ func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 	return g.state
 }
 
+// Unsupported implements Carrier for the provider it guards.
+func (g *Guarded) Unsupported(req Request) string {
+	if c, ok := g.Provider.(Carrier); ok {
+		return c.Unsupported(req)
+	}
+	return ""
+}
+
 // Stream implements Provider behind the breaker.
-func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error) {
 	// Another worker may have tripped the breaker a moment ago. While all is
 	// well (closed, no failures) every change is announced (watch) and the
 	// call reads nothing; once any failure is known, or without the
@@ -157,7 +165,7 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(string) 
 // it waits for a slot (in place, up to the inline bound), and on a 429 pauses
 // the provider for the fleet and waits again. Capacity waits never count as
 // failures; a wait too long for one attempt is a *CapacityError.
-func (g *Guarded) call(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+func (g *Guarded) call(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error) {
 	if g.cap == nil {
 		return g.stream(ctx, req, onDelta)
 	}
@@ -169,7 +177,7 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(string) er
 			return Reply{}, err
 		}
 		emitted := false
-		reply, err := g.stream(ctx, req, func(d string) error { emitted = true; return onDelta(d) })
+		reply, err := g.stream(ctx, req, func(d Delta) error { emitted = true; return onDelta(d) })
 		if RateLimited(err) && !emitted {
 			var pe *Error
 			errors.As(err, &pe)
@@ -194,7 +202,7 @@ func (t *timeoutCause) Error() string { return t.what }
 
 // stream calls the provider with the first-token and idle timeouts: a call
 // that sends nothing, or stalls, is cut and reported as a retryable timeout.
-func (g *Guarded) stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, error) {
+func (g *Guarded) stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error) {
 	t := g.timeouts
 	if t.FirstToken <= 0 && t.Idle <= 0 {
 		return g.Provider.Stream(ctx, req, onDelta)
@@ -210,7 +218,7 @@ func (g *Guarded) stream(ctx context.Context, req Request, onDelta func(string) 
 	}
 	first := arm(t.FirstToken, fmt.Sprintf("no first token within %s", t.FirstToken))
 	var idle *time.Timer // one timer, reset at each token (a reply is hundreds of tokens)
-	reply, err := g.Provider.Stream(cctx, req, func(d string) error {
+	reply, err := g.Provider.Stream(cctx, req, func(d Delta) error {
 		if !started.Load() {
 			if first != nil {
 				first.Stop()

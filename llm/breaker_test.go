@@ -25,7 +25,7 @@ type switchable struct {
 
 func (s *switchable) Name() string { return "up" }
 
-func (s *switchable) Stream(ctx context.Context, _ Request, _ func(string) error) (Reply, error) {
+func (s *switchable) Stream(ctx context.Context, _ Request, _ func(Delta) error) (Reply, error) {
 	s.calls.Add(1)
 	if s.failing.Load() {
 		return Reply{}, &Error{Provider: "up", Status: 503, Retryable: true, Msg: "down"}
@@ -64,7 +64,7 @@ func TestBreakerIsSharedByTheFleet(t *testing.T) {
 
 	// Consecutive failures add up across processes: 2 + 1 opens it.
 	for _, g := range []*Guarded{w1, w1, w2} {
-		if _, err := g.Stream(ctx, Request{}, func(string) error { return nil }); err == nil {
+		if _, err := g.Stream(ctx, Request{}, func(Delta) error { return nil }); err == nil {
 			t.Fatal("a failing call succeeded")
 		}
 	}
@@ -143,10 +143,10 @@ type stalling struct{ tokens int }
 
 func (s stalling) Name() string { return "stalling" }
 
-func (s stalling) Stream(ctx context.Context, _ Request, onDelta func(string) error) (Reply, error) {
+func (s stalling) Stream(ctx context.Context, _ Request, onDelta func(Delta) error) (Reply, error) {
 	for range s.tokens {
 		time.Sleep(10 * time.Millisecond)
-		if err := onDelta("x "); err != nil {
+		if err := onDelta(Delta{Text: "x "}); err != nil {
 			return Reply{}, err
 		}
 	}
@@ -171,7 +171,7 @@ func TestTimeoutsCutStalledCalls(t *testing.T) {
 		}
 		g.timeouts = Timeouts{FirstToken: 150 * time.Millisecond, Idle: 100 * time.Millisecond}
 		got := 0
-		_, err = g.Stream(ctx, Request{}, func(string) error { got++; return nil })
+		_, err = g.Stream(ctx, Request{}, func(Delta) error { got++; return nil })
 		var pe *Error
 		if !errors.As(err, &pe) || !pe.Timeout || !pe.Retryable || pe.AfterOutput != tc.afterOutput || pe.Msg != tc.msg {
 			t.Errorf("%d tokens then silence: %#v", tc.tokens, err)

@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,7 +12,8 @@ import (
 )
 
 // Chain calls its providers in order: the next one when one is open or fails
-// before its first token. A provider that fails after streaming part of a
+// before its first token. A provider that cannot carry the request whole
+// (tools or a response format it has no equivalent for) is passed over. A provider that fails after streaming part of a
 // reply ends the attempt (the pipeline announces a retry); a provider that
 // rejects the request (400, 401, …) ends it too, with no fallback: the
 // request, not the provider, is at fault.
@@ -63,16 +65,23 @@ func (c *Chain) AllOpen() (bool, time.Time) {
 }
 
 // Stream calls the chain; it returns the reply and the provider that gave it.
-func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(string) error) (Reply, string, error) {
+func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, string, error) {
 	all := &AllDownError{AllOpen: true}
 	var capacity *CapacityError
+	unsupported := ""
 	for i, p := range c.links {
+		if cr, ok := p.(Carrier); ok {
+			if f := cr.Unsupported(req); f != "" {
+				unsupported = cmp.Or(unsupported, f) // the primary's reason is the one to tell
+				continue
+			}
+		}
 		preq := req
 		if i > 0 {
 			preq.Model = "" // a job's model names the primary's; fallbacks use their own
 		}
 		emitted := false
-		reply, err := p.Stream(ctx, preq, func(d string) error { emitted = true; return onDelta(d) })
+		reply, err := p.Stream(ctx, preq, func(d Delta) error { emitted = true; return onDelta(d) })
 		if err == nil {
 			return reply, p.Name(), nil
 		}
@@ -98,6 +107,10 @@ func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(string) er
 	}
 	if capacity != nil {
 		return Reply{}, capacity.Provider, capacity
+	}
+	if len(all.Errs) == 0 && unsupported != "" {
+		msg := unsupported + " cannot be carried to any configured provider"
+		return Reply{}, "", &Error{Provider: "none", Status: 400, RequestFault: msg, Msg: msg}
 	}
 	if len(all.Errs) == 0 {
 		return Reply{}, "", fmt.Errorf("no providers configured")

@@ -30,7 +30,7 @@ func providers(t *testing.T) []providerUnderTest {
 func collect(ctx context.Context, p Provider, msg string) (Reply, []string, error) {
 	var deltas []string
 	req := Request{Messages: []Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "earlier"}, {Role: "assistant", Content: "ok"}, {Role: "user", Content: msg}}}
-	r, err := p.Stream(ctx, req, func(d string) error { deltas = append(deltas, d); return nil })
+	r, err := p.Stream(ctx, req, func(d Delta) error { deltas = append(deltas, d.Text); return nil })
 	return r, deltas, err
 }
 
@@ -51,7 +51,7 @@ func TestConformance(t *testing.T) {
 			}
 
 			stop := errors.New("stop")
-			_, err = tc.p.Stream(context.Background(), Request{Messages: []Message{{Role: "user", Content: "a b c d"}}}, func(string) error { return stop })
+			_, err = tc.p.Stream(context.Background(), Request{Messages: []Message{{Role: "user", Content: "a b c d"}}}, func(Delta) error { return stop })
 			if !errors.Is(err, stop) {
 				t.Fatalf("an error from onDelta must abort the call and come back: %v", err)
 			}

@@ -4,13 +4,27 @@ package llm
 import (
 	"context"
 	"strings"
+
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
-// Message is one chat message of a prompt.
-type Message struct {
-	Role    string // system, user or assistant
-	Content string
-}
+// The chat contract's types are the task payload's: a request travels from
+// the front door to the provider without being translated in between.
+type (
+	// Message is one chat message of a prompt.
+	Message = tasks.ChatMessage
+	// ContentPart is text or an image of a message.
+	ContentPart = tasks.ContentPart
+	// ToolCall is a model's call of a function tool.
+	ToolCall = tasks.ToolCall
+	// Tool is a function the model may call.
+	Tool = tasks.Tool
+	// FunctionCall is a tool call's function and arguments.
+	FunctionCall = tasks.FunctionCall
+	// Params are optional generation settings, tools and response format;
+	// zero values mean the provider's default.
+	Params = tasks.GenParams
+)
 
 // Request is one provider call.
 type Request struct {
@@ -23,32 +37,49 @@ type Request struct {
 // PriorityHigh is the priority whose calls go first when a provider is at capacity.
 const PriorityHigh = "high"
 
-// Params are optional generation settings; zero values mean the provider's default.
-type Params struct {
-	MaxTokens   int
-	Temperature *float64
-	TopP        *float64
-	Stop        []string
-}
-
 // Usage counts the tokens of one call.
 type Usage struct {
 	PromptTokens     int `json:"prompt_tokens"`
 	CompletionTokens int `json:"completion_tokens"`
 }
 
+// Finish reasons, as OpenAI names them.
+const (
+	FinishStop      = "stop"
+	FinishLength    = "length"
+	FinishToolCalls = "tool_calls"
+)
+
 // Reply is what a finished call produced.
 type Reply struct {
-	Content string
-	Model   string
-	Usage   Usage
+	Content      string
+	ToolCalls    []ToolCall
+	FinishReason string // stop, length or tool_calls
+	Model        string
+	Usage        Usage
 }
 
-// Provider streams one completion, calling onDelta for each piece of text in
-// order. An error from onDelta aborts the call and is returned.
+// Delta is the next piece of a reply: text, or a fragment of a tool call.
+type Delta struct {
+	Text string
+	Tool *ToolDelta
+}
+
+// ToolDelta is a fragment of the Index-th tool call of a reply (0, 1, …):
+// ID and Name on its first fragment, then pieces of its JSON arguments.
+// Providers repair their upstream's quirks, so the fragments of each call
+// add up to the call, whatever the upstream sent.
+type ToolDelta struct {
+	Index     int
+	ID, Name  string
+	Arguments string
+}
+
+// Provider streams one completion, calling onDelta for each piece in order.
+// An error from onDelta aborts the call and is returned.
 type Provider interface {
 	Name() string
-	Stream(ctx context.Context, req Request, onDelta func(delta string) error) (Reply, error)
+	Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error)
 }
 
 // CountWords is the token estimate used where a provider reports no usage.

@@ -12,7 +12,7 @@ func TestSimStreamsWordsThatConcatenateToTheReply(t *testing.T) {
 	s := NewSim(SimConfig{Tokens: 5})
 	var deltas []string
 	req := Request{Messages: []Message{{Role: "user", Content: "first"}, {Role: "assistant", Content: "echo: first"}, {Role: "user", Content: "hello  big\nworld"}}}
-	r, err := s.Stream(context.Background(), req, func(d string) error { deltas = append(deltas, d); return nil })
+	r, err := s.Stream(context.Background(), req, func(d Delta) error { deltas = append(deltas, d.Text); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +29,7 @@ func TestSimStreamsWordsThatConcatenateToTheReply(t *testing.T) {
 }
 
 func TestSimFailsAndHonoursCancel(t *testing.T) {
-	_, err := NewSim(SimConfig{FailRate: 1}).Stream(context.Background(), Request{Messages: []Message{{Role: "user", Content: "x"}}}, func(string) error { return nil })
+	_, err := NewSim(SimConfig{FailRate: 1}).Stream(context.Background(), Request{Messages: []Message{{Role: "user", Content: "x"}}}, func(Delta) error { return nil })
 	var pe *Error
 	if !errors.As(err, &pe) || !pe.Retryable {
 		t.Fatalf("err = %v, want a retryable provider error", err)
@@ -37,13 +37,13 @@ func TestSimFailsAndHonoursCancel(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	_, err = NewSim(SimConfig{Latency: time.Minute}).Stream(ctx, Request{}, func(string) error { return nil })
+	_, err = NewSim(SimConfig{Latency: time.Minute}).Stream(ctx, Request{}, func(Delta) error { return nil })
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want the context's", err)
 	}
 
 	stop := errors.New("stop")
-	_, err = NewSim(SimConfig{Tokens: 3}).Stream(context.Background(), Request{}, func(string) error { return stop })
+	_, err = NewSim(SimConfig{Tokens: 3}).Stream(context.Background(), Request{}, func(Delta) error { return stop })
 	if !errors.Is(err, stop) {
 		t.Fatalf("err = %v, want the callback's", err)
 	}

@@ -147,7 +147,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	log := zerolog.Ctx(ctx).With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()
 	ctx = log.WithContext(ctx)
 
-	if p.opt.OnAllDown == AllDownDefer {
+	if p.onAllDown(pl) == AllDownDefer {
 		if open, until := p.chain.AllOpen(); open {
 			log.Info().Time("until", until).Msg("every provider is open; job deferred")
 			until = p.capDelay(until)
@@ -197,12 +197,18 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	pl := r.pl
 	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, r.att), Priority: pl.Priority}
-	if gp := pl.Params; gp != nil {
-		req.Params = llm.Params{MaxTokens: gp.MaxTokens, Temperature: gp.Temperature, TopP: gp.TopP, Stop: gp.Stop}
+	if pl.Params != nil {
+		req.Params = *pl.Params
 	}
 	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, r.att.N, p.opt.Coalescing)}
 	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
-	onDelta := func(d string) error { firstToken(); return c.emit.Delta(d) }
+	onDelta := func(d llm.Delta) error {
+		firstToken()
+		if t := d.Tool; t != nil {
+			return c.emit.ToolCall(t.Index, t.ID, t.Name, t.Arguments)
+		}
+		return c.emit.Delta(d.Text)
+	}
 	callCtx, cancel := context.WithTimeout(ctx, p.opt.CallTimeout)
 	c.reply, c.provider, c.err = p.chain.Stream(callCtx, req, onDelta)
 	cancel()
@@ -219,10 +225,11 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	log := zerolog.Ctx(ctx).With().Dur("duration_ms", time.Since(r.start)).Logger()
 	ctx = log.WithContext(ctx)
 	var allDown *llm.AllDownError
-	if errors.As(c.err, &allDown) && (allDown.AllOpen || r.att.N >= p.maxAttempts()) && p.opt.OnAllDown == AllDownDegrade {
+	onAllDown := p.onAllDown(pl)
+	if errors.As(c.err, &allDown) && (allDown.AllOpen || r.att.N >= p.maxAttempts()) && onAllDown == AllDownDegrade {
 		return p.degrade(ctx, r, c.emit, allDown)
 	}
-	if allDown != nil && allDown.AllOpen && p.opt.OnAllDown == AllDownDefer {
+	if allDown != nil && allDown.AllOpen && onAllDown == AllDownDefer {
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
 		return p.deferJob(ctx, pl, r.att.N, allDown.Until)
 	}
@@ -241,14 +248,21 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	outcome := store.Outcome{
 		Tail:   c.emit.Tail(),
 		Status: store.StatusSucceeded,
-		Result: &store.Result{Content: c.reply.Content, Provider: c.provider, Model: c.reply.Model},
-		Usage:  &store.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
+		Result: &store.Result{Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, FinishReason: c.reply.FinishReason,
+			Provider: c.provider, Model: c.reply.Model},
+		Usage: &store.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
 	}
 	if len(pl.Messages) == 0 {
-		outcome.History = []store.Message{
-			{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: pl.SubmittedAt.Truncate(time.Millisecond)},
-			{Role: "assistant", Content: c.reply.Content, JobID: pl.JobID, CreatedAt: now},
+		// The session's history keeps the turn in order: the tool results
+		// it brought, its message, the reply with its tool calls.
+		asked := pl.SubmittedAt.Truncate(time.Millisecond)
+		for _, tr := range pl.ToolResults {
+			outcome.History = append(outcome.History, store.Message{Role: "tool", Content: tr.Content, ToolCallID: tr.ToolCallID, JobID: pl.JobID, CreatedAt: asked})
 		}
+		if pl.Message != "" {
+			outcome.History = append(outcome.History, store.Message{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: asked})
+		}
+		outcome.History = append(outcome.History, store.Message{Role: "assistant", Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, JobID: pl.JobID, CreatedAt: now})
 	}
 	first, err := p.finish(ctx, pl, r.att.N, outcome)
 	if err != nil {
@@ -296,21 +310,27 @@ func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, taskID strin
 	}
 }
 
-// prompt is the conversation sent with the job, or else the session's history
-// and the new message, within the token budget.
+// onAllDown is what happens to the job when every provider is down: a
+// request with tools or a response format gets no degraded reply (a canned
+// text would break the caller's parser); it fails instead.
+func (p *Pipeline) onAllDown(pl tasks.ChatPayload) string {
+	if p.opt.OnAllDown == AllDownDegrade && pl.Params.Structured() {
+		return AllDownFail
+	}
+	return p.opt.OnAllDown
+}
+
+// prompt is the conversation sent with the job, or else the session's history,
+// the tool results and the new message, within the token budget.
 func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.Attempt) []llm.Message {
 	if len(pl.Messages) > 0 {
-		out := make([]llm.Message, len(pl.Messages))
-		for i, m := range pl.Messages {
-			out[i] = llm.Message{Role: m.Role, Content: m.Content}
-		}
-		return out
+		return pl.Messages
 	}
 	if att.BadHistory != nil {
 		zerolog.Ctx(ctx).Warn().Err(att.BadHistory).Msg("history unreadable; continuing without it")
 		p.m.historyUnavailable.Inc()
 	}
-	return BuildPrompt(att.History, pl.Message, p.budget)
+	return BuildPrompt(att.History, pl.ToolResults, pl.Message, p.budget)
 }
 
 // deferJob hands the attempt back and parks the job in the queue until
@@ -397,6 +417,9 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	isAllDown := errors.As(callErr, &allDown)
 	retryable := isAllDown || llm.Retryable(callErr)
 	jerr := p.publicError(callErr)
+	if isAllDown && pl.Params.Structured() {
+		jerr.Message += "; a request with tools or a response format gets no degraded reply"
+	}
 	if retryable && attempt < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
 		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, jerr, until); err != nil {
@@ -464,7 +487,7 @@ func (p *Pipeline) retractInterrupted(ctx context.Context, id string, attempt in
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not read the event log")
 		return
 	}
-	if ok && last.Type == store.EventToken {
+	if ok && (last.Type == store.EventToken || last.Type == store.EventToolCall) {
 		p.announceRetry(ctx, id, attempt, attempt, "the previous attempt was interrupted")
 	}
 }

@@ -180,10 +180,10 @@ type flaky struct {
 
 func (f *flaky) Name() string { return "flaky" }
 
-func (f *flaky) Stream(ctx context.Context, req llm.Request, onDelta func(string) error) (llm.Reply, error) {
+func (f *flaky) Stream(ctx context.Context, req llm.Request, onDelta func(llm.Delta) error) (llm.Reply, error) {
 	if f.calls.Add(1) == 1 {
 		for _, d := range []string{"partial", " output"} {
-			if err := onDelta(d); err != nil {
+			if err := onDelta(llm.Delta{Text: d}); err != nil {
 				return llm.Reply{}, err
 			}
 		}

@@ -3,32 +3,50 @@ package orchestration
 import (
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // estimateTokens is a provider-neutral estimate: about four bytes a token.
 func estimateTokens(s string) int { return len(s)/4 + 1 }
 
-// BuildPrompt turns a session's history and the new message into a prompt that
-// fits within budget tokens, dropping the oldest history first. The new message
-// is always kept, even when it alone is over the budget: the provider then says no.
-func BuildPrompt(history []store.Message, message string, budget int) []llm.Message {
+func messageTokens(m store.Message) int {
+	n := estimateTokens(m.Content)
+	for _, tc := range m.ToolCalls {
+		n += estimateTokens(tc.Function.Name + tc.Function.Arguments)
+	}
+	return n
+}
+
+// BuildPrompt turns a session's history, the tool results of this turn and
+// the new message into a prompt that fits within budget tokens, dropping the
+// oldest history first. The new turn is always kept, even when it alone is
+// over the budget: the provider then says no.
+func BuildPrompt(history []store.Message, toolResults []tasks.ChatMessage, message string, budget int) []llm.Message {
 	used := estimateTokens(message)
+	for _, tr := range toolResults {
+		used += estimateTokens(tr.Content)
+	}
 	start := len(history)
 	for start > 0 {
-		cost := estimateTokens(history[start-1].Content)
+		cost := messageTokens(history[start-1])
 		if used+cost > budget {
 			break
 		}
 		used += cost
 		start--
 	}
-	// Keep user/assistant pairs whole: never open the prompt with a reply.
-	if start < len(history) && history[start].Role == "assistant" {
+	// Keep turns whole: never open the prompt with a reply or a tool
+	// result, whose call would be missing.
+	for start < len(history) && history[start].Role != "user" {
 		start++
 	}
-	out := make([]llm.Message, 0, len(history)-start+1)
+	out := make([]llm.Message, 0, len(history)-start+len(toolResults)+1)
 	for _, m := range history[start:] {
-		out = append(out, llm.Message{Role: m.Role, Content: m.Content})
+		out = append(out, llm.Message{Role: m.Role, Content: m.Content, ToolCalls: m.ToolCalls, ToolCallID: m.ToolCallID})
 	}
-	return append(out, llm.Message{Role: "user", Content: message})
+	out = append(out, toolResults...)
+	if message != "" {
+		out = append(out, llm.Message{Role: "user", Content: message})
+	}
+	return out
 }

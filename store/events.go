@@ -15,6 +15,7 @@ import (
 // lists them and a test holds the two together.
 const (
 	EventToken    = "token"
+	EventToolCall = "tool_call"
 	EventRetry    = "retry"
 	EventDone     = "done"
 	EventError    = "error"
@@ -31,6 +32,17 @@ type Payload interface {
 type TokenEvent struct {
 	Seq   int64  `json:"seq,omitempty"`
 	Delta string `json:"delta"`
+}
+
+// ToolCallEvent carries a fragment of the Index-th tool call of the reply
+// (0, 1, …): its id and name when the call is first seen, then pieces of its
+// JSON arguments. The fragments of one call add up to its arguments.
+type ToolCallEvent struct {
+	Seq       int64  `json:"seq,omitempty"`
+	Index     int    `json:"index"`
+	ID        string `json:"id,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"arguments"`
 }
 
 // RetryEvent says an attempt failed after partial output: discard what was
@@ -61,6 +73,9 @@ type CanceledEvent struct {
 
 // EventType implements Payload.
 func (TokenEvent) EventType() string { return EventToken }
+
+// EventType implements Payload.
+func (ToolCallEvent) EventType() string { return EventToolCall }
 
 // EventType implements Payload.
 func (RetryEvent) EventType() string { return EventRetry }
@@ -94,6 +109,8 @@ func (e Event) Decode() (Payload, error) {
 	switch e.Type {
 	case EventToken:
 		p, err = decodeAs[TokenEvent](e.Data)
+	case EventToolCall:
+		p, err = decodeAs[ToolCallEvent](e.Data)
 	case EventRetry:
 		p, err = decodeAs[RetryEvent](e.Data)
 	case EventDone:

@@ -53,6 +53,7 @@ func TestEventTableMatchesThePayloadTypes(t *testing.T) {
 	}
 	payloads := []Payload{
 		TokenEvent{Seq: 1, Delta: "hi"},
+		ToolCallEvent{Seq: 1, Index: 1, ID: "call_1", Name: "f", Arguments: `{"a"`},
 		RetryEvent{Seq: 2, Attempt: 2, Reason: "r"},
 		DoneEvent{Seq: 3, Result: &Result{Content: "c"}, Usage: &Usage{1, 2}},
 		ErrorEvent{Seq: 4, Error: &JobError{Code: "x", Message: "y"}},

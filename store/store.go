@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // Job statuses.
@@ -61,10 +62,12 @@ type Job struct {
 
 // Result is a finished job's reply.
 type Result struct {
-	Content  string `json:"content"`
-	Degraded bool   `json:"degraded"`
-	Provider string `json:"provider"`
-	Model    string `json:"model"`
+	Content      string           `json:"content"`
+	ToolCalls    []tasks.ToolCall `json:"tool_calls,omitempty"`
+	FinishReason string           `json:"finish_reason,omitempty"` // stop, length or tool_calls
+	Degraded     bool             `json:"degraded"`
+	Provider     string           `json:"provider"`
+	Model        string           `json:"model"`
 }
 
 // Usage counts a job's tokens.
@@ -81,10 +84,12 @@ type JobError struct {
 
 // Message is one entry of a session's history.
 type Message struct {
-	Role      string    `json:"role"`
-	Content   string    `json:"content"`
-	JobID     string    `json:"job_id"`
-	CreatedAt time.Time `json:"created_at"`
+	Role       string           `json:"role"` // user, assistant or tool
+	Content    string           `json:"content"`
+	ToolCalls  []tasks.ToolCall `json:"tool_calls,omitempty"`   // an assistant's calls
+	ToolCallID string           `json:"tool_call_id,omitempty"` // the call a tool message answers
+	JobID      string           `json:"job_id"`
+	CreatedAt  time.Time        `json:"created_at"`
 }
 
 // Options sets retention and history bounds.

@@ -4,6 +4,7 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strings"
@@ -26,7 +27,8 @@ type Coalescing struct {
 // depends on it.
 const publishAttempts = 3
 
-// Emitter publishes one attempt's token deltas to a job's event log.
+// Emitter publishes one attempt's token deltas and tool-call fragments to a
+// job's event log, in the order they came.
 type Emitter struct {
 	ctx     context.Context
 	st      *store.Store
@@ -34,9 +36,10 @@ type Emitter struct {
 	attempt int // fences the writes: a superseded attempt stops
 	c       Coalescing
 	mu      sync.Mutex
-	buf     strings.Builder
+	buf     strings.Builder      // waiting text, or the waiting arguments of tool
+	tool    *store.ToolCallEvent // what waits is a fragment of this tool call
 	tm      *time.Timer
-	sent    int   // token events published
+	sent    int   // token and tool_call events published
 	err     error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
 }
 
@@ -57,7 +60,39 @@ func (e *Emitter) Delta(d string) error {
 	if e.err != nil {
 		return e.err
 	}
+	if e.tool != nil {
+		e.flushLocked() // text after a tool call's fragment goes out after it
+	}
 	e.buf.WriteString(d)
+	e.scheduleLocked()
+	return e.err
+}
+
+// ToolCall takes the next fragment of the index-th tool call (id and name
+// on its first). Fragments of one call are batched like text; a fragment
+// of another call, or text, sends the waiting one first.
+func (e *Emitter) ToolCall(index int, id, name, args string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != nil {
+		return e.err
+	}
+	if t := e.tool; (t == nil && e.buf.Len() > 0) || (t != nil && (t.Index != index || ((id != "" || name != "") && (t.ID != "" || t.Name != "" || e.buf.Len() > 0)))) {
+		e.flushLocked()
+	}
+	if e.tool == nil {
+		e.tool = &store.ToolCallEvent{Index: index}
+	}
+	e.tool.ID = cmp.Or(e.tool.ID, id)
+	e.tool.Name = cmp.Or(e.tool.Name, name)
+	e.buf.WriteString(args)
+	e.scheduleLocked()
+	return e.err
+}
+
+// scheduleLocked sends what waits now (an attempt's first piece, or a full
+// batch) or arms the window's timer.
+func (e *Emitter) scheduleLocked() {
 	switch {
 	case e.sent == 0 || e.buf.Len() >= e.c.MaxBytes || e.c.Window <= 0:
 		e.flushLocked()
@@ -68,7 +103,6 @@ func (e *Emitter) Delta(d string) error {
 			e.flushLocked()
 		})
 	}
-	return e.err
 }
 
 // Flush publishes whatever is waiting. Call it before recording the outcome,
@@ -80,12 +114,16 @@ func (e *Emitter) Flush() error {
 	return e.err
 }
 
-// Tail hands over whatever is waiting instead of publishing it, for the
-// final script to append just before the final event (store.Outcome.Tail):
-// a fast reply's last batch then costs no round trip of its own.
+// Tail hands over whatever text is waiting instead of publishing it, for
+// the final script to append just before the final event
+// (store.Outcome.Tail): a fast reply's last batch then costs no round trip of
+// its own. A waiting tool-call fragment is published here.
 func (e *Emitter) Tail() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.tool != nil {
+		e.flushLocked()
+	}
 	if e.tm != nil {
 		e.tm.Stop()
 		e.tm = nil
@@ -107,14 +145,19 @@ func (e *Emitter) flushLocked() {
 		e.tm.Stop()
 		e.tm = nil
 	}
-	if e.buf.Len() == 0 || e.err != nil {
+	if (e.buf.Len() == 0 && e.tool == nil) || e.err != nil {
 		return
 	}
-	delta := e.buf.String()
+	var ev store.Payload = store.TokenEvent{Delta: e.buf.String()}
+	if e.tool != nil {
+		t := *e.tool
+		t.Arguments = e.buf.String()
+		ev, e.tool = t, nil
+	}
 	e.buf.Reset()
 	var err error
 	for i := range publishAttempts {
-		_, err = e.st.AppendEvent(e.ctx, e.id, e.attempt, store.TokenEvent{Delta: delta})
+		_, err = e.st.AppendEvent(e.ctx, e.id, e.attempt, ev)
 		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrSuperseded) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
 			break
 		}

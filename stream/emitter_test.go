@@ -136,3 +136,56 @@ func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
 		t.Fatal("the tail was handed over twice")
 	}
 }
+
+// Tool-call fragments are typed events in order with the text: fragments of
+// one call are batched, id and name go out once, and another call or text
+// sends what waits first.
+func TestEmitterCarriesToolCalls(t *testing.T) {
+	st := newStore(t)
+	activeJob(t, st, "job_tc")
+	e := NewEmitter(context.Background(), st, "job_tc", 1, Coalescing{Window: time.Hour, MaxBytes: 1 << 10})
+	steps := []func() error{
+		func() error { return e.Delta("Let me look.") },
+		func() error { return e.ToolCall(0, "call_a", "weather", "") },
+		func() error { return e.ToolCall(0, "", "", `{"city":`) },
+		func() error { return e.ToolCall(0, "", "", `"Paris"}`) },
+		func() error { return e.ToolCall(1, "call_b", "time", `{"tz":`) },
+		func() error { return e.ToolCall(1, "", "", `"CET"}`) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tail := e.Tail(); tail != "" {
+		t.Fatalf("a waiting tool call fragment is no text tail: %q", tail)
+	}
+	evs, err := st.Events(context.Background(), "job_tc", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []store.Payload
+	for _, ev := range evs {
+		p, err := ev.Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p)
+	}
+	want := []store.Payload{
+		store.TokenEvent{Seq: 1, Delta: "Let me look."},
+		store.ToolCallEvent{Seq: 2, Index: 0, ID: "call_a", Name: "weather", Arguments: `{"city":"Paris"}`},
+		store.ToolCallEvent{Seq: 3, Index: 1, ID: "call_b", Name: "time", Arguments: `{"tz":"CET"}`},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("events %#v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("event %d: %#v, want %#v", i, got[i], want[i])
+		}
+	}
+	if !e.Emitted() {
+		t.Fatal("tool calls count as output")
+	}
+}

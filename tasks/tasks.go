@@ -27,8 +27,11 @@ import (
 // queued tasks carry it.
 const TypeChatComplete = "chat:complete"
 
-// PayloadVersion is the payload version this build writes and reads.
-const PayloadVersion = 1
+// PayloadVersion is the payload version this build writes. Version 2 added
+// tools, tool calls and results, content parts, response formats and more
+// generation parameters; a version 1 payload is read as it is (its fields
+// mean the same), so tasks queued before an upgrade still run.
+const PayloadVersion = 2
 
 // Priorities and the queues they map to. Weights give high 6, normal 3, low 1
 // shares of worker pickups while all three have work.
@@ -113,30 +116,112 @@ type ChatPayload struct {
 	JobID       string          `json:"job_id"`
 	Tenant      string          `json:"tenant"`
 	SessionID   string          `json:"session_id"`
-	Message     string          `json:"message"`
+	Message     string          `json:"message,omitempty"`
 	Model       string          `json:"model,omitempty"`
 	Priority    string          `json:"priority"`
 	Metadata    json.RawMessage `json:"metadata,omitempty"`
 	SubmittedAt time.Time       `json:"submitted_at"`
 	// Messages is a whole conversation sent with the job (the OpenAI-compatible
-	// front door). When set it is the prompt, and the session's history is
+	// front doors). When set it is the prompt, and the session's history is
 	// neither read nor written.
 	Messages []ChatMessage `json:"messages,omitempty"`
-	Params   *GenParams    `json:"params,omitempty"`
+	// ToolResults answer the tool calls of the session's previous turn (jobs
+	// API); they go into the prompt and the history before Message.
+	ToolResults []ChatMessage `json:"tool_results,omitempty"`
+	Params      *GenParams    `json:"params,omitempty"`
 }
 
 // ChatMessage is one message of a conversation sent with a job.
 type ChatMessage struct {
-	Role    string `json:"role"` // system, user or assistant
+	Role    string `json:"role"` // system, user, assistant or tool
 	Content string `json:"content"`
+	// Parts is the content when it holds more than text (images), in order;
+	// Content is then its text alone.
+	Parts      []ContentPart `json:"parts,omitempty"`
+	ToolCalls  []ToolCall    `json:"tool_calls,omitempty"`   // an assistant's calls
+	ToolCallID string        `json:"tool_call_id,omitempty"` // a tool message's call
 }
 
-// GenParams are generation settings passed to the provider.
+// ContentPart is a piece of a message's content: text or an image.
+type ContentPart struct {
+	Type     string `json:"type"` // text or image_url
+	Text     string `json:"text,omitempty"`
+	ImageURL string `json:"image_url,omitempty"` // https: or data: URL
+	Detail   string `json:"detail,omitempty"`    // auto, low or high
+}
+
+// ToolCall is a model's call of a function tool, in OpenAI's shape.
+type ToolCall struct {
+	ID       string       `json:"id"`
+	Type     string       `json:"type"` // function
+	Function FunctionCall `json:"function"`
+}
+
+// FunctionCall names the function called and its JSON arguments.
+type FunctionCall struct {
+	Name      string `json:"name"`
+	Arguments string `json:"arguments"`
+}
+
+// Tool is a function the model may call, in OpenAI's shape.
+type Tool struct {
+	Type     string      `json:"type"` // function
+	Function FunctionDef `json:"function"`
+}
+
+// FunctionDef describes a function tool; Parameters is its JSON Schema as sent.
+type FunctionDef struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"`
+	Strict      *bool           `json:"strict,omitempty"`
+}
+
+// ToolChoice says whether and which tool the model must call.
+type ToolChoice struct {
+	Mode string `json:"mode"`           // auto, none, required or function
+	Name string `json:"name,omitempty"` // the function, with mode function
+}
+
+// ResponseFormat asks for JSON output, in OpenAI's Chat Completions shape.
+type ResponseFormat struct {
+	Type       string      `json:"type"` // text, json_object or json_schema
+	JSONSchema *JSONSchema `json:"json_schema,omitempty"`
+}
+
+// JSONSchema is a json_schema response format; Schema is kept as sent.
+type JSONSchema struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Schema      json.RawMessage `json:"schema,omitempty"`
+	Strict      *bool           `json:"strict,omitempty"`
+}
+
+// GenParams are generation settings passed to the provider; zero values
+// mean the provider's default.
 type GenParams struct {
-	MaxTokens   int      `json:"max_tokens,omitempty"`
-	Temperature *float64 `json:"temperature,omitempty"`
-	TopP        *float64 `json:"top_p,omitempty"`
-	Stop        []string `json:"stop,omitempty"`
+	MaxTokens         int               `json:"max_tokens,omitempty"`
+	Temperature       *float64          `json:"temperature,omitempty"`
+	TopP              *float64          `json:"top_p,omitempty"`
+	Stop              []string          `json:"stop,omitempty"`
+	Seed              *int64            `json:"seed,omitempty"`
+	PresencePenalty   *float64          `json:"presence_penalty,omitempty"`
+	FrequencyPenalty  *float64          `json:"frequency_penalty,omitempty"`
+	LogitBias         map[string]int    `json:"logit_bias,omitempty"`
+	ReasoningEffort   string            `json:"reasoning_effort,omitempty"`
+	User              string            `json:"user,omitempty"`
+	Metadata          map[string]string `json:"metadata,omitempty"`
+	Store             *bool             `json:"store,omitempty"`
+	Tools             []Tool            `json:"tools,omitempty"`
+	ToolChoice        *ToolChoice       `json:"tool_choice,omitempty"`
+	ParallelToolCalls *bool             `json:"parallel_tool_calls,omitempty"`
+	ResponseFormat    *ResponseFormat   `json:"response_format,omitempty"`
+}
+
+// Structured reports whether the request needs tools or a response format:
+// a canned (degraded) text would break the caller's parser.
+func (g *GenParams) Structured() bool {
+	return g != nil && (len(g.Tools) > 0 || (g.ResponseFormat != nil && g.ResponseFormat.Type != "" && g.ResponseFormat.Type != "text"))
 }
 
 // ErrBadPayload marks a payload that no retry can fix.
@@ -154,7 +239,7 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 	var p ChatPayload
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil || p.Version != PayloadVersion {
+	if err := dec.Decode(&p); err != nil || (p.Version != PayloadVersion && p.Version != 1) {
 		// The rare path reads the version alone, so that a payload of another
 		// version says so rather than naming a field this build lacks.
 		var head struct {
@@ -166,8 +251,8 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 		if head.Version == nil {
 			return ChatPayload{}, fmt.Errorf("%w: no version field", ErrBadPayload)
 		}
-		if *head.Version != PayloadVersion {
-			return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads %d)", ErrBadPayload, *head.Version, PayloadVersion)
+		if *head.Version != PayloadVersion && *head.Version != 1 {
+			return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads 1 and %d)", ErrBadPayload, *head.Version, PayloadVersion)
 		}
 		return ChatPayload{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
 	}
@@ -180,7 +265,7 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 		empty bool
 	}{
 		{"job_id", p.JobID == ""}, {"tenant", p.Tenant == ""}, {"session_id", p.SessionID == ""},
-		{"message", p.Message == ""}, {"submitted_at", p.SubmittedAt.IsZero()},
+		{"message", p.Message == "" && len(p.Messages) == 0 && len(p.ToolResults) == 0}, {"submitted_at", p.SubmittedAt.IsZero()},
 	} {
 		if f.empty {
 			missing = append(missing, f.name)

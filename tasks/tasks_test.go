@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -51,9 +52,43 @@ func TestDecodeRejects(t *testing.T) {
 			}
 		})
 	}
-	_, err := DecodeChat([]byte(`{"v":2}`))
-	if err == nil || !strings.Contains(err.Error(), "unknown version 2") {
+	_, err := DecodeChat([]byte(`{"v":3}`))
+	if err == nil || !strings.Contains(err.Error(), "unknown version 3") {
 		t.Fatalf("version error should say which: %v", err)
+	}
+}
+
+// A version 1 payload (queued before an upgrade) still runs, and a version
+// 2 payload carries the whole chat contract through a round trip.
+func TestDecodeReadsVersion1AndCarriesTools(t *testing.T) {
+	v1 := `{"v":1,"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":"2026-01-01T00:00:00Z"}`
+	if p, err := DecodeChat([]byte(v1)); err != nil || p.Message != "m" {
+		t.Fatalf("version 1: %+v %v", p, err)
+	}
+	strict := true
+	p := ChatPayload{JobID: "j", Tenant: "t", SessionID: "s", Priority: PriorityNormal, SubmittedAt: time.Now().UTC(),
+		Messages: []ChatMessage{
+			{Role: "user", Content: "look", Parts: []ContentPart{{Type: "text", Text: "look"}, {Type: "image_url", ImageURL: "data:image/png;base64,AAAA"}}},
+			{Role: "assistant", ToolCalls: []ToolCall{{ID: "call_1", Type: "function", Function: FunctionCall{Name: "f", Arguments: `{"a":1}`}}}},
+			{Role: "tool", ToolCallID: "call_1", Content: "42"},
+		},
+		Params: &GenParams{Tools: []Tool{{Type: "function", Function: FunctionDef{Name: "f", Parameters: json.RawMessage(`{"type":"object"}`)}}},
+			ToolChoice:     &ToolChoice{Mode: "function", Name: "f"},
+			ResponseFormat: &ResponseFormat{Type: "json_schema", JSONSchema: &JSONSchema{Name: "x", Schema: json.RawMessage(`{"type":"object"}`), Strict: &strict}}},
+	}
+	b, err := p.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeChat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != PayloadVersion || len(got.Messages) != 3 || got.Messages[0].Parts[1].ImageURL != "data:image/png;base64,AAAA" ||
+		got.Messages[1].ToolCalls[0].Function.Arguments != `{"a":1}` || got.Messages[2].ToolCallID != "call_1" ||
+		string(got.Params.Tools[0].Function.Parameters) != `{"type":"object"}` || got.Params.ToolChoice.Name != "f" ||
+		string(got.Params.ResponseFormat.JSONSchema.Schema) != `{"type":"object"}` || !got.Params.Structured() {
+		t.Fatalf("round trip: %+v", got)
 	}
 }
 
