@@ -14,6 +14,8 @@ import (
 func FuzzSubmitBody(f *testing.F) {
 	for _, s := range []string{
 		`{"session_id":"s","message":"m"}`, `{"session_id":"s","message":"m","priority":"high","metadata":{"a":[1,{"b":null}]}}`,
+		`{"session_id":"s","message":"m","tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":"required"}`,
+		`{"session_id":"s","tool_results":[{"tool_call_id":"c","content":"42"}],"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}`,
 		`{`, `[]`, `{"session_id":1}`, "{\"message\":\"\xff\"}", `{"session_id":"s","message":"m"} x`,
 	} {
 		f.Add([]byte(s), "application/json")
@@ -30,7 +32,7 @@ func FuzzSubmitBody(f *testing.F) {
 			err = r.validate()
 		}
 		if err == nil {
-			if r.SessionID == "" || strings.TrimSpace(r.Message) == "" || len(r.Message) > maxMessageBytes || len(r.Metadata) > maxMetadataBytes {
+			if r.SessionID == "" || (strings.TrimSpace(r.Message) == "" && len(r.ToolResults) == 0) || len(r.Message) > maxMessageBytes || len(r.Metadata) > maxMetadataBytes {
 				t.Fatalf("accepted an invalid request: %+v", r)
 			}
 			return

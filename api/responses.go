@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -41,10 +41,14 @@ func (s *Server) registerResponses(e *echo.Echo) {
 	e.GET("/v1/responses/:id/input_items", s.responseInputItems, mw...)
 }
 
-// respParams are the request fields this server takes; anything else is a
-// 400 naming it, never silently ignored.
+// respParams are the request fields this server takes: carried to the
+// provider (input, instructions, tools, tool_choice, parallel_tool_calls,
+// text.format, reasoning.effort, max_output_tokens, temperature, top_p,
+// user) or kept here (previous_response_id, background, stream, store,
+// metadata). Any other field with a value is a 400 naming it.
 var respParams = []string{"model", "input", "instructions", "previous_response_id", "background", "stream",
-	"store", "max_output_tokens", "temperature", "top_p", "metadata", "user"}
+	"store", "max_output_tokens", "temperature", "top_p", "metadata", "user", "tools", "tool_choice",
+	"parallel_tool_calls", "text", "reasoning"}
 
 type respRequest struct {
 	Model              string            `json:"model"`
@@ -59,21 +63,16 @@ type respRequest struct {
 	TopP               *float64          `json:"top_p"`
 	Metadata           map[string]string `json:"metadata"`
 	User               string            `json:"user"`
+	Tools              json.RawMessage   `json:"tools"`
+	ToolChoice         json.RawMessage   `json:"tool_choice"`
+	ParallelToolCalls  *bool             `json:"parallel_tool_calls"`
+	Text               json.RawMessage   `json:"text"`
+	Reasoning          json.RawMessage   `json:"reasoning"`
 }
 
-// inputItem is one message of a response's input, as input_items lists it.
-type inputItem struct {
-	ID      string        `json:"id"`
-	Type    string        `json:"type"`
-	Role    string        `json:"role"`
-	Status  string        `json:"status"`
-	Content []contentPart `json:"content"`
-}
-
-type contentPart struct {
-	Type string `json:"type"`
-	Text string `json:"text"`
-}
+// inputItem is one item of a response's input, as input_items lists it: a
+// message, a function_call or a function_call_output.
+type inputItem map[string]any
 
 // respRecord is what the response hash holds.
 type respRecord struct {
@@ -85,46 +84,118 @@ type respRecord struct {
 	Conversation                                    []tasks.ChatMessage // earlier turns and this input, without instructions
 	MaxOutputTokens                                 *int
 	Temperature, TopP                               *float64
+	Params                                          *tasks.GenParams `json:",omitempty"` // tools, tool choice, text format, reasoning
 }
 
 func respID(jobID string) string { return "resp_" + strings.TrimPrefix(jobID, "job_") }
 func jobOfResp(id string) string { return "job_" + strings.TrimPrefix(id, "resp_") }
 func msgID(jobID string) string  { return "msg_" + strings.TrimPrefix(jobID, "job_") }
+func fcID(jobID string, k int) string {
+	return fmt.Sprintf("fc_%s_%d", strings.TrimPrefix(jobID, "job_"), k)
+}
 func validRespID(id string) bool {
 	return strings.HasPrefix(id, "resp_") && tasks.ValidJobID(jobOfResp(id))
 }
 
 func readResponseRequest(c echo.Context) (respRequest, error) {
 	var r respRequest
-	body, err := readOpenAIBody(c)
-	if err != nil {
-		return r, err
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		return r, oaInvalid("body", "the body is not a valid Responses request: "+err.Error())
-	}
-	var unknown []string
-	for k, v := range fields {
-		if !slices.Contains(respParams, k) && string(bytes.TrimSpace(v)) != "null" {
-			unknown = append(unknown, k)
-		}
-	}
-	if len(unknown) > 0 {
-		sort.Strings(unknown)
-		return r, oaInvalid(unknown[0], fmt.Sprintf("parameter %q is not supported by this server (supported: %s)", unknown[0], strings.Join(respParams, ", ")))
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return r, oaInvalid("body", "the body is not a valid Responses request: "+err.Error())
-	}
-	return r, nil
+	err := readKnown(c, &r, respParams, "Responses")
+	return r, err
 }
 
-// parseInput turns input (a string, or message items with input_text parts)
-// into input items and chat messages.
+// respFieldNames are the Responses names of the Chat Completions fields
+// a provider may refuse.
+var respFieldNames = map[string]string{"response_format": "text.format", "reasoning_effort": "reasoning.effort",
+	"metadata": "metadata", "store": "store"}
+
+// params validates the generation parameters, tools, text format and
+// reasoning of a Responses request.
+func (r respRequest) params() (*tasks.GenParams, error) {
+	p := &tasks.GenParams{Temperature: r.Temperature, TopP: r.TopP, User: r.User, ParallelToolCalls: r.ParallelToolCalls}
+	if r.MaxOutputTokens != nil {
+		p.MaxTokens = *r.MaxOutputTokens
+	}
+	var err error
+	if p.Tools, err = respTools(r.Tools); err != nil {
+		return nil, err
+	}
+	if p.ToolChoice, err = parseToolChoice(r.ToolChoice, "tool_choice", p.Tools); err != nil {
+		return nil, err
+	}
+	if !isNull(r.Text) {
+		var text struct {
+			Format    json.RawMessage `json:"format"`
+			Verbosity *string         `json:"verbosity"`
+		}
+		if err := json.Unmarshal(r.Text, &text); err != nil {
+			return nil, oaInvalid("text", "text must be an object with a format")
+		}
+		if text.Verbosity != nil {
+			return nil, oaInvalid("text.verbosity", "text.verbosity is not supported by this server")
+		}
+		if p.ResponseFormat, err = parseResponseFormat(text.Format, "text.format", true); err != nil {
+			return nil, err
+		}
+	}
+	if !isNull(r.Reasoning) {
+		var rs struct {
+			Effort  string          `json:"effort"`
+			Summary json.RawMessage `json:"summary"`
+		}
+		if err := json.Unmarshal(r.Reasoning, &rs); err != nil {
+			return nil, oaInvalid("reasoning", "reasoning must be an object")
+		}
+		if !isNull(rs.Summary) {
+			return nil, oaInvalid("reasoning.summary", "reasoning summaries are not supported by this server")
+		}
+		switch rs.Effort {
+		case "", "none", "minimal", "low", "medium", "high", "xhigh":
+		default:
+			return nil, oaInvalid("reasoning.effort", fmt.Sprintf("%q is not a reasoning effort", rs.Effort))
+		}
+		p.ReasoningEffort = rs.Effort
+	}
+	return p, nil
+}
+
+// respTools reads Responses function tools: [{"type":"function","name",…}].
+func respTools(raw json.RawMessage) ([]tasks.Tool, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, oaInvalid("tools", "tools must be an array")
+	}
+	if len(items) > maxTools {
+		return nil, oaInvalid("tools", fmt.Sprintf("at most %d tools", maxTools))
+	}
+	out := make([]tasks.Tool, 0, len(items))
+	for i, item := range items {
+		f := fmt.Sprintf("tools[%d]", i)
+		var t struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(item, &t); err != nil {
+			return nil, oaInvalid(f, "must be a tool object")
+		}
+		if t.Type != "function" {
+			return nil, oaInvalid(f+".type", fmt.Sprintf("tool type %q is not supported by this server (function only)", t.Type))
+		}
+		def, err := parseFunctionDef(item, f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, tasks.Tool{Type: "function", Function: def})
+	}
+	return out, uniqueToolNames(out, "tools")
+}
+
+// parseInput turns input (a string, or message, function_call and
+// function_call_output items) into input items and chat messages.
 func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMessage, error) {
 	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
+	if isNull(raw) {
 		return nil, nil, oaInvalid("input", "input is required")
 	}
 	if raw[0] == '"' {
@@ -135,23 +206,58 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 		raw, _ = json.Marshal([]map[string]any{{"role": "user", "content": text}})
 	}
 	var items []struct {
-		Type    string          `json:"type"`
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
+		Type      string          `json:"type"`
+		Role      string          `json:"role"`
+		Content   json.RawMessage `json:"content"`
+		CallID    string          `json:"call_id"`
+		Name      string          `json:"name"`
+		Arguments string          `json:"arguments"`
+		Output    json.RawMessage `json:"output"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, nil, oaInvalid("input", "input must be a string or an array of message items")
+		return nil, nil, oaInvalid("input", "input must be a string or an array of input items")
 	}
 	if len(items) == 0 {
 		return nil, nil, oaInvalid("input", "input must not be empty")
 	}
 	var out []inputItem
 	var msgs []tasks.ChatMessage
+	var images imageBudget
 	total := 0
 	for i, it := range items {
 		param := fmt.Sprintf("input[%d]", i)
-		if it.Type != "" && it.Type != "message" {
-			return nil, nil, oaInvalid(param+".type", fmt.Sprintf("input item type %q is not supported (message only)", it.Type))
+		id := fmt.Sprintf("%s_%d", strings.TrimPrefix(jobID, "job_"), i)
+		switch it.Type {
+		case "function_call":
+			call := tasks.ToolCall{ID: it.CallID, Type: "function", Function: tasks.FunctionCall{Name: it.Name, Arguments: it.Arguments}}
+			if err := validToolCall(&call, param); err != nil {
+				return nil, nil, err
+			}
+			// Calls that follow an assistant turn belong to it, as in Chat Completions.
+			if n := len(msgs); n > 0 && msgs[n-1].Role == "assistant" {
+				msgs[n-1].ToolCalls = append(msgs[n-1].ToolCalls, call)
+			} else {
+				msgs = append(msgs, tasks.ChatMessage{Role: "assistant", ToolCalls: []tasks.ToolCall{call}})
+			}
+			total += len(it.Arguments)
+			out = append(out, inputItem{"id": "fc_" + id, "type": "function_call", "call_id": it.CallID, "name": it.Name,
+				"arguments": it.Arguments, "status": "completed"})
+			continue
+		case "function_call_output":
+			if it.CallID == "" {
+				return nil, nil, oaInvalid(param+".call_id", "a function_call_output needs the call_id it answers")
+			}
+			var output string
+			if err := json.Unmarshal(it.Output, &output); err != nil {
+				return nil, nil, oaInvalid(param+".output", "output must be a string")
+			}
+			total += len(output)
+			msgs = append(msgs, tasks.ChatMessage{Role: "tool", ToolCallID: it.CallID, Content: output})
+			out = append(out, inputItem{"id": "fco_" + id, "type": "function_call_output", "call_id": it.CallID, "output": output, "status": "completed"})
+			continue
+		case "", "message":
+		default:
+			return nil, nil, oaInvalid(param+".type", fmt.Sprintf("input item type %q is not supported by this server (message, function_call, function_call_output)", it.Type))
 		}
 		role := it.Role
 		switch role {
@@ -161,37 +267,69 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 		default:
 			return nil, nil, oaInvalid(param+".role", fmt.Sprintf("role %q is not supported (user, assistant, system, developer)", it.Role))
 		}
-		var text string
-		var parts []contentPart
-		c := bytes.TrimSpace(it.Content)
-		switch {
-		case len(c) > 0 && c[0] == '"':
-			_ = json.Unmarshal(c, &text)
-		default:
-			if err := json.Unmarshal(c, &parts); err != nil {
-				return nil, nil, oaInvalid(param+".content", "content must be a string or an array of input_text parts")
-			}
-			var b strings.Builder
-			for j, p := range parts {
-				if p.Type != "input_text" && !(role == "assistant" && p.Type == "output_text") {
-					return nil, nil, oaInvalid(fmt.Sprintf("%s.content[%d].type", param, j), fmt.Sprintf("content part type %q is not supported (input_text only)", p.Type))
-				}
-				b.WriteString(p.Text)
-			}
-			text = b.String()
+		parts, err := respParts(it.Content, param+".content", role, &images)
+		if err != nil {
+			return nil, nil, err
 		}
+		text, withImages := userContent(parts)
 		total += len(text)
-		out = append(out, inputItem{ID: fmt.Sprintf("msg_%s_%d", strings.TrimPrefix(jobID, "job_"), i), Type: "message", Role: it.Role,
-			Status: "completed", Content: []contentPart{{Type: "input_text", Text: text}}})
-		msgs = append(msgs, tasks.ChatMessage{Role: role, Content: text})
+		shown := make([]map[string]any, 0, len(parts))
+		for _, p := range parts {
+			if p.Type == "image_url" {
+				shown = append(shown, map[string]any{"type": "input_image", "image_url": p.ImageURL, "detail": cmp.Or(p.Detail, "auto")})
+			} else {
+				shown = append(shown, map[string]any{"type": "input_text", "text": p.Text})
+			}
+		}
+		out = append(out, inputItem{"id": "msg_" + id, "type": "message", "role": it.Role, "status": "completed", "content": shown})
+		msgs = append(msgs, tasks.ChatMessage{Role: role, Content: text, Parts: withImages})
 	}
 	if total > 4*maxMessageBytes {
 		return nil, nil, oaInvalid("input", fmt.Sprintf("input holds more than %d bytes of text", 4*maxMessageBytes))
 	}
-	if last := msgs[len(msgs)-1]; last.Role != "user" || strings.TrimSpace(last.Content) == "" {
-		return nil, nil, oaInvalid("input", "the last input item must be a non-empty user message")
+	if err := lastTurn(msgs, "input"); err != nil {
+		return nil, nil, oaInvalid("input", "the last input item must be a non-empty user message or a function_call_output")
 	}
 	return out, msgs, nil
+}
+
+// respParts reads a message item's content: a string, or input_text and
+// input_image parts (output_text in an assistant's).
+func respParts(raw json.RawMessage, field, role string, images *imageBudget) ([]tasks.ContentPart, error) {
+	c := bytes.TrimSpace(raw)
+	if len(c) > 0 && c[0] == '"' {
+		var text string
+		if err := json.Unmarshal(c, &text); err != nil {
+			return nil, oaInvalid(field, "content is not a valid string")
+		}
+		return []tasks.ContentPart{{Type: "text", Text: text}}, nil
+	}
+	var parts []struct {
+		Type     string `json:"type"`
+		Text     string `json:"text"`
+		ImageURL string `json:"image_url"`
+		Detail   string `json:"detail"`
+	}
+	if err := json.Unmarshal(c, &parts); err != nil {
+		return nil, oaInvalid(field, "content must be a string or an array of input_text and input_image parts")
+	}
+	out := make([]tasks.ContentPart, 0, len(parts))
+	for j, p := range parts {
+		pf := fmt.Sprintf("%s[%d]", field, j)
+		switch {
+		case p.Type == "input_text" || (role == "assistant" && p.Type == "output_text"):
+			out = append(out, tasks.ContentPart{Type: "text", Text: p.Text})
+		case p.Type == "input_image" && role == "user":
+			img, err := images.image(p.ImageURL, p.Detail, pf+".image_url")
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, img)
+		default:
+			return nil, oaInvalid(pf+".type", fmt.Sprintf("content part type %q is not supported here (input_text, input_image)", p.Type))
+		}
+	}
+	return out, nil
 }
 
 func (s *Server) createResponse(c echo.Context) error {
@@ -211,6 +349,13 @@ func (s *Server) createResponse(c echo.Context) error {
 	}
 	if len(r.Metadata) > 16 {
 		return oaInvalid("metadata", "metadata holds at most 16 pairs")
+	}
+	params, err := r.params()
+	if err != nil {
+		return err
+	}
+	if err := s.refusedBy(params, respFieldNames); err != nil {
+		return err
 	}
 	tenant := tenantOf(c)
 	ctx := c.Request().Context()
@@ -233,20 +378,17 @@ func (s *Server) createResponse(c echo.Context) error {
 		if pj.Status != store.StatusSucceeded || pj.Result == nil {
 			return oaInvalid("previous_response_id", "the previous response has not completed")
 		}
-		conversation = append(append(slices.Clone(prev.Conversation), tasks.ChatMessage{Role: "assistant", Content: pj.Result.Content}), msgs...)
+		answer := tasks.ChatMessage{Role: "assistant", Content: pj.Result.Content, ToolCalls: pj.Result.ToolCalls}
+		conversation = append(append(slices.Clone(prev.Conversation), answer), msgs...)
 	}
 	toProvider := conversation
 	if r.Instructions != "" {
 		toProvider = append([]tasks.ChatMessage{{Role: "system", Content: r.Instructions}}, conversation...)
 	}
-	params := &tasks.GenParams{Temperature: r.Temperature, TopP: r.TopP}
-	if r.MaxOutputTokens != nil {
-		params.MaxTokens = *r.MaxOutputTokens
-	}
 	now := time.Now().UTC()
 	rec := respRecord{ID: respID(id), Tenant: tenant, Model: r.Model, Instructions: r.Instructions, Previous: r.PreviousResponseID,
 		User: r.User, Background: r.Background, Store: stored, CreatedAt: now.Unix(), Metadata: r.Metadata, Input: items,
-		Conversation: conversation, MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP}
+		Conversation: conversation, MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP, Params: params}
 	if err := s.saveResponse(ctx, rec); err != nil {
 		return err
 	}
@@ -361,8 +503,7 @@ func (s *Server) responseObjectAs(r respRecord, status string, res *store.Result
 	}
 	output := []any{}
 	if res != nil && status == "completed" {
-		output = append(output, map[string]any{"type": "message", "id": msgID(jobOfResp(r.ID)), "status": "completed", "role": "assistant",
-			"content": []any{map[string]any{"type": "output_text", "text": res.Content, "annotations": []any{}}}})
+		output = outputItems(jobOfResp(r.ID), res)
 	}
 	var usage any
 	if u != nil && status == "completed" {
@@ -387,13 +528,66 @@ func (s *Server) responseObjectAs(r respRecord, status string, res *store.Result
 	if meta == nil {
 		meta = map[string]string{}
 	}
+	gp := r.Params
+	if gp == nil {
+		gp = &tasks.GenParams{}
+	}
+	tools := make([]any, 0, len(gp.Tools))
+	for _, t := range gp.Tools {
+		tools = append(tools, map[string]any{"type": "function", "name": t.Function.Name, "description": t.Function.Description,
+			"parameters": t.Function.Parameters, "strict": t.Function.Strict})
+	}
+	var toolChoice any = "auto"
+	if tc := gp.ToolChoice; tc != nil {
+		toolChoice = tc.Mode
+		if tc.Mode == "function" {
+			toolChoice = map[string]any{"type": "function", "name": tc.Name}
+		}
+	}
+	format := map[string]any{"type": "text"}
+	if rf := gp.ResponseFormat; rf != nil {
+		format = map[string]any{"type": rf.Type}
+		if js := rf.JSONSchema; js != nil {
+			format = map[string]any{"type": rf.Type, "name": js.Name, "schema": js.Schema, "strict": js.Strict, "description": js.Description}
+		}
+	}
+	var reasoning any
+	if gp.ReasoningEffort != "" {
+		reasoning = map[string]any{"effort": gp.ReasoningEffort, "summary": nil}
+	}
 	return map[string]any{
 		"id": r.ID, "object": "response", "created_at": r.CreatedAt, "status": status, "background": r.Background,
 		"model": model, "output": output, "usage": usage, "error": errObj, "incomplete_details": nil,
 		"instructions": instructions, "previous_response_id": previous, "metadata": meta, "user": user,
 		"max_output_tokens": r.MaxOutputTokens, "temperature": r.Temperature, "top_p": r.TopP, "store": r.Store,
-		"parallel_tool_calls": false, "tool_choice": "none", "tools": []any{}, "text": map[string]any{"format": map[string]string{"type": "text"}},
+		"parallel_tool_calls": gp.ParallelToolCalls == nil || *gp.ParallelToolCalls, "tool_choice": toolChoice, "tools": tools,
+		"text": map[string]any{"format": format}, "reasoning": reasoning,
 	}
+}
+
+// outputItems are a finished reply's output: its text as a message, then
+// each tool call as a function_call item.
+func outputItems(jobID string, res *store.Result) []any {
+	out := []any{}
+	if res.Content != "" || len(res.ToolCalls) == 0 {
+		out = append(out, messageItem(jobID, "completed", []any{textPart(res.Content)}))
+	}
+	for k, tc := range res.ToolCalls {
+		out = append(out, functionCallItem(jobID, k, "completed", tc.ID, tc.Function.Name, tc.Function.Arguments))
+	}
+	return out
+}
+
+func messageItem(jobID, status string, content []any) map[string]any {
+	return map[string]any{"id": msgID(jobID), "type": "message", "status": status, "role": "assistant", "content": content}
+}
+
+func textPart(text string) map[string]any {
+	return map[string]any{"type": "output_text", "text": text, "annotations": []any{}}
+}
+
+func functionCallItem(jobID string, k int, status, callID, name, args string) map[string]any {
+	return map[string]any{"id": fcID(jobID, k), "type": "function_call", "status": status, "call_id": callID, "name": name, "arguments": args}
 }
 
 func (s *Server) getResponse(c echo.Context) error {
@@ -483,178 +677,7 @@ func (s *Server) responseInputItems(c echo.Context) error {
 	}
 	var first, last any
 	if len(items) > 0 {
-		first, last = items[0].ID, items[len(items)-1].ID
+		first, last = items[0]["id"], items[len(items)-1]["id"]
 	}
 	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": items, "first_id": first, "last_id": last, "has_more": false})
-}
-
-// streamResponse streams a response's events with OpenAI's sequence numbers.
-// They are derived from the job's event log, so they are the same from every
-// API process and a client resumes exactly with starting_after:
-//   - the prelude is 0…P-1: response.created, (response.queued when in the
-//     background,) response.in_progress, response.output_item.added,
-//     response.content_part.added;
-//   - the job's event k is P-1+k (a response.output_text.delta for a token);
-//   - after its final event F: response.output_text.done, content_part.done,
-//     output_item.done and response.completed (or response.failed) from P-1+F.
-//
-// OpenAI's format cannot take back text: when an attempt fails after part of
-// its answer went out (a `retry` in the job's log), a stream that has shown
-// any of it ends with an `error` event (code upstream_retry) while the
-// response goes on; a new stream from the start shows only the latest
-// attempt. cancelOnLeave: the job stops if its only client leaves.
-func (s *Server) streamResponse(c echo.Context, rec respRecord, j store.Job, startingAfter int64, renew func(), cancelOnLeave bool) error {
-	ctx := c.Request().Context()
-	p := int64(4)
-	if rec.Background {
-		p = 5
-	}
-	after := int64(0)
-	if startingAfter >= 0 {
-		after = max(0, startingAfter-p+1)
-	} else {
-		evs, err := s.store.Events(ctx, j.ID, 0)
-		if err != nil {
-			return err
-		}
-		for _, ev := range evs {
-			if ev.Type == store.EventRetry {
-				after = ev.Seq
-			}
-		}
-	}
-	sink := &respSink{srv: s, res: c.Response(), rec: rec, p: p, skip: startingAfter, status: respStatus(j.Status)}
-	s.m.streamClients.Inc()
-	defer s.m.streamClients.Dec()
-	err := stream.Follow(ctx, s.hub, s.store, j.ID, after, s.opt.Heartbeat, leasedSink{sink, renew})
-	if !sink.final && cancelOnLeave {
-		if cur, gerr := s.store.Get(context.WithoutCancel(ctx), j.ID); gerr == nil && !store.Terminal(cur.Status) {
-			s.abandon(ctx, cur, "the Responses client disconnected")
-		}
-	}
-	if err != nil && !errors.Is(err, errRespEnded) && !c.Response().Committed {
-		return err
-	}
-	return nil
-}
-
-var errRespEnded = errors.New("response stream ended")
-
-type respSink struct {
-	srv    *Server
-	res    *echo.Response
-	rec    respRecord
-	p      int64 // prelude length
-	skip   int64 // starting_after; -1: none
-	status string
-	shown  bool // a delta of the current attempt went out
-	final  bool
-}
-
-func (s *respSink) send(n int64, typ string, body map[string]any) error {
-	if n <= s.skip {
-		return nil
-	}
-	body["type"] = typ
-	body["sequence_number"] = n
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	if _, err := fmt.Fprintf(s.res, "event: %s\ndata: %s\n\n", typ, b); err != nil {
-		return err
-	}
-	s.res.Flush()
-	return nil
-}
-
-func (s *respSink) item(status string, content []any) map[string]any {
-	return map[string]any{"id": msgID(jobOfResp(s.rec.ID)), "type": "message", "status": status, "role": "assistant", "content": content}
-}
-
-func (s *respSink) Open() error {
-	sseHead(s.res)
-	s.res.Flush()
-	obj := func(st string) map[string]any { return s.srv.responseObjectAs(s.rec, st, nil, nil, nil) }
-	first := "in_progress"
-	if s.rec.Background {
-		first = "queued"
-	}
-	steps := []func(n int64) error{
-		func(n int64) error { return s.send(n, "response.created", map[string]any{"response": obj(first)}) },
-	}
-	if s.rec.Background {
-		steps = append(steps, func(n int64) error { return s.send(n, "response.queued", map[string]any{"response": obj("queued")}) })
-	}
-	steps = append(steps,
-		func(n int64) error {
-			return s.send(n, "response.in_progress", map[string]any{"response": obj("in_progress")})
-		},
-		func(n int64) error {
-			return s.send(n, "response.output_item.added", map[string]any{"output_index": 0, "item": s.item("in_progress", []any{})})
-		},
-		func(n int64) error {
-			return s.send(n, "response.content_part.added", map[string]any{"item_id": msgID(jobOfResp(s.rec.ID)), "output_index": 0,
-				"content_index": 0, "part": map[string]any{"type": "output_text", "text": "", "annotations": []any{}}})
-		})
-	for i, step := range steps {
-		if err := step(int64(i)); err != nil {
-			return err
-		}
-	}
-	s.shown = s.skip >= s.p // a resumed client has seen deltas
-	return nil
-}
-
-func (s *respSink) Heartbeat() error { return sseHeartbeat(s.res) }
-
-func (s *respSink) Event(ev store.Event) error {
-	pl, err := ev.Decode()
-	if err != nil {
-		return err
-	}
-	n := s.p - 1 + ev.Seq
-	item := msgID(jobOfResp(s.rec.ID))
-	switch pl := pl.(type) {
-	case store.TokenEvent:
-		if n > s.skip {
-			s.shown = true
-		}
-		return s.send(n, "response.output_text.delta", map[string]any{"item_id": item, "output_index": 0, "content_index": 0,
-			"delta": pl.Delta, "logprobs": []any{}})
-	case store.RetryEvent:
-		if !s.shown {
-			return nil // nothing of the failed attempt was shown here
-		}
-		s.final = true
-		if err := s.send(n, "error", map[string]any{"code": "upstream_retry", "param": nil,
-			"message": "the provider failed mid-answer and the answer starts over; stream the response again from the start, or poll it"}); err != nil {
-			return err
-		}
-		return errRespEnded
-	case store.DoneEvent:
-		s.final = true
-		text := ""
-		if pl.Result != nil {
-			text = pl.Result.Content
-		}
-		part := map[string]any{"type": "output_text", "text": text, "annotations": []any{}}
-		if err := s.send(n, "response.output_text.done", map[string]any{"item_id": item, "output_index": 0, "content_index": 0, "text": text, "logprobs": []any{}}); err != nil {
-			return err
-		}
-		if err := s.send(n+1, "response.content_part.done", map[string]any{"item_id": item, "output_index": 0, "content_index": 0, "part": part}); err != nil {
-			return err
-		}
-		if err := s.send(n+2, "response.output_item.done", map[string]any{"output_index": 0, "item": s.item("completed", []any{part})}); err != nil {
-			return err
-		}
-		return s.send(n+3, "response.completed", map[string]any{"response": s.srv.responseObjectAs(s.rec, "completed", pl.Result, pl.Usage, nil)})
-	case store.ErrorEvent:
-		s.final = true
-		return s.send(n, "response.failed", map[string]any{"response": s.srv.responseObjectAs(s.rec, "failed", nil, nil, pl.Error)})
-	case store.CanceledEvent:
-		s.final = true
-		return s.send(n, "response.failed", map[string]any{"response": s.srv.responseObjectAs(s.rec, "cancelled", nil, nil, nil)})
-	}
-	return nil
 }

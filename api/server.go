@@ -43,6 +43,9 @@ type Options struct {
 	TenantMaxStreams int
 	// Retention is how long /v1/responses records are kept (the job retention; default 24h).
 	Retention time.Duration
+	// Providers are the kinds of the provider chain, primary first: a
+	// request part that none of them can carry is refused at once.
+	Providers []string
 }
 
 // Deps are what the API works with.
@@ -155,6 +158,9 @@ func (s *Server) submit(c echo.Context) error {
 	if req.Model != "" && len(s.opt.Models) > 0 && !slices.Contains(s.opt.Models, req.Model) {
 		return invalid("model", fmt.Sprintf("%q is not an allowed model (%s)", req.Model, strings.Join(s.opt.Models, ", ")))
 	}
+	if err := s.refusedBy(req.params, nil); err != nil {
+		return unprocessable(err)
+	}
 	tenant := tenantOf(c)
 	key := c.Request().Header.Get("Idempotency-Key")
 	if err := validIdempotencyKey(key); err != nil {
@@ -187,6 +193,7 @@ func (r submitRequest) payload(nj store.NewJob) tasks.ChatPayload {
 	return tasks.ChatPayload{
 		JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: r.Message,
 		Model: r.Model, Priority: r.Priority, Metadata: r.Metadata, SubmittedAt: nj.CreatedAt,
+		ToolResults: r.results, Params: r.params,
 	}
 }
 

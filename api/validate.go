@@ -21,7 +21,7 @@ import (
 // Input limits. Unknown fields are rejected, so a typo such as "mesage" is an
 // error naming the field instead of a silently empty message.
 const (
-	maxBodyBytes      = 64 << 10
+	maxBodyBytes      = 256 << 10 // tool schemas make agent requests large
 	maxMessageBytes   = 32 << 10
 	maxSessionIDLen   = 128
 	maxModelLen       = 128
@@ -31,11 +31,25 @@ const (
 )
 
 type submitRequest struct {
-	SessionID string          `json:"session_id"`
-	Message   string          `json:"message"`
-	Model     string          `json:"model"`
-	Priority  string          `json:"priority"`
-	Metadata  json.RawMessage `json:"metadata"`
+	SessionID         string          `json:"session_id"`
+	Message           string          `json:"message"`
+	Model             string          `json:"model"`
+	Priority          string          `json:"priority"`
+	Metadata          json.RawMessage `json:"metadata"`
+	Tools             json.RawMessage `json:"tools"`
+	ToolChoice        json.RawMessage `json:"tool_choice"`
+	ParallelToolCalls *bool           `json:"parallel_tool_calls"`
+	ResponseFormat    json.RawMessage `json:"response_format"`
+	ToolResults       []toolResult    `json:"tool_results"`
+
+	params  *tasks.GenParams    // tools, tool choice and response format, validated
+	results []tasks.ChatMessage // tool_results as tool messages
+}
+
+// toolResult answers one tool call of the session's previous turn.
+type toolResult struct {
+	ToolCallID string `json:"tool_call_id"`
+	Content    string `json:"content"`
 }
 
 // readJSON reads a size-limited, UTF-8, application/json body into dst,
@@ -117,8 +131,8 @@ func (r *submitRequest) validate() error {
 	if err := validSessionID(r.SessionID); err != nil {
 		return err
 	}
-	if strings.TrimSpace(r.Message) == "" {
-		return invalid("message", "is required and must not be blank")
+	if strings.TrimSpace(r.Message) == "" && (r.Message != "" || len(r.ToolResults) == 0) {
+		return invalid("message", "is required and must not be blank (it may be left out when tool_results answer the last turn)")
 	}
 	if len(r.Message) > maxMessageBytes {
 		return invalid("message", fmt.Sprintf("must be at most %d bytes", maxMessageBytes))
@@ -135,7 +149,59 @@ func (r *submitRequest) validate() error {
 	if !tasks.ValidPriority(r.Priority) {
 		return invalid("priority", fmt.Sprintf("must be high, normal or low, got %q", r.Priority))
 	}
+	if err := r.validContract(); err != nil {
+		return err
+	}
 	return r.validMetadata()
+}
+
+// validContract checks tools, tool choice, response format and tool results
+// (OpenAI's Chat Completions shapes).
+func (r *submitRequest) validContract() error {
+	if len(r.ToolResults) > maxToolResults {
+		return invalid("tool_results", fmt.Sprintf("at most %d", maxToolResults))
+	}
+	total := len(r.Message)
+	r.results = nil
+	for i, tr := range r.ToolResults {
+		f := fmt.Sprintf("tool_results[%d]", i)
+		if tr.ToolCallID == "" || len(tr.ToolCallID) > 256 {
+			return invalid(f+".tool_call_id", "is required (at most 256 characters)")
+		}
+		if strings.ContainsRune(tr.Content, 0) {
+			return invalid(f+".content", "must not contain NUL characters")
+		}
+		total += len(tr.Content)
+		r.results = append(r.results, tasks.ChatMessage{Role: "tool", ToolCallID: tr.ToolCallID, Content: tr.Content})
+	}
+	if total > maxMessageBytes {
+		return invalid("tool_results", fmt.Sprintf("message and tool results hold at most %d bytes", maxMessageBytes))
+	}
+	p := &tasks.GenParams{ParallelToolCalls: r.ParallelToolCalls}
+	var err error
+	if p.Tools, err = parseTools(r.Tools, "tools"); err != nil {
+		return unprocessable(err)
+	}
+	if p.ToolChoice, err = parseToolChoice(r.ToolChoice, "tool_choice", p.Tools); err != nil {
+		return unprocessable(err)
+	}
+	if p.ResponseFormat, err = parseResponseFormat(r.ResponseFormat, "response_format", false); err != nil {
+		return unprocessable(err)
+	}
+	r.params = nil
+	if len(p.Tools) > 0 || p.ToolChoice != nil || p.ResponseFormat != nil || p.ParallelToolCalls != nil {
+		r.params = p
+	}
+	return nil
+}
+
+// unprocessable turns a contract error into the jobs API's 422 naming the field.
+func unprocessable(err error) error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return errf(http.StatusUnprocessableEntity, "invalid_field", ae.Field, ae.Message)
+	}
+	return err
 }
 
 func (r *submitRequest) validMetadata() error {
@@ -184,7 +250,7 @@ func (r *submitRequest) validMetadata() error {
 func (r *submitRequest) hash() string {
 	var meta any
 	_ = json.Unmarshal(r.Metadata, &meta)
-	b, _ := json.Marshal([]any{r.SessionID, r.Message, r.Model, r.Priority, meta})
+	b, _ := json.Marshal([]any{r.SessionID, r.Message, r.Model, r.Priority, meta, r.params, r.ToolResults})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

@@ -145,10 +145,10 @@ func TestResponsesAPIWithTheOfficialClient(t *testing.T) {
 
 	t.Run("an unsupported parameter is a 400 naming it", func(t *testing.T) {
 		_, err := a.Responses.New(ctx, responses.ResponseNewParams{Model: "fake-model", Input: input("x")},
-			option.WithJSONSet("reasoning", map[string]any{"effort": "high"}))
+			option.WithJSONSet("prompt_cache_key", "k1"))
 		var oe *openai.Error
-		if !errors.As(err, &oe) || oe.StatusCode != http.StatusBadRequest || oe.Param != "reasoning" {
-			t.Fatalf("reasoning: %v", err)
+		if !errors.As(err, &oe) || oe.StatusCode != http.StatusBadRequest || oe.Param != "prompt_cache_key" {
+			t.Fatalf("prompt_cache_key: %v", err)
 		}
 	})
 

@@ -2,12 +2,15 @@ package llm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chatfleet/chatfleet/internal/llmfake"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // providerUnderTest is one provider and, for the HTTP ones, its fake upstream.
@@ -137,6 +140,104 @@ func TestConformanceUpstreamFailures(t *testing.T) {
 				}
 			})
 			tc.fake.Always(llmfake.Step{})
+		})
+	}
+}
+
+// Every provider carries a tool loop: tools and a message naming two of them
+// come back as two calls whose fragments add up to each call; the results
+// sent back get a text answer. The HTTP upstreams received the tools.
+func TestConformanceToolLoop(t *testing.T) {
+	tools := []Tool{
+		{Type: "function", Function: tasks.FunctionDef{Name: "weather", Parameters: json.RawMessage(`{"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}`)}},
+		{Type: "function", Function: tasks.FunctionDef{Name: "clock", Parameters: json.RawMessage(`{"type":"object","properties":{"query":{"type":"string"}}}`)}},
+	}
+	for _, tc := range providers(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			ask := Message{Role: "user", Content: "use weather and clock"}
+			req := Request{Messages: []Message{ask}, Params: Params{Tools: tools}}
+			got := map[int]*ToolCall{}
+			r, err := tc.p.Stream(context.Background(), req, func(d Delta) error {
+				if d.Tool == nil {
+					return nil
+				}
+				c := got[d.Tool.Index]
+				if c == nil {
+					if d.Tool.ID == "" || d.Tool.Name == "" {
+						t.Fatalf("a call's first fragment names it: %+v", d.Tool)
+					}
+					c = &ToolCall{ID: d.Tool.ID, Function: FunctionCall{Name: d.Tool.Name}}
+					got[d.Tool.Index] = c
+				}
+				c.Function.Arguments += d.Tool.Arguments
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.FinishReason != FinishToolCalls || len(r.ToolCalls) != 2 || len(got) != 2 {
+				t.Fatalf("reply %+v, fragments %v", r, got)
+			}
+			for k, c := range r.ToolCalls {
+				var args map[string]any
+				if c.ID != got[k].ID || c.Function.Name != got[k].Function.Name || c.Function.Arguments != got[k].Function.Arguments ||
+					json.Unmarshal([]byte(c.Function.Arguments), &args) != nil {
+					t.Fatalf("call %d: %+v, fragments gave %+v", k, c, got[k])
+				}
+			}
+			if r.ToolCalls[0].Function.Name != "weather" || r.ToolCalls[1].Function.Name != "clock" || r.ToolCalls[0].ID == r.ToolCalls[1].ID {
+				t.Fatalf("calls %+v", r.ToolCalls)
+			}
+			if tc.fake != nil && len(tc.fake.LastBody()["tools"].([]any)) != 2 {
+				t.Fatalf("the upstream got tools %v", tc.fake.LastBody()["tools"])
+			}
+			msgs := []Message{ask, {Role: "assistant", ToolCalls: r.ToolCalls},
+				{Role: "tool", ToolCallID: r.ToolCalls[0].ID, Content: "sunny"}, {Role: "tool", ToolCallID: r.ToolCalls[1].ID, Content: "noon"}}
+			r2, err := tc.p.Stream(context.Background(), Request{Messages: msgs, Params: Params{Tools: tools}}, func(Delta) error { return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r2.FinishReason != FinishStop || len(r2.ToolCalls) != 0 || r2.Content == "" {
+				t.Fatalf("after the results: %+v", r2)
+			}
+			if tc.fake != nil {
+				if got := tc.fake.Requests(); len(got[len(got)-1]) < 3 {
+					t.Fatalf("the upstream got %+v", got[len(got)-1])
+				}
+			}
+		})
+	}
+}
+
+// However an OpenAI-compatible upstream numbers its tool-call fragments,
+// the provider hands on two calls with their own ids, names and arguments.
+func TestOpenAIRepairsToolCallQuirks(t *testing.T) {
+	fake := llmfake.NewOpenAI(t)
+	p := NewOpenAI("openai", fake.URL(), "k", "fake-model", nil)
+	tools := []Tool{{Type: "function", Function: tasks.FunctionDef{Name: "alpha"}}, {Type: "function", Function: tasks.FunctionDef{Name: "beta"}}}
+	for _, quirk := range []string{"", llmfake.QuirkIndexZero, llmfake.QuirkNoIndex, llmfake.QuirkFinishEvery, llmfake.QuirkNoFinish} {
+		t.Run("quirk "+quirk, func(t *testing.T) {
+			fake.Always(llmfake.Step{Quirk: quirk})
+			var indices []int
+			r, err := p.Stream(context.Background(), Request{Messages: []Message{{Role: "user", Content: "alpha then beta"}}, Params: Params{Tools: tools}},
+				func(d Delta) error {
+					if d.Tool != nil && d.Tool.ID != "" {
+						indices = append(indices, d.Tool.Index)
+					}
+					return nil
+				})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.FinishReason != FinishToolCalls || len(r.ToolCalls) != 2 || !slices.Equal(indices, []int{0, 1}) {
+				t.Fatalf("reply %+v, first fragments at %v", r, indices)
+			}
+			for k, name := range []string{"alpha", "beta"} {
+				c := r.ToolCalls[k]
+				if c.Function.Name != name || c.Function.Arguments != `{"query":"alpha then beta"}` || c.ID == "" {
+					t.Fatalf("call %d: %+v", k, c)
+				}
+			}
 		})
 	}
 }

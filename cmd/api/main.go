@@ -129,6 +129,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
+		Providers: providerKinds(cfg),
 	})
 	server.Register(e)
 	checker.Register(e)
@@ -190,4 +191,13 @@ func defaultModel(cfg config.Config) string {
 		return cfg.LLMModel
 	}
 	return cfg.LLMProvider
+}
+
+// providerKinds are the kinds of the configured provider chain, primary first.
+func providerKinds(cfg config.Config) []string {
+	var kinds []string
+	for _, s := range wiring.Providers(cfg) {
+		kinds = append(kinds, s.Kind)
+	}
+	return kinds
 }

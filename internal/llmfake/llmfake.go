@@ -9,6 +9,7 @@ package llmfake
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,18 +28,34 @@ type Step struct {
 	CutAfter       int           // > 0: drop the connection after this many text chunks
 	Malformed      bool          // send a chunk that is not JSON after the first text chunk
 	OmitUsage      bool          // send no usage
-	TokenDelay     time.Duration // between text chunks
+	TokenDelay     time.Duration // between text chunks and tool-call fragments
+	// Quirk streams tool calls as some OpenAI-compatible servers do (the
+	// Quirk… constants); empty: as OpenAI does.
+	Quirk string
+	// CutInArgs > 0: drop the connection after this many argument fragments
+	// of the reply's tool calls.
+	CutInArgs int
 }
+
+// How OpenAI-compatible servers are known to differ from OpenAI when they
+// stream tool calls.
+const (
+	QuirkIndexZero   = "index_zero"   // every parallel call has index 0, each sent whole (Ollama)
+	QuirkNoIndex     = "no_index"     // fragments carry no index (older servers)
+	QuirkFinishEvery = "finish_every" // a finish_reason chunk after every fragment (some gateways)
+	QuirkNoFinish    = "no_finish"    // finish_reason "stop" after tool calls, never "tool_calls"
+)
 
 // Fake is a running fake server.
 type Fake struct {
-	srv   *httptest.Server
-	calls atomic.Int64
-	mu    sync.Mutex
-	plan  func(call int) Step
-	kind  string
-	quota *quota
-	seen  [][]Message
+	srv    *httptest.Server
+	calls  atomic.Int64
+	mu     sync.Mutex
+	plan   func(call int) Step
+	kind   string
+	quota  *quota
+	seen   [][]Message
+	bodies []map[string]any
 	// aborted counts calls whose client went away mid-reply.
 	aborted atomic.Int64
 }
@@ -46,8 +63,31 @@ type Fake struct {
 // Aborted is how many calls the caller broke off while the fake was answering.
 func (f *Fake) Aborted() int { return int(f.aborted.Load()) }
 
-// Message is one message of a request the fake received.
-type Message struct{ Role, Content string }
+// Message is one message of a request the fake received: its text, and
+// for Chat Completions its tool call id (a tool message) or how many tool
+// calls it holds (an assistant's).
+type Message struct {
+	Role, Content string
+	ToolCallID    string
+	ToolCalls     int
+}
+
+// Bodies returns every request body received, decoded, in order: what the
+// upstream saw of tools, schemas, images and parameters.
+func (f *Fake) Bodies() []map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]map[string]any(nil), f.bodies...)
+}
+
+// LastBody is the newest request body received (nil before any).
+func (f *Fake) LastBody() map[string]any {
+	b := f.Bodies()
+	if len(b) == 0 {
+		return nil
+	}
+	return b[len(b)-1]
+}
 
 // Requests returns the messages of every request received, in order.
 func (f *Fake) Requests() [][]Message {
@@ -161,24 +201,35 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		defer q.done()
 	}
 
+	raw, err := io.ReadAll(r.Body)
+	var body map[string]any
 	var req struct {
 		Model    string `json:"model"`
 		Messages []struct {
-			Role    string `json:"role"`
-			Content any    `json:"content"`
+			Role       string `json:"role"`
+			Content    any    `json:"content"`
+			ToolCallID string `json:"tool_call_id"`
+			ToolCalls  []any  `json:"tool_calls"`
 		} `json:"messages"`
 		Stream bool `json:"stream"`
+		Tools  []struct {
+			Name     string `json:"name"` // Anthropic
+			Function struct {
+				Name string `json:"name"`
+			} `json:"function"` // OpenAI
+		} `json:"tools"`
 	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Messages) == 0 {
+	if err != nil || json.Unmarshal(raw, &req) != nil || json.Unmarshal(raw, &body) != nil || len(req.Messages) == 0 {
 		f.fail(w, http.StatusBadRequest, "malformed request", "")
 		return
 	}
 	var msgs []Message
 	for _, m := range req.Messages {
-		msgs = append(msgs, Message{Role: m.Role, Content: contentText(m.Content)})
+		msgs = append(msgs, Message{Role: m.Role, Content: contentText(m.Content), ToolCallID: m.ToolCallID, ToolCalls: len(m.ToolCalls)})
 	}
 	f.mu.Lock()
 	f.seen = append(f.seen, msgs)
+	f.bodies = append(f.bodies, body)
 	f.mu.Unlock()
 	if step.FirstByteDelay > 0 {
 		select {
@@ -192,7 +243,8 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last := req.Messages[len(req.Messages)-1]
-	text := Reply(contentText(last.Content))
+	lastText := contentText(last.Content)
+	text := Reply(lastText)
 	words := splitKeep(text)
 	promptWords := 0
 	for _, m := range req.Messages {
@@ -202,14 +254,71 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	if model == "" {
 		model = "fake-model"
 	}
+	// A user message that names tools gets a call of each (parallel when
+	// several); anything else, tool results included, gets text.
+	var calls []toolCall
+	if !toolResultsLast(last.Role, last.Content) {
+		for _, t := range req.Tools {
+			name := t.Function.Name + t.Name
+			if name != "" && strings.Contains(lastText, name) {
+				args, _ := json.Marshal(map[string]string{"query": lastText})
+				calls = append(calls, toolCall{id: fmt.Sprintf("call_%d_%d", n, len(calls)), name: name, args: string(args)})
+			}
+		}
+	}
+	if f.kind == "openai" && !req.Stream {
+		f.answerOpenAI(w, model, text, calls, promptWords)
+		return
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
 	fl := w.(http.Flusher)
 	if f.kind == "openai" {
-		f.streamOpenAI(w, fl, r, step, model, words, promptWords)
+		f.streamOpenAI(w, fl, r, step, model, words, calls, promptWords)
 	} else {
-		f.streamAnthropic(w, fl, r, step, model, words, promptWords)
+		f.streamAnthropic(w, fl, r, step, model, words, calls, promptWords)
 	}
+}
+
+// toolCall is a call the fake makes.
+type toolCall struct{ id, name, args string }
+
+// fragments cuts a call's arguments into three pieces, as models stream them.
+func (c toolCall) fragments() []string {
+	third := len(c.args) / 3
+	return []string{c.args[:third], c.args[third : 2*third], c.args[2*third:]}
+}
+
+// toolResultsLast reports whether the last message answers tool calls: a
+// Chat Completions tool message, or an Anthropic user message of tool_result blocks.
+func toolResultsLast(role string, content any) bool {
+	if role == "tool" {
+		return true
+	}
+	parts, ok := content.([]any)
+	if !ok || len(parts) == 0 {
+		return false
+	}
+	p, _ := parts[0].(map[string]any)
+	return p["type"] == "tool_result"
+}
+
+// answerOpenAI is the non-streamed Chat Completions answer.
+func (f *Fake) answerOpenAI(w http.ResponseWriter, model, text string, calls []toolCall, promptWords int) {
+	msg := map[string]any{"role": "assistant", "content": text}
+	finish := "stop"
+	if len(calls) > 0 {
+		var tcs []any
+		for _, c := range calls {
+			tcs = append(tcs, map[string]any{"id": c.id, "type": "function", "function": map[string]any{"name": c.name, "arguments": c.args}})
+		}
+		msg, finish = map[string]any{"role": "assistant", "content": nil, "tool_calls": tcs}, "tool_calls"
+	}
+	words := len(strings.Fields(text))
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"id": "chatcmpl-fake", "object": "chat.completion", "created": time.Now().Unix(), "model": model,
+		"choices": []any{map[string]any{"index": 0, "message": msg, "finish_reason": finish}},
+		"usage":   map[string]any{"prompt_tokens": promptWords, "completion_tokens": words, "total_tokens": promptWords + words}})
 }
 
 func (f *Fake) fail(w http.ResponseWriter, status int, msg, retryAfter string) {
@@ -237,7 +346,7 @@ func cut(w http.ResponseWriter) {
 	}
 }
 
-func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, promptWords int) {
+func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, calls []toolCall, promptWords int) {
 	send := func(v any) {
 		b, _ := json.Marshal(v)
 		fmt.Fprintf(w, "data: %s\n\n", b)
@@ -248,23 +357,82 @@ func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Requ
 			"choices": []any{map[string]any{"index": 0, "delta": delta, "finish_reason": finish}}}
 	}
 	send(chunk(map[string]any{"role": "assistant", "content": ""}, nil))
-	if !streamWords(w, fl, r, step, words, "data: {\"id\": not json\n\n",
+	finish := "stop"
+	if len(calls) > 0 {
+		if !f.streamOpenAICalls(r, step, calls, send, chunk) {
+			cut(w)
+			return
+		}
+		if step.Quirk != QuirkNoFinish {
+			finish = "tool_calls"
+		}
+		words = nil
+	} else if !streamWords(w, fl, r, step, words, "data: {\"id\": not json\n\n",
 		func(wd string) { send(chunk(map[string]any{"content": wd}, nil)) }) {
 		if r.Context().Err() != nil {
 			f.aborted.Add(1)
 		}
 		return
 	}
-	send(chunk(map[string]any{}, "stop"))
+	send(chunk(map[string]any{}, finish))
 	if !step.OmitUsage {
 		send(map[string]any{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": time.Now().Unix(), "model": model,
-			"choices": []any{}, "usage": map[string]any{"prompt_tokens": promptWords, "completion_tokens": len(words), "total_tokens": promptWords + len(words)}})
+			"choices": []any{}, "usage": map[string]any{"prompt_tokens": promptWords, "completion_tokens": len(words) + len(calls), "total_tokens": promptWords + len(words) + len(calls)}})
 	}
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	fl.Flush()
 }
 
-func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, promptWords int) {
+// streamOpenAICalls streams tool calls as OpenAI does, or with the step's
+// quirk. It reports false when the step cuts the stream mid-arguments.
+func (f *Fake) streamOpenAICalls(r *http.Request, step Step, calls []toolCall, send func(any), chunk func(map[string]any, any) map[string]any) bool {
+	sent := 0
+	fragment := func(tc map[string]any) bool {
+		if step.CutInArgs > 0 && sent == step.CutInArgs {
+			return false
+		}
+		if sent > 0 && step.TokenDelay > 0 {
+			select {
+			case <-time.After(step.TokenDelay):
+			case <-r.Context().Done():
+				return false
+			}
+		}
+		sent++
+		send(chunk(map[string]any{"tool_calls": []any{tc}}, nil))
+		if step.Quirk == QuirkFinishEvery {
+			send(chunk(map[string]any{}, "tool_calls"))
+		}
+		return true
+	}
+	for k, c := range calls {
+		if step.Quirk == QuirkIndexZero {
+			if !fragment(map[string]any{"index": 0, "id": c.id, "type": "function", "function": map[string]any{"name": c.name, "arguments": c.args}}) {
+				return false
+			}
+			continue
+		}
+		first := map[string]any{"id": c.id, "type": "function", "function": map[string]any{"name": c.name, "arguments": ""}}
+		if step.Quirk != QuirkNoIndex {
+			first["index"] = k
+		}
+		if !fragment(first) {
+			return false
+		}
+		for _, a := range c.fragments() {
+			next := map[string]any{"function": map[string]any{"arguments": a}}
+			if step.Quirk != QuirkNoIndex {
+				next["index"] = k
+			}
+			if !fragment(next) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, calls []toolCall, promptWords int) {
 	send := func(event string, v any) {
 		b, _ := json.Marshal(v)
 		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
@@ -277,19 +445,32 @@ func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.R
 	send("message_start", map[string]any{"type": "message_start", "message": map[string]any{
 		"id": "msg_fake", "type": "message", "role": "assistant", "content": []any{}, "model": model,
 		"stop_reason": nil, "stop_sequence": nil, "usage": map[string]any{"input_tokens": in, "output_tokens": 0}}})
-	send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "text", "text": ""}})
-	send("ping", map[string]any{"type": "ping"})
-	if !streamWords(w, fl, r, step, words, "event: content_block_delta\ndata: {not json\n\n", func(wd string) {
-		send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "text_delta", "text": wd}})
-	}) {
-		return
+	stop := "end_turn"
+	if len(calls) > 0 {
+		for k, c := range calls {
+			send("content_block_start", map[string]any{"type": "content_block_start", "index": k,
+				"content_block": map[string]any{"type": "tool_use", "id": c.id, "name": c.name, "input": map[string]any{}}})
+			for _, a := range c.fragments() {
+				send("content_block_delta", map[string]any{"type": "content_block_delta", "index": k, "delta": map[string]any{"type": "input_json_delta", "partial_json": a}})
+			}
+			send("content_block_stop", map[string]any{"type": "content_block_stop", "index": k})
+		}
+		stop, words = "tool_use", nil
+	} else {
+		send("content_block_start", map[string]any{"type": "content_block_start", "index": 0, "content_block": map[string]any{"type": "text", "text": ""}})
+		send("ping", map[string]any{"type": "ping"})
+		if !streamWords(w, fl, r, step, words, "event: content_block_delta\ndata: {not json\n\n", func(wd string) {
+			send("content_block_delta", map[string]any{"type": "content_block_delta", "index": 0, "delta": map[string]any{"type": "text_delta", "text": wd}})
+		}) {
+			return
+		}
+		send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
 	}
-	send("content_block_stop", map[string]any{"type": "content_block_stop", "index": 0})
-	out := len(words)
+	out := len(words) + len(calls)
 	if step.OmitUsage {
 		out = 0
 	}
-	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": "end_turn", "stop_sequence": nil}, "usage": map[string]any{"output_tokens": out}})
+	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": stop, "stop_sequence": nil}, "usage": map[string]any{"output_tokens": out}})
 	send("message_stop", map[string]any{"type": "message_stop"})
 }
 
@@ -318,7 +499,8 @@ func streamWords(w http.ResponseWriter, fl http.Flusher, r *http.Request, step S
 	return true
 }
 
-// contentText flattens string or content-part message content.
+// contentText flattens string or content-part message content (the text
+// of Anthropic tool_result blocks included).
 func contentText(c any) string {
 	switch v := c.(type) {
 	case string:
@@ -329,6 +511,9 @@ func contentText(c any) string {
 			if m, ok := p.(map[string]any); ok {
 				if s, ok := m["text"].(string); ok {
 					b.WriteString(s)
+				}
+				if m["type"] == "tool_result" {
+					b.WriteString(contentText(m["content"]))
 				}
 			}
 		}
