@@ -67,10 +67,17 @@ func (e *Error) Temporary() bool {
 // SubmitRequest is a chat job to submit.
 type SubmitRequest struct {
 	SessionID string         `json:"session_id"`
-	Message   string         `json:"message"`
+	Message   string         `json:"message,omitempty"` // may be left out when ToolResults answer the last turn
 	Model     string         `json:"model,omitempty"`
 	Priority  string         `json:"priority,omitempty"`
 	Metadata  map[string]any `json:"metadata,omitempty"`
+	// Tools, ToolChoice and ResponseFormat take OpenAI's Chat Completions
+	// shapes (any value that marshals to them).
+	Tools             []Tool       `json:"tools,omitempty"`
+	ToolChoice        any          `json:"tool_choice,omitempty"`
+	ParallelToolCalls *bool        `json:"parallel_tool_calls,omitempty"`
+	ResponseFormat    any          `json:"response_format,omitempty"`
+	ToolResults       []ToolResult `json:"tool_results,omitempty"`
 	// IdempotencyKey makes a retried Submit land on the same job.
 	IdempotencyKey string `json:"-"`
 }
@@ -86,12 +93,44 @@ type Submitted struct {
 	Replayed bool `json:"-"`
 }
 
+// Tool is a function the model may call.
+type Tool struct {
+	Type     string   `json:"type"` // function
+	Function Function `json:"function"`
+}
+
+// Function describes a function tool; Parameters is its JSON Schema.
+type Function struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Parameters  any    `json:"parameters,omitempty"`
+	Strict      *bool  `json:"strict,omitempty"`
+}
+
+// ToolResult answers one tool call of the session's previous turn.
+type ToolResult struct {
+	ToolCallID string `json:"tool_call_id"`
+	Content    string `json:"content"`
+}
+
+// ToolCall is a model's call of a function tool.
+type ToolCall struct {
+	ID       string `json:"id"`
+	Type     string `json:"type"`
+	Function struct {
+		Name      string `json:"name"`
+		Arguments string `json:"arguments"`
+	} `json:"function"`
+}
+
 // Result is a finished job's reply.
 type Result struct {
-	Content  string `json:"content"`
-	Degraded bool   `json:"degraded"`
-	Provider string `json:"provider"`
-	Model    string `json:"model"`
+	Content      string     `json:"content"`
+	ToolCalls    []ToolCall `json:"tool_calls"`
+	FinishReason string     `json:"finish_reason"` // stop, length or tool_calls
+	Degraded     bool       `json:"degraded"`
+	Provider     string     `json:"provider"`
+	Model        string     `json:"model"`
 }
 
 // Usage counts a job's tokens.
@@ -167,10 +206,12 @@ func (c *Client) Cancel(ctx context.Context, id string) (Job, error) {
 
 // Message is one entry of a session's history.
 type Message struct {
-	Role      string    `json:"role"`
-	Content   string    `json:"content"`
-	JobID     string    `json:"job_id"`
-	CreatedAt time.Time `json:"created_at"`
+	Role       string     `json:"role"` // user, assistant or tool
+	Content    string     `json:"content"`
+	ToolCalls  []ToolCall `json:"tool_calls"`
+	ToolCallID string     `json:"tool_call_id"`
+	JobID      string     `json:"job_id"`
+	CreatedAt  time.Time  `json:"created_at"`
 }
 
 // History reads a session's conversation, oldest first.

@@ -15,14 +15,19 @@ import (
 
 // Event is one event of a job's stream.
 type Event struct {
-	Seq     int64     `json:"seq"`
-	Type    string    `json:"-"` // token, retry, done, error, canceled
-	Delta   string    `json:"delta"`
-	Attempt int       `json:"attempt"` // retry: the attempt that follows
-	Reason  string    `json:"reason"`  // retry: why the last attempt failed
-	Result  *Result   `json:"result"`
-	Usage   *Usage    `json:"usage"`
-	Error   *JobError `json:"error"`
+	Seq   int64  `json:"seq"`
+	Type  string `json:"-"` // token, tool_call, retry, done, error, canceled
+	Delta string `json:"delta"`
+	// tool_call: a fragment of the Index-th call, ID and Name when first seen.
+	Index     int       `json:"index"`
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Arguments string    `json:"arguments"`
+	Attempt   int       `json:"attempt"` // retry: the attempt that follows
+	Reason    string    `json:"reason"`  // retry: why the last attempt failed
+	Result    *Result   `json:"result"`
+	Usage     *Usage    `json:"usage"`
+	Error     *JobError `json:"error"`
 }
 
 // Final reports whether the event ends the job's stream.
