@@ -138,7 +138,7 @@ func readKnown(c echo.Context, dst any, known []string, what string) error {
 	}
 	var unknown []string
 	for k, v := range fields {
-		if !slices.Contains(known, k) && !isNull(v) {
+		if !slices.Contains(known, k) && !isNull(v) && string(bytes.TrimSpace(v)) != "[]" { // an empty list asks for nothing
 			unknown = append(unknown, k)
 		}
 	}

@@ -48,7 +48,7 @@ func (s *Server) registerResponses(e *echo.Echo) {
 // metadata). Any other field with a value is a 400 naming it.
 var respParams = []string{"model", "input", "instructions", "previous_response_id", "background", "stream",
 	"store", "max_output_tokens", "temperature", "top_p", "metadata", "user", "tools", "tool_choice",
-	"parallel_tool_calls", "text", "reasoning"}
+	"parallel_tool_calls", "text", "reasoning", "truncation"}
 
 type respRequest struct {
 	Model              string            `json:"model"`
@@ -68,6 +68,7 @@ type respRequest struct {
 	ParallelToolCalls  *bool             `json:"parallel_tool_calls"`
 	Text               json.RawMessage   `json:"text"`
 	Reasoning          json.RawMessage   `json:"reasoning"`
+	Truncation         string            `json:"truncation"`
 }
 
 // inputItem is one item of a response's input, as input_items lists it: a
@@ -112,6 +113,9 @@ var respFieldNames = map[string]string{"response_format": "text.format", "reason
 // reasoning of a Responses request.
 func (r respRequest) params() (*tasks.GenParams, error) {
 	p := &tasks.GenParams{Temperature: r.Temperature, TopP: r.TopP, User: r.User, ParallelToolCalls: r.ParallelToolCalls}
+	if r.Truncation != "" && r.Truncation != "disabled" {
+		return nil, oaInvalid("truncation", `only "disabled" is supported: a conversation too long for the model fails`)
+	}
 	if r.MaxOutputTokens != nil {
 		p.MaxTokens = *r.MaxOutputTokens
 	}
