@@ -2,7 +2,9 @@ package llm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 func newCap(t *testing.T, rdb redis.UniversalClient, lim Limits, set CapacitySettings) *capacity {
@@ -128,5 +131,29 @@ func TestHighPriorityGoesFirst(t *testing.T) {
 	}
 	if s, ce := take(t, c, 1, true, 0); s == nil {
 		t.Fatalf("the high-priority call: %v", ce)
+	}
+}
+
+// The token estimate made before a call counts what the call will bill:
+// tool schemas, the calls and results in the conversation, a response
+// schema and each image.
+func TestEstimateCountsToolsAndImages(t *testing.T) {
+	plain := Request{Messages: []Message{{Role: "user", Content: "hello there"}}, Params: Params{MaxTokens: 10}}
+	base := estimateCost(plain)
+	schema := json.RawMessage(`{"type":"object","properties":{"city":{"type":"string","description":"` + strings.Repeat("x", 400) + `"}}}`)
+	withTools := plain
+	withTools.Params.Tools = []Tool{{Type: "function", Function: tasks.FunctionDef{Name: "weather", Parameters: schema}}}
+	withImage := plain
+	withImage.Messages = []Message{{Role: "user", Content: "hello there", Parts: []ContentPart{{Type: "text", Text: "hello there"}, {Type: "image_url", ImageURL: "https://example.com/a.png"}}}}
+	withSchema := plain
+	withSchema.Params.ResponseFormat = &tasks.ResponseFormat{Type: "json_schema", JSONSchema: &tasks.JSONSchema{Name: "x", Schema: schema}}
+	if got := estimateCost(withTools) - base; got < len(schema)/4 {
+		t.Fatalf("tool schema of %d bytes added %d tokens", len(schema), got)
+	}
+	if got := estimateCost(withImage) - base; got != imageTokens {
+		t.Fatalf("an image added %d tokens, want %d", got, imageTokens)
+	}
+	if got := estimateCost(withSchema) - base; got < len(schema)/4 {
+		t.Fatalf("a response schema of %d bytes added %d tokens", len(schema), got)
 	}
 }

@@ -142,6 +142,28 @@ func TestFailingProvidersDegradeOnTheLastAttempt(t *testing.T) {
 	}
 }
 
+// A request with tools or a response format never gets the degraded reply
+// (a canned text would break the caller's parser): it fails with
+// providers_unavailable, saying why.
+func TestStructuredRequestsGetNoDegradedReply(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{FailRate: 1}), 1, func(p *Pipeline) { p.opt.DegradedReply = "busy, sorry" })
+	for name, params := range map[string]*tasks.GenParams{
+		"tools":           {Tools: []tasks.Tool{{Type: "function", Function: tasks.FunctionDef{Name: "f"}}}},
+		"response_format": {ResponseFormat: &tasks.ResponseFormat{Type: "json_object"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			id := tasks.NewJobID("t", "s")
+			raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: "m", Priority: "normal", SubmittedAt: time.Now(), Params: params}.Encode()
+			r.submit(t, id, raw)
+			j := r.waitFinished(t, id)
+			if j.Status != store.StatusFailed || j.Result != nil || j.Error == nil || j.Error.Code != "providers_unavailable" ||
+				!strings.Contains(j.Error.Message, "no degraded reply") {
+				t.Fatalf("record %+v %+v", j, j.Error)
+			}
+		})
+	}
+}
+
 // With no retries allowed, a job that has to wait longer than turnWait for its
 // session hands itself back to the queue; that must not use up its one attempt.
 func TestWaitingForTheTurnUsesNoAttempt(t *testing.T) {
