@@ -202,7 +202,23 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Error("the reloaded page did not resume with last_event_id")
 	}
 
-	// 4. The queue view shows the queue against its threshold, live.
+	// 4. A tool call in the session (the simulated model calls a tool its
+	// message names) shows in the chat with its name and arguments.
+	sub, err := c.Submit(context.Background(), client.SubmitRequest{SessionID: session, Message: "please lookup the docs",
+		Tools: []client.Tool{{Type: "function", Function: client.Function{Name: "lookup", Parameters: map[string]any{"type": "object"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, err := c.Wait(context.Background(), sub.JobID); err != nil || len(j.Result.ToolCalls) != 1 {
+		t.Fatalf("tool job %+v %v", j, err)
+	}
+	var call string
+	b.run(t, 20*time.Second, chromedp.Reload(), chromedp.WaitVisible(reply+" .call", chromedp.ByQuery), chromedp.Text(reply+" .call", &call, chromedp.ByQuery))
+	if want := `lookup({"message":"please lookup the docs"})`; !strings.Contains(call, want) {
+		t.Errorf("the chat shows the tool call as %q, want %q", call, want)
+	}
+
+	// 5. The queue view shows the queue against its threshold, live.
 	var status, workers string
 	b.run(t, 10*time.Second, chromedp.Click(`nav button[data-tab="queue"]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#queues tr:nth-child(2)", chromedp.ByQuery),
@@ -222,9 +238,20 @@ func TestConsoleInABrowser(t *testing.T) {
 	if !strings.HasPrefix(lastEvent, "done ") {
 		t.Errorf("job view: last event %q", lastEvent)
 	}
+	// … and a tool call's fragments among them.
+	b.run(t, 10*time.Second, chromedp.SetValue("#jobid", sub.JobID, chromedp.ByID), chromedp.Click("#jobform button", chromedp.ByQuery),
+		chromedp.WaitVisible(`#jobevents li:last-child`, chromedp.ByQuery))
+	var events string
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(events, "done ") && time.Now().Before(deadline); {
+		b.run(t, 5*time.Second, chromedp.Text(`#jobevents`, &events, chromedp.ByQuery))
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(events, `tool_call {"seq":1,"index":0,"id":"call_`) || !strings.Contains(events, `"name":"lookup"`) {
+		t.Errorf("job view events: %q", events)
+	}
 	b.run(t, 5*time.Second, chromedp.Click(`nav button[data-tab="chat"]`, chromedp.ByQuery))
 
-	// 5. Nothing left the API's origin; no page errors.
+	// 6. Nothing left the API's origin; no page errors.
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, u := range b.requests {

@@ -81,6 +81,24 @@ function bubble(role, text, jobID) {
   return el;
 }
 
+// showCalls shows an answer's tool calls, name and arguments, one a line.
+function showCalls(el, calls) {
+  let box = el.querySelector('.calls');
+  if (!box) {
+    box = document.createElement('div');
+    box.className = 'calls';
+    el.insertBefore(box, el.querySelector('.note'));
+  }
+  box.textContent = '';
+  (calls || []).forEach((c) => {
+    if (!c) return;
+    const line = document.createElement('code');
+    line.className = 'call';
+    line.textContent = c.function.name + '(' + c.function.arguments + ')';
+    box.appendChild(line);
+  });
+}
+
 function note(el, text, st) {
   el.dataset.state = st;
   let n = el.querySelector('.note');
@@ -92,7 +110,11 @@ async function loadHistory() {
   $('messages').textContent = '';
   try {
     const h = await api('GET', '/api/v1/sessions/' + encodeURIComponent($('session').value) + '/messages');
-    h.messages.forEach((m) => bubble(m.role, m.content, m.job_id));
+    h.messages.forEach((m) => {
+      const text = m.role === 'tool' ? 'tool result for ' + m.tool_call_id + ': ' + m.content : m.content;
+      const el = bubble(m.role, text, m.job_id);
+      if (m.tool_calls) showCalls(el, m.tool_calls);
+    });
   } catch (e) {
     $('chatstatus').textContent = e.message;
   }
@@ -110,7 +132,9 @@ function current() {
 // follow streams a job into its bubble, from the event after cur.seq.
 async function follow(cur) {
   const el = bubble('assistant', cur.text, cur.job);
-  note(el, cur.text ? 'resuming…' : 'waiting for a worker…', 'streaming');
+  cur.calls = cur.calls || [];
+  if (cur.calls.length) showCalls(el, cur.calls);
+  note(el, cur.text || cur.calls.length ? 'resuming…' : 'waiting for a worker…', 'streaming');
   $('cancel').disabled = false;
   $('cancel').onclick = () => api('POST', '/api/v1/chat/jobs/' + cur.job + '/cancel').catch((e) => { $('chatstatus').textContent = e.message; });
   const es = new EventSource(await streamURL(cur.job, cur.seq));
@@ -133,10 +157,21 @@ async function follow(cur) {
     note(el, '', 'streaming');
     save(d.seq);
   });
+  es.addEventListener('tool_call', (ev) => {
+    const d = JSON.parse(ev.data);
+    const c = cur.calls[d.index] || (cur.calls[d.index] = { function: { name: '', arguments: '' } });
+    if (d.name) c.function.name = d.name;
+    c.function.arguments += d.arguments;
+    showCalls(el, cur.calls);
+    note(el, '', 'streaming');
+    save(d.seq);
+  });
   es.addEventListener('retry', (ev) => {
     const d = JSON.parse(ev.data);
     cur.text = '';
+    cur.calls = [];
     text.textContent = '';
+    showCalls(el, []);
     note(el, 'the provider failed mid-answer; retrying (attempt ' + d.attempt + ')…', 'retrying');
     save(d.seq);
   });
@@ -144,8 +179,11 @@ async function follow(cur) {
     const d = JSON.parse(ev.data);
     el.dataset.streamed = cur.text; // what the tokens added up to, for checks
     text.textContent = d.result.content;
+    showCalls(el, d.result.tool_calls);
+    const calls = (d.result.tool_calls || []).length;
     end(d.result.degraded ? 'degraded' : 'done',
-      d.result.degraded ? 'degraded reply: every provider is unavailable' : d.result.provider + ' · ' + d.usage.completion_tokens + ' tokens');
+      d.result.degraded ? 'degraded reply: every provider is unavailable'
+        : d.result.provider + ' · ' + d.usage.completion_tokens + ' tokens' + (calls ? ' · asks for ' + calls + ' tool call' + (calls > 1 ? 's' : '') : ''));
   });
   es.addEventListener('error', (ev) => {
     if (!ev.data) return; // a dropped connection: EventSource reconnects by itself
@@ -221,9 +259,9 @@ $('jobform').addEventListener('submit', async (ev) => {
       const li = document.createElement('li');
       li.textContent = ev.type + ' ' + ev.data;
       $('jobevents').appendChild(li);
-      if (ev.type !== 'token' && ev.type !== 'retry') es.close();
+      if (!['token', 'tool_call', 'retry'].includes(ev.type)) es.close();
     };
-    ['token', 'retry', 'done', 'canceled'].forEach((t) => es.addEventListener(t, add));
+    ['token', 'tool_call', 'retry', 'done', 'canceled'].forEach((t) => es.addEventListener(t, add));
     es.addEventListener('error', (ev) => { if (ev.data) add(ev); else es.close(); });
   } catch (e) {
     $('jobview').textContent = e.message;
