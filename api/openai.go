@@ -185,6 +185,9 @@ func (r oaRequest) conversation() ([]tasks.ChatMessage, error) {
 			if msg.Content, err = textContent(m.Content, param+".content"); err == nil {
 				msg.ToolCalls, err = parseToolCalls(m.ToolCalls, param+".tool_calls")
 			}
+			if m.Refusal != nil && msg.Content == "" {
+				msg.Content = *m.Refusal // an earlier refusal is what the model said
+			}
 		case "tool":
 			if m.ToolCallID == "" {
 				return nil, oaInvalid(param+".tool_call_id", "a tool message needs the tool_call_id it answers")

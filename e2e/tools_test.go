@@ -358,6 +358,31 @@ func TestAgentLoopAgainstAnthropic(t *testing.T) {
 		t.Fatalf("the upstream got %v", sent)
 	}
 
+	// The jobs API's session loop against the same upstream.
+	c := client.New(apis[0].URL())
+	tools := []client.Tool{{Type: "function", Function: client.Function{Name: "weather", Parameters: weatherParams}}}
+	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "claude-agent", Message: "weather in Lyon?", Tools: tools})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j1, err := c.Wait(ctx, sub.JobID)
+	if err != nil || j1.Status != "succeeded" || len(j1.Result.ToolCalls) != 1 || j1.Result.FinishReason != "tool_calls" {
+		t.Fatalf("turn 1: %+v %v", j1, err)
+	}
+	sub, err = c.Submit(ctx, client.SubmitRequest{SessionID: "claude-agent", Tools: tools,
+		ToolResults: []client.ToolResult{{ToolCallID: j1.Result.ToolCalls[0].ID, Content: "windy"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j2, err := c.Wait(ctx, sub.JobID)
+	if err != nil || j2.Result == nil || j2.Result.Content != llmfake.Reply("windy") {
+		t.Fatalf("turn 2: %+v %v", j2, err)
+	}
+	sent = fake.LastBody()["messages"].([]any)
+	if len(sent) != 3 || sent[2].(map[string]any)["content"].([]any)[0].(map[string]any)["tool_use_id"] != j1.Result.ToolCalls[0].ID {
+		t.Fatalf("the upstream got %v", sent)
+	}
+
 	// JSON mode has no Anthropic equivalent: refused by name before anything is queued.
 	_, err = oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "fake-claude", Messages: msgs[:1],
 		ResponseFormat: openai.ChatCompletionNewParamsResponseFormatUnion{OfJSONObject: &shared.ResponseFormatJSONObjectParam{}}})

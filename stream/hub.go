@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,8 +230,13 @@ func (h *Hub) receive(c *conn) {
 				_ = c.ps.Ping(ctx) // an idle connection: make sure it is alive
 				continue
 			}
-			if strings.HasPrefix(err.Error(), "MOVED ") {
-				continue // the answer to unsubscribing a moved channel (moved)
+			if slot, addr, ok := movedTo(err); ok {
+				// The answer to unsubscribing a moved channel (moved), or
+				// to a subscription sent to a node that does not serve it.
+				h.mu.Lock()
+				h.refused(c, slot, addr)
+				h.mu.Unlock()
+				continue
 			}
 			if !broken {
 				h.log.Warn().Err(err).Msg("live event connection lost; followers catch up from the log")
@@ -293,6 +300,61 @@ func (h *Hub) moved(c *conn, name string) {
 	go h.reattach(id, ch, c.shard)
 }
 
+// movedTo reads a MOVED answer: the slot and the node that serves it.
+func movedTo(err error) (slot int, addr string, ok bool) {
+	f := strings.Fields(err.Error())
+	if len(f) != 3 || f[0] != "MOVED" {
+		return 0, "", false
+	}
+	slot, perr := strconv.Atoi(f[1])
+	return slot, f[2], perr == nil
+}
+
+// refused handles a MOVED answer to subscriptions on c: their channels were
+// sent to a node that does not serve their slot, because the slot map was
+// read while the cluster changed (just formed, resharded, failed over). They
+// are subscribed again where the slot map, read again, says. When the node
+// named is the one c was opened for, c itself went to another node: it is
+// closed and every channel on it follows again through new connections.
+// h.mu is held.
+func (h *Hub) refused(c *conn, slot int, addr string) {
+	if h.cluster == nil || h.closing.Load() {
+		return
+	}
+	var waiting []string
+	for name, q := range c.queue {
+		if rkeys.Slot(name) == slot && slices.ContainsFunc(q, func(ch *channel) bool { return ch != nil }) {
+			waiting = append(waiting, name)
+		}
+	}
+	if len(waiting) == 0 {
+		return // the answer to unsubscribing a moved channel
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	h.cluster.ReloadState(ctx)
+	old := c.shard
+	if addr == c.shard {
+		delete(h.conns, c.shard)
+		_ = c.ps.Close()
+		waiting, old = nil, ""
+		for id, ch := range h.chans {
+			if ch.conn == c {
+				waiting = append(waiting, rkeys.LiveChannel(id))
+			}
+		}
+	}
+	for _, name := range waiting {
+		delete(c.queue, name)
+		id, _ := rkeys.JobIDOfChannel(name)
+		if ch := h.chans[id]; ch != nil && ch.conn == c {
+			ch.conn = nil
+			h.wg.Add(1)
+			go h.reattach(id, ch, old)
+		}
+	}
+}
+
 // reattach subscribes a moved channel on its new shard as soon as the slot map
 // names another master than `old` (up to 10 s), then has its followers catch
 // up from the log once more: events of the move's moments went to no one.
@@ -315,7 +377,9 @@ func (h *Hub) reattach(id string, ch *channel, old string) {
 		if h.chans[id] == ch && ch.conn == nil && !h.closing.Load() {
 			err = h.attach(ctx, id, ch)
 			for s := range ch.members {
-				s.lag()
+				if ch.confirmed { // a follower that has not read the log yet needs no catch-up
+					s.lag()
+				}
 			}
 		}
 		h.mu.Unlock()

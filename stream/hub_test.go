@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"testing"
@@ -126,6 +127,18 @@ func TestHubFollowsAChannelWhoseSlotMoved(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no live event within 10s of the slot's move")
+		}
+	}
+}
+
+func TestMovedTo(t *testing.T) {
+	slot, addr, ok := movedTo(errors.New("MOVED 13736 127.0.0.1:24889"))
+	if !ok || slot != 13736 || addr != "127.0.0.1:24889" {
+		t.Fatalf("got %d %q %v", slot, addr, ok)
+	}
+	for _, s := range []string{"MOVED x 127.0.0.1:1", "ASK 1 127.0.0.1:1", "MOVED 1", "i/o timeout"} {
+		if _, _, ok := movedTo(errors.New(s)); ok {
+			t.Fatalf("%q read as MOVED", s)
 		}
 	}
 }
