@@ -1,8 +1,8 @@
 package stream
 
 import (
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
