@@ -8,7 +8,7 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/chatfleet/chatfleet/llm"
+	"github.com/chatfleet/chatfleet/llm/carry"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -239,7 +239,7 @@ func (b *imageBudget) image(url, detail, field string) (tasks.ContentPart, error
 			return tasks.ContentPart{}, contractErr(field, fmt.Sprintf("an image URL is at most %d bytes", maxImageURLLen))
 		}
 	case strings.HasPrefix(url, "data:"):
-		media, _, ok := llm.DataURL(url)
+		media, _, ok := tasks.ContentPart{ImageURL: url}.Data()
 		if !ok || !strings.HasPrefix(media, "image/") {
 			return tasks.ContentPart{}, contractErr(field, "a data URL must be data:image/<type>;base64,<data>")
 		}
@@ -314,7 +314,7 @@ func (s *Server) refusedBy(p *tasks.GenParams, names map[string]string) error {
 	}
 	first := ""
 	for _, kind := range s.opt.Providers {
-		f := llm.Unsupported(kind, llm.Request{Params: *p})
+		f := carry.Unsupported(kind, *p)
 		if f == "" {
 			return nil
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/chatfleet/chatfleet/llm/carry"
 	"net/http"
 	"strings"
 
@@ -38,7 +39,9 @@ func NewAnthropic(name, baseURL, apiKey, model string, hc *http.Client) *Anthrop
 func (p *Anthropic) Name() string { return p.name }
 
 // Unsupported implements Carrier.
-func (p *Anthropic) Unsupported(req Request) string { return Unsupported("anthropic", req) }
+func (p *Anthropic) Unsupported(req Request) string {
+	return carry.Unsupported("anthropic", req.Params)
+}
 
 // Stream implements Provider. Tools, tool choice, tool calls and results,
 // images and JSON-schema output are translated to the Messages API's own.
@@ -251,24 +254,13 @@ func anthropicUserContent(m Message) ([]anthropic.ContentBlockParamUnion, error)
 			blocks = append(blocks, anthropic.NewTextBlock(part.Text))
 			continue
 		}
-		if media, data, ok := DataURL(part.ImageURL); ok {
+		if media, data, ok := part.Data(); ok {
 			blocks = append(blocks, anthropic.NewImageBlockBase64(media, data))
 		} else {
 			blocks = append(blocks, anthropic.NewImageBlock(anthropic.URLImageSourceParam{URL: part.ImageURL}))
 		}
 	}
 	return blocks, nil
-}
-
-// DataURL splits a base64 data URL into its media type and data.
-func DataURL(u string) (media, data string, ok bool) {
-	rest, found := strings.CutPrefix(u, "data:")
-	if !found {
-		return "", "", false
-	}
-	head, data, found := strings.Cut(rest, ",")
-	media, isBase64 := strings.CutSuffix(head, ";base64")
-	return media, data, found && isBase64 && media != ""
 }
 
 func (p *Anthropic) classify(ctx context.Context, err error) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/chatfleet/chatfleet/llm/carry"
 	"net/http"
 
 	"github.com/openai/openai-go/v3"
@@ -37,7 +38,7 @@ func NewOpenAI(name, baseURL, apiKey, model string, hc *http.Client) *OpenAI {
 func (p *OpenAI) Name() string { return p.name }
 
 // Unsupported implements Carrier.
-func (p *OpenAI) Unsupported(req Request) string { return Unsupported("openai", req) }
+func (p *OpenAI) Unsupported(req Request) string { return carry.Unsupported("openai", req.Params) }
 
 // Stream implements Provider. Everything the request carries goes upstream:
 // tools, tool choice, tool calls and results, images, response format and

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/chatfleet/chatfleet/llm/carry"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -38,7 +39,7 @@ func NewSim(cfg SimConfig) *Sim {
 func (s *Sim) Name() string { return s.cfg.Name }
 
 // Unsupported implements Carrier.
-func (s *Sim) Unsupported(req Request) string { return Unsupported("sim", req) }
+func (s *Sim) Unsupported(req Request) string { return carry.Unsupported("sim", req.Params) }
 
 var filler = strings.Fields("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua")
 

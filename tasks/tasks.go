@@ -150,6 +150,18 @@ type ContentPart struct {
 	Detail   string `json:"detail,omitempty"`    // auto, low or high
 }
 
+// Data returns the media type and base64 data of an image given as a
+// data URL (ok false for an https URL).
+func (p ContentPart) Data() (media, data string, ok bool) {
+	rest, found := strings.CutPrefix(p.ImageURL, "data:")
+	if !found {
+		return "", "", false
+	}
+	head, data, found := strings.Cut(rest, ",")
+	media, isBase64 := strings.CutSuffix(head, ";base64")
+	return media, data, found && isBase64 && media != ""
+}
+
 // ToolCall is a model's call of a function tool, in OpenAI's shape.
 type ToolCall struct {
 	ID       string       `json:"id"`
