@@ -176,8 +176,7 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(Delta) err
 		if err != nil {
 			return Reply{}, err
 		}
-		emitted := false
-		reply, err := g.stream(ctx, req, func(d Delta) error { emitted = true; return onDelta(d) })
+		reply, emitted, err := g.callHolding(ctx, s, req, onDelta)
 		if RateLimited(err) && !emitted {
 			var pe *Error
 			errors.As(err, &pe)
@@ -188,6 +187,21 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(Delta) err
 		s.release(ctx, reply.Usage.PromptTokens+reply.Usage.CompletionTokens, err == nil)
 		return reply, err
 	}
+}
+
+// callHolding makes one call holding slot s. A panic in the provider or in
+// onDelta frees the slot on its way up (the worker's middleware recovers
+// it); otherwise the caller settles the slot with what the call used.
+func (g *Guarded) callHolding(ctx context.Context, s *slot, req Request, onDelta func(Delta) error) (reply Reply, emitted bool, err error) {
+	settled := false
+	defer func() {
+		if !settled {
+			s.release(ctx, 0, false)
+		}
+	}()
+	reply, err = g.stream(ctx, req, func(d Delta) error { emitted = true; return onDelta(d) })
+	settled = true
+	return reply, emitted, err
 }
 
 // Timeouts bound the waits within one provider call.

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
@@ -155,5 +157,43 @@ func TestEstimateCountsToolsAndImages(t *testing.T) {
 	}
 	if got := estimateCost(withSchema) - base; got < len(schema)/4 {
 		t.Fatalf("a response schema of %d bytes added %d tokens", len(schema), got)
+	}
+}
+
+// panicking panics in the middle of its reply, as a provider bug or a token
+// callback might.
+type panicking struct{}
+
+func (panicking) Name() string { return "panicking" }
+func (panicking) Stream(_ context.Context, _ Request, onDelta func(Delta) error) (Reply, error) {
+	_ = onDelta(Delta{Text: "half"})
+	panic("provider bug")
+}
+
+// A call that panics (recovered further up, as the worker's middleware
+// does) frees its concurrency slot: the next call gets it at once.
+func TestPanickingCallFreesItsSlot(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g, err := NewGuarded(ctx, panicking{}, rdb, BreakerSettings{Failures: 100, OpenFor: time.Second}, nil, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.cap = newCap(t, rdb, Limits{Concurrency: 1}, CapacitySettings{MaxInlineWait: 50 * time.Millisecond})
+	call := func() (err error, panicked bool) {
+		defer func() {
+			if recover() != nil {
+				panicked = true
+			}
+		}()
+		_, err = g.Stream(ctx, Request{}, func(Delta) error { return nil })
+		return err, false
+	}
+	if _, panicked := call(); !panicked {
+		t.Fatal("the provider's panic should reach the caller")
+	}
+	if err, panicked := call(); !panicked {
+		t.Fatalf("the second call did not get the slot: %v", err)
 	}
 }
