@@ -58,12 +58,30 @@ func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
 			Name: "chatfleet_reconciled_jobs_total", Help: "Jobs the reconciler re-enqueued, failed or released from their session's turn, by action.",
 		}, []string{"action"}),
 	}
-	reg.MustRegister(sm.takeovers, sm.reconciled)
+	// A second supervisor on the same registry (two managers in one process,
+	// a restart in tests) counts into the same series instead of panicking.
+	sm.takeovers = registered(reg, sm.takeovers)
+	sm.reconciled = registered(reg, sm.reconciled)
 	for _, a := range []string{actionRequeued, actionFailed, actionReleased} {
 		sm.reconciled.WithLabelValues(a)
 	}
 	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Log) })
 	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
+}
+
+// registered registers c, or returns the collector registered before it
+// under the same name.
+func registered[T prometheus.Collector](reg prometheus.Registerer, c T) T {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(T); ok {
+				return existing
+			}
+		}
+		panic(err) // two different metrics under one name: a programming error
+	}
+	return c
 }
 
 func (m *Manager) loop(ctx context.Context, every time.Duration, step func()) {

@@ -99,3 +99,25 @@ func TestReconcilerRepairsLostTasksAndRecords(t *testing.T) {
 		t.Fatalf("the lost record still holds its session: %q", head)
 	}
 }
+
+// Supervising twice with one registry (two managers in one process) shares
+// the metrics instead of panicking on their second registration.
+func TestSuperviseTwiceOnOneRegistry(t *testing.T) {
+	m, _ := newManager(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	m.Supervise(ctx, SuperviseOptions{Registerer: reg, Log: zerolog.Nop()})
+	m.Supervise(ctx, SuperviseOptions{Registerer: reg, Log: zerolog.Nop()})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	if !names["chatfleet_job_takeovers_total"] || !names["chatfleet_reconciled_jobs_total"] {
+		t.Fatalf("metrics %v", names)
+	}
+}
