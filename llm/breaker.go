@@ -106,6 +106,12 @@ func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 	return g.state
 }
 
+// releaseProbe deletes the half-open probe's claim if it is still the
+// caller's. KEYS: the claim. ARGV: the caller's token.
+var releaseProbe = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+
 // Unsupported implements Carrier for the provider it guards.
 func (g *Guarded) Unsupported(req Request) string {
 	if c, ok := g.Provider.(Carrier); ok {
@@ -131,14 +137,15 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) e
 	g.mu.Lock()
 	st, until := g.effectiveLocked(time.Now()), g.until
 	g.mu.Unlock()
-	probe := false
+	probe, probeToken := false, ""
 	switch st {
 	case gobreaker.StateOpen:
 		g.metrics.request(g.Name(), "open")
 		return Reply{}, &ErrOpen{Provider: g.Name(), Until: until}
 	case gobreaker.StateHalfOpen:
 		// One probe for the whole fleet; everyone else keeps failing over.
-		ok, err := g.rdb.SetNX(ctx, rkeys.BreakerProbe(g.Name()), "1", g.set.OpenFor).Result()
+		probeToken = newToken()
+		ok, err := g.rdb.SetNX(ctx, rkeys.BreakerProbe(g.Name()), probeToken, g.set.OpenFor).Result()
 		if err != nil || !ok {
 			g.metrics.request(g.Name(), "open")
 			return Reply{}, &ErrOpen{Provider: g.Name(), Until: time.Now().Add(g.set.Refresh)}
@@ -156,7 +163,9 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) e
 		g.record(st, err)
 	}
 	if probe {
-		_ = g.rdb.Del(context.WithoutCancel(ctx), rkeys.BreakerProbe(g.Name())).Err()
+		// Only its own claim: a probe that outlived it must not free the
+		// claim of the probe that came after.
+		_ = releaseProbe.Run(context.WithoutCancel(ctx), g.rdb, []string{rkeys.BreakerProbe(g.Name())}, probeToken).Err()
 	}
 	return reply, err
 }

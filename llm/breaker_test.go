@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -215,5 +216,41 @@ func TestBreakerChangesAreAnnounced(t *testing.T) {
 	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateClosed }, "w1 to hear of the recovery")
 	if _, err := w1.Stream(ctx, Request{}, nil); err != nil {
 		t.Fatalf("w1 after the recovery: %v", err)
+	}
+}
+
+// A probe that outlives its claim (the claim expires after the open period)
+// does not delete the claim of the probe that came after it: the fleet
+// keeps one probe at a time.
+func TestProbeReleasesOnlyItsOwnClaim(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	up := &switchable{gate: make(chan struct{})}
+	up.failing.Store(true)
+	set := BreakerSettings{Failures: 1, OpenFor: 200 * time.Millisecond, Refresh: 20 * time.Millisecond}
+	g, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Stream(ctx, Request{}, nil); err == nil {
+		t.Fatal("a failing call succeeded")
+	}
+	up.failing.Store(false)
+	waitFor(t, func() bool { return g.stateNow() == gobreaker.StateHalfOpen }, "half-open")
+	done := make(chan error, 1)
+	go func() { _, err := g.Stream(ctx, Request{}, nil); done <- err }()
+	waitFor(t, func() bool { return up.calls.Load() == 2 }, "the probe to reach the upstream")
+	// Its claim expires and another worker's probe claims the key.
+	key := rkeys.BreakerProbe(g.Name())
+	if err := rdb.Set(ctx, key, "another-probe", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	close(up.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if v, err := rdb.Get(ctx, key).Result(); err != nil || v != "another-probe" {
+		t.Fatalf("the first probe released the second's claim: %q %v", v, err)
 	}
 }
