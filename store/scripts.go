@@ -113,13 +113,18 @@ end
 return out
 `)
 
-// holdLua keeps a waiting job's record and session order alive for at least
-// ttl seconds: a job that waits in the queue must still have them when it runs.
+// holdLua keeps a waiting job's record, session order and event log alive
+// for at least ttl seconds: a job that waits in the queue must still have
+// them when it runs (a log that expired would restart its sequence at 1, and
+// its followers would skip every new event). A log not yet written stays
+// absent: its first event sets its TTL.
 const holdLua = `
-local function hold(job, order, ttl)
+local function hold(job, order, events, ttl)
   ttl = tonumber(ttl)
   if redis.call('TTL', job) < ttl then redis.call('EXPIRE', job, ttl) end
   if redis.call('TTL', order) < ttl then redis.call('EXPIRE', order, ttl) end
+  local t = redis.call('TTL', events)
+  if t ~= -2 and t < ttl then redis.call('EXPIRE', events, ttl) end
 end
 `
 
@@ -139,23 +144,23 @@ end
 
 // markDeferred hands back an attempt that never reached a provider (every
 // breaker open, or no capacity): queued again, its attempt not counted.
-// KEYS: job, order, leases. ARGV: ttl s, attempt, lease member.
+// KEYS: job, order, leases, events. ARGV: ttl s, attempt, lease member.
 var markDeferred = redis.NewScript(holdLua + ownsLua + `
 if not owns(KEYS[1], ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('ZREM', KEYS[3], ARGV[3])
-hold(KEYS[1], KEYS[2], ARGV[1])
+hold(KEYS[1], KEYS[2], KEYS[4], ARGV[1])
 return 1
 `)
 
 // markRetrying records a failed attempt that will be retried.
-// KEYS: job, order, leases. ARGV: error json, ttl s, attempt, lease member.
+// KEYS: job, order, leases, events. ARGV: error json, ttl s, attempt, lease member.
 var markRetrying = redis.NewScript(holdLua + ownsLua + `
 if not owns(KEYS[1], ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'error', ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[4])
-hold(KEYS[1], KEYS[2], ARGV[2])
+hold(KEYS[1], KEYS[2], KEYS[4], ARGV[2])
 return 1
 `)
 
@@ -227,10 +232,10 @@ redis.call('HSET', KEYS[1], 'task', ARGV[1])
 return 1
 `)
 
-// holdJob keeps a job that waits without an attempt alive. KEYS: job, order. ARGV: ttl s.
+// holdJob keeps a job that waits without an attempt alive. KEYS: job, order, events. ARGV: ttl s.
 var holdJob = redis.NewScript(holdLua + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-hold(KEYS[1], KEYS[2], ARGV[1])
+hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
 return 1
 `)
 

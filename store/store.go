@@ -388,7 +388,7 @@ func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) error {
 // keeps its attempts, and its record lives at least until the retention past
 // `until`, when it runs again.
 func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, attempt int, until time.Time) error {
-	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
+	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
 		s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
 	if err != nil {
 		return unavailable("mark deferred", err)
@@ -400,7 +400,7 @@ func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, at
 // `until`; the record lives at least until the retention past it.
 func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, attempt int, e JobError, until time.Time) error {
 	b, _ := json.Marshal(e)
-	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
+	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
 		string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
 	if err != nil {
 		return unavailable("mark retrying", err)
@@ -411,7 +411,7 @@ func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, at
 // Hold keeps a job that waits in the queue without starting an attempt alive
 // until the retention past `until`.
 func (s *Store) Hold(ctx context.Context, id, tenant, session string, until time.Time) error {
-	if err := holdJob.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session)}, s.holdFor(until)).Err(); err != nil {
+	if err := holdJob.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Events(id)}, s.holdFor(until)).Err(); err != nil {
 		return unavailable("hold job", err)
 	}
 	return nil

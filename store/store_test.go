@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -102,5 +103,43 @@ func TestStartAttemptKeepsTheSessionsTurn(t *testing.T) {
 	}
 	if _, err := s.StartAttempt(ctx, "job_missing", "t", "other", "job_missing", false, time.Minute); err != ErrNotFound {
 		t.Fatalf("missing record: %v", err)
+	}
+}
+
+// Holding, retrying or deferring a job extends its event log with its
+// record: a job held past the retention keeps its log, and its sequence
+// numbers go on instead of restarting at 1.
+func TestHeldJobsKeepTheirEventLog(t *testing.T) {
+	c := testkit.StartRedis(t).Client()
+	s := New(c, Options{Retention: 10 * time.Second, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
+	ctx := context.Background()
+	steps := map[string]func(id string, attempt int) error{
+		"hold": func(id string, _ int) error { return s.Hold(ctx, id, "t", id, time.Now().Add(time.Hour)) },
+		"retry": func(id string, n int) error {
+			return s.MarkRetrying(ctx, id, "t", id, n, JobError{Code: "x", Message: "y"}, time.Now().Add(time.Hour))
+		},
+		"defer": func(id string, n int) error { return s.MarkDeferred(ctx, id, "t", id, n, time.Now().Add(time.Hour)) },
+	}
+	for name, step := range steps {
+		t.Run(name, func(t *testing.T) {
+			id := "job_held_" + name
+			if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+				t.Fatal(err)
+			}
+			a, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Minute)
+			if err != nil || a.N != 1 {
+				t.Fatalf("start %+v %v", a, err)
+			}
+			if _, err := s.AppendEvent(ctx, id, a.N, TokenEvent{Delta: "x"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := step(id, a.N); err != nil {
+				t.Fatal(err)
+			}
+			job, events := c.TTL(ctx, rkeys.Job(id)).Val(), c.TTL(ctx, rkeys.Events(id)).Val()
+			if job < time.Hour || events < job-time.Second {
+				t.Fatalf("record TTL %s, event log TTL %s", job, events)
+			}
+		})
 	}
 }
