@@ -65,7 +65,7 @@ func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
 	for _, a := range []string{actionRequeued, actionFailed, actionReleased} {
 		sm.reconciled.WithLabelValues(a)
 	}
-	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Log) })
+	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Lease, o.Log) })
 	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
 }
 
@@ -98,8 +98,10 @@ func (m *Manager) loop(ctx context.Context, every time.Duration, step func()) {
 }
 
 // rescue takes over the jobs whose leases expired.
-func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, log zerolog.Logger) {
-	expired, err := m.st.ClaimExpired(ctx, 100)
+func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, lease time.Duration, log zerolog.Logger) {
+	// A claim lasts a lease: a rescuer that cannot take the job over
+	// (Redis away, the rescuer itself dying) leaves it to the next claim.
+	expired, err := m.st.ClaimExpired(ctx, 100, lease)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn().Err(err).Msg("rescuer could not read the leases")

@@ -39,7 +39,7 @@ func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // the worker "died": no renewal
 	sm := newMetrics()
-	m.rescue(ctx, sm, zerolog.New(io.Discard))
+	m.rescue(ctx, sm, time.Second, zerolog.New(io.Discard))
 	if testutil.ToFloat64(sm.takeovers) != 1 {
 		t.Fatal("no takeover")
 	}

@@ -172,20 +172,14 @@ redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
 return 1
 `)
 
-// claimExpired takes up to ARGV[2] expired leases off the index, atomically,
-// so that each is handled by one rescuer. KEYS: leases. ARGV: now ms, limit.
-var claimExpired = redis.NewScript(`
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, m in ipairs(due) do redis.call('ZREM', KEYS[1], m) end
-return due
-`)
-
 // takeOver hands a job whose attempt lost its lease to a new task: the job is
 // queued again under the new task id, which fences the old attempt out; the
 // stale task, if asynq ever runs it again, finds another task owns the job.
+// Either way the claimed lease is done with and leaves the index.
 // Returns {1, payload, queue}, or {0} when the attempt had ended anyway.
-// KEYS: job. ARGV: attempt, new task id.
+// KEYS: job, leases. ARGV: attempt, new task id, lease member.
 var takeOver = redis.NewScript(ownsLua + `
+redis.call('ZREM', KEYS[2], ARGV[3])
 if not owns(KEYS[1], ARGV[1]) then return {0} end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2])
 return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
@@ -193,9 +187,11 @@ return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS
 
 // retakeWaiting hands a job whose task was waiting (for its session's turn)
 // on a worker that died to a new task. Returns {1, payload, queue}, or {0}
-// when the job is no longer waiting on that task.
-// KEYS: job. ARGV: stale task id, new task id.
+// when the job is no longer waiting on that task. Either way the claimed
+// lease leaves the index. KEYS: job, leases. ARGV: stale task id, new task
+// id, lease member.
 var retakeWaiting = redis.NewScript(`
+redis.call('ZREM', KEYS[2], ARGV[3])
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'queued' and st ~= 'retrying' then return {0} end
 local task = redis.call('HGET', KEYS[1], 'task') or ''
@@ -204,9 +200,11 @@ redis.call('HSET', KEYS[1], 'task', ARGV[2])
 return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
 `)
 
-// claimDue takes up to ARGV[2] unfinished jobs whose check is due and moves
-// their next check ARGV[3] ms ahead, so that one reconciler handles each.
-// KEYS: unfinished. ARGV: now ms, limit, claim ms.
+// claimDue takes up to ARGV[2] members whose score is due and moves them
+// ARGV[3] ms ahead, so that one caller handles each, and a caller that dies
+// before it is done leaves them to be claimed again: unfinished jobs whose
+// check is due (the reconciler), expired leases (the rescuer).
+// KEYS: the sorted set. ARGV: now ms, limit, claim ms.
 var claimDue = redis.NewScript(`
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local next = tonumber(ARGV[1]) + tonumber(ARGV[3])

@@ -541,13 +541,14 @@ func (s *Store) DropWaiting(ctx context.Context, task string) error {
 
 // RetakeWaiting hands a job whose waiting task's worker died to a new task.
 func (s *Store) RetakeWaiting(ctx context.Context, id, staleTask, task string) (ok bool, payload []byte, queue string, err error) {
-	return s.handOver(ctx, retakeWaiting, id, "retake waiting job", staleTask, task)
+	return s.handOver(ctx, retakeWaiting, id, "retake waiting job", staleTask, task, WaitingMember(staleTask))
 }
 
 // ClaimExpired takes up to limit expired leases of each bucket; each is
-// claimed by one caller.
-func (s *Store) ClaimExpired(ctx context.Context, limit int) ([]Lease, error) {
-	raw, err := s.claimEach(ctx, claimExpired, rkeys.Leases, time.Now().UnixMilli(), limit)
+// claimed by one caller for claimFor, after which, unless TakeOver or
+// RetakeWaiting removed it, it can be claimed again.
+func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Duration) ([]Lease, error) {
+	raw, err := s.claimEach(ctx, claimDue, rkeys.Leases, time.Now().UnixMilli(), limit, claimFor.Milliseconds())
 	if err != nil {
 		return nil, unavailable("claim expired leases", err)
 	}
@@ -572,11 +573,11 @@ func (s *Store) ClaimExpired(ctx context.Context, limit int) ([]Lease, error) {
 // is queued again and the old attempt is fenced out. ok=false: the attempt
 // had ended anyway. It returns what the new task needs.
 func (s *Store) TakeOver(ctx context.Context, id string, attempt int, task string) (ok bool, payload []byte, queue string, err error) {
-	return s.handOver(ctx, takeOver, id, "take over", attempt, task)
+	return s.handOver(ctx, takeOver, id, "take over", attempt, task, rkeys.LeaseMember(id, attempt))
 }
 
 func (s *Store) handOver(ctx context.Context, script *redis.Script, id, op string, args ...any) (ok bool, payload []byte, queue string, err error) {
-	res, err := script.Run(ctx, s.rdb, []string{rkeys.Job(id)}, args...).Slice()
+	res, err := script.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, args...).Slice()
 	if err != nil {
 		return false, nil, "", unavailable(op, err)
 	}

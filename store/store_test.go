@@ -143,3 +143,45 @@ func TestHeldJobsKeepTheirEventLog(t *testing.T) {
 		})
 	}
 }
+
+// Claiming an expired lease pushes it forward instead of removing it: a
+// rescuer that claims a lease and then fails to take the job over (Redis
+// away, the rescuer killed) leaves it to be claimed again after the claim
+// period; taking the job over removes it.
+func TestClaimedLeasesComeBackUntilTakenOver(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	id := "job_claimed"
+	if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Millisecond); err != nil || a.N != 1 {
+		t.Fatalf("start %+v %v", a, err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	claim := func() []Lease {
+		t.Helper()
+		l, err := s.ClaimExpired(ctx, 10, 50*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if l := claim(); len(l) != 1 || l[0].JobID != id || l[0].Attempt != 1 {
+		t.Fatalf("first claim %+v", l)
+	}
+	if l := claim(); len(l) != 0 {
+		t.Fatalf("claimed twice within the claim period: %+v", l)
+	}
+	time.Sleep(60 * time.Millisecond) // the rescuer never took it over
+	if l := claim(); len(l) != 1 {
+		t.Fatalf("a claimed lease whose takeover never happened was not claimed again: %+v", l)
+	}
+	if ok, _, _, err := s.TakeOver(ctx, id, 1, id+":next"); err != nil || !ok {
+		t.Fatalf("take over: %v %v", ok, err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if l := claim(); len(l) != 0 {
+		t.Fatalf("a lease taken over came back: %+v", l)
+	}
+}
