@@ -116,12 +116,12 @@ func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, lease time.D
 		if l.Waiting != "" {
 			ok, payload, queue, err = m.st.RetakeWaiting(ctx, l.JobID, l.Waiting, task)
 		} else {
-			ok, payload, queue, err = m.st.TakeOver(ctx, l.JobID, l.Attempt, task)
+			ok, payload, queue, err = m.st.TakeOver(ctx, l.JobID, l.Fence, task)
 		}
 		if err != nil || !ok {
 			continue // the attempt ended anyway, or Redis is away (the reconciler comes back to it)
 		}
-		jl := log.With().Str("job_id", l.JobID).Int("attempt", l.Attempt).Bool("was_waiting", l.Waiting != "").Logger()
+		jl := log.With().Str("job_id", l.JobID).Int("fence", l.Fence).Bool("was_waiting", l.Waiting != "").Logger()
 		if len(payload) == 0 {
 			jl.Warn().Msg("job taken over but its payload is gone; the reconciler fails it")
 			continue

@@ -96,10 +96,10 @@ func (p *Pipeline) maxAttempts() int { return p.opt.MaxRetries + 1 }
 // cancels the task just after the provider answered.
 const finishTimeout = 5 * time.Second
 
-func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, attempt int, o store.Outcome) (bool, error) {
+func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, fence int, o store.Outcome) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
-	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, o)
+	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, fence, o)
 }
 
 // run is one admitted attempt of a job.
@@ -125,7 +125,7 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if r == nil {
 		return err
 	}
-	member := p.leases.add(r.pl.JobID, r.att.N)
+	member := p.leases.add(r.pl.JobID, r.att.Fence)
 	defer p.leases.remove(member)
 	return p.settle(ctx, r, p.attempt(ctx, r))
 }
@@ -176,7 +176,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	if att.N > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
 		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", att.N-1)}
-		if _, err := p.finish(ctx, pl, att.N, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
+		if _, err := p.finish(ctx, pl, att.Fence, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
 			return nil, ctx, err
 		}
 		log.Error().Str("status", store.StatusFailed).Msg("job failed: attempts exhausted")
@@ -188,7 +188,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		queue, _ := asynq.GetQueueName(ctx)
 		p.m.queueWait.WithLabelValues(queue).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
 	} else {
-		p.retractInterrupted(ctx, pl.JobID, att.N)
+		p.retractInterrupted(ctx, pl.JobID, att)
 	}
 	return r, ctx, nil
 }
@@ -200,7 +200,7 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	if pl.Params != nil {
 		req.Params = *pl.Params
 	}
-	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, r.att.N, p.opt.Coalescing)}
+	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, r.att.Fence, p.opt.Coalescing)}
 	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
 	onDelta := func(d llm.Delta) error {
 		firstToken()
@@ -231,17 +231,17 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	}
 	if allDown != nil && allDown.AllOpen && onAllDown == AllDownDefer {
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
-		return p.deferJob(ctx, pl, r.att.N, allDown.Until)
+		return p.deferJob(ctx, pl, r.att.Fence, allDown.Until)
 	}
 	var busy *llm.CapacityError
 	if errors.As(c.err, &busy) {
 		// Not a failure: the job waits in the queue for the provider's
 		// capacity, its attempt handed back.
 		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("provider at capacity; job waits in the queue")
-		return p.deferJob(ctx, pl, r.att.N, busy.Until)
+		return p.deferJob(ctx, pl, r.att.Fence, busy.Until)
 	}
 	if c.err != nil {
-		return p.failAttempt(ctx, pl, r.att.N, c.emit.Emitted(), c.err)
+		return p.failAttempt(ctx, pl, r.att, c.emit.Emitted(), c.err)
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
@@ -264,7 +264,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 		}
 		outcome.History = append(outcome.History, store.Message{Role: "assistant", Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, JobID: pl.JobID, CreatedAt: now})
 	}
-	first, err := p.finish(ctx, pl, r.att.N, outcome)
+	first, err := p.finish(ctx, pl, r.att.Fence, outcome)
 	if err != nil {
 		return err // asynq retries; Finish applies once
 	}
@@ -333,11 +333,11 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.A
 	return BuildPrompt(att.History, pl.ToolResults, pl.Message, p.budget)
 }
 
-// deferJob hands the attempt back and parks the job in the queue until
-// `until` (capped), keeping its record alive past then.
-func (p *Pipeline) deferJob(ctx context.Context, pl tasks.ChatPayload, attempt int, until time.Time) error {
+// deferJob hands the attempt (its fence token) back and parks the job in
+// the queue until `until` (capped), keeping its record alive past then.
+func (p *Pipeline) deferJob(ctx context.Context, pl tasks.ChatPayload, fence int, until time.Time) error {
 	until = p.capDelay(until)
-	if err := p.store.MarkDeferred(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, until); err != nil {
+	if err := p.store.MarkDeferred(ctx, pl.JobID, pl.Tenant, pl.SessionID, fence, until); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not hand back the attempt")
 	}
 	return &errDeferred{until: until}
@@ -364,12 +364,12 @@ func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, ca
 		reason = "all_open"
 	}
 	if emit.Emitted() {
-		p.announceRetry(ctx, pl.JobID, r.att.N, r.att.N, "every provider failed; answering with the degraded reply")
+		p.announceRetry(ctx, pl.JobID, r.att.Fence, r.att.N, "every provider failed; answering with the degraded reply")
 	}
 	if err := emit.Delta(p.opt.DegradedReply); err == nil {
 		_ = emit.Flush()
 	}
-	first, err := p.finish(ctx, pl, r.att.N, store.Outcome{
+	first, err := p.finish(ctx, pl, r.att.Fence, store.Outcome{
 		Status: store.StatusSucceeded,
 		Result: &store.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
 		Usage:  &store.Usage{},
@@ -387,7 +387,7 @@ func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, ca
 }
 
 // failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attempt int, emitted bool, callErr error) error {
+func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att store.Attempt, emitted bool, callErr error) error {
 	log := zerolog.Ctx(ctx)
 	if errors.Is(callErr, store.ErrJobFinished) || errors.Is(callErr, store.ErrSuperseded) || ctx.Err() != nil {
 		j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID)
@@ -407,7 +407,7 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	if ctx.Err() != nil {
 		// The worker is shutting down: the job is handed over at once (its
 		// lease expires now) and asynq hands the task back too.
-		if err := p.store.Abandon(context.WithoutCancel(ctx), pl.JobID, attempt); err != nil {
+		if err := p.store.Abandon(context.WithoutCancel(ctx), pl.JobID, att.Fence); err != nil {
 			log.Warn().Err(err).Msg("could not hand over the interrupted job")
 		}
 		log.Warn().Err(callErr).Msg("job interrupted by shutdown; handed over")
@@ -420,18 +420,18 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, attemp
 	if isAllDown && pl.Params.Structured() {
 		jerr.Message += "; a request with tools or a response format gets no degraded reply"
 	}
-	if retryable && attempt < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
+	if retryable && att.N < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
-		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, attempt, jerr, until); err != nil {
+		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, att.Fence, jerr, until); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		if emitted {
-			p.announceRetry(ctx, pl.JobID, attempt, attempt+1, jerr.Message)
+			p.announceRetry(ctx, pl.JobID, att.Fence, att.N+1, jerr.Message)
 		}
 		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
-	first, err := p.finish(ctx, pl, attempt, store.Outcome{Status: store.StatusFailed, Error: &jerr})
+	first, err := p.finish(ctx, pl, att.Fence, store.Outcome{Status: store.StatusFailed, Error: &jerr})
 	if err != nil {
 		return err // retried by asynq; Finish applies once
 	}
@@ -470,7 +470,8 @@ func (p *Pipeline) publicError(err error) store.JobError {
 }
 
 // announceRetry tells followers to discard the output of a failed attempt.
-// writer is the attempt that writes it, next the attempt that follows.
+// writer is the fence token of the attempt that writes it, next the number
+// of the attempt that follows.
 func (p *Pipeline) announceRetry(ctx context.Context, id string, writer, next int, reason string) {
 	_, err := p.store.AppendEvent(ctx, id, writer, store.RetryEvent{Attempt: next, Reason: reason})
 	if err != nil {
@@ -481,14 +482,14 @@ func (p *Pipeline) announceRetry(ctx context.Context, id string, writer, next in
 // retractInterrupted announces a retry for an attempt that died with its
 // worker after streaming tokens: its output must be discarded before this
 // attempt's tokens arrive.
-func (p *Pipeline) retractInterrupted(ctx context.Context, id string, attempt int) {
+func (p *Pipeline) retractInterrupted(ctx context.Context, id string, att store.Attempt) {
 	last, ok, err := p.store.LastEvent(ctx, id)
 	if err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not read the event log")
 		return
 	}
 	if ok && (last.Type == store.EventToken || last.Type == store.EventToolCall) {
-		p.announceRetry(ctx, id, attempt, attempt, "the previous attempt was interrupted")
+		p.announceRetry(ctx, id, att.Fence, att.N, "the previous attempt was interrupted")
 	}
 }
 

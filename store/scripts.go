@@ -93,7 +93,9 @@ return 1
 // session's history. Returns {'wait', head} when an earlier job holds the
 // turn, {'done'} when the job has finished or another task now runs it (it was
 // taken over), {'gone'} when its record is gone, else {'run', attempt, history…}.
-// The new attempt number fences every earlier attempt out.
+// The attempt's fence token, one more than any before it (never reset: a
+// deferral gives back an attempt's number, a re-run restarts the count),
+// fences every earlier attempt out and names its lease.
 // KEYS: job, order, history, leases. ARGV: id, now, 1 to read the history, task id, lease expiry ms.
 var startAttempt = redis.NewScript(`
 local head = redis.call('LINDEX', KEYS[2], 0)
@@ -104,9 +106,10 @@ if not st then return {'gone'} end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return {'done'} end
 if task and task ~= ARGV[4] then return {'done'} end
 local n = (tonumber(rec[3]) or 0) + 1
+local f = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'status', 'active', 'attempts', n, 'started_at', rec[4] or ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1] .. ':' .. n)
-local out = {'run', tostring(n)}
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1] .. ':' .. f)
+local out = {'run', tostring(n), tostring(f)}
 if ARGV[3] == '1' then
   for _, m in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = m end
 end
@@ -130,15 +133,16 @@ end
 
 // ownsLua: an attempt may write only while the job is active and no later
 // attempt has started (fencing: a paused worker that comes back cannot
-// write). state reads the status (nil: no record) and attempt count at once.
+// write). state reads the status (nil: no record) and the fence token of the
+// latest attempt at once; an attempt names itself by its token.
 const ownsLua = `
 local function state(job)
-  local v = redis.call('HMGET', job, 'status', 'attempts')
+  local v = redis.call('HMGET', job, 'status', 'fence')
   return v[1], tonumber(v[2])
 end
-local function owns(job, attempt)
-  local st, n = state(job)
-  return st == 'active' and n == tonumber(attempt)
+local function owns(job, fence)
+  local st, f = state(job)
+  return st == 'active' and f == tonumber(fence)
 end
 `
 

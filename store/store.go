@@ -319,7 +319,10 @@ func unmarshalField[T any](m map[string]string, field string, dst **T) error {
 
 // Attempt is what StartAttempt found.
 type Attempt struct {
-	N       int       // the attempt's number; 0: the job has finished, do not run it
+	N int // the attempt's number; 0: the job has finished, do not run it
+	// Fence names the attempt in every write it makes (events, leases,
+	// outcome): larger than any earlier attempt's, so a stale one is refused.
+	Fence   int
 	Head    string    // set when an earlier job of the session holds the turn; nothing was changed
 	History []Message // the session's history, when asked for
 	// BadHistory is set when history entries could not be decoded; History is then empty.
@@ -350,7 +353,8 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task stri
 	}
 	a := Attempt{}
 	a.N, _ = strconv.Atoi(res[1])
-	for _, raw := range res[2:] {
+	a.Fence, _ = strconv.Atoi(res[2])
+	for _, raw := range res[3:] {
 		var m Message
 		if err := json.Unmarshal([]byte(raw), &m); err != nil {
 			a.History, a.BadHistory = nil, fmt.Errorf("history entry: %w", err)
@@ -515,7 +519,7 @@ func jobOf(member string) string {
 // lease expired.
 type Lease struct {
 	JobID   string
-	Attempt int
+	Fence   int    // the attempt's fence token
 	Waiting string // the task that was waiting ("" for an attempt)
 }
 
@@ -564,7 +568,7 @@ func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Durat
 		if i < 0 || err != nil {
 			continue
 		}
-		out = append(out, Lease{JobID: m[:i], Attempt: n})
+		out = append(out, Lease{JobID: m[:i], Fence: n})
 	}
 	return out, nil
 }

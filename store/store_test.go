@@ -130,10 +130,10 @@ func TestHeldJobsKeepTheirEventLog(t *testing.T) {
 			if err != nil || a.N != 1 {
 				t.Fatalf("start %+v %v", a, err)
 			}
-			if _, err := s.AppendEvent(ctx, id, a.N, TokenEvent{Delta: "x"}); err != nil {
+			if _, err := s.AppendEvent(ctx, id, a.Fence, TokenEvent{Delta: "x"}); err != nil {
 				t.Fatal(err)
 			}
-			if err := step(id, a.N); err != nil {
+			if err := step(id, a.Fence); err != nil {
 				t.Fatal(err)
 			}
 			job, events := c.TTL(ctx, rkeys.Job(id)).Val(), c.TTL(ctx, rkeys.Events(id)).Val()
@@ -167,7 +167,7 @@ func TestClaimedLeasesComeBackUntilTakenOver(t *testing.T) {
 		}
 		return l
 	}
-	if l := claim(); len(l) != 1 || l[0].JobID != id || l[0].Attempt != 1 {
+	if l := claim(); len(l) != 1 || l[0].JobID != id || l[0].Fence != 1 {
 		t.Fatalf("first claim %+v", l)
 	}
 	if l := claim(); len(l) != 0 {
@@ -183,5 +183,40 @@ func TestClaimedLeasesComeBackUntilTakenOver(t *testing.T) {
 	time.Sleep(60 * time.Millisecond)
 	if l := claim(); len(l) != 0 {
 		t.Fatalf("a lease taken over came back: %+v", l)
+	}
+}
+
+// A deferral gives an attempt's number back (and a re-run restarts the
+// count), so numbers repeat; the fence token does not: a stale attempt
+// with the same number as the running one writes nothing.
+func TestStaleAttemptWithTheSameNumberIsFencedOut(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	id := "job_fenced"
+	if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	a1, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Minute)
+	if err != nil || a1.N != 1 {
+		t.Fatalf("start %+v %v", a1, err)
+	}
+	if err := s.MarkDeferred(ctx, id, "t", id, a1.Fence, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	a2, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Minute)
+	if err != nil || a2.N != a1.N || a2.Fence == a1.Fence {
+		t.Fatalf("after a deferral: first %+v, second %+v (%v)", a1, a2, err)
+	}
+	if _, err := s.AppendEvent(ctx, id, a1.Fence, TokenEvent{Delta: "stale"}); err != ErrSuperseded {
+		t.Fatalf("a stale attempt's event: %v, want ErrSuperseded", err)
+	}
+	if first, err := s.Finish(ctx, id, "t", id, a1.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "stale"}, Usage: &Usage{}}); err != nil || first {
+		t.Fatalf("a stale attempt finished the job: %v %v", first, err)
+	}
+	if first, err := s.Finish(ctx, id, "t", id, a2.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "fresh"}, Usage: &Usage{}}); err != nil || !first {
+		t.Fatalf("the running attempt could not finish: %v %v", first, err)
+	}
+	if j, _ := s.Get(ctx, id); j.Result == nil || j.Result.Content != "fresh" {
+		t.Fatalf("record %+v", j)
 	}
 }
