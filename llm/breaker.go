@@ -106,12 +106,6 @@ func (g *Guarded) effectiveLocked(now time.Time) gobreaker.State {
 	return g.state
 }
 
-// releaseProbe deletes the half-open probe's claim if it is still the
-// caller's. KEYS: the claim. ARGV: the caller's token.
-var releaseProbe = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`)
-
 // Unsupported implements Carrier for the provider it guards.
 func (g *Guarded) Unsupported(req Request) string {
 	if c, ok := g.Provider.(Carrier); ok {
@@ -165,7 +159,7 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) e
 	if probe {
 		// Only its own claim: a probe that outlived it must not free the
 		// claim of the probe that came after.
-		_ = releaseProbe.Run(context.WithoutCancel(ctx), g.rdb, []string{rkeys.BreakerProbe(g.Name())}, probeToken).Err()
+		_ = deleteIfOwner.Run(context.WithoutCancel(ctx), g.rdb, []string{rkeys.BreakerProbe(g.Name())}, probeToken).Err()
 	}
 	return reply, err
 }
@@ -399,7 +393,10 @@ func (s *breakerStore) Lock(name string) error {
 	}
 }
 
-var unlockScript = redis.NewScript(`
+// deleteIfOwner deletes a lease (the shared state's lock, the half-open
+// probe's claim) if the caller still holds it. KEYS: the lease. ARGV: the
+// caller's token.
+var deleteIfOwner = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
@@ -408,7 +405,7 @@ return 0
 func (s *breakerStore) Unlock(name string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return unlockScript.Run(ctx, s.rdb, []string{rkeys.Breaker(name)}, s.token).Err()
+	return deleteIfOwner.Run(ctx, s.rdb, []string{rkeys.Breaker(name)}, s.token).Err()
 }
 
 // GetData reads the shared state; none yet is (nil, nil).
