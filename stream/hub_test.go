@@ -65,8 +65,8 @@ func TestHubOnClusterKeepsOneConnectionPerShard(t *testing.T) {
 			}
 		case <-subs[i].Lagged:
 			t.Fatalf("job %s: lagged instead of a live event", id)
-		case <-time.After(2 * time.Second):
-			t.Fatalf("job %s (bucket %d): no live event within 2s", id, rkeys.Bucket(id))
+		case <-time.After(5 * time.Second): // a live event, not the catch-up at the next heartbeat; 6 nodes and the race detector share 2 cores
+			t.Fatalf("job %s (bucket %d): no live event within 5s", id, rkeys.Bucket(id))
 		}
 	}
 }
