@@ -315,3 +315,53 @@ func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Redis frozen (SIGSTOP) for ten leases while six jobs stream on two live
+// workers, one of which is SIGKILLed during the freeze: the live worker's
+// jobs are not taken over (one attempt each, no retry), the dead one's are,
+// once Redis is back and its leases stay unrenewed.
+func TestRedisStallIsNotTakenForDeadWorkers(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	extra := map[string]string{"CHATFLEET_SIM_TOKENS": "60", "CHATFLEET_SIM_TOKEN_DELAY": "250ms",
+		"CHATFLEET_JOB_LEASE": "2s", "CHATFLEET_WORKER_CONCURRENCY": "3"}
+	apis, workers := fleet(t, rd, 1, 2, extra)
+	c := client.New(apis[0].URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var ids []string
+	for i := range 6 {
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("stall-%d", i), Message: "a long one"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sub.JobID)
+	}
+	waitUntil(t, 10*time.Second, "six running jobs, three on each worker", func() bool {
+		for _, id := range ids {
+			if j, err := c.Get(ctx, id); err != nil || j.Status != "active" {
+				return false
+			}
+		}
+		return true
+	})
+	rd.Signal(syscall.SIGSTOP)
+	time.Sleep(4 * time.Second)
+	workers[1].Signal(syscall.SIGKILL)
+	time.Sleep(16 * time.Second) // ten leases in all
+	rd.Signal(syscall.SIGCONT)
+
+	attempts := map[int]int{}
+	for _, id := range ids {
+		j, err := c.Wait(ctx, id)
+		if err != nil || j.Status != "succeeded" {
+			t.Fatalf("job %s: %+v %v", id, j, err)
+		}
+		attempts[j.Attempts]++
+	}
+	if attempts[1] != 3 || attempts[2] != 3 {
+		t.Fatalf("jobs by attempts %v, want 3 of the live worker's with one and 3 of the killed worker's with two", attempts)
+	}
+	if v, _ := labelled(t, workers[0].URL(), "chatfleet_job_takeovers_total"); v != 3 {
+		t.Fatalf("the live worker took over %v jobs, want the killed worker's 3", v)
+	}
+}

@@ -45,6 +45,10 @@ type Manager struct {
 	queue *asynq.Client
 	insp  *asynq.Inspector
 	opt   Options
+
+	// The rescuer's last round that reached Redis, and until when it
+	// trusts no lease (after a stall); used by its goroutine only.
+	rescued, grace time.Time
 }
 
 // New returns a Manager. It does not close the asynq client or inspector.

@@ -65,6 +65,7 @@ func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
 	for _, a := range []string{actionRequeued, actionFailed, actionReleased} {
 		sm.reconciled.WithLabelValues(a)
 	}
+	m.rescued = time.Now() // the gap to the first round counts too
 	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Lease, o.Log) })
 	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
 }
@@ -101,11 +102,29 @@ func (m *Manager) loop(ctx context.Context, every time.Duration, step func()) {
 func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, lease time.Duration, log zerolog.Logger) {
 	// A claim lasts a lease: a rescuer that cannot take the job over
 	// (Redis away, the rescuer itself dying) leaves it to the next claim.
+	start := time.Now()
+	if m.rescued.IsZero() {
+		m.rescued = start
+	}
 	expired, err := m.st.ClaimExpired(ctx, 100, lease)
 	if err != nil {
 		if ctx.Err() == nil {
 			log.Warn().Err(err).Msg("rescuer could not read the leases")
 		}
+		return
+	}
+	// A lease that expired while Redis (or this process) stood still says
+	// nothing about its owner: no owner could renew either. After such a gap
+	// the owners get a lease of working Redis to renew in; the leases claimed
+	// meanwhile are not taken over, and come back after the claim unless
+	// renewed.
+	now := time.Now()
+	if now.Sub(m.rescued) > lease/2 || now.Sub(start) > lease/2 {
+		m.grace = now.Add(lease)
+		log.Warn().Dur("gap", now.Sub(m.rescued)).Dur("call", now.Sub(start)).Msg("leases not trusted for a lease: Redis or this process stalled")
+	}
+	m.rescued = now
+	if now.Before(m.grace) {
 		return
 	}
 	for _, l := range expired {

@@ -140,11 +140,20 @@ func (r *Redis) start() error {
 	return fmt.Errorf("redis-server did not answer within 10s: %s", r.log.String())
 }
 
+// Signal sends sig to the server: SIGSTOP freezes it (a stalled Redis),
+// SIGCONT lets it go on.
+func (r *Redis) Signal(sig syscall.Signal) {
+	if r.cmd != nil && r.exited != nil {
+		_ = r.cmd.Process.Signal(sig)
+	}
+}
+
 // Stop ends the server (SIGTERM, then SIGKILL after 5 s). Safe to call twice.
 func (r *Redis) Stop() {
 	if r.cmd == nil || r.exited == nil {
 		return
 	}
+	_ = r.cmd.Process.Signal(syscall.SIGCONT) // a frozen server cannot end
 	_ = r.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-r.exited:
