@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -47,7 +48,8 @@ type Manager struct {
 	opt   Options
 
 	// The rescuer's last round that reached Redis, and until when it
-	// trusts no lease (after a stall); used by its goroutine only.
+	// trusts no lease (after a stall).
+	rescueMu       sync.Mutex
 	rescued, grace time.Time
 }
 

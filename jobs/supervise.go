@@ -65,7 +65,9 @@ func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
 	for _, a := range []string{actionRequeued, actionFailed, actionReleased} {
 		sm.reconciled.WithLabelValues(a)
 	}
+	m.rescueMu.Lock()
 	m.rescued = time.Now() // the gap to the first round counts too
+	m.rescueMu.Unlock()
 	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Lease, o.Log) })
 	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
 }
@@ -102,6 +104,8 @@ func (m *Manager) loop(ctx context.Context, every time.Duration, step func()) {
 func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, lease time.Duration, log zerolog.Logger) {
 	// A claim lasts a lease: a rescuer that cannot take the job over
 	// (Redis away, the rescuer itself dying) leaves it to the next claim.
+	m.rescueMu.Lock() // one round at a time, should a manager be supervised twice
+	defer m.rescueMu.Unlock()
 	start := time.Now()
 	if m.rescued.IsZero() {
 		m.rescued = start
