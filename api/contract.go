@@ -219,6 +219,15 @@ func parseResponseFormat(raw json.RawMessage, field string, flat bool) (*tasks.R
 	return &tasks.ResponseFormat{Type: "json_schema", JSONSchema: out}, nil
 }
 
+// validEffort checks a reasoning effort ("" for none given).
+func validEffort(effort, field string) error {
+	switch effort {
+	case "", "none", "minimal", "low", "medium", "high", "xhigh":
+		return nil
+	}
+	return contractErr(field, fmt.Sprintf("%q is not a reasoning effort (none, minimal, low, medium, high, xhigh)", effort))
+}
+
 // imageBudget counts a request's images against its limits.
 type imageBudget struct{ count, dataBytes int }
 
