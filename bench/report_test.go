@@ -720,6 +720,8 @@ func BenchmarkReport(b *testing.B) {
 	results = append(results, mem, conns, e.scaleOut())
 	sent, inside := e.commandsPerJob()
 	results = append(results, sent, inside, e.limiterCommands(), e.idleWorker())
+	singles, session := e.headOfLine()
+	results = append(results, singles, session)
 	results = append(results, e.cluster()...)
 
 	out := os.Getenv("BENCH_OUT")

@@ -1,8 +1,10 @@
 // Package jobs owns the lifecycle of a chat job: submit (with idempotent
 // replay), read and wait, cancel, re-run and reconcile. Every front door (the
 // jobs API, the OpenAI-compatible routes, the worker's `jobs` commands) goes
-// through it; none of them touches asynq. The worker's pipeline asks it to
-// reconcile a session's stuck head.
+// through it; none of them touches asynq. The worker's pipeline runs a job
+// through an Attempt (attempt.go), whose methods are the job's transitions;
+// a session's turns are handed on in order.go, leases kept in leases.go and
+// supervised (taken over, reconciled) in supervise.go.
 package jobs
 
 import (
@@ -38,6 +40,9 @@ type Options struct {
 	OrphanAfter time.Duration
 	// QueueSpread spreads each priority over this many queues (tasks.SpreadQueue).
 	QueueSpread int
+	// Lease is a running attempt's heartbeat lease (default 5s): renewed
+	// every third of it, taken over once it expires.
+	Lease time.Duration
 }
 
 // Manager runs the job lifecycle over the store and asynq.
@@ -46,6 +51,8 @@ type Manager struct {
 	queue *asynq.Client
 	insp  *asynq.Inspector
 	opt   Options
+
+	leases leaseSet // the attempts running in this process
 
 	// The rescuer's last round that reached Redis, and until when it
 	// trusts no lease (after a stall).
@@ -57,6 +64,9 @@ type Manager struct {
 func New(st *store.Store, queue *asynq.Client, insp *asynq.Inspector, opt Options) *Manager {
 	if opt.OrphanAfter <= 0 {
 		opt.OrphanAfter = 30 * time.Second
+	}
+	if opt.Lease <= 0 {
+		opt.Lease = 5 * time.Second
 	}
 	return &Manager{st: st, queue: queue, insp: insp, opt: opt}
 }
@@ -70,7 +80,8 @@ type Submitted struct {
 	Replayed bool // the id existed (same Idempotency-Key and body): no new job
 }
 
-// Submit records a job and enqueues its task. When the id exists (a repeated
+// Submit records a job and enqueues its task, or leaves it to wait for its
+// session's turn when an earlier job of the session is unfinished. When the id exists (a repeated
 // Idempotency-Key) it returns that job with Replayed set, or ErrConflict if the
 // request differs. It errs with store.ErrTooManyJobs when the tenant is at its
 // limit and store.ErrUnavailable when Redis is unreachable; then nothing of
@@ -90,7 +101,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	// round trip); on a cluster, or when a task with the id exists, the task
 	// is enqueued after the record.
 	taskKey, pending, queues := tasks.AsynqKeys(nj.Queue, nj.ID)
-	created, enqueued, existing, err := m.st.Create(ctx, nj, &store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
+	c, existing, err := m.st.Create(ctx, nj, &store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
 		Queue: nj.Queue, Message: tasks.AsynqMessage(raw, nj.ID, nj.Queue, m.opt.MaxRetries, m.opt.Retention)})
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict
@@ -98,15 +109,17 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	if err != nil {
 		return Submitted{}, err
 	}
-	if created && !enqueued {
-		if err := m.enqueueNew(ctx, nj); err != nil {
-			if derr := m.st.Delete(ctx, nj); derr != nil {
+	if c.New && !c.Enqueued && !c.Waiting {
+		if err := m.enqueueTask(ctx, nj.ID, nj.ID, nj.Queue, nj.Payload); err != nil {
+			next, derr := m.st.Delete(ctx, nj)
+			if derr != nil {
 				err = errors.Join(err, fmt.Errorf("undo job record: %w", derr))
 			}
+			m.dispatch(ctx, next) // a job submitted behind it meanwhile
 			return Submitted{}, err
 		}
 	}
-	if created {
+	if c.New {
 		return Submitted{Job: store.Job{ID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Queue: nj.Queue, Task: nj.ID,
 			Status: store.StatusQueued, BodyHash: nj.BodyHash, CreatedAt: nj.CreatedAt}}, nil
 	}
@@ -114,28 +127,35 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		return Submitted{}, ErrConflict
 	}
 	if existing.Status == store.StatusQueued && existing.Task == existing.ID {
-		// Make sure the first request's enqueue happened; asynq refuses a second
-		// task with the same id, so this never makes two jobs.
-		if err := m.enqueue(ctx, raw, existing.Task, existing.Queue); err != nil {
+		// Make sure the first request's enqueue happened, if it is the job's
+		// turn; asynq refuses a second task with the same id, so this never
+		// makes two jobs.
+		head, err := m.st.SessionHead(ctx, existing.Tenant, existing.SessionID)
+		if err != nil {
 			return Submitted{}, err
+		}
+		if head == existing.ID {
+			if err := m.enqueue(ctx, raw, existing.Task, existing.Queue); err != nil {
+				return Submitted{}, err
+			}
 		}
 	}
 	return Submitted{Job: existing, Replayed: true}, nil
 }
 
-// enqueueNew enqueues a new record's task. A task of the same id may be left
-// from an earlier job whose record was lost (an Idempotency-Key sent again):
-// if that task is finished, the job runs under a new task id instead.
-func (m *Manager) enqueueNew(ctx context.Context, nj store.NewJob) error {
-	err := m.enqueueRaw(ctx, tasks.ChatTask(nj.Payload, nj.ID, nj.Queue, m.opt.MaxRetries, m.opt.Retention))
+// enqueueTask enqueues a queued job's task. A task of the same id may be
+// left from an earlier job whose record was lost (an Idempotency-Key sent
+// again): if that task is finished, the job runs under a new task id instead.
+func (m *Manager) enqueueTask(ctx context.Context, id, task, queue string, payload []byte) error {
+	err := m.enqueueRaw(ctx, tasks.ChatTask(payload, task, queue, m.opt.MaxRetries, m.opt.Retention))
 	if !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
-	info, ierr := m.insp.GetTaskInfo(nj.Queue, nj.ID)
+	info, ierr := m.insp.GetTaskInfo(queue, task)
 	if ierr != nil || (info.State != asynq.TaskStateCompleted && info.State != asynq.TaskStateArchived) {
-		return nil // the waiting task runs the new record
+		return nil // the waiting task runs the record
 	}
-	return m.requeue(ctx, nj.ID, nj.Payload, nj.Queue)
+	return m.requeue(ctx, id, payload, queue)
 }
 
 // requeue runs a queued job under a new task id (its task is gone or done).
@@ -164,8 +184,9 @@ func (m *Manager) enqueue(ctx context.Context, payload []byte, taskID, queue str
 	return nil
 }
 
-// Get returns a tenant's job, reconciled with the queue; another tenant's job
-// and a malformed id are store.ErrNotFound.
+// Get returns a tenant's job as it stands (a read changes nothing: repairs
+// are the reconciler's); another tenant's job and a malformed id are
+// store.ErrNotFound.
 func (m *Manager) Get(ctx context.Context, id, tenant string) (store.Job, error) {
 	if !tasks.ValidJobID(id) {
 		return store.Job{}, store.ErrNotFound
@@ -174,10 +195,7 @@ func (m *Manager) Get(ctx context.Context, id, tenant string) (store.Job, error)
 	if err == nil && j.Tenant != tenant {
 		return store.Job{}, store.ErrNotFound
 	}
-	if err != nil {
-		return store.Job{}, err
-	}
-	return m.Reconcile(ctx, j)
+	return j, err
 }
 
 // Wait returns the job once it has finished, or as it stands when wait has
@@ -211,7 +229,7 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 	if store.Terminal(j.Status) {
 		return j, ErrFinished
 	}
-	first, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{
+	first, err := m.finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{
 		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: why},
 	})
 	if err != nil {
@@ -221,7 +239,8 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 		return j, ErrFinished // it finished between the read and the cancel
 	}
 	// The record is canceled, so no worker will run or retry the job; removing
-	// the task and aborting a running call make it stop now.
+	// the task and aborting a running call make it stop now. (A job that
+	// waited for its session's turn has no task.)
 	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
 		_ = m.insp.CancelProcessing(j.Task)
 	}
@@ -230,9 +249,11 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 
 // Reconcile brings a non-terminal record in line with asynq: a queued or
 // retrying job whose task is missing or finished (its enqueue failed, it was
-// lost) is enqueued again under a new task id, or failed when it cannot be;
-// one whose task asynq archived (a crash on the last attempt) is failed. It
-// returns the record as it now stands.
+// lost, the worker that gave it its turn died before enqueueing it) is
+// enqueued again under a new task id, or failed when it cannot be; one whose
+// task asynq archived (a crash on the last attempt) is failed. A job that
+// waits for its session's turn has no task and is left alone. It returns the
+// record as it now stands.
 func (m *Manager) Reconcile(ctx context.Context, j store.Job) (store.Job, error) {
 	if _, err := m.reconcile(ctx, j); err != nil {
 		return j, err
@@ -245,6 +266,8 @@ const (
 	actionRequeued = "requeued"
 	actionFailed   = "failed"
 	actionReleased = "released"
+	// actionWaiting: the job waits for its session's turn (not counted).
+	actionWaiting = "waiting"
 )
 
 // reconcile does Reconcile's work and says what it did ("" for nothing).
@@ -253,6 +276,12 @@ func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
 	// skip the asynq lookup: frequent polls stay cheap.
 	if (j.Status != store.StatusQueued && j.Status != store.StatusRetrying) || time.Since(j.CreatedAt) < m.opt.OrphanAfter {
 		return "", nil
+	}
+	if j.Status == store.StatusQueued {
+		waiting, err := m.st.ParkIfWaiting(ctx, store.Unfinished{Tenant: j.Tenant, SessionID: j.SessionID, ID: j.ID})
+		if err != nil || waiting {
+			return actionWaiting, err
+		}
 	}
 	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
 	switch {
@@ -277,7 +306,7 @@ func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
 }
 
 func (m *Manager) fail(ctx context.Context, j store.Job, reason *store.JobError) error {
-	_, err := m.st.Finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{Status: store.StatusFailed, Error: reason})
+	_, err := m.finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{Status: store.StatusFailed, Error: reason})
 	return err
 }
 
@@ -316,7 +345,8 @@ func (m *Manager) ListArchived() ([]Archived, error) {
 
 // Rerun runs an archived job again from its first attempt: its record is
 // reopened (queued, at the end of its session's order) and its task is
-// enqueued afresh under the same id, so asynq's retry count starts over too.
+// enqueued afresh under the same id, so asynq's retry count starts over too
+// (when an earlier job of the session is unfinished, once its turn comes).
 func (m *Manager) Rerun(ctx context.Context, id string) error {
 	j, err := m.st.Get(ctx, id)
 	if err != nil {
@@ -329,11 +359,15 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 	if info.State != asynq.TaskStateArchived {
 		return fmt.Errorf("job %s: task is %s: %w", id, info.State, ErrNotArchived)
 	}
-	if err := m.st.Requeue(ctx, j, info.Payload); err != nil {
+	head, err := m.st.Requeue(ctx, j, info.Payload)
+	if err != nil {
 		return fmt.Errorf("job %s: %w", id, err)
 	}
 	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
 		return fmt.Errorf("job %s: remove archived task: %w", id, err)
+	}
+	if !head {
+		return nil // the release that gives it the turn enqueues it
 	}
 	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(j.Task),
 		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry), asynq.Retention(info.Retention)))

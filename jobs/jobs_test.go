@@ -94,15 +94,19 @@ func TestReconcileFailsLostJobs(t *testing.T) {
 	ctx := context.Background()
 	// A record whose enqueue never happened.
 	nj, _ := submission(tasks.NewJobID("t", "s"), "s", "h")
-	if _, _, _, err := st.Create(ctx, nj, nil); err != nil {
+	if _, _, err := st.Create(ctx, nj, nil); err != nil {
 		t.Fatal(err)
 	}
-	j, err := m.Get(ctx, nj.ID, "t")
+	j, _ := m.Get(ctx, nj.ID, "t")
+	j, err := m.Reconcile(ctx, j)
 	if err != nil || j.Status != store.StatusQueued {
 		t.Fatalf("a fresh record must be given time to be enqueued: %+v %v", j, err)
 	}
 	time.Sleep(60 * time.Millisecond) // past OrphanAfter
-	j, err = m.Get(ctx, nj.ID, "t")
+	if j, _ = m.Get(ctx, nj.ID, "t"); j.Status != store.StatusQueued {
+		t.Fatalf("a read changed the job: %+v", j)
+	}
+	j, err = m.Reconcile(ctx, j)
 	if err != nil || j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "lost" {
 		t.Fatalf("lost job: %+v %v", j, err)
 	}

@@ -16,9 +16,6 @@ import (
 // Neither has a leader: each claim is atomic in Redis, so any number of
 // workers share the work.
 type SuperviseOptions struct {
-	// Lease is the running jobs' heartbeat lease; the rescuer looks for
-	// expired ones every Lease/5 (at most every second).
-	Lease time.Duration
 	// ReconcileEvery is how often the reconciler takes the unfinished jobs
 	// whose check is due (default 2s).
 	ReconcileEvery time.Duration
@@ -40,9 +37,6 @@ type superviseMetrics struct {
 //     turn releases it; a queued job whose task is missing or finished is
 //     enqueued again; one asynq archived is failed.
 func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
-	if o.Lease <= 0 {
-		o.Lease = 5 * time.Second
-	}
 	if o.ReconcileEvery <= 0 {
 		o.ReconcileEvery = 2 * time.Second
 	}
@@ -68,7 +62,9 @@ func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
 	m.rescueMu.Lock()
 	m.rescued = time.Now() // the gap to the first round counts too
 	m.rescueMu.Unlock()
-	go m.loop(ctx, min(max(o.Lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, o.Lease, o.Log) })
+	// The rescuer looks for expired leases every fifth of a lease (at most every second).
+	lease := m.opt.Lease
+	go m.loop(ctx, min(max(lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, lease, o.Log) })
 	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
 }
 
@@ -133,18 +129,11 @@ func (m *Manager) rescue(ctx context.Context, sm *superviseMetrics, lease time.D
 	}
 	for _, l := range expired {
 		task := tasks.RetryTaskID(l.JobID)
-		var ok bool
-		var payload []byte
-		var queue string
-		if l.Waiting != "" {
-			ok, payload, queue, err = m.st.RetakeWaiting(ctx, l.JobID, l.Waiting, task)
-		} else {
-			ok, payload, queue, err = m.st.TakeOver(ctx, l.JobID, l.Fence, task)
-		}
+		ok, payload, queue, err := m.st.TakeOver(ctx, l.JobID, l.Fence, task)
 		if err != nil || !ok {
 			continue // the attempt ended anyway, or Redis is away (the reconciler comes back to it)
 		}
-		jl := log.With().Str("job_id", l.JobID).Int("fence", l.Fence).Bool("was_waiting", l.Waiting != "").Logger()
+		jl := log.With().Str("job_id", l.JobID).Int("fence", l.Fence).Logger()
 		if len(payload) == 0 {
 			jl.Warn().Msg("job taken over but its payload is gone; the reconciler fails it")
 			continue
@@ -171,19 +160,23 @@ func (m *Manager) reconcileDue(ctx context.Context, sm *superviseMetrics, log ze
 		jl := log.With().Str("job_id", u.ID).Str("session_id", u.SessionID).Str("tenant", u.Tenant).Logger()
 		j, err := m.st.Get(ctx, u.ID)
 		if errors.Is(err, store.ErrNotFound) || (err == nil && store.Terminal(j.Status)) {
-			held, ferr := m.st.Forget(ctx, u)
+			held, next, ferr := m.st.Forget(ctx, u)
 			if ferr == nil && held {
 				sm.reconciled.WithLabelValues(actionReleased).Inc()
 				jl.Warn().Msg("reconciler released the session's turn of a job whose record is gone or finished")
 			}
+			m.dispatch(jl.WithContext(ctx), next)
 			continue
 		}
 		if err != nil {
 			continue
 		}
-		action, err := m.reconcile(ctx, j)
+		action, err := m.reconcile(jl.WithContext(ctx), j)
 		if err != nil {
 			jl.Warn().Err(err).Msg("reconciler could not check the job")
+		}
+		if action == actionWaiting {
+			continue // its check was moved with the look at its turn
 		}
 		if action != "" {
 			sm.reconciled.WithLabelValues(action).Inc()

@@ -33,7 +33,7 @@ func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 	if _, err := m.Submit(ctx, nj, p); err != nil {
 		t.Fatal(err)
 	}
-	a, err := st.StartAttempt(ctx, nj.ID, "t", "s", nj.ID, true, 30*time.Millisecond)
+	a, err := st.StartAttempt(ctx, nj.ID, "t", "s", nj.ID, "", true, 30*time.Millisecond)
 	if err != nil || a.N != 1 {
 		t.Fatalf("start: %+v %v", a, err)
 	}
@@ -54,10 +54,10 @@ func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 		t.Fatalf("the old attempt wrote: %v", err)
 	}
 	// The old task, if asynq runs it again, finds the job run by another task.
-	if a, err := st.StartAttempt(ctx, nj.ID, "t", "s", nj.ID, false, time.Minute); err != nil || a.N != 0 {
+	if a, err := st.StartAttempt(ctx, nj.ID, "t", "s", nj.ID, "", false, time.Minute); err != nil || a.N != 0 {
 		t.Fatalf("the old task started an attempt: %+v %v", a, err)
 	}
-	if a, err := st.StartAttempt(ctx, nj.ID, "t", "s", j.Task, false, time.Minute); err != nil || a.N != 2 {
+	if a, err := st.StartAttempt(ctx, nj.ID, "t", "s", j.Task, "", false, time.Minute); err != nil || a.N != 2 {
 		t.Fatalf("the new task: %+v %v", a, err)
 	}
 }
@@ -70,7 +70,7 @@ func TestReconcilerRepairsLostTasksAndRecords(t *testing.T) {
 	lostTask, p := submission(tasks.NewJobID("t", "s1"), "s1", "h")
 	raw, _ := p.Encode()
 	lostTask.Payload = raw
-	if _, _, _, err := st.Create(ctx, lostTask, nil); err != nil { // recorded, never enqueued
+	if _, _, err := st.Create(ctx, lostTask, nil); err != nil { // recorded, never enqueued
 		t.Fatal(err)
 	}
 	lostRecord, p2 := submission(tasks.NewJobID("t", "s2"), "s2", "h")

@@ -15,14 +15,9 @@ import (
 
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
-	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
 )
-
-// errNotYourTurn hands a job back to the queue because an earlier job of its
-// session is unfinished. It is not a failure: asynq retries it without counting.
-var errNotYourTurn = errors.New("an earlier job of the session is unfinished")
 
 // errDeferred parks a job while every provider's breaker is open (mode
 // defer). Not a failure: asynq retries it when the first breaker half-opens.
@@ -52,27 +47,21 @@ type PipelineOptions struct {
 	// MaxRetryDelay caps every retry delay, a provider's Retry-After
 	// included (default 5m).
 	MaxRetryDelay time.Duration
-	// Lease is a running attempt's heartbeat lease: the worker renews it every
-	// third of it; once it expires another worker takes the job over (default 5s).
-	Lease   time.Duration
-	Metrics *Metrics
+	Metrics       *Metrics
 }
 
-// Pipeline is the asynq handler of chat:complete tasks.
+// Pipeline is the asynq handler of chat:complete tasks. It decides what an
+// attempt comes to; the job's lifecycle (jobs) records it.
 type Pipeline struct {
-	store    *store.Store
-	jobs     *jobs.Manager
-	chain    *llm.Chain
-	opt      PipelineOptions
-	m        *Metrics
-	budget   int           // prompt tokens
-	turnWait time.Duration // how long a job waits in place for its session's turn
-	leases   *leaseSet     // the attempts running here, renewed together
+	jobs   *jobs.Manager
+	chain  *llm.Chain
+	opt    PipelineOptions
+	m      *Metrics
+	budget int // prompt tokens
 }
 
-// NewPipeline returns the handler. The jobs manager reconciles a session's
-// stuck head job.
-func NewPipeline(st *store.Store, jm *jobs.Manager, chain *llm.Chain, opt PipelineOptions) *Pipeline {
+// NewPipeline returns the handler.
+func NewPipeline(jm *jobs.Manager, chain *llm.Chain, opt PipelineOptions) *Pipeline {
 	if opt.OnAllDown == "" {
 		opt.OnAllDown = AllDownDegrade
 	}
@@ -82,30 +71,15 @@ func NewPipeline(st *store.Store, jm *jobs.Manager, chain *llm.Chain, opt Pipeli
 	if opt.MaxRetryDelay <= 0 {
 		opt.MaxRetryDelay = 5 * time.Minute
 	}
-	if opt.Lease <= 0 {
-		opt.Lease = 5 * time.Second
-	}
-	return &Pipeline{store: st, jobs: jm, chain: chain, opt: opt, m: opt.Metrics, budget: 6000, turnWait: 2 * time.Second,
-		leases: newLeaseSet()}
+	return &Pipeline{jobs: jm, chain: chain, opt: opt, m: opt.Metrics, budget: 6000}
 }
 
 func (p *Pipeline) maxAttempts() int { return p.opt.MaxRetries + 1 }
 
-// finishTimeout bounds recording an outcome. It runs on a context detached from
-// the task's, so that a reply already paid for is recorded even when shutdown
-// cancels the task just after the provider answered.
-const finishTimeout = 5 * time.Second
-
-func (p *Pipeline) finish(ctx context.Context, pl tasks.ChatPayload, fence int, o store.Outcome) (bool, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
-	defer cancel()
-	return p.store.Finish(ctx, pl.JobID, pl.Tenant, pl.SessionID, fence, o)
-}
-
 // run is one admitted attempt of a job.
 type run struct {
 	pl    tasks.ChatPayload
-	att   store.Attempt
+	att   *jobs.Attempt
 	start time.Time
 }
 
@@ -117,20 +91,20 @@ type called struct {
 	err      error
 }
 
-// ProcessTask implements asynq.Handler: admit the job (its turn, an attempt),
-// call the providers, settle the outcome. The worker's middleware puts the
-// job's logger in ctx, counts it as active and turns a panic into an error.
+// ProcessTask implements asynq.Handler: admit the job (an attempt), call the
+// providers, settle the outcome. The worker's middleware puts the job's
+// logger in ctx, counts it as active and turns a panic into an error. A job
+// reaches a worker only when it is its session's turn (jobs/order.go).
 func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	r, ctx, err := p.admit(ctx, t)
 	if r == nil {
 		return err
 	}
-	member := p.leases.add(r.pl.JobID, r.att.Fence)
-	defer p.leases.remove(member)
+	defer r.att.Close()
 	return p.settle(ctx, r, p.attempt(ctx, r))
 }
 
-// admit decodes the task, waits for the session's turn and starts an attempt.
+// admit decodes the task and starts an attempt.
 // It returns no run when there is nothing to call: the error (or nil) is the
 // task's result. The returned context's logger names the job's session,
 // tenant and attempt.
@@ -151,44 +125,37 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		if open, until := p.chain.AllOpen(); open {
 			log.Info().Time("until", until).Msg("every provider is open; job deferred")
 			until = p.capDelay(until)
-			if err := p.store.Hold(ctx, pl.JobID, pl.Tenant, pl.SessionID, until); err != nil {
+			if err := p.jobs.Hold(ctx, pl, until); err != nil {
 				log.Warn().Err(err).Msg("could not extend the record of a deferred job")
 			}
 			return nil, ctx, &errDeferred{until: until}
 		}
 	}
-	att, err := p.start(ctx, pl, taskID)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		log.Warn().Msg("job record is gone (expired or lost) before the job ran; dropping it")
-		if err := p.store.Release(ctx, pl.Tenant, pl.SessionID, pl.JobID); err != nil {
-			log.Warn().Err(err).Msg("could not release the session's turn; the reconciler will")
-		}
+	att, err := p.jobs.Start(ctx, pl, taskID)
+	if errors.Is(err, jobs.ErrNothingToRun) {
+		log.Info().Err(err).Msg("task not run")
 		return nil, ctx, nil
-	case err != nil:
+	}
+	if err != nil {
 		return nil, ctx, err
-	case att.N == 0:
-		log.Info().Msg("job already finished or run by another task; not running it again")
-		return nil, ctx, nil
 	}
 	log = log.With().Int("attempt", att.N).Logger()
 	ctx = log.WithContext(ctx)
 	if att.N > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
-		jerr := store.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", att.N-1)}
-		if _, err := p.finish(ctx, pl, att.Fence, store.Outcome{Status: store.StatusFailed, Error: &jerr}); err != nil {
+		defer att.Close()
+		jerr := jobs.JobError{Code: "attempts_exhausted", Message: fmt.Sprintf("gave up after %d attempts", att.N-1)}
+		if _, err := att.Finish(ctx, jobs.Outcome{Status: jobs.StatusFailed, Error: &jerr}); err != nil {
 			return nil, ctx, err
 		}
-		log.Error().Str("status", store.StatusFailed).Msg("job failed: attempts exhausted")
-		p.m.jobs.WithLabelValues(store.StatusFailed).Inc()
+		log.Error().Str("status", jobs.StatusFailed).Msg("job failed: attempts exhausted")
+		p.m.jobs.WithLabelValues(jobs.StatusFailed).Inc()
 		return nil, ctx, fmt.Errorf("%s: %w", jerr.Message, asynq.SkipRetry)
 	}
 	r := &run{pl: pl, att: att, start: time.Now()}
 	if att.N == 1 {
 		queue, _ := asynq.GetQueueName(ctx)
 		p.m.queueWait.WithLabelValues(queue).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
-	} else {
-		p.retractInterrupted(ctx, pl.JobID, att)
 	}
 	return r, ctx, nil
 }
@@ -200,7 +167,7 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	if pl.Params != nil {
 		req.Params = *pl.Params
 	}
-	c := called{emit: stream.NewEmitter(ctx, p.store, pl.JobID, r.att.Fence, p.opt.Coalescing)}
+	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing)}
 	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
 	onDelta := func(d llm.Delta) error {
 		firstToken()
@@ -231,83 +198,51 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	}
 	if allDown != nil && allDown.AllOpen && onAllDown == AllDownDefer {
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
-		return p.deferJob(ctx, pl, r.att.Fence, allDown.Until)
+		return p.deferJob(ctx, r.att, allDown.Until)
 	}
 	var busy *llm.CapacityError
 	if errors.As(c.err, &busy) {
 		// Not a failure: the job waits in the queue for the provider's
 		// capacity, its attempt handed back.
 		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("provider at capacity; job waits in the queue")
-		return p.deferJob(ctx, pl, r.att.Fence, busy.Until)
+		return p.deferJob(ctx, r.att, busy.Until)
 	}
 	if c.err != nil {
 		return p.failAttempt(ctx, pl, r.att, c.emit.Emitted(), c.err)
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	outcome := store.Outcome{
+	outcome := jobs.Outcome{
 		Tail:   c.emit.Tail(),
-		Status: store.StatusSucceeded,
-		Result: &store.Result{Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, FinishReason: c.reply.FinishReason,
+		Status: jobs.StatusSucceeded,
+		Result: &jobs.Result{Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, FinishReason: c.reply.FinishReason,
 			Provider: c.provider, Model: c.reply.Model},
-		Usage: &store.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
+		Usage: &jobs.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
 	}
 	if len(pl.Messages) == 0 {
 		// The session's history keeps the turn in order: the tool results
 		// it brought, its message, the reply with its tool calls.
 		asked := pl.SubmittedAt.Truncate(time.Millisecond)
 		for _, tr := range pl.ToolResults {
-			outcome.History = append(outcome.History, store.Message{Role: "tool", Content: tr.Content, ToolCallID: tr.ToolCallID, JobID: pl.JobID, CreatedAt: asked})
+			outcome.History = append(outcome.History, jobs.Message{Role: "tool", Content: tr.Content, ToolCallID: tr.ToolCallID, JobID: pl.JobID, CreatedAt: asked})
 		}
 		if pl.Message != "" {
-			outcome.History = append(outcome.History, store.Message{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: asked})
+			outcome.History = append(outcome.History, jobs.Message{Role: "user", Content: pl.Message, JobID: pl.JobID, CreatedAt: asked})
 		}
-		outcome.History = append(outcome.History, store.Message{Role: "assistant", Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, JobID: pl.JobID, CreatedAt: now})
+		outcome.History = append(outcome.History, jobs.Message{Role: "assistant", Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, JobID: pl.JobID, CreatedAt: now})
 	}
-	first, err := p.finish(ctx, pl, r.att.Fence, outcome)
+	first, err := r.att.Finish(ctx, outcome)
 	if err != nil {
 		return err // asynq retries; Finish applies once
 	}
 	if first {
-		p.m.jobs.WithLabelValues(store.StatusSucceeded).Inc()
+		p.m.jobs.WithLabelValues(jobs.StatusSucceeded).Inc()
 		p.m.duration.Observe(time.Since(r.start).Seconds())
 	}
-	log.Info().Str("status", store.StatusSucceeded).Bool("recorded", first).Str("provider", c.provider).
+	log.Info().Str("status", jobs.StatusSucceeded).Bool("recorded", first).Str("provider", c.provider).
 		Dur("queue_wait_ms", r.start.Sub(pl.SubmittedAt)).
 		Int("completion_tokens", c.reply.Usage.CompletionTokens).Msg("job finished")
 	return nil
-}
-
-// start waits for the session's turn and starts an attempt. The common case,
-// the job's turn, is one round trip that also brings the history.
-func (p *Pipeline) start(ctx context.Context, pl tasks.ChatPayload, taskID string) (store.Attempt, error) {
-	waiting := ""
-	defer func() {
-		if waiting != "" {
-			p.leases.remove(waiting)
-			_ = p.store.DropWaiting(context.WithoutCancel(ctx), taskID)
-		}
-	}()
-	for {
-		att, err := p.store.StartAttempt(ctx, pl.JobID, pl.Tenant, pl.SessionID, taskID, len(pl.Messages) == 0, p.opt.Lease)
-		if err != nil || att.Head == "" {
-			return att, err
-		}
-		if waiting == "" {
-			// It waits here holding its task: leased, so that if this worker
-			// dies the job is handed to another within the lease.
-			if err := p.store.HoldWaiting(ctx, taskID, time.Now().Add(p.opt.Lease)); err != nil {
-				return att, err
-			}
-			waiting = p.leases.addMember(store.WaitingMember(taskID))
-		}
-		if err := p.awaitTurn(ctx, pl); err != nil {
-			if errors.Is(err, errNotYourTurn) {
-				zerolog.Ctx(ctx).Debug().Msg("job yields to an earlier job of its session")
-			}
-			return store.Attempt{}, err
-		}
-	}
 }
 
 // onAllDown is what happens to the job when every provider is down: a
@@ -322,7 +257,7 @@ func (p *Pipeline) onAllDown(pl tasks.ChatPayload) string {
 
 // prompt is the conversation sent with the job, or else the session's history,
 // the tool results and the new message, within the token budget.
-func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.Attempt) []llm.Message {
+func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt) []llm.Message {
 	if len(pl.Messages) > 0 {
 		return pl.Messages
 	}
@@ -333,11 +268,11 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att store.A
 	return BuildPrompt(att.History, pl.ToolResults, pl.Message, p.budget)
 }
 
-// deferJob hands the attempt (its fence token) back and parks the job in
-// the queue until `until` (capped), keeping its record alive past then.
-func (p *Pipeline) deferJob(ctx context.Context, pl tasks.ChatPayload, fence int, until time.Time) error {
+// deferJob hands the attempt back and parks the job in the queue until
+// `until` (capped), keeping its record alive past then.
+func (p *Pipeline) deferJob(ctx context.Context, att *jobs.Attempt, until time.Time) error {
 	until = p.capDelay(until)
-	if err := p.store.MarkDeferred(ctx, pl.JobID, pl.Tenant, pl.SessionID, fence, until); err != nil {
+	if err := att.Defer(ctx, until); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not hand back the attempt")
 	}
 	return &errDeferred{until: until}
@@ -358,21 +293,21 @@ func minTime(a, b time.Time) time.Time {
 // marked degraded. It is not added to the session's history: it is not the
 // model's answer, and the next turn should not build on it.
 func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, cause *llm.AllDownError) error {
-	pl, log := r.pl, zerolog.Ctx(ctx)
+	log := zerolog.Ctx(ctx)
 	reason := "all_failed"
 	if cause.AllOpen {
 		reason = "all_open"
 	}
 	if emit.Emitted() {
-		p.announceRetry(ctx, pl.JobID, r.att.Fence, r.att.N, "every provider failed; answering with the degraded reply")
+		p.announceRetry(ctx, r.att, r.att.N, "every provider failed; answering with the degraded reply")
 	}
 	if err := emit.Delta(p.opt.DegradedReply); err == nil {
 		_ = emit.Flush()
 	}
-	first, err := p.finish(ctx, pl, r.att.Fence, store.Outcome{
-		Status: store.StatusSucceeded,
-		Result: &store.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
-		Usage:  &store.Usage{},
+	first, err := r.att.Finish(ctx, jobs.Outcome{
+		Status: jobs.StatusSucceeded,
+		Result: &jobs.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
+		Usage:  &jobs.Usage{},
 	})
 	if err != nil {
 		return err
@@ -382,32 +317,32 @@ func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, ca
 		p.m.degraded.WithLabelValues(reason).Inc()
 		p.m.duration.Observe(time.Since(r.start).Seconds())
 	}
-	log.Warn().Err(cause).Str("status", store.StatusSucceeded).Bool("degraded", true).Str("reason", reason).Msg("job finished with the degraded reply")
+	log.Warn().Err(cause).Str("status", jobs.StatusSucceeded).Bool("degraded", true).Str("reason", reason).Msg("job finished with the degraded reply")
 	return nil
 }
 
 // failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att store.Attempt, emitted bool, callErr error) error {
+func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt, emitted bool, callErr error) error {
 	log := zerolog.Ctx(ctx)
-	if errors.Is(callErr, store.ErrJobFinished) || errors.Is(callErr, store.ErrSuperseded) || ctx.Err() != nil {
-		j, err := p.store.Get(context.WithoutCancel(ctx), pl.JobID)
-		if err == nil && j.Status == store.StatusCanceled {
-			log.Info().Str("status", store.StatusCanceled).Msg("job canceled; provider call aborted")
-			p.m.jobs.WithLabelValues(store.StatusCanceled).Inc()
+	if errors.Is(callErr, jobs.ErrJobFinished) || errors.Is(callErr, jobs.ErrSuperseded) || ctx.Err() != nil {
+		status, err := att.Status(context.WithoutCancel(ctx))
+		if err == nil && status == jobs.StatusCanceled {
+			log.Info().Str("status", jobs.StatusCanceled).Msg("job canceled; provider call aborted")
+			p.m.jobs.WithLabelValues(jobs.StatusCanceled).Inc()
 			return nil
 		}
-		if errors.Is(callErr, store.ErrSuperseded) || (err == nil && store.Terminal(j.Status)) {
+		if errors.Is(callErr, jobs.ErrSuperseded) || (err == nil && (status == jobs.StatusSucceeded || status == jobs.StatusFailed)) {
 			// Another worker took the job over while this attempt was
 			// stalled (and may have finished it): this one stops here and
 			// writes nothing more.
-			log.Warn().Str("status", j.Status).Msg("attempt superseded: the job was taken over; stopping")
+			log.Warn().Str("status", status).Msg("attempt superseded: the job was taken over; stopping")
 			return nil
 		}
 	}
 	if ctx.Err() != nil {
 		// The worker is shutting down: the job is handed over at once (its
 		// lease expires now) and asynq hands the task back too.
-		if err := p.store.Abandon(context.WithoutCancel(ctx), pl.JobID, att.Fence); err != nil {
+		if err := att.Abandon(context.WithoutCancel(ctx)); err != nil {
 			log.Warn().Err(err).Msg("could not hand over the interrupted job")
 		}
 		log.Warn().Err(callErr).Msg("job interrupted by shutdown; handed over")
@@ -422,23 +357,23 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att st
 	}
 	if retryable && att.N < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
-		if err := p.store.MarkRetrying(ctx, pl.JobID, pl.Tenant, pl.SessionID, att.Fence, jerr, until); err != nil {
+		if err := att.Retry(ctx, jerr, until); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		if emitted {
-			p.announceRetry(ctx, pl.JobID, att.Fence, att.N+1, jerr.Message)
+			p.announceRetry(ctx, att, att.N+1, jerr.Message)
 		}
-		log.Warn().Err(callErr).Str("status", store.StatusRetrying).Msg("attempt failed; will retry")
+		log.Warn().Err(callErr).Str("status", jobs.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
-	first, err := p.finish(ctx, pl, att.Fence, store.Outcome{Status: store.StatusFailed, Error: &jerr})
+	first, err := att.Finish(ctx, jobs.Outcome{Status: jobs.StatusFailed, Error: &jerr})
 	if err != nil {
 		return err // retried by asynq; Finish applies once
 	}
 	if first {
-		p.m.jobs.WithLabelValues(store.StatusFailed).Inc()
+		p.m.jobs.WithLabelValues(jobs.StatusFailed).Inc()
 	}
-	log.Error().Err(callErr).Str("status", store.StatusFailed).Msg("job failed")
+	log.Error().Err(callErr).Str("status", jobs.StatusFailed).Msg("job failed")
 	return fmt.Errorf("%w: %w", callErr, asynq.SkipRetry)
 }
 
@@ -447,109 +382,44 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att st
 // to the logs with the full error). The one exception is the upstream's own
 // JSON message when it rejected the request itself (400, 413, 422): it tells
 // the caller what to change (a prompt over the context length).
-func (p *Pipeline) publicError(err error) store.JobError {
+func (p *Pipeline) publicError(err error) jobs.JobError {
 	var allDown *llm.AllDownError
 	var pe *llm.Error
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
-		return store.JobError{Code: "timeout", Message: fmt.Sprintf("the provider did not finish within %s", p.opt.CallTimeout)}
+		return jobs.JobError{Code: "timeout", Message: fmt.Sprintf("the provider did not finish within %s", p.opt.CallTimeout)}
 	case errors.As(err, &pe) && pe.Timeout && (!errors.As(err, &allDown) || len(allDown.Errs) == 1):
-		return store.JobError{Code: "timeout", Message: "the provider timed out: " + pe.Msg}
+		return jobs.JobError{Code: "timeout", Message: "the provider timed out: " + pe.Msg}
 	case errors.As(err, &allDown):
-		return store.JobError{Code: "providers_unavailable", Message: "every provider failed"}
+		return jobs.JobError{Code: "providers_unavailable", Message: "every provider failed"}
 	case errors.As(err, &pe) && pe.Status != 0 && !pe.Retryable:
 		msg := fmt.Sprintf("the provider rejected the request (HTTP %d)", pe.Status)
 		if pe.RequestFault != "" {
 			msg += ": " + pe.RequestFault
 		}
-		return store.JobError{Code: "provider_rejected", Message: msg}
+		return jobs.JobError{Code: "provider_rejected", Message: msg}
 	case errors.As(err, &pe) && pe.Status != 0:
-		return store.JobError{Code: "provider_error", Message: fmt.Sprintf("the provider failed (HTTP %d)", pe.Status)}
+		return jobs.JobError{Code: "provider_error", Message: fmt.Sprintf("the provider failed (HTTP %d)", pe.Status)}
 	}
-	return store.JobError{Code: "provider_error", Message: "the provider could not be reached or broke off its answer"}
+	return jobs.JobError{Code: "provider_error", Message: "the provider could not be reached or broke off its answer"}
 }
 
-// announceRetry tells followers to discard the output of a failed attempt.
-// writer is the fence token of the attempt that writes it, next the number
-// of the attempt that follows.
-func (p *Pipeline) announceRetry(ctx context.Context, id string, writer, next int, reason string) {
-	_, err := p.store.AppendEvent(ctx, id, writer, store.RetryEvent{Attempt: next, Reason: reason})
-	if err != nil {
+// announceRetry tells followers to discard the output of a failed attempt;
+// next is the number of the attempt that follows.
+func (p *Pipeline) announceRetry(ctx context.Context, att *jobs.Attempt, next int, reason string) {
+	if err := att.AnnounceRetry(ctx, next, reason); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not publish the retry event")
-	}
-}
-
-// retractInterrupted announces a retry for an attempt that died with its
-// worker after streaming tokens: its output must be discarded before this
-// attempt's tokens arrive.
-func (p *Pipeline) retractInterrupted(ctx context.Context, id string, att store.Attempt) {
-	last, ok, err := p.store.LastEvent(ctx, id)
-	if err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not read the event log")
-		return
-	}
-	if ok && (last.Type == store.EventToken || last.Type == store.EventToolCall) {
-		p.announceRetry(ctx, id, att.Fence, att.N, "the previous attempt was interrupted")
 	}
 }
 
 // failUndecodable records a payload no retry can fix as a failed job.
 func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error) {
-	zerolog.Ctx(ctx).Error().Err(cause).Str("status", store.StatusFailed).Msg("undecodable task payload")
-	j, err := p.store.Get(ctx, id)
-	if err != nil {
-		return // no record to update; the task is archived with the error
-	}
-	_, _ = p.store.Finish(ctx, id, j.Tenant, j.SessionID, 0, store.Outcome{
-		Status: store.StatusFailed, Error: &store.JobError{Code: "bad_payload", Message: cause.Error()},
-	})
+	zerolog.Ctx(ctx).Error().Err(cause).Str("status", jobs.StatusFailed).Msg("undecodable task payload")
+	p.jobs.FailUndecodable(ctx, id, cause)
 }
 
-// awaitTurn returns once every earlier job of the session has finished, or
-// errNotYourTurn after turnWait so that a waiting job does not hold a worker
-// slot the earlier job may need.
-func (p *Pipeline) awaitTurn(ctx context.Context, pl tasks.ChatPayload) error {
-	deadline := time.Now().Add(p.turnWait)
-	backoff := 2 * time.Millisecond
-	reconciled := ""
-	for {
-		head, err := p.store.SessionHead(ctx, pl.Tenant, pl.SessionID)
-		if err != nil {
-			return err
-		}
-		if head == "" || head == pl.JobID {
-			return nil
-		}
-		hj, err := p.store.Get(ctx, head)
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return err
-		}
-		if err == nil && !store.Terminal(hj.Status) && reconciled != head {
-			reconciled = head
-			if hj, err = p.jobs.Reconcile(ctx, hj); err != nil {
-				return err
-			}
-		}
-		if errors.Is(err, store.ErrNotFound) || store.Terminal(hj.Status) {
-			if err := p.store.Release(ctx, pl.Tenant, pl.SessionID, head); err != nil {
-				return err
-			}
-			continue
-		}
-		if time.Now().After(deadline) {
-			return errNotYourTurn
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 50*time.Millisecond)
-	}
-}
-
-// retryDelay (capped by MaxRetryDelay) spaces real retries exponentially with jitter and hands a yielding
-// job back almost at once.
+// retryDelay (capped by MaxRetryDelay) spaces real retries exponentially
+// with jitter; a deferred job comes back when its deferral ends.
 func (p *Pipeline) retryDelay(n int, err error, t *asynq.Task) time.Duration {
 	return min(retryDelay(n, err, t), p.opt.MaxRetryDelay)
 }
@@ -560,7 +430,7 @@ func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 		return max(time.Until(deferred.until), 0) + time.Duration(rand.Int64N(int64(250*time.Millisecond)))
 	}
 	if !isFailure(err) {
-		return 10 * time.Millisecond
+		return 10 * time.Millisecond // a cancel: its next run ends at once
 	}
 	d := time.Second << min(n, 6) // 1s, 2s, 4s … 64s
 	d = d/2 + time.Duration(float64(d/2)*rand.Float64())
@@ -572,10 +442,9 @@ func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
 }
 
 // isFailure tells asynq which errors count against a job's retries: not a
-// yield to an earlier job of the session, not a deferral, and not a cancel (asynq reports a
-// canceled task as failed with context.Canceled; its next run sees the
-// canceled record and ends at once).
+// deferral, and not a cancel (asynq reports a canceled task as failed with
+// context.Canceled; its next run sees the canceled record and ends at once).
 func isFailure(err error) bool {
 	var deferred *errDeferred
-	return !errors.Is(err, errNotYourTurn) && !errors.Is(err, context.Canceled) && !errors.As(err, &deferred)
+	return !errors.Is(err, context.Canceled) && !errors.As(err, &deferred)
 }

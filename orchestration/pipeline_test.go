@@ -3,6 +3,7 @@ package orchestration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -23,6 +24,7 @@ import (
 
 type rig struct {
 	st    *store.Store
+	jm    *jobs.Manager
 	queue *asynq.Client
 	insp  *asynq.Inspector
 }
@@ -35,7 +37,7 @@ func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pip
 	insp := asynq.NewInspectorFromRedisClient(c)
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
 	jm := jobs.New(st, asynq.NewClientFromRedisClient(c), insp, jobs.Options{MaxRetries: maxRetries, Retention: time.Hour})
-	p := NewPipeline(st, jm, llm.NewChain(prov), PipelineOptions{
+	p := NewPipeline(jm, llm.NewChain(prov), PipelineOptions{
 		MaxRetries: maxRetries, CallTimeout: 5 * time.Second, Coalescing: stream.Coalescing{Window: 5 * time.Millisecond, MaxBytes: 64},
 	})
 	for _, f := range tune {
@@ -47,7 +49,7 @@ func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pip
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Shutdown)
-	return rig{st: st, queue: asynq.NewClientFromRedisClient(c), insp: insp}
+	return rig{st: st, jm: jm, queue: asynq.NewClientFromRedisClient(c), insp: insp}
 }
 
 func (r rig) submit(t *testing.T, id string, raw []byte) {
@@ -57,7 +59,7 @@ func (r rig) submit(t *testing.T, id string, raw []byte) {
 func (r rig) submitAs(t *testing.T, id string, raw []byte, asynqMaxRetry int) {
 	t.Helper()
 	ctx := context.Background()
-	if _, _, _, err := r.st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := r.st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now(), Payload: raw}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.queue.Enqueue(asynq.NewTask(tasks.TypeChatComplete, raw, asynq.TaskID(id),
@@ -164,32 +166,56 @@ func TestStructuredRequestsGetNoDegradedReply(t *testing.T) {
 	}
 }
 
-// With no retries allowed, a job that has to wait longer than turnWait for its
-// session hands itself back to the queue; that must not use up its one attempt.
-func TestWaitingForTheTurnUsesNoAttempt(t *testing.T) {
-	r := startRig(t, llm.NewSim(llm.SimConfig{Latency: 400 * time.Millisecond}), 0,
-		func(p *Pipeline) { p.turnWait = 20 * time.Millisecond })
+// A session's later turns wait in Redis, not in a worker: while the first
+// runs they have no task in the queue, and each starts after the one before
+// it finished, on its first attempt.
+func TestLaterTurnsWaitWithoutATask(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{Latency: 300 * time.Millisecond}), 0)
+	ctx := context.Background()
 	var ids []string
-	for i := range 2 {
+	for i := range 3 {
 		id := tasks.NewJobID("t", "s")
-		task, err := tasks.NewChatTask(tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: fmt.Sprint("turn ", i),
-			Priority: "normal", SubmittedAt: time.Now()}, 0, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, _, err := r.st.Create(context.Background(), store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}, nil); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := r.queue.Enqueue(task); err != nil {
+		pl := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: fmt.Sprint("turn ", i), Priority: "normal", SubmittedAt: time.Now()}
+		if _, err := r.jm.Submit(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now()}, pl); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
 	}
+	for _, id := range ids[1:] {
+		if _, err := r.insp.GetTaskInfo(tasks.QueueName("normal"), id); !errors.Is(err, asynq.ErrTaskNotFound) {
+			t.Fatalf("a waiting turn has a task: %v", err)
+		}
+	}
+	var prev store.Job
+	for i, id := range ids {
+		j := r.waitFinished(t, id)
+		if j.Status != store.StatusSucceeded || j.Attempts != 1 {
+			t.Fatalf("turn %d: %+v %+v", i, j, j.Error)
+		}
+		if i > 0 && j.StartedAt.Before(prev.FinishedAt) {
+			t.Fatalf("turn %d started %s before turn %d finished %s", i, j.StartedAt, i-1, prev.FinishedAt)
+		}
+		prev = j
+	}
+}
+
+// A task that reaches a worker before its job's turn (as one enqueued by an
+// older API would) runs nothing and uses no attempt: the job runs once its
+// turn comes, under a fresh task.
+func TestAnEarlyTaskWaitsForItsTurn(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{Latency: 300 * time.Millisecond}), 0)
+	var ids []string
+	for i := range 2 {
+		id := tasks.NewJobID("t", "s")
+		raw, _ := tasks.ChatPayload{JobID: id, Tenant: "t", SessionID: "s", Message: fmt.Sprint("turn ", i), Priority: "normal", SubmittedAt: time.Now()}.Encode()
+		r.submit(t, id, raw) // both enqueued at once
+		ids = append(ids, id)
+	}
 	a, b := r.waitFinished(t, ids[0]), r.waitFinished(t, ids[1])
-	if a.Status != store.StatusSucceeded || b.Status != store.StatusSucceeded || b.Attempts != 1 {
+	if a.Status != store.StatusSucceeded || b.Status != store.StatusSucceeded || b.Attempts != 1 || b.Task == ids[1] {
 		t.Fatalf("first %+v\nsecond %+v %+v", a, b, b.Error)
 	}
-	if !b.StartedAt.After(a.FinishedAt) && !b.StartedAt.Equal(a.FinishedAt) {
+	if b.StartedAt.Before(a.FinishedAt) {
 		t.Fatalf("second started %s before the first finished %s", b.StartedAt, a.FinishedAt)
 	}
 }

@@ -1,15 +1,15 @@
 package orchestration
 
 import (
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
-	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // estimateTokens is a provider-neutral estimate: about four bytes a token.
 func estimateTokens(s string) int { return len(s)/4 + 1 }
 
-func messageTokens(m store.Message) int {
+func messageTokens(m jobs.Message) int {
 	n := estimateTokens(m.Content)
 	for _, tc := range m.ToolCalls {
 		n += estimateTokens(tc.Function.Name + tc.Function.Arguments)
@@ -21,7 +21,7 @@ func messageTokens(m store.Message) int {
 // the new message into a prompt that fits within budget tokens, dropping the
 // oldest history first. The new turn is always kept, even when it alone is
 // over the budget: the provider then says no.
-func BuildPrompt(history []store.Message, toolResults []tasks.ChatMessage, message string, budget int) []llm.Message {
+func BuildPrompt(history []jobs.Message, toolResults []tasks.ChatMessage, message string, budget int) []llm.Message {
 	used := estimateTokens(message)
 	for _, tr := range toolResults {
 		used += estimateTokens(tr.Content)

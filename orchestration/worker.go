@@ -45,8 +45,7 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 		Concurrency:       o.Concurrency,
 		Queues:            o.Queues,
 		TaskCheckInterval: o.PollInterval,
-		// Scheduled and retried tasks (including jobs that yielded their turn)
-		// move back to pending on this tick.
+		// Scheduled and retried tasks move back to pending on this tick.
 		DelayedTaskCheckInterval: 200 * time.Millisecond,
 		RetryDelayFunc:           p.retryDelay,
 		IsFailure:                isFailure,
@@ -79,7 +78,7 @@ func (w *Worker) Start() error {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	w.stop = stop
-	go w.pipeline.renewLeases(ctx, w.log)
+	go w.pipeline.jobs.RenewLeases(ctx, w.pipeline.jobs.Lease(), w.log)
 	return nil
 }
 

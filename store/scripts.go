@@ -10,43 +10,51 @@ import "github.com/redis/go-redis/v9"
 
 // createJobLua writes a new record from ARGV[from] on (field/value pairs),
 // appends the job to its session's order and indexes it for the reconciler.
+// It returns true when the job holds its session's turn: only then does its
+// task go to the queue; a job behind others waits here for its turn (order.go),
+// its check far off (the release that gives it the turn brings it forward).
 // KEYS: job, order, unfinished. ARGV: id, retention s, now ms, unfinished
-// member, first check ms, ….
+// member, first check ms, waiting check ms, ….
 const createJobLua = `
 local function create_job(from)
   local fields = {}
   for i = from, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(fields))
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('RPUSH', KEYS[2], ARGV[1])
+  local head = redis.call('RPUSH', KEYS[2], ARGV[1]) == 1
   redis.call('EXPIRE', KEYS[2], ARGV[2])
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[5]), ARGV[4])
+  local check = head and ARGV[5] or ARGV[6]
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(check), ARGV[4])
+  return head
 end
 `
 
-// createJob writes a new record (createJobLua), or returns 0 when it exists.
-// ARGV from 6: the record's field/value pairs.
+// createJob writes a new record (createJobLua). Returns 1 when the job holds
+// its session's turn, 2 when it waits behind an earlier job, 0 when the
+// record exists. ARGV from 7: the record's field/value pairs.
 var createJob = redis.NewScript(createJobLua + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-create_job(6)
-return 1
+if create_job(7) then return 1 end
+return 2
 `)
 
-// createAndEnqueue writes a new record and enqueues its asynq task in one
-// step, on one Redis (asynq's keys are in another slot on a cluster): the
-// task is written exactly as asynq's own enqueue script writes it. Returns 1,
-// 0 when the record exists, -1 when a task with the id exists (nothing was
-// written; the caller takes the two-step path, which handles that).
+// createAndEnqueue writes a new record and, when the job holds its session's
+// turn, enqueues its asynq task in the same step, on one Redis (asynq's keys
+// are in another slot on a cluster): the task is written exactly as asynq's
+// own enqueue script writes it. Returns 1 (created and enqueued), 2 (created,
+// waiting for its turn: no task yet), 0 when the record exists, -1 when a task
+// with the id exists (nothing was written; the caller takes the two-step
+// path, which handles that).
 // KEYS: job, order, unfinished, task, pending list, queue set.
-// ARGV: as createJob to 5, then the task message, now ns, queue, then the
+// ARGV: as createJob to 6, then the task message, now ns, queue, then the
 // record's field/value pairs.
 var createAndEnqueue = redis.NewScript(createJobLua + `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-create_job(9)
-redis.call('HSET', KEYS[4], 'msg', ARGV[6], 'state', 'pending', 'pending_since', ARGV[7])
+if redis.call('LLEN', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+if not create_job(10) then return 2 end
+redis.call('HSET', KEYS[4], 'msg', ARGV[7], 'state', 'pending', 'pending_since', ARGV[8])
 redis.call('LPUSH', KEYS[5], ARGV[1])
-redis.call('SADD', KEYS[6], ARGV[8])
+redis.call('SADD', KEYS[6], ARGV[9])
 return 1
 `)
 
@@ -79,32 +87,38 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 `)
 
-// deleteJob undoes createJob when the enqueue that follows it fails.
-// KEYS: job, order, unfinished. ARGV: id, unfinished member.
-var deleteJob = redis.NewScript(`
+// deleteJob undoes createJob when the enqueue that follows it fails. A job
+// submitted behind it meanwhile gets the turn: returned as releaseLua does.
+// KEYS: job, order, unfinished. ARGV: id, unfinished member, then releaseArgs.
+var deleteJob = redis.NewScript(releaseLua + `
 redis.call('DEL', KEYS[1])
-redis.call('LREM', KEYS[2], 0, ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[2])
-return 1
+return {release(KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])}
 `)
 
 // startAttempt starts an attempt in one round trip: it checks the session's
 // turn, marks the job active, takes the attempt's lease and reads the
 // session's history. Returns {'wait', head} when an earlier job holds the
-// turn, {'done'} when the job has finished or another task now runs it (it was
+// turn (a task that arrived early, from an older API: the job is pointed at
+// the fresh task id ARGV[6], which the release that gives it the turn
+// enqueues), {'done'} when the job has finished or another task now runs it (it was
 // taken over), {'gone'} when its record is gone, else {'run', attempt, history…}.
 // The attempt's fence token, one more than any before it (never reset: a
 // deferral gives back an attempt's number, a re-run restarts the count),
 // fences every earlier attempt out and names its lease.
-// KEYS: job, order, history, leases. ARGV: id, now, 1 to read the history, task id, lease expiry ms.
+// KEYS: job, order, history, leases. ARGV: id, now, 1 to read the history,
+// task id, lease expiry ms, fresh task id.
 var startAttempt = redis.NewScript(`
-local head = redis.call('LINDEX', KEYS[2], 0)
-if head and head ~= ARGV[1] then return {'wait', head} end
 local rec = redis.call('HMGET', KEYS[1], 'status', 'task', 'attempts', 'started_at')
 local st, task = rec[1], rec[2]
 if not st then return {'gone'} end
 if st == 'succeeded' or st == 'failed' or st == 'canceled' then return {'done'} end
 if task and task ~= ARGV[4] then return {'done'} end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if head and head ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'task', ARGV[6])
+  return {'wait', head}
+end
 local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'status', 'active', 'attempts', n, 'started_at', rec[4] or ARGV[2])
@@ -189,21 +203,6 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2])
 return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
 `)
 
-// retakeWaiting hands a job whose task was waiting (for its session's turn)
-// on a worker that died to a new task. Returns {1, payload, queue}, or {0}
-// when the job is no longer waiting on that task. Either way the claimed
-// lease leaves the index. KEYS: job, leases. ARGV: stale task id, new task
-// id, lease member.
-var retakeWaiting = redis.NewScript(`
-redis.call('ZREM', KEYS[2], ARGV[3])
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'queued' and st ~= 'retrying' then return {0} end
-local task = redis.call('HGET', KEYS[1], 'task') or ''
-if task ~= ARGV[1] then return {0} end
-redis.call('HSET', KEYS[1], 'task', ARGV[2])
-return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
-`)
-
 // claimDue takes up to ARGV[2] members whose score is due and moves them
 // ARGV[3] ms ahead, so that one caller handles each, and a caller that dies
 // before it is done leaves them to be claimed again: unfinished jobs whose
@@ -214,15 +213,6 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 local next = tonumber(ARGV[1]) + tonumber(ARGV[3])
 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', next, m) end
 return due
-`)
-
-// forget releases what a job whose record is gone or finished still holds:
-// its place in the session's order and its index entry.
-// Returns 1 when it held the session's order. KEYS: order, unfinished. ARGV: id, member.
-var forget = redis.NewScript(`
-local n = redis.call('LREM', KEYS[1], 0, ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return n
 `)
 
 // retask points a queued job at a new task (its old one was lost or finished).
@@ -280,25 +270,29 @@ return append_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], ARGV[3], ARGV[6])
 // final event (done, error or canceled) to the log, appends the history entries
 // if any, releases the session's turn and drops the job from the indexes.
 // An attempt's finish is fenced: it applies only while that attempt owns the
-// job. Returns 1 when this call finished the job, 0 when it was already
-// finished (or the attempt was fenced out), -1 when the record is gone.
+// job. Returns {1} when this call finished the job, {0} when it was already
+// finished (or the attempt was fenced out), {-1} when the record is gone;
+// the session's next job (releaseLua) follows when this made its turn.
 // KEYS: job, order, history, events, leases, unfinished.
 // ARGV: id, status, finished_at, retention s, history max, history ttl s,
 // result json, usage json, error json, event type, event body, channel,
 // attempt (0: not an attempt's), unfinished member, publish command, the
 // body of a token event to append before the final one (empty for none: the
-// rest of a reply that had not gone out yet), then history entries.
-var finish = redis.NewScript(appendEventLua + ownsLua + `
+// rest of a reply that had not gone out yet), the tenant, the session, the
+// jobs' key prefix, the next job's check ms (releaseArgs), then history entries.
+var finish = redis.NewScript(releaseLua + appendEventLua + ownsLua + `
+local function released()
+  return release(KEYS[2], KEYS[6], ARGV[1], ARGV[17], ARGV[18], ARGV[19], ARGV[20])
+end
 local st, n = state(KEYS[1])
 if not st then
-  redis.call('LREM', KEYS[2], 0, ARGV[1])
   redis.call('ZREM', KEYS[6], ARGV[14])
-  return -1
+  return {-1, released()}
 end
-if st == 'succeeded' or st == 'failed' or st == 'canceled' then return 0 end
+if st == 'succeeded' or st == 'failed' or st == 'canceled' then return {0} end
 local att = tonumber(ARGV[13])
 if att > 0 then
-  if st ~= 'active' or n ~= att then return 0 end
+  if st ~= 'active' or n ~= att then return {0} end
   redis.call('ZREM', KEYS[5], ARGV[1] .. ':' .. att)
 end
 redis.call('ZREM', KEYS[6], ARGV[14])
@@ -314,26 +308,29 @@ if ARGV[16] ~= '' then append_event(KEYS[4], ARGV[12], 'token', ARGV[16], ARGV[4
 if append_event(KEYS[4], ARGV[12], ARGV[10], ARGV[11], ARGV[4], ARGV[15]) > 1 then
   redis.call('EXPIRE', KEYS[4], ARGV[4]) -- the log lives as long as the record
 end
-if #ARGV > 16 then
-  for i = 17, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if #ARGV > 20 then
+  for i = 21, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
   redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
-redis.call('LREM', KEYS[2], 0, ARGV[1])
-return 1
+return {1, released()}
 `)
 
 // requeue reopens a failed job for another run: it is queued again at the
-// end of its session's order, indexed as unfinished again.
-// KEYS: job, order, unfinished. ARGV: id, retention s, now ms, member, payload.
+// end of its session's order, indexed as unfinished again. Returns 0 when
+// the job has not failed, 1 when it holds its session's turn (its task is to
+// be enqueued now), 2 when it waits behind an earlier job.
+// KEYS: job, order, unfinished. ARGV: id, retention s, now ms, member,
+// payload, first check ms, waiting check ms.
 var requeue = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' then return 0 end
-redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + 10000, ARGV[4])
 redis.call('HSET', KEYS[1], 'payload', ARGV[5])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', 0)
 redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'started_at')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('RPUSH', KEYS[2], ARGV[1])
+local head = redis.call('RPUSH', KEYS[2], ARGV[1]) == 1
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(head and ARGV[6] or ARGV[7]), ARGV[4])
+if head then return 1 end
+return 2
 `)

@@ -157,46 +157,49 @@ type Task struct {
 // the job is counted first (ErrTooManyJobs at the limit): the tenant's count
 // is a key of its own, outside the session's slot.
 //
-// Given the job's task, on one Redis it also enqueues it in the same script
-// (one round trip): enqueued=true. enqueued=false with created=true (a
-// cluster, where asynq's keys are in another slot, or a task with the id
-// exists already, or no task given): the caller enqueues it.
-func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (created, enqueued bool, existing Job, err error) {
+// A job behind an earlier unfinished job of its session waits for its turn
+// (order.go): created with Waiting set, and no task is to be enqueued. Given
+// the task of a job that holds the turn, on one Redis Create enqueues it in
+// the same script (one round trip): Enqueued set. Otherwise (a cluster, where
+// asynq's keys are in another slot, or a task with the id exists already, or
+// no task given) the caller enqueues it.
+func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, existing Job, err error) {
 	if j.KeyHash != "" {
 		// The job id comes from the key and the session (the session's slot):
 		// this binding tells the same key with another session apart.
 		owner, err := bindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID, 2*seconds(s.opt.Retention)).Text()
 		if err != nil {
-			return false, false, Job{}, unavailable("bind idempotency key", err)
+			return Created{}, Job{}, unavailable("bind idempotency key", err)
 		}
 		if owner != j.ID {
-			return false, false, Job{}, ErrKeyReused
+			return Created{}, Job{}, ErrKeyReused
 		}
 	}
 	if s.opt.TenantMaxJobs > 0 {
 		n, err := countTenantJob.Run(ctx, s.rdb, []string{rkeys.TenantJobs(j.Tenant)},
 			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli()).Int()
 		if err != nil {
-			return false, false, Job{}, unavailable("count tenant job", err)
+			return Created{}, Job{}, unavailable("count tenant job", err)
 		}
 		if n == 0 {
 			// At the limit, a replay of a finished job is still a replay.
 			if existing, err = s.Get(ctx, j.ID); errors.Is(err, ErrNotFound) {
 				s.unbind(ctx, j)
-				return false, false, Job{}, ErrTooManyJobs
+				return Created{}, Job{}, ErrTooManyJobs
 			}
-			return false, false, existing, err
+			return Created{}, existing, err
 		}
 	}
 	keys := []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))}
-	args := []any{j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), FirstCheck.Milliseconds()}
+	args := []any{j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
+		FirstCheck.Milliseconds(), WaitingCheck.Milliseconds()}
 	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
 	n := -1
 	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together
 		n, err = createAndEnqueue.Run(ctx, s.rdb, append(keys, t.Key, t.PendingKey, t.QueuesKey),
 			append(append(args, t.Message, time.Now().UnixNano(), t.Queue), record...)...).Int()
-		enqueued = n == 1
+		c.Enqueued = n == 1
 	}
 	if n == -1 {
 		n, err = createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
@@ -204,20 +207,27 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (created, enqueue
 	if err != nil {
 		s.uncount(ctx, j.Tenant, j.ID)
 		s.unbind(ctx, j)
-		return false, false, Job{}, unavailable("create job", err)
+		return Created{}, Job{}, unavailable("create job", err)
 	}
-	if n == 1 {
-		return true, enqueued, Job{}, nil
+	if n != 0 {
+		return Created{New: true, Enqueued: c.Enqueued, Waiting: n == 2}, Job{}, nil
 	}
 	existing, err = s.Get(ctx, j.ID)
 	if errors.Is(err, ErrNotFound) {
 		// Expired between the two calls: the caller may simply try again.
-		return false, false, Job{}, unavailable("create job", errors.New("record vanished"))
+		return Created{}, Job{}, unavailable("create job", errors.New("record vanished"))
 	}
 	if err == nil && Terminal(existing.Status) {
 		s.uncount(ctx, j.Tenant, j.ID) // counted again above, but it has finished
 	}
-	return false, false, existing, err
+	return Created{}, existing, err
+}
+
+// Created is what Create did.
+type Created struct {
+	New      bool // a record was written (else the id existed)
+	Enqueued bool // its task was enqueued with it
+	Waiting  bool // it waits for its session's turn: no task yet
 }
 
 // unbind releases a job's Idempotency-Key binding when the job was not made.
@@ -236,16 +246,20 @@ func (s *Store) uncount(ctx context.Context, tenant, id string) {
 	}
 }
 
-// Delete removes a record that was created but could not be enqueued.
-func (s *Store) Delete(ctx context.Context, j NewJob) error {
-	err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
-		j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)).Err()
+// Delete removes a record that was created but could not be enqueued, and
+// returns the job submitted behind it meanwhile, whose turn it now is.
+func (s *Store) Delete(ctx context.Context, j NewJob) (*Next, error) {
+	res, err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
+		append([]any{j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)}, releaseArgs(j.Tenant, j.SessionID, j.ID)...)...).Slice()
 	if err != nil {
-		return unavailable("delete job", err)
+		return nil, unavailable("delete job", err)
 	}
 	s.uncount(ctx, j.Tenant, j.ID)
 	s.unbind(ctx, j)
-	return nil
+	if len(res) == 0 {
+		return nil, nil
+	}
+	return nextOf(res[0]), nil
 }
 
 // Get reads a record.
@@ -322,8 +336,10 @@ type Attempt struct {
 	N int // the attempt's number; 0: the job has finished, do not run it
 	// Fence names the attempt in every write it makes (events, leases,
 	// outcome): larger than any earlier attempt's, so a stale one is refused.
-	Fence   int
-	Head    string    // set when an earlier job of the session holds the turn; nothing was changed
+	Fence int
+	// Head is set when an earlier job of the session holds the turn: the
+	// task came early, and the job now waits for its turn under a fresh task.
+	Head    string
 	History []Message // the session's history, when asked for
 	// BadHistory is set when history entries could not be decoded; History is then empty.
 	BadHistory error
@@ -332,14 +348,15 @@ type Attempt struct {
 // StartAttempt checks the session's turn, marks the job active, takes the
 // attempt's lease (until now + lease) and reads the session's history in one
 // round trip. task is the asynq task running it: a task that no longer owns
-// the job (it was taken over) gets N = 0. ErrNotFound: the record is gone.
-func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task string, withHistory bool, lease time.Duration) (Attempt, error) {
+// the job (it was taken over) gets N = 0; fresh is the task id the job waits
+// under when it is not its turn yet. ErrNotFound: the record is gone.
+func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fresh string, withHistory bool, lease time.Duration) (Attempt, error) {
 	flag := "0"
 	if withHistory {
 		flag = "1"
 	}
 	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
-		id, fmtTime(time.Now()), flag, task, time.Now().Add(lease).UnixMilli()).StringSlice()
+		id, fmtTime(time.Now()), flag, task, time.Now().Add(lease).UnixMilli(), fresh).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
@@ -369,22 +386,25 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task stri
 var ErrNotFailed = errors.New("only a failed job can be re-run")
 
 // Requeue reopens a failed job: queued again, attempts reset, at the end of
-// its session's order. The caller then moves its asynq task back to pending.
-func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) error {
+// its session's order. It reports whether the job holds its session's turn:
+// then the caller enqueues its task; else the release that gives it the turn
+// returns it.
+func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) (head bool, err error) {
 	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
-		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload)).Int()
+		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload),
+		FirstCheck.Milliseconds(), WaitingCheck.Milliseconds()).Int()
 	if err != nil {
-		return unavailable("requeue", err)
+		return false, unavailable("requeue", err)
 	}
 	if n == 0 {
-		return ErrNotFailed
+		return false, ErrNotFailed
 	}
 	if s.opt.TenantMaxJobs > 0 { // counted again, past the limit: a re-run is an operator's decision
 		if err := s.rdb.ZAdd(ctx, rkeys.TenantJobs(j.Tenant), redis.Z{Score: float64(time.Now().UnixMilli()), Member: j.ID}).Err(); err != nil {
-			return unavailable("requeue", err)
+			return false, unavailable("requeue", err)
 		}
 	}
-	return nil
+	return n == 1, nil
 }
 
 // MarkDeferred undoes StartAttempt for an attempt that never reached a
@@ -440,14 +460,15 @@ type Outcome struct {
 
 // Finish records a job's outcome exactly once, appends its final event (done,
 // error or canceled) to the event log and releases its session's turn. It
-// reports whether this call was the one that finished it. attempt > 0 fences
-// it: it applies only while that attempt owns the job; 0 is for the
-// lifecycle's own ends (cancel, reconcile).
-func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt int, o Outcome) (bool, error) {
+// reports whether this call was the one that finished it, and the session's
+// next job when this gave it the turn (its task is to be enqueued now).
+// attempt > 0 fences it: it applies only while that attempt owns the job; 0
+// is for the lifecycle's own ends (cancel, reconcile).
+func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt int, o Outcome) (bool, *Next, error) {
 	ev := finalEvent(o)
 	body, err := json.Marshal(ev)
 	if err != nil {
-		return false, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
+		return false, nil, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
 	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
@@ -456,23 +477,29 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if o.Tail != "" {
 		tail, err := json.Marshal(TokenEvent{Delta: o.Tail})
 		if err != nil {
-			return false, fmt.Errorf("encode token event: %w", err)
+			return false, nil, fmt.Errorf("encode token event: %w", err)
 		}
 		args[len(args)-1] = string(tail)
 	}
+	args = append(args, releaseArgs(tenant, session, id)...)
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
 	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
 		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id))}
-	n, err := finish.Run(ctx, s.rdb, keys, args...).Int()
+	res, err := finish.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
-		return false, unavailable("finish job", err)
+		return false, nil, unavailable("finish job", err)
 	}
+	n, _ := res[0].(int64)
 	if n != 0 {
 		s.uncount(ctx, tenant, id)
 	}
-	return n == 1, nil
+	var next *Next
+	if len(res) > 1 {
+		next = nextOf(res[1])
+	}
+	return n == 1, next, nil
 }
 
 // Abandon ends an attempt cut short by a shutdown: its lease expires at once,
@@ -508,49 +535,21 @@ func (s *Store) RenewLeases(ctx context.Context, members []string, until time.Ti
 	return nil
 }
 
-// jobOf is the job id of a task id or lease member ("<id>", "<id>:<…>").
+// jobOf is the job id of a lease member ("<id>:<fence>").
 func jobOf(member string) string {
 	id, _, _ := strings.Cut(member, ":")
-	id, _, _ = strings.Cut(id, "#")
 	return id
 }
 
-// Lease is a running attempt, or a task waiting for its session's turn, whose
-// lease expired.
+// Lease is a running attempt whose lease expired.
 type Lease struct {
-	JobID   string
-	Fence   int    // the attempt's fence token
-	Waiting string // the task that was waiting ("" for an attempt)
-}
-
-// WaitingMember is the lease of a task that waits for its session's turn.
-func WaitingMember(task string) string { return task + "#wait" }
-
-// HoldWaiting leases a task while it waits for its session's turn, so that a
-// worker dying meanwhile does not strand the job until asynq's recovery.
-func (s *Store) HoldWaiting(ctx context.Context, task string, until time.Time) error {
-	if err := s.rdb.ZAdd(ctx, rkeys.Leases(rkeys.Bucket(jobOf(task))), redis.Z{Score: float64(until.UnixMilli()), Member: WaitingMember(task)}).Err(); err != nil {
-		return unavailable("lease waiting task", err)
-	}
-	return nil
-}
-
-// DropWaiting ends a waiting task's lease.
-func (s *Store) DropWaiting(ctx context.Context, task string) error {
-	if err := s.rdb.ZRem(ctx, rkeys.Leases(rkeys.Bucket(jobOf(task))), WaitingMember(task)).Err(); err != nil {
-		return unavailable("drop waiting lease", err)
-	}
-	return nil
-}
-
-// RetakeWaiting hands a job whose waiting task's worker died to a new task.
-func (s *Store) RetakeWaiting(ctx context.Context, id, staleTask, task string) (ok bool, payload []byte, queue string, err error) {
-	return s.handOver(ctx, retakeWaiting, id, "retake waiting job", staleTask, task, WaitingMember(staleTask))
+	JobID string
+	Fence int // the attempt's fence token
 }
 
 // ClaimExpired takes up to limit expired leases of each bucket; each is
-// claimed by one caller for claimFor, after which, unless TakeOver or
-// RetakeWaiting removed it, it can be claimed again.
+// claimed by one caller for claimFor, after which, unless TakeOver removed
+// it, it can be claimed again.
 func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Duration) ([]Lease, error) {
 	raw, err := s.claimEach(ctx, claimDue, rkeys.Leases, time.Now().UnixMilli(), limit, claimFor.Milliseconds())
 	if err != nil {
@@ -558,11 +557,6 @@ func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Durat
 	}
 	out := make([]Lease, 0, len(raw))
 	for _, m := range raw {
-		if task, ok := strings.CutSuffix(m, "#wait"); ok {
-			id, _, _ := strings.Cut(task, ":")
-			out = append(out, Lease{JobID: id, Waiting: task})
-			continue
-		}
 		i := strings.LastIndexByte(m, ':')
 		n, err := strconv.Atoi(m[i+1:])
 		if i < 0 || err != nil {
@@ -577,13 +571,9 @@ func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Durat
 // is queued again and the old attempt is fenced out. ok=false: the attempt
 // had ended anyway. It returns what the new task needs.
 func (s *Store) TakeOver(ctx context.Context, id string, attempt int, task string) (ok bool, payload []byte, queue string, err error) {
-	return s.handOver(ctx, takeOver, id, "take over", attempt, task, rkeys.LeaseMember(id, attempt))
-}
-
-func (s *Store) handOver(ctx context.Context, script *redis.Script, id, op string, args ...any) (ok bool, payload []byte, queue string, err error) {
-	res, err := script.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, args...).Slice()
+	res, err := takeOver.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, attempt, task, rkeys.LeaseMember(id, attempt)).Slice()
 	if err != nil {
-		return false, nil, "", unavailable(op, err)
+		return false, nil, "", unavailable("take over", err)
 	}
 	if res[0].(int64) != 1 {
 		return false, nil, "", nil
@@ -658,19 +648,6 @@ func (s *Store) CheckAt(ctx context.Context, u Unfinished, at time.Time) error {
 	return nil
 }
 
-// Forget releases what a job whose record is gone (or finished) still holds:
-// its place in its session's order, its tenant count, its index entry. It
-// reports whether it held a place in the order.
-func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, error) {
-	n, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
-		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)).Int()
-	if err != nil {
-		return false, unavailable("forget job", err)
-	}
-	s.uncount(ctx, u.Tenant, u.ID)
-	return n > 0, nil
-}
-
 // History returns a session's conversation, oldest first.
 func (s *Store) History(ctx context.Context, tenant, session string) ([]Message, error) {
 	raw, err := s.rdb.LRange(ctx, rkeys.History(tenant, session), 0, -1).Result()
@@ -686,26 +663,6 @@ func (s *Store) History(ctx context.Context, tenant, session string) ([]Message,
 		out = append(out, m)
 	}
 	return out, nil
-}
-
-// SessionHead returns the job whose turn it is in a session ("" when none).
-func (s *Store) SessionHead(ctx context.Context, tenant, session string) (string, error) {
-	id, err := s.rdb.LIndex(ctx, rkeys.SessionOrder(tenant, session), 0).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
-	if err != nil {
-		return "", unavailable("session head", err)
-	}
-	return id, nil
-}
-
-// Release removes a job from its session's order (a record that is gone).
-func (s *Store) Release(ctx context.Context, tenant, session, id string) error {
-	if err := s.rdb.LRem(ctx, rkeys.SessionOrder(tenant, session), 0, id).Err(); err != nil {
-		return unavailable("release turn", err)
-	}
-	return nil
 }
 
 func jsonOrEmpty(v any) string {

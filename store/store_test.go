@@ -19,18 +19,18 @@ func TestCreateIsOnceAndReplaysTheRecord(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	nj := NewJob{ID: "job_a", Tenant: "t", SessionID: "s", Queue: "q", BodyHash: "h1", CreatedAt: time.Now()}
-	created, _, _, err := s.Create(ctx, nj, nil)
-	if err != nil || !created {
-		t.Fatalf("first create: %v %v", created, err)
+	c, _, err := s.Create(ctx, nj, nil)
+	if err != nil || !c.New || c.Waiting {
+		t.Fatalf("first create: %+v %v", c, err)
 	}
-	created, _, existing, err := s.Create(ctx, nj, nil)
-	if err != nil || created || existing.BodyHash != "h1" || existing.Status != StatusQueued {
-		t.Fatalf("second create: %v %+v %v", created, existing, err)
+	c, existing, err := s.Create(ctx, nj, nil)
+	if err != nil || c.New || existing.BodyHash != "h1" || existing.Status != StatusQueued {
+		t.Fatalf("second create: %+v %+v %v", c, existing, err)
 	}
 	if head, _ := s.SessionHead(ctx, "t", "s"); head != "job_a" {
 		t.Fatalf("session head %q", head)
 	}
-	if err := s.Delete(ctx, nj); err != nil {
+	if _, err := s.Delete(ctx, nj); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Get(ctx, "job_a"); err != ErrNotFound {
@@ -45,21 +45,21 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	for i, id := range []string{"job_1", "job_2", "job_3"} {
-		if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatal(err)
 		}
-		if a, err := s.StartAttempt(ctx, id, "t", "s", id, true, time.Minute); err != nil || a.N != 1 || a.Head != "" {
+		if a, err := s.StartAttempt(ctx, id, "t", "s", id, "", true, time.Minute); err != nil || a.N != 1 || a.Head != "" {
 			t.Fatalf("start attempt: %+v %v", a, err)
 		}
 		o := Outcome{Status: StatusSucceeded, Result: &Result{Content: "r"}, Usage: &Usage{1, 2},
 			History: []Message{{Role: "user", Content: id}, {Role: "assistant", Content: "r" + id}}}
 		for attempt := range 2 { // a retried Finish must not append twice
-			first, err := s.Finish(ctx, id, "t", "s", 1, o)
+			first, _, err := s.Finish(ctx, id, "t", "s", 1, o)
 			if err != nil || first != (attempt == 0) {
 				t.Fatalf("finish %s attempt %d: %v %v", id, i, first, err)
 			}
 		}
-		if a, _ := s.StartAttempt(ctx, id, "t", "s", id, false, time.Minute); a.N != 0 {
+		if a, _ := s.StartAttempt(ctx, id, "t", "s", id, "", false, time.Minute); a.N != 0 {
 			t.Fatalf("a finished job was started again: %+v", a)
 		}
 	}
@@ -75,33 +75,52 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 
 // A job whose session has an earlier unfinished job is told so and left
 // untouched; once the earlier one finishes it starts, with the history.
-func TestStartAttemptKeepsTheSessionsTurn(t *testing.T) {
+// A session's second job waits for its turn without a task; a task that
+// reaches a worker early changes nothing but the task the job waits under;
+// the first job's finish hands the turn on: it returns the second job, with
+// what its task needs, and brings its reconciler check forward.
+func TestSessionTurnsAreHandedOn(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
-	for _, id := range []string{"job_first", "job_second"} {
-		if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
-			t.Fatal(err)
+	// a session's job ids name its bucket (tasks.NewJobID)
+	bucket := "job_" + rkeys.IDBucketChars(rkeys.SessionBucket("t", "s"))
+	first, second := bucket+"first", bucket+"second"
+	for _, id := range []string{first, second} {
+		c, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now(), Payload: []byte("p-" + id)}, nil)
+		if err != nil || !c.New || c.Waiting != (id == second) {
+			t.Fatalf("create %s: %+v %v", id, c, err)
 		}
 	}
-	a, err := s.StartAttempt(ctx, "job_second", "t", "s", "job_second", true, time.Minute)
-	if err != nil || a.Head != "job_first" || a.N != 0 {
+	member := rkeys.UnfinishedMember("t", "s", second)
+	if at, _ := s.rdb.ZScore(ctx, rkeys.Unfinished(rkeys.Bucket(second)), member).Result(); at < float64(time.Now().Add(WaitingCheck/2).UnixMilli()) {
+		t.Fatalf("a waiting job's check is due at %v, not far off", at)
+	}
+	a, err := s.StartAttempt(ctx, second, "t", "s", second, second+":fresh", true, time.Minute)
+	if err != nil || a.Head != first || a.N != 0 {
 		t.Fatalf("second before first: %+v %v", a, err)
 	}
-	if j, _ := s.Get(ctx, "job_second"); j.Status != StatusQueued || j.Attempts != 0 {
-		t.Fatalf("a waiting job was changed: %+v", j)
+	if j, _ := s.Get(ctx, second); j.Status != StatusQueued || j.Attempts != 0 || j.Task != second+":fresh" {
+		t.Fatalf("an early task: %+v", j)
 	}
-	if _, err := s.StartAttempt(ctx, "job_first", "t", "s", "job_first", true, time.Minute); err != nil {
+	if _, err := s.StartAttempt(ctx, first, "t", "s", first, "", true, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	hist := []Message{{Role: "user", Content: "q"}, {Role: "assistant", Content: "a"}}
-	if _, err := s.Finish(ctx, "job_first", "t", "s", 1, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist}); err != nil {
-		t.Fatal(err)
+	done, next, err := s.Finish(ctx, first, "t", "s", 1, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist})
+	if err != nil || !done || next == nil || next.ID != second || next.Task != second+":fresh" || next.Queue != "q" || string(next.Payload) != "p-"+second {
+		t.Fatalf("finish: %v %+v %v", done, next, err)
 	}
-	a, err = s.StartAttempt(ctx, "job_second", "t", "s", "job_second", true, time.Minute)
+	if at, _ := s.rdb.ZScore(ctx, rkeys.Unfinished(rkeys.Bucket(second)), member).Result(); at > float64(time.Now().Add(FirstCheck).UnixMilli()) {
+		t.Fatalf("the next job's check was not brought forward: %v", at)
+	}
+	if _, next, _ := s.Finish(ctx, first, "t", "s", 0, Outcome{Status: StatusCanceled}); next != nil {
+		t.Fatalf("a second finish handed the turn on again: %+v", next)
+	}
+	a, err = s.StartAttempt(ctx, second, "t", "s", second+":fresh", "", true, time.Minute)
 	if err != nil || a.N != 1 || a.Head != "" || len(a.History) != 2 || a.History[1].Content != "a" {
 		t.Fatalf("second after first: %+v %v", a, err)
 	}
-	if _, err := s.StartAttempt(ctx, "job_missing", "t", "other", "job_missing", false, time.Minute); err != ErrNotFound {
+	if _, err := s.StartAttempt(ctx, "job_missing", "t", "other", "job_missing", "", false, time.Minute); err != ErrNotFound {
 		t.Fatalf("missing record: %v", err)
 	}
 }
@@ -123,10 +142,10 @@ func TestHeldJobsKeepTheirEventLog(t *testing.T) {
 	for name, step := range steps {
 		t.Run(name, func(t *testing.T) {
 			id := "job_held_" + name
-			if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+			if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 				t.Fatal(err)
 			}
-			a, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Minute)
+			a, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute)
 			if err != nil || a.N != 1 {
 				t.Fatalf("start %+v %v", a, err)
 			}
@@ -152,10 +171,10 @@ func TestClaimedLeasesComeBackUntilTakenOver(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	id := "job_claimed"
-	if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Millisecond); err != nil || a.N != 1 {
+	if a, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Millisecond); err != nil || a.N != 1 {
 		t.Fatalf("start %+v %v", a, err)
 	}
 	time.Sleep(5 * time.Millisecond)
@@ -193,27 +212,27 @@ func TestStaleAttemptWithTheSameNumberIsFencedOut(t *testing.T) {
 	s := newStore(t)
 	ctx := context.Background()
 	id := "job_fenced"
-	if _, _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
-	a1, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Minute)
+	a1, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute)
 	if err != nil || a1.N != 1 {
 		t.Fatalf("start %+v %v", a1, err)
 	}
 	if err := s.MarkDeferred(ctx, id, "t", id, a1.Fence, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	a2, err := s.StartAttempt(ctx, id, "t", id, id, false, time.Minute)
+	a2, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute)
 	if err != nil || a2.N != a1.N || a2.Fence == a1.Fence {
 		t.Fatalf("after a deferral: first %+v, second %+v (%v)", a1, a2, err)
 	}
 	if _, err := s.AppendEvent(ctx, id, a1.Fence, TokenEvent{Delta: "stale"}); err != ErrSuperseded {
 		t.Fatalf("a stale attempt's event: %v, want ErrSuperseded", err)
 	}
-	if first, err := s.Finish(ctx, id, "t", id, a1.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "stale"}, Usage: &Usage{}}); err != nil || first {
+	if first, _, err := s.Finish(ctx, id, "t", id, a1.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "stale"}, Usage: &Usage{}}); err != nil || first {
 		t.Fatalf("a stale attempt finished the job: %v %v", first, err)
 	}
-	if first, err := s.Finish(ctx, id, "t", id, a2.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "fresh"}, Usage: &Usage{}}); err != nil || !first {
+	if first, _, err := s.Finish(ctx, id, "t", id, a2.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "fresh"}, Usage: &Usage{}}); err != nil || !first {
 		t.Fatalf("the running attempt could not finish: %v %v", first, err)
 	}
 	if j, _ := s.Get(ctx, id); j.Result == nil || j.Result.Content != "fresh" {

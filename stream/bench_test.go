@@ -11,7 +11,7 @@ import (
 func BenchmarkEmitterDelta(b *testing.B) {
 	st := newStore(b)
 	activeJob(b, st, "job_bench")
-	e := NewEmitter(context.Background(), st, "job_bench", 1, Coalescing{Window: time.Hour, MaxBytes: 256})
+	e := NewEmitter(context.Background(), attemptOf(st, "job_bench", 1), Coalescing{Window: time.Hour, MaxBytes: 256})
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := e.Delta(" word"); err != nil {

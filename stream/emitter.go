@@ -27,25 +27,29 @@ type Coalescing struct {
 // depends on it.
 const publishAttempts = 3
 
+// Log is where one attempt's events go: the job's event log, each write
+// fenced by the attempt (jobs.Attempt).
+type Log interface {
+	AppendEvent(ctx context.Context, p store.Payload) (int64, error)
+}
+
 // Emitter publishes one attempt's token deltas and tool-call fragments to a
 // job's event log, in the order they came.
 type Emitter struct {
-	ctx     context.Context
-	st      *store.Store
-	id      string
-	attempt int // fences the writes: a superseded attempt stops
-	c       Coalescing
-	mu      sync.Mutex
-	buf     strings.Builder      // waiting text, or the waiting arguments of tool
-	tool    *store.ToolCallEvent // what waits is a fragment of this tool call
-	tm      *time.Timer
-	sent    int   // token and tool_call events published
-	err     error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
+	ctx  context.Context
+	log  Log
+	c    Coalescing
+	mu   sync.Mutex
+	buf  strings.Builder      // waiting text, or the waiting arguments of tool
+	tool *store.ToolCallEvent // what waits is a fragment of this tool call
+	tm   *time.Timer
+	sent int   // token and tool_call events published
+	err  error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
 }
 
-// NewEmitter returns an emitter for attempt `attempt` of job id.
-func NewEmitter(ctx context.Context, st *store.Store, id string, attempt int, c Coalescing) *Emitter {
-	return &Emitter{ctx: ctx, st: st, id: id, attempt: attempt, c: c}
+// NewEmitter returns an emitter writing to log.
+func NewEmitter(ctx context.Context, log Log, c Coalescing) *Emitter {
+	return &Emitter{ctx: ctx, log: log, c: c}
 }
 
 // Delta takes the next piece of the reply. It returns store.ErrJobFinished
@@ -157,7 +161,7 @@ func (e *Emitter) flushLocked() {
 	e.buf.Reset()
 	var err error
 	for i := range publishAttempts {
-		_, err = e.st.AppendEvent(e.ctx, e.id, e.attempt, ev)
+		_, err = e.log.AppendEvent(e.ctx, ev)
 		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrSuperseded) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
 			break
 		}

@@ -19,10 +19,10 @@ func newStore(t testing.TB) *store.Store {
 func activeJob(t testing.TB, st *store.Store, id string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := st.StartAttempt(ctx, id, "t", id, id, false, time.Minute); err != nil || a.N != 1 {
+	if a, err := st.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute); err != nil || a.N != 1 {
 		t.Fatal(err)
 	}
 }
@@ -49,7 +49,7 @@ func deltas(t *testing.T, st *store.Store, id string) []string {
 func TestEmitterCoalesces(t *testing.T) {
 	st := newStore(t)
 	activeJob(t, st, "job_c")
-	e := NewEmitter(context.Background(), st, "job_c", 1, Coalescing{Window: time.Hour, MaxBytes: 10})
+	e := NewEmitter(context.Background(), attemptOf(st, "job_c", 1), Coalescing{Window: time.Hour, MaxBytes: 10})
 	var want strings.Builder
 	for i := range 30 {
 		d := string(rune('a'+i%26)) + " "
@@ -71,7 +71,7 @@ func TestEmitterCoalesces(t *testing.T) {
 
 	// With a short window the timer flushes a batch without a further delta.
 	activeJob(t, st, "job_t")
-	e = NewEmitter(context.Background(), st, "job_t", 1, Coalescing{Window: 20 * time.Millisecond, MaxBytes: 1 << 20})
+	e = NewEmitter(context.Background(), attemptOf(st, "job_t", 1), Coalescing{Window: 20 * time.Millisecond, MaxBytes: 1 << 20})
 	_ = e.Delta("first")
 	_ = e.Delta(" second")
 	deadline := time.Now().Add(2 * time.Second)
@@ -88,11 +88,11 @@ func TestEmitterCoalesces(t *testing.T) {
 func TestEmitterStopsAfterCancel(t *testing.T) {
 	st := newStore(t)
 	activeJob(t, st, "job_x")
-	e := NewEmitter(context.Background(), st, "job_x", 1, Coalescing{Window: 0, MaxBytes: 1})
+	e := NewEmitter(context.Background(), attemptOf(st, "job_x", 1), Coalescing{Window: 0, MaxBytes: 1})
 	if err := e.Delta("one"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Finish(context.Background(), "job_x", "t", "job_x", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {
+	if _, _, err := st.Finish(context.Background(), "job_x", "t", "job_x", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Delta("two"); err != store.ErrJobFinished {
@@ -110,7 +110,7 @@ func TestEmitterStopsAfterCancel(t *testing.T) {
 func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
 	st := newStore(t)
 	activeJob(t, st, "job_tail")
-	e := NewEmitter(context.Background(), st, "job_tail", 1, Coalescing{Window: time.Hour, MaxBytes: 1 << 20})
+	e := NewEmitter(context.Background(), attemptOf(st, "job_tail", 1), Coalescing{Window: time.Hour, MaxBytes: 1 << 20})
 	for _, d := range []string{"one", " two", " three"} {
 		if err := e.Delta(d); err != nil {
 			t.Fatal(err)
@@ -119,7 +119,7 @@ func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
 	if got := deltas(t, st, "job_tail"); len(got) != 1 || got[0] != "one" {
 		t.Fatalf("before the end: %q", got)
 	}
-	first, err := st.Finish(context.Background(), "job_tail", "t", "job_tail", 1, store.Outcome{Status: store.StatusSucceeded,
+	first, _, err := st.Finish(context.Background(), "job_tail", "t", "job_tail", 1, store.Outcome{Status: store.StatusSucceeded,
 		Result: &store.Result{Content: "one two three"}, Tail: e.Tail()})
 	if err != nil || !first {
 		t.Fatalf("finish: %v %v", first, err)
@@ -143,7 +143,7 @@ func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
 func TestEmitterCarriesToolCalls(t *testing.T) {
 	st := newStore(t)
 	activeJob(t, st, "job_tc")
-	e := NewEmitter(context.Background(), st, "job_tc", 1, Coalescing{Window: time.Hour, MaxBytes: 1 << 10})
+	e := NewEmitter(context.Background(), attemptOf(st, "job_tc", 1), Coalescing{Window: time.Hour, MaxBytes: 1 << 10})
 	steps := []func() error{
 		func() error { return e.Delta("Let me look.") },
 		func() error { return e.ToolCall(0, "call_a", "weather", "") },
@@ -189,3 +189,16 @@ func TestEmitterCarriesToolCalls(t *testing.T) {
 		t.Fatal("tool calls count as output")
 	}
 }
+
+// fencedSink writes as attempt n of job id (what jobs.Attempt does).
+type fencedSink struct {
+	st *store.Store
+	id string
+	n  int
+}
+
+func (f fencedSink) AppendEvent(ctx context.Context, p store.Payload) (int64, error) {
+	return f.st.AppendEvent(ctx, f.id, f.n, p)
+}
+
+func attemptOf(st *store.Store, id string, n int) Log { return fencedSink{st, id, n} }

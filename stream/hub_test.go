@@ -35,10 +35,10 @@ func TestHubOnClusterKeepsOneConnectionPerShard(t *testing.T) {
 		}
 		buckets[rkeys.SessionBucket("t", session)] = true
 		id := tasks.NewJobID("t", session)
-		if _, _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatal(err)
 		}
-		if a, err := st.StartAttempt(ctx, id, "t", session, id, false, time.Minute); err != nil || a.N != 1 {
+		if a, err := st.StartAttempt(ctx, id, "t", session, id, "", false, time.Minute); err != nil || a.N != 1 {
 			t.Fatalf("start %s: %+v %v", id, a, err)
 		}
 		sub, err := h.Subscribe(ctx, id)
@@ -82,10 +82,10 @@ func TestHubFollowsAChannelWhoseSlotMoved(t *testing.T) {
 	defer h.Close()
 	ctx := context.Background()
 	id := tasks.NewJobID("t", "moving")
-	if _, _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "moving", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "moving", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := st.StartAttempt(ctx, id, "t", "moving", id, false, time.Minute); err != nil || a.N != 1 {
+	if a, err := st.StartAttempt(ctx, id, "t", "moving", id, "", false, time.Minute); err != nil || a.N != 1 {
 		t.Fatalf("start: %+v %v", a, err)
 	}
 	sub, err := h.Subscribe(ctx, id)

@@ -115,7 +115,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh
 	closers.AddFunc(stopBackground)
 	if standalone {
-		w, err := wiring.StartWorker(bg, cfg, rdb, st, jm, reg, log.With().Str("component", "worker").Logger())
+		w, err := wiring.StartWorker(bg, cfg, rdb, jm, reg, log.With().Str("component", "worker").Logger())
 		if err != nil {
 			return err
 		}

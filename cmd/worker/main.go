@@ -90,7 +90,7 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	w, err := wiring.StartWorker(bg, cfg, rdb, st, wiring.Jobs(cfg, rdb, st), reg, log)
+	w, err := wiring.StartWorker(bg, cfg, rdb, wiring.Jobs(cfg, rdb, st), reg, log)
 	if err != nil {
 		return err
 	}

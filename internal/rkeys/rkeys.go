@@ -203,3 +203,7 @@ func StreamToken(token string) string { return prefix + "stream-token:" + token 
 // Response is a /v1/responses response's own fields (hash): its tenant,
 // input, conversation, instructions and settings; its job holds the rest.
 func Response(id string) string { return prefix + "response:" + id }
+
+// JobPrefix is what precedes a job id in the keys of its record: the jobs of
+// one session share it (their bucket), so a script can name the next job's record.
+func JobPrefix(id string) string { return tagged(Bucket(id)) + "job:" }

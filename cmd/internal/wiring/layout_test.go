@@ -21,7 +21,7 @@ func golist(t *testing.T, args ...string) []string {
 
 // The layout's rules: only the mains read the configuration; the worker does
 // not link the HTTP API; the API reaches the queue only through the job
-// lifecycle.
+// lifecycle; the worker's pipeline changes a job only through it.
 func TestLayoutRules(t *testing.T) {
 	const mod = "github.com/chatfleet/chatfleet/"
 	if deps := golist(t, "-deps", "./cmd/worker"); slices.Contains(deps, mod+"api") {
@@ -34,6 +34,9 @@ func TestLayoutRules(t *testing.T) {
 	}
 	if imports := golist(t, "-f", `{{join .Imports " "}}`, "./api"); slices.Contains(imports, "github.com/hibiken/asynq") {
 		t.Error("api imports asynq; it must go through the jobs package")
+	}
+	if imports := golist(t, "-f", `{{join .Imports " "}}`, "./orchestration"); slices.Contains(imports, mod+"store") {
+		t.Error("orchestration imports store; a job's transitions go through jobs (jobs.Attempt)")
 	}
 }
 

@@ -78,7 +78,7 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 // Jobs is the job lifecycle of cfg.
 func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
 	return jobs.New(st, asynq.NewClientFromRedisClient(rdb), asynq.NewInspectorFromRedisClient(rdb),
-		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, QueueSpread: cfg.QueueSpread})
+		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease})
 }
 
 // Providers are cfg's provider specs, primary first.
@@ -96,13 +96,13 @@ func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Provid
 
 // StartWorker assembles a worker, starts the job rescuer and reconciler
 // beside it (both until ctx ends) and starts fetching jobs.
-func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store, jm *jobs.Manager,
+func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager,
 	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
-	w, err := Worker(ctx, cfg, rdb, st, jm, reg, log)
+	w, err := Worker(ctx, cfg, rdb, jm, reg, log)
 	if err != nil {
 		return nil, err
 	}
-	jm.Supervise(ctx, jobs.SuperviseOptions{Lease: cfg.JobLease, Registerer: reg, Log: log.With().Str("component", "supervisor").Logger()})
+	jm.Supervise(ctx, jobs.SuperviseOptions{Registerer: reg, Log: log.With().Str("component", "supervisor").Logger()})
 	if err := w.Start(); err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClie
 
 // Worker assembles the provider chain, pipeline and asynq server that the
 // worker process and standalone mode run. ctx bounds the breakers' refresh.
-func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store, jm *jobs.Manager,
+func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager,
 	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
 	chain, err := llm.Build(ctx, llm.ChainOptions{
 		Specs:    Providers(cfg),
@@ -123,14 +123,13 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, s
 	if err != nil {
 		return nil, err
 	}
-	p := orchestration.NewPipeline(st, jm, chain, orchestration.PipelineOptions{
+	p := orchestration.NewPipeline(jm, chain, orchestration.PipelineOptions{
 		MaxRetries:    cfg.MaxRetries,
 		CallTimeout:   cfg.LLMTimeout,
 		Coalescing:    stream.Coalescing{Window: cfg.StreamFlushInterval, MaxBytes: cfg.StreamFlushBytes},
 		OnAllDown:     cfg.OnAllDown,
 		DegradedReply: cfg.DegradedReply,
 		MaxRetryDelay: cfg.MaxRetryDelay,
-		Lease:         cfg.JobLease,
 		Metrics:       orchestration.NewMetrics(reg, tasks.QueueSet(cfg.QueueSpread)),
 	})
 	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{

@@ -1,0 +1,170 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// The record types a running attempt reads and writes. The pipeline names
+// them through this package, the job lifecycle's one door.
+type (
+	Outcome  = store.Outcome
+	Result   = store.Result
+	Usage    = store.Usage
+	Message  = store.Message
+	JobError = store.JobError
+)
+
+// Statuses a job ends in.
+const (
+	StatusSucceeded = store.StatusSucceeded
+	StatusFailed    = store.StatusFailed
+	StatusCanceled  = store.StatusCanceled
+	StatusRetrying  = store.StatusRetrying
+)
+
+var (
+	// ErrNothingToRun: the task has nothing to run (the job finished, another
+	// task runs it, its record is gone, or it is not the session's turn yet).
+	// Not a failure: the task is done with.
+	ErrNothingToRun = errors.New("nothing to run")
+	// ErrJobFinished and ErrSuperseded end an attempt's writes: the job was
+	// canceled (or finished), or a later attempt owns it.
+	ErrJobFinished = store.ErrJobFinished
+	ErrSuperseded  = store.ErrSuperseded
+)
+
+// finishTimeout bounds recording an outcome. It runs on a context detached
+// from the task's, so that a reply already paid for is recorded even when
+// shutdown cancels the task just after the provider answered.
+const finishTimeout = 5 * time.Second
+
+// Attempt is one run of a job in this process. Its methods are the job's only
+// transitions while it runs; each names the attempt's fence token, so an
+// attempt that lost the job (taken over, canceled) changes nothing.
+type Attempt struct {
+	m     *Manager
+	job   tasks.ChatPayload
+	N     int // the attempt's number (retries are decided on it)
+	Fence int // larger than any earlier attempt's
+	// History is the session's conversation (for a jobs-API turn), or nil
+	// with BadHistory set when it could not be decoded.
+	History    []Message
+	BadHistory error
+	lease      string
+}
+
+// Start begins an attempt of the job a task carries: it marks the job
+// active, takes the attempt's lease (renewed by RenewLeases until the
+// attempt ends) and reads the session's history, in one round trip. An
+// attempt after an interrupted one first tells followers to discard what
+// the interrupted one streamed. ErrNothingToRun says why there is nothing to
+// run. Close the attempt when it is done with.
+func (m *Manager) Start(ctx context.Context, job tasks.ChatPayload, task string) (*Attempt, error) {
+	withHistory := len(job.Messages) == 0
+	sa, err := m.st.StartAttempt(ctx, job.JobID, job.Tenant, job.SessionID, task, tasks.RetryTaskID(job.JobID), withHistory, m.opt.Lease)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// Expired or lost before it ran: its place in the order goes.
+		next, rerr := m.st.Release(ctx, job.Tenant, job.SessionID, job.JobID)
+		if rerr == nil {
+			m.dispatch(ctx, next)
+		}
+		return nil, fmt.Errorf("%w: the job's record is gone (expired or lost)", ErrNothingToRun)
+	case err != nil:
+		return nil, err
+	case sa.Head != "":
+		return nil, fmt.Errorf("%w: an earlier job of the session (%s) holds the turn; the job waits for it", ErrNothingToRun, sa.Head)
+	case sa.N == 0:
+		return nil, fmt.Errorf("%w: the job has finished or another task runs it", ErrNothingToRun)
+	}
+	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory}
+	a.lease = m.leases.add(job.JobID, sa.Fence)
+	if sa.N > 1 {
+		a.retractInterrupted(ctx)
+	}
+	return a, nil
+}
+
+// Close ends this process's part in the attempt: its lease is no longer renewed.
+func (a *Attempt) Close() { a.m.leases.remove(a.lease) }
+
+// Finish records the job's outcome once (fenced), appends its final event and
+// hands the session's turn to its next job. first: this call finished it.
+func (a *Attempt) Finish(ctx context.Context, o Outcome) (first bool, err error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
+	return a.m.finish(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, o)
+}
+
+// Retry records a failed attempt that the queue retries no later than until.
+func (a *Attempt) Retry(ctx context.Context, why JobError, until time.Time) error {
+	return a.m.st.MarkRetrying(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, why, until)
+}
+
+// Defer hands back an attempt that never reached a provider: the job waits
+// in the queue until `until`, its attempt not counted.
+func (a *Attempt) Defer(ctx context.Context, until time.Time) error {
+	return a.m.st.MarkDeferred(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, until)
+}
+
+// Abandon hands over an attempt cut short by a shutdown: its lease expires
+// now, so a rescuer takes the job over at once.
+func (a *Attempt) Abandon(ctx context.Context) error {
+	return a.m.st.Abandon(ctx, a.job.JobID, a.Fence)
+}
+
+// AppendEvent adds one of this attempt's events to the job's log (stream.Emitter's sink).
+func (a *Attempt) AppendEvent(ctx context.Context, p store.Payload) (int64, error) {
+	return a.m.st.AppendEvent(ctx, a.job.JobID, a.Fence, p)
+}
+
+// AnnounceRetry tells followers to discard this attempt's output: attempt
+// next follows.
+func (a *Attempt) AnnounceRetry(ctx context.Context, next int, reason string) error {
+	_, err := a.AppendEvent(ctx, store.RetryEvent{Attempt: next, Reason: reason})
+	return err
+}
+
+// Status is the job's status as it stands (after an attempt's writes were refused).
+func (a *Attempt) Status(ctx context.Context) (string, error) {
+	j, err := a.m.st.Get(ctx, a.job.JobID)
+	return j.Status, err
+}
+
+// retractInterrupted announces a retry for an attempt that died with its
+// worker after streaming: its output must be discarded before this
+// attempt's arrives.
+func (a *Attempt) retractInterrupted(ctx context.Context) {
+	last, ok, err := a.m.st.LastEvent(ctx, a.job.JobID)
+	if err == nil && ok && (last.Type == store.EventToken || last.Type == store.EventToolCall) {
+		err = a.AnnounceRetry(ctx, a.N, "the previous attempt was interrupted")
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("job_id", a.job.JobID).Msg("could not retract the interrupted attempt's output")
+	}
+}
+
+// Hold keeps a job that waits in the queue without an attempt (deferred
+// before it started) alive past until.
+func (m *Manager) Hold(ctx context.Context, job tasks.ChatPayload, until time.Time) error {
+	return m.st.Hold(ctx, job.JobID, job.Tenant, job.SessionID, until)
+}
+
+// FailUndecodable records a task whose payload no retry can fix as a failed job.
+func (m *Manager) FailUndecodable(ctx context.Context, id string, cause error) {
+	j, err := m.st.Get(ctx, id)
+	if err != nil {
+		return // no record to update; the task is archived with the error
+	}
+	_, _ = m.finish(ctx, id, j.Tenant, j.SessionID, 0, Outcome{
+		Status: StatusFailed, Error: &JobError{Code: "bad_payload", Message: cause.Error()},
+	})
+}

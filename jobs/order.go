@@ -1,0 +1,38 @@
+package jobs
+
+import (
+	"context"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
+)
+
+// A session's turns run one at a time, in the order they were submitted, and
+// a turn that waits holds no worker: only the session's head has a task in
+// the queue (store/order.go). Whatever ends the head (its attempt, a cancel,
+// the reconciler) gets the next job back from the same script and enqueues
+// its task here, through asynq's client.
+
+// finish records an outcome once (fenced when fence > 0) and hands the
+// session's turn on.
+func (m *Manager) finish(ctx context.Context, id, tenant, session string, fence int, o store.Outcome) (bool, error) {
+	first, next, err := m.st.Finish(ctx, id, tenant, session, fence, o)
+	if err != nil {
+		return false, err
+	}
+	m.dispatch(ctx, next)
+	return first, nil
+}
+
+// dispatch enqueues the task of a session's job whose turn has come. When it
+// cannot (Redis away, this process dying first), the reconciler does at the
+// job's next check, which the release brought within store.FirstCheck.
+func (m *Manager) dispatch(ctx context.Context, next *store.Next) {
+	if next == nil || len(next.Payload) == 0 {
+		return // none, or its record is gone: the reconciler forgets it
+	}
+	if err := m.enqueueTask(ctx, next.ID, next.Task, next.Queue, next.Payload); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("next_job_id", next.ID).Msg("could not enqueue the session's next job; the reconciler will")
+	}
+}

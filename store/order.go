@@ -1,0 +1,145 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// A session's turns run one at a time, in the order they were submitted: its
+// order list holds its unfinished jobs, and only the head has a task in the
+// queue. A job submitted behind others waits in Redis, not in a worker: when
+// the head leaves the order (finished, canceled, lost), the script that
+// removed it returns the next job, whose task the caller enqueues at once
+// (jobs.Manager.dispatch). The same script brings the next job's reconciler
+// check forward, so a caller that dies before enqueueing is covered within
+// FirstCheck.
+
+// releaseLua takes a job out of its session's order. When the job held the
+// turn it returns the next job: {id, task, queue, payload}, else nothing.
+// unfinished is the index of the session's bucket, prefix the key prefix of
+// its jobs' records (rkeys.JobPrefix), check the next job's check time (ms).
+const releaseLua = `
+local function release(order, unfinished, id, tenant, session, prefix, check)
+  local head = redis.call('LINDEX', order, 0)
+  redis.call('LREM', order, 0, id)
+  if head ~= id then return nil end
+  local nxt = redis.call('LINDEX', order, 0)
+  if not nxt then return nil end
+  redis.call('ZADD', unfinished, 'XX', check, tenant .. '\n' .. session .. '\n' .. nxt)
+  local v = redis.call('HMGET', prefix .. nxt, 'task', 'queue', 'payload')
+  return {nxt, v[1] or nxt, v[2] or '', v[3] or ''}
+end
+`
+
+// Next is a session's job whose turn came when the job before it left the
+// order: its task is to be enqueued now.
+type Next struct {
+	ID, Task, Queue string
+	Payload         []byte // empty when its record is gone (the reconciler forgets it)
+}
+
+// releaseArgs are the arguments releaseLua's callers pass after their own.
+func releaseArgs(tenant, session, id string) []any {
+	return []any{tenant, session, rkeys.JobPrefix(id), time.Now().Add(FirstCheck).UnixMilli()}
+}
+
+// nextOf decodes what releaseLua returned (nil, or its 4 values).
+func nextOf(v any) *Next {
+	f, ok := v.([]any)
+	if !ok || len(f) != 4 {
+		return nil
+	}
+	s := func(i int) string { x, _ := f[i].(string); return x }
+	return &Next{ID: s(0), Task: s(1), Queue: s(2), Payload: []byte(s(3))}
+}
+
+// release removes a job whose record is gone from its session's order.
+// KEYS: order, unfinished. ARGV: id, then releaseArgs.
+var release = redis.NewScript(releaseLua + `
+return {release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}
+`)
+
+// Release takes a job (its record gone) out of its session's order and
+// returns the job whose turn that made, if any.
+func (s *Store) Release(ctx context.Context, tenant, session, id string) (*Next, error) {
+	res, err := release.Run(ctx, s.rdb, []string{rkeys.SessionOrder(tenant, session), rkeys.Unfinished(rkeys.Bucket(id))},
+		append([]any{id}, releaseArgs(tenant, session, id)...)...).Slice()
+	if err != nil {
+		return nil, unavailable("release turn", err)
+	}
+	if len(res) == 0 {
+		return nil, nil
+	}
+	return nextOf(res[0]), nil
+}
+
+// forget releases what a job whose record is gone or finished still holds:
+// its place in the session's order and its index entry. Returns {held, next}.
+// KEYS: order, unfinished. ARGV: id, member, then releaseArgs.
+var forget = redis.NewScript(releaseLua + `
+local held = redis.call('LPOS', KEYS[1], ARGV[1]) and 1 or 0
+local nxt = release(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return {held, nxt}
+`)
+
+// Forget releases what a job whose record is gone (or finished) still holds:
+// its place in its session's order, its tenant count, its index entry. It
+// reports whether it held a place in the order, and the job whose turn that made.
+func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, *Next, error) {
+	res, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
+		append([]any{u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}, releaseArgs(u.Tenant, u.SessionID, u.ID)...)...).Slice()
+	if err != nil {
+		return false, nil, unavailable("forget job", err)
+	}
+	s.uncount(ctx, u.Tenant, u.ID)
+	held, _ := res[0].(int64)
+	var next *Next
+	if len(res) > 1 {
+		next = nextOf(res[1])
+	}
+	return held == 1, next, nil
+}
+
+// WaitingCheck is how often the reconciler looks at a job that waits for its
+// session's turn: the release that gives it the turn brings its check
+// forward, so this is only a safety net.
+const WaitingCheck = time.Hour
+
+// parkWaiting moves the check of a job that is not its session's head to
+// later; returns 0 (nothing changed) when the job holds the turn.
+// KEYS: order, unfinished. ARGV: id, member, check ms.
+var parkWaiting = redis.NewScript(`
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head or head == ARGV[1] then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+return 1
+`)
+
+// ParkIfWaiting reports whether a job waits behind an earlier job of its
+// session; if so its next check is WaitingCheck away.
+func (s *Store) ParkIfWaiting(ctx context.Context, u Unfinished) (bool, error) {
+	n, err := parkWaiting.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
+		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), time.Now().Add(WaitingCheck).UnixMilli()).Int()
+	if err != nil {
+		return false, unavailable("check session turn", err)
+	}
+	return n == 1, nil
+}
+
+// SessionHead returns the job whose turn it is in a session ("" when none).
+func (s *Store) SessionHead(ctx context.Context, tenant, session string) (string, error) {
+	id, err := s.rdb.LIndex(ctx, rkeys.SessionOrder(tenant, session), 0).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", unavailable("session head", err)
+	}
+	return id, nil
+}
