@@ -273,8 +273,11 @@ func (g *Guarded) record(seen gobreaker.State, err error) {
 	if steady {
 		return
 	}
-	if _, xerr := g.dcb.Execute(func() (struct{}, error) { return struct{}{}, err }); xerr != nil &&
-		!errors.Is(xerr, err) && !errors.Is(xerr, gobreaker.ErrOpenState) && !errors.Is(xerr, gobreaker.ErrTooManyRequests) {
+	xerr := g.store.serialize(g.Name(), func() error {
+		_, xerr := g.dcb.Execute(func() (struct{}, error) { return struct{}{}, err })
+		return xerr
+	})
+	if xerr != nil && !errors.Is(xerr, err) && !errors.Is(xerr, gobreaker.ErrOpenState) && !errors.Is(xerr, gobreaker.ErrTooManyRequests) {
 		g.log.Warn().Err(xerr).Msg("could not record the call in the shared breaker")
 	}
 	g.refresh()
@@ -391,6 +394,34 @@ func (s *breakerStore) Lock(name string) error {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// serialize runs f, a record into the shared breaker, holding the
+// provider's update lock. gobreaker's distributed breaker reads the shared
+// state before it takes its own lock and writes it back after: two processes
+// recording a failure at once would both write the count they read plus one.
+// Under this lock each reads what the one before it wrote. The lock is
+// per call (its own token) and lapses after 2 s should its holder die.
+func (s *breakerStore) serialize(provider string, f func() error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	key, token := rkeys.Breaker("update:"+provider), newToken()
+	for {
+		ok, err := s.rdb.SetNX(ctx, key, token, 2*time.Second).Result()
+		if err != nil {
+			return err
+		}
+		if ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return errLocked
+		case <-time.After(time.Millisecond):
+		}
+	}
+	defer func() { _ = deleteIfOwner.Run(context.WithoutCancel(ctx), s.rdb, []string{key}, token).Err() }()
+	return f()
 }
 
 // deleteIfOwner deletes a lease (the shared state's lock, the half-open

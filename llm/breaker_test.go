@@ -254,3 +254,39 @@ func TestProbeReleasesOnlyItsOwnClaim(t *testing.T) {
 		t.Fatalf("the first probe released the second's claim: %q %v", v, err)
 	}
 }
+
+// Failures recorded at once by several processes all count: the shared
+// count is not read before the lock and written back over another's.
+func TestSimultaneousFailuresAllCount(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	up := &switchable{gate: make(chan struct{})}
+	up.failing.Store(true)
+	set := BreakerSettings{Failures: 1000, OpenFor: time.Minute, Refresh: time.Hour}
+	const procs, each = 4, 10
+	var wg sync.WaitGroup
+	var last *Guarded
+	for range procs {
+		g, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = g
+		for range each {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = g.Stream(ctx, Request{}, func(Delta) error { return nil })
+			}()
+		}
+	}
+	wg.Wait()
+	last.refresh()
+	last.mu.Lock()
+	got := last.failures
+	last.mu.Unlock()
+	if got != procs*each {
+		t.Fatalf("the fleet counted %d of %d failures", got, procs*each)
+	}
+}
