@@ -60,7 +60,7 @@ func (m *Manager) RenewLeases(ctx context.Context, lease time.Duration, log zero
 			return
 		case <-t.C:
 			rctx, cancel := context.WithTimeout(ctx, lease/3)
-			if err := m.st.RenewLeases(rctx, m.leases.list(), time.Now().Add(lease)); err != nil && ctx.Err() == nil {
+			if err := m.st.RenewLeases(rctx, m.leases.list(), lease); err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("could not renew the running jobs' leases")
 			}
 			cancel()

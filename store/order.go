@@ -44,8 +44,8 @@ type Next struct {
 }
 
 // releaseArgs are the arguments releaseLua's callers pass after their own.
-func releaseArgs(tenant, session, id string) []any {
-	return []any{tenant, session, rkeys.JobPrefix(id), time.Now().Add(FirstCheck).UnixMilli()}
+func (s *Store) releaseArgs(tenant, session, id string) []any {
+	return []any{tenant, session, rkeys.JobPrefix(id), s.opt.Clock().Add(FirstCheck).UnixMilli()}
 }
 
 // nextOf decodes what releaseLua returned (nil, or its 4 values).
@@ -68,7 +68,7 @@ return {release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}
 // returns the job whose turn that made, if any.
 func (s *Store) Release(ctx context.Context, tenant, session, id string) (*Next, error) {
 	res, err := release.Run(ctx, s.rdb, []string{rkeys.SessionOrder(tenant, session), rkeys.Unfinished(rkeys.Bucket(id))},
-		append([]any{id}, releaseArgs(tenant, session, id)...)...).Slice()
+		append([]any{id}, s.releaseArgs(tenant, session, id)...)...).Slice()
 	if err != nil {
 		return nil, unavailable("release turn", err)
 	}
@@ -93,7 +93,7 @@ return {held, nxt}
 // reports whether it held a place in the order, and the job whose turn that made.
 func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, *Next, error) {
 	res, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
-		append([]any{u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}, releaseArgs(u.Tenant, u.SessionID, u.ID)...)...).Slice()
+		append([]any{u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}, s.releaseArgs(u.Tenant, u.SessionID, u.ID)...)...).Slice()
 	if err != nil {
 		return false, nil, unavailable("forget job", err)
 	}
@@ -125,7 +125,7 @@ return 1
 // session; if so its next check is WaitingCheck away.
 func (s *Store) ParkIfWaiting(ctx context.Context, u Unfinished) (bool, error) {
 	n, err := parkWaiting.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
-		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), time.Now().Add(WaitingCheck).UnixMilli()).Int()
+		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), s.opt.Clock().Add(WaitingCheck).UnixMilli()).Int()
 	if err != nil {
 		return false, unavailable("check session turn", err)
 	}

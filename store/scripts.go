@@ -107,8 +107,8 @@ return {release(KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])}
 // deferral gives back an attempt's number, a re-run restarts the count),
 // fences every earlier attempt out and names its lease.
 // KEYS: job, order, history, leases. ARGV: id, now, 1 to read the history,
-// task id, lease expiry ms, fresh task id.
-var startAttempt = redis.NewScript(`
+// task id, lease ms, fresh task id.
+var startAttempt = redis.NewScript(redisNowLua + `
 local rec = redis.call('HMGET', KEYS[1], 'status', 'task', 'attempts', 'started_at')
 local st, task = rec[1], rec[2]
 if not st then return {'gone'} end
@@ -122,7 +122,7 @@ end
 local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'status', 'active', 'attempts', n, 'started_at', rec[4] or ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1] .. ':' .. f)
+redis.call('ZADD', KEYS[4], redis_now() + tonumber(ARGV[5]), ARGV[1] .. ':' .. f)
 local out = {'run', tostring(n), tostring(f)}
 if ARGV[3] == '1' then
   for _, m in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do out[#out + 1] = m end
@@ -203,14 +203,33 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2])
 return {1, redis.call('HGET', KEYS[1], 'payload') or '', redis.call('HGET', KEYS[1], 'queue') or ''}
 `)
 
-// claimDue takes up to ARGV[2] members whose score is due and moves them
-// ARGV[3] ms ahead, so that one caller handles each, and a caller that dies
-// before it is done leaves them to be claimed again: unfinished jobs whose
-// check is due (the reconciler), expired leases (the rescuer).
-// KEYS: the sorted set. ARGV: now ms, limit, claim ms.
-var claimDue = redis.NewScript(`
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local next = tonumber(ARGV[1]) + tonumber(ARGV[3])
+// redisNowLua reads Redis's clock (ms). Leases are written, renewed and
+// claimed with it, so no process's clock decides whether a lease expired.
+const redisNowLua = `
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`
+
+// renewLeases extends running attempts' leases that still exist.
+// KEYS: the bucket's leases. ARGV: lease ms, members.
+var renewLeases = redis.NewScript(redisNowLua + `
+local expiry = redis_now() + tonumber(ARGV[1])
+local args = {}
+for i = 2, #ARGV do args[#args + 1] = expiry; args[#args + 1] = ARGV[i] end
+return redis.call('ZADD', KEYS[1], 'XX', unpack(args))
+`)
+
+// claimDue takes up to ARGV[1] members whose score is due by Redis's clock
+// and moves them ARGV[2] ms ahead, so that one caller handles each, and a
+// caller that dies before it is done leaves them to be claimed again:
+// unfinished jobs whose check is due (the reconciler), expired leases (the
+// rescuer). KEYS: the sorted set. ARGV: limit, claim ms.
+var claimDue = redis.NewScript(redisNowLua + `
+local now = redis_now()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local next = now + tonumber(ARGV[2])
 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', next, m) end
 return due
 `)

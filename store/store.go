@@ -99,6 +99,9 @@ type Options struct {
 	HistoryTTL         time.Duration
 	// TenantMaxJobs bounds a tenant's unfinished jobs (0: no bound).
 	TenantMaxJobs int
+	// Clock is this process's clock (default time.Now): it stamps records
+	// and schedules the reconciler's checks. Leases never read it.
+	Clock func() time.Time
 }
 
 // Store reads and writes job records, session order, history and event logs.
@@ -114,6 +117,9 @@ func New(rdb redis.UniversalClient, opt Options) *Store {
 	publish := "PUBLISH"
 	if _, ok := rdb.(*redis.ClusterClient); ok {
 		publish = "SPUBLISH"
+	}
+	if opt.Clock == nil {
+		opt.Clock = time.Now
 	}
 	return &Store{rdb: rdb, opt: opt, publish: publish}
 }
@@ -177,7 +183,7 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 	}
 	if s.opt.TenantMaxJobs > 0 {
 		n, err := countTenantJob.Run(ctx, s.rdb, []string{rkeys.TenantJobs(j.Tenant)},
-			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, time.Now().UnixMilli()).Int()
+			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, s.opt.Clock().UnixMilli()).Int()
 		if err != nil {
 			return Created{}, Job{}, unavailable("count tenant job", err)
 		}
@@ -191,14 +197,14 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 		}
 	}
 	keys := []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))}
-	args := []any{j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
+	args := []any{j.ID, seconds(s.opt.Retention), s.opt.Clock().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
 		FirstCheck.Milliseconds(), WaitingCheck.Milliseconds()}
 	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
 	n := -1
 	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together
 		n, err = createAndEnqueue.Run(ctx, s.rdb, append(keys, t.Key, t.PendingKey, t.QueuesKey),
-			append(append(args, t.Message, time.Now().UnixNano(), t.Queue), record...)...).Int()
+			append(append(args, t.Message, s.opt.Clock().UnixNano(), t.Queue), record...)...).Int()
 		c.Enqueued = n == 1
 	}
 	if n == -1 {
@@ -250,7 +256,7 @@ func (s *Store) uncount(ctx context.Context, tenant, id string) {
 // returns the job submitted behind it meanwhile, whose turn it now is.
 func (s *Store) Delete(ctx context.Context, j NewJob) (*Next, error) {
 	res, err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
-		append([]any{j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)}, releaseArgs(j.Tenant, j.SessionID, j.ID)...)...).Slice()
+		append([]any{j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)}, s.releaseArgs(j.Tenant, j.SessionID, j.ID)...)...).Slice()
 	if err != nil {
 		return nil, unavailable("delete job", err)
 	}
@@ -356,7 +362,7 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 		flag = "1"
 	}
 	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
-		id, fmtTime(time.Now()), flag, task, time.Now().Add(lease).UnixMilli(), fresh).StringSlice()
+		id, fmtTime(s.opt.Clock()), flag, task, lease.Milliseconds(), fresh).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
@@ -391,7 +397,7 @@ var ErrNotFailed = errors.New("only a failed job can be re-run")
 // returns it.
 func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) (head bool, err error) {
 	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
-		j.ID, seconds(s.opt.Retention), time.Now().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload),
+		j.ID, seconds(s.opt.Retention), s.opt.Clock().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload),
 		FirstCheck.Milliseconds(), WaitingCheck.Milliseconds()).Int()
 	if err != nil {
 		return false, unavailable("requeue", err)
@@ -400,7 +406,7 @@ func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) (head bool, 
 		return false, ErrNotFailed
 	}
 	if s.opt.TenantMaxJobs > 0 { // counted again, past the limit: a re-run is an operator's decision
-		if err := s.rdb.ZAdd(ctx, rkeys.TenantJobs(j.Tenant), redis.Z{Score: float64(time.Now().UnixMilli()), Member: j.ID}).Err(); err != nil {
+		if err := s.rdb.ZAdd(ctx, rkeys.TenantJobs(j.Tenant), redis.Z{Score: float64(s.opt.Clock().UnixMilli()), Member: j.ID}).Err(); err != nil {
 			return false, unavailable("requeue", err)
 		}
 	}
@@ -470,7 +476,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if err != nil {
 		return false, nil, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
-	args := []any{id, o.Status, fmtTime(time.Now()), seconds(s.opt.Retention),
+	args := []any{id, o.Status, fmtTime(s.opt.Clock()), seconds(s.opt.Retention),
 		s.opt.HistoryMaxMessages, seconds(s.opt.HistoryTTL),
 		jsonOrEmpty(o.Result), jsonOrEmpty(o.Usage), jsonOrEmpty(o.Error),
 		ev.EventType(), string(body), rkeys.LiveChannel(id), attempt, rkeys.UnfinishedMember(tenant, session, id), s.publish, ""}
@@ -481,7 +487,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		}
 		args[len(args)-1] = string(tail)
 	}
-	args = append(args, releaseArgs(tenant, session, id)...)
+	args = append(args, s.releaseArgs(tenant, session, id)...)
 	for _, m := range o.History {
 		args = append(args, jsonOrEmpty(m))
 	}
@@ -511,21 +517,22 @@ func (s *Store) Abandon(ctx context.Context, id string, attempt int) error {
 	return nil
 }
 
-// RenewLeases extends the leases of running attempts ("<id>:<attempt>") to
-// until, one command per bucket in one pipeline; leases already taken over
+// RenewLeases extends the leases of running attempts ("<id>:<fence>") by
+// lease, one command per bucket in one pipeline; leases already taken over
 // are not brought back.
-func (s *Store) RenewLeases(ctx context.Context, members []string, until time.Time) error {
+func (s *Store) RenewLeases(ctx context.Context, members []string, lease time.Duration) error {
 	if len(members) == 0 {
 		return nil
 	}
-	byBucket := map[int][]redis.Z{}
+	byBucket := map[int][]any{}
 	for _, m := range members {
 		b := rkeys.Bucket(jobOf(m))
-		byBucket[b] = append(byBucket[b], redis.Z{Score: float64(until.UnixMilli()), Member: m})
+		byBucket[b] = append(byBucket[b], m)
 	}
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for b, zs := range byBucket {
-			p.ZAddXX(ctx, rkeys.Leases(b), zs...)
+		for b, ms := range byBucket {
+			// EVAL, not EVALSHA: see claimEach.
+			renewLeases.Eval(ctx, p, []string{rkeys.Leases(b)}, append([]any{lease.Milliseconds()}, ms...)...)
 		}
 		return nil
 	})
@@ -551,7 +558,7 @@ type Lease struct {
 // claimed by one caller for claimFor, after which, unless TakeOver removed
 // it, it can be claimed again.
 func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Duration) ([]Lease, error) {
-	raw, err := s.claimEach(ctx, claimDue, rkeys.Leases, time.Now().UnixMilli(), limit, claimFor.Milliseconds())
+	raw, err := s.claimEach(ctx, claimDue, rkeys.Leases, limit, claimFor.Milliseconds())
 	if err != nil {
 		return nil, unavailable("claim expired leases", err)
 	}
@@ -602,7 +609,7 @@ type Unfinished struct {
 // due; their next check moves claimFor ahead, so that one reconciler handles
 // each.
 func (s *Store) ClaimDue(ctx context.Context, limit int, claimFor time.Duration) ([]Unfinished, error) {
-	raw, err := s.claimEach(ctx, claimDue, rkeys.Unfinished, time.Now().UnixMilli(), limit, claimFor.Milliseconds())
+	raw, err := s.claimEach(ctx, claimDue, rkeys.Unfinished, limit, claimFor.Milliseconds())
 	if err != nil {
 		return nil, unavailable("claim due jobs", err)
 	}

@@ -239,3 +239,43 @@ func TestStaleAttemptWithTheSameNumberIsFencedOut(t *testing.T) {
 		t.Fatalf("record %+v", j)
 	}
 }
+
+// Leases read one clock, Redis's: a worker whose clock runs two leases
+// behind (or ahead of) the rescuer's keeps the jobs it renews, and a lease
+// it stops renewing still expires after a lease.
+func TestLeasesIgnoreTheProcessClocks(t *testing.T) {
+	c := testkit.StartRedis(t).Client()
+	const lease = 300 * time.Millisecond
+	opt := Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour}
+	rescuer := New(c, opt)
+	ctx := context.Background()
+	for name, offset := range map[string]time.Duration{"behind": -2 * lease, "ahead": 2 * lease} {
+		t.Run(name, func(t *testing.T) {
+			skewed := opt
+			skewed.Clock = func() time.Time { return time.Now().Add(offset) }
+			worker := New(c, skewed)
+			id := "job_clock_" + name
+			if _, _, err := worker.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+				t.Fatal(err)
+			}
+			a, err := worker.StartAttempt(ctx, id, "t", id, id, "", false, lease)
+			if err != nil || a.N != 1 {
+				t.Fatalf("start %+v %v", a, err)
+			}
+			member := rkeys.LeaseMember(id, a.Fence)
+			for range 6 { // two leases, renewed every third of one
+				if l, err := rescuer.ClaimExpired(ctx, 10, time.Millisecond); err != nil || len(l) != 0 {
+					t.Fatalf("a renewed lease was claimed: %+v %v", l, err)
+				}
+				time.Sleep(lease / 3)
+				if err := worker.RenewLeases(ctx, []string{member}, lease); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(lease + 50*time.Millisecond) // the worker stops renewing
+			if l, err := rescuer.ClaimExpired(ctx, 10, time.Minute); err != nil || len(l) != 1 || l[0].JobID != id {
+				t.Fatalf("an unrenewed lease was not claimed after a lease: %+v %v", l, err)
+			}
+		})
+	}
+}
