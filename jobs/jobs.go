@@ -2,16 +2,17 @@
 // replay), read and wait, cancel, re-run and reconcile. Every front door (the
 // jobs API, the OpenAI-compatible routes, the worker's `jobs` commands) goes
 // through it; none of them touches asynq. The worker's pipeline runs a job
-// through an Attempt (attempt.go), whose methods are the job's transitions;
-// a session's turns are handed on in order.go, leases kept in leases.go and
-// supervised (taken over, reconciled) in supervise.go.
+// through an Attempt (attempt.go), whose methods are the job's transitions.
+// Where each part lives: submit, read and wait here; cancel.go; order.go (a
+// session's turns, handed on); leases.go; supervise.go (the rescuer and the
+// reconciler's loop); reconcile.go (repairing one job); archived.go (the dead
+// letters and their re-run).
 package jobs
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
 	"time"
 
@@ -220,159 +221,4 @@ func (m *Manager) Wait(ctx context.Context, j store.Job, wait time.Duration) (st
 		j = next
 	}
 	return j, nil
-}
-
-// Cancel ends an unfinished job as canceled and stops it: a queued job's task
-// is removed, a running job's provider call aborted. ErrFinished: it had
-// finished already. It returns the record as it now stands.
-func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Job, error) {
-	if store.Terminal(j.Status) {
-		return j, ErrFinished
-	}
-	first, err := m.finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{
-		Status: store.StatusCanceled, Error: &store.JobError{Code: "canceled", Message: why},
-	})
-	if err != nil {
-		return j, err
-	}
-	if !first {
-		return j, ErrFinished // it finished between the read and the cancel
-	}
-	// The record is canceled, so no worker will run or retry the job; removing
-	// the task and aborting a running call make it stop now. (A job that
-	// waited for its session's turn has no task.)
-	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
-		_ = m.insp.CancelProcessing(j.Task)
-	}
-	return m.st.Get(ctx, j.ID)
-}
-
-// Reconcile brings a non-terminal record in line with asynq: a queued or
-// retrying job whose task is missing or finished (its enqueue failed, it was
-// lost, the worker that gave it its turn died before enqueueing it) is
-// enqueued again under a new task id, or failed when it cannot be; one whose
-// task asynq archived (a crash on the last attempt) is failed. A job that
-// waits for its session's turn has no task and is left alone. It returns the
-// record as it now stands.
-func (m *Manager) Reconcile(ctx context.Context, j store.Job) (store.Job, error) {
-	if _, err := m.reconcile(ctx, j); err != nil {
-		return j, err
-	}
-	return m.st.Get(ctx, j.ID)
-}
-
-// Reconciler actions, the label values of chatfleet_reconciled_jobs_total.
-const (
-	actionRequeued = "requeued"
-	actionFailed   = "failed"
-	actionReleased = "released"
-	// actionWaiting: the job waits for its session's turn (not counted).
-	actionWaiting = "waiting"
-)
-
-// reconcile does Reconcile's work and says what it did ("" for nothing).
-func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
-	// Both cases take time to arise (an enqueue under way), so young records
-	// skip the asynq lookup: frequent polls stay cheap.
-	if (j.Status != store.StatusQueued && j.Status != store.StatusRetrying) || time.Since(j.CreatedAt) < m.opt.OrphanAfter {
-		return "", nil
-	}
-	if j.Status == store.StatusQueued {
-		waiting, err := m.st.ParkIfWaiting(ctx, store.Unfinished{Tenant: j.Tenant, SessionID: j.SessionID, ID: j.ID})
-		if err != nil || waiting {
-			return actionWaiting, err
-		}
-	}
-	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
-	switch {
-	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) ||
-		(err == nil && info.State == asynq.TaskStateCompleted):
-		payload, err := m.st.Payload(ctx, j.ID)
-		if err != nil {
-			return "", err
-		}
-		if payload == nil {
-			return actionFailed, m.fail(ctx, j, &store.JobError{Code: "lost", Message: "the job was accepted but its task was lost"})
-		}
-		return actionRequeued, m.requeue(ctx, j.ID, payload, j.Queue)
-	case err != nil:
-		return "", fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
-	case info.State == asynq.TaskStateArchived:
-		// asynq's last error may hold upstream detail: operators read it
-		// with `worker jobs archived`, tenants get a plain message.
-		return actionFailed, m.fail(ctx, j, &store.JobError{Code: "failed", Message: "the job was abandoned after its last attempt"})
-	}
-	return "", nil
-}
-
-func (m *Manager) fail(ctx context.Context, j store.Job, reason *store.JobError) error {
-	_, err := m.finish(ctx, j.ID, j.Tenant, j.SessionID, 0, store.Outcome{Status: store.StatusFailed, Error: reason})
-	return err
-}
-
-// Archived is a job asynq gave up on (the dead letter queue).
-type Archived struct {
-	JobID        string    `json:"job_id"`
-	Queue        string    `json:"queue"`
-	LastError    string    `json:"last_error"`
-	LastFailedAt time.Time `json:"last_failed_at"`
-	Retried      int       `json:"retried"`
-}
-
-// ListArchived returns the archived jobs of every queue, newest failure first.
-func (m *Manager) ListArchived() ([]Archived, error) {
-	var out []Archived
-	for q := range tasks.QueueSet(m.opt.QueueSpread) {
-		for page := 1; ; page++ {
-			infos, err := m.insp.ListArchivedTasks(q, asynq.Page(page), asynq.PageSize(500))
-			if errors.Is(err, asynq.ErrQueueNotFound) {
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("list archived in %s: %w", q, err)
-			}
-			for _, ti := range infos {
-				out = append(out, Archived{JobID: ti.ID, Queue: q, LastError: ti.LastErr, LastFailedAt: ti.LastFailedAt, Retried: ti.Retried})
-			}
-			if len(infos) < 500 {
-				break
-			}
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].LastFailedAt.After(out[j].LastFailedAt) })
-	return out, nil
-}
-
-// Rerun runs an archived job again from its first attempt: its record is
-// reopened (queued, at the end of its session's order) and its task is
-// enqueued afresh under the same id, so asynq's retry count starts over too
-// (when an earlier job of the session is unfinished, once its turn comes).
-func (m *Manager) Rerun(ctx context.Context, id string) error {
-	j, err := m.st.Get(ctx, id)
-	if err != nil {
-		return fmt.Errorf("job %s: %w", id, err)
-	}
-	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
-	if err != nil {
-		return fmt.Errorf("job %s: task: %w", id, err)
-	}
-	if info.State != asynq.TaskStateArchived {
-		return fmt.Errorf("job %s: task is %s: %w", id, info.State, ErrNotArchived)
-	}
-	head, err := m.st.Requeue(ctx, j, info.Payload)
-	if err != nil {
-		return fmt.Errorf("job %s: %w", id, err)
-	}
-	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
-		return fmt.Errorf("job %s: remove archived task: %w", id, err)
-	}
-	if !head {
-		return nil // the release that gives it the turn enqueues it
-	}
-	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(j.Task),
-		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry), asynq.Retention(info.Retention)))
-	if err != nil {
-		return fmt.Errorf("job %s: enqueue: %w", id, err)
-	}
-	return nil
 }

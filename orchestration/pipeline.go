@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -17,21 +16,6 @@ import (
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
-)
-
-// errDeferred parks a job while every provider's breaker is open (mode
-// defer). Not a failure: asynq retries it when the first breaker half-opens.
-type errDeferred struct{ until time.Time }
-
-func (e *errDeferred) Error() string {
-	return "every provider is open; job deferred until " + e.until.UTC().Format(time.RFC3339)
-}
-
-// On-all-providers-down modes.
-const (
-	AllDownDegrade = "degrade"
-	AllDownFail    = "fail"
-	AllDownDefer   = "defer"
 )
 
 // PipelineOptions tunes the pipeline.
@@ -245,16 +229,6 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	return nil
 }
 
-// onAllDown is what happens to the job when every provider is down: a
-// request with tools or a response format gets no degraded reply (a canned
-// text would break the caller's parser); it fails instead.
-func (p *Pipeline) onAllDown(pl tasks.ChatPayload) string {
-	if p.opt.OnAllDown == AllDownDegrade && pl.Params.Structured() {
-		return AllDownFail
-	}
-	return p.opt.OnAllDown
-}
-
 // prompt is the conversation sent with the job, or else the session's history,
 // the tool results and the new message, within the token budget.
 func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt) []llm.Message {
@@ -268,183 +242,8 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att *jobs.A
 	return BuildPrompt(att.History, pl.ToolResults, pl.Message, p.budget)
 }
 
-// deferJob hands the attempt back and parks the job in the queue until
-// `until` (capped), keeping its record alive past then.
-func (p *Pipeline) deferJob(ctx context.Context, att *jobs.Attempt, until time.Time) error {
-	until = p.capDelay(until)
-	if err := att.Defer(ctx, until); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not hand back the attempt")
-	}
-	return &errDeferred{until: until}
-}
-
-func (p *Pipeline) capDelay(until time.Time) time.Time {
-	return minTime(until, time.Now().Add(p.opt.MaxRetryDelay))
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-// degrade ends a job whose providers are all down with the configured reply,
-// marked degraded. It is not added to the session's history: it is not the
-// model's answer, and the next turn should not build on it.
-func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, cause *llm.AllDownError) error {
-	log := zerolog.Ctx(ctx)
-	reason := "all_failed"
-	if cause.AllOpen {
-		reason = "all_open"
-	}
-	if emit.Emitted() {
-		p.announceRetry(ctx, r.att, r.att.N, "every provider failed; answering with the degraded reply")
-	}
-	if err := emit.Delta(p.opt.DegradedReply); err == nil {
-		_ = emit.Flush()
-	}
-	first, err := r.att.Finish(ctx, jobs.Outcome{
-		Status: jobs.StatusSucceeded,
-		Result: &jobs.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
-		Usage:  &jobs.Usage{},
-	})
-	if err != nil {
-		return err
-	}
-	if first {
-		p.m.jobs.WithLabelValues("degraded").Inc()
-		p.m.degraded.WithLabelValues(reason).Inc()
-		p.m.duration.Observe(time.Since(r.start).Seconds())
-	}
-	log.Warn().Err(cause).Str("status", jobs.StatusSucceeded).Bool("degraded", true).Str("reason", reason).Msg("job finished with the degraded reply")
-	return nil
-}
-
-// failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt, emitted bool, callErr error) error {
-	log := zerolog.Ctx(ctx)
-	if errors.Is(callErr, jobs.ErrJobFinished) || errors.Is(callErr, jobs.ErrSuperseded) || ctx.Err() != nil {
-		status, err := att.Status(context.WithoutCancel(ctx))
-		if err == nil && status == jobs.StatusCanceled {
-			log.Info().Str("status", jobs.StatusCanceled).Msg("job canceled; provider call aborted")
-			p.m.jobs.WithLabelValues(jobs.StatusCanceled).Inc()
-			return nil
-		}
-		if errors.Is(callErr, jobs.ErrSuperseded) || (err == nil && (status == jobs.StatusSucceeded || status == jobs.StatusFailed)) {
-			// Another worker took the job over while this attempt was
-			// stalled (and may have finished it): this one stops here and
-			// writes nothing more.
-			log.Warn().Str("status", status).Msg("attempt superseded: the job was taken over; stopping")
-			return nil
-		}
-	}
-	if ctx.Err() != nil {
-		// The worker is shutting down: the job is handed over at once (its
-		// lease expires now) and asynq hands the task back too.
-		if err := att.Abandon(context.WithoutCancel(ctx)); err != nil {
-			log.Warn().Err(err).Msg("could not hand over the interrupted job")
-		}
-		log.Warn().Err(callErr).Msg("job interrupted by shutdown; handed over")
-		return callErr
-	}
-	var allDown *llm.AllDownError
-	isAllDown := errors.As(callErr, &allDown)
-	retryable := isAllDown || llm.Retryable(callErr)
-	jerr := p.publicError(callErr)
-	if isAllDown && pl.Params.Structured() {
-		jerr.Message += "; a request with tools or a response format gets no degraded reply"
-	}
-	if retryable && att.N < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
-		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
-		if err := att.Retry(ctx, jerr, until); err != nil {
-			log.Warn().Err(err).Msg("could not record retrying status")
-		}
-		if emitted {
-			p.announceRetry(ctx, att, att.N+1, jerr.Message)
-		}
-		log.Warn().Err(callErr).Str("status", jobs.StatusRetrying).Msg("attempt failed; will retry")
-		return callErr
-	}
-	first, err := att.Finish(ctx, jobs.Outcome{Status: jobs.StatusFailed, Error: &jerr})
-	if err != nil {
-		return err // retried by asynq; Finish applies once
-	}
-	if first {
-		p.m.jobs.WithLabelValues(jobs.StatusFailed).Inc()
-	}
-	log.Error().Err(callErr).Str("status", jobs.StatusFailed).Msg("job failed")
-	return fmt.Errorf("%w: %w", callErr, asynq.SkipRetry)
-}
-
-// publicError is what tenants see of a failed call: a stable code and a
-// message that names no upstream address, body or internal detail (those go
-// to the logs with the full error). The one exception is the upstream's own
-// JSON message when it rejected the request itself (400, 413, 422): it tells
-// the caller what to change (a prompt over the context length).
-func (p *Pipeline) publicError(err error) jobs.JobError {
-	var allDown *llm.AllDownError
-	var pe *llm.Error
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return jobs.JobError{Code: "timeout", Message: fmt.Sprintf("the provider did not finish within %s", p.opt.CallTimeout)}
-	case errors.As(err, &pe) && pe.Timeout && (!errors.As(err, &allDown) || len(allDown.Errs) == 1):
-		return jobs.JobError{Code: "timeout", Message: "the provider timed out: " + pe.Msg}
-	case errors.As(err, &allDown):
-		return jobs.JobError{Code: "providers_unavailable", Message: "every provider failed"}
-	case errors.As(err, &pe) && pe.Status != 0 && !pe.Retryable:
-		msg := fmt.Sprintf("the provider rejected the request (HTTP %d)", pe.Status)
-		if pe.RequestFault != "" {
-			msg += ": " + pe.RequestFault
-		}
-		return jobs.JobError{Code: "provider_rejected", Message: msg}
-	case errors.As(err, &pe) && pe.Status != 0:
-		return jobs.JobError{Code: "provider_error", Message: fmt.Sprintf("the provider failed (HTTP %d)", pe.Status)}
-	}
-	return jobs.JobError{Code: "provider_error", Message: "the provider could not be reached or broke off its answer"}
-}
-
-// announceRetry tells followers to discard the output of a failed attempt;
-// next is the number of the attempt that follows.
-func (p *Pipeline) announceRetry(ctx context.Context, att *jobs.Attempt, next int, reason string) {
-	if err := att.AnnounceRetry(ctx, next, reason); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not publish the retry event")
-	}
-}
-
 // failUndecodable records a payload no retry can fix as a failed job.
 func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error) {
 	zerolog.Ctx(ctx).Error().Err(cause).Str("status", jobs.StatusFailed).Msg("undecodable task payload")
 	p.jobs.FailUndecodable(ctx, id, cause)
-}
-
-// retryDelay (capped by MaxRetryDelay) spaces real retries exponentially
-// with jitter; a deferred job comes back when its deferral ends.
-func (p *Pipeline) retryDelay(n int, err error, t *asynq.Task) time.Duration {
-	return min(retryDelay(n, err, t), p.opt.MaxRetryDelay)
-}
-
-func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	var deferred *errDeferred
-	if errors.As(err, &deferred) {
-		return max(time.Until(deferred.until), 0) + time.Duration(rand.Int64N(int64(250*time.Millisecond)))
-	}
-	if !isFailure(err) {
-		return 10 * time.Millisecond // a cancel: its next run ends at once
-	}
-	d := time.Second << min(n, 6) // 1s, 2s, 4s … 64s
-	d = d/2 + time.Duration(float64(d/2)*rand.Float64())
-	var pe *llm.Error
-	if errors.As(err, &pe) && pe.RetryAfter > d {
-		d = pe.RetryAfter // the upstream asked for more patience
-	}
-	return d
-}
-
-// isFailure tells asynq which errors count against a job's retries: not a
-// deferral, and not a cancel (asynq reports a canceled task as failed with
-// context.Canceled; its next run sees the canceled record and ends at once).
-func isFailure(err error) bool {
-	var deferred *errDeferred
-	return !errors.Is(err, context.Canceled) && !errors.As(err, &deferred)
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
@@ -155,6 +157,41 @@ func ParseEvent(entry string) (Event, error) {
 	}
 	return Event{Seq: seq, Type: typ, Data: data}, nil
 }
+
+// appendEventLua appends one event to a job's log and publishes it, in one
+// step, so a subscriber that subscribes first and then reads the log misses
+// nothing. seq is the event's 1-based position in the log; it is spliced into
+// the JSON body, which arrives without it. publish is PUBLISH, or SPUBLISH on
+// Redis Cluster (the channel then lives on the job's shard).
+const appendEventLua = `
+local function append_event(events, channel, typ, body, ttl, publish)
+  local seq = redis.call('LLEN', events) + 1
+  local data
+  if body == '{}' then
+    data = '{"seq":' .. seq .. '}'
+  else
+    data = '{"seq":' .. seq .. ',' .. string.sub(body, 2)
+  end
+  local entry = typ .. ' ' .. data
+  redis.call('RPUSH', events, entry)
+  if seq == 1 then redis.call('EXPIRE', events, ttl) end -- finish sets it again
+  redis.call(publish, channel, entry)
+  return seq
+end
+`
+
+// appendEvent adds an event to a running job. Returns the event's seq, 0 when
+// the job is already finished (nothing may follow its last event), -1 when the
+// record is gone, -2 when a later attempt owns the job (this one is fenced out).
+var appendEvent = redis.NewScript(lua(appendEventLua, ownsLua, `
+local job, events = KEYS[1], KEYS[2]
+local typ, body, retention, channel, fence, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local st, f = state(job)
+if not st then return -1 end
+if terminal(st) then return 0 end
+if fence > 0 and (st ~= ACTIVE or f ~= fence) then return -2 end
+return append_event(events, channel, typ, body, retention, publish)
+`))
 
 // AppendEvent adds an event to a running job's log and publishes it; it
 // returns the event's seq. attempt > 0 fences it: ErrSuperseded once a later

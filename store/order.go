@@ -60,9 +60,9 @@ func nextOf(v any) *Next {
 
 // release removes a job whose record is gone from its session's order.
 // KEYS: order, unfinished. ARGV: id, then releaseArgs.
-var release = redis.NewScript(releaseLua + `
+var release = redis.NewScript(lua(releaseLua, `
 return {release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}
-`)
+`))
 
 // Release takes a job (its record gone) out of its session's order and
 // returns the job whose turn that made, if any.
@@ -81,12 +81,12 @@ func (s *Store) Release(ctx context.Context, tenant, session, id string) (*Next,
 // forget releases what a job whose record is gone or finished still holds:
 // its place in the session's order and its index entry. Returns {held, next}.
 // KEYS: order, unfinished. ARGV: id, member, then releaseArgs.
-var forget = redis.NewScript(releaseLua + `
+var forget = redis.NewScript(lua(releaseLua, `
 local held = redis.call('LPOS', KEYS[1], ARGV[1]) and 1 or 0
 local nxt = release(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[2])
 return {held, nxt}
-`)
+`))
 
 // Forget releases what a job whose record is gone (or finished) still holds:
 // its place in its session's order, its tenant count, its index entry. It

@@ -1,0 +1,200 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// startAttempt starts an attempt in one round trip: it checks the session's
+// turn, marks the job active, takes the attempt's lease (by Redis's clock)
+// and reads the session's history. Returns {'wait', head} when an earlier
+// job holds the turn (a task that arrived early, from an older API: the job
+// is pointed at the fresh task id, which the release that gives it the turn
+// enqueues), {'done'} when the job has finished or another task now runs it
+// (it was taken over), {'gone'} when its record is gone, else {'run',
+// attempt, fence, history…}. The attempt's fence token, one more than any
+// before it (never reset: a deferral gives back an attempt's number, a re-run
+// restarts the count), fences every earlier attempt out and names its lease.
+// KEYS: job, order, history, leases. ARGV: startArgs.
+var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, `
+local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, now, with_history, task, lease, fresh = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at')
+local st, owner = rec[1], rec[2]
+if not st then return {'gone'} end
+if terminal(st) then return {'done'} end
+if owner and owner ~= task then return {'done'} end
+local head = redis.call('LINDEX', order, 0)
+if head and head ~= id then
+  redis.call('HSET', job, 'task', fresh)
+  return {'wait', head}
+end
+local n = (tonumber(rec[3]) or 0) + 1
+local f = redis.call('HINCRBY', job, 'fence', 1)
+redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now)
+redis.call('ZADD', leases, redis_now() + lease, id .. ':' .. f)
+local out = {'run', tostring(n), tostring(f)}
+if with_history then
+  for _, m in ipairs(redis.call('LRANGE', history, 0, -1)) do out[#out + 1] = m end
+end
+return out
+`))
+
+// startArgs are startAttempt's arguments.
+type startArgs struct {
+	ID, Now     string
+	WithHistory bool
+	Task        string
+	Lease       int64 // ms
+	Fresh       string
+}
+
+func (a startArgs) argv() []any {
+	flag := "0"
+	if a.WithHistory {
+		flag = "1"
+	}
+	return []any{a.ID, a.Now, flag, a.Task, a.Lease, a.Fresh}
+}
+
+// markDeferred hands back an attempt that never reached a provider (every
+// breaker open, or no capacity): queued again, its attempt not counted.
+// KEYS: job, order, leases, events. ARGV: ttl s, fence, lease member.
+var markDeferred = redis.NewScript(lua(holdLua, ownsLua, `
+local ttl, fence, member = ARGV[1], ARGV[2], ARGV[3]
+if not owns(KEYS[1], fence) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HSET', KEYS[1], 'status', QUEUED)
+redis.call('ZREM', KEYS[3], member)
+hold(KEYS[1], KEYS[2], KEYS[4], ttl)
+return 1
+`))
+
+// markRetrying records a failed attempt that will be retried.
+// KEYS: job, order, leases, events. ARGV: error json, ttl s, fence, lease member.
+var markRetrying = redis.NewScript(lua(holdLua, ownsLua, `
+local err, ttl, fence, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if not owns(KEYS[1], fence) then return 0 end
+redis.call('HSET', KEYS[1], 'status', RETRYING, 'error', err)
+redis.call('ZREM', KEYS[3], member)
+hold(KEYS[1], KEYS[2], KEYS[4], ttl)
+return 1
+`))
+
+// holdJob keeps a job that waits without an attempt alive. KEYS: job, order, events. ARGV: ttl s.
+var holdJob = redis.NewScript(lua(holdLua, `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+return 1
+`))
+
+// abandon ends an attempt cut short by a shutdown: its lease expires now, so
+// that a rescuer takes the job over at once. KEYS: job, leases. ARGV: fence, lease member.
+var abandon = redis.NewScript(lua(ownsLua, `
+if not owns(KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
+return 1
+`))
+
+// Attempt is what StartAttempt found.
+type Attempt struct {
+	N int // the attempt's number; 0: the job has finished, do not run it
+	// Fence names the attempt in every write it makes (events, leases,
+	// outcome): larger than any earlier attempt's, so a stale one is refused.
+	Fence int
+	// Head is set when an earlier job of the session holds the turn: the
+	// task came early, and the job now waits for its turn under a fresh task.
+	Head    string
+	History []Message // the session's history, when asked for
+	// BadHistory is set when history entries could not be decoded; History is then empty.
+	BadHistory error
+}
+
+// StartAttempt checks the session's turn, marks the job active, takes the
+// attempt's lease (until now + lease) and reads the session's history in one
+// round trip. task is the asynq task running it: a task that no longer owns
+// the job (it was taken over) gets N = 0; fresh is the task id the job waits
+// under when it is not its turn yet. ErrNotFound: the record is gone.
+func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fresh string, withHistory bool, lease time.Duration) (Attempt, error) {
+	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
+		startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh}.argv()...).StringSlice()
+	if err != nil {
+		return Attempt{}, unavailable("start attempt", err)
+	}
+	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 3) {
+		return Attempt{}, fmt.Errorf("start attempt: unexpected reply %q", res)
+	}
+	switch res[0] {
+	case "wait":
+		return Attempt{Head: res[1]}, nil
+	case "done":
+		return Attempt{}, nil
+	case "gone":
+		return Attempt{}, ErrNotFound
+	}
+	a := Attempt{}
+	a.N, _ = strconv.Atoi(res[1])
+	a.Fence, _ = strconv.Atoi(res[2])
+	for _, raw := range res[3:] {
+		var m Message
+		if err := json.Unmarshal([]byte(raw), &m); err != nil {
+			a.History, a.BadHistory = nil, fmt.Errorf("history entry: %w", err)
+			break
+		}
+		a.History = append(a.History, m)
+	}
+	return a, nil
+}
+
+// MarkDeferred undoes StartAttempt for an attempt that never reached a
+// provider (every breaker open, or no capacity): the job is queued again,
+// keeps its attempts, and its record lives at least until the retention past
+// `until`, when it runs again.
+func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, attempt int, until time.Time) error {
+	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
+		s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
+	if err != nil {
+		return unavailable("mark deferred", err)
+	}
+	return nil
+}
+
+// MarkRetrying records a failed attempt that asynq will retry no later than
+// `until`; the record lives at least until the retention past it.
+func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, attempt int, e JobError, until time.Time) error {
+	b, _ := json.Marshal(e)
+	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
+		string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
+	if err != nil {
+		return unavailable("mark retrying", err)
+	}
+	return nil
+}
+
+// Hold keeps a job that waits in the queue without starting an attempt alive
+// until the retention past `until`.
+func (s *Store) Hold(ctx context.Context, id, tenant, session string, until time.Time) error {
+	if err := holdJob.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Events(id)}, s.holdFor(until)).Err(); err != nil {
+		return unavailable("hold job", err)
+	}
+	return nil
+}
+func (s *Store) holdFor(until time.Time) int64 {
+	return seconds(max(time.Until(until), 0) + s.opt.Retention)
+}
+
+// Abandon ends an attempt cut short by a shutdown: its lease expires at once,
+// so that a rescuer takes the job over now rather than after the lease.
+func (s *Store) Abandon(ctx context.Context, id string, attempt int) error {
+	if err := abandon.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, attempt, rkeys.LeaseMember(id, attempt)).Err(); err != nil {
+		return unavailable("abandon attempt", err)
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// createJobLua writes a new record from ARGV[first_field] on (field/value
+// pairs), appends the job to its session's order and indexes it for the
+// reconciler. It returns true when the job holds its session's turn: only
+// then does its task go to the queue; a job behind others waits for its turn
+// (order.go), its check far off (the release that gives it the turn brings
+// it forward). KEYS: job, order, unfinished. ARGV: createArgs, then
+// anything the script adds, then the record's field/value pairs.
+const createJobLua = `
+local job, order, unfinished = KEYS[1], KEYS[2], KEYS[3]
+local id, retention, now, member = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local first_check, waiting_check = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function create_job(first_field)
+  local fields = {}
+  for i = first_field, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', job, unpack(fields))
+  redis.call('EXPIRE', job, retention)
+  local head = redis.call('RPUSH', order, id) == 1
+  redis.call('EXPIRE', order, retention)
+  redis.call('ZADD', unfinished, now + (head and first_check or waiting_check), member)
+  return head
+end
+`
+
+// createArgs are createJobLua's arguments.
+type createArgs struct {
+	ID                       string
+	Retention                int64 // s
+	Now                      int64 // ms
+	Member                   string
+	FirstCheck, WaitingCheck int64 // ms
+}
+
+func (a createArgs) argv() []any {
+	return []any{a.ID, a.Retention, a.Now, a.Member, a.FirstCheck, a.WaitingCheck}
+}
+
+// createJob writes a new record (createJobLua). Returns 1 when the job holds
+// its session's turn, 2 when it waits behind an earlier job, 0 when the
+// record exists. ARGV: createArgs, then the record's field/value pairs.
+var createJob = redis.NewScript(lua(createJobLua, `
+if redis.call('EXISTS', job) == 1 then return 0 end
+if create_job(7) then return 1 end
+return 2
+`))
+
+// createAndEnqueue writes a new record and, when the job holds its session's
+// turn, enqueues its asynq task in the same step, on one Redis (asynq's keys
+// are in another slot on a cluster): the task is written exactly as asynq's
+// own enqueue script writes it. Returns 1 (created and enqueued), 2 (created,
+// waiting for its turn: no task yet), 0 when the record exists, -1 when a task
+// with the id exists (nothing was written; the caller takes the two-step
+// path, which handles that).
+// KEYS: job, order, unfinished, task, pending list, queue set.
+// ARGV: createArgs, then the task message, now ns, queue, then the record's
+// field/value pairs.
+var createAndEnqueue = redis.NewScript(lua(createJobLua, `
+local task, pending, queues = KEYS[4], KEYS[5], KEYS[6]
+local msg, now_ns, queue = ARGV[7], ARGV[8], ARGV[9]
+if redis.call('EXISTS', job) == 1 then return 0 end
+if redis.call('LLEN', order) == 0 and redis.call('EXISTS', task) == 1 then return -1 end
+if not create_job(10) then return 2 end
+redis.call('HSET', task, 'msg', msg, 'state', 'pending', 'pending_since', now_ns)
+redis.call('LPUSH', pending, id)
+redis.call('SADD', queues, queue)
+return 1
+`))
+
+// countTenantJob counts a job among its tenant's unfinished jobs, or returns
+// 0 when the tenant is at its limit. A job already counted is admitted again.
+// KEYS: tenant jobs. ARGV: id, retention s, max unfinished, now ms.
+var countTenantJob = redis.NewScript(`
+local id, retention, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+-- entries older than the retention belong to jobs whose records expired
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention * 1000)
+if redis.call('ZSCORE', KEYS[1], id) then return 1 end
+if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now, id)
+redis.call('EXPIRE', KEYS[1], retention)
+return 1
+`)
+
+// deleteJob undoes createJob when the enqueue that follows it fails. A job
+// submitted behind it meanwhile gets the turn: returned as releaseLua does.
+// KEYS: job, order, unfinished. ARGV: id, unfinished member, then releaseArgs.
+var deleteJob = redis.NewScript(lua(releaseLua, `
+local id, member = ARGV[1], ARGV[2]
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[3], member)
+return {release(KEYS[2], KEYS[3], id, ARGV[3], ARGV[4], ARGV[5], ARGV[6])}
+`))
+
+// NewJob is what Create writes.
+type NewJob struct {
+	ID        string
+	Tenant    string
+	SessionID string
+	Queue     string
+	BodyHash  string
+	CreatedAt time.Time
+	Payload   []byte // the task payload
+	// KeyHash names the Idempotency-Key the job was submitted with, if any
+	// (tasks.IdempotencyKeyHash): the key stays bound to this job.
+	KeyHash string
+}
+
+// ErrKeyReused is returned by Create for an Idempotency-Key that is bound to
+// another job (it was used with another session).
+var ErrKeyReused = errors.New("idempotency key bound to another job")
+
+// FirstCheck is how long after its creation the reconciler first looks at an
+// unfinished job: past the submit's own deadline for its enqueue.
+const FirstCheck = 10 * time.Second
+
+// Task is an asynq task as asynq's enqueue writes it (tasks.AsynqMessage and
+// tasks.AsynqKeys).
+type Task struct {
+	Key, PendingKey, QueuesKey, Queue string
+	Message                           []byte // asynq's encoded task message
+}
+
+// Create writes a queued record, appends it to its session's order and
+// indexes it as unfinished. When a record with the id exists it returns
+// created=false and that record. With a limit of unfinished jobs per tenant
+// the job is counted first (ErrTooManyJobs at the limit): the tenant's count
+// is a key of its own, outside the session's slot.
+//
+// A job behind an earlier unfinished job of its session waits for its turn
+// (order.go): created with Waiting set, and no task is to be enqueued. Given
+// the task of a job that holds the turn, on one Redis Create enqueues it in
+// the same script (one round trip): Enqueued set. Otherwise (a cluster, where
+// asynq's keys are in another slot, or a task with the id exists already, or
+// no task given) the caller enqueues it.
+func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, existing Job, err error) {
+	if j.KeyHash != "" {
+		// The job id comes from the key and the session (the session's slot):
+		// this binding tells the same key with another session apart.
+		owner, err := bindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID, 2*seconds(s.opt.Retention)).Text()
+		if err != nil {
+			return Created{}, Job{}, unavailable("bind idempotency key", err)
+		}
+		if owner != j.ID {
+			return Created{}, Job{}, ErrKeyReused
+		}
+	}
+	if s.opt.TenantMaxJobs > 0 {
+		n, err := countTenantJob.Run(ctx, s.rdb, []string{rkeys.TenantJobs(j.Tenant)},
+			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, s.opt.Clock().UnixMilli()).Int()
+		if err != nil {
+			return Created{}, Job{}, unavailable("count tenant job", err)
+		}
+		if n == 0 {
+			// At the limit, a replay of a finished job is still a replay.
+			if existing, err = s.Get(ctx, j.ID); errors.Is(err, ErrNotFound) {
+				s.unbind(ctx, j)
+				return Created{}, Job{}, ErrTooManyJobs
+			}
+			return Created{}, existing, err
+		}
+	}
+	keys := []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))}
+	args := createArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Now: s.opt.Clock().UnixMilli(), Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
+		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds()}.argv()
+	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
+		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
+	n := -1
+	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together
+		n, err = createAndEnqueue.Run(ctx, s.rdb, append(keys, t.Key, t.PendingKey, t.QueuesKey),
+			append(append(args, t.Message, s.opt.Clock().UnixNano(), t.Queue), record...)...).Int()
+		c.Enqueued = n == 1
+	}
+	if n == -1 {
+		n, err = createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
+	}
+	if err != nil {
+		s.uncount(ctx, j.Tenant, j.ID)
+		s.unbind(ctx, j)
+		return Created{}, Job{}, unavailable("create job", err)
+	}
+	if n != 0 {
+		return Created{New: true, Enqueued: c.Enqueued, Waiting: n == 2}, Job{}, nil
+	}
+	existing, err = s.Get(ctx, j.ID)
+	if errors.Is(err, ErrNotFound) {
+		// Expired between the two calls: the caller may simply try again.
+		return Created{}, Job{}, unavailable("create job", errors.New("record vanished"))
+	}
+	if err == nil && Terminal(existing.Status) {
+		s.uncount(ctx, j.Tenant, j.ID) // counted again above, but it has finished
+	}
+	return Created{}, existing, err
+}
+
+// Created is what Create did.
+type Created struct {
+	New      bool // a record was written (else the id existed)
+	Enqueued bool // its task was enqueued with it
+	Waiting  bool // it waits for its session's turn: no task yet
+}
+
+// uncount drops a job from its tenant's unfinished jobs. Best effort: an
+// entry left behind leaves the count when its retention has passed.
+func (s *Store) uncount(ctx context.Context, tenant, id string) {
+	if s.opt.TenantMaxJobs > 0 {
+		_ = s.rdb.ZRem(context.WithoutCancel(ctx), rkeys.TenantJobs(tenant), id).Err()
+	}
+}
+
+// Delete removes a record that was created but could not be enqueued, and
+// returns the job submitted behind it meanwhile, whose turn it now is.
+func (s *Store) Delete(ctx context.Context, j NewJob) (*Next, error) {
+	res, err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
+		append([]any{j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)}, s.releaseArgs(j.Tenant, j.SessionID, j.ID)...)...).Slice()
+	if err != nil {
+		return nil, unavailable("delete job", err)
+	}
+	s.uncount(ctx, j.Tenant, j.ID)
+	s.unbind(ctx, j)
+	if len(res) == 0 {
+		return nil, nil
+	}
+	return nextOf(res[0]), nil
+}

@@ -1,0 +1,147 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// finish ends a job once: sets the terminal status and its fields, appends the
+// final event (done, error or canceled) to the log, appends the history entries
+// if any, releases the session's turn and drops the job from the indexes.
+// An attempt's finish is fenced: it applies only while that attempt owns the
+// job. Returns {1} when this call finished the job, {0} when it was already
+// finished (or the attempt was fenced out), {-1} when the record is gone;
+// the session's next job (releaseLua) follows when this made its turn.
+// KEYS: job, order, history, events, leases, unfinished. ARGV: finishArgs.
+var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, `
+local job, order, history, events, leases, unfinished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local history_max, history_ttl = tonumber(ARGV[5]), ARGV[6]
+local result, usage, err = ARGV[7], ARGV[8], ARGV[9]
+local event_type, event_body, channel = ARGV[10], ARGV[11], ARGV[12]
+local fence, member, publish, tail = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
+local tenant, session, prefix, check = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
+local first_entry = 21 -- history entries from here on
+local function released() return release(order, unfinished, id, tenant, session, prefix, check) end
+local st, f = state(job)
+if not st then
+  redis.call('ZREM', unfinished, member)
+  return {-1, released()}
+end
+if terminal(st) then return {0} end
+if fence > 0 then
+  if st ~= ACTIVE or f ~= fence then return {0} end
+  redis.call('ZREM', leases, id .. ':' .. fence)
+end
+redis.call('ZREM', unfinished, member)
+local fields = {'status', status, 'finished_at', finished_at}
+if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
+if usage ~= '' then fields[#fields + 1] = 'usage'; fields[#fields + 1] = usage end
+if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
+redis.call('HSET', job, unpack(fields))
+-- the payload was only needed to run the job again
+if err ~= '' then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error') end
+redis.call('EXPIRE', job, retention)
+if tail ~= '' then append_event(events, channel, 'token', tail, retention, publish) end
+if append_event(events, channel, event_type, event_body, retention, publish) > 1 then
+  redis.call('EXPIRE', events, retention) -- the log lives as long as the record
+end
+if #ARGV >= first_entry then
+  for i = first_entry, #ARGV do redis.call('RPUSH', history, ARGV[i]) end
+  redis.call('LTRIM', history, -history_max, -1)
+  redis.call('EXPIRE', history, history_ttl)
+end
+return {1, released()}
+`))
+
+// finishArgs are finish's arguments.
+type finishArgs struct {
+	ID, Status, FinishedAt string
+	Retention              int64 // s
+	HistoryMax             int
+	HistoryTTL             int64  // s
+	Result, Usage, Error   string // JSON, or empty
+	EventType, EventBody   string // the final event
+	Channel                string
+	Fence                  int // 0: not an attempt's
+	Member, Publish, Tail  string
+	Tenant, Session        string
+	Prefix                 string
+	Check                  int64    // the next job's check, ms
+	History                []string // entries (JSON) to append
+}
+
+func (a finishArgs) argv() []any {
+	out := []any{a.ID, a.Status, a.FinishedAt, a.Retention, a.HistoryMax, a.HistoryTTL, a.Result, a.Usage, a.Error,
+		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.Tail, a.Tenant, a.Session, a.Prefix, a.Check}
+	for _, h := range a.History {
+		out = append(out, h)
+	}
+	return out
+}
+
+// Outcome is how a job ended.
+type Outcome struct {
+	Status  string // succeeded, failed or canceled
+	Result  *Result
+	Usage   *Usage
+	Error   *JobError
+	History []Message // appended to the session's history with the outcome
+	// Tail is the end of the reply that had not gone out as token events
+	// yet: appended as one token event just before the final one, in the
+	// same script (a fast reply's last batch costs no round trip).
+	Tail string
+}
+
+// Finish records a job's outcome exactly once, appends its final event (done,
+// error or canceled) to the event log and releases its session's turn. It
+// reports whether this call was the one that finished it, and the session's
+// next job when this gave it the turn (its task is to be enqueued now).
+// attempt > 0 fences it: it applies only while that attempt owns the job; 0
+// is for the lifecycle's own ends (cancel, reconcile).
+func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt int, o Outcome) (bool, *Next, error) {
+	ev := finalEvent(o)
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return false, nil, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
+	}
+	a := finishArgs{ID: id, Status: o.Status, FinishedAt: fmtTime(s.opt.Clock()), Retention: seconds(s.opt.Retention),
+		HistoryMax: s.opt.HistoryMaxMessages, HistoryTTL: seconds(s.opt.HistoryTTL),
+		Result: jsonOrEmpty(o.Result), Usage: jsonOrEmpty(o.Usage), Error: jsonOrEmpty(o.Error),
+		EventType: ev.EventType(), EventBody: string(body), Channel: rkeys.LiveChannel(id), Fence: attempt,
+		Member: rkeys.UnfinishedMember(tenant, session, id), Publish: s.publish,
+		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: s.opt.Clock().Add(FirstCheck).UnixMilli()}
+	if o.Tail != "" {
+		tail, err := json.Marshal(TokenEvent{Delta: o.Tail})
+		if err != nil {
+			return false, nil, fmt.Errorf("encode token event: %w", err)
+		}
+		a.Tail = string(tail)
+	}
+	for _, m := range o.History {
+		a.History = append(a.History, jsonOrEmpty(m))
+	}
+	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
+		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id))}
+	res, err := finish.Run(ctx, s.rdb, keys, a.argv()...).Slice()
+	if err != nil {
+		return false, nil, unavailable("finish job", err)
+	}
+	n, err := intAt(res, 0, "finish job")
+	if err != nil {
+		return false, nil, err
+	}
+	if n != 0 {
+		s.uncount(ctx, tenant, id)
+	}
+	var next *Next
+	if len(res) > 1 {
+		next = nextOf(res[1])
+	}
+	return n == 1, next, nil
+}

@@ -1,0 +1,36 @@
+package store
+
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// An Idempotency-Key makes the job id (tasks.IdempotentJobID), so a repeated
+// submit finds the record it made; the key is also bound to that id, so the
+// same key with another session (another id) is refused (ErrKeyReused).
+
+// bindKey binds an Idempotency-Key to a job id unless it is bound already,
+// and returns the id it is bound to. KEYS: binding. ARGV: id, ttl s.
+var bindKey = redis.NewScript(`
+local owner = redis.call('GET', KEYS[1])
+if owner then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+`)
+
+// unbindKey undoes bindKey for a job that was not made. KEYS: binding. ARGV: id.
+var unbindKey = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+`)
+
+// unbind releases a job's Idempotency-Key binding when the job was not made.
+// Best effort: a binding left behind expires with twice the retention.
+func (s *Store) unbind(ctx context.Context, j NewJob) {
+	if j.KeyHash != "" {
+		_ = unbindKey.Run(context.WithoutCancel(ctx), s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID).Err()
+	}
+}
