@@ -6,8 +6,9 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/labstack/echo/v4"
+
+	"github.com/chatfleet/chatfleet/internal/httpserve"
 )
 
 // DefaultTenant owns every job when no API keys are configured.

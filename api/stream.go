@@ -184,17 +184,3 @@ func (s *sseSink) Event(ev store.Event) error {
 }
 
 func (s *sseSink) Heartbeat() error { return sseHeartbeat(s.res) }
-
-// cancelJob stops a job: a queued one never runs, an active one has its
-// provider call aborted and is not retried; a finished one is a conflict.
-func (s *Server) cancelJob(c echo.Context) error {
-	ctx := c.Request().Context()
-	j, err := s.jobs.Get(ctx, c.Param("id"), tenantOf(c))
-	if err != nil {
-		return err
-	}
-	if j, err = s.jobs.Cancel(ctx, j, "canceled on request"); err != nil {
-		return err
-	}
-	return c.JSON(http.StatusOK, renderJob(j))
-}

@@ -2,12 +2,9 @@ package llm
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -207,58 +204,6 @@ func (g *Guarded) callHolding(ctx context.Context, s *slot, req Request, onDelta
 	return reply, emitted, err
 }
 
-// Timeouts bound the waits within one provider call.
-type Timeouts struct {
-	FirstToken time.Duration // for the first token (0: none)
-	Idle       time.Duration // between two tokens (0: none)
-}
-
-type timeoutCause struct{ what string }
-
-func (t *timeoutCause) Error() string { return t.what }
-
-// stream calls the provider with the first-token and idle timeouts: a call
-// that sends nothing, or stalls, is cut and reported as a retryable timeout.
-func (g *Guarded) stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error) {
-	t := g.timeouts
-	if t.FirstToken <= 0 && t.Idle <= 0 {
-		return g.Provider.Stream(ctx, req, onDelta)
-	}
-	cctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var started atomic.Bool
-	arm := func(d time.Duration, what string) *time.Timer {
-		if d <= 0 {
-			return nil
-		}
-		return time.AfterFunc(d, func() { cancel(&timeoutCause{what}) })
-	}
-	first := arm(t.FirstToken, fmt.Sprintf("no first token within %s", t.FirstToken))
-	var idle *time.Timer // one timer, reset at each token (a reply is hundreds of tokens)
-	reply, err := g.Provider.Stream(cctx, req, func(d Delta) error {
-		if !started.Load() {
-			if first != nil {
-				first.Stop()
-			}
-			started.Store(true)
-			idle = arm(t.Idle, fmt.Sprintf("no token for %s mid-reply", t.Idle))
-		} else if idle != nil {
-			idle.Reset(t.Idle)
-		}
-		return onDelta(d)
-	})
-	for _, tm := range []*time.Timer{first, idle} {
-		if tm != nil {
-			tm.Stop()
-		}
-	}
-	var tc *timeoutCause
-	if err != nil && ctx.Err() == nil && errors.As(context.Cause(cctx), &tc) {
-		return Reply{}, &Error{Provider: g.Name(), Retryable: true, Timeout: true, AfterOutput: started.Load(), Msg: tc.what}
-	}
-	return reply, err
-}
-
 // record feeds an outcome to the shared breaker. Only provider failures and
 // successes count; client errors and cancels do not. A success while all is
 // well changes nothing and is not written.
@@ -359,104 +304,4 @@ func outcome(err error) string {
 		return "rejected"
 	}
 	return "aborted"
-}
-
-// breakerStore keeps gobreaker's shared state in Redis.
-type breakerStore struct {
-	rdb   redis.UniversalClient
-	token string
-}
-
-func newBreakerStore(rdb redis.UniversalClient) *breakerStore {
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	return &breakerStore{rdb: rdb, token: hex.EncodeToString(b)}
-}
-
-var errLocked = errors.New("breaker state is locked by another process")
-
-// Lock takes a short lease on the shared state. It spins briefly itself, so
-// that gobreaker's own 500 ms retry sleep is rarely reached.
-func (s *breakerStore) Lock(name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	deadline := time.Now().Add(200 * time.Millisecond)
-	for {
-		ok, err := s.rdb.SetNX(ctx, rkeys.Breaker(name), s.token, 2*time.Second).Result()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errLocked
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// serialize runs f, a record into the shared breaker, holding the
-// provider's update lock. gobreaker's distributed breaker reads the shared
-// state before it takes its own lock and writes it back after: two processes
-// recording a failure at once would both write the count they read plus one.
-// Under this lock each reads what the one before it wrote. The lock is
-// per call (its own token) and lapses after 2 s should its holder die.
-func (s *breakerStore) serialize(provider string, f func() error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	key, token := rkeys.Breaker("update:"+provider), newToken()
-	for {
-		ok, err := s.rdb.SetNX(ctx, key, token, 2*time.Second).Result()
-		if err != nil {
-			return err
-		}
-		if ok {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return errLocked
-		case <-time.After(time.Millisecond):
-		}
-	}
-	defer func() { _ = deleteIfOwner.Run(context.WithoutCancel(ctx), s.rdb, []string{key}, token).Err() }()
-	return f()
-}
-
-// deleteIfOwner deletes a lease (the shared state's lock, the half-open
-// probe's claim) if the caller still holds it. KEYS: the lease. ARGV: the
-// caller's token.
-var deleteIfOwner = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-`)
-
-// Unlock releases the lease if this process still holds it.
-func (s *breakerStore) Unlock(name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	return deleteIfOwner.Run(ctx, s.rdb, []string{rkeys.Breaker(name)}, s.token).Err()
-}
-
-// GetData reads the shared state; none yet is (nil, nil).
-func (s *breakerStore) GetData(name string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	b, err := s.rdb.Get(ctx, rkeys.Breaker(name)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
-	}
-	return b, err
-}
-
-// SetData writes the shared state and announces the change to every
-// process (Guarded.watch).
-func (s *breakerStore) SetData(name string, data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := s.rdb.Set(ctx, rkeys.Breaker(name), data, 0).Err(); err != nil {
-		return err
-	}
-	return s.rdb.Publish(ctx, rkeys.BreakerChanged(strings.TrimPrefix(name, sharedStateName(""))), "1").Err()
 }

@@ -1,0 +1,186 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Var describes one environment variable: its name, default and meaning.
+// The table is the single source for parsing, `config check` and .env.example.
+type Var struct {
+	Name    string
+	Default string
+	Help    string
+	Secret  bool
+	set     func(c *Config, v string) error
+}
+
+// Role selects role-specific defaults.
+type Role string
+
+// Process roles.
+const (
+	RoleAPI        Role = "api"
+	RoleWorker     Role = "worker"
+	RoleStandalone Role = "standalone" // api --standalone: API and worker in one process
+)
+
+// Vars lists every variable chatfleet reads, in documentation order.
+func Vars(role Role) []Var {
+	addr := ":8080"
+	switch role {
+	case RoleWorker:
+		addr = ":8081"
+	case RoleStandalone:
+		addr = "127.0.0.1:8080" // a development mode: not reachable from other hosts unless asked
+	}
+	return []Var{
+		{"CHATFLEET_ENV", EnvDevelopment, "development or production; production refuses embedded Redis, the simulated LLM and missing API keys", false,
+			func(c *Config, v string) error {
+				if v != EnvDevelopment && v != EnvProduction {
+					return fmt.Errorf("must be %q or %q, got %q", EnvDevelopment, EnvProduction, v)
+				}
+				c.Env = v
+				return nil
+			}},
+		{"CHATFLEET_HTTP_ADDR", addr, "listen address (api :8080, worker :8081, api --standalone 127.0.0.1:8080)", false,
+			func(c *Config, v string) error { c.HTTPAddr = v; return validAddr(v) }},
+		{"CHATFLEET_REDIS_URL", "", "redis://, rediss://, redis-socket://, redis-sentinel:// or redis-cluster://host:port[,host:port…] (rediss-cluster:// with TLS) URL; empty means embedded Redis (api --standalone only)", true,
+			func(c *Config, v string) error { c.RedisURL = v; return validRedisURL(v) }},
+		{"CHATFLEET_API_KEYS", "", "comma-separated tenant:key pairs, or tenant:sha256:<hex of the key's SHA-256> so that no key sits in plain text; empty disables auth outside production", true,
+			func(c *Config, v string) (err error) { c.APIKeys, err = parseAPIKeys(v); return err }},
+		{"CHATFLEET_TENANT_RATE", "0", "API requests per second per tenant, shared by all API processes (0: unlimited; e.g. 50 in a multi-tenant production)", false,
+			intVar(func(c *Config) *int { return &c.TenantRate }, 0)},
+		{"CHATFLEET_TENANT_BURST", "100", "requests a tenant may send at once above its rate", false,
+			intVar(func(c *Config) *int { return &c.TenantBurst }, 1)},
+		{"CHATFLEET_TENANT_MAX_JOBS", "0", "unfinished (queued or running) jobs per tenant; beyond it submits get 429 (0: unlimited; e.g. 1000 in a multi-tenant production)", false,
+			intVar(func(c *Config) *int { return &c.TenantMaxJobs }, 0)},
+		{"CHATFLEET_MODELS", "", "comma-separated models a job may ask for; empty allows any", false,
+			func(c *Config, v string) error {
+				c.Models = nil
+				for _, m := range strings.Split(v, ",") {
+					if m = strings.TrimSpace(m); m != "" {
+						c.Models = append(c.Models, m)
+					}
+				}
+				return nil
+			}},
+		{"CHATFLEET_LLM_PROVIDER", "sim", "openai (any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, OpenRouter), anthropic, or sim (simulated, deterministic)", false,
+			func(c *Config, v string) error {
+				if !validKind(v) {
+					return fmt.Errorf("must be openai, anthropic or sim, got %q", v)
+				}
+				c.LLMProvider = v
+				return nil
+			}},
+		{"CHATFLEET_LLM_BASE_URL", "", "provider endpoint", false,
+			func(c *Config, v string) error { c.LLMBaseURL = v; return validOptionalURL(v) }},
+		{"CHATFLEET_LLM_API_KEY", "", "provider API key", true,
+			func(c *Config, v string) error { c.LLMAPIKey = v; return nil }},
+		{"CHATFLEET_LLM_MODEL", "", "default model name", false,
+			func(c *Config, v string) error { c.LLMModel = v; return nil }},
+		{"CHATFLEET_LLM_FALLBACKS", "", "ordered fallback providers, comma-separated, each kind[:model][@base_url][#KEY_VARIABLE][;rpm=N][;tpm=N][;concurrency=N], e.g. anthropic:claude-haiku-4-5#ANTHROPIC_API_KEY;rpm=50,openai:llama3@http://ollama:11434/v1;concurrency=4", false,
+			func(c *Config, v string) error { c.LLMFallbacks = v; return nil }},
+		{"CHATFLEET_ON_ALL_PROVIDERS_DOWN", "degrade", "when every provider is open or failing: degrade (the job succeeds with CHATFLEET_DEGRADED_REPLY, degraded: true), fail, or defer (park the job until a breaker half-opens)", false,
+			func(c *Config, v string) error {
+				if v != "degrade" && v != "fail" && v != "defer" {
+					return fmt.Errorf("must be degrade, fail or defer, got %q", v)
+				}
+				c.OnAllDown = v
+				return nil
+			}},
+		{"CHATFLEET_DEGRADED_REPLY", "The assistant is temporarily unavailable. Please try again in a few minutes.", "the reply of a degraded job", false,
+			func(c *Config, v string) error { c.DegradedReply = v; return nil }},
+		{"CHATFLEET_LLM_FIRST_TOKEN_TIMEOUT", "60s", "longest wait for a provider's first token; then the call counts as failed (for the breaker too) and the next provider is tried", false,
+			durationVar(func(c *Config) *time.Duration { return &c.FirstTokenWait }, time.Millisecond)},
+		{"CHATFLEET_LLM_IDLE_TIMEOUT", "30s", "longest gap between two tokens; a stall after output has begun is retried but is not a breaker failure", false,
+			durationVar(func(c *Config) *time.Duration { return &c.IdleTimeout }, time.Millisecond)},
+		{"CHATFLEET_LLM_TIMEOUT", "10m", "whole-call cap of one provider call (long generations are normal)", false,
+			durationVar(func(c *Config) *time.Duration { return &c.LLMTimeout }, time.Millisecond)},
+		{"CHATFLEET_JOB_LEASE", "5s", "a running job's heartbeat lease, renewed every third of it; a job whose worker died is taken over by another after it (plus about a second)", false,
+			durationVar(func(c *Config) *time.Duration { return &c.JobLease }, 300*time.Millisecond)},
+		{"CHATFLEET_LLM_RPM", "0", "the primary provider's requests per minute, enforced for the whole fleet (0: no limit)", false,
+			intVar(func(c *Config) *int { return &c.LLMLimits.RPM }, 0)},
+		{"CHATFLEET_LLM_TPM", "0", "the primary provider's tokens per minute, fleet-wide: the prompt and output cap are counted before a call, the reported usage after it (0: no limit)", false,
+			intVar(func(c *Config) *int { return &c.LLMLimits.TPM }, 0)},
+		{"CHATFLEET_LLM_MAX_CONCURRENCY", "0", "the primary provider's calls in flight, fleet-wide (0: learned from its 429s)", false,
+			intVar(func(c *Config) *int { return &c.LLMLimits.Concurrency }, 0)},
+		{"CHATFLEET_MAX_RETRY_DELAY", "5m", "cap on any retry delay, a provider's Retry-After included", false,
+			durationVar(func(c *Config) *time.Duration { return &c.MaxRetryDelay }, time.Second)},
+		{"CHATFLEET_BREAKER_FAILURES", "5", "consecutive failures that open a provider's breaker", false,
+			intVar(func(c *Config) *int { return &c.BreakerFailures }, 1)},
+		{"CHATFLEET_BREAKER_OPEN_FOR", "60s", "how long an open breaker stays open before half-open", false,
+			durationVar(func(c *Config) *time.Duration { return &c.BreakerOpenFor }, time.Millisecond)},
+		{"CHATFLEET_WORKER_CONCURRENCY", "100", "concurrent jobs per worker process", false,
+			intVar(func(c *Config) *int { return &c.WorkerConcurrency }, 1)},
+		{"CHATFLEET_QUEUE_POLL_INTERVAL", "20ms", "how often an idle worker polls the empty queues; the floor of time-to-first-token on an idle fleet", false,
+			durationVar(func(c *Config) *time.Duration { return &c.QueuePollInterval }, time.Millisecond)},
+		{"CHATFLEET_QUEUE_SPREAD", "1", "queues per priority, for Redis Cluster: asynq keeps a queue on one slot, so one master does asynq's work for all jobs of a queue; set the number of masters, the same on every api and worker (each idle poll asks every queue)", false,
+			func(c *Config, v string) error {
+				if err := intVar(func(c *Config) *int { return &c.QueueSpread }, 1)(c, v); err != nil {
+					return err
+				}
+				if c.QueueSpread > 16 {
+					return fmt.Errorf("must be at most 16, got %d", c.QueueSpread)
+				}
+				return nil
+			}},
+		{"CHATFLEET_SHUTDOWN_TIMEOUT", "25s", "how long SIGTERM waits for in-flight jobs before handing them back to the queue; keep below the orchestrator's grace period", false,
+			durationVar(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, time.Second)},
+		{"CHATFLEET_QUEUE_ALERT_THRESHOLD", "500", "backlog above which queue status is warning", false,
+			intVar(func(c *Config) *int { return &c.QueueAlertThreshold }, 1)},
+		{"CHATFLEET_JOB_RETENTION", "24h", "how long results, event logs and idempotency keys are kept", false,
+			durationVar(func(c *Config) *time.Duration { return &c.JobRetention }, time.Second)},
+		{"CHATFLEET_MAX_RETRIES", "3", "attempts after the first for retryable failures", false,
+			intVar(func(c *Config) *int { return &c.MaxRetries }, 0)},
+		{"CHATFLEET_HISTORY_MAX_MESSAGES", "50", "messages kept per session history (oldest dropped first)", false,
+			intVar(func(c *Config) *int { return &c.HistoryMaxMessages }, 2)},
+		{"CHATFLEET_HISTORY_TTL", "168h", "how long an idle session's history is kept", false,
+			durationVar(func(c *Config) *time.Duration { return &c.HistoryTTL }, time.Second)},
+		{"CHATFLEET_STREAM_FLUSH_INTERVAL", "20ms", "token deltas after the first are batched for this long before they go out (0s sends each at once)", false,
+			durationVar(func(c *Config) *time.Duration { return &c.StreamFlushInterval }, 0)},
+		{"CHATFLEET_STREAM_FLUSH_BYTES", "256", "a batch of token deltas goes out early once it holds this many bytes", false,
+			intVar(func(c *Config) *int { return &c.StreamFlushBytes }, 1)},
+		{"CHATFLEET_STREAM_MAX_DURATION", "1h", "a stream ends cleanly after this long; the client resumes with Last-Event-ID", false,
+			durationVar(func(c *Config) *time.Duration { return &c.StreamMaxDuration }, time.Second)},
+		{"CHATFLEET_TENANT_MAX_STREAMS", "0", "concurrent streams of one tenant across all API processes, streamed /v1 requests included; beyond it 429 (0: unlimited; e.g. 200 in a multi-tenant production)", false,
+			intVar(func(c *Config) *int { return &c.TenantMaxStreams }, 0)},
+		{"CHATFLEET_ADMIN_KEY", "", "password of the operators' queue UI at /admin/queues (HTTP basic auth, any user name); empty disables the UI", true,
+			func(c *Config, v string) error {
+				if v != "" && len(v) < 16 {
+					return errors.New("must be at least 16 characters")
+				}
+				c.AdminKey = v
+				return nil
+			}},
+		{"CHATFLEET_SSE_HEARTBEAT", "15s", "comment heartbeat interval on idle SSE streams", false,
+			durationVar(func(c *Config) *time.Duration { return &c.SSEHeartbeat }, 100*time.Millisecond)},
+		{"CHATFLEET_LOG_LEVEL", "info", "trace, debug, info, warn or error", false,
+			func(c *Config, v string) error {
+				switch v {
+				case "trace", "debug", "info", "warn", "error":
+					c.LogLevel = v
+					return nil
+				}
+				return fmt.Errorf("must be trace, debug, info, warn or error, got %q", v)
+			}},
+		{"CHATFLEET_SIM_LATENCY", "0s", "simulated time to first token", false,
+			durationVar(func(c *Config) *time.Duration { return &c.SimLatency }, 0)},
+		{"CHATFLEET_SIM_TOKEN_DELAY", "0s", "simulated delay between tokens", false,
+			durationVar(func(c *Config) *time.Duration { return &c.SimTokenDelay }, 0)},
+		{"CHATFLEET_SIM_TOKENS", "0", "filler words appended to the simulated reply", false,
+			intVar(func(c *Config) *int { return &c.SimTokens }, 0)},
+		{"CHATFLEET_SIM_FAIL_RATE", "0", "fraction (0..1) of simulated calls that fail before any token", false,
+			func(c *Config, v string) error {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil || f < 0 || f > 1 {
+					return fmt.Errorf("must be a number from 0 to 1, got %q", v)
+				}
+				c.SimFailRate = f
+				return nil
+			}},
+	}
+}
