@@ -26,11 +26,24 @@ type streamCap struct {
 	lease time.Duration
 }
 
+// acquireStream takes a slot when the tenant has one free.
+// KEYS: the tenant's stream leases. ARGV: now ms, cap, expiry ms, stream id, key ttl ms.
 var acquireStream = redis.NewScript(`
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local now, cap, expiry, id, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+redis.call('ZADD', KEYS[1], expiry, id)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+`)
+
+// renewStream extends a stream's lease and the set's expiry together: a set
+// that expired while its streams were open would forget them all.
+// KEYS: the tenant's stream leases. ARGV: expiry ms, stream id, key ttl ms.
+var renewStream = redis.NewScript(`
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `)
 
@@ -58,7 +71,7 @@ func (c *streamCap) acquire(ctx context.Context, tenant string) (renew, release 
 		return nil, nil, errTooManyStreams
 	}
 	renew = func() {
-		_ = c.rdb.ZAddXX(context.Background(), key, redis.Z{Score: float64(time.Now().Add(c.lease).UnixMilli()), Member: id}).Err()
+		_ = renewStream.Run(context.Background(), c.rdb, []string{key}, time.Now().Add(c.lease).UnixMilli(), id, c.lease.Milliseconds()*2).Err()
 	}
 	release = func() { _ = c.rdb.ZRem(context.Background(), key, id).Err() }
 	return renew, release, nil

@@ -174,6 +174,10 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds()}.argv()
 	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
+	if s.opt.TenantMaxJobs > 0 {
+		// Whoever finishes the job uncounts it, whatever its own settings.
+		record = append(record, "counted", 1)
+	}
 	n := -1
 	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together
 		n, err = createAndEnqueue.Run(ctx, s.rdb, append(keys, t.Key, t.PendingKey, t.QueuesKey),
@@ -184,7 +188,9 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 		n, err = createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
 	}
 	if err != nil {
-		s.uncount(ctx, j.Tenant, j.ID)
+		if s.opt.TenantMaxJobs > 0 {
+			s.uncount(ctx, j.Tenant, j.ID)
+		}
 		s.unbind(ctx, j)
 		return Created{}, Job{}, unavailable("create job", err)
 	}
@@ -196,7 +202,7 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 		// Expired between the two calls: the caller may simply try again.
 		return Created{}, Job{}, unavailable("create job", errors.New("record vanished"))
 	}
-	if err == nil && Terminal(existing.Status) {
+	if err == nil && Terminal(existing.Status) && s.opt.TenantMaxJobs > 0 {
 		s.uncount(ctx, j.Tenant, j.ID) // counted again above, but it has finished
 	}
 	return Created{}, existing, err
@@ -212,9 +218,7 @@ type Created struct {
 // uncount drops a job from its tenant's unfinished jobs. Best effort: an
 // entry left behind leaves the count when its retention has passed.
 func (s *Store) uncount(ctx context.Context, tenant, id string) {
-	if s.opt.TenantMaxJobs > 0 {
-		_ = s.rdb.ZRem(context.WithoutCancel(ctx), rkeys.TenantJobs(tenant), id).Err()
-	}
+	_ = s.rdb.ZRem(context.WithoutCancel(ctx), rkeys.TenantJobs(tenant), id).Err()
 }
 
 // Delete removes a record that was created but could not be enqueued, and
@@ -225,7 +229,9 @@ func (s *Store) Delete(ctx context.Context, j NewJob) (*Next, error) {
 	if err != nil {
 		return nil, unavailable("delete job", err)
 	}
-	s.uncount(ctx, j.Tenant, j.ID)
+	if s.opt.TenantMaxJobs > 0 {
+		s.uncount(ctx, j.Tenant, j.ID)
+	}
 	s.unbind(ctx, j)
 	if len(res) == 0 {
 		return nil, nil

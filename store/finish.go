@@ -14,9 +14,11 @@ import (
 // final event (done, error or canceled) to the log, appends the history entries
 // if any, releases the session's turn and drops the job from the indexes.
 // An attempt's finish is fenced: it applies only while that attempt owns the
-// job. Returns {1} when this call finished the job, {0} when it was already
-// finished (or the attempt was fenced out), {-1} when the record is gone;
-// the session's next job (releaseLua) follows when this made its turn.
+// job. Returns {1, counted} when this call finished the job, {0, 0} when it
+// was already finished (or the attempt was fenced out), {-1, 1} when the
+// record is gone; counted (1) says the job is in its tenant's count of
+// unfinished jobs, to be removed; the session's next job (releaseLua)
+// follows when this made its turn.
 // KEYS: job, order, history, events, leases, unfinished. ARGV: finishArgs.
 var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, `
 local job, order, history, events, leases, unfinished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -31,13 +33,14 @@ local function released() return release(order, unfinished, id, tenant, session,
 local st, f = state(job)
 if not st then
   redis.call('ZREM', unfinished, member)
-  return {-1, released()}
+  return {-1, 1, released()}
 end
-if terminal(st) then return {0} end
+if terminal(st) then return {0, 0} end
 if fence > 0 then
-  if st ~= ACTIVE or f ~= fence then return {0} end
+  if st ~= ACTIVE or f ~= fence then return {0, 0} end
   redis.call('ZREM', leases, id .. ':' .. fence)
 end
+local counted = redis.call('HGET', job, 'counted') == '1' and 1 or 0
 redis.call('ZREM', unfinished, member)
 local fields = {'status', status, 'finished_at', finished_at}
 if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
@@ -56,7 +59,7 @@ if #ARGV >= first_entry then
   redis.call('LTRIM', history, -history_max, -1)
   redis.call('EXPIRE', history, history_ttl)
 end
-return {1, released()}
+return {1, counted, released()}
 `))
 
 // finishArgs are finish's arguments.
@@ -136,12 +139,14 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if err != nil {
 		return false, nil, err
 	}
-	if n != 0 {
+	if counted, err := intAt(res, 1, "finish job"); err != nil {
+		return false, nil, err
+	} else if counted == 1 {
 		s.uncount(ctx, tenant, id)
 	}
 	var next *Next
-	if len(res) > 1 {
-		next = nextOf(res[1])
+	if len(res) > 2 {
+		next = nextOf(res[2])
 	}
 	return n == 1, next, nil
 }

@@ -108,6 +108,9 @@ func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) (head bool, 
 		if err := s.rdb.ZAdd(ctx, rkeys.TenantJobs(j.Tenant), redis.Z{Score: float64(s.opt.Clock().UnixMilli()), Member: j.ID}).Err(); err != nil {
 			return false, unavailable("requeue", err)
 		}
+		if err := s.rdb.HSet(ctx, rkeys.Job(j.ID), "counted", 1).Err(); err != nil {
+			return false, unavailable("requeue", err)
+		}
 	}
 	return n == 1, nil
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -277,5 +278,24 @@ func TestLeasesIgnoreTheProcessClocks(t *testing.T) {
 				t.Fatalf("an unrenewed lease was not claimed after a lease: %+v %v", l, err)
 			}
 		})
+	}
+}
+
+// The job cap is kept by the API; the worker that finishes a job may run
+// without it (nothing told the operator both need it): the finished job still
+// leaves its tenant's count, so the tenant is not locked out.
+func TestFinishedJobsLeaveTheCountWhateverTheFinisherSettings(t *testing.T) {
+	c := testkit.StartRedis(t).Client()
+	api := New(c, Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour, TenantMaxJobs: 1})
+	worker := New(c, Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
+	ctx := context.Background()
+	for i := range 3 {
+		id := "job_capped_" + strconv.Itoa(i)
+		if _, _, err := api.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+			t.Fatalf("job %d: %v", i, err)
+		}
+		if _, _, err := worker.Finish(ctx, id, "t", id, 0, Outcome{Status: StatusSucceeded, Result: &Result{Content: "ok"}, Usage: &Usage{}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
