@@ -36,6 +36,11 @@ func newAPI(t *testing.T, plain map[string]string) (*echo.Echo, *redis.Client) {
 	for k, tenant := range plain {
 		keys[sha256.Sum256([]byte(k))] = tenant
 	}
+	return newAPIWith(t, Options{APIKeys: keys})
+}
+
+// newAPIWith is newAPI with the given options.
+func newAPIWith(t *testing.T, opt Options) (*echo.Echo, *redis.Client) {
 	rd := testkit.StartRedis(t)
 	c := rd.Client()
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
@@ -43,7 +48,7 @@ func newAPI(t *testing.T, plain map[string]string) (*echo.Echo, *redis.Client) {
 	hub := stream.NewHub(c, zerolog.New(io.Discard))
 	t.Cleanup(func() { _ = hub.Close() })
 	mgr := jobs.New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), jobs.Options{MaxRetries: 3, Retention: time.Hour})
-	New(Deps{Jobs: mgr, Store: st, Hub: hub, Redis: c}, Options{APIKeys: keys}).Register(e)
+	New(Deps{Jobs: mgr, Store: st, Hub: hub, Redis: c}, opt).Register(e)
 	return e, c
 }
 

@@ -89,7 +89,17 @@ func (s *Server) getJob(c echo.Context) error {
 		return err
 	}
 	if wait > 0 && !store.Terminal(j.Status) {
-		if j, err = s.jobs.Wait(ctx, j, wait); err != nil {
+		// A long poll holds its connection: it counts against the tenant's
+		// cap of held connections, renewed while it waits.
+		renew, release, err := s.openStream(c, j.Tenant)
+		if err != nil {
+			return err
+		}
+		stop := renewEvery(s.opt.Heartbeat, renew)
+		j, err = s.jobs.Wait(ctx, j, wait)
+		stop()
+		release()
+		if err != nil {
 			return err
 		}
 	}

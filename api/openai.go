@@ -87,11 +87,11 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: time.Now().UTC()}
 	p := tasks.ChatPayload{JobID: id, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}
-	renew, release := func() {}, func() {}
-	if r.Stream { // a streamed answer counts against the tenant's stream cap
-		if renew, release, err = s.openStream(c, nj.Tenant); err != nil {
-			return err
-		}
+	// The request is held until the answer (streamed or not): it counts
+	// against the tenant's cap of held connections.
+	renew, release, err := s.openStream(c, nj.Tenant)
+	if err != nil {
+		return err
 	}
 	defer release()
 	if _, err := s.jobs.Submit(c.Request().Context(), nj, p); err != nil {

@@ -119,11 +119,10 @@ func (s *Server) createResponse(c echo.Context) error {
 	rec := respRecord{ID: respID(id), Tenant: tenant, Model: r.Model, Instructions: r.Instructions, Previous: r.PreviousResponseID,
 		User: r.User, Background: r.Background, Store: stored, CreatedAt: now.Unix(), Metadata: r.Metadata, Input: items,
 		Conversation: conversation, MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP, Params: params}
-	if err := s.saveResponse(ctx, rec); err != nil {
-		return err
-	}
 	renew, release := func() {}, func() {}
-	if r.Stream {
+	if r.Stream || !r.Background {
+		// Held until the answer (streamed or not): it counts against the
+		// tenant's cap of held connections.
 		if renew, release, err = s.openStream(c, tenant); err != nil {
 			return err
 		}
@@ -135,6 +134,10 @@ func (s *Server) createResponse(c echo.Context) error {
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: now, Messages: toProvider, Params: params}
 	sub, err := s.jobs.Submit(ctx, nj, p)
 	if err != nil {
+		return err // refused (a cap, Redis): nothing of the response was written
+	}
+	if err := s.saveResponse(ctx, rec); err != nil {
+		s.abandon(ctx, sub.Job, "the response could not be recorded")
 		return err
 	}
 	if r.Background && !r.Stream {
@@ -144,7 +147,7 @@ func (s *Server) createResponse(c echo.Context) error {
 		return s.streamResponse(c, rec, sub.Job, -1, renew, !r.Background)
 	}
 	// Plain create: wait for the answer; a client that leaves cancels it.
-	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, &finalOnly{})
+	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{&finalOnly{}, renew})
 	j, gerr := s.store.Get(context.WithoutCancel(ctx), id)
 	if gerr != nil {
 		return gerr

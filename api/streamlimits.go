@@ -17,9 +17,11 @@ import (
 	"github.com/chatfleet/chatfleet/stream"
 )
 
-// streamCap bounds a tenant's concurrent streams across every API process.
-// Each open stream holds a lease in Redis, renewed at each heartbeat, so the
-// streams of an API process that died stop counting after a few heartbeats.
+// streamCap bounds a tenant's held connections across every API process:
+// SSE streams, /v1 requests waiting for their answer (streamed or not) and
+// ?wait= long polls. Each holds a lease in Redis, renewed at each heartbeat,
+// so the connections of an API process that died stop counting after a few
+// heartbeats.
 type streamCap struct {
 	rdb   redis.UniversalClient
 	max   int
@@ -49,7 +51,7 @@ return 1
 
 // errTooManyStreams is a tenant over its stream cap.
 var errTooManyStreams = errf(http.StatusTooManyRequests, "too_many_streams", "",
-	"this tenant has as many open streams as it may have; close one or try again shortly")
+	"this tenant holds as many connections (streams, waiting requests, long polls) as it may; close one or try again shortly")
 
 // acquire takes a stream slot for tenant; the returned renew and release keep
 // and end it. errTooManyStreams: the tenant is at its cap.
@@ -103,6 +105,24 @@ func sseHeartbeat(res *echo.Response) error {
 	}
 	res.Flush()
 	return nil
+}
+
+// renewEvery calls renew every d until the returned stop is called.
+func renewEvery(d time.Duration, renew func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				renew()
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // leasedSink renews a stream's slot at every heartbeat.

@@ -3,9 +3,13 @@ package api
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -31,5 +35,56 @@ func TestStreamCapCountsLongStreams(t *testing.T) {
 		t.Fatalf("after the first stream ended: %v", err)
 	} else {
 		rel()
+	}
+}
+
+// Every held connection counts against the tenant's cap, not only SSE
+// streams: a ?wait= long poll holds one, and while it does another long poll,
+// a plain Chat Completions request and a plain Responses create (each held
+// until its answer) are refused with 429 too_many_streams, writing nothing.
+func TestHeldRequestsCountAgainstTheCap(t *testing.T) {
+	e, rdb := newAPIWith(t, Options{TenantMaxStreams: 1})
+	_, sub := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, nil)
+	id, _ := sub["job_id"].(string)
+	if id == "" {
+		t.Fatalf("submit: %v", sub)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	held := make(chan int)
+	go func() { // no worker runs: this poll waits until canceled
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/api/v1/chat/jobs/"+id+"?wait=30s", nil)
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		held <- rec.Code
+	}()
+	key := rkeys.TenantStreams(DefaultTenant)
+	deadline := time.Now().Add(5 * time.Second)
+	for rdb.ZCard(context.Background(), key).Val() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	keys := rdb.DBSize(context.Background()).Val()
+	for name, r := range map[string]struct{ method, path, body string }{
+		"long poll":        {http.MethodGet, "/api/v1/chat/jobs/" + id + "?wait=1s", ""},
+		"chat completions": {http.MethodPost, "/v1/chat/completions", `{"model":"m","messages":[{"role":"user","content":"hi"}]}`},
+		"responses create": {http.MethodPost, "/v1/responses", `{"model":"m","input":"hi"}`},
+	} {
+		// bounded: a request that is let through waits for a worker that never comes
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		req := httptest.NewRequestWithContext(rctx, r.method, r.path, strings.NewReader(r.body))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		rcancel()
+		if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), "too_many_streams") || rec.Header().Get("Retry-After") == "" {
+			t.Errorf("%s while a long poll is held: %d %s", name, rec.Code, rec.Body.String())
+		}
+	}
+	if n := rdb.DBSize(context.Background()).Val(); n != keys {
+		t.Errorf("refused requests wrote %d keys", n-keys)
+	}
+	cancel()
+	<-held
+	if n := rdb.ZCard(context.Background(), key).Val(); n != 0 {
+		t.Errorf("the long poll's slot was not released: %d held", n)
 	}
 }

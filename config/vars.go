@@ -146,7 +146,7 @@ func Vars(role Role) []Var {
 			intVar(func(c *Config) *int { return &c.StreamFlushBytes }, 1)},
 		{"CHATFLEET_STREAM_MAX_DURATION", "1h", "a stream ends cleanly after this long; the client resumes with Last-Event-ID", false,
 			durationVar(func(c *Config) *time.Duration { return &c.StreamMaxDuration }, time.Second)},
-		{"CHATFLEET_TENANT_MAX_STREAMS", "0", "concurrent streams of one tenant across all API processes, streamed /v1 requests included; beyond it 429 (0: unlimited; e.g. 200 in a multi-tenant production)", false,
+		{"CHATFLEET_TENANT_MAX_STREAMS", "0", "held connections of one tenant across all API processes (SSE streams, ?wait= long polls, /v1 requests waiting for their answer); beyond it 429 (0: unlimited; e.g. 200 in a multi-tenant production)", false,
 			intVar(func(c *Config) *int { return &c.TenantMaxStreams }, 0)},
 		{"CHATFLEET_ADMIN_KEY", "", "password of the operators' queue UI at /admin/queues (HTTP basic auth, any user name); empty disables the UI", true,
 			func(c *Config, v string) error {
