@@ -110,8 +110,9 @@ func (s *Server) chatCompletions(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{sink, renew})
-	if !sink.final {
-		// The client left (it cannot come back to this request) or following
+	if !sink.final || sink.cut {
+		// The client left (it cannot come back to this request), its stream
+		// ended with upstream_retry (it sends the request again), or following
 		// failed: the job has no one to answer, so it stops.
 		if j, gerr := s.store.Get(context.WithoutCancel(ctx), id); gerr == nil && !store.Terminal(j.Status) {
 			if _, cerr := s.jobs.Cancel(context.WithoutCancel(ctx), j, "the OpenAI-compatible client disconnected"); cerr != nil && !errors.Is(cerr, jobs.ErrFinished) {
@@ -119,7 +120,7 @@ func (s *Server) chatCompletions(c echo.Context) error {
 			}
 		}
 	}
-	if err != nil && !c.Response().Committed {
+	if err != nil && !errors.Is(err, errStreamCut) && !c.Response().Committed {
 		return err
 	}
 	if !r.Stream && sink.final {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -23,6 +24,7 @@ type oaSink struct {
 
 	opened  bool
 	final   bool
+	cut     bool // the stream ended before the job did (a retry mid-reply)
 	text    strings.Builder
 	calls   map[int]bool // tool calls whose first fragment went out
 	done    store.DoneEvent
@@ -73,12 +75,16 @@ func (s *oaSink) Event(ev store.Event) error {
 		return s.chunk(map[string]any{"tool_calls": []any{call}}, nil, nil)
 	case store.RetryEvent:
 		// OpenAI's format cannot take back text already sent: a streamed
-		// answer ends with an error the client can retry on; a collected one
+		// answer ends with an error the client can retry on (nothing may
+		// follow its [DONE], so following stops here); a collected one
 		// simply starts over.
 		if s.stream {
-			s.final = true
+			s.final, s.cut = true, true
 			s.failure = &store.JobError{Code: "upstream_retry", Message: "the provider failed mid-reply; retry the request"}
-			return s.streamError()
+			if err := s.streamError(); err != nil {
+				return err
+			}
+			return errStreamCut
 		}
 		s.text.Reset()
 	case store.DoneEvent:
@@ -111,6 +117,9 @@ func (s *oaSink) Event(ev store.Event) error {
 	}
 	return nil
 }
+
+// errStreamCut stops following a job whose stream has ended before it.
+var errStreamCut = errors.New("the stream ended before the job")
 
 func (s *oaSink) usageObject() map[string]int {
 	var u store.Usage

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/llmfake"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -100,5 +102,45 @@ func TestOpenAIDisconnectCancelsTheJob(t *testing.T) {
 	var oe *openai.Error
 	if !errors.As(err, &oe) || oe.StatusCode != http.StatusNotFound || oe.Code != "model_not_found" {
 		t.Fatalf("unknown model: %v", err)
+	}
+}
+
+// A provider fails mid-reply: a streamed Chat Completion cannot take back
+// what it sent, so it ends with the upstream_retry error and one [DONE],
+// nothing after it, and the job stops (its client will send the request
+// again; no provider generates the rest for nobody).
+func TestStreamEndsCleanlyOnARetryMidReply(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.SetPlan(func(call int) llmfake.Step {
+		if call == 1 {
+			return llmfake.Step{CutAfter: 2, TokenDelay: 20 * time.Millisecond}
+		}
+		return llmfake.Step{TokenDelay: 300 * time.Millisecond}
+	})
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, nil))
+	res, err := http.Post(apis[0].URL()+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"fake-model","stream":true,"messages":[{"role":"user","content":"a reply of several words"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(res.Body) // the API ends the stream
+	res.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(raw)
+	if !strings.Contains(body, "upstream_retry") || strings.Count(body, "data: [DONE]") != 1 || !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Fatalf("stream after a mid-reply failure:\n%s", body)
+	}
+	_, after, _ := strings.Cut(body, `"id":"chatcmpl-`)
+	id := "job_" + after[:max(strings.IndexByte(after, '"'), 0)]
+	j := waitStatus(t, client.New(apis[0].URL()), id, "canceled")
+	if j.Error == nil {
+		t.Fatalf("job after its stream ended: %+v", j)
+	}
+	time.Sleep(time.Second) // a retry that ran anyway would call again
+	if n := fake.Calls(); n > 2 {
+		t.Fatalf("the provider was called %d times for a client that had gone", n)
 	}
 }

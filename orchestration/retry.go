@@ -84,11 +84,11 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *j
 	}
 	if retryable && att.N < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
+		if emitted { // while the attempt still owns the job: its last write
+			p.announceRetry(ctx, att, att.N+1, jerr.Message)
+		}
 		if err := att.Retry(ctx, jerr, until); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
-		}
-		if emitted {
-			p.announceRetry(ctx, att, att.N+1, jerr.Message)
 		}
 		log.Warn().Err(callErr).Str("status", jobs.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
