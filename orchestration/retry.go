@@ -84,7 +84,8 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *j
 	}
 	if retryable && att.N < p.maxAttempts() && !(allDown != nil && allDown.AllOpen) {
 		until := time.Now().Add(p.opt.MaxRetryDelay) // no retry waits longer
-		if emitted {                                 // while the attempt still owns the job: its last write
+		// The retry event goes out while the attempt still owns the job.
+		if emitted {
 			p.announceRetry(ctx, att, att.N+1, jerr.Message)
 		}
 		if err := att.Retry(ctx, jerr, until); err != nil {
