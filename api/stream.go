@@ -71,6 +71,9 @@ func (s *Server) streamJob(c echo.Context) error {
 		return stream.FollowSubscribed(sctx, sub, s.store, j.ID, after, s.opt.Heartbeat, leasedSink{&sseSink{res: c.Response()}, renew})
 	}
 	c.Response().Status = http.StatusOK // for the request log; the answer goes out below
+	// The goroutine outlives the handler, and echo reuses c for the next
+	// request: it takes what it needs of c now.
+	requestID := c.Response().Header().Get(echo.HeaderXRequestID)
 	s.m.streamClients.Inc()
 	s.streams.Add(1)
 	go func() {
@@ -83,7 +86,7 @@ func (s *Server) streamJob(c echo.Context) error {
 		// with Last-Event-ID.
 		sctx, cancel := context.WithTimeout(s.opt.Closing, s.opt.StreamMaxDuration)
 		defer cancel()
-		sink := &connSink{conn: conn, requestID: c.Response().Header().Get(echo.HeaderXRequestID)}
+		sink := &connSink{conn: conn, requestID: requestID}
 		_ = stream.FollowSubscribed(sctx, sub, s.store, j.ID, after, s.opt.Heartbeat, leasedSink{sink, renew})
 	}()
 	return nil

@@ -137,8 +137,9 @@ async function follow(cur) {
   note(el, cur.text || cur.calls.length ? 'resuming…' : 'waiting for a worker…', 'streaming');
   $('cancel').disabled = false;
   $('cancel').onclick = () => api('POST', '/api/v1/chat/jobs/' + cur.job + '/cancel').catch((e) => { $('chatstatus').textContent = e.message; });
+  if (window.cfStream) window.cfStream.close(); // one answer streams at a time
   const es = new EventSource(await streamURL(cur.job, cur.seq));
-  window.cfStream = es; // for tests and the curious: the page never closes it
+  window.cfStream = es; // for tests and the curious
   const save = (seq) => { cur.seq = seq; store.setItem('cf.current', JSON.stringify(cur)); };
   const text = el.querySelector('.text');
   const end = (st, msg) => {
@@ -146,9 +147,7 @@ async function follow(cur) {
     store.removeItem('cf.current');
     $('cancel').disabled = true;
     $('chatstatus').textContent = '';
-    // The stream is not closed here: after the final event the server
-    // closes it, and answers the browser's reconnect with 204, which tells
-    // EventSource to stop.
+    es.close(); // the answer is complete (the server would answer a reconnect with 204)
   };
   es.addEventListener('token', (ev) => {
     const d = JSON.parse(ev.data);
