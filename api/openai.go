@@ -25,7 +25,7 @@ import (
 
 // registerOpenAI adds /v1/chat/completions and /v1/models.
 func (s *Server) registerOpenAI(e *echo.Echo) {
-	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.rate.middleware}
+	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.gate.middleware, s.rate.middleware}
 	e.POST("/v1/chat/completions", s.chatCompletions, mw...)
 	e.GET("/v1/models", s.listModels, mw...)
 }

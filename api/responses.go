@@ -31,7 +31,7 @@ import (
 // starting_after from any API process.
 
 func (s *Server) registerResponses(e *echo.Echo) {
-	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.rate.middleware}
+	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.gate.middleware, s.rate.middleware}
 	e.POST("/v1/responses", s.createResponse, mw...)
 	e.GET("/v1/responses/:id", s.getResponse, mw...)
 	e.POST("/v1/responses/:id/cancel", s.cancelResponse, mw...)

@@ -84,6 +84,7 @@ type Server struct {
 	opt     Options
 	m       *metrics
 	streams sync.WaitGroup // streams served off their connections
+	gate    redisGate      // 503 at once while Redis does not answer
 }
 
 // New returns the API.
@@ -100,9 +101,11 @@ func New(d Deps, opt Options) *Server {
 	if opt.Retention <= 0 {
 		opt.Retention = 24 * time.Hour
 	}
-	return &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
+	s := &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
 		cap: &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat}}
+	go s.gate.watch(opt.Closing, d.Redis)
+	return s
 }
 
 // Drain waits until the streams served off their connections have ended
@@ -123,10 +126,10 @@ func (s *Server) Register(e *echo.Echo) {
 	e.HTTPErrorHandler = handleError
 	// Middleware per route, not per group: a group's catch-all would turn a
 	// wrong method into 404 instead of 405.
-	mw := []echo.MiddlewareFunc{auth(s.keys), s.rate.middleware}
+	mw := []echo.MiddlewareFunc{auth(s.keys), s.gate.middleware, s.rate.middleware}
 	e.POST("/api/v1/chat/jobs", s.submit, mw...)
 	e.GET("/api/v1/chat/jobs/:id", s.getJob, mw...)
-	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, s.streamAuth, s.rate.middleware)
+	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, s.gate.middleware, s.streamAuth, s.rate.middleware)
 	e.POST("/api/v1/chat/jobs/:id/stream-token", s.issueStreamToken, mw...)
 	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)

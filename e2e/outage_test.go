@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,5 +63,58 @@ func TestRedisOutageAnswers503ThenRecovers(t *testing.T) {
 	}
 	if got := do(t, http.MethodGet, workers[0].URL()+"/health/ready", nil, nil); got.Status != http.StatusOK {
 		t.Fatalf("worker not ready after the outage: %d", got.Status)
+	}
+}
+
+// Redis hangs (frozen: connections stay open, nothing answers): requests get
+// 503 with Retry-After within about a second, as readiness does, instead of
+// waiting out the client's command timeouts; once Redis answers again they
+// are served.
+func TestHungRedisAnswers503Quickly(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, nil)
+	api := apis[0]
+	first := submit(t, api.URL(), "sess_hung", "before", nil)
+	if first.Status != http.StatusAccepted {
+		t.Fatalf("submit before: %d %s", first.Status, first.Raw)
+	}
+	id := first.Body["job_id"].(string)
+	waitJob(t, api.URL(), id)
+
+	rd.Signal(syscall.SIGSTOP)
+	frozen := true
+	defer func() {
+		if frozen {
+			rd.Signal(syscall.SIGCONT)
+		}
+	}()
+	time.Sleep(time.Second) // what a prober needs to notice
+	for name, call := range map[string]func() response{
+		"submit":  func() response { return submit(t, api.URL(), "sess_hung", "during", nil) },
+		"get job": func() response { return do(t, http.MethodGet, api.URL()+"/api/v1/chat/jobs/"+id, nil, nil) },
+		"chat completions": func() response {
+			return do(t, http.MethodPost, api.URL()+"/v1/chat/completions", map[string]any{
+				"model": "sim", "messages": []map[string]string{{"role": "user", "content": "hi"}}}, nil)
+		},
+	} {
+		start := time.Now()
+		r := call()
+		took := time.Since(start)
+		if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" || took > 1500*time.Millisecond {
+			t.Errorf("%s with Redis hung: %d after %s (Retry-After %q) %s", name, r.Status, took.Round(time.Millisecond), r.Header.Get("Retry-After"), r.Raw)
+		}
+	}
+	rd.Signal(syscall.SIGCONT)
+	frozen = false
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := submit(t, api.URL(), "sess_hung_after", "after", nil)
+		if r.Status == http.StatusAccepted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("submit after Redis answered again: %d %s", r.Status, r.Raw)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
