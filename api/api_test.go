@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -261,5 +262,45 @@ func TestLongRequestsOutliveTheReadTimeout(t *testing.T) {
 	case err := <-got:
 		t.Fatalf("the stream ended after %s (%v), well inside the job's life", time.Since(start), err)
 	case <-time.After(time.Second):
+	}
+}
+
+// The /v1 doors apply OpenAI's limits to the fields they share and count a
+// response's instructions in its input: each refusal is a 400 naming the
+// field, and writes nothing.
+func TestOpenAIFieldLimitsNameTheField(t *testing.T) {
+	e, rdb := newAPI(t, nil)
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	long := func(n int) string { return strings.Repeat("x", n) }
+	meta := func(k, v string) string { return fmt.Sprintf(`"metadata":{%q:%q}`, k, v) }
+	many := `"metadata":{` + strings.TrimSuffix(strings.Repeat(`"k":"v",`, 1), ",")
+	for i := range 17 {
+		many += fmt.Sprintf(`,"k%d":"v"`, i)
+	}
+	many += "}"
+	cases := []struct{ name, path, body, field string }{
+		{"chat: long model", "/v1/chat/completions", `{"model":"` + long(129) + `",` + msgs + `}`, "model"},
+		{"chat: model with a control character", "/v1/chat/completions", `{"model":"gpt\u0007",` + msgs + `}`, "model"},
+		{"chat: long user", "/v1/chat/completions", `{"model":"m","user":"` + long(257) + `",` + msgs + `}`, "user"},
+		{"chat: long metadata value", "/v1/chat/completions", `{"model":"m",` + meta("k", long(513)) + `,` + msgs + `}`, "metadata"},
+		{"chat: long metadata key", "/v1/chat/completions", `{"model":"m",` + meta(long(65), "v") + `,` + msgs + `}`, "metadata"},
+		{"chat: 18 metadata pairs", "/v1/chat/completions", `{"model":"m",` + many + `,` + msgs + `}`, "metadata"},
+		{"responses: long metadata value", "/v1/responses", `{"model":"m","input":"hi",` + meta("k", long(513)) + `}`, "metadata"},
+		{"responses: long user", "/v1/responses", `{"model":"m","input":"hi","user":"` + long(257) + `"}`, "user"},
+		{"responses: long model", "/v1/responses", `{"model":"` + long(129) + `","input":"hi"}`, "model"},
+		{"responses: long instructions", "/v1/responses", `{"model":"m","input":"hi","instructions":"` + long(maxInputText+1) + `"}`, "instructions"},
+		{"responses: instructions and input together", "/v1/responses", `{"model":"m","input":"` + long(maxMessageBytes) + `","instructions":"` + long(maxInputText-maxMessageBytes+1) + `"}`, "input"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec, body := call(e, http.MethodPost, c.path, "application/json", c.body, nil)
+			errObj, _ := body["error"].(map[string]any)
+			if rec.Code != http.StatusBadRequest || errObj == nil || errObj["param"] != c.field {
+				t.Fatalf("got %d %.300s, want 400 naming %q", rec.Code, rec.Body.String(), c.field)
+			}
+		})
+	}
+	if n := rdb.DBSize(context.Background()).Val(); n != 0 {
+		t.Fatalf("refused requests wrote %d keys", n)
 	}
 }

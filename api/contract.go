@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/chatfleet/chatfleet/llm/carry"
 	"github.com/chatfleet/chatfleet/tasks"
@@ -29,6 +31,7 @@ const (
 	maxImageData    = 8 << 20  // the data URLs of one request, together
 	maxToolResults  = 128
 	maxToolCallArgs = 64 << 10
+	maxInputText    = 4 * maxMessageBytes // the text of a /v1 conversation (Responses: instructions included)
 )
 
 var toolName = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
@@ -336,4 +339,35 @@ func (s *Server) refusedBy(p *tasks.GenParams, names map[string]string) error {
 		field = n
 	}
 	return contractErr(field, fmt.Sprintf("no configured provider (%s) has an equivalent for %s", strings.Join(s.opt.Providers, ", "), first))
+}
+
+// OpenAI's documented limits on the fields both /v1 doors share.
+const (
+	maxMetadataPairs = 16
+	maxMetadataKey   = 64  // characters
+	maxMetadataValue = 512 // characters
+	maxUserLen       = 256 // characters: an end user's id, not a document
+)
+
+// validShared checks the model, user and metadata of a /v1 request; a 400
+// names the field.
+func validShared(model, user string, metadata map[string]string) error {
+	if len(model) > maxModelLen || strings.ContainsFunc(model, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return oaInvalid("model", fmt.Sprintf("model must be at most %d characters, without spaces or control characters", maxModelLen))
+	}
+	if utf8.RuneCountInString(user) > maxUserLen || strings.ContainsFunc(user, unicode.IsControl) {
+		return oaInvalid("user", fmt.Sprintf("user must be at most %d characters, without control characters", maxUserLen))
+	}
+	if len(metadata) > maxMetadataPairs {
+		return oaInvalid("metadata", fmt.Sprintf("metadata holds at most %d pairs", maxMetadataPairs))
+	}
+	for k, v := range metadata {
+		if utf8.RuneCountInString(k) > maxMetadataKey {
+			return oaInvalid("metadata", fmt.Sprintf("metadata keys are at most %d characters", maxMetadataKey))
+		}
+		if utf8.RuneCountInString(v) > maxMetadataValue {
+			return oaInvalid("metadata", fmt.Sprintf("metadata values are at most %d characters (key %q)", maxMetadataValue, k))
+		}
+	}
+	return nil
 }

@@ -66,6 +66,9 @@ func (s *Server) chatCompletions(c echo.Context) error {
 	if err := readKnown(c, &r, oaFields, "Chat Completions"); err != nil {
 		return err
 	}
+	if err := validShared(r.Model, r.User, r.Metadata); err != nil {
+		return err
+	}
 	msgs, err := r.conversation()
 	if err != nil {
 		return err

@@ -157,8 +157,8 @@ func (r oaRequest) conversation() ([]tasks.ChatMessage, error) {
 		total += len(msg.Content)
 		out = append(out, msg)
 	}
-	if total > 4*maxMessageBytes {
-		return nil, oaInvalid("messages", fmt.Sprintf("messages hold more than %d bytes of text", 4*maxMessageBytes))
+	if total > maxInputText {
+		return nil, oaInvalid("messages", fmt.Sprintf("messages hold more than %d bytes of text", maxInputText))
 	}
 	if err := lastTurn(out, "messages"); err != nil {
 		return nil, err

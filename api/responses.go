@@ -77,8 +77,11 @@ func (s *Server) createResponse(c echo.Context) error {
 	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
 		return oaInvalid("max_output_tokens", "max_output_tokens must be at least 1")
 	}
-	if len(r.Metadata) > 16 {
-		return oaInvalid("metadata", "metadata holds at most 16 pairs")
+	if err := validShared(r.Model, r.User, r.Metadata); err != nil {
+		return err
+	}
+	if len(r.Instructions) > maxInputText {
+		return oaInvalid("instructions", fmt.Sprintf("instructions hold more than %d bytes of text", maxInputText))
 	}
 	params, err := r.params()
 	if err != nil {
@@ -92,7 +95,7 @@ func (s *Server) createResponse(c echo.Context) error {
 	// Each response is a one-job session: the conversation comes with it.
 	session := "resp-" + tasks.NewSessionID()
 	id := tasks.NewJobID(tenant, session)
-	items, msgs, err := parseInput(r.Input, id)
+	items, msgs, err := parseInput(r.Input, id, len(r.Instructions))
 	if err != nil {
 		return err
 	}

@@ -145,7 +145,7 @@ func respTools(raw json.RawMessage) ([]tasks.Tool, error) {
 
 // parseInput turns input (a string, or message, function_call and
 // function_call_output items) into input items and chat messages.
-func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMessage, error) {
+func parseInput(raw json.RawMessage, jobID string, instructions int) ([]inputItem, []tasks.ChatMessage, error) {
 	raw = bytes.TrimSpace(raw)
 	if isNull(raw) {
 		return nil, nil, oaInvalid("input", "input is required")
@@ -236,8 +236,8 @@ func parseInput(raw json.RawMessage, jobID string) ([]inputItem, []tasks.ChatMes
 		out = append(out, inputItem{"id": "msg_" + id, "type": "message", "role": it.Role, "status": "completed", "content": shown})
 		msgs = append(msgs, tasks.ChatMessage{Role: role, Content: text, Parts: withImages})
 	}
-	if total > 4*maxMessageBytes {
-		return nil, nil, oaInvalid("input", fmt.Sprintf("input holds more than %d bytes of text", 4*maxMessageBytes))
+	if total+instructions > maxInputText {
+		return nil, nil, oaInvalid("input", fmt.Sprintf("input and instructions hold more than %d bytes of text", maxInputText))
 	}
 	if err := lastTurn(msgs, "input"); err != nil {
 		return nil, nil, oaInvalid("input", "the last input item must be a non-empty user message or a function_call_output")
