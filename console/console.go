@@ -35,7 +35,7 @@ func Register(e *echo.Echo) {
 func noStore(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-cache")
-		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'")
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 		h.ServeHTTP(w, r)
 	})
 }
@@ -47,18 +47,21 @@ type AdminOptions struct {
 	Jobs   *jobs.Manager
 }
 
-// RegisterAdmin mounts /admin/queues/ (the queue UI) and the dead-letter
-// endpoints GET /admin/api/archived and POST /admin/api/jobs/:id/rerun,
-// behind HTTP basic auth whose password is the admin key (any user name), or
-// `Authorization: Bearer <admin key>`.
+// RegisterAdmin mounts /admin/queues/ (the read-only queue UI, behind HTTP
+// basic auth whose password is the admin key, any user name, or the Bearer
+// key) and the dead-letter endpoints GET /admin/api/archived and POST
+// /admin/api/jobs/:id/rerun, which take `Authorization: Bearer <admin key>`
+// only: a browser sends cached Basic credentials with a cross-site form, never
+// a Bearer header.
 func RegisterAdmin(e *echo.Echo, o AdminOptions) {
 	if o.Key == "" {
 		return
 	}
-	guard := adminAuth(o.Key)
+	guard := adminAuth(o.Key, false)
 	if o.Queues != nil {
-		e.Any("/admin/queues", echo.WrapHandler(o.Queues), guard)
-		e.Any("/admin/queues/*", echo.WrapHandler(o.Queues), guard)
+		page := queueUIPolicy(o.Queues)
+		e.Any("/admin/queues", echo.WrapHandler(page), adminAuth(o.Key, true))
+		e.Any("/admin/queues/*", echo.WrapHandler(page), adminAuth(o.Key, true))
 	}
 	e.GET("/admin/api/archived", func(c echo.Context) error {
 		list, err := o.Jobs.ListArchived()
@@ -84,7 +87,19 @@ func RegisterAdmin(e *echo.Echo, o AdminOptions) {
 	}, guard)
 }
 
-func adminAuth(key string) echo.MiddlewareFunc {
+// queueUIPolicy gives the queue UI (asynqmon: a built React page with inline
+// scripts and styles) a content security policy: its own origin only.
+func queueUIPolicy(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "+
+			"img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")
+		h.ServeHTTP(w, r)
+	})
+}
+
+// adminAuth takes the admin key as a Bearer token, and as HTTP basic auth's
+// password when basic is set (the queue UI, which a browser opens).
+func adminAuth(key string, basic bool) echo.MiddlewareFunc {
 	want := sha256.Sum256([]byte(key))
 	ok := func(got string) bool {
 		d := sha256.Sum256([]byte(got))
@@ -93,13 +108,15 @@ func adminAuth(key string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			r := c.Request()
-			if _, pass, has := r.BasicAuth(); has && ok(pass) {
+			if _, pass, has := r.BasicAuth(); basic && has && ok(pass) {
 				return next(c)
 			}
 			if b, has := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); has && ok(strings.TrimSpace(b)) {
 				return next(c)
 			}
-			c.Response().Header().Set("WWW-Authenticate", `Basic realm="chatfleet admin"`)
+			if basic {
+				c.Response().Header().Set("WWW-Authenticate", `Basic realm="chatfleet admin"`)
+			}
 			return echo.NewHTTPError(http.StatusUnauthorized, "the admin key is required")
 		}
 	}

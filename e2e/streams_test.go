@@ -220,4 +220,37 @@ func TestAdminRoutesNeedTheAdminKey(t *testing.T) {
 	if r := get(t, base+"/", nil); r.Request.URL.Path != "/console/" {
 		t.Fatalf("/ does not lead to the console: %s", r.Request.URL)
 	}
+	// The cached Basic credentials of the queue UI do not work for changes:
+	// a cross-site form would send them.
+	req, _ = http.NewRequest(http.MethodPost, base+"/admin/api/jobs/job_0000000000000000000000000/rerun", nil)
+	req.SetBasicAuth("ops", admin)
+	if res, err = httpc.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a re-run with Basic credentials: %d, want 401", res.StatusCode)
+	}
+	// Every answer forbids framing and sniffing and sends no referrer; the
+	// queue UI has a content security policy of its own.
+	req, _ = http.NewRequest(http.MethodGet, base+"/admin/queues/", nil)
+	req.SetBasicAuth("ops", admin)
+	queueUI, err := httpc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queueUI.Body.Close()
+	for _, r := range []*http.Response{queueUI, get(t, base+"/console/", nil), get(t, base+"/health", nil),
+		get(t, base+"/api/v1/chat/jobs/job_0000000000000000000000000", nil), get(t, base+"/v1/models", nil)} {
+		r.Body.Close()
+		h := r.Header
+		if h.Get("X-Frame-Options") != "DENY" || h.Get("X-Content-Type-Options") != "nosniff" || h.Get("Referrer-Policy") != "no-referrer" ||
+			!strings.Contains(h.Get("Content-Security-Policy"), "frame-ancestors 'none'") {
+			t.Errorf("%s %d: X-Frame-Options %q, X-Content-Type-Options %q, Referrer-Policy %q, Content-Security-Policy %q", r.Request.URL.Path, r.StatusCode,
+				h.Get("X-Frame-Options"), h.Get("X-Content-Type-Options"), h.Get("Referrer-Policy"), h.Get("Content-Security-Policy"))
+		}
+	}
+	if csp := queueUI.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'self'") {
+		t.Errorf("queue UI CSP %q", csp)
+	}
 }
