@@ -42,15 +42,20 @@ func newAPI(t *testing.T, plain map[string]string) (*echo.Echo, *redis.Client) {
 
 // newAPIWith is newAPI with the given options.
 func newAPIWith(t *testing.T, opt Options) (*echo.Echo, *redis.Client) {
-	rd := testkit.StartRedis(t)
-	c := rd.Client()
+	c := testkit.StartRedis(t).Client()
+	return newAPIOn(t, c, opt), c
+}
+
+// newAPIOn serves an API process on c: several on one Redis stand for a
+// fleet, or for one process restarted with other settings.
+func newAPIOn(t *testing.T, c *redis.Client, opt Options) *echo.Echo {
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
 	e := httpserve.NewEcho(zerolog.New(io.Discard), nil)
 	hub := stream.NewHub(c, zerolog.New(io.Discard))
 	t.Cleanup(func() { _ = hub.Close() })
 	mgr := jobs.New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), jobs.Options{MaxRetries: 3, Retention: time.Hour})
 	New(Deps{Jobs: mgr, Store: st, Hub: hub, Redis: c}, opt).Register(e)
-	return e, c
+	return e
 }
 
 func call(e *echo.Echo, method, path, contentType, body string, header map[string]string) (*httptest.ResponseRecorder, map[string]any) {

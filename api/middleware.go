@@ -3,6 +3,7 @@ package api
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"net/http"
 	"strings"
 
@@ -16,6 +17,10 @@ const DefaultTenant = "default"
 
 // tenantKey is where auth leaves the caller's tenant; the request log reads it.
 const tenantKey = httpserve.TenantKey
+
+// keyDigestKey is where auth leaves the SHA-256 of the caller's key (hex;
+// absent with no keys configured): a stream token is bound to it.
+const keyDigestKey = "key_digest"
 
 // keyring authenticates bearer keys. Keys are compared as SHA-256 digests in
 // constant time, and every configured key is compared, so timing reveals nothing.
@@ -34,7 +39,11 @@ func newKeyring(keys map[[32]byte]string) *keyring {
 }
 
 func (k *keyring) tenant(key string) (string, bool) {
-	d := sha256.Sum256([]byte(key))
+	return k.tenantOfDigest(sha256.Sum256([]byte(key)))
+}
+
+// tenantOfDigest is the tenant of a key given by its digest.
+func (k *keyring) tenantOfDigest(d [32]byte) (string, bool) {
 	found := -1
 	for i := range k.digests {
 		if subtle.ConstantTimeCompare(d[:], k.digests[i][:]) == 1 {
@@ -45,6 +54,21 @@ func (k *keyring) tenant(key string) (string, bool) {
 		return "", false
 	}
 	return k.tenants[found], true
+}
+
+// stillValid reports whether the key a stream token was issued to (its
+// digest, hex) is still configured for tenant. With no keys configured,
+// every token is.
+func (k *keyring) stillValid(digest, tenant string) bool {
+	if len(k.digests) == 0 {
+		return true
+	}
+	raw, err := hex.DecodeString(digest)
+	if err != nil || len(raw) != 32 {
+		return false
+	}
+	t, ok := k.tenantOfDigest([32]byte(raw))
+	return ok && t == tenant
 }
 
 // auth resolves the caller's tenant. With no keys configured every caller is
@@ -64,6 +88,8 @@ func auth(k *keyring) echo.MiddlewareFunc {
 				return errf(http.StatusUnauthorized, "unauthorized", "Authorization", "a valid 'Authorization: Bearer <key>' header is required")
 			}
 			c.Set(tenantKey, tenant)
+			d := sha256.Sum256([]byte(strings.TrimSpace(key)))
+			c.Set(keyDigestKey, hex.EncodeToString(d[:]))
 			return next(c)
 		}
 	}

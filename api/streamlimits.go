@@ -136,13 +136,14 @@ func (s leasedSink) Heartbeat() error {
 	return s.Sink.Heartbeat()
 }
 
-// streamTokenTTL is how long a stream token lets a page follow its job
-// (reconnects included): the longest stream.
-const streamTokenTTL = time.Hour
+// streamTokenTTL is how long a stream token lets a page follow its job,
+// reconnects included: a page asks for a new one when a reconnect is refused.
+const streamTokenTTL = 10 * time.Minute
 
 // issueStreamToken answers a short-lived token that lets a page (whose
 // EventSource cannot send an Authorization header) follow one job of the
-// caller's tenant: GET …/stream?token=….
+// caller's tenant: GET …/stream?token=…. The token is bound to the key that
+// asked for it: once that key is no longer configured, it is refused.
 func (s *Server) issueStreamToken(c echo.Context) error {
 	ctx := c.Request().Context()
 	j, err := s.jobs.Get(ctx, c.Param("id"), tenantOf(c))
@@ -152,7 +153,8 @@ func (s *Server) issueStreamToken(c echo.Context) error {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
 	token := hex.EncodeToString(b)
-	if err := s.rdb.Set(ctx, rkeys.StreamToken(token), j.Tenant+"\n"+j.ID, streamTokenTTL).Err(); err != nil {
+	digest, _ := c.Get(keyDigestKey).(string)
+	if err := s.rdb.Set(ctx, rkeys.StreamToken(token), j.Tenant+"\n"+j.ID+"\n"+digest, streamTokenTTL).Err(); err != nil {
 		return errors.Join(store.ErrUnavailable, err)
 	}
 	return c.JSON(http.StatusOK, map[string]any{
@@ -177,9 +179,16 @@ func (s *Server) streamAuth(next echo.HandlerFunc) echo.HandlerFunc {
 		if err != nil {
 			return errors.Join(store.ErrUnavailable, err)
 		}
-		tenant, id, _ := strings.Cut(v, "\n")
+		fields := strings.SplitN(v, "\n", 3)
+		for len(fields) < 3 {
+			fields = append(fields, "")
+		}
+		tenant, id, digest := fields[0], fields[1], fields[2]
 		if id != c.Param("id") {
 			return errf(http.StatusUnauthorized, "unauthorized", "token", "the stream token is for another job")
+		}
+		if !s.keys.stillValid(digest, tenant) {
+			return errf(http.StatusUnauthorized, "unauthorized", "token", "the key that asked for this stream token is no longer valid; ask for a new one")
 		}
 		c.Set(tenantKey, tenant)
 		return next(c)

@@ -2,12 +2,15 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/labstack/echo/v4"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
@@ -86,5 +89,40 @@ func TestHeldRequestsCountAgainstTheCap(t *testing.T) {
 	<-held
 	if n := rdb.ZCard(context.Background(), key).Val(); n != 0 {
 		t.Errorf("the long poll's slot was not released: %d held", n)
+	}
+}
+
+// A stream token lives ten minutes and is bound to the key that asked for
+// it: after the tenant's key is rotated (the API restarted with a new one),
+// the old key's token is refused.
+func TestStreamTokensAreBoundToTheirKey(t *testing.T) {
+	const oldKey, newKey = "acme-old-key-0123456789", "acme-new-key-0123456789"
+	keys := func(k string) map[[32]byte]string { return map[[32]byte]string{sha256.Sum256([]byte(k)): "acme"} }
+	before, rdb := newAPIWith(t, Options{APIKeys: keys(oldKey), StreamMaxDuration: 50 * time.Millisecond})
+	auth := map[string]string{"Authorization": "Bearer " + oldKey}
+	_, sub := call(before, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, auth)
+	id, _ := sub["job_id"].(string)
+	rec, tok := call(before, http.MethodPost, "/api/v1/chat/jobs/"+id+"/stream-token", "", "", auth)
+	url, _ := tok["stream_url"].(string)
+	if rec.Code != http.StatusOK || url == "" || tok["expires_in"] != float64(600) {
+		t.Fatalf("stream token: %d %s", rec.Code, rec.Body.String())
+	}
+	if ttl := rdb.TTL(context.Background(), rkeys.StreamToken(strings.TrimPrefix(url[strings.Index(url, "token="):], "token="))).Val(); ttl > 10*time.Minute || ttl < 9*time.Minute {
+		t.Fatalf("the token lives %s", ttl)
+	}
+	follow := func(e *echo.Echo) int {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	if code := follow(before); code != http.StatusOK {
+		t.Fatalf("the token with its key configured: %d", code)
+	}
+	after := newAPIOn(t, rdb, Options{APIKeys: keys(newKey), StreamMaxDuration: 50 * time.Millisecond})
+	if code := follow(after); code != http.StatusUnauthorized {
+		t.Fatalf("the old key's token after the key was rotated: %d, want 401", code)
 	}
 }

@@ -137,59 +137,70 @@ async function follow(cur) {
   note(el, cur.text || cur.calls.length ? 'resuming…' : 'waiting for a worker…', 'streaming');
   $('cancel').disabled = false;
   $('cancel').onclick = () => api('POST', '/api/v1/chat/jobs/' + cur.job + '/cancel').catch((e) => { $('chatstatus').textContent = e.message; });
-  if (window.cfStream) window.cfStream.close(); // one answer streams at a time
-  const es = new EventSource(await streamURL(cur.job, cur.seq));
-  window.cfStream = es; // for tests and the curious
+  let ended = false;
   const save = (seq) => { cur.seq = seq; store.setItem('cf.current', JSON.stringify(cur)); };
   const text = el.querySelector('.text');
   const end = (st, msg) => {
+    ended = true;
     note(el, msg, st);
     store.removeItem('cf.current');
     $('cancel').disabled = true;
     $('chatstatus').textContent = '';
-    es.close(); // the answer is complete (the server would answer a reconnect with 204)
+    window.cfStream.close(); // the answer is complete (the server would answer a reconnect with 204)
   };
-  es.addEventListener('token', (ev) => {
-    const d = JSON.parse(ev.data);
-    cur.text += d.delta;
-    text.textContent = cur.text;
-    note(el, '', 'streaming');
-    save(d.seq);
-  });
-  es.addEventListener('tool_call', (ev) => {
-    const d = JSON.parse(ev.data);
-    const c = cur.calls[d.index] || (cur.calls[d.index] = { function: { name: '', arguments: '' } });
-    if (d.name) c.function.name = d.name;
-    c.function.arguments += d.arguments;
-    showCalls(el, cur.calls);
-    note(el, '', 'streaming');
-    save(d.seq);
-  });
-  es.addEventListener('retry', (ev) => {
-    const d = JSON.parse(ev.data);
-    cur.text = '';
-    cur.calls = [];
-    text.textContent = '';
-    showCalls(el, []);
-    note(el, 'the provider failed mid-answer; retrying (attempt ' + d.attempt + ')…', 'retrying');
-    save(d.seq);
-  });
-  es.addEventListener('done', (ev) => {
-    const d = JSON.parse(ev.data);
-    el.dataset.streamed = cur.text; // what the tokens added up to, for checks
-    text.textContent = d.result.content;
-    showCalls(el, d.result.tool_calls);
-    const calls = (d.result.tool_calls || []).length;
-    end(d.result.degraded ? 'degraded' : 'done',
-      d.result.degraded ? 'degraded reply: every provider is unavailable'
-        : d.result.provider + ' · ' + d.usage.completion_tokens + ' tokens' + (calls ? ' · asks for ' + calls + ' tool call' + (calls > 1 ? 's' : '') : ''));
-  });
-  es.addEventListener('error', (ev) => {
-    if (!ev.data) return; // a dropped connection: EventSource reconnects by itself
-    const d = JSON.parse(ev.data);
-    end('failed', 'failed: ' + d.error.message);
-  });
-  es.addEventListener('canceled', () => end('canceled', 'canceled'));
+  // connect opens the stream after the last event seen. EventSource
+  // reconnects by itself after a dropped connection; one the server refused
+  // (a stream token that expired) is opened again with a new token.
+  const connect = async () => {
+    if (window.cfStream) window.cfStream.close(); // one answer streams at a time
+    const es = new EventSource(await streamURL(cur.job, cur.seq));
+    window.cfStream = es; // for tests and the curious
+    es.addEventListener('token', (ev) => {
+      const d = JSON.parse(ev.data);
+      cur.text += d.delta;
+      text.textContent = cur.text;
+      note(el, '', 'streaming');
+      save(d.seq);
+    });
+    es.addEventListener('tool_call', (ev) => {
+      const d = JSON.parse(ev.data);
+      const c = cur.calls[d.index] || (cur.calls[d.index] = { function: { name: '', arguments: '' } });
+      if (d.name) c.function.name = d.name;
+      c.function.arguments += d.arguments;
+      showCalls(el, cur.calls);
+      note(el, '', 'streaming');
+      save(d.seq);
+    });
+    es.addEventListener('retry', (ev) => {
+      const d = JSON.parse(ev.data);
+      cur.text = '';
+      cur.calls = [];
+      text.textContent = '';
+      showCalls(el, []);
+      note(el, 'the provider failed mid-answer; retrying (attempt ' + d.attempt + ')…', 'retrying');
+      save(d.seq);
+    });
+    es.addEventListener('done', (ev) => {
+      const d = JSON.parse(ev.data);
+      el.dataset.streamed = cur.text; // what the tokens added up to, for checks
+      text.textContent = d.result.content;
+      showCalls(el, d.result.tool_calls);
+      const calls = (d.result.tool_calls || []).length;
+      end(d.result.degraded ? 'degraded' : 'done',
+        d.result.degraded ? 'degraded reply: every provider is unavailable'
+          : d.result.provider + ' · ' + d.usage.completion_tokens + ' tokens' + (calls ? ' · asks for ' + calls + ' tool call' + (calls > 1 ? 's' : '') : ''));
+    });
+    es.addEventListener('error', (ev) => {
+      if (!ev.data) {
+        if (es.readyState === EventSource.CLOSED && !ended && window.cfStream === es) setTimeout(connect, 1000);
+        return;
+      }
+      const d = JSON.parse(ev.data);
+      end('failed', 'failed: ' + d.error.message);
+    });
+    es.addEventListener('canceled', () => end('canceled', 'canceled'));
+  };
+  await connect();
 }
 
 async function send() {
