@@ -46,10 +46,18 @@ type respRecord struct {
 	CreatedAt                                       int64
 	Metadata                                        map[string]string
 	Input                                           []inputItem
-	Conversation                                    []tasks.ChatMessage // earlier turns and this input, without instructions
-	MaxOutputTokens                                 *int
-	Temperature, TopP                               *float64
-	Params                                          *tasks.GenParams `json:",omitempty"` // tools, tool choice, text format, reasoning
+	// Messages is this request's input as chat messages: a chain of
+	// responses is stored by reference (Previous), each record holding its
+	// own input only; the conversation is assembled when a response follows.
+	Messages []tasks.ChatMessage `json:",omitempty"`
+	// ConversationBytes is the size of the conversation up to this input.
+	ConversationBytes int `json:",omitempty"`
+	// Conversation is the whole conversation as records before the chain
+	// was stored by reference kept it (read, never written).
+	Conversation      []tasks.ChatMessage `json:",omitempty"`
+	MaxOutputTokens   *int
+	Temperature, TopP *float64
+	Params            *tasks.GenParams `json:",omitempty"` // tools, tool choice, text format, reasoning
 }
 
 func respID(jobID string) string { return "resp_" + strings.TrimPrefix(jobID, "job_") }
@@ -99,20 +107,11 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	conversation := msgs
+	conversation, size := msgs, messagesBytes(msgs)
 	if r.PreviousResponseID != "" {
-		prev, pj, err := s.loadResponse(ctx, r.PreviousResponseID, tenant)
-		if err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return errf(http.StatusNotFound, "not_found", "previous_response_id", fmt.Sprintf("no response %q", r.PreviousResponseID))
-			}
+		if conversation, size, err = s.conversationAfter(ctx, r.PreviousResponseID, tenant, msgs); err != nil {
 			return err
 		}
-		if pj.Status != store.StatusSucceeded || pj.Result == nil {
-			return oaInvalid("previous_response_id", "the previous response has not completed")
-		}
-		answer := tasks.ChatMessage{Role: "assistant", Content: pj.Result.Content, ToolCalls: pj.Result.ToolCalls}
-		conversation = append(append(slices.Clone(prev.Conversation), answer), msgs...)
 	}
 	toProvider := conversation
 	if r.Instructions != "" {
@@ -121,7 +120,7 @@ func (s *Server) createResponse(c echo.Context) error {
 	now := time.Now().UTC()
 	rec := respRecord{ID: respID(id), Tenant: tenant, Model: r.Model, Instructions: r.Instructions, Previous: r.PreviousResponseID,
 		User: r.User, Background: r.Background, Store: stored, CreatedAt: now.Unix(), Metadata: r.Metadata, Input: items,
-		Conversation: conversation, MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP, Params: params}
+		Messages: msgs, ConversationBytes: size, MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP, Params: params}
 	renew, release := func() {}, func() {}
 	if r.Stream || !r.Background {
 		// Held until the answer (streamed or not): it counts against the
@@ -160,6 +159,67 @@ func (s *Server) createResponse(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, s.responseObject(rec, j))
+}
+
+// conversationAfter assembles the conversation that continues the response
+// prev with msgs: every earlier input and answer of the chain, walked back by
+// reference. A conversation over the configured cap is refused before it is
+// assembled (the records know their sizes).
+func (s *Server) conversationAfter(ctx context.Context, prev, tenant string, msgs []tasks.ChatMessage) ([]tasks.ChatMessage, int, error) {
+	var steps [][]tasks.ChatMessage // newest first
+	size := messagesBytes(msgs)
+	for id, first := prev, true; id != ""; first = false {
+		rec, j, err := s.loadResponse(ctx, id, tenant)
+		if errors.Is(err, store.ErrNotFound) {
+			if first {
+				return nil, 0, errf(http.StatusNotFound, "not_found", "previous_response_id", fmt.Sprintf("no response %q", prev))
+			}
+			return nil, 0, oaInvalid("previous_response_id", fmt.Sprintf("an earlier response of the conversation (%s) has expired or was deleted", id))
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if j.Status != store.StatusSucceeded || j.Result == nil {
+			return nil, 0, oaInvalid("previous_response_id", "the previous response has not completed")
+		}
+		answer := tasks.ChatMessage{Role: "assistant", Content: j.Result.Content, ToolCalls: j.Result.ToolCalls}
+		if first {
+			total := rec.ConversationBytes + messagesBytes([]tasks.ChatMessage{answer}) + size
+			if rec.Conversation != nil {
+				total = messagesBytes(rec.Conversation) + messagesBytes([]tasks.ChatMessage{answer}) + size
+			}
+			if limit := s.opt.MaxConversationBytes; limit > 0 && total > limit {
+				return nil, 0, oaInvalid("previous_response_id", fmt.Sprintf("the conversation would hold %d bytes, over this server's limit of %d: start a new one", total, limit))
+			}
+			size = total
+		}
+		if rec.Conversation != nil { // a record that kept the whole conversation
+			steps = append(steps, append(slices.Clone(rec.Conversation), answer))
+			break
+		}
+		steps = append(steps, append(slices.Clone(rec.Messages), answer))
+		id = rec.Previous
+	}
+	var out []tasks.ChatMessage
+	for i := len(steps) - 1; i >= 0; i-- {
+		out = append(out, steps[i]...)
+	}
+	return append(out, msgs...), size, nil
+}
+
+// messagesBytes is what a conversation weighs: its text, tool calls and images.
+func messagesBytes(msgs []tasks.ChatMessage) int {
+	n := 0
+	for _, m := range msgs {
+		n += len(m.Content)
+		for _, p := range m.Parts {
+			n += len(p.Text) + len(p.ImageURL)
+		}
+		for _, tc := range m.ToolCalls {
+			n += len(tc.Function.Name) + len(tc.Function.Arguments)
+		}
+	}
+	return n
 }
 
 // finalOnly follows a job until its final event, sending nothing.

@@ -38,6 +38,9 @@ type Options struct {
 	TenantMaxStreams int
 	// Retention is how long /v1/responses records are kept (the job retention; default 24h).
 	Retention time.Duration
+	// MaxConversationBytes caps a /v1/responses conversation continued with
+	// previous_response_id (0: no cap).
+	MaxConversationBytes int
 	// Providers are the kinds of the provider chain, primary first: a
 	// request part that none of them can carry is refused at once.
 	Providers []string

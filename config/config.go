@@ -58,8 +58,10 @@ type Config struct {
 	SSEHeartbeat        time.Duration
 	StreamMaxDuration   time.Duration
 	TenantMaxStreams    int
-	AdminKey            string
-	LogLevel            string
+	// ResponsesMaxConversationBytes caps a /v1/responses conversation.
+	ResponsesMaxConversationBytes int
+	AdminKey                      string
+	LogLevel                      string
 
 	SimLatency    time.Duration
 	SimTokenDelay time.Duration

@@ -148,6 +148,8 @@ func Vars(role Role) []Var {
 			durationVar(func(c *Config) *time.Duration { return &c.StreamMaxDuration }, time.Second)},
 		{"CHATFLEET_TENANT_MAX_STREAMS", "0", "held connections of one tenant across all API processes (SSE streams, ?wait= long polls, /v1 requests waiting for their answer); beyond it 429 (0: unlimited; e.g. 200 in a multi-tenant production)", false,
 			intVar(func(c *Config) *int { return &c.TenantMaxStreams }, 0)},
+		{"CHATFLEET_RESPONSES_MAX_CONVERSATION_BYTES", "4194304", "largest /v1/responses conversation (text, tool calls, images) a previous_response_id may continue; beyond it 400 naming previous_response_id (0: no cap)", false,
+			intVar(func(c *Config) *int { return &c.ResponsesMaxConversationBytes }, 0)},
 		{"CHATFLEET_ADMIN_KEY", "", "password of the operators' queue UI at /admin/queues (HTTP basic auth, any user name); empty disables the UI", true,
 			func(c *Config, v string) error {
 				if v != "" && len(v) < 16 {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/chatfleet/chatfleet/internal/llmfake"
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -228,4 +230,56 @@ func TestResponsesAPIWithTheOfficialClient(t *testing.T) {
 			t.Fatalf("after delete: %v", err)
 		}
 	})
+}
+
+// A chain of responses is stored by reference: each record holds its own
+// input (a chain of 100 KB inputs, each answered with a 100 KB echo, does
+// not grow its records), the
+// provider still gets the whole conversation in order, and a conversation
+// over CHATFLEET_RESPONSES_MAX_CONVERSATION_BYTES is refused with a 400
+// naming previous_response_id, writing nothing.
+func TestResponseChainsAreStoredByReference(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, map[string]string{"CHATFLEET_RESPONSES_MAX_CONVERSATION_BYTES": "600000"}))
+	big := func(i int) string { return fmt.Sprintf("step %d ", i) + strings.Repeat("x", 100_000) }
+	prev, firstSize := "", int64(0)
+	for i := 1; i <= 3; i++ {
+		body := map[string]any{"model": "fake-model", "input": big(i)}
+		if prev != "" {
+			body["previous_response_id"] = prev
+		}
+		r := do(t, http.MethodPost, apis[0].URL()+"/v1/responses", body, nil)
+		if r.Status != http.StatusOK || r.Body["status"] != "completed" {
+			t.Fatalf("step %d: %d %.300s", i, r.Status, r.Raw)
+		}
+		prev = r.Body["id"].(string)
+		n := rd.Client().StrLen(context.Background(), rkeys.Response(prev)).Val()
+		if i == 1 {
+			firstSize = n
+		}
+		if n > firstSize+firstSize/10 {
+			t.Errorf("step %d's record holds %d bytes, the first's %d: it grows with the chain", i, n, firstSize)
+		}
+	}
+	msgs, _ := fake.LastBody()["messages"].([]any)
+	var roles []string
+	for _, m := range msgs {
+		roles = append(roles, m.(map[string]any)["role"].(string))
+	}
+	if got := strings.Join(roles, ","); got != "user,assistant,user,assistant,user" {
+		t.Fatalf("the third step sent %s", got)
+	}
+	if first, _ := msgs[0].(map[string]any)["content"].(string); !strings.HasPrefix(first, "step 1 ") {
+		t.Fatalf("the conversation does not start with the first input: %.20q", first)
+	}
+	keys := rd.Client().DBSize(context.Background()).Val()
+	r := do(t, http.MethodPost, apis[0].URL()+"/v1/responses", map[string]any{"model": "fake-model", "input": big(4), "previous_response_id": prev}, nil)
+	errObj, _ := r.Body["error"].(map[string]any)
+	if r.Status != http.StatusBadRequest || errObj["param"] != "previous_response_id" {
+		t.Fatalf("a conversation over the cap: %d %.300s", r.Status, r.Raw)
+	}
+	if n := rd.Client().DBSize(context.Background()).Val(); n != keys {
+		t.Fatalf("the refused request wrote %d keys", n-keys)
+	}
 }

@@ -129,7 +129,8 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
-		Providers: providerKinds(cfg),
+		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
+		Providers:            providerKinds(cfg),
 	})
 	server.Register(e)
 	checker.Register(e)
