@@ -138,15 +138,21 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err // refused (a cap, Redis): nothing of the response was written
 	}
-	if err := s.saveResponse(ctx, rec); err != nil {
-		s.abandon(ctx, sub.Job, "the response could not be recorded")
-		return err
+	if stored { // store: false keeps nothing once the answer is delivered
+		if err := s.saveResponse(ctx, rec); err != nil {
+			s.abandon(ctx, sub.Job, "the response could not be recorded")
+			return err
+		}
 	}
 	if r.Background && !r.Stream {
 		return c.JSON(http.StatusOK, s.responseObject(rec, sub.Job))
 	}
 	if r.Stream {
-		return s.streamResponse(c, rec, sub.Job, -1, renew, !r.Background)
+		err := s.streamResponse(c, rec, sub.Job, -1, renew, !r.Background)
+		if !stored {
+			s.purge(ctx, sub.Job.ID, tenant)
+		}
+		return err
 	}
 	// Plain create: wait for the answer; a client that leaves cancels it.
 	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{&finalOnly{}, renew})
@@ -156,9 +162,29 @@ func (s *Server) createResponse(c echo.Context) error {
 	}
 	if !store.Terminal(j.Status) {
 		s.abandon(ctx, j, "the Responses client disconnected")
+		if !stored {
+			s.purge(ctx, id, tenant)
+		}
 		return err
 	}
-	return c.JSON(http.StatusOK, s.responseObject(rec, j))
+	answer := s.responseObject(rec, j)
+	if !stored {
+		s.purge(ctx, id, tenant)
+	}
+	return c.JSON(http.StatusOK, answer)
+}
+
+// purge removes everything that holds a response's content: its job's
+// record, event log and queued copy (canceled first if unfinished).
+func (s *Server) purge(ctx context.Context, jobID, tenant string) {
+	ctx = context.WithoutCancel(ctx)
+	j, err := s.jobs.Get(ctx, jobID, tenant)
+	if err == nil {
+		err = s.jobs.Purge(ctx, j)
+	}
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("job_id", jobID).Msg("could not remove the response's content")
+	}
 }
 
 // conversationAfter assembles the conversation that continues the response
@@ -337,8 +363,8 @@ func (s *Server) deleteResponse(c echo.Context) error {
 	if err != nil {
 		return respNotFound(err, c.Param("id"))
 	}
-	if !store.Terminal(j.Status) {
-		s.abandon(ctx, j, "the response was deleted")
+	if err := s.jobs.Purge(ctx, j); err != nil { // cancels it first if unfinished
+		return err
 	}
 	if err := s.rdb.Del(ctx, rkeys.Response(r.ID)).Err(); err != nil {
 		return errors.Join(store.ErrUnavailable, err)

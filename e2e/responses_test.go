@@ -283,3 +283,43 @@ func TestResponseChainsAreStoredByReference(t *testing.T) {
 		t.Fatalf("the refused request wrote %d keys", n-keys)
 	}
 }
+
+// `store: false` keeps nothing once the answer is delivered, and DELETE
+// removes everything that holds a response's content: no key of Redis names
+// the job any more, asynq's copy included.
+func TestUnstoredAndDeletedResponsesLeaveNothing(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, nil)
+	left := func(respID string) []string {
+		suffix := strings.TrimPrefix(respID, "resp_")
+		keys, err := rd.Client().Keys(context.Background(), "*"+suffix+"*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	r := do(t, http.MethodPost, apis[0].URL()+"/v1/responses", map[string]any{"model": "sim", "input": "secret one", "store": false}, nil)
+	if r.Status != http.StatusOK || r.Body["status"] != "completed" {
+		t.Fatalf("store false: %d %.300s", r.Status, r.Raw)
+	}
+	if keys := left(r.Body["id"].(string)); len(keys) != 0 {
+		t.Errorf("store false left %v", keys)
+	}
+	r = do(t, http.MethodPost, apis[0].URL()+"/v1/responses", map[string]any{"model": "sim", "input": "secret two"}, nil)
+	if r.Status != http.StatusOK || r.Body["status"] != "completed" {
+		t.Fatalf("stored: %d %.300s", r.Status, r.Raw)
+	}
+	id := r.Body["id"].(string)
+	if keys := left(id); len(keys) == 0 {
+		t.Fatalf("a stored response keeps nothing before its DELETE")
+	}
+	if d := do(t, http.MethodDelete, apis[0].URL()+"/v1/responses/"+id, nil, nil); d.Status != http.StatusOK || d.Body["deleted"] != true {
+		t.Fatalf("delete: %d %s", d.Status, d.Raw)
+	}
+	if keys := left(id); len(keys) != 0 {
+		t.Errorf("DELETE left %v", keys)
+	}
+	if g := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs/job_"+strings.TrimPrefix(id, "resp_"), nil, nil); g.Status != http.StatusNotFound {
+		t.Errorf("the deleted response's job: %d %s", g.Status, g.Raw)
+	}
+}

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 
 	"github.com/chatfleet/chatfleet/store"
 )
@@ -29,4 +30,21 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 		_ = m.insp.CancelProcessing(j.Task)
 	}
 	return m.st.Get(ctx, j.ID)
+}
+
+// Purge removes everything that holds a job's content: its record, its event
+// log and asynq's copy of its task. An unfinished job is canceled first.
+func (m *Manager) Purge(ctx context.Context, j store.Job) error {
+	if !store.Terminal(j.Status) {
+		if _, err := m.Cancel(ctx, j, "the job was deleted"); err != nil && !errors.Is(err, ErrFinished) {
+			return err
+		}
+	}
+	if err := m.st.Purge(ctx, j.ID); err != nil {
+		return err
+	}
+	// asynq refuses to delete a task still being processed (the cancel just
+	// aborted it): its copy then stays until asynq's retention.
+	_ = m.insp.DeleteTask(j.Queue, j.Task)
+	return nil
 }
