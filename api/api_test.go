@@ -49,7 +49,12 @@ func newAPIWith(t *testing.T, opt Options) (*echo.Echo, *redis.Client) {
 // newAPIOn serves an API process on c: several on one Redis stand for a
 // fleet, or for one process restarted with other settings.
 func newAPIOn(t *testing.T, c *redis.Client, opt Options) *echo.Echo {
-	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	return newAPIStore(t, c, opt, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+}
+
+// newAPIStore is newAPIOn with the given store options (a job cap).
+func newAPIStore(t *testing.T, c *redis.Client, opt Options, so store.Options) *echo.Echo {
+	st := store.New(c, so)
 	e := httpserve.NewEcho(zerolog.New(io.Discard), nil)
 	hub := stream.NewHub(c, zerolog.New(io.Discard))
 	t.Cleanup(func() { _ = hub.Close() })

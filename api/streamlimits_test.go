@@ -14,6 +14,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/store"
 )
 
 // A stream renewed at its heartbeats keeps counting against the cap past
@@ -124,5 +125,24 @@ func TestStreamTokensAreBoundToTheirKey(t *testing.T) {
 	after := newAPIOn(t, rdb, Options{APIKeys: keys(newKey), StreamMaxDuration: 50 * time.Millisecond})
 	if code := follow(after); code != http.StatusUnauthorized {
 		t.Fatalf("the old key's token after the key was rotated: %d, want 401", code)
+	}
+}
+
+// A Responses create refused at the tenant's job cap leaves no response
+// record behind (it was written before the cap was checked).
+func TestResponsesRefusedAtTheJobCapWriteNothing(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	e := newAPIStore(t, rdb, Options{}, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour, TenantMaxJobs: 1})
+	if rec, _ := call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json", `{"session_id":"s","message":"m"}`, nil); rec.Code != http.StatusAccepted {
+		t.Fatalf("first job: %d %s", rec.Code, rec.Body.String())
+	}
+	keys := rdb.DBSize(context.Background()).Val()
+	rec, _ := call(e, http.MethodPost, "/v1/responses", "application/json", `{"model":"m","input":"hi","background":true}`, nil)
+	if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), "too_many_jobs") {
+		t.Fatalf("a response over the job cap: %d %s", rec.Code, rec.Body.String())
+	}
+	if n := rdb.DBSize(context.Background()).Val(); n != keys {
+		left, _ := rdb.Keys(context.Background(), "chatfleet:response:*").Result()
+		t.Fatalf("the refused response wrote %d keys: %v", n-keys, left)
 	}
 }
