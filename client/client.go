@@ -186,11 +186,24 @@ func (c *Client) Get(ctx context.Context, id string) (Job, error) {
 	return j, err
 }
 
-// Wait long-polls until the job has finished or ctx ends.
+// Wait long-polls until the job has finished or ctx ends. A 503 (the fleet
+// briefly unavailable) or 429 (the tenant at its cap of held connections) is
+// waited out as its Retry-After asks: the job goes on meanwhile.
 func (c *Client) Wait(ctx context.Context, id string) (Job, error) {
 	for {
 		var j Job
 		_, err := c.do(ctx, http.MethodGet, "/api/v1/chat/jobs/"+url.PathEscape(id)+"?wait=30s", nil, nil, &j)
+		var e *Error
+		if errors.As(err, &e) && (e.Status == http.StatusServiceUnavailable || e.Status == http.StatusTooManyRequests) {
+			// The fleet is briefly unavailable or the tenant at its cap:
+			// the job goes on; so does the wait, after the asked pause.
+			select {
+			case <-ctx.Done():
+				return j, err
+			case <-time.After(max(e.RetryAfter, 100*time.Millisecond)):
+			}
+			continue
+		}
 		if err != nil || j.Finished() {
 			return j, err
 		}

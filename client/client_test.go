@@ -49,6 +49,7 @@ func asError(err error, out **Error) bool {
 	return ok
 }
 
+// Wait long-polls until the job finishes, riding out a 503 on the way.
 func TestWaitPollsUntilFinished(t *testing.T) {
 	var polls atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -56,14 +57,20 @@ func TestWaitPollsUntilFinished(t *testing.T) {
 			t.Errorf("Wait did not long-poll: %s", r.URL)
 		}
 		status := "active"
-		if polls.Add(1) == 3 {
+		switch polls.Add(1) {
+		case 2: // Redis stalled for a moment: the wait goes on
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"error":{"code":"unavailable","message":"try again shortly"}}`)
+			return
+		case 4:
 			status = "succeeded"
 		}
 		fmt.Fprintf(w, `{"job_id":"job_1","status":%q}`, status)
 	}))
 	defer srv.Close()
 	j, err := New(srv.URL).Wait(context.Background(), "job_1")
-	if err != nil || j.Status != "succeeded" || polls.Load() != 3 {
+	if err != nil || j.Status != "succeeded" || polls.Load() != 4 {
 		t.Fatalf("%+v %v after %d polls", j, err, polls.Load())
 	}
 }
