@@ -41,6 +41,7 @@ type Config struct {
 	JobLease        time.Duration // a running job's heartbeat lease
 	LLMLimits       Limits        // the primary provider's quota
 	MaxRetryDelay   time.Duration // cap of every retry delay, Retry-After included
+	RateMargin      float64       // fraction under a configured rate the fleet sends at
 	BreakerFailures int
 	BreakerOpenFor  time.Duration
 

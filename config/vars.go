@@ -106,6 +106,15 @@ func Vars(role Role) []Var {
 			intVar(func(c *Config) *int { return &c.LLMLimits.RPM }, 0)},
 		{"CHATFLEET_LLM_TPM", "0", "the primary provider's tokens per minute, fleet-wide: the prompt and output cap are counted before a call, the reported usage after it (0: no limit)", false,
 			intVar(func(c *Config) *int { return &c.LLMLimits.TPM }, 0)},
+		{"CHATFLEET_LLM_RATE_MARGIN", "0.05", "fraction under a configured RPM and TPM the fleet sends at (providers count at the edge of windows shorter than a minute); 0 sends at exactly the limit", false,
+			func(c *Config, v string) error {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil || f < 0 || f > 0.5 {
+					return fmt.Errorf("must be a fraction from 0 to 0.5, got %q", v)
+				}
+				c.RateMargin = f
+				return nil
+			}},
 		{"CHATFLEET_LLM_MAX_CONCURRENCY", "0", "the primary provider's calls in flight, fleet-wide (0: learned from its 429s)", false,
 			intVar(func(c *Config) *int { return &c.LLMLimits.Concurrency }, 0)},
 		{"CHATFLEET_MAX_RETRY_DELAY", "5m", "cap on any retry delay, a provider's Retry-After included", false,

@@ -25,13 +25,18 @@ type burstResult struct {
 	served, rejected, maxFly int
 }
 
-// runBurst submits burstJobs jobs at once to a fleet of 3 workers over a
-// quota-limited upstream and waits for all of them. Every job must end with a
-// real reply (not degraded) and the breaker must stay closed.
-func runBurst(t *testing.T, extra map[string]string) burstResult {
+// runBurst submits jobs jobs at once to a fleet of 3 workers over a
+// quota-limited upstream (a bucket, or a sliding window when window is set)
+// and waits for all of them. Every job must end with a real reply (not
+// degraded) and the breaker must stay closed.
+func runBurst(t *testing.T, jobs int, window bool, extra map[string]string) burstResult {
 	rd := testkit.StartRedis(t)
 	fake := llmfake.NewOpenAI(t)
-	fake.SetQuota(quotaPerSecond, quotaAtOnce)
+	if window {
+		fake.SetWindowQuota(quotaPerSecond, quotaAtOnce)
+	} else {
+		fake.SetQuota(quotaPerSecond, quotaAtOnce)
+	}
 	const callTime = 60 * time.Millisecond
 	fake.Always(llmfake.Step{FirstByteDelay: callTime})
 	apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, extra))
@@ -40,10 +45,10 @@ func runBurst(t *testing.T, extra map[string]string) burstResult {
 	defer cancel()
 
 	start := time.Now()
-	ids := make([]string, burstJobs)
+	ids := make([]string, jobs)
 	var wg sync.WaitGroup
-	errs := make(chan error, burstJobs)
-	for i := range burstJobs {
+	errs := make(chan error, jobs)
+	for i := range jobs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -76,7 +81,7 @@ func runBurst(t *testing.T, extra map[string]string) burstResult {
 	}
 	elapsed := time.Since(start)
 	if degraded > 0 || failed > 0 {
-		t.Fatalf("%d of %d jobs degraded, %d failed", degraded, burstJobs, failed)
+		t.Fatalf("%d of %d jobs degraded, %d failed", degraded, jobs, failed)
 	}
 	for _, w := range workers {
 		if v, _ := labelled(t, w.URL(), `chatfleet_breaker_state{provider="openai"}`); v != 0 {
@@ -85,24 +90,27 @@ func runBurst(t *testing.T, extra map[string]string) burstResult {
 	}
 	r := burstResult{elapsed: elapsed}
 	r.served, r.rejected, r.maxFly = fake.QuotaStats()
-	// The quota's own floor: the bucket's first perSecond calls at once, the
-	// rest at perSecond a second, then the last call's own time.
-	r.floor = time.Duration(float64(burstJobs-quotaPerSecond)/quotaPerSecond*float64(time.Second)) + callTime
+	// The quota's own floor: the first perSecond calls at once, the rest at
+	// perSecond a second, then the last call's own time.
+	r.floor = time.Duration(float64(jobs-quotaPerSecond)/quotaPerSecond*float64(time.Second)) + callTime
 	t.Logf("%d jobs in %s (quota floor %s, ratio %.2f); upstream served %d, answered 429 %d times (%.1f%% of calls), at most %d at once",
-		burstJobs, elapsed.Round(time.Millisecond), r.floor, float64(elapsed)/float64(r.floor), r.served, r.rejected,
+		jobs, elapsed.Round(time.Millisecond), r.floor, float64(elapsed)/float64(r.floor), r.served, r.rejected,
 		100*float64(r.rejected)/float64(r.served+r.rejected), r.maxFly)
-	if r.served != burstJobs {
-		t.Errorf("the upstream served %d calls for %d jobs", r.served, burstJobs)
+	if r.served != jobs {
+		t.Errorf("the upstream served %d calls for %d jobs", r.served, jobs)
 	}
 	return r
 }
 
-// With the fleet's limits set to the upstream's quota, a burst waits in the
-// queue and is fed to the upstream at the rate it accepts.
-func TestBurstWithinConfiguredQuota(t *testing.T) {
-	r := runBurst(t, map[string]string{
-		"CHATFLEET_LLM_RPM": fmt.Sprint(quotaPerSecond * 60), "CHATFLEET_LLM_MAX_CONCURRENCY": fmt.Sprint(quotaAtOnce),
-	})
+// configuredQuota sets the fleet's limits to exactly the upstream's quota.
+var configuredQuota = map[string]string{
+	"CHATFLEET_LLM_RPM": fmt.Sprint(quotaPerSecond * 60), "CHATFLEET_LLM_MAX_CONCURRENCY": fmt.Sprint(quotaAtOnce),
+}
+
+// checkConfiguredBurst holds a burst at a configured quota to its targets:
+// never over the concurrency quota, at most 5 % of calls 429, within 1.3×
+// the time the quota allows.
+func checkConfiguredBurst(t *testing.T, r burstResult) {
 	if r.maxFly > quotaAtOnce {
 		t.Errorf("the upstream saw %d calls at once, its quota is %d", r.maxFly, quotaAtOnce)
 	}
@@ -114,11 +122,24 @@ func TestBurstWithinConfiguredQuota(t *testing.T) {
 	}
 }
 
+// With the fleet's limits set to the upstream's quota, a burst waits in the
+// queue and is fed to the upstream at the rate it accepts.
+func TestBurstWithinConfiguredQuota(t *testing.T) {
+	checkConfiguredBurst(t, runBurst(t, burstJobs, false, configuredQuota))
+}
+
+// The same against an upstream that counts its quota in a sliding
+// one-second window (stricter at the edge than a bucket), with a burst of
+// eleven seconds of quota.
+func TestBurstAtAStrictWindowQuota(t *testing.T) {
+	checkConfiguredBurst(t, runBurst(t, 11*quotaPerSecond, true, configuredQuota))
+}
+
 // With nothing configured the fleet learns the upstream's capacity from its
 // 429s (a fleet-wide pause per Retry-After, a halved concurrency limit) and
 // still answers every job for real.
 func TestBurstAdaptsWithoutLimits(t *testing.T) {
-	r := runBurst(t, nil)
+	r := runBurst(t, burstJobs, false, nil)
 	if r.rejected >= burstJobs {
 		t.Errorf("%d calls rejected with 429 for %d jobs: the fleet hammered the upstream", r.rejected, burstJobs)
 	}

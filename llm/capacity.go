@@ -34,6 +34,10 @@ type CapacitySettings struct {
 	// Lease is how long a call's slot outlives a worker that died holding it
 	// (default 10s; renewed while the call runs).
 	Lease time.Duration
+	// Margin keeps the fleet this fraction under a configured rate (RPM,
+	// TPM): a limit is a ceiling, and providers count at the edge of shorter
+	// windows than a minute (default 0.05; 0 sends at exactly the limit).
+	Margin float64
 }
 
 func (s *CapacitySettings) defaults() {
@@ -46,6 +50,17 @@ func (s *CapacitySettings) defaults() {
 	if s.Lease <= 0 {
 		s.Lease = 10 * time.Second
 	}
+	if s.Margin < 0 || s.Margin >= 1 {
+		s.Margin = 0
+	}
+}
+
+// under is a configured rate less the margin (at least 1; 0 stays 0).
+func (s CapacitySettings) under(rate int) int {
+	if rate <= 0 {
+		return 0
+	}
+	return max(1, int(float64(rate)*(1-s.Margin)))
 }
 
 // CapacityError says a provider has no capacity for the call now: its quota
@@ -76,22 +91,34 @@ func RateLimited(err error) bool {
 // capacity enforces one provider's limits through Redis, for every worker at
 // once. A call costs two round trips: acquire (pause, priority, concurrency,
 // both rates, in one script) and release (or rateLimited).
+//
+// A configured rate is a ceiling: the fleet sends at the margin under it
+// (ceil). Its requests are counted in a sliding window of about a second,
+// as strict providers count them, and spaced within it: no window holds more
+// than its share, a burst after a quiet spell still goes at once (spread over
+// half a second), and the jitter of the calls' way to the provider cannot
+// bunch them at a window's edge. A 429 lowers the effective request rate
+// (by a fifth, at most once a second), which then recovers by a fiftieth of
+// the ceiling per success.
 type capacity struct {
 	name string
 	rdb  redis.UniversalClient
 	lim  Limits
+	ceil Limits // the rates under the margin
 	set  CapacitySettings
 	m    *Metrics
-	keys []string // leases, rpm, tpm, pause, adaptive, waiting, saturated
+	keys []string // leases, requests, tpm, pause, adaptive, waiting, saturated
 }
 
 func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set CapacitySettings, m *Metrics) *capacity {
 	set.defaults()
-	c := &capacity{name: name, rdb: rdb, lim: lim, set: set, m: m, keys: []string{
-		rkeys.ProviderLeases(name), rkeys.ProviderRPM(name), rkeys.ProviderTPM(name), rkeys.ProviderPause(name),
+	ceil := Limits{RPM: set.under(lim.RPM), TPM: set.under(lim.TPM), Concurrency: lim.Concurrency}
+	c := &capacity{name: name, rdb: rdb, lim: lim, ceil: ceil, set: set, m: m, keys: []string{
+		rkeys.ProviderLeases(name), rkeys.ProviderRequests(name), rkeys.ProviderTPM(name), rkeys.ProviderPause(name),
 		rkeys.ProviderAdaptive(name), rkeys.ProviderWaiting(name), rkeys.ProviderSaturated(name),
 	}}
 	m.limits(name, lim)
+	m.effectiveRPM(name, ceil.RPM)
 	return c
 }
 
@@ -139,8 +166,8 @@ if ARGV[10] == '1' then
 end
 local inflight = redis.call('ZCARD', KEYS[1])
 if limit > 0 and inflight >= limit then return deny(-1, 'concurrency') end
--- GCRA: tat is when the bucket is full again; a burst of half a second's
--- quota may go at once, and one call larger than the burst when it is full.
+-- GCRA for tokens: tat is when the bucket is full again; half a second's
+-- quota may go at once, and one call larger than that when it is full.
 local function gcra(key, perMinute, cost)
   local t = 60000 / perMinute
   local burst = math.max(1, math.floor(perMinute / 120), cost)
@@ -149,16 +176,44 @@ local function gcra(key, perMinute, cost)
   local new = tat + cost * t
   return new, new - burst * t - now
 end
+-- Requests: a sliding window of about a second holds at most its share
+-- (limit), as strict providers count them, and within it calls are spaced
+-- at least half the rate's interval apart, so that the jitter of their way
+-- to the provider cannot bunch two windows' calls into one of its windows.
+-- The window's calls (sent or reserved) are a sorted set of send times.
+local function window(key, perMinute)
+  local limit = math.max(1, math.floor(perMinute / 60))
+  local w = limit * 60000 / perMinute -- the time limit requests take at the rate
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
+  local n = redis.call('ZCARD', key)
+  local at = now
+  if n > 0 then
+    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    at = math.max(at, tonumber(last[2]) + w / limit / 2)
+  end
+  if n >= limit then
+    local e = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
+    at = math.max(at, tonumber(e[2]) + w)
+  end
+  return at, at - now, w
+end
 local rpm, tpm = tonumber(ARGV[5]), tonumber(ARGV[6])
-local rn, rw, tn, tw = 0, 0, 0, 0
-if rpm > 0 then rn, rw = gcra(KEYS[2], rpm, 1) end
+if rpm > 0 then -- lowered by a 429, recovering
+  rpm = math.min(rpm, tonumber(redis.call('HGET', KEYS[5], 'rpm') or rpm))
+end
+local ra, rw, rwin, tn, tw = 0, 0, 0, 0, 0
+if rpm > 0 then ra, rw, rwin = window(KEYS[2], rpm) end
 if tpm > 0 then tn, tw = gcra(KEYS[3], tpm, tonumber(ARGV[7])) end
 local wait = math.ceil(math.max(rw, tw, 0))
 if wait > tonumber(ARGV[9]) then
   if rw >= tw then return deny(wait, 'rpm') end
   return deny(wait, 'tpm')
 end
-if rpm > 0 then redis.call('SET', KEYS[2], string.format('%.3f', rn), 'PX', math.ceil(rn - now) + 1000) end
+if rpm > 0 then
+  redis.call('ZADD', KEYS[2], ra, ARGV[2])
+  local ttl = math.ceil(ra - now + rwin) + 1000
+  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
 if tpm > 0 then redis.call('SET', KEYS[3], string.format('%.3f', tn), 'PX', math.ceil(tn - now) + 1000) end
 redis.call('ZADD', KEYS[1], now + wait + tonumber(ARGV[3]), ARGV[2])
 if ARGV[8] == '1' then redis.call('ZREM', KEYS[6], ARGV[2]) end
@@ -170,12 +225,31 @@ return {1, 0, ''}
 `)
 
 // releaseScript ends a call: frees its slot, settles the token estimate with
-// the real usage and, in adaptive mode, raises the learned limit after a
-// success (by 1 until the first 429, then by 1/limit). Returns the learned
-// limit (0: none).
-// KEYS: leases, tpm, adaptive. ARGV: token, now ms, tpm, tokens used minus estimated, adaptive (1/0), success (1/0).
+// the real usage and, after a success, raises the learned concurrency limit
+// in adaptive mode (by 1 until the first 429, then by 1/limit) and a lowered
+// request rate towards its ceiling (by a fiftieth of it). Returns {the
+// learned limit (0: none), the effective request rate (0: none)}.
+// KEYS: leases, tpm, adaptive. ARGV: token, now ms, tpm, tokens used minus
+// estimated, adaptive (1/0), success (1/0), rpm ceiling (0: none).
 var releaseScript = redis.NewScript(`
 redis.call('ZREM', KEYS[1], ARGV[1])
+local ceil = tonumber(ARGV[7])
+local rpm = ceil
+if ceil > 0 then
+  local e = tonumber(redis.call('HGET', KEYS[3], 'rpm') or '0')
+  if e > 0 then
+    rpm = e
+    if ARGV[6] == '1' then
+      rpm = e + ceil / 50
+      if rpm >= ceil then
+        rpm = ceil
+        redis.call('HDEL', KEYS[3], 'rpm')
+      else
+        redis.call('HSET', KEYS[3], 'rpm', string.format('%.3f', rpm))
+      end
+    end
+  end
+end
 local tpm, delta, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[2])
 if tpm > 0 and delta ~= 0 then
   local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -201,19 +275,36 @@ if ARGV[5] == '1' then
     redis.call('HSET', KEYS[3], 'limit', string.format('%.4f', l))
   end
 end
-return math.floor(l)
+return {math.floor(l), math.floor(rpm)}
 `)
 
 // rateLimitedScript records a 429: frees the call's slot, pauses the provider
 // for the whole fleet and, in adaptive mode, halves the concurrency limit
-// (once per pause: the 429s of one burst count once). The learned limit is
-// forgotten after ten minutes without a 429. Returns the learned limit.
-// KEYS: leases, pause, adaptive. ARGV: token, now ms, pause ms, adaptive (1/0).
+// (once per pause: the 429s of one burst count once). With a configured
+// request rate it lowers the effective rate by a fifth (at most once a
+// second) and, for a near miss (a Retry-After of a second or none), pauses
+// only until the next request the lowered rate allows: the provider's
+// one-second granularity would otherwise idle every worker for a whole
+// second. The learned limits are forgotten after ten minutes without a 429.
+// Returns {the learned limit, the effective request rate}.
+// KEYS: leases, pause, adaptive. ARGV: token, now ms, pause ms, adaptive
+// (1/0), rpm ceiling (0: none).
 var rateLimitedScript = redis.NewScript(`
 redis.call('ZREM', KEYS[1], ARGV[1])
-local pause, now = tonumber(ARGV[3]), tonumber(ARGV[2])
+local pause, now, ceil = tonumber(ARGV[3]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local rpm = 0
+if ceil > 0 then
+  rpm = tonumber(redis.call('HGET', KEYS[3], 'rpm') or ceil)
+  local last = tonumber(redis.call('HGET', KEYS[3], 'rpm_decreased_at') or '0')
+  if now - last >= 1000 then
+    rpm = math.max(1, ceil / 10, rpm * 0.8)
+    redis.call('HSET', KEYS[3], 'rpm', string.format('%.3f', rpm), 'rpm_decreased_at', now)
+  end
+  redis.call('EXPIRE', KEYS[3], 600)
+  if pause <= 1000 then pause = math.min(pause, math.ceil(60000 / rpm)) end
+end
 if redis.call('PTTL', KEYS[2]) < pause then redis.call('SET', KEYS[2], '1', 'PX', pause) end
-if ARGV[4] ~= '1' then return 0 end
+if ARGV[4] ~= '1' then return {0, math.floor(rpm)} end
 local cur = tonumber(redis.call('HGET', KEYS[3], 'limit') or '0')
 local last = tonumber(redis.call('HGET', KEYS[3], 'decreased_at') or '0')
 if now - last >= pause then
@@ -223,7 +314,7 @@ if now - last >= pause then
   redis.call('HSET', KEYS[3], 'limit', cur, 'decreased_at', now)
 end
 redis.call('EXPIRE', KEYS[3], 600) -- forgotten after ten quiet minutes
-return math.floor(cur)
+return {math.floor(cur), 0}
 `)
 
 func newToken() string {
@@ -247,7 +338,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		now := time.Now()
 		left := *budget - time.Since(start)
 		res, err := acquireScript.Run(ctx, c.rdb, c.keys, now.UnixMilli(), token, c.set.Lease.Milliseconds(),
-			c.lim.Concurrency, c.lim.RPM, c.lim.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit).Slice()
+			c.ceil.Concurrency, c.ceil.RPM, c.ceil.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit).Slice()
 		if err != nil {
 			// Without Redis there is no fleet-wide quota to keep: the call goes
 			// ahead rather than failing every job (the breaker guards the rest).
@@ -331,10 +422,21 @@ func (s *slot) release(ctx context.Context, used int, success bool) {
 	if c.lim.TPM > 0 && used > 0 {
 		delta = used - s.cost
 	}
-	l, err := releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[2], c.keys[4]},
-		s.token, time.Now().UnixMilli(), c.lim.TPM, delta, flag(c.adaptive()), flag(success)).Int()
-	if err == nil && c.adaptive() {
-		c.m.learned(c.name, l)
+	res, err := releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[2], c.keys[4]},
+		s.token, time.Now().UnixMilli(), c.ceil.TPM, delta, flag(c.adaptive()), flag(success), c.ceil.RPM).Int64Slice()
+	c.learned(res, err)
+}
+
+// learned shows what a script returned of the learned limits.
+func (c *capacity) learned(res []int64, err error) {
+	if err != nil || len(res) != 2 {
+		return
+	}
+	if c.adaptive() {
+		c.m.learned(c.name, int(res[0]))
+	}
+	if c.ceil.RPM > 0 {
+		c.m.effectiveRPM(c.name, int(res[1]))
 	}
 }
 
@@ -348,11 +450,9 @@ func (s *slot) rateLimited(ctx context.Context, retryAfter time.Duration) {
 		retryAfter = time.Second
 	}
 	retryAfter = min(retryAfter, c.set.MaxRetryDelay)
-	l, err := rateLimitedScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[3], c.keys[4]},
-		s.token, time.Now().UnixMilli(), retryAfter.Milliseconds(), flag(c.adaptive())).Int()
-	if err == nil && c.adaptive() {
-		c.m.learned(c.name, l)
-	}
+	res, err := rateLimitedScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[3], c.keys[4]},
+		s.token, time.Now().UnixMilli(), retryAfter.Milliseconds(), flag(c.adaptive()), c.ceil.RPM).Int64Slice()
+	c.learned(res, err)
 }
 
 // estimateCost is the tokens a call may use before it is made: the prompt

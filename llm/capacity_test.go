@@ -57,9 +57,11 @@ func TestConcurrencyIsFleetWideAndLeased(t *testing.T) {
 	}
 }
 
+// Requests are evenly spaced: 120 a minute is one every half second, the
+// second call waits for its turn.
 func TestRequestsPerMinute(t *testing.T) {
 	rdb := testkit.StartRedis(t).Client()
-	c := newCap(t, rdb, Limits{RPM: 120}, CapacitySettings{}) // 2 a second, a burst of 1
+	c := newCap(t, rdb, Limits{RPM: 120}, CapacitySettings{})
 	if s, _ := take(t, c, 1, false, 0); s == nil {
 		t.Fatal("the first call waited")
 	}
@@ -69,6 +71,20 @@ func TestRequestsPerMinute(t *testing.T) {
 	}
 	if s, ce := take(t, c, 1, false, 2*time.Second); s == nil {
 		t.Fatalf("the second call within its budget: %v", ce)
+	}
+}
+
+// The margin keeps the fleet under a configured rate: 120 a minute less 5 %
+// is 114, one request every 526 ms.
+func TestTheMarginKeepsUnderTheRate(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{RPM: 120}, CapacitySettings{Margin: 0.05})
+	if s, _ := take(t, c, 1, false, 0); s == nil {
+		t.Fatal("the first call waited")
+	}
+	_, ce := take(t, c, 1, false, 0)
+	if ce == nil || ce.Reason != "rpm" || time.Until(ce.Until) < 400*time.Millisecond {
+		t.Fatalf("a second call at once: %+v", ce)
 	}
 }
 
@@ -195,5 +211,39 @@ func TestPanickingCallFreesItsSlot(t *testing.T) {
 	}
 	if err, panicked := call(); !panicked {
 		t.Fatalf("the second call did not get the slot: %v", err)
+	}
+}
+
+// A near miss at a configured rate (a 429 with Retry-After of a second)
+// lowers the effective rate by a fifth and pauses the fleet only until the
+// next request that rate allows, not the whole second; successes bring the
+// rate back up to its ceiling by a fiftieth of it each.
+func TestANearMissLowersTheRateInsteadOfPausingASecond(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	ctx := context.Background()
+	c := newCap(t, rdb, Limits{RPM: 600}, CapacitySettings{}) // one request every 100 ms
+	s, _ := take(t, c, 1, false, 0)
+	s.rateLimited(ctx, time.Second)
+	if p := rdb.PTTL(ctx, rkeys.ProviderPause("p")).Val(); p <= 0 || p > 130*time.Millisecond {
+		t.Fatalf("a near miss paused the provider for %s, want the next request's spacing at the lowered rate (125 ms)", p)
+	}
+	if rpm, _ := rdb.HGet(ctx, rkeys.ProviderAdaptive("p"), "rpm").Float64(); rpm != 480 {
+		t.Fatalf("effective rate after a 429: %v, want 480", rpm)
+	}
+	s, _ = take(t, c, 1, false, time.Second)
+	s.rateLimited(ctx, 3*time.Second) // the provider means it: the pause is kept
+	if p := rdb.PTTL(ctx, rkeys.ProviderPause("p")).Val(); p < 2900*time.Millisecond {
+		t.Fatalf("a 3 s Retry-After paused the provider for %s", p)
+	}
+	if rpm, _ := rdb.HGet(ctx, rkeys.ProviderAdaptive("p"), "rpm").Float64(); rpm != 480 {
+		t.Fatalf("two 429s within a second lowered the rate twice: %v", rpm)
+	}
+	rdb.Del(ctx, rkeys.ProviderPause("p"))
+	for range 10 {
+		s, _ := take(t, c, 1, false, time.Second)
+		s.release(ctx, 0, true)
+	}
+	if n, _ := rdb.HExists(ctx, rkeys.ProviderAdaptive("p"), "rpm").Result(); n {
+		t.Fatal("ten successes did not bring the rate back to its ceiling (480 + 10 × 12)")
 	}
 }

@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 		Name: "chatfleet_llm_inflight", Help: "Calls in flight to the provider from this process.",
 	}, []string{"provider"})
 	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "chatfleet_llm_limit", Help: "The provider's effective fleet-wide limit by kind (rpm, tpm, concurrency): configured, or learned from 429s (concurrency); 0 is none.",
+		Name: "chatfleet_llm_limit", Help: "The provider's fleet-wide limit by kind: rpm, tpm and concurrency as configured (concurrency learned from 429s when nothing is configured), rpm_effective the request rate kept to now (the configured one less the margin, lowered by 429s while it recovers); 0 is none.",
 	}, []string{"provider", "kind"})
 	reg.MustRegister(m.requests, m.tokensC, m.state, m.waitH, m.limited, m.inflight, m.limit)
 	for i, name := range ProviderNames(chain) {
@@ -127,6 +127,14 @@ func (m *Metrics) limits(provider string, l Limits) {
 	m.limit.WithLabelValues(provider, "rpm").Set(float64(l.RPM))
 	m.limit.WithLabelValues(provider, "tpm").Set(float64(l.TPM))
 	m.limit.WithLabelValues(provider, "concurrency").Set(float64(l.Concurrency))
+}
+
+// effectiveRPM shows the request rate the fleet keeps to now: the configured
+// one less the margin, lowered by 429s while it recovers.
+func (m *Metrics) effectiveRPM(provider string, n int) {
+	if m != nil {
+		m.limit.WithLabelValues(provider, "rpm_effective").Set(float64(n))
+	}
 }
 
 // learned shows the concurrency limit learned from 429s (0: none yet).

@@ -166,8 +166,9 @@ func TenantRate(tenant string) string { return prefix + "tenant:" + tenant + ":r
 // set of lease tokens scored by their expiry in ms).
 func ProviderLeases(name string) string { return prefix + "{provider:" + name + "}:leases" }
 
-// ProviderRPM is the requests-per-minute limiter's state of a provider.
-func ProviderRPM(name string) string { return prefix + "{provider:" + name + "}:rpm" }
+// ProviderRequests is a provider's request-rate window: the send time of
+// each call in it, sent or reserved (a sorted set).
+func ProviderRequests(name string) string { return prefix + "{provider:" + name + "}:requests" }
 
 // ProviderTPM is the tokens-per-minute limiter's state of a provider.
 func ProviderTPM(name string) string { return prefix + "{provider:" + name + "}:tpm" }

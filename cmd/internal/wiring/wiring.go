@@ -117,7 +117,7 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, j
 		Specs:    Providers(cfg),
 		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
 		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
-		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay},
+		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay, Margin: cfg.RateMargin},
 		Timeouts: llm.Timeouts{FirstToken: cfg.FirstTokenWait, Idle: cfg.IdleTimeout},
 	}, rdb, llm.NewMetrics(reg, Providers(cfg)), log)
 	if err != nil {
