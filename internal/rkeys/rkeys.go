@@ -130,8 +130,8 @@ func History(tenant, session string) string {
 }
 
 // Leases holds a bucket's running attempts' heartbeat leases (sorted set of
-// "<job id>:<attempt>", or "<task id>#wait" for a task waiting for its
-// session's turn, scored by expiry in ms); an expired one is taken over.
+// "<job id>:<fence>" scored by expiry in ms, by Redis's clock); an expired
+// one is taken over.
 func Leases(bucket int) string { return tagged(bucket) + "leases" }
 
 // Unfinished indexes a bucket's unfinished jobs for the reconciler (sorted
