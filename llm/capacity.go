@@ -93,11 +93,11 @@ func RateLimited(err error) bool {
 // both rates, in one script) and release (or rateLimited).
 //
 // A configured rate is a ceiling: the fleet sends at the margin under it
-// (ceil). Its requests are counted in a sliding window of about a second,
-// as strict providers count them, and spaced within it: no window holds more
-// than its share, a burst after a quiet spell still goes at once (spread over
-// half a second), and the jitter of the calls' way to the provider cannot
-// bunch them at a window's edge. A 429 lowers the effective request rate
+// (ceil). Its requests are counted in a sliding window a little longer than
+// a second, each holding at most the configured quota's share of a second:
+// no one-second window of a strict provider sees more than it allows, even
+// with the jitter of the calls' way there, and a burst after a quiet spell
+// still goes at once (as far as the concurrency limit lets it). A 429 lowers the effective request rate
 // (by a fifth, at most once a second), which then recovers by a fiftieth of
 // the ceiling per success.
 type capacity struct {
@@ -144,7 +144,8 @@ type slot struct {
 // may have freed up).
 // KEYS: leases, rpm, tpm, pause, adaptive, waiting, saturated.
 // ARGV: now ms, token, lease ms, concurrency (0: none), rpm, tpm, cost,
-// high priority (1/0), longest wait to reserve ms, adaptive (1/0), initial learned limit.
+// high priority (1/0), longest wait to reserve ms, adaptive (1/0), initial learned limit,
+// configured rpm.
 var acquireScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local function deny(wait, why)
@@ -176,21 +177,20 @@ local function gcra(key, perMinute, cost)
   local new = tat + cost * t
   return new, new - burst * t - now
 end
--- Requests: a sliding window of about a second holds at most its share
--- (limit), as strict providers count them, and within it calls are spaced
--- at least half the rate's interval apart, so that the jitter of their way
--- to the provider cannot bunch two windows' calls into one of its windows.
+-- Requests: no window holds more than the configured quota's share of a
+-- second (limit, as strict providers count them), and the margin stretches
+-- the window instead of shrinking that share: limit calls per w, w a little
+-- over a second (longer while a 429 keeps the rate lowered). Each call comes
+-- at least w after the call limit places before it, so the stretch is slack
+-- for the jitter of every call's way to the provider; shrinking the share
+-- instead would cost a whole window at the end of a burst at small quotas.
 -- The window's calls (sent or reserved) are a sorted set of send times.
-local function window(key, perMinute)
-  local limit = math.max(1, math.floor(perMinute / 60))
-  local w = limit * 60000 / perMinute -- the time limit requests take at the rate
+local function window(key, perMinute, configured)
+  local limit = math.max(1, math.floor(configured / 60))
+  local w = limit * 60000 / perMinute
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
   local n = redis.call('ZCARD', key)
   local at = now
-  if n > 0 then
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    at = math.max(at, tonumber(last[2]) + w / limit / 2)
-  end
   if n >= limit then
     local e = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
     at = math.max(at, tonumber(e[2]) + w)
@@ -202,7 +202,7 @@ if rpm > 0 then -- lowered by a 429, recovering
   rpm = math.min(rpm, tonumber(redis.call('HGET', KEYS[5], 'rpm') or rpm))
 end
 local ra, rw, rwin, tn, tw = 0, 0, 0, 0, 0
-if rpm > 0 then ra, rw, rwin = window(KEYS[2], rpm) end
+if rpm > 0 then ra, rw, rwin = window(KEYS[2], rpm, tonumber(ARGV[12])) end
 if tpm > 0 then tn, tw = gcra(KEYS[3], tpm, tonumber(ARGV[7])) end
 local wait = math.ceil(math.max(rw, tw, 0))
 if wait > tonumber(ARGV[9]) then
@@ -338,7 +338,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		now := time.Now()
 		left := *budget - time.Since(start)
 		res, err := acquireScript.Run(ctx, c.rdb, c.keys, now.UnixMilli(), token, c.set.Lease.Milliseconds(),
-			c.ceil.Concurrency, c.ceil.RPM, c.ceil.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit).Slice()
+			c.ceil.Concurrency, c.ceil.RPM, c.ceil.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit, c.lim.RPM).Slice()
 		if err != nil {
 			// Without Redis there is no fleet-wide quota to keep: the call goes
 			// ahead rather than failing every job (the breaker guards the rest).

@@ -57,34 +57,40 @@ func TestConcurrencyIsFleetWideAndLeased(t *testing.T) {
 	}
 }
 
-// Requests are evenly spaced: 120 a minute is one every half second, the
-// second call waits for its turn.
+// Requests are counted in windows of a second: 120 a minute is two in any
+// second, the third call waits until a second after the first.
 func TestRequestsPerMinute(t *testing.T) {
 	rdb := testkit.StartRedis(t).Client()
 	c := newCap(t, rdb, Limits{RPM: 120}, CapacitySettings{})
-	if s, _ := take(t, c, 1, false, 0); s == nil {
-		t.Fatal("the first call waited")
+	first := time.Now()
+	for i := range 2 {
+		if s, _ := take(t, c, 1, false, 0); s == nil {
+			t.Fatalf("call %d of the window's two waited", i+1)
+		}
 	}
 	_, ce := take(t, c, 1, false, 100*time.Millisecond)
-	if ce == nil || ce.Reason != "rpm" || time.Until(ce.Until) < 200*time.Millisecond {
-		t.Fatalf("the second call at once: %+v", ce)
+	if ce == nil || ce.Reason != "rpm" || ce.Until.Sub(first) < 950*time.Millisecond {
+		t.Fatalf("the third call within the first second: %+v", ce)
 	}
 	if s, ce := take(t, c, 1, false, 2*time.Second); s == nil {
-		t.Fatalf("the second call within its budget: %v", ce)
+		t.Fatalf("the third call within its budget: %v", ce)
 	}
 }
 
-// The margin keeps the fleet under a configured rate: 120 a minute less 5 %
-// is 114, one request every 526 ms.
+// The margin stretches the window: 120 a minute less 5 % is two calls per
+// 1.053 s, so no one-second window of the provider can see a third.
 func TestTheMarginKeepsUnderTheRate(t *testing.T) {
 	rdb := testkit.StartRedis(t).Client()
 	c := newCap(t, rdb, Limits{RPM: 120}, CapacitySettings{Margin: 0.05})
-	if s, _ := take(t, c, 1, false, 0); s == nil {
-		t.Fatal("the first call waited")
+	first := time.Now()
+	for i := range 2 {
+		if s, _ := take(t, c, 1, false, 0); s == nil {
+			t.Fatalf("call %d of the window's two waited", i+1)
+		}
 	}
 	_, ce := take(t, c, 1, false, 0)
-	if ce == nil || ce.Reason != "rpm" || time.Until(ce.Until) < 400*time.Millisecond {
-		t.Fatalf("a second call at once: %+v", ce)
+	if ce == nil || ce.Reason != "rpm" || ce.Until.Sub(first) < 1050*time.Millisecond {
+		t.Fatalf("the third call inside the stretched window: %+v", ce)
 	}
 }
 
