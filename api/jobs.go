@@ -12,6 +12,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 // The jobs API: submit, read (and long-poll), cancel, a session's messages.
@@ -33,6 +34,9 @@ func (s *Server) submit(c echo.Context) error {
 		return unprocessable(err)
 	}
 	tenant := tenantOf(c)
+	if req.WebhookURL != "" && !s.opt.Webhooks.HasSecret(tenant) {
+		return invalid("webhook_url", "this tenant has no webhook secret to sign with (an entry for it in CHATFLEET_WEBHOOKS_FILE)")
+	}
 	key := c.Request().Header.Get("Idempotency-Key")
 	if err := validIdempotencyKey(key); err != nil {
 		return err
@@ -40,6 +44,9 @@ func (s *Server) submit(c echo.Context) error {
 	nj := store.NewJob{
 		ID: tasks.NewJobID(tenant, req.SessionID), Tenant: tenant, SessionID: req.SessionID, Queue: tasks.QueueName(req.Priority),
 		BodyHash: req.hash(), CreatedAt: time.Now().UTC(),
+	}
+	if req.WebhookURL != "" || s.opt.Webhooks.Wants(tenant, webhooks.KindJob) {
+		nj.Webhook = webhooks.Spec{Kind: webhooks.KindJob, URL: req.WebhookURL}.Encode()
 	}
 	if key != "" {
 		nj.ID, nj.KeyHash = tasks.IdempotentJobID(tenant, key, req.SessionID), tasks.IdempotencyKeyHash(tenant, key)
@@ -135,13 +142,15 @@ type jobView struct {
 	Result     *store.Result   `json:"result"`
 	Usage      *store.Usage    `json:"usage"`
 	Error      *store.JobError `json:"error"`
+	// Webhooks are the job's deliveries when it has any: one per receiver.
+	Webhooks []webhooks.Delivery `json:"webhooks,omitempty"`
 }
 
 func renderJob(j store.Job) jobView {
 	return jobView{
 		JobID: j.ID, SessionID: j.SessionID, Status: j.Status,
 		CreatedAt: timeOrNil(j.CreatedAt), StartedAt: timeOrNil(j.StartedAt), FinishedAt: timeOrNil(j.FinishedAt),
-		Attempts: j.Attempts, Result: j.Result, Usage: j.Usage, Error: j.Error,
+		Attempts: j.Attempts, Result: j.Result, Usage: j.Usage, Error: j.Error, Webhooks: webhooks.Deliveries(j),
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 // The OpenAI Responses API over the fleet: a response is a job of its own
@@ -132,6 +133,9 @@ func (s *Server) createResponse(c echo.Context) error {
 	defer release()
 	nj := store.NewJob{ID: id, Tenant: tenant, SessionID: session,
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: now}
+	if r.Background && s.opt.Webhooks.Wants(tenant, webhooks.KindResponse) {
+		nj.Webhook = webhooks.Spec{Kind: webhooks.KindResponse, ObjectID: rec.ID}.Encode()
+	}
 	p := tasks.ChatPayload{JobID: id, Tenant: tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
 		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: now, Messages: toProvider, Params: params}
 	sub, err := s.jobs.Submit(ctx, nj, p)

@@ -15,6 +15,7 @@ import (
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 // Options configures the API.
@@ -44,6 +45,8 @@ type Options struct {
 	// Providers are the kinds of the provider chain, primary first: a
 	// request part that none of them can carry is refused at once.
 	Providers []string
+	// Webhooks are the tenants' webhook endpoints and secrets (nil: none).
+	Webhooks *webhooks.Registry
 }
 
 // Deps are what the API works with.

@@ -41,6 +41,7 @@ type submitRequest struct {
 	ParallelToolCalls *bool           `json:"parallel_tool_calls"`
 	ResponseFormat    json.RawMessage `json:"response_format"`
 	ToolResults       []toolResult    `json:"tool_results"`
+	WebhookURL        string          `json:"webhook_url"`
 
 	params  *tasks.GenParams    // tools, tool choice and response format, validated
 	results []tasks.ChatMessage // tool_results as tool messages
@@ -152,6 +153,11 @@ func (r *submitRequest) validate() error {
 	if err := r.validContract(); err != nil {
 		return err
 	}
+	if r.WebhookURL != "" {
+		if err := tasks.ValidWebhookURL(r.WebhookURL); err != nil {
+			return invalid("webhook_url", err.Error())
+		}
+	}
 	return r.validMetadata()
 }
 
@@ -250,7 +256,11 @@ func (r *submitRequest) validMetadata() error {
 func (r *submitRequest) hash() string {
 	var meta any
 	_ = json.Unmarshal(r.Metadata, &meta)
-	b, _ := json.Marshal([]any{r.SessionID, r.Message, r.Model, r.Priority, meta, r.params, r.ToolResults})
+	fields := []any{r.SessionID, r.Message, r.Model, r.Priority, meta, r.params, r.ToolResults}
+	if r.WebhookURL != "" { // only then: keys used before webhooks keep their hashes
+		fields = append(fields, r.WebhookURL)
+	}
+	b, _ := json.Marshal(fields)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

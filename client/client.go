@@ -78,6 +78,9 @@ type SubmitRequest struct {
 	ParallelToolCalls *bool        `json:"parallel_tool_calls,omitempty"`
 	ResponseFormat    any          `json:"response_format,omitempty"`
 	ToolResults       []ToolResult `json:"tool_results,omitempty"`
+	// WebhookURL is called back when the job ends, signed with the tenant's
+	// webhook secret (docs/webhooks.md).
+	WebhookURL string `json:"webhook_url,omitempty"`
 	// IdempotencyKey makes a retried Submit land on the same job.
 	IdempotencyKey string `json:"-"`
 }
@@ -157,6 +160,20 @@ type Job struct {
 	Result     *Result    `json:"result"`
 	Usage      *Usage     `json:"usage"`
 	Error      *JobError  `json:"error"`
+	// Webhooks are the job's webhook deliveries, one per receiver.
+	Webhooks []WebhookDelivery `json:"webhooks"`
+}
+
+// WebhookDelivery is how a job's webhook to one receiver went.
+type WebhookDelivery struct {
+	URL        string    `json:"url"`
+	Event      string    `json:"event"`
+	EventID    string    `json:"event_id"`
+	State      string    `json:"state"` // pending, retrying, delivered, refused or gave_up
+	Attempts   int       `json:"attempts"`
+	StatusCode int       `json:"status_code"`
+	Error      string    `json:"error"`
+	At         time.Time `json:"at"`
 }
 
 // Finished reports whether the job has reached a final status.

@@ -64,6 +64,15 @@ type Config struct {
 	AdminKey                      string
 	LogLevel                      string
 
+	WebhooksFile        string
+	Webhooks            []WebhookEndpoint // from WebhooksFile
+	WebhookAllowPrivate bool              // loopback, private and link-local receivers allowed
+	WebhookAllowHTTP    bool              // plain http receivers allowed in production
+	WebhookTimeout      time.Duration     // one delivery attempt, connect to last byte
+	WebhookRetryBase    time.Duration     // the first retry's delay; doubles after each
+	WebhookRetryFor     time.Duration     // how long a delivery is retried before it is archived
+	WebhookConcurrency  int               // deliveries in flight per worker
+
 	SimLatency    time.Duration
 	SimTokenDelay time.Duration
 	SimTokens     int
@@ -95,6 +104,13 @@ func Load(role Role, getenv func(string) string) (Config, error) {
 	if c.RedisURL == "" && role != RoleStandalone {
 		errs = append(errs, fmt.Errorf("CHATFLEET_REDIS_URL: required for %s (only api --standalone embeds Redis)", role))
 	}
+	if c.WebhooksFile != "" {
+		eps, err := loadWebhooks(c.WebhooksFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("CHATFLEET_WEBHOOKS_FILE: %w", err))
+		}
+		c.Webhooks = eps
+	}
 	errs = append(errs, c.crossChecks()...)
 	return c, errors.Join(errs...)
 }
@@ -118,6 +134,11 @@ func (c Config) crossChecks() []error {
 	}
 	if len(c.APIKeys) == 0 {
 		errs = append(errs, errors.New("CHATFLEET_API_KEYS: production needs at least one tenant:key pair"))
+	}
+	for i, ep := range c.Webhooks {
+		if strings.HasPrefix(ep.URL, "http://") && !c.WebhookAllowHTTP {
+			errs = append(errs, fmt.Errorf("CHATFLEET_WEBHOOKS_FILE: entry %d: url: production sends webhooks over https only (CHATFLEET_WEBHOOK_ALLOW_HTTP=true allows http)", i))
+		}
 	}
 	if len(c.Models) == 0 {
 		errs = append(errs, errors.New("CHATFLEET_MODELS: production needs the list of models tenants may ask for (any other string would reach the provider)"))

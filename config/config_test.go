@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +180,43 @@ func TestRedisURLForms(t *testing.T) {
 		if err != nil && strings.Contains(bad, "secret") && strings.Contains(err.Error(), "secret") {
 			t.Errorf("%q: the error quotes the password: %v", bad, err)
 		}
+	}
+}
+
+func TestWebhooksFileIsValidated(t *testing.T) {
+	secret := "whsec_" + strings.Repeat("QUJD", 8) // 24 bytes
+	write := func(body string) string {
+		p := filepath.Join(t.TempDir(), "webhooks.json")
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write(`[{"tenant":"acme","url":"https://acme.example/hooks","secret":"` + secret + `","events":["job.succeeded"]},{"tenant":"acme","secret":"` + secret + `"}]`)
+	c, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://x:6379", "CHATFLEET_WEBHOOKS_FILE": good}))
+	if err != nil || len(c.Webhooks) != 2 || c.Webhooks[0].Events[0] != "job.succeeded" {
+		t.Fatalf("a valid file: %+v %v", c.Webhooks, err)
+	}
+	for body, want := range map[string]string{
+		`{"tenant":"acme"}`:                                                         "JSON array",
+		`[{"tenant":"","secret":"` + secret + `"}]`:                                 "entry 0: tenant",
+		`[{"tenant":"a","url":"ftp://x/y","secret":"` + secret + `"}]`:              "entry 0: url",
+		`[{"tenant":"a","secret":"hunter2"}]`:                                       `must start with "whsec_"`,
+		`[{"tenant":"a","secret":"whsec_QUJD"}]`:                                    "at least 24",
+		`[{"tenant":"a","secret":"` + secret + `","events":["job.done"]}]`:          `unknown event "job.done"`,
+		`[{"tenant":"a","secret":"` + secret + `","colour":"red"}]`:                 "colour",
+		`[{"tenant":"a","url":"https://u:p@x.example/","secret":"` + secret + `"}]`: "credentials",
+	} {
+		_, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://x:6379", "CHATFLEET_WEBHOOKS_FILE": write(body)}))
+		if err == nil || !strings.Contains(err.Error(), "CHATFLEET_WEBHOOKS_FILE") || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error naming %q", body, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), secret) {
+			t.Errorf("the error shows the secret: %v", err)
+		}
+	}
+	_, err = Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://x:6379", "CHATFLEET_WEBHOOKS_FILE": "/nonexistent/webhooks.json"}))
+	if err == nil || !strings.Contains(err.Error(), "CHATFLEET_WEBHOOKS_FILE") {
+		t.Fatalf("a missing file: %v", err)
 	}
 }

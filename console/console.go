@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 //go:embed static
@@ -45,12 +46,16 @@ type AdminOptions struct {
 	Key    string       // the admin key; empty: the routes are not mounted
 	Queues http.Handler // the queue UI mounted at /admin/queues/ (asynqmon)
 	Jobs   *jobs.Manager
+	// Webhooks are the archived webhook deliveries.
+	Webhooks *webhooks.Admin
 }
 
 // RegisterAdmin mounts /admin/queues/ (the read-only queue UI, behind HTTP
 // basic auth whose password is the admin key, any user name, or the Bearer
 // key) and the dead-letter endpoints GET /admin/api/archived and POST
-// /admin/api/jobs/:id/rerun, which take `Authorization: Bearer <admin key>`
+// /admin/api/jobs/:id/rerun, the webhook dead letters GET
+// /admin/api/webhooks/archived and POST /admin/api/webhooks/:id/redeliver,
+// which take `Authorization: Bearer <admin key>`
 // only: a browser sends cached Basic credentials with a cross-site form, never
 // a Bearer header.
 func RegisterAdmin(e *echo.Echo, o AdminOptions) {
@@ -84,6 +89,26 @@ func RegisterAdmin(e *echo.Echo, o AdminOptions) {
 			return err
 		}
 		return c.JSON(http.StatusOK, map[string]any{"job_id": c.Param("id"), "status": store.StatusQueued})
+	}, guard)
+	if o.Webhooks == nil {
+		return
+	}
+	e.GET("/admin/api/webhooks/archived", func(c echo.Context) error {
+		list, err := o.Webhooks.ListArchived()
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, map[string]any{"deliveries": list})
+	}, guard)
+	e.POST("/admin/api/webhooks/:id/redeliver", func(c echo.Context) error {
+		err := o.Webhooks.Redeliver(c.Param("id"))
+		if errors.Is(err, webhooks.ErrNoSuchDelivery) {
+			return echo.NewHTTPError(http.StatusNotFound, "no such archived delivery")
+		}
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, map[string]any{"id": c.Param("id"), "state": "pending"})
 	}, guard)
 }
 

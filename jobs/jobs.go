@@ -44,6 +44,10 @@ type Options struct {
 	// Lease is a running attempt's heartbeat lease (default 5s): renewed
 	// every third of it, taken over once it expires.
 	Lease time.Duration
+	// Notify is called after a job with webhooks ended, to enqueue its
+	// deliveries now; the job sits in the outbox until then, and a sweep
+	// enqueues what this did not (webhooks.Outbox).
+	Notify func(ctx context.Context, id string)
 }
 
 // Manager runs the job lifecycle over the store and asynq.

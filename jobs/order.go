@@ -17,12 +17,15 @@ import (
 // finish records an outcome once (fenced when fence > 0) and hands the
 // session's turn on.
 func (m *Manager) finish(ctx context.Context, id, tenant, session string, fence int, o store.Outcome) (bool, error) {
-	first, next, err := m.st.Finish(ctx, id, tenant, session, fence, o)
+	f, err := m.st.Finish(ctx, id, tenant, session, fence, o)
 	if err != nil {
 		return false, err
 	}
-	m.dispatch(ctx, next)
-	return first, nil
+	m.dispatch(ctx, f.Next)
+	if f.Notify && m.opt.Notify != nil {
+		m.opt.Notify(ctx, id)
+	}
+	return f.First, nil
 }
 
 // dispatch enqueues the task of a session's job whose turn has come. When it

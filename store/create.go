@@ -113,6 +113,9 @@ type NewJob struct {
 	// KeyHash names the Idempotency-Key the job was submitted with, if any
 	// (tasks.IdempotencyKeyHash): the key stays bound to this job.
 	KeyHash string
+	// Webhook says what to call back when the job ends (JSON, webhooks.Spec);
+	// empty: nothing.
+	Webhook string
 }
 
 // ErrKeyReused is returned by Create for an Idempotency-Key that is bound to
@@ -177,6 +180,9 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 	if s.opt.TenantMaxJobs > 0 {
 		// Whoever finishes the job uncounts it, whatever its own settings.
 		record = append(record, "counted", 1)
+	}
+	if j.Webhook != "" {
+		record = append(record, "webhook", j.Webhook)
 	}
 	n := -1
 	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together

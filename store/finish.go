@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -14,14 +15,16 @@ import (
 // final event (done, error or canceled) to the log, appends the history entries
 // if any, releases the session's turn and drops the job from the indexes.
 // An attempt's finish is fenced: it applies only while that attempt owns the
-// job. Returns {1, counted} when this call finished the job, {0, 0} when it
-// was already finished (or the attempt was fenced out), {-1, 1} when the
-// record is gone; counted (1) says the job is in its tenant's count of
-// unfinished jobs, to be removed; the session's next job (releaseLua)
-// follows when this made its turn.
-// KEYS: job, order, history, events, leases, unfinished. ARGV: finishArgs.
-var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, `
-local job, order, history, events, leases, unfinished = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+// job. Returns {1, counted, notify} when this call finished the job, {0, 0,
+// 0} when it was already finished (or the attempt was fenced out), {-1, 1, 0}
+// when the record is gone; counted (1) says the job is in its tenant's count
+// of unfinished jobs, to be removed; notify (1) that the job has webhooks,
+// now in its bucket's outbox (a sweep enqueues them if the caller does not);
+// the session's next job (releaseLua) follows when this made its turn.
+// KEYS: job, order, history, events, leases, unfinished, webhook outbox.
+// ARGV: finishArgs.
+var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, `
+local job, order, history, events, leases, unfinished, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, history_ttl = tonumber(ARGV[5]), ARGV[6]
 local result, usage, err = ARGV[7], ARGV[8], ARGV[9]
@@ -33,14 +36,20 @@ local function released() return release(order, unfinished, id, tenant, session,
 local st, f = state(job)
 if not st then
   redis.call('ZREM', unfinished, member)
-  return {-1, 1, released()}
+  return {-1, 1, 0, released()}
 end
-if terminal(st) then return {0, 0} end
+if terminal(st) then return {0, 0, 0} end
 if fence > 0 then
-  if st ~= ACTIVE or f ~= fence then return {0, 0} end
+  if st ~= ACTIVE or f ~= fence then return {0, 0, 0} end
   redis.call('ZREM', leases, id .. ':' .. fence)
 end
-local counted = redis.call('HGET', job, 'counted') == '1' and 1 or 0
+local marks = redis.call('HMGET', job, 'counted', 'webhook')
+local counted = marks[1] == '1' and 1 or 0
+local notify = 0
+if marks[2] then
+  notify = 1
+  redis.call('ZADD', outbox, redis_now() + OUTBOX_DELAY, id)
+end
 redis.call('ZREM', unfinished, member)
 local fields = {'status', status, 'finished_at', finished_at}
 if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
@@ -59,8 +68,14 @@ if #ARGV >= first_entry then
   redis.call('LTRIM', history, -history_max, -1)
   redis.call('EXPIRE', history, history_ttl)
 end
-return {1, counted, released()}
+return {1, counted, notify, released()}
 `))
+
+// OutboxDelay is how long a job's webhooks wait in the outbox for the
+// process that finished it to enqueue them, before a sweep does.
+const OutboxDelay = 10 * time.Second
+
+var outboxDelayLua = fmt.Sprintf("local OUTBOX_DELAY = %d\n", OutboxDelay.Milliseconds())
 
 // finishArgs are finish's arguments.
 type finishArgs struct {
@@ -101,17 +116,23 @@ type Outcome struct {
 	Tail string
 }
 
+// Finished is what Finish did.
+type Finished struct {
+	First  bool  // this call finished the job
+	Next   *Next // the session's job whose turn came: its task is to be enqueued now
+	Notify bool  // the job has webhooks, now in the outbox (Store.ClaimWebhooks)
+}
+
 // Finish records a job's outcome exactly once, appends its final event (done,
-// error or canceled) to the event log and releases its session's turn. It
-// reports whether this call was the one that finished it, and the session's
-// next job when this gave it the turn (its task is to be enqueued now).
-// attempt > 0 fences it: it applies only while that attempt owns the job; 0
-// is for the lifecycle's own ends (cancel, reconcile).
-func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt int, o Outcome) (bool, *Next, error) {
+// error or canceled) to the event log, puts its webhooks in the outbox and
+// releases its session's turn. attempt > 0 fences it: it applies only while
+// that attempt owns the job; 0 is for the lifecycle's own ends (cancel,
+// reconcile).
+func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt int, o Outcome) (Finished, error) {
 	ev := finalEvent(o)
 	body, err := json.Marshal(ev)
 	if err != nil {
-		return false, nil, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
+		return Finished{}, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
 	a := finishArgs{ID: id, Status: o.Status, FinishedAt: fmtTime(s.opt.Clock()), Retention: seconds(s.opt.Retention),
 		HistoryMax: s.opt.HistoryMaxMessages, HistoryTTL: seconds(s.opt.HistoryTTL),
@@ -122,7 +143,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if o.Tail != "" {
 		tail, err := json.Marshal(TokenEvent{Delta: o.Tail})
 		if err != nil {
-			return false, nil, fmt.Errorf("encode token event: %w", err)
+			return Finished{}, fmt.Errorf("encode token event: %w", err)
 		}
 		a.Tail = string(tail)
 	}
@@ -130,25 +151,25 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		a.History = append(a.History, jsonOrEmpty(m))
 	}
 	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
-		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id))}
+		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id)), rkeys.WebhookOutbox(rkeys.Bucket(id))}
 	res, err := finish.Run(ctx, s.rdb, keys, a.argv()...).Slice()
 	if err != nil {
-		return false, nil, unavailable("finish job", err)
+		return Finished{}, unavailable("finish job", err)
 	}
-	n, err := intAt(res, 0, "finish job")
-	if err != nil {
-		return false, nil, err
+	var n [3]int64
+	for i := range n {
+		if n[i], err = intAt(res, i, "finish job"); err != nil {
+			return Finished{}, err
+		}
 	}
-	if counted, err := intAt(res, 1, "finish job"); err != nil {
-		return false, nil, err
-	} else if counted == 1 {
+	if n[1] == 1 {
 		s.uncount(ctx, tenant, id)
 	}
-	var next *Next
-	if len(res) > 2 {
-		next = nextOf(res[2])
+	f := Finished{First: n[0] == 1, Notify: n[2] == 1}
+	if len(res) > 3 {
+		f.Next = nextOf(res[3])
 	}
-	return n == 1, next, nil
+	return f, nil
 }
 
 // Purge removes a finished job's record and event log (its content) at

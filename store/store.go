@@ -57,6 +57,9 @@ type Job struct {
 	Result     *Result
 	Usage      *Usage
 	Error      *JobError
+	// Webhook is what to call back when the job ends (JSON; empty: nothing),
+	// Deliveries how each callback went (JSON object by target; empty: none yet).
+	Webhook, Deliveries string
 }
 
 // Result is a finished job's reply.
@@ -148,7 +151,7 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 		ID: id, Tenant: m["tenant"], SessionID: m["session_id"], Queue: m["queue"],
 		Task: m["task"], Status: m["status"], BodyHash: m["body_hash"],
 		CreatedAt: parseTime(m["created_at"]), StartedAt: parseTime(m["started_at"]),
-		FinishedAt: parseTime(m["finished_at"]),
+		FinishedAt: parseTime(m["finished_at"]), Webhook: m["webhook"], Deliveries: m["deliveries"],
 	}
 	j.Attempts, _ = strconv.Atoi(m["attempts"])
 	if j.Task == "" {
@@ -168,7 +171,7 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 
 // recordFields are the fields Get reads.
 var recordFields = []string{"tenant", "session_id", "queue", "task", "status", "body_hash",
-	"created_at", "started_at", "finished_at", "attempts", "result", "usage", "error"}
+	"created_at", "started_at", "finished_at", "attempts", "result", "usage", "error", "webhook", "deliveries"}
 
 // Payload returns the task payload an unfinished job's record keeps (nil
 // once the job has finished, or for a record without one).

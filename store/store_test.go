@@ -55,8 +55,8 @@ func TestFinishAppliesOnceAndBoundsHistory(t *testing.T) {
 		o := Outcome{Status: StatusSucceeded, Result: &Result{Content: "r"}, Usage: &Usage{1, 2},
 			History: []Message{{Role: "user", Content: id}, {Role: "assistant", Content: "r" + id}}}
 		for attempt := range 2 { // a retried Finish must not append twice
-			first, _, err := s.Finish(ctx, id, "t", "s", 1, o)
-			if err != nil || first != (attempt == 0) {
+			f, err := s.Finish(ctx, id, "t", "s", 1, o)
+			if first := f.First; err != nil || first != (attempt == 0) {
 				t.Fatalf("finish %s attempt %d: %v %v", id, i, first, err)
 			}
 		}
@@ -107,14 +107,15 @@ func TestSessionTurnsAreHandedOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	hist := []Message{{Role: "user", Content: "q"}, {Role: "assistant", Content: "a"}}
-	done, next, err := s.Finish(ctx, first, "t", "s", 1, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist})
+	f, err := s.Finish(ctx, first, "t", "s", 1, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist})
+	done, next := f.First, f.Next
 	if err != nil || !done || next == nil || next.ID != second || next.Task != second+":fresh" || next.Queue != "q" || string(next.Payload) != "p-"+second {
 		t.Fatalf("finish: %v %+v %v", done, next, err)
 	}
 	if at, _ := s.rdb.ZScore(ctx, rkeys.Unfinished(rkeys.Bucket(second)), member).Result(); at > float64(time.Now().Add(FirstCheck).UnixMilli()) {
 		t.Fatalf("the next job's check was not brought forward: %v", at)
 	}
-	if _, next, _ := s.Finish(ctx, first, "t", "s", 0, Outcome{Status: StatusCanceled}); next != nil {
+	if f, _ := s.Finish(ctx, first, "t", "s", 0, Outcome{Status: StatusCanceled}); f.Next != nil {
 		t.Fatalf("a second finish handed the turn on again: %+v", next)
 	}
 	a, err = s.StartAttempt(ctx, second, "t", "s", second+":fresh", "", true, time.Minute)
@@ -230,11 +231,11 @@ func TestStaleAttemptWithTheSameNumberIsFencedOut(t *testing.T) {
 	if _, err := s.AppendEvent(ctx, id, a1.Fence, TokenEvent{Delta: "stale"}); err != ErrSuperseded {
 		t.Fatalf("a stale attempt's event: %v, want ErrSuperseded", err)
 	}
-	if first, _, err := s.Finish(ctx, id, "t", id, a1.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "stale"}, Usage: &Usage{}}); err != nil || first {
-		t.Fatalf("a stale attempt finished the job: %v %v", first, err)
+	if f, err := s.Finish(ctx, id, "t", id, a1.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "stale"}, Usage: &Usage{}}); err != nil || f.First {
+		t.Fatalf("a stale attempt finished the job: %v %v", f.First, err)
 	}
-	if first, _, err := s.Finish(ctx, id, "t", id, a2.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "fresh"}, Usage: &Usage{}}); err != nil || !first {
-		t.Fatalf("the running attempt could not finish: %v %v", first, err)
+	if f, err := s.Finish(ctx, id, "t", id, a2.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "fresh"}, Usage: &Usage{}}); err != nil || !f.First {
+		t.Fatalf("the running attempt could not finish: %v %v", f.First, err)
 	}
 	if j, _ := s.Get(ctx, id); j.Result == nil || j.Result.Content != "fresh" {
 		t.Fatalf("record %+v", j)
@@ -294,8 +295,59 @@ func TestFinishedJobsLeaveTheCountWhateverTheFinisherSettings(t *testing.T) {
 		if _, _, err := api.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
 			t.Fatalf("job %d: %v", i, err)
 		}
-		if _, _, err := worker.Finish(ctx, id, "t", id, 0, Outcome{Status: StatusSucceeded, Result: &Result{Content: "ok"}, Usage: &Usage{}}); err != nil {
+		if _, err := worker.Finish(ctx, id, "t", id, 0, Outcome{Status: StatusSucceeded, Result: &Result{Content: "ok"}, Usage: &Usage{}}); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A job with webhooks enters its bucket's outbox in the script that ends it,
+// once, and leaves it when its deliveries are enqueued; a sweep finds it only
+// after OutboxDelay. A job without webhooks never enters it.
+func TestFinishPutsAJobWithWebhooksInTheOutbox(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	for _, id := range []string{"job_hooked", "job_plain"} {
+		nj := NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}
+		if id == "job_hooked" {
+			nj.Webhook = `{"kind":"job"}`
+		}
+		if _, _, err := s.Create(ctx, nj, nil); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			f, err := s.Finish(ctx, id, "t", id, 0, Outcome{Status: StatusCanceled})
+			if err != nil || f.Notify != (id == "job_hooked" && i == 0) {
+				t.Fatalf("%s finish %d: %+v %v", id, i, f, err)
+			}
+		}
+		n, _ := s.rdb.ZCard(ctx, rkeys.WebhookOutbox(rkeys.Bucket(id))).Result()
+		if want := map[bool]int64{true: 1, false: 0}[id == "job_hooked"]; n != want {
+			t.Fatalf("%s: outbox holds %d, want %d", id, n, want)
+		}
+	}
+	if ids, err := s.ClaimWebhooks(ctx, 10, time.Minute); err != nil || len(ids) != 0 {
+		t.Fatalf("claimed before the delay: %v %v", ids, err)
+	}
+	if err := s.WebhooksEnqueued(ctx, "job_hooked"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.rdb.ZCard(ctx, rkeys.WebhookOutbox(rkeys.Bucket("job_hooked"))).Result(); n != 0 {
+		t.Fatalf("the outbox still holds %d after the enqueue", n)
+	}
+	if j, _ := s.Get(ctx, "job_hooked"); j.Webhook != `{"kind":"job"}` {
+		t.Fatalf("record's webhook %q", j.Webhook)
+	}
+	if err := s.RecordDelivery(ctx, "job_hooked", "wh_1", []byte(`{"state":"delivered"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordDelivery(ctx, "job_gone", "wh_1", []byte(`{"state":"delivered"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := s.Get(ctx, "job_hooked"); j.Deliveries != `{"wh_1":{"state":"delivered"}}` {
+		t.Fatalf("deliveries %q", j.Deliveries)
+	}
+	if _, err := s.Get(ctx, "job_gone"); err != ErrNotFound {
+		t.Fatalf("recording a delivery recreated an expired record: %v", err)
 	}
 }

@@ -92,7 +92,7 @@ func TestEmitterStopsAfterCancel(t *testing.T) {
 	if err := e.Delta("one"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := st.Finish(context.Background(), "job_x", "t", "job_x", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {
+	if _, err := st.Finish(context.Background(), "job_x", "t", "job_x", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.Delta("two"); err != store.ErrJobFinished {
@@ -119,10 +119,10 @@ func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
 	if got := deltas(t, st, "job_tail"); len(got) != 1 || got[0] != "one" {
 		t.Fatalf("before the end: %q", got)
 	}
-	first, _, err := st.Finish(context.Background(), "job_tail", "t", "job_tail", 1, store.Outcome{Status: store.StatusSucceeded,
+	f, err := st.Finish(context.Background(), "job_tail", "t", "job_tail", 1, store.Outcome{Status: store.StatusSucceeded,
 		Result: &store.Result{Content: "one two three"}, Tail: e.Tail()})
-	if err != nil || !first {
-		t.Fatalf("finish: %v %v", first, err)
+	if err != nil || !f.First {
+		t.Fatalf("finish: %+v %v", f, err)
 	}
 	evs, err := st.Events(context.Background(), "job_tail", 0)
 	if err != nil || len(evs) != 3 || evs[1].Type != "token" || evs[2].Type != "done" || evs[2].Seq != 3 {

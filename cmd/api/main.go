@@ -28,6 +28,7 @@ import (
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 var version = "dev"
@@ -115,11 +116,11 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh
 	closers.AddFunc(stopBackground)
 	if standalone {
-		w, err := wiring.StartWorker(bg, cfg, rdb, jm, reg, log.With().Str("component", "worker").Logger())
+		stopWorker, err := wiring.StartWorker(bg, cfg, rdb, jm, st, reg, log.With().Str("component", "worker").Logger())
 		if err != nil {
 			return err
 		}
-		closers.AddFunc(w.Shutdown)
+		closers.AddFunc(stopWorker)
 	}
 
 	streams, endStreams := context.WithCancel(context.Background())
@@ -131,6 +132,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
 		Providers:            providerKinds(cfg),
+		Webhooks:             wiring.Webhooks(cfg),
 	})
 	server.Register(e)
 	checker.Register(e)
@@ -141,7 +143,8 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 			return err
 		}
 		closers.Add(queues.Close)
-		console.RegisterAdmin(e, console.AdminOptions{Key: cfg.AdminKey, Queues: queues, Jobs: jm})
+		console.RegisterAdmin(e, console.AdminOptions{Key: cfg.AdminKey, Queues: queues, Jobs: jm,
+			Webhooks: webhooks.NewAdmin(asynq.NewInspectorFromRedisClient(rdb))})
 	}
 	fleet := health.NewFleet(bg, rdb, asynq.NewInspectorFromRedisClient(rdb), health.FleetOptions{
 		Threshold: cfg.QueueAlertThreshold, Version: version, Queues: tasks.QueueSet(cfg.QueueSpread),

@@ -90,11 +90,11 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	w, err := wiring.StartWorker(bg, cfg, rdb, wiring.Jobs(cfg, rdb, st), reg, log)
+	stopWorker, err := wiring.StartWorker(bg, cfg, rdb, wiring.Jobs(cfg, rdb, st), st, reg, log)
 	if err != nil {
 		return err
 	}
-	closers.AddFunc(w.Shutdown)
+	closers.AddFunc(stopWorker)
 	closers.AddFunc(checker.SetShuttingDown)
 	log.Info().Int("concurrency", cfg.WorkerConcurrency).Dur("poll_interval", cfg.QueuePollInterval).Msg("worker started")
 

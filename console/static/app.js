@@ -307,6 +307,25 @@ async function listArchived() {
   } catch (e) {
     $('adminstatus').textContent = e.message;
   }
+  listArchivedWebhooks();
+}
+
+// Deliveries that failed for their whole retry period, or were refused.
+async function listArchivedWebhooks() {
+  try {
+    const data = await admin('GET', '/admin/api/webhooks/archived');
+    $('webhookstatus').textContent = data.deliveries.length + ' archived webhook deliveries';
+    table($('archivedwebhooks'), ['event', 'job', 'url', 'attempts', 'last error', 'failed at', ''], data.deliveries.map((d) => {
+      const b = document.createElement('button');
+      b.textContent = 'Re-deliver';
+      b.addEventListener('click', async () => {
+        try { await admin('POST', '/admin/api/webhooks/' + encodeURIComponent(d.id) + '/redeliver'); listArchivedWebhooks(); } catch (e) { $('webhookstatus').textContent = e.message; }
+      });
+      return [d.type, d.job_id, d.url, d.attempts, d.last_error, d.last_failed_at, b];
+    }));
+  } catch (e) {
+    $('webhookstatus').textContent = e.message;
+  }
 }
 
 loadHistory();

@@ -134,6 +134,12 @@ func History(tenant, session string) string {
 // one is taken over.
 func Leases(bucket int) string { return tagged(bucket) + "leases" }
 
+// WebhookOutbox holds a bucket's ended jobs whose webhooks are still to be
+// enqueued (sorted set of job ids scored with when a sweep takes them up):
+// the job's finish adds the entry in the same script, so no ended job loses
+// its webhook to a crash between the two.
+func WebhookOutbox(bucket int) string { return tagged(bucket) + "webhooks" }
+
 // Unfinished indexes a bucket's unfinished jobs for the reconciler (sorted
 // set of "<tenant>\n<session>\n<job id>" scored by its next check in ms).
 func Unfinished(bucket int) string { return tagged(bucket) + "unfinished" }

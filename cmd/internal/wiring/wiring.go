@@ -21,6 +21,7 @@ import (
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 // Closers runs shutdown steps last in, first out, joining their errors.
@@ -75,10 +76,43 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 	})
 }
 
-// Jobs is the job lifecycle of cfg.
+// Jobs is the job lifecycle of cfg: a job with webhooks enqueues them when it ends.
 func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
-	return jobs.New(st, asynq.NewClientFromRedisClient(rdb), asynq.NewInspectorFromRedisClient(rdb),
-		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease})
+	q := asynq.NewClientFromRedisClient(rdb)
+	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
+		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease,
+			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify})
+}
+
+// Webhooks are cfg's webhook endpoints by tenant.
+func Webhooks(cfg config.Config) *webhooks.Registry {
+	eps := make([]webhooks.Endpoint, 0, len(cfg.Webhooks))
+	for _, e := range cfg.Webhooks {
+		eps = append(eps, webhooks.Endpoint{Tenant: e.Tenant, URL: e.URL, Secret: e.Secret, Events: e.Events, IncludeResult: e.IncludeResult})
+	}
+	return webhooks.NewRegistry(eps)
+}
+
+// StartWebhooks starts delivering webhooks and sweeping the outbox (until
+// ctx ends) beside a worker; the returned function stops delivering. With no
+// endpoints configured no job can have webhooks (a per-job webhook_url needs
+// its tenant's secret), and nothing starts: no idle polling.
+func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store,
+	reg prometheus.Registerer, log zerolog.Logger) (func(), error) {
+	if len(cfg.Webhooks) == 0 {
+		return func() {}, nil
+	}
+	registry := Webhooks(cfg)
+	d := webhooks.NewDeliverer(st, registry, webhooks.Options{
+		AllowPrivate: cfg.WebhookAllowPrivate, AllowHTTP: cfg.WebhookAllowHTTP || cfg.Env != config.EnvProduction,
+		Timeout: cfg.WebhookTimeout, RetryBase: cfg.WebhookRetryBase, RetryFor: cfg.WebhookRetryFor,
+	}, reg)
+	srv := webhooks.NewServer(rdb, d, cfg.WebhookConcurrency, cfg.ShutdownTimeout, log)
+	if err := srv.Start(); err != nil {
+		return nil, err
+	}
+	go webhooks.NewOutbox(st, asynq.NewClientFromRedisClient(rdb), registry).Sweep(ctx, time.Second, log)
+	return srv.Shutdown, nil
 }
 
 // Providers are cfg's provider specs, primary first.
@@ -94,19 +128,25 @@ func Providers(cfg config.Config) []llm.Spec {
 // ProviderNames are the chain's provider names, primary first.
 func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Providers(cfg)) }
 
-// StartWorker assembles a worker, starts the job rescuer and reconciler
-// beside it (both until ctx ends) and starts fetching jobs.
-func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager,
-	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
+// StartWorker assembles a worker, starts the job rescuer and reconciler and
+// the webhook deliveries beside it (all until ctx ends) and starts fetching
+// jobs. The returned function stops it: chat jobs first, then deliveries.
+func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager, st *store.Store,
+	reg prometheus.Registerer, log zerolog.Logger) (func(), error) {
 	w, err := Worker(ctx, cfg, rdb, jm, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	stopWebhooks, err := StartWebhooks(ctx, cfg, rdb, st, reg, log)
 	if err != nil {
 		return nil, err
 	}
 	jm.Supervise(ctx, jobs.SuperviseOptions{Registerer: reg, Log: log.With().Str("component", "supervisor").Logger()})
 	if err := w.Start(); err != nil {
+		stopWebhooks()
 		return nil, err
 	}
-	return w, nil
+	return func() { w.Shutdown(); stopWebhooks() }, nil
 }
 
 // Worker assembles the provider chain, pipeline and asynq server that the
