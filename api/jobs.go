@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,6 +37,11 @@ func (s *Server) submit(c echo.Context) error {
 	tenant := tenantOf(c)
 	if req.WebhookURL != "" && !s.opt.Webhooks.HasSecret(tenant) {
 		return invalid("webhook_url", "this tenant has no webhook secret to sign with (an entry for it in CHATFLEET_WEBHOOKS_FILE)")
+	}
+	if req.WebhookURL != "" && s.opt.WebhookHTTPSOnly {
+		if u, err := url.Parse(req.WebhookURL); err != nil || u.Scheme != "https" {
+			return invalid("webhook_url", "must be an https:// URL")
+		}
 	}
 	key := c.Request().Header.Get("Idempotency-Key")
 	if err := validIdempotencyKey(key); err != nil {

@@ -47,6 +47,8 @@ type Options struct {
 	Providers []string
 	// Webhooks are the tenants' webhook endpoints and secrets (nil: none).
 	Webhooks *webhooks.Registry
+	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.
+	WebhookHTTPSOnly bool
 }
 
 // Deps are what the API works with.

@@ -308,31 +308,37 @@ func TestWebhooksSurviveWorkerKillAndRedisRestart(t *testing.T) {
 }
 
 // A webhook to 127.0.0.1 without CHATFLEET_WEBHOOK_ALLOW_PRIVATE is refused:
-// recorded on the job and counted, never sent.
+// recorded on the job and counted, never sent, and archived, where operators
+// see it and re-deliver it. A tenant without a secret cannot ask for one.
 func TestWebhookToLoopbackIsRefused(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	rcv := startReceiver(t, "127.0.0.1:0", http.StatusOK)
+	const adminKey = "admin-key-0123456789"
 	apis, workers := fleet(t, rd, 1, 1, map[string]string{
-		"CHATFLEET_WEBHOOKS_FILE": webhooksFile(t, map[string]any{"tenant": "default", "secret": newSecret(t)}),
+		"CHATFLEET_API_KEYS":      keysEnv(),
+		"CHATFLEET_ADMIN_KEY":     adminKey,
+		"CHATFLEET_WEBHOOKS_FILE": webhooksFile(t, map[string]any{"tenant": "acme", "secret": newSecret(t)}),
 	})
-	c := client.New(apis[0].URL())
+	c := client.New(apis[0].URL(), client.WithAPIKey(keyAcme))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "private", Message: "call my loopback", WebhookURL: rcv.url})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var d client.WebhookDelivery
-	for d.State != "refused" {
-		j, err := c.Get(ctx, sub.JobID)
-		if err != nil || ctx.Err() != nil {
-			t.Fatalf("the delivery was never refused: %+v %v", j.Webhooks, err)
+	refused := func() client.WebhookDelivery {
+		for {
+			j, err := c.Get(ctx, sub.JobID)
+			if err != nil || ctx.Err() != nil {
+				t.Fatalf("the delivery was never refused: %+v %v", j.Webhooks, err)
+			}
+			if len(j.Webhooks) == 1 && j.Webhooks[0].State == "refused" {
+				return j.Webhooks[0]
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if len(j.Webhooks) == 1 {
-			d = j.Webhooks[0]
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	d := refused()
 	if !strings.Contains(d.Error, "127.0.0.1") || d.Attempts != 1 {
 		t.Fatalf("refused delivery: %+v", d)
 	}
@@ -343,10 +349,44 @@ func TestWebhookToLoopbackIsRefused(t *testing.T) {
 	if v, _ := labelled(t, workers[0].URL(), `chatfleet_webhook_deliveries_total{outcome="refused"}`); v != 1 {
 		t.Fatalf("refused deliveries counted %v, want 1", v)
 	}
-	// A URL that is not http(s) is a 422 naming the field; nothing is written.
-	r := do(t, "POST", apis[0].URL()+"/api/v1/chat/jobs", map[string]any{"session_id": "private", "message": "x", "webhook_url": "ftp://example.com/x"}, nil)
-	if r.Status != http.StatusUnprocessableEntity || !strings.Contains(r.Raw, "webhook_url") {
-		t.Fatalf("ftp webhook_url: %d %s", r.Status, r.Raw)
+	admin := map[string]string{"Authorization": "Bearer " + adminKey}
+	r := do(t, "GET", apis[0].URL()+"/admin/api/webhooks/archived", nil, admin)
+	list, _ := r.Body["deliveries"].([]any)
+	if r.Status != http.StatusOK || len(list) != 1 {
+		t.Fatalf("archived webhooks: %d %s", r.Status, r.Raw)
+	}
+	a := list[0].(map[string]any)
+	if a["job_id"] != sub.JobID || a["event_id"] != d.EventID || a["type"] != "job.succeeded" || !strings.Contains(a["last_error"].(string), "refused") {
+		t.Fatalf("archived delivery %v", a)
+	}
+	if r := do(t, "POST", apis[0].URL()+"/admin/api/webhooks/nope/redeliver", nil, admin); r.Status != http.StatusNotFound {
+		t.Fatalf("re-deliver an unknown delivery: %d %s", r.Status, r.Raw)
+	}
+	if r := do(t, "POST", apis[0].URL()+"/admin/api/webhooks/"+a["id"].(string)+"/redeliver", nil, admin); r.Status != http.StatusOK {
+		t.Fatalf("re-deliver: %d %s", r.Status, r.Raw)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if v, _ := labelled(t, workers[0].URL(), `chatfleet_webhook_deliveries_total{outcome="refused"}`); v == 2 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the re-delivery was not attempted: refused counted %v", v)
+		}
+	}
+	if n := len(rcv.got()); n != 0 {
+		t.Fatalf("the re-delivery reached 127.0.0.1 (%d requests)", n)
+	}
+	// A URL that is not http(s) is a 422 naming the field, and so is any URL
+	// of a tenant with no secret to sign with; nothing is written.
+	beta := map[string]string{"Authorization": "Bearer " + keyBeta}
+	for key, url := range map[string]string{keyAcme: "ftp://example.com/x", keyBeta: "https://example.com/x"} {
+		r := do(t, "POST", apis[0].URL()+"/api/v1/chat/jobs", map[string]any{"session_id": "private-2", "message": "x", "webhook_url": url},
+			map[string]string{"Authorization": "Bearer " + key})
+		if r.Status != http.StatusUnprocessableEntity || !strings.Contains(r.Raw, "webhook_url") {
+			t.Fatalf("webhook_url %s: %d %s", url, r.Status, r.Raw)
+		}
+	}
+	if r := do(t, "GET", apis[0].URL()+"/api/v1/sessions/private-2/messages", nil, beta); r.Status != http.StatusOK || strings.Contains(r.Raw, `"x"`) {
+		t.Fatalf("a refused submit left something: %d %s", r.Status, r.Raw)
 	}
 	t.Logf("refused: %s", d.Error)
 }

@@ -87,9 +87,10 @@ type Workers struct {
 }
 
 type snapshot struct {
-	queues  []QueueState
-	backlog int
-	workers Workers
+	queues   []QueueState
+	backlog  int
+	workers  Workers
+	webhooks QueueState // the deliveries' queue: apart from the chat backlog
 }
 
 // snapshotTTL keeps frequent scrapes and probes from re-reading the queues.
@@ -116,20 +117,27 @@ func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
 	if err != nil {
 		return snapshot{}, fmt.Errorf("list queues: %w", err)
 	}
-	for _, q := range names {
-		qs := QueueState{Name: q}
+	state := func(q string) (QueueState, error) {
 		if !slices.Contains(existing, q) {
-			s.queues = append(s.queues, qs)
-			continue
+			return QueueState{Name: q}, nil
 		}
 		info, err := f.insp.GetQueueInfo(q)
 		if err != nil {
-			return snapshot{}, fmt.Errorf("queue %s: %w", q, err)
+			return QueueState{}, fmt.Errorf("queue %s: %w", q, err)
 		}
-		qs = QueueState{Name: q, Pending: info.Pending, Scheduled: info.Scheduled, Retry: info.Retry,
-			Active: info.Active, Archived: info.Archived, LatencySeconds: info.Latency.Seconds(), processed: info.Processed}
+		return QueueState{Name: q, Pending: info.Pending, Scheduled: info.Scheduled, Retry: info.Retry,
+			Active: info.Active, Archived: info.Archived, LatencySeconds: info.Latency.Seconds(), processed: info.Processed}, nil
+	}
+	for _, q := range names {
+		qs, err := state(q)
+		if err != nil {
+			return snapshot{}, err
+		}
 		s.queues = append(s.queues, qs)
 		s.backlog += qs.Pending + qs.Scheduled + qs.Retry
+	}
+	if s.webhooks, err = state(tasks.QueueWebhooks); err != nil {
+		return snapshot{}, err
 	}
 	servers, err := f.insp.Servers()
 	if err != nil {
@@ -260,6 +268,7 @@ func (f *Fleet) queueStatus(c echo.Context) error {
 	body := map[string]any{
 		"status": status, "threshold": f.threshold, "backlog": s.backlog, "queues": s.queues,
 		"workers": s.workers, "advice": advise(s.backlog, f.threshold, s.workers, rate, measured, saturated),
+		"webhooks": s.webhooks,
 	}
 	if len(saturated) > 0 {
 		body["providers_at_limit"] = saturated
@@ -310,6 +319,7 @@ var (
 	backlogDesc = prometheus.NewDesc("chatfleet_queue_backlog", "Jobs waiting to run (pending + scheduled + retry), fleet-wide; aggregate with max.", []string{"queue"}, nil)
 	latencyDesc = prometheus.NewDesc("chatfleet_queue_latency_seconds", "Age of the oldest pending job, fleet-wide; aggregate with max.", []string{"queue"}, nil)
 	workersDesc = prometheus.NewDesc("chatfleet_workers_live", "Live worker processes, fleet-wide; aggregate with max.", nil, nil)
+	webhookDesc = prometheus.NewDesc("chatfleet_webhook_queue", "Webhook deliveries by state (waiting: pending, scheduled or retrying; archived: given up, to re-deliver), fleet-wide; aggregate with max.", []string{"state"}, nil)
 )
 
 type fleetCollector struct{ f *Fleet }
@@ -318,6 +328,7 @@ func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- backlogDesc
 	ch <- latencyDesc
 	ch <- workersDesc
+	ch <- webhookDesc
 }
 
 func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
@@ -332,6 +343,9 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, q.LatencySeconds, q.Name)
 	}
 	ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(s.workers.Live))
+	w := s.webhooks
+	ch <- prometheus.MustNewConstMetric(webhookDesc, prometheus.GaugeValue, float64(w.Pending+w.Scheduled+w.Retry), "waiting")
+	ch <- prometheus.MustNewConstMetric(webhookDesc, prometheus.GaugeValue, float64(w.Archived), "archived")
 }
 
 // servesOurs tells a chatfleet worker (whatever its queue spread) from other

@@ -133,6 +133,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
 		Providers:            providerKinds(cfg),
 		Webhooks:             wiring.Webhooks(cfg),
+		WebhookHTTPSOnly:     cfg.Env == config.EnvProduction && !cfg.WebhookAllowHTTP,
 	})
 	server.Register(e)
 	checker.Register(e)

@@ -99,14 +99,14 @@ func Webhooks(cfg config.Config) *webhooks.Registry {
 // its tenant's secret), and nothing starts: no idle polling.
 func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store,
 	reg prometheus.Registerer, log zerolog.Logger) (func(), error) {
-	if len(cfg.Webhooks) == 0 {
-		return func() {}, nil
-	}
 	registry := Webhooks(cfg)
 	d := webhooks.NewDeliverer(st, registry, webhooks.Options{
 		AllowPrivate: cfg.WebhookAllowPrivate, AllowHTTP: cfg.WebhookAllowHTTP || cfg.Env != config.EnvProduction,
 		Timeout: cfg.WebhookTimeout, RetryBase: cfg.WebhookRetryBase, RetryFor: cfg.WebhookRetryFor,
-	}, reg)
+	}, reg) // its metrics exist from the start, for the dashboards
+	if len(cfg.Webhooks) == 0 {
+		return func() {}, nil
+	}
 	srv := webhooks.NewServer(rdb, d, cfg.WebhookConcurrency, cfg.ShutdownTimeout, log)
 	if err := srv.Start(); err != nil {
 		return nil, err
