@@ -349,6 +349,18 @@ func TestWebhookToLoopbackIsRefused(t *testing.T) {
 	if v, _ := labelled(t, workers[0].URL(), `chatfleet_webhook_deliveries_total{outcome="refused"}`); v != 1 {
 		t.Fatalf("refused deliveries counted %v, want 1", v)
 	}
+	// Queue status shows the archived delivery apart from the chat backlog,
+	// and counts the worker once (its webhook server is not a worker).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r := do(t, "GET", apis[0].URL()+"/health/queue/status", nil, nil)
+		wh, _ := r.Body["webhooks"].(map[string]any)
+		ws, _ := r.Body["workers"].(map[string]any)
+		if wh != nil && wh["archived"] == float64(1) && ws["live"] == float64(1) && r.Body["backlog"] == float64(0) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("queue status: %s", r.Raw)
+		}
+	}
 	admin := map[string]string{"Authorization": "Bearer " + adminKey}
 	r := do(t, "GET", apis[0].URL()+"/admin/api/webhooks/archived", nil, admin)
 	list, _ := r.Body["deliveries"].([]any)

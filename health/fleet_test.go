@@ -3,6 +3,8 @@ package health
 import (
 	"strings"
 	"testing"
+
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 func TestAdvice(t *testing.T) {
@@ -43,5 +45,16 @@ func TestAdvice(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A worker's webhook server is not a worker: it runs no chat job, and
+// counting it would double the live workers and skew the scaling advice.
+func TestWebhookServersAreNotWorkers(t *testing.T) {
+	if !servesOurs(map[string]int{"chatfleet-high": 6, "chatfleet-normal": 3}) || !servesOurs(map[string]int{"chatfleet-normal-3": 1}) {
+		t.Fatal("a chat worker was not counted")
+	}
+	if servesOurs(map[string]int{tasks.QueueWebhooks: 1}) || servesOurs(map[string]int{"default": 1}) {
+		t.Fatal("a webhook server or a foreign asynq server was counted as a worker")
 	}
 }

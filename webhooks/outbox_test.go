@@ -77,4 +77,3 @@ func TestSweepEnqueuesWhatAFinishLeftInTheOutbox(t *testing.T) {
 		t.Fatalf("deliveries on the record: %+v", d)
 	}
 }
-
