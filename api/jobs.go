@@ -150,13 +150,15 @@ type jobView struct {
 	Error      *store.JobError `json:"error"`
 	// Webhooks are the job's deliveries when it has any: one per receiver.
 	Webhooks []webhooks.Delivery `json:"webhooks,omitempty"`
+	// TraceID is the job's OpenTelemetry trace, when tracing is on.
+	TraceID string `json:"trace_id,omitempty"`
 }
 
 func renderJob(j store.Job) jobView {
 	return jobView{
 		JobID: j.ID, SessionID: j.SessionID, Status: j.Status,
 		CreatedAt: timeOrNil(j.CreatedAt), StartedAt: timeOrNil(j.StartedAt), FinishedAt: timeOrNil(j.FinishedAt),
-		Attempts: j.Attempts, Result: j.Result, Usage: j.Usage, Error: j.Error, Webhooks: webhooks.Deliveries(j),
+		Attempts: j.Attempts, Result: j.Result, Usage: j.Usage, Error: j.Error, Webhooks: webhooks.Deliveries(j), TraceID: j.TraceID,
 	}
 }
 

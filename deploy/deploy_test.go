@@ -71,7 +71,7 @@ func TestComposeFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the compose file does not load: %v", err)
 	}
-	for _, name := range []string{"redis", "api", "worker", "prometheus", "alertmanager", "grafana"} {
+	for _, name := range []string{"redis", "api", "worker", "prometheus", "alertmanager", "grafana", "jaeger"} {
 		if _, err := project.GetService(name); err != nil {
 			t.Errorf("service %s: %v", name, err)
 		}

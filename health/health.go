@@ -24,10 +24,11 @@ type Checker struct {
 }
 
 // NewChecker returns a Checker for a process that needs rdb to be ready and
-// exposes the metrics of gatherer.
+// exposes the metrics of gatherer (as OpenMetrics to a scraper that asks:
+// it carries the latency histograms' exemplars, the trace ids of jobs).
 func NewChecker(rdb redis.UniversalClient, version string, gatherer prometheus.Gatherer) *Checker {
 	return &Checker{rdb: rdb, version: version, started: time.Now(),
-		metrics: promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{})}
+		metrics: promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true})}
 }
 
 // SetShuttingDown withdraws readiness so load balancers stop sending work.

@@ -58,7 +58,10 @@ type Attempt struct {
 	// with BadHistory set when it could not be decoded.
 	History    []Message
 	BadHistory error
-	lease      string
+	// TurnAt is when an earlier job of the session gave this one its turn
+	// (zero when it never waited for one).
+	TurnAt time.Time
+	lease  string
 }
 
 // Start begins an attempt of the job a task carries: it marks the job
@@ -85,7 +88,7 @@ func (m *Manager) Start(ctx context.Context, job tasks.ChatPayload, task string)
 	case sa.N == 0:
 		return nil, fmt.Errorf("%w: the job has finished or another task runs it", ErrNothingToRun)
 	}
-	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory}
+	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory, TurnAt: sa.TurnAt}
 	a.lease = m.leases.add(job.JobID, sa.Fence)
 	if sa.N > 1 {
 		a.retractInterrupted(ctx)

@@ -17,7 +17,9 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 )
@@ -96,12 +98,22 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	// half-way, so that no record is left without its task.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 	defer cancel()
+	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)
+	if tracing.Enabled() {
+		// The job's trace: this span is the parent of every attempt's, and
+		// its context travels in the payload.
+		var span trace.Span
+		ctx, span = tracing.Tracer().Start(ctx, "send "+nj.Queue, trace.WithSpanKind(trace.SpanKindProducer),
+			trace.WithAttributes(tracing.Messaging(nj.Queue, nj.ID)...))
+		defer span.End()
+		p.Trace = tracing.Inject(ctx)
+		nj.TraceID, _ = tracing.IDs(ctx)
+	}
 	raw, err := p.Encode()
 	if err != nil {
 		return Submitted{}, err
 	}
 	nj.Payload = raw
-	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)
 	// On one Redis the record and the task are written in one script (one
 	// round trip); on a cluster, or when a task with the id exists, the task
 	// is enqueued after the record.

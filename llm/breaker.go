@@ -12,8 +12,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
+	"github.com/chatfleet/chatfleet/internal/tracing"
 )
 
 // BreakerSettings configures every provider's breaker.
@@ -47,6 +50,7 @@ type Guarded struct {
 	cap      *capacity // nil: no fleet-wide capacity control
 	timeouts Timeouts
 	model    string // the configured model: the bounded label of token metrics
+	kind     string // openai, anthropic or sim
 	dcb      *gobreaker.DistributedCircuitBreaker[struct{}]
 	store    *breakerStore
 	rdb      redis.UniversalClient
@@ -112,7 +116,12 @@ func (g *Guarded) Unsupported(req Request) string {
 }
 
 // Stream implements Provider behind the breaker.
-func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error) {
+func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (reply Reply, err error) {
+	if tracing.Enabled() {
+		var end func(Reply, error)
+		ctx, onDelta, end = g.span(ctx, req, onDelta)
+		defer func() { end(reply, err) }()
+	}
 	// Another worker may have tripped the breaker a moment ago. While all is
 	// well (closed, no failures) every change is announced (watch) and the
 	// call reads nothing; once any failure is known, or without the
@@ -132,6 +141,7 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) e
 	switch st {
 	case gobreaker.StateOpen:
 		g.metrics.request(g.Name(), "open")
+		trace.SpanFromContext(ctx).AddEvent("breaker open: not called")
 		return Reply{}, &ErrOpen{Provider: g.Name(), Until: until}
 	case gobreaker.StateHalfOpen:
 		// One probe for the whole fleet; everyone else keeps failing over.
@@ -139,12 +149,13 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) e
 		ok, err := g.rdb.SetNX(ctx, rkeys.BreakerProbe(g.Name()), probeToken, g.set.OpenFor).Result()
 		if err != nil || !ok {
 			g.metrics.request(g.Name(), "open")
+			trace.SpanFromContext(ctx).AddEvent("breaker half-open, another worker probes: not called")
 			return Reply{}, &ErrOpen{Provider: g.Name(), Until: time.Now().Add(g.set.Refresh)}
 		}
 		probe = true
 		g.log.Info().Msg("circuit breaker half-open: probing")
 	}
-	reply, err := g.call(ctx, req, onDelta)
+	reply, err = g.call(ctx, req, onDelta)
 	var capErr *CapacityError
 	if !errors.As(err, &capErr) {
 		g.metrics.request(g.Name(), outcome(err))
@@ -181,6 +192,8 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(Delta) err
 			var pe *Error
 			errors.As(err, &pe)
 			s.rateLimited(ctx, pe.RetryAfter)
+			trace.SpanFromContext(ctx).AddEvent("rate limited (429): the fleet pauses the provider", trace.WithAttributes(
+				attribute.Int64("chatfleet.retry_after_ms", pe.RetryAfter.Milliseconds())))
 			g.log.Debug().Dur("retry_after", pe.RetryAfter).Msg("provider at capacity (429); waiting")
 			continue
 		}

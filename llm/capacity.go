@@ -360,6 +360,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		case 1:
 			waited := time.Since(start)
 			c.m.capacityWait(c.name, waited)
+			capacityWaitSpan(ctx, c.name, start)
 			*budget -= waited
 			return c.hold(token, cost), nil
 		}
@@ -372,6 +373,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		if time.Since(start)+wait > *budget {
 			waited := time.Since(start)
 			c.m.capacityWait(c.name, waited)
+			capacityWaitSpan(ctx, c.name, start)
 			*budget -= waited
 			until := time.Now().Add(wait)
 			if why == "concurrency" || why == "priority" {

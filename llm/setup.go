@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
+	"github.com/chatfleet/chatfleet/internal/tracing"
 )
 
 // Spec is one provider of the chain.
@@ -38,15 +41,20 @@ type ChainOptions struct {
 // kind appears twice.
 func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *Metrics, log zerolog.Logger) (*Chain, error) {
 	names := ProviderNames(opt.Specs)
+	var hc *http.Client // the SDKs' default
+	if tracing.Enabled() {
+		// Each call is a client span, and the provider gets its traceparent.
+		hc = &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport)}
+	}
 	var links []Provider
 	for i, s := range opt.Specs {
 		name := names[i]
 		var p Provider
 		switch s.Kind {
 		case "openai":
-			p = NewOpenAI(name, s.BaseURL, s.APIKey, s.Model, nil)
+			p = NewOpenAI(name, s.BaseURL, s.APIKey, s.Model, hc)
 		case "anthropic":
-			p = NewAnthropic(name, s.BaseURL, s.APIKey, s.Model, nil)
+			p = NewAnthropic(name, s.BaseURL, s.APIKey, s.Model, hc)
 		case "sim":
 			sim := opt.Sim
 			sim.Name = name
@@ -64,6 +72,7 @@ func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *
 			g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m)
 		}
 		g.timeouts = opt.Timeouts
+		g.kind = s.Kind
 		g.model = s.Model
 		if g.model == "" {
 			g.model = s.Kind

@@ -1,6 +1,9 @@
 package orchestration
 
 import (
+	"context"
+
+	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -59,4 +62,16 @@ func NewMetrics(reg prometheus.Registerer, queues map[string]int) *Metrics {
 		m.queueWait.WithLabelValues(q)
 	}
 	return m
+}
+
+// observe records v, with the job's trace id as the exemplar when tracing
+// is on: a dashboard's latency panel then links to the trace of a slow job.
+func observe(ctx context.Context, h prometheus.Histogram, v float64) {
+	if id, _ := tracing.IDs(ctx); id != "" {
+		if eo, ok := h.(prometheus.ExemplarObserver); ok {
+			eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": id})
+			return
+		}
+	}
+	h.Observe(v)
 }

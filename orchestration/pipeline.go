@@ -11,7 +11,11 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/stream"
@@ -79,8 +83,9 @@ type called struct {
 // providers, settle the outcome. The worker's middleware puts the job's
 // logger in ctx, counts it as active and turns a panic into an error. A job
 // reaches a worker only when it is its session's turn (jobs/order.go).
-func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
+func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	r, ctx, err := p.admit(ctx, t)
+	defer func() { endSpan(trace.SpanFromContext(ctx), err) }()
 	if r == nil {
 		return err
 	}
@@ -91,7 +96,8 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // admit decodes the task and starts an attempt.
 // It returns no run when there is nothing to call: the error (or nil) is the
 // task's result. The returned context's logger names the job's session,
-// tenant and attempt.
+// tenant and attempt, and its trace ids when tracing is on: the attempt's
+// span, a child of the submitter's, is in the context.
 func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Context, error) {
 	taskID, _ := asynq.GetTaskID(ctx)
 	pl, err := tasks.DecodeChat(t.Payload())
@@ -103,6 +109,15 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		return nil, ctx, fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	log := zerolog.Ctx(ctx).With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()
+	submitted := ctx // the submitter's span, when the payload carries one
+	if tracing.Enabled() {
+		queue, _ := asynq.GetQueueName(ctx)
+		submitted = tracing.Extract(ctx, pl.Trace)
+		ctx, _ = tracing.Tracer().Start(submitted, "process "+queue, trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(append(tracing.Messaging(queue, pl.JobID), attribute.String("chatfleet.worker", tracing.Worker()))...))
+		traceID, spanID := tracing.IDs(ctx)
+		log = log.With().Str("trace_id", traceID).Str("span_id", spanID).Logger()
+	}
 	ctx = log.WithContext(ctx)
 
 	if p.onAllDown(pl) == AllDownDefer {
@@ -125,6 +140,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	}
 	log = log.With().Int("attempt", att.N).Logger()
 	ctx = log.WithContext(ctx)
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("chatfleet.attempt", att.N))
 	if att.N > p.maxAttempts() {
 		// Only reachable when earlier attempts died with their worker.
 		defer att.Close()
@@ -140,6 +156,9 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	if att.N == 1 {
 		queue, _ := asynq.GetQueueName(ctx)
 		p.m.queueWait.WithLabelValues(queue).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
+		if tracing.Enabled() {
+			waitSpans(submitted, pl.SubmittedAt, att.TurnAt, r.start)
+		}
 	}
 	return r, ctx, nil
 }
@@ -152,7 +171,7 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 		req.Params = *pl.Params
 	}
 	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing)}
-	firstToken := sync.OnceFunc(func() { p.m.ttft.Observe(time.Since(pl.SubmittedAt).Seconds()) })
+	firstToken := sync.OnceFunc(func() { observe(ctx, p.m.ttft, time.Since(pl.SubmittedAt).Seconds()) })
 	onDelta := func(d llm.Delta) error {
 		firstToken()
 		if t := d.Tool; t != nil {
@@ -221,7 +240,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	}
 	if first {
 		p.m.jobs.WithLabelValues(jobs.StatusSucceeded).Inc()
-		p.m.duration.Observe(time.Since(r.start).Seconds())
+		observe(ctx, p.m.duration, time.Since(r.start).Seconds())
 	}
 	log.Info().Str("status", jobs.StatusSucceeded).Bool("recorded", first).Str("provider", c.provider).
 		Dur("queue_wait_ms", r.start.Sub(pl.SubmittedAt)).
@@ -246,4 +265,28 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att *jobs.A
 func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error) {
 	zerolog.Ctx(ctx).Error().Err(cause).Str("status", jobs.StatusFailed).Msg("undecodable task payload")
 	p.jobs.FailUndecodable(ctx, id, cause)
+}
+
+// endSpan ends an attempt's span with what the attempt came to: a deferral
+// (capacity, every provider open) is no error.
+func endSpan(span trace.Span, err error) {
+	var deferred *errDeferred
+	if err != nil && !errors.As(err, &deferred) {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+// waitSpans record a job's time before its first attempt: waiting for its
+// session's earlier turns (when it did: until turnAt), then in the queue.
+func waitSpans(ctx context.Context, submitted, turnAt, start time.Time) {
+	from := submitted
+	if turnAt.After(submitted) && turnAt.Before(start) {
+		_, turn := tracing.Tracer().Start(ctx, "session turn wait", trace.WithTimestamp(submitted))
+		turn.End(trace.WithTimestamp(turnAt))
+		from = turnAt
+	}
+	_, wait := tracing.Tracer().Start(ctx, "queue wait", trace.WithTimestamp(from),
+		trace.WithAttributes(attribute.Int("chatfleet.attempt", 1)))
+	wait.End(trace.WithTimestamp(start))
 }

@@ -26,7 +26,7 @@ import (
 var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, `
 local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, with_history, task, lease, fresh = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6]
-local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at')
+local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at', 'turn_at')
 local st, owner = rec[1], rec[2]
 if not st then return {'gone'} end
 if terminal(st) then return {'done'} end
@@ -40,7 +40,7 @@ local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', job, 'fence', 1)
 redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now)
 redis.call('ZADD', leases, redis_now() + lease, id .. ':' .. f)
-local out = {'run', tostring(n), tostring(f)}
+local out = {'run', tostring(n), tostring(f), rec[5] or ''}
 if with_history then
   for _, m in ipairs(redis.call('LRANGE', history, 0, -1)) do out[#out + 1] = m end
 end
@@ -115,6 +115,9 @@ type Attempt struct {
 	History []Message // the session's history, when asked for
 	// BadHistory is set when history entries could not be decoded; History is then empty.
 	BadHistory error
+	// TurnAt is when the job got its session's turn from an earlier job
+	// (zero when it never waited for one).
+	TurnAt time.Time
 }
 
 // StartAttempt checks the session's turn, marks the job active, takes the
@@ -128,7 +131,7 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
-	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 3) {
+	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 4) {
 		return Attempt{}, fmt.Errorf("start attempt: unexpected reply %q", res)
 	}
 	switch res[0] {
@@ -142,7 +145,10 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 	a := Attempt{}
 	a.N, _ = strconv.Atoi(res[1])
 	a.Fence, _ = strconv.Atoi(res[2])
-	for _, raw := range res[3:] {
+	if ms, err := strconv.ParseInt(res[3], 10, 64); err == nil {
+		a.TurnAt = time.UnixMilli(ms)
+	}
+	for _, raw := range res[4:] {
 		var m Message
 		if err := json.Unmarshal([]byte(raw), &m); err != nil {
 			a.History, a.BadHistory = nil, fmt.Errorf("history entry: %w", err)

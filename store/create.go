@@ -116,6 +116,8 @@ type NewJob struct {
 	// Webhook says what to call back when the job ends (JSON, webhooks.Spec);
 	// empty: nothing.
 	Webhook string
+	// TraceID is the job's trace, when tracing is on.
+	TraceID string
 }
 
 // ErrKeyReused is returned by Create for an Idempotency-Key that is bound to
@@ -183,6 +185,9 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 	}
 	if j.Webhook != "" {
 		record = append(record, "webhook", j.Webhook)
+	}
+	if j.TraceID != "" {
+		record = append(record, "trace_id", j.TraceID)
 	}
 	n := -1
 	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together

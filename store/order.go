@@ -31,6 +31,8 @@ local function release(order, unfinished, id, tenant, session, prefix, check)
   local nxt = redis.call('LINDEX', order, 0)
   if not nxt then return nil end
   redis.call('ZADD', unfinished, 'XX', check, tenant .. '\n' .. session .. '\n' .. nxt)
+  local t = redis.call('TIME') -- when its turn came: its trace's session-turn wait ends here
+  redis.call('HSET', prefix .. nxt, 'turn_at', t[1] * 1000 + math.floor(t[2] / 1000))
   local v = redis.call('HMGET', prefix .. nxt, 'task', 'queue', 'payload')
   return {nxt, v[1] or nxt, v[2] or '', v[3] or ''}
 end

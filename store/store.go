@@ -60,6 +60,7 @@ type Job struct {
 	// Webhook is what to call back when the job ends (JSON; empty: nothing),
 	// Deliveries how each callback went (JSON object by target; empty: none yet).
 	Webhook, Deliveries string
+	TraceID             string // the job's trace, when tracing is on
 }
 
 // Result is a finished job's reply.
@@ -151,7 +152,7 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 		ID: id, Tenant: m["tenant"], SessionID: m["session_id"], Queue: m["queue"],
 		Task: m["task"], Status: m["status"], BodyHash: m["body_hash"],
 		CreatedAt: parseTime(m["created_at"]), StartedAt: parseTime(m["started_at"]),
-		FinishedAt: parseTime(m["finished_at"]), Webhook: m["webhook"], Deliveries: m["deliveries"],
+		FinishedAt: parseTime(m["finished_at"]), Webhook: m["webhook"], Deliveries: m["deliveries"], TraceID: m["trace_id"],
 	}
 	j.Attempts, _ = strconv.Atoi(m["attempts"])
 	if j.Task == "" {
@@ -171,7 +172,7 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 
 // recordFields are the fields Get reads.
 var recordFields = []string{"tenant", "session_id", "queue", "task", "status", "body_hash",
-	"created_at", "started_at", "finished_at", "attempts", "result", "usage", "error", "webhook", "deliveries"}
+	"created_at", "started_at", "finished_at", "attempts", "result", "usage", "error", "webhook", "deliveries", "trace_id"}
 
 // Payload returns the task payload an unfinished job's record keeps (nil
 // once the job has finished, or for a record without one).

@@ -27,11 +27,13 @@ import (
 // queued tasks carry it.
 const TypeChatComplete = "chat:complete"
 
-// PayloadVersion is the payload version this build writes. Version 2 added
-// tools, tool calls and results, content parts, response formats and more
-// generation parameters; a version 1 payload is read as it is (its fields
+// PayloadVersion is the newest payload version this build writes. Version 2
+// added tools, tool calls and results, content parts, response formats and
+// more generation parameters; version 3 the trace context. A payload without
+// a trace context is still written as version 2, which workers of the
+// version before read; versions 1 and 2 are read as they are (their fields
 // mean the same), so tasks queued before an upgrade still run.
-const PayloadVersion = 2
+const PayloadVersion = 3
 
 // Priorities and the queues they map to. Weights give high 6, normal 3, low 1
 // shares of worker pickups while all three have work.
@@ -129,6 +131,9 @@ type ChatPayload struct {
 	// API); they go into the prompt and the history before Message.
 	ToolResults []ChatMessage `json:"tool_results,omitempty"`
 	Params      *GenParams    `json:"params,omitempty"`
+	// Trace is the submitter's W3C trace context (traceparent, tracestate,
+	// baggage): every attempt's spans join that trace.
+	Trace map[string]string `json:"trace,omitempty"`
 }
 
 // ChatMessage is one message of a conversation sent with a job.
@@ -242,8 +247,14 @@ var ErrBadPayload = errors.New("bad task payload")
 // Encode returns the JSON payload.
 func (p ChatPayload) Encode() ([]byte, error) {
 	p.Version = PayloadVersion
+	if len(p.Trace) == 0 {
+		p.Version = 2
+	}
 	return json.Marshal(p)
 }
+
+// readable reports whether this build reads a payload version.
+func readable(v int) bool { return v >= 1 && v <= PayloadVersion }
 
 // DecodeChat strictly decodes a chat:complete payload: unknown fields, a missing
 // or unknown version and missing required fields are errors wrapping ErrBadPayload.
@@ -251,7 +262,7 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 	var p ChatPayload
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil || (p.Version != PayloadVersion && p.Version != 1) {
+	if err := dec.Decode(&p); err != nil || !readable(p.Version) {
 		// The rare path reads the version alone, so that a payload of another
 		// version says so rather than naming a field this build lacks.
 		var head struct {
@@ -263,8 +274,8 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 		if head.Version == nil {
 			return ChatPayload{}, fmt.Errorf("%w: no version field", ErrBadPayload)
 		}
-		if *head.Version != PayloadVersion && *head.Version != 1 {
-			return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads 1 and %d)", ErrBadPayload, *head.Version, PayloadVersion)
+		if !readable(*head.Version) {
+			return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads 1 to %d)", ErrBadPayload, *head.Version, PayloadVersion)
 		}
 		return ChatPayload{}, fmt.Errorf("%w: %v", ErrBadPayload, err)
 	}

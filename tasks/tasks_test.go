@@ -27,10 +27,15 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Version = PayloadVersion
 	if got.JobID != p.JobID || got.Message != p.Message || !got.SubmittedAt.Equal(p.SubmittedAt) ||
-		string(got.Metadata) != `{"a":1}` || got.Version != PayloadVersion {
-		t.Fatalf("got %+v want %+v", got, p)
+		string(got.Metadata) != `{"a":1}` || got.Version != 2 {
+		t.Fatalf("got %+v want %+v as version 2 (no trace context)", got, p)
+	}
+	// With a trace context it is version 3, which workers before it refuse.
+	p.Trace = map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+	b, _ = p.Encode()
+	if got, err = DecodeChat(b); err != nil || got.Version != 3 || got.Trace["traceparent"] != p.Trace["traceparent"] {
+		t.Fatalf("with a trace: %+v %v", got, err)
 	}
 }
 
@@ -52,8 +57,8 @@ func TestDecodeRejects(t *testing.T) {
 			}
 		})
 	}
-	_, err := DecodeChat([]byte(`{"v":3}`))
-	if err == nil || !strings.Contains(err.Error(), "unknown version 3") {
+	_, err := DecodeChat([]byte(`{"v":4}`))
+	if err == nil || !strings.Contains(err.Error(), "unknown version 4") {
 		t.Fatalf("version error should say which: %v", err)
 	}
 }
@@ -84,7 +89,7 @@ func TestDecodeReadsVersion1AndCarriesTools(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Version != PayloadVersion || len(got.Messages) != 3 || got.Messages[0].Parts[1].ImageURL != "data:image/png;base64,AAAA" ||
+	if got.Version != 2 || len(got.Messages) != 3 || got.Messages[0].Parts[1].ImageURL != "data:image/png;base64,AAAA" ||
 		got.Messages[1].ToolCalls[0].Function.Arguments != `{"a":1}` || got.Messages[2].ToolCallID != "call_1" ||
 		string(got.Params.Tools[0].Function.Parameters) != `{"type":"object"}` || got.Params.ToolChoice.Name != "f" ||
 		string(got.Params.ResponseFormat.JSONSchema.Schema) != `{"type":"object"}` || !got.Params.Structured() {

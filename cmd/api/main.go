@@ -25,6 +25,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/httpserve"
 	"github.com/chatfleet/chatfleet/internal/logging"
 	"github.com/chatfleet/chatfleet/internal/redisconn"
+	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
@@ -74,6 +75,12 @@ func run(ctx context.Context, environ []string, args []string, stdout, stderr io
 	}
 	log := logging.New(stderr, cfg.LogLevel, "api").With().Str("version", version).Logger()
 	wiring.WarnUnknown(log, environ)
+	flush, err := wiring.Tracing(ctx, "chatfleet-api", environ, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "invalid configuration:\n%s\n", err)
+		return 1
+	}
+	defer flush()
 	if err := serve(ctx, cfg, *standalone, log); err != nil {
 		log.Error().Err(err).Msg("api stopped with an error")
 		return 1
@@ -126,6 +133,9 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	streams, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
 	e := httpserve.NewEcho(log, reg)
+	if tracing.Enabled() {
+		e.Use(tracing.Middleware())
+	}
 	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb}, api.Options{
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),

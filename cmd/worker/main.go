@@ -57,6 +57,12 @@ func run(ctx context.Context, environ []string, args []string, stdout, stderr io
 	}
 	log := logging.New(stderr, cfg.LogLevel, "worker").With().Str("version", version).Logger()
 	wiring.WarnUnknown(log, environ)
+	flush, err := wiring.Tracing(ctx, "chatfleet-worker", environ, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "invalid configuration:\n%s\n", err)
+		return 1
+	}
+	defer flush()
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error().Err(err).Msg("worker stopped with an error")
 		return 1

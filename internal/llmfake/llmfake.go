@@ -56,6 +56,7 @@ type Fake struct {
 	quota  *quota
 	seen   [][]Message
 	bodies []map[string]any
+	traces []string // each call's traceparent header ("" when none)
 	// aborted counts calls whose client went away mid-reply.
 	aborted atomic.Int64
 }
@@ -87,6 +88,14 @@ func (f *Fake) LastBody() map[string]any {
 		return nil
 	}
 	return b[len(b)-1]
+}
+
+// Traceparents returns each call's W3C traceparent header, in order ("" for
+// a call without one).
+func (f *Fake) Traceparents() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.traces...)
 }
 
 // Requests returns the messages of every request received, in order.
@@ -137,6 +146,7 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	n := int(f.calls.Add(1))
 	f.mu.Lock()
 	step, q := f.plan(n), f.quota
+	f.traces = append(f.traces, r.Header.Get("traceparent"))
 	f.mu.Unlock()
 	if q != nil {
 		if !q.admit() {

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/config"
+	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/orchestration"
@@ -179,4 +180,25 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, j
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		LogLevel:        cfg.LogLevel,
 	}), nil
+}
+
+// Tracing turns OpenTelemetry tracing on from the OTEL_* variables of
+// environ (off without an OTLP endpoint); the returned function flushes the
+// spans still buffered, within a few seconds.
+func Tracing(ctx context.Context, service string, environ []string, log zerolog.Logger) (func(), error) {
+	getenv := config.Getenv(environ)
+	shutdown, err := tracing.Setup(ctx, service, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if tracing.Enabled() {
+		log.Info().Str("endpoint", getenv("OTEL_EXPORTER_OTLP_ENDPOINT")+getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")).Msg("tracing on: spans go out over OTLP")
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdown(ctx); err != nil {
+			log.Warn().Err(err).Msg("could not flush the last spans")
+		}
+	}, nil
 }
