@@ -47,7 +47,11 @@ func Setup(ctx context.Context, service string, getenv func(string) string) (fun
 		(getenv("OTEL_EXPORTER_OTLP_ENDPOINT") == "" && getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == "") {
 		return none, nil
 	}
-	if p := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") + getenv("OTEL_EXPORTER_OTLP_PROTOCOL"); p != "" && !strings.HasPrefix(p, "http/protobuf") {
+	protocol := getenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+	if protocol == "" {
+		protocol = getenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	if p := protocol; p != "" && p != "http/protobuf" {
 		return none, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL: chatfleet exports OTLP over http/protobuf, got %q", p)
 	}
 	exp, err := otlptracehttp.New(ctx)
