@@ -3,6 +3,8 @@ package api
 import (
 	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/rs/zerolog"
@@ -17,6 +19,8 @@ type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// ResetAt is when a spent budget resets (insufficient_quota).
+	ResetAt string `json:"reset_at,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -53,6 +57,7 @@ func handleError(err error, c echo.Context) {
 // lifecycleError maps the job lifecycle's errors to API errors (nil: not one
 // of them). It sets Retry-After where the client should come back.
 func lifecycleError(c echo.Context, err error) *Error {
+	var spent *jobs.BudgetError
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return errf(http.StatusNotFound, "not_found", "id", "no such job")
@@ -61,6 +66,11 @@ func lifecycleError(c echo.Context, err error) *Error {
 			"this Idempotency-Key was already used with a different request body")
 	case errors.Is(err, jobs.ErrFinished):
 		return errf(http.StatusConflict, "job_finished", "id", "the job has already finished")
+	case errors.As(err, &spent):
+		c.Response().Header().Set("Retry-After", strconv.Itoa(max(1, int(time.Until(spent.ResetAt).Seconds()+1))))
+		e := errf(http.StatusTooManyRequests, "insufficient_quota", "", spent.Error())
+		e.ResetAt = spent.ResetAt.UTC().Format(time.RFC3339)
+		return e
 	case errors.Is(err, store.ErrTooManyJobs):
 		c.Response().Header().Set("Retry-After", retryAfterSeconds)
 		return errf(http.StatusTooManyRequests, "too_many_jobs", "", "this tenant has as many unfinished jobs as it may have; wait for some to finish")

@@ -53,6 +53,9 @@ func openAIErrors(next echo.HandlerFunc) echo.HandlerFunc {
 		if typ == "" {
 			typ = "invalid_request_error"
 		}
+		if ae.Code == "insufficient_quota" {
+			typ = ae.Code // OpenAI's own type for a spent quota
+		}
 		var param any
 		if ae.Field != "" {
 			param = ae.Field

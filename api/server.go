@@ -49,6 +49,9 @@ type Options struct {
 	Webhooks *webhooks.Registry
 	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.
 	WebhookHTTPSOnly bool
+	// Prices are the models' prices in US dollars per million tokens
+	// (input, output); usage of other models has no cost.
+	Prices map[string][2]float64
 }
 
 // Deps are what the API works with.
@@ -136,7 +139,9 @@ func (s *Server) Register(e *echo.Echo) {
 	// wrong method into 404 instead of 405.
 	mw := []echo.MiddlewareFunc{auth(s.keys), s.gate.middleware, s.rate.middleware}
 	e.POST("/api/v1/chat/jobs", s.submit, mw...)
+	e.GET("/api/v1/chat/jobs", s.listJobs, mw...)
 	e.GET("/api/v1/chat/jobs/:id", s.getJob, mw...)
+	e.GET("/api/v1/usage", s.usage, mw...)
 	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, s.gate.middleware, s.streamAuth, s.rate.middleware)
 	e.POST("/api/v1/chat/jobs/:id/stream-token", s.issueStreamToken, mw...)
 	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)

@@ -64,6 +64,10 @@ type Config struct {
 	AdminKey                      string
 	LogLevel                      string
 
+	UsageRetention time.Duration    // how long the usage ledger keeps a month
+	ModelPrices    map[string]Price // US dollars per million tokens, by model
+	TenantBudgets  map[string]Budget
+
 	WebhooksFile        string
 	Webhooks            []WebhookEndpoint // from WebhooksFile
 	WebhookAllowPrivate bool              // loopback, private and link-local receivers allowed
@@ -110,6 +114,11 @@ func Load(role Role, getenv func(string) string) (Config, error) {
 			errs = append(errs, fmt.Errorf("CHATFLEET_WEBHOOKS_FILE: %w", err))
 		}
 		c.Webhooks = eps
+	}
+	for t, b := range c.TenantBudgets {
+		if b.USD > 0 && len(c.ModelPrices) == 0 {
+			errs = append(errs, fmt.Errorf("CHATFLEET_TENANT_BUDGETS: %s: a dollar budget needs CHATFLEET_MODEL_PRICES", t))
+		}
 	}
 	errs = append(errs, c.crossChecks()...)
 	return c, errors.Join(errs...)

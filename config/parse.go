@@ -150,3 +150,102 @@ func boolVar(field func(*Config) *bool) func(*Config, string) error {
 		return nil
 	}
 }
+
+// Price is a model's price in US dollars per million tokens.
+type Price struct{ Input, Output float64 }
+
+// parsePrices reads model:input=X,output=Y;… (both prices required).
+func parsePrices(v string) (map[string]Price, error) {
+	out := map[string]Price{}
+	for _, entry := range strings.Split(v, ";") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		model, rest, ok := strings.Cut(entry, ":")
+		model = strings.TrimSpace(model)
+		if !ok || model == "" {
+			return nil, fmt.Errorf("%q: want model:input=X,output=Y", entry)
+		}
+		var p Price
+		seen := map[string]bool{}
+		for _, kv := range strings.Split(rest, ",") {
+			k, val, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			f, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+			if !ok || err != nil || f < 0 {
+				return nil, fmt.Errorf("%s: %q: want input=X or output=Y with X, Y dollars per million tokens", model, kv)
+			}
+			switch strings.TrimSpace(k) {
+			case "input":
+				p.Input = f
+			case "output":
+				p.Output = f
+			default:
+				return nil, fmt.Errorf("%s: unknown price %q (input, output)", model, k)
+			}
+			seen[strings.TrimSpace(k)] = true
+		}
+		if !seen["input"] || !seen["output"] {
+			return nil, fmt.Errorf("%s: needs both input= and output=", model)
+		}
+		if _, dup := out[model]; dup {
+			return nil, fmt.Errorf("%s: priced twice", model)
+		}
+		out[model] = p
+	}
+	return out, nil
+}
+
+// Budget is a tenant's spending limit per day or month.
+type Budget struct {
+	Tokens int64
+	USD    float64
+	Month  bool
+}
+
+// parseBudgets reads tenant:tokens=N/day or tenant:usd=N/month, ;-separated.
+func parseBudgets(v string) (map[string]Budget, error) {
+	out := map[string]Budget{}
+	for _, entry := range strings.Split(v, ";") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		tenant, rest, ok := strings.Cut(entry, ":")
+		kind, amount, ok2 := strings.Cut(rest, "=")
+		value, per, ok3 := strings.Cut(amount, "/")
+		tenant = strings.TrimSpace(tenant)
+		if !ok || !ok2 || !ok3 || tenant == "" {
+			return nil, fmt.Errorf("%q: want tenant:tokens=N/day or tenant:usd=N/month", entry)
+		}
+		var b Budget
+		switch per {
+		case "day":
+		case "month":
+			b.Month = true
+		default:
+			return nil, fmt.Errorf("%s: period %q: want day or month", tenant, per)
+		}
+		switch kind {
+		case "tokens":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n <= 0 {
+				return nil, fmt.Errorf("%s: tokens must be a whole number above 0, got %q", tenant, value)
+			}
+			b.Tokens = n
+		case "usd":
+			f, err := strconv.ParseFloat(value, 64)
+			if err != nil || f <= 0 {
+				return nil, fmt.Errorf("%s: usd must be a number above 0, got %q", tenant, value)
+			}
+			b.USD = f
+		default:
+			return nil, fmt.Errorf("%s: %q: want tokens or usd", tenant, kind)
+		}
+		if _, dup := out[tenant]; dup {
+			return nil, fmt.Errorf("%s: budgeted twice", tenant)
+		}
+		out[tenant] = b
+	}
+	return out, nil
+}

@@ -50,6 +50,10 @@ type Options struct {
 	// deliveries now; the job sits in the outbox until then, and a sweep
 	// enqueues what this did not (webhooks.Outbox).
 	Notify func(ctx context.Context, id string)
+	// Budgets are the tenants' spending limits; Prices (dollars per million
+	// input and output tokens, by model) price a dollar budget.
+	Budgets map[string]Budget
+	Prices  map[string][2]float64
 }
 
 // Manager runs the job lifecycle over the store and asynq.
@@ -98,6 +102,9 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	// half-way, so that no record is left without its task.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 	defer cancel()
+	if err := m.checkBudget(ctx, nj.Tenant); err != nil {
+		return Submitted{}, err
+	}
 	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)
 	if tracing.Enabled() {
 		// The job's trace: this span is the parent of every attempt's, and

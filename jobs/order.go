@@ -22,6 +22,9 @@ func (m *Manager) finish(ctx context.Context, id, tenant, session string, fence 
 		return false, err
 	}
 	m.dispatch(ctx, f.Next)
+	if f.First {
+		m.spend(ctx, tenant, o)
+	}
 	if f.Notify && m.opt.Notify != nil {
 		m.opt.Notify(ctx, id)
 	}

@@ -15,10 +15,11 @@ import (
 // reconciler. It returns true when the job holds its session's turn: only
 // then does its task go to the queue; a job behind others waits for its turn
 // (order.go), its check far off (the release that gives it the turn brings
-// it forward). KEYS: job, order, unfinished. ARGV: createArgs, then
+// it forward). It is listed in its tenant's listing of the bucket (the job
+// list). KEYS: job, order, unfinished, listing. ARGV: createArgs, then
 // anything the script adds, then the record's field/value pairs.
 const createJobLua = `
-local job, order, unfinished = KEYS[1], KEYS[2], KEYS[3]
+local job, order, unfinished, listing = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, retention, now, member = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local first_check, waiting_check = tonumber(ARGV[5]), tonumber(ARGV[6])
 local function create_job(first_field)
@@ -29,6 +30,8 @@ local function create_job(first_field)
   local head = redis.call('RPUSH', order, id) == 1
   redis.call('EXPIRE', order, retention)
   redis.call('ZADD', unfinished, now + (head and first_check or waiting_check), member)
+  redis.call('ZADD', listing, now, id)
+  redis.call('EXPIRE', listing, retention)
   return head
 end
 `
@@ -62,11 +65,11 @@ return 2
 // waiting for its turn: no task yet), 0 when the record exists, -1 when a task
 // with the id exists (nothing was written; the caller takes the two-step
 // path, which handles that).
-// KEYS: job, order, unfinished, task, pending list, queue set.
+// KEYS: job, order, unfinished, listing, task, pending list, queue set.
 // ARGV: createArgs, then the task message, now ns, queue, then the record's
 // field/value pairs.
 var createAndEnqueue = redis.NewScript(lua(createJobLua, `
-local task, pending, queues = KEYS[4], KEYS[5], KEYS[6]
+local task, pending, queues = KEYS[5], KEYS[6], KEYS[7]
 local msg, now_ns, queue = ARGV[7], ARGV[8], ARGV[9]
 if redis.call('EXISTS', job) == 1 then return 0 end
 if redis.call('LLEN', order) == 0 and redis.call('EXISTS', task) == 1 then return -1 end
@@ -93,11 +96,13 @@ return 1
 
 // deleteJob undoes createJob when the enqueue that follows it fails. A job
 // submitted behind it meanwhile gets the turn: returned as releaseLua does.
-// KEYS: job, order, unfinished. ARGV: id, unfinished member, then releaseArgs.
+// KEYS: job, order, unfinished, listing. ARGV: id, unfinished member, then
+// releaseArgs.
 var deleteJob = redis.NewScript(lua(releaseLua, `
 local id, member = ARGV[1], ARGV[2]
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], member)
+redis.call('ZREM', KEYS[4], id)
 return {release(KEYS[2], KEYS[3], id, ARGV[3], ARGV[4], ARGV[5], ARGV[6])}
 `))
 
@@ -174,8 +179,13 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 			return Created{}, existing, err
 		}
 	}
-	keys := []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))}
-	args := createArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Now: s.opt.Clock().UnixMilli(), Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
+	keys := []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID)),
+		rkeys.Listing(rkeys.Bucket(j.ID), j.Tenant)}
+	now := s.opt.Clock()
+	if !j.CreatedAt.IsZero() {
+		now = j.CreatedAt // the job list's order is the records' created_at
+	}
+	args := createArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Now: now.UnixMilli(), Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
 		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds()}.argv()
 	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
@@ -235,7 +245,8 @@ func (s *Store) uncount(ctx context.Context, tenant, id string) {
 // Delete removes a record that was created but could not be enqueued, and
 // returns the job submitted behind it meanwhile, whose turn it now is.
 func (s *Store) Delete(ctx context.Context, j NewJob) (*Next, error) {
-	res, err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
+	res, err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID)),
+		rkeys.Listing(rkeys.Bucket(j.ID), j.Tenant)},
 		append([]any{j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)}, s.releaseArgs(j.Tenant, j.SessionID, j.ID)...)...).Slice()
 	if err != nil {
 		return nil, unavailable("delete job", err)

@@ -21,17 +21,22 @@ import (
 // of unfinished jobs, to be removed; notify (1) that the job has webhooks,
 // now in its bucket's outbox (a sweep enqueues them if the caller does not);
 // the session's next job (releaseLua) follows when this made its turn.
-// KEYS: job, order, history, events, leases, unfinished, webhook outbox.
-// ARGV: finishArgs.
+// A job whose provider calls reported usage adds it to its tenant's ledger
+// (rkeys.Usage) in the same step, so usage is counted once, by whatever
+// ended the job.
+// KEYS: job, order, history, events, leases, unfinished, webhook outbox,
+// usage ledger. ARGV: finishArgs.
 var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, `
 local job, order, history, events, leases, unfinished, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local ledger = KEYS[8]
 local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, history_ttl = tonumber(ARGV[5]), ARGV[6]
 local result, usage, err = ARGV[7], ARGV[8], ARGV[9]
 local event_type, event_body, channel = ARGV[10], ARGV[11], ARGV[12]
 local fence, member, publish, tail = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
 local tenant, session, prefix, check = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
-local first_entry = 21 -- history entries from here on
+local usage_field, prompt_tokens, completion_tokens, usage_ttl = ARGV[21], tonumber(ARGV[22]), tonumber(ARGV[23]), ARGV[24]
+local first_entry = 25 -- history entries from here on
 local function released() return release(order, unfinished, id, tenant, session, prefix, check) end
 local st, f = state(job)
 if not st then
@@ -56,6 +61,12 @@ if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = resul
 if usage ~= '' then fields[#fields + 1] = 'usage'; fields[#fields + 1] = usage end
 if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
 redis.call('HSET', job, unpack(fields))
+if usage_field ~= '' then
+  redis.call('HINCRBY', ledger, usage_field .. '|r', 1)
+  redis.call('HINCRBY', ledger, usage_field .. '|p', prompt_tokens)
+  redis.call('HINCRBY', ledger, usage_field .. '|c', completion_tokens)
+  redis.call('EXPIRE', ledger, usage_ttl)
+end
 -- the payload was only needed to run the job again
 if err ~= '' then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error') end
 redis.call('EXPIRE', job, retention)
@@ -91,12 +102,16 @@ type finishArgs struct {
 	Tenant, Session        string
 	Prefix                 string
 	Check                  int64    // the next job's check, ms
+	UsageField             string   // "<day>|<model>" of the ledger; empty: nothing to count
+	Prompt, Completion     int      // tokens to count
+	UsageTTL               int64    // s
 	History                []string // entries (JSON) to append
 }
 
 func (a finishArgs) argv() []any {
 	out := []any{a.ID, a.Status, a.FinishedAt, a.Retention, a.HistoryMax, a.HistoryTTL, a.Result, a.Usage, a.Error,
-		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.Tail, a.Tenant, a.Session, a.Prefix, a.Check}
+		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.Tail, a.Tenant, a.Session, a.Prefix, a.Check,
+		a.UsageField, a.Prompt, a.Completion, a.UsageTTL}
 	for _, h := range a.History {
 		out = append(out, h)
 	}
@@ -134,12 +149,16 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if err != nil {
 		return Finished{}, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
-	a := finishArgs{ID: id, Status: o.Status, FinishedAt: fmtTime(s.opt.Clock()), Retention: seconds(s.opt.Retention),
+	now := s.opt.Clock().UTC()
+	a := finishArgs{ID: id, Status: o.Status, FinishedAt: fmtTime(now), Retention: seconds(s.opt.Retention),
 		HistoryMax: s.opt.HistoryMaxMessages, HistoryTTL: seconds(s.opt.HistoryTTL),
 		Result: jsonOrEmpty(o.Result), Usage: jsonOrEmpty(o.Usage), Error: jsonOrEmpty(o.Error),
 		EventType: ev.EventType(), EventBody: string(body), Channel: rkeys.LiveChannel(id), Fence: attempt,
 		Member: rkeys.UnfinishedMember(tenant, session, id), Publish: s.publish,
-		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: s.opt.Clock().Add(FirstCheck).UnixMilli()}
+		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(FirstCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL())}
+	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
+		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens
+	}
 	if o.Tail != "" {
 		tail, err := json.Marshal(TokenEvent{Delta: o.Tail})
 		if err != nil {
@@ -151,7 +170,8 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		a.History = append(a.History, jsonOrEmpty(m))
 	}
 	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
-		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id)), rkeys.WebhookOutbox(rkeys.Bucket(id))}
+		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id)), rkeys.WebhookOutbox(rkeys.Bucket(id)),
+		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))}
 	res, err := finish.Run(ctx, s.rdb, keys, a.argv()...).Slice()
 	if err != nil {
 		return Finished{}, unavailable("finish job", err)

@@ -102,6 +102,9 @@ type Options struct {
 	HistoryTTL         time.Duration
 	// TenantMaxJobs bounds a tenant's unfinished jobs (0: no bound).
 	TenantMaxJobs int
+	// UsageRetention is how long the usage ledger keeps a month (default 90
+	// days, counted from the month's last job).
+	UsageRetention time.Duration
 	// Clock is this process's clock (default time.Now): it stamps records
 	// and schedules the reconciler's checks. Leases never read it.
 	Clock func() time.Time
@@ -139,6 +142,11 @@ func (s *Store) Get(ctx context.Context, id string) (Job, error) {
 	if err != nil {
 		return Job{}, unavailable("get job", err)
 	}
+	return parseRecord(id, vals)
+}
+
+// parseRecord reads a record from the values of recordFields.
+func parseRecord(id string, vals []any) (Job, error) {
 	m := make(map[string]string, len(recordFields))
 	for i, v := range vals {
 		if str, ok := v.(string); ok {

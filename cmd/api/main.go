@@ -144,6 +144,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		Providers:            providerKinds(cfg),
 		Webhooks:             wiring.Webhooks(cfg),
 		WebhookHTTPSOnly:     cfg.Env == config.EnvProduction && !cfg.WebhookAllowHTTP,
+		Prices:               wiring.Prices(cfg),
 	})
 	server.Register(e)
 	checker.Register(e)

@@ -140,6 +140,19 @@ func Leases(bucket int) string { return tagged(bucket) + "leases" }
 // its webhook to a crash between the two.
 func WebhookOutbox(bucket int) string { return tagged(bucket) + "webhooks" }
 
+// Listing indexes a tenant's jobs of a bucket, newest last (sorted set of
+// job ids scored by creation time in ms), for the job list: written with
+// the record, in its slot.
+func Listing(bucket int, tenant string) string { return tagged(bucket) + "list:" + tenant }
+
+// Usage is a tenant's token ledger for one month ("2026-11") in one bucket
+// (hash of "<day>|<model>|<r, p or c>" → requests, prompt and completion
+// tokens): the finish script of a job of the bucket adds to it, in the job's
+// slot; a month's usage is the sum over the buckets.
+func Usage(bucket int, tenant, month string) string {
+	return tagged(bucket) + "usage:" + month + ":" + tenant
+}
+
 // Unfinished indexes a bucket's unfinished jobs for the reconciler (sorted
 // set of "<tenant>\n<session>\n<job id>" scored by its next check in ms).
 func Unfinished(bucket int) string { return tagged(bucket) + "unfinished" }
@@ -157,6 +170,10 @@ func BreakerChanged(name string) string { return prefix + "breaker:" + name + ":
 
 // BreakerProbe is held by the one worker that probes a half-open provider.
 func BreakerProbe(name string) string { return prefix + "breaker:" + name + ":probe" }
+
+// Budget is a tenant's spend in a budget period ("2026-11-30" or "2026-11"):
+// tokens, or millionths of a dollar.
+func Budget(tenant, period string) string { return prefix + "budget:" + tenant + ":" + period }
 
 // TenantJobs holds a tenant's unfinished jobs (sorted set scored by creation
 // time in ms), for the per-tenant limit.

@@ -74,6 +74,7 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 		HistoryMaxMessages: cfg.HistoryMaxMessages,
 		HistoryTTL:         cfg.HistoryTTL,
 		TenantMaxJobs:      cfg.TenantMaxJobs,
+		UsageRetention:     cfg.UsageRetention,
 	})
 }
 
@@ -82,7 +83,24 @@ func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.M
 	q := asynq.NewClientFromRedisClient(rdb)
 	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
 		jobs.Options{MaxRetries: cfg.MaxRetries, Retention: cfg.JobRetention, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease,
-			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify})
+			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: Prices(cfg)})
+}
+
+func budgets(cfg config.Config) map[string]jobs.Budget {
+	out := make(map[string]jobs.Budget, len(cfg.TenantBudgets))
+	for t, b := range cfg.TenantBudgets {
+		out[t] = jobs.Budget{Tokens: b.Tokens, USD: b.USD, Month: b.Month}
+	}
+	return out
+}
+
+// Prices are cfg's model prices, dollars per million input and output tokens.
+func Prices(cfg config.Config) map[string][2]float64 {
+	out := make(map[string][2]float64, len(cfg.ModelPrices))
+	for m, p := range cfg.ModelPrices {
+		out[m] = [2]float64{p.Input, p.Output}
+	}
+	return out
 }
 
 // Webhooks are cfg's webhook endpoints by tenant.

@@ -1,0 +1,127 @@
+package api
+
+import (
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/chatfleet/chatfleet/store"
+)
+
+// GET /api/v1/usage: the caller's tokens, requests and cost per day and
+// model, from the usage ledger the finish script keeps.
+
+// usageRow is one row of a usage answer; Date or Model is left out when the
+// rows are grouped by the other.
+type usageRow struct {
+	Date             string   `json:"date,omitempty"`
+	Model            string   `json:"model,omitempty"`
+	Requests         int64    `json:"requests"`
+	PromptTokens     int64    `json:"prompt_tokens"`
+	CompletionTokens int64    `json:"completion_tokens"`
+	CostUSD          *float64 `json:"cost_usd"` // null: a model without a price
+}
+
+// maxUsageDays bounds a usage query (the ledger is read month by month).
+const maxUsageDays = 366
+
+func (s *Server) usage(c echo.Context) error {
+	from, to, err := usageRange(c.QueryParam("from"), c.QueryParam("to"), time.Now().UTC())
+	if err != nil {
+		return err
+	}
+	group := c.QueryParam("group_by")
+	if group != "" && group != "day" && group != "model" {
+		return errf(http.StatusBadRequest, "invalid_query", "group_by", "group_by must be day or model")
+	}
+	tenant := tenantOf(c)
+	rows, err := s.store.Usage(c.Request().Context(), tenant, from, to)
+	if err != nil {
+		return err
+	}
+	data, total := s.usageRows(rows, group)
+	return c.JSON(http.StatusOK, map[string]any{"tenant": tenant, "from": from.Format(time.DateOnly), "to": to.Format(time.DateOnly),
+		"data": data, "total": total})
+}
+
+// usageRange reads from and to (dates, inclusive, UTC); the default is this
+// month up to today.
+func usageRange(fromQ, toQ string, now time.Time) (from, to time.Time, err error) {
+	today := now.Truncate(24 * time.Hour)
+	from, to = time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC), today
+	if fromQ != "" {
+		if from, err = time.Parse(time.DateOnly, fromQ); err != nil {
+			return from, to, errf(http.StatusBadRequest, "invalid_query", "from", "from must be a date such as 2026-11-01")
+		}
+	}
+	if toQ != "" {
+		if to, err = time.Parse(time.DateOnly, toQ); err != nil {
+			return from, to, errf(http.StatusBadRequest, "invalid_query", "to", "to must be a date such as 2026-11-30")
+		}
+	}
+	if to.Before(from) {
+		return from, to, errf(http.StatusBadRequest, "invalid_query", "to", "to must not be before from")
+	}
+	if to.Sub(from) >= maxUsageDays*24*time.Hour {
+		return from, to, errf(http.StatusBadRequest, "invalid_query", "from", "a usage query spans at most 366 days")
+	}
+	return from, to, nil
+}
+
+// usageRows groups the ledger's rows and prices them.
+func (s *Server) usageRows(rows []store.UsageRow, group string) ([]usageRow, usageRow) {
+	out := []usageRow{}
+	index := map[string]int{}
+	total := usageRow{}
+	var totalCost float64
+	priced := true
+	for _, r := range rows {
+		key := r.Date + "\n" + r.Model
+		row := usageRow{Date: r.Date, Model: r.Model}
+		switch group {
+		case "day":
+			key, row.Model = r.Date, ""
+		case "model":
+			key, row.Date = r.Model, ""
+		}
+		i, ok := index[key]
+		if !ok {
+			i = len(out)
+			index[key] = i
+			row.CostUSD = new(float64)
+			out = append(out, row)
+		}
+		o := &out[i]
+		o.Requests += r.Requests
+		o.PromptTokens += r.PromptTokens
+		o.CompletionTokens += r.CompletionTokens
+		total.Requests += r.Requests
+		total.PromptTokens += r.PromptTokens
+		total.CompletionTokens += r.CompletionTokens
+		if p, ok := s.opt.Prices[r.Model]; ok && o.CostUSD != nil {
+			cost := (float64(r.PromptTokens)*p[0] + float64(r.CompletionTokens)*p[1]) / 1e6
+			*o.CostUSD += cost
+			totalCost += cost
+		} else if !ok {
+			o.CostUSD, priced = nil, false
+		}
+	}
+	for i := range out {
+		if out[i].CostUSD != nil {
+			v := roundMicros(*out[i].CostUSD)
+			out[i].CostUSD = &v
+		}
+	}
+	v := roundMicros(totalCost)
+	total.CostUSD = &v
+	if !priced && totalCost == 0 {
+		total.CostUSD = nil
+	}
+	return out, total
+}
+
+// roundMicros keeps a cost to a millionth of a dollar (a token's price is of
+// that order), without float noise.
+func roundMicros(v float64) float64 { return math.Round(v*1e6) / 1e6 }

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// The job list pages through 250 jobs of a tenant exactly: each once, newest
+// first, none of another tenant's; filters narrow it.
+func TestJobListPagesExactly(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv()})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	acme, beta := client.New(apis[0].URL(), client.WithAPIKey(keyAcme)), client.New(apis[0].URL(), client.WithAPIKey(keyBeta))
+	mine := map[string]bool{}
+	for i := range 250 {
+		sub, err := acme.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("list-%d", i%7), Message: fmt.Sprintf("m%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mine[sub.JobID] = true
+		if i%25 == 0 {
+			if _, err := beta.Submit(ctx, client.SubmitRequest{SessionID: "other", Message: "not acme's"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	auth := map[string]string{"Authorization": "Bearer " + keyAcme}
+	seen := map[string]bool{}
+	var last time.Time
+	cursor, pages := "", 0
+	for {
+		r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs?limit=37&cursor="+cursor, nil, auth)
+		if r.Status != http.StatusOK {
+			t.Fatalf("page %d: %d %s", pages, r.Status, r.Raw)
+		}
+		pages++
+		for _, x := range r.Body["data"].([]any) {
+			j := x.(map[string]any)
+			id := j["job_id"].(string)
+			if !mine[id] || seen[id] {
+				t.Fatalf("page %d lists %s (acme's: %v, seen before: %v)", pages, id, mine[id], seen[id])
+			}
+			seen[id] = true
+			at, _ := time.Parse(time.RFC3339Nano, j["created_at"].(string))
+			if !last.IsZero() && at.After(last) {
+				t.Fatalf("page %d: %s created %s after the one before it (%s)", pages, id, at, last)
+			}
+			last = at
+		}
+		next, _ := r.Body["next_cursor"].(string)
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	if len(seen) != 250 || pages != 7 {
+		t.Fatalf("%d jobs over %d pages, want 250 over 7", len(seen), pages)
+	}
+	r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs?session_id=list-3&limit=100", nil, auth)
+	if n := len(r.Body["data"].([]any)); n != 36 {
+		t.Fatalf("session list-3 has %d jobs listed, want 36", n)
+	}
+	for _, q := range []string{"?limit=0", "?limit=101", "?status=done", "?cursor=garbage", "?session_id=a%20b"} {
+		if r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs"+q, nil, auth); r.Status != http.StatusBadRequest {
+			t.Fatalf("list%s: %d %s", q, r.Status, r.Raw)
+		}
+	}
+}
+
+// A tenant with a budget of tokens a day: bursts of concurrent submits over
+// 2 API nodes are accepted until the budget is spent, then refused with 429
+// insufficient_quota (as the OpenAI SDK knows it), before anything is
+// written; the overshoot is at most the burst that was in flight.
+func TestBudgetRefusesOnceSpent(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	const budget = 300
+	apis, _ := fleet(t, rd, 2, 1, map[string]string{
+		"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_TENANT_BUDGETS": fmt.Sprintf("acme:tokens=%d/day", budget), "CHATFLEET_SIM_TOKENS": "10",
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var lastAcceptedFrom, spent int // spend when the last burst with accepted jobs began; spend now
+	refused := false
+	for burst := 0; !refused && burst < 20; burst++ {
+		from := spent
+		var mu sync.Mutex
+		var ids []string
+		var wg sync.WaitGroup
+		for i := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c := client.New(apis[i%2].URL(), client.WithAPIKey(keyAcme))
+				sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("b%d-%d", burst, i), Message: "spend some tokens"})
+				mu.Lock()
+				defer mu.Unlock()
+				var ae *client.Error
+				switch {
+				case errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests && ae.Code == "insufficient_quota":
+					refused = true
+				case err != nil:
+					t.Errorf("submit: %v", err)
+				default:
+					ids = append(ids, sub.JobID)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(ids) > 0 {
+			lastAcceptedFrom = from
+		}
+		for _, id := range ids {
+			j, err := client.New(apis[0].URL(), client.WithAPIKey(keyAcme)).Wait(ctx, id)
+			if err != nil || j.Usage == nil {
+				t.Fatalf("job %s: %+v %v", id, j, err)
+			}
+			spent += j.Usage.PromptTokens + j.Usage.CompletionTokens
+		}
+	}
+	if !refused {
+		t.Fatalf("never refused; %d tokens spent against a budget of %d", spent, budget)
+	}
+	// Accepted while under the budget, refused once at or over it: the
+	// overshoot is what the last accepted burst (in flight) used.
+	if lastAcceptedFrom >= budget || spent < budget {
+		t.Fatalf("refused with %d tokens spent (%d when the last accepted burst began), budget %d", spent, lastAcceptedFrom, budget)
+	}
+	t.Logf("refused at %d tokens of a %d budget: the last accepted burst began at %d and overshot by %d", spent, budget, lastAcceptedFrom, spent-budget)
+	// The OpenAI SDK sees OpenAI's own error: 429, insufficient_quota.
+	oa := openai.NewClient(option.WithBaseURL(apis[1].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	_, err := oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("one more")}})
+	var oe *openai.Error
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusTooManyRequests || oe.Code != "insufficient_quota" || oe.Type != "insufficient_quota" {
+		t.Fatalf("the SDK got %v", err)
+	}
+	// Another tenant is not held back.
+	if _, err := client.New(apis[0].URL(), client.WithAPIKey(keyBeta)).Submit(ctx, client.SubmitRequest{SessionID: "free", Message: "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	r := do(t, http.MethodPost, apis[0].URL()+"/api/v1/chat/jobs", map[string]any{"session_id": "after", "message": "x"}, map[string]string{"Authorization": "Bearer " + keyAcme})
+	if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" || !strings.Contains(r.Raw, `"reset_at"`) {
+		t.Fatalf("jobs API over budget: %d %s", r.Status, r.Raw)
+	}
+}

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chatfleet/chatfleet/client"
+	"github.com/chatfleet/chatfleet/internal/llmfake"
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// usageOf reads a tenant's usage rows, keyed "date|model".
+func usageOf(t *testing.T, base, key, query string) (map[string]map[string]any, map[string]any) {
+	t.Helper()
+	r := do(t, http.MethodGet, base+"/api/v1/usage"+query, nil, map[string]string{"Authorization": "Bearer " + key})
+	if r.Status != http.StatusOK {
+		t.Fatalf("usage: %d %s", r.Status, r.Raw)
+	}
+	rows := map[string]map[string]any{}
+	for _, x := range r.Body["data"].([]any) {
+		row := x.(map[string]any)
+		rows[fmt.Sprint(row["date"], "|", row["model"])] = row
+	}
+	return rows, r.Body["total"].(map[string]any)
+}
+
+// Jobs of two tenants over two models: the usage API returns each tenant's
+// exact token sums per day and model, priced from CHATFLEET_MODEL_PRICES,
+// and never another tenant's. A worker SIGKILLed mid-run and a Redis
+// restart (AOF) lose nothing and count nothing twice.
+func TestUsagePerTenantDayAndModel(t *testing.T) {
+	rd := testkit.StartRedis(t, testkit.WithAOF())
+	fake := llmfake.NewOpenAI(t)
+	fake.Always(llmfake.Step{TokenDelay: 20 * time.Millisecond})
+	apis, workers := fleet(t, rd, 1, 2, providerEnv(fake, map[string]string{
+		"CHATFLEET_API_KEYS":     keysEnv(),
+		"CHATFLEET_MODEL_PRICES": "fake-model:input=2.5,output=10;other-model:input=0.15,output=0.6",
+		"CHATFLEET_JOB_LEASE":    "1s",
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	type want struct{ requests, prompt, completion int64 }
+	expected := map[string]map[string]*want{"acme": {}, "beta": {}}
+	keys := map[string]string{"acme": keyAcme, "beta": keyBeta}
+	var ids []struct{ tenant, id string }
+	for i := range 24 {
+		tenant, model := "acme", "fake-model"
+		if i%3 == 0 {
+			tenant = "beta"
+		}
+		if i%2 == 0 {
+			model = "other-model"
+		}
+		c := client.New(apis[0].URL(), client.WithAPIKey(keys[tenant]))
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("u%d", i), Message: fmt.Sprintf("count %d words here", i), Model: model})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, struct{ tenant, id string }{tenant, sub.JobID})
+	}
+	time.Sleep(150 * time.Millisecond) // both workers mid-reply
+	workers[0].Signal(syscall.SIGKILL)
+	if _, ok := workers[0].Wait(5 * time.Second); !ok {
+		t.Fatal("the killed worker did not exit")
+	}
+	rd.Restart()
+	today := time.Now().UTC().Format(time.DateOnly)
+	for _, j := range ids {
+		got, err := client.New(apis[0].URL(), client.WithAPIKey(keys[j.tenant])).Wait(ctx, j.id)
+		if err != nil || got.Status != "succeeded" || got.Usage == nil {
+			t.Fatalf("job %s: %+v %v", j.id, got, err)
+		}
+		w := expected[j.tenant][got.Result.Model]
+		if w == nil {
+			w = &want{}
+			expected[j.tenant][got.Result.Model] = w
+		}
+		w.requests++
+		w.prompt += int64(got.Usage.PromptTokens)
+		w.completion += int64(got.Usage.CompletionTokens)
+	}
+	prices := map[string][2]float64{"fake-model": {2.5, 10}, "other-model": {0.15, 0.6}}
+	for tenant, models := range expected {
+		rows, total := usageOf(t, apis[0].URL(), keys[tenant], "")
+		if len(rows) != len(models) {
+			t.Fatalf("%s: %d usage rows, want %d: %v", tenant, len(rows), len(models), rows)
+		}
+		var sumCost float64
+		for model, w := range models {
+			row := rows[today+"|"+model]
+			cost := (float64(w.prompt)*prices[model][0] + float64(w.completion)*prices[model][1]) / 1e6
+			sumCost += cost
+			if row == nil || row["requests"] != float64(w.requests) || row["prompt_tokens"] != float64(w.prompt) ||
+				row["completion_tokens"] != float64(w.completion) || math.Abs(row["cost_usd"].(float64)-cost) > 1e-6 {
+				t.Fatalf("%s %s: %v, want %+v costing %v", tenant, model, row, *w, cost)
+			}
+		}
+		if math.Abs(total["cost_usd"].(float64)-sumCost) > 1e-6 {
+			t.Fatalf("%s total %v, want cost %v", tenant, total, sumCost)
+		}
+	}
+	byModel, _ := usageOf(t, apis[0].URL(), keyAcme, "?group_by=model&from="+today+"&to="+today)
+	if len(byModel) != len(expected["acme"]) {
+		t.Fatalf("grouped by model: %v", byModel)
+	}
+	for _, q := range []string{"?from=2026-13-01", "?from=2026-11-30&to=2026-11-01", "?group_by=week", "?from=2024-01-01&to=2026-01-01"} {
+		if r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage"+q, nil, map[string]string{"Authorization": "Bearer " + keyAcme}); r.Status != http.StatusBadRequest {
+			t.Fatalf("usage%s: %d %s", q, r.Status, r.Raw)
+		}
+	}
+	t.Logf("usage: acme %d models, beta %d models, through a worker SIGKILL and a Redis restart", len(expected["acme"]), len(expected["beta"]))
+}
