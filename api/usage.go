@@ -3,6 +3,7 @@ package api
 import (
 	"math"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -42,8 +43,16 @@ func (s *Server) usage(c echo.Context) error {
 		return err
 	}
 	data, total := s.usageRows(rows, group)
-	return c.JSON(http.StatusOK, map[string]any{"tenant": tenant, "from": from.Format(time.DateOnly), "to": to.Format(time.DateOnly),
-		"data": data, "total": total})
+	body := map[string]any{"tenant": tenant, "from": from.Format(time.DateOnly), "to": to.Format(time.DateOnly),
+		"data": data, "total": total}
+	budget, err := s.jobs.Budget(c.Request().Context(), tenant)
+	if err != nil {
+		return err
+	}
+	if budget != nil {
+		body["budget"] = budget
+	}
+	return c.JSON(http.StatusOK, body)
 }
 
 // usageRange reads from and to (dates, inclusive, UTC); the default is this
@@ -125,3 +134,31 @@ func (s *Server) usageRows(rows []store.UsageRow, group string) ([]usageRow, usa
 // roundMicros keeps a cost to a millionth of a dollar (a token's price is of
 // that order), without float noise.
 func roundMicros(v float64) float64 { return math.Round(v*1e6) / 1e6 }
+
+// AdminUsage answers GET /admin/api/usage (mounted behind the admin key by
+// the console): every configured tenant's usage, ?from=&to=&group_by= as for
+// a tenant's own.
+func (s *Server) AdminUsage(c echo.Context) error {
+	from, to, err := usageRange(c.QueryParam("from"), c.QueryParam("to"), time.Now().UTC())
+	if err != nil {
+		return err
+	}
+	group := c.QueryParam("group_by")
+	if group != "" && group != "day" && group != "model" {
+		return errf(http.StatusBadRequest, "invalid_query", "group_by", "group_by must be day or model")
+	}
+	tenants := []string{DefaultTenant}
+	if len(s.keys.tenants) > 0 {
+		tenants = slices.Compact(slices.Sorted(slices.Values(s.keys.tenants)))
+	}
+	out := make([]map[string]any, 0, len(tenants))
+	for _, t := range tenants {
+		rows, err := s.store.Usage(c.Request().Context(), t, from, to)
+		if err != nil {
+			return err
+		}
+		data, total := s.usageRows(rows, group)
+		out = append(out, map[string]any{"tenant": t, "data": data, "total": total})
+	}
+	return c.JSON(http.StatusOK, map[string]any{"from": from.Format(time.DateOnly), "to": to.Format(time.DateOnly), "tenants": out})
+}

@@ -48,6 +48,8 @@ type AdminOptions struct {
 	Jobs   *jobs.Manager
 	// Webhooks are the archived webhook deliveries.
 	Webhooks *webhooks.Admin
+	// Usage answers GET /admin/api/usage: every tenant's usage.
+	Usage echo.HandlerFunc
 }
 
 // RegisterAdmin mounts /admin/queues/ (the read-only queue UI, behind HTTP
@@ -90,6 +92,9 @@ func RegisterAdmin(e *echo.Echo, o AdminOptions) {
 		}
 		return c.JSON(http.StatusOK, map[string]any{"job_id": c.Param("id"), "status": store.StatusQueued})
 	}, guard)
+	if o.Usage != nil {
+		e.GET("/admin/api/usage", o.Usage, guard)
+	}
 	if o.Webhooks == nil {
 		return
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -299,6 +300,63 @@ func TestConsoleWithAPIKeys(t *testing.T) {
 	if !tokened || state != "done" {
 		t.Fatalf("followed with a stream token: %v, state %q", tokened, state)
 	}
+	if len(b.errors) > 0 {
+		t.Errorf("page errors: %v", b.errors)
+	}
+}
+
+// The console's job list, job view, usage view and their URLs, in Chromium:
+// the list shows the tenant's jobs, a job opens at its own URL, the usage
+// view charts today's tokens, and the back button returns to the list.
+func TestConsoleJobListUsageAndDeepLinks(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "5"})
+	base := apis[0].URL()
+	c := client.New(base)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var ids []string
+	for i := range 3 {
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "deep", Message: fmt.Sprintf("turn %d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Wait(ctx, sub.JobID); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sub.JobID)
+	}
+	b := newBrowser(t)
+	var rows int
+	var first, view, hash string
+	b.run(t, 20*time.Second, chromedp.Navigate(base+"/console/#/jobs"),
+		chromedp.WaitVisible(`#joblist a`, chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelectorAll('#joblist tr').length`, &rows),
+		chromedp.Text(`#joblist a`, &first, chromedp.ByQuery))
+	if rows != 4 || first != ids[2] {
+		t.Fatalf("job list: %d rows, first %q; want 3 jobs, newest %s first", rows-1, first, ids[2])
+	}
+	b.run(t, 10*time.Second, chromedp.Click(`#joblist a`, chromedp.ByQuery),
+		chromedp.WaitVisible(`#jobview`, chromedp.ByID),
+		chromedp.Poll(`document.querySelector('#jobview').textContent.includes('"status": "succeeded"')`, nil),
+		chromedp.Text(`#jobview`, &view, chromedp.ByID),
+		chromedp.Evaluate(`location.hash`, &hash))
+	if hash != "#/jobs/"+ids[2] || !strings.Contains(view, ids[2]) {
+		t.Fatalf("job view at %q: %s", hash, view)
+	}
+	var status string
+	var bars int
+	b.run(t, 10*time.Second, chromedp.Navigate(base+"/console/#/usage"),
+		chromedp.WaitVisible(`#usagetable td`, chromedp.ByQuery),
+		chromedp.Text(`#usagestatus`, &status, chromedp.ByID),
+		chromedp.Evaluate(`document.querySelectorAll('#usagechart rect').length`, &bars))
+	if !strings.Contains(status, "3 requests") || bars != 1 {
+		t.Fatalf("usage view: %q, %d bars", status, bars)
+	}
+	b.run(t, 10*time.Second, chromedp.NavigateBack(), chromedp.Poll(`location.hash.startsWith('#/jobs/')`, nil),
+		chromedp.WaitVisible(`#jobs`, chromedp.ByID))
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if len(b.errors) > 0 {
 		t.Errorf("page errors: %v", b.errors)
 	}

@@ -155,4 +155,12 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 	if r.Status != http.StatusTooManyRequests || r.Header.Get("Retry-After") == "" || !strings.Contains(r.Raw, `"reset_at"`) {
 		t.Fatalf("jobs API over budget: %d %s", r.Status, r.Raw)
 	}
+	if r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs?session_id=after", nil, map[string]string{"Authorization": "Bearer " + keyAcme}); len(r.Body["data"].([]any)) != 0 {
+		t.Fatalf("a refused submit left a job: %s", r.Raw)
+	}
+	u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+	b, _ := u.Body["budget"].(map[string]any)
+	if b == nil || b["unit"] != "tokens" || b["limit"] != float64(budget) || b["spent"] != float64(spent) {
+		t.Fatalf("usage's budget: %s (spent %d)", u.Raw, spent)
+	}
 }

@@ -36,11 +36,12 @@ func usageOf(t *testing.T, base, key, query string) (map[string]map[string]any, 
 func TestUsagePerTenantDayAndModel(t *testing.T) {
 	rd := testkit.StartRedis(t, testkit.WithAOF())
 	fake := llmfake.NewOpenAI(t)
-	fake.Always(llmfake.Step{TokenDelay: 20 * time.Millisecond})
+	fake.Always(llmfake.Step{TokenDelay: 100 * time.Millisecond}) // replies take about half a second
 	apis, workers := fleet(t, rd, 1, 2, providerEnv(fake, map[string]string{
 		"CHATFLEET_API_KEYS":     keysEnv(),
 		"CHATFLEET_MODEL_PRICES": "fake-model:input=2.5,output=10;other-model:input=0.15,output=0.6",
 		"CHATFLEET_JOB_LEASE":    "1s",
+		"CHATFLEET_ADMIN_KEY":    "admin-key-0123456789",
 	}))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -70,10 +71,14 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 	}
 	rd.Restart()
 	today := time.Now().UTC().Format(time.DateOnly)
+	retried := 0
 	for _, j := range ids {
 		got, err := client.New(apis[0].URL(), client.WithAPIKey(keys[j.tenant])).Wait(ctx, j.id)
 		if err != nil || got.Status != "succeeded" || got.Usage == nil {
 			t.Fatalf("job %s: %+v %v", j.id, got, err)
+		}
+		if got.Attempts > 1 {
+			retried++
 		}
 		w := expected[j.tenant][got.Result.Model]
 		if w == nil {
@@ -83,6 +88,9 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 		w.requests++
 		w.prompt += int64(got.Usage.PromptTokens)
 		w.completion += int64(got.Usage.CompletionTokens)
+	}
+	if retried == 0 {
+		t.Fatal("no job was interrupted by the kill: the test did not test a takeover")
 	}
 	prices := map[string][2]float64{"fake-model": {2.5, 10}, "other-model": {0.15, 0.6}}
 	for tenant, models := range expected {
@@ -104,6 +112,24 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 			t.Fatalf("%s total %v, want cost %v", tenant, total, sumCost)
 		}
 	}
+	// Operators see every tenant's, behind the admin key.
+	r := do(t, http.MethodGet, apis[0].URL()+"/admin/api/usage?group_by=model", nil, map[string]string{"Authorization": "Bearer admin-key-0123456789"})
+	if r.Status != http.StatusOK || len(r.Body["tenants"].([]any)) != 2 {
+		t.Fatalf("admin usage: %d %s", r.Status, r.Raw)
+	}
+	for _, x := range r.Body["tenants"].([]any) {
+		tu := x.(map[string]any)
+		var want int64
+		for _, w := range expected[tu["tenant"].(string)] {
+			want += w.prompt
+		}
+		if got := tu["total"].(map[string]any)["prompt_tokens"]; got != float64(want) {
+			t.Fatalf("admin usage of %s: prompt tokens %v, want %d", tu["tenant"], got, want)
+		}
+	}
+	if r := do(t, http.MethodGet, apis[0].URL()+"/admin/api/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme}); r.Status != http.StatusUnauthorized {
+		t.Fatalf("admin usage with a tenant's key: %d", r.Status)
+	}
 	byModel, _ := usageOf(t, apis[0].URL(), keyAcme, "?group_by=model&from="+today+"&to="+today)
 	if len(byModel) != len(expected["acme"]) {
 		t.Fatalf("grouped by model: %v", byModel)
@@ -113,5 +139,5 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 			t.Fatalf("usage%s: %d %s", q, r.Status, r.Raw)
 		}
 	}
-	t.Logf("usage: acme %d models, beta %d models, through a worker SIGKILL and a Redis restart", len(expected["acme"]), len(expected["beta"]))
+	t.Logf("usage: acme %d models, beta %d models; %d jobs taken over after the SIGKILL, and a Redis restart", len(expected["acme"]), len(expected["beta"]), retried)
 }

@@ -107,3 +107,30 @@ func (m *Manager) spend(ctx context.Context, tenant string, o store.Outcome) {
 		zerolog.Ctx(ctx).Warn().Err(err).Str("tenant", tenant).Msg("could not count the job against its tenant's budget")
 	}
 }
+
+// BudgetState is a tenant's budget and its spend in the current period.
+type BudgetState struct {
+	Budget  string    `json:"budget"` // e.g. "1000 tokens a day"
+	Unit    string    `json:"unit"`   // tokens or usd
+	Limit   float64   `json:"limit"`
+	Spent   float64   `json:"spent"`
+	ResetAt time.Time `json:"reset_at"`
+}
+
+// Budget returns a tenant's budget state (nil: the tenant has no budget).
+func (m *Manager) Budget(ctx context.Context, tenant string) (*BudgetState, error) {
+	b, ok := m.opt.Budgets[tenant]
+	if !ok {
+		return nil, nil
+	}
+	period, reset := b.period(time.Now())
+	spent, err := m.st.Spent(ctx, tenant, period)
+	if err != nil {
+		return nil, err
+	}
+	st := &BudgetState{Budget: b.String(), Unit: "tokens", Limit: float64(b.Tokens), Spent: float64(spent), ResetAt: reset}
+	if b.USD > 0 {
+		st.Unit, st.Limit, st.Spent = "usd", b.USD, float64(spent)/1e6
+	}
+	return st, nil
+}

@@ -17,6 +17,8 @@ type Metrics struct {
 	limited  *prometheus.CounterVec
 	inflight *prometheus.GaugeVec
 	limit    *prometheus.GaugeVec
+	costC    *prometheus.CounterVec
+	prices   map[string][2]float64 // dollars per million input and output tokens, by model
 }
 
 // outcomes are the values of chatfleet_llm_requests_total's outcome label.
@@ -53,7 +55,10 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "chatfleet_llm_limit", Help: "The provider's fleet-wide limit by kind: rpm, tpm and concurrency as configured (concurrency learned from 429s when nothing is configured), rpm_effective the request rate kept to now (the configured one less the margin, lowered by 429s while it recovers); 0 is none.",
 	}, []string{"provider", "kind"})
-	reg.MustRegister(m.requests, m.tokensC, m.state, m.waitH, m.limited, m.inflight, m.limit)
+	m.costC = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatfleet_llm_cost_usd_total", Help: "What the tokens used cost in US dollars at CHATFLEET_MODEL_PRICES, by provider and model (models with a price only).",
+	}, []string{"provider", "model"})
+	reg.MustRegister(m.requests, m.tokensC, m.state, m.waitH, m.limited, m.inflight, m.limit, m.costC)
 	for i, name := range ProviderNames(chain) {
 		for _, o := range outcomes {
 			m.requests.WithLabelValues(name, o)
@@ -86,6 +91,21 @@ func (m *Metrics) tokens(provider, model string, u Usage) {
 	}
 	m.tokensC.WithLabelValues(provider, model, "prompt").Add(float64(u.PromptTokens))
 	m.tokensC.WithLabelValues(provider, model, "completion").Add(float64(u.CompletionTokens))
+	if p, ok := m.prices[model]; ok {
+		m.costC.WithLabelValues(provider, model).Add((float64(u.PromptTokens)*p[0] + float64(u.CompletionTokens)*p[1]) / 1e6)
+	}
+}
+
+// Price sets the models' prices (dollars per million input and output
+// tokens) that chatfleet_llm_cost_usd_total counts with; call it before the
+// first call.
+func (m *Metrics) Price(prices map[string][2]float64, chain []Spec) {
+	m.prices = prices
+	for i, name := range ProviderNames(chain) {
+		if _, ok := prices[chain[i].Model]; ok {
+			m.costC.WithLabelValues(name, chain[i].Model)
+		}
+	}
 }
 
 func (m *Metrics) breaker(provider string, s gobreaker.State) {

@@ -156,7 +156,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		}
 		closers.Add(queues.Close)
 		console.RegisterAdmin(e, console.AdminOptions{Key: cfg.AdminKey, Queues: queues, Jobs: jm,
-			Webhooks: webhooks.NewAdmin(asynq.NewInspectorFromRedisClient(rdb))})
+			Webhooks: webhooks.NewAdmin(asynq.NewInspectorFromRedisClient(rdb)), Usage: server.AdminUsage})
 	}
 	fleet := health.NewFleet(bg, rdb, asynq.NewInspectorFromRedisClient(rdb), health.FleetOptions{
 		Threshold: cfg.QueueAlertThreshold, Version: version, Queues: tasks.QueueSet(cfg.QueueSpread),

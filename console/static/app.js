@@ -37,13 +37,23 @@ async function streamURL(jobID, after) {
   return url;
 }
 
-// ---- tabs ----
-document.querySelectorAll('nav button').forEach((b) => b.addEventListener('click', () => showTab(b.dataset.tab)));
+// ---- tabs: every view has a URL (#/chat, #/queue, #/jobs, #/jobs/<id>,
+// #/usage), so views can be linked and the back button works ----
+document.querySelectorAll('nav button').forEach((b) => b.addEventListener('click', () => { location.hash = '#/' + b.dataset.tab; }));
 function showTab(name) {
   document.querySelectorAll('nav button').forEach((b) => b.classList.toggle('active', b.dataset.tab === name));
   document.querySelectorAll('.tab').forEach((s) => { s.hidden = s.id !== name; });
   if (name === 'queue') refreshQueue();
+  if (name === 'usage') showUsage();
 }
+function route() {
+  const parts = location.hash.replace(/^#\/?/, '').split('/');
+  const tab = ['chat', 'queue', 'jobs', 'usage'].includes(parts[0]) ? parts[0] : 'chat';
+  showTab(tab);
+  if (tab === 'jobs' && parts[1]) showJob(decodeURIComponent(parts[1]));
+  else if (tab === 'jobs' && !$('joblist').rows.length) listJobs(false);
+}
+window.addEventListener('hashchange', route);
 
 $('keyform').addEventListener('submit', (ev) => {
   ev.preventDefault();
@@ -257,14 +267,51 @@ function table(t, head, rows) {
 }
 
 // ---- jobs ----
-$('jobform').addEventListener('submit', async (ev) => {
+// The tenant's recent jobs, newest first, a page at a time.
+let listCursor = null;
+async function listJobs(more) {
+  const q = new URLSearchParams({ limit: '20' });
+  if ($('listsession').value.trim()) q.set('session_id', $('listsession').value.trim());
+  if ($('liststatus').value) q.set('status', $('liststatus').value);
+  if (more && listCursor) q.set('cursor', listCursor);
+  try {
+    const page = await api('GET', '/api/v1/chat/jobs?' + q);
+    const rows = page.data.map((j) => {
+      const a = document.createElement('a');
+      a.href = '#/jobs/' + encodeURIComponent(j.job_id);
+      a.textContent = j.job_id;
+      return [a, j.session_id, j.status, j.created_at, j.usage ? j.usage.prompt_tokens + j.usage.completion_tokens : ''];
+    });
+    if (!more) table($('joblist'), ['job', 'session', 'status', 'created', 'tokens'], []);
+    rows.forEach((r) => {
+      const row = $('joblist').insertRow();
+      r.forEach((c) => { const td = row.insertCell(); if (c instanceof Node) td.appendChild(c); else td.textContent = c; });
+    });
+    listCursor = page.next_cursor;
+    $('listmore').hidden = !page.has_more;
+    $('liststatusline').textContent = ($('joblist').rows.length - 1) + ' jobs shown';
+  } catch (e) {
+    $('liststatusline').textContent = e.message;
+  }
+}
+$('listform').addEventListener('submit', (ev) => { ev.preventDefault(); listJobs(false); });
+$('listmore').addEventListener('click', () => listJobs(true));
+
+$('jobform').addEventListener('submit', (ev) => {
   ev.preventDefault();
-  const id = $('jobid').value.trim();
+  location.hash = '#/jobs/' + encodeURIComponent($('jobid').value.trim());
+});
+
+let jobStream = null;
+async function showJob(id) {
+  $('jobid').value = id;
   $('jobevents').textContent = '';
+  if (jobStream) jobStream.close();
   try {
     const j = await api('GET', '/api/v1/chat/jobs/' + encodeURIComponent(id));
     $('jobview').textContent = JSON.stringify(j, null, 2);
     const es = new EventSource(await streamURL(id, 0));
+    jobStream = es;
     const add = (ev) => {
       const li = document.createElement('li');
       li.textContent = ev.type + ' ' + ev.data;
@@ -276,7 +323,7 @@ $('jobform').addEventListener('submit', async (ev) => {
   } catch (e) {
     $('jobview').textContent = e.message;
   }
-});
+}
 
 $('adminform').addEventListener('submit', (ev) => {
   ev.preventDefault();
@@ -328,4 +375,64 @@ async function listArchivedWebhooks() {
   }
 }
 
+// ---- usage: tokens per day by model (a stacked bar chart drawn as SVG,
+// nothing fetched from elsewhere), and the rows with their cost ----
+function isoDay(d) { return d.toISOString().slice(0, 10); }
+async function showUsage() {
+  const now = new Date();
+  if (!$('usagefrom').value) $('usagefrom').value = isoDay(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)));
+  if (!$('usageto').value) $('usageto').value = isoDay(now);
+  try {
+    const u = await api('GET', '/api/v1/usage?' + new URLSearchParams({ from: $('usagefrom').value, to: $('usageto').value }));
+    const cost = (v) => (v === null || v === undefined ? '—' : '$' + v.toFixed(4));
+    let budget = '';
+    if (u.budget) {
+      const v = (x) => (u.budget.unit === 'usd' ? '$' + x.toFixed(2) : String(x));
+      budget = '; budget ' + u.budget.budget + ': ' + v(u.budget.spent) + ' spent, resets ' + u.budget.reset_at;
+    }
+    $('usagestatus').textContent = u.tenant + ': ' + u.total.requests + ' requests, ' +
+      (u.total.prompt_tokens + u.total.completion_tokens) + ' tokens, ' + cost(u.total.cost_usd) + budget;
+    table($('usagetable'), ['date', 'model', 'requests', 'prompt tokens', 'completion tokens', 'cost'],
+      u.data.map((r) => [r.date, r.model, r.requests, r.prompt_tokens, r.completion_tokens, cost(r.cost_usd)]));
+    drawUsage(u.data);
+  } catch (e) {
+    $('usagestatus').textContent = e.message;
+  }
+}
+$('usageform').addEventListener('submit', (ev) => { ev.preventDefault(); showUsage(); });
+
+function drawUsage(rows) {
+  const svg = $('usagechart');
+  const ns = 'http://www.w3.org/2000/svg';
+  svg.textContent = '';
+  const days = [...new Set(rows.map((r) => r.date))].sort();
+  const models = [...new Set(rows.map((r) => r.model))].sort();
+  const colours = ['#2458d6', '#b25e00', '#2e7d32', '#8e24aa', '#00838f', '#b3261e'];
+  const total = (d) => rows.filter((r) => r.date === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0);
+  const max = Math.max(1, ...days.map(total));
+  const w = 820, h = 180, bw = Math.max(4, Math.min(40, (w - 40) / Math.max(1, days.length) - 4));
+  const el = (name, attrs, text) => {
+    const e = document.createElementNS(ns, name);
+    Object.entries(attrs).forEach(([k, v]) => e.setAttribute(k, v));
+    if (text) e.textContent = text;
+    svg.appendChild(e);
+    return e;
+  };
+  days.forEach((d, i) => {
+    let y = h;
+    models.forEach((m, k) => {
+      const r = rows.find((x) => x.date === d && x.model === m);
+      if (!r) return;
+      const bh = ((r.prompt_tokens + r.completion_tokens) / max) * (h - 10);
+      y -= bh;
+      el('rect', { x: 30 + i * (bw + 4), y, width: bw, height: bh, fill: colours[k % colours.length] })
+        .appendChild(document.createElementNS(ns, 'title')).textContent = d + ' ' + m + ': ' + (r.prompt_tokens + r.completion_tokens) + ' tokens';
+    });
+    if (days.length <= 16 || i % Math.ceil(days.length / 16) === 0) el('text', { x: 30 + i * (bw + 4), y: h + 14, 'font-size': 10 }, d.slice(5));
+  });
+  models.forEach((m, k) => el('text', { x: 30 + k * 160, y: h + 32, 'font-size': 11, fill: colours[k % colours.length] }, '■ ' + m));
+  el('text', { x: 0, y: 12, 'font-size': 10 }, max + ' tokens');
+}
+
 loadHistory();
+route();

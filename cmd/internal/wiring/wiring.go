@@ -178,7 +178,7 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, j
 		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
 		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay, Margin: cfg.RateMargin},
 		Timeouts: llm.Timeouts{FirstToken: cfg.FirstTokenWait, Idle: cfg.IdleTimeout},
-	}, rdb, llm.NewMetrics(reg, Providers(cfg)), log)
+	}, rdb, llmMetrics(cfg, reg), log)
 	if err != nil {
 		return nil, err
 	}
@@ -219,4 +219,11 @@ func Tracing(ctx context.Context, service string, environ []string, log zerolog.
 			log.Warn().Err(err).Msg("could not flush the last spans")
 		}
 	}, nil
+}
+
+// llmMetrics are the provider metrics of cfg's chain, costs at cfg's prices.
+func llmMetrics(cfg config.Config, reg prometheus.Registerer) *llm.Metrics {
+	m := llm.NewMetrics(reg, Providers(cfg))
+	m.Price(Prices(cfg), Providers(cfg))
+	return m
 }
