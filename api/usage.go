@@ -29,13 +29,9 @@ type usageRow struct {
 const maxUsageDays = 366
 
 func (s *Server) usage(c echo.Context) error {
-	from, to, err := usageRange(c.QueryParam("from"), c.QueryParam("to"), time.Now().UTC())
+	from, to, group, err := usageQuery(c)
 	if err != nil {
 		return err
-	}
-	group := c.QueryParam("group_by")
-	if group != "" && group != "day" && group != "model" {
-		return errf(http.StatusBadRequest, "invalid_query", "group_by", "group_by must be day or model")
 	}
 	tenant := tenantOf(c)
 	rows, err := s.store.Usage(c.Request().Context(), tenant, from, to)
@@ -53,6 +49,18 @@ func (s *Server) usage(c echo.Context) error {
 		body["budget"] = budget
 	}
 	return c.JSON(http.StatusOK, body)
+}
+
+// usageQuery reads a usage query: its dates and grouping.
+func usageQuery(c echo.Context) (from, to time.Time, group string, err error) {
+	if from, to, err = usageRange(c.QueryParam("from"), c.QueryParam("to"), time.Now().UTC()); err != nil {
+		return from, to, "", err
+	}
+	group = c.QueryParam("group_by")
+	if group != "" && group != "day" && group != "model" {
+		return from, to, "", errf(http.StatusBadRequest, "invalid_query", "group_by", "group_by must be day or model")
+	}
+	return from, to, group, nil
 }
 
 // usageRange reads from and to (dates, inclusive, UTC); the default is this
@@ -139,13 +147,9 @@ func roundMicros(v float64) float64 { return math.Round(v*1e6) / 1e6 }
 // the console): every configured tenant's usage, ?from=&to=&group_by= as for
 // a tenant's own.
 func (s *Server) AdminUsage(c echo.Context) error {
-	from, to, err := usageRange(c.QueryParam("from"), c.QueryParam("to"), time.Now().UTC())
+	from, to, group, err := usageQuery(c)
 	if err != nil {
 		return err
-	}
-	group := c.QueryParam("group_by")
-	if group != "" && group != "day" && group != "model" {
-		return errf(http.StatusBadRequest, "invalid_query", "group_by", "group_by must be day or model")
 	}
 	tenants := []string{DefaultTenant}
 	if len(s.keys.tenants) > 0 {
