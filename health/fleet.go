@@ -349,11 +349,11 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // servesOurs tells a chatfleet worker (whatever its queue spread) from other
-// asynq servers on the same Redis, and from a worker's webhook server, which
-// runs no chat job.
+// asynq servers on the same Redis, a worker's webhook server included (its
+// queue is named apart from the chat queues).
 func servesOurs(queues map[string]int) bool {
 	for q := range queues {
-		if strings.HasPrefix(q, tasks.QueueName("")) && q != tasks.QueueWebhooks {
+		if strings.HasPrefix(q, tasks.QueueName("")) {
 			return true
 		}
 	}

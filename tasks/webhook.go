@@ -13,8 +13,10 @@ import (
 const TypeWebhook = "webhook:deliver"
 
 // QueueWebhooks is the deliveries' own queue, served by a server of its own
-// in each worker, so that a slow receiver never holds a chat job's slot.
-const QueueWebhooks = "chatfleet-webhooks"
+// in each worker, so that a slow receiver never holds a chat job's slot. It
+// is named apart from the chat queues (QueueName's "chatfleet-" prefix), so
+// that nothing that looks for chat queues or chat workers takes it for one.
+const QueueWebhooks = "chatfleet.webhooks"
 
 // Webhook event types: the Responses API's are OpenAI's own, so that its SDKs
 // parse them; the jobs API's follow the same pattern.
