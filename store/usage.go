@@ -61,7 +61,6 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 	}
 	type key struct{ date, model string }
 	rows := map[key]*UsageRow{}
-	var order []key
 	for i, c := range cmds {
 		month := months[i/rkeys.Buckets]
 		for f, v := range c.Val() {
@@ -83,7 +82,6 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 			if r == nil {
 				r = &UsageRow{Date: k.date, Model: k.model}
 				rows[k] = r
-				order = append(order, k)
 			}
 			switch parts[2] {
 			case "r":
@@ -95,9 +93,9 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 			}
 		}
 	}
-	out := make([]UsageRow, 0, len(order))
-	for _, k := range order {
-		out = append(out, *rows[k])
+	out := make([]UsageRow, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, *r)
 	}
 	slices.SortFunc(out, func(a, b UsageRow) int {
 		return cmp.Or(strings.Compare(a.Date, b.Date), strings.Compare(a.Model, b.Model))

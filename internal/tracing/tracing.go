@@ -61,9 +61,8 @@ func Setup(ctx context.Context, service string, getenv func(string) string) (fun
 	if getenv("OTEL_SERVICE_NAME") != "" {
 		service = getenv("OTEL_SERVICE_NAME")
 	}
-	host, _ := os.Hostname()
 	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
-		semconv.ServiceName(service), semconv.ServiceInstanceID(fmt.Sprintf("%s-%d", host, os.Getpid()))))
+		semconv.ServiceName(service), semconv.ServiceInstanceID(worker)))
 	if err != nil {
 		return none, fmt.Errorf("trace resource: %w", err)
 	}
