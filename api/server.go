@@ -23,7 +23,7 @@ type Options struct {
 	APIKeys   map[[32]byte]string // SHA-256 of a key -> tenant
 	Heartbeat time.Duration       // SSE comment heartbeat
 	// Closing ends the streams served off their connections; cancel it when
-	// shutdown begins (default: never).
+	// shutdown begins (default: never). Background work logs to its logger.
 	Closing    context.Context
 	Registerer prometheus.Registerer
 	// TenantRate and TenantBurst limit each tenant's requests per second,
@@ -65,6 +65,7 @@ type Deps struct {
 type metrics struct {
 	streamClients prometheus.Gauge
 	replays       prometheus.Counter
+	overSoftLimit prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -78,8 +79,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replays: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "chatfleet_idempotent_replays_total", Help: "POSTs answered with an existing job (same Idempotency-Key and body).",
 		}),
+		overSoftLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatfleet_tenants_over_soft_limit", Help: "Tenants whose spend in the budget's period has passed its soft limit (the same from every API process).",
+		}),
 	}
-	reg.MustRegister(m.streamClients, m.replays)
+	reg.MustRegister(m.streamClients, m.replays, m.overSoftLimit)
 	return m
 }
 
@@ -116,6 +120,7 @@ func New(d Deps, opt Options) *Server {
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
 		cap: &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat}}
 	go s.gate.watch(opt.Closing, d.Redis)
+	go s.watchBudgets(opt.Closing, s.m.overSoftLimit)
 	return s
 }
 

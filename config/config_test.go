@@ -224,17 +224,19 @@ func TestWebhooksFileIsValidated(t *testing.T) {
 func TestPricesAndBudgets(t *testing.T) {
 	c, err := Load(RoleWorker, env(map[string]string{"CHATFLEET_REDIS_URL": "redis://x:6379",
 		"CHATFLEET_MODEL_PRICES":   "gpt-4o-mini:input=0.15,output=0.6; claude:input=3,output=15",
-		"CHATFLEET_TENANT_BUDGETS": "acme:tokens=1000000/day;globex:usd=50/month"}))
+		"CHATFLEET_TENANT_BUDGETS": "acme:tokens=1000000/day;globex:usd=50/month, soft=80%"}))
 	if err != nil || c.ModelPrices["claude"] != (Price{3, 15}) || c.TenantBudgets["acme"] != (Budget{Tokens: 1000000}) ||
-		c.TenantBudgets["globex"] != (Budget{USD: 50, Month: true}) {
+		c.TenantBudgets["globex"] != (Budget{USD: 50, Month: true, SoftPercent: 80}) {
 		t.Fatalf("%+v %+v %v", c.ModelPrices, c.TenantBudgets, err)
 	}
 	for name, vars := range map[string]map[string]string{
-		"CHATFLEET_MODEL_PRICES":     {"CHATFLEET_MODEL_PRICES": "gpt:input=1"},
-		"CHATFLEET_MODEL_PRICES ":    {"CHATFLEET_MODEL_PRICES": "gpt:input=-1,output=2"},
-		"CHATFLEET_TENANT_BUDGETS":   {"CHATFLEET_TENANT_BUDGETS": "acme:tokens=10/week"},
-		"CHATFLEET_TENANT_BUDGETS ":  {"CHATFLEET_TENANT_BUDGETS": "acme:usd=5/day"}, // no prices
-		"CHATFLEET_TENANT_BUDGETS  ": {"CHATFLEET_TENANT_BUDGETS": "acme:tokens=0/day"},
+		"CHATFLEET_MODEL_PRICES":       {"CHATFLEET_MODEL_PRICES": "gpt:input=1"},
+		"CHATFLEET_MODEL_PRICES ":      {"CHATFLEET_MODEL_PRICES": "gpt:input=-1,output=2"},
+		"CHATFLEET_TENANT_BUDGETS":     {"CHATFLEET_TENANT_BUDGETS": "acme:tokens=10/week"},
+		"CHATFLEET_TENANT_BUDGETS ":    {"CHATFLEET_TENANT_BUDGETS": "acme:usd=5/day"}, // no prices
+		"CHATFLEET_TENANT_BUDGETS  ":   {"CHATFLEET_TENANT_BUDGETS": "acme:tokens=0/day"},
+		"CHATFLEET_TENANT_BUDGETS   ":  {"CHATFLEET_TENANT_BUDGETS": "acme:tokens=10/day,soft=100%"},
+		"CHATFLEET_TENANT_BUDGETS    ": {"CHATFLEET_TENANT_BUDGETS": "acme:tokens=10/day,alert=50%"},
 	} {
 		vars["CHATFLEET_REDIS_URL"] = "redis://x:6379"
 		if _, err := Load(RoleWorker, env(vars)); err == nil || !strings.Contains(err.Error(), strings.TrimSpace(name)) {

@@ -201,9 +201,13 @@ type Budget struct {
 	Tokens int64
 	USD    float64
 	Month  bool
+	// SoftPercent is the share of the budget past which the tenant is
+	// reported (metric and log) before it is refused; 0: none.
+	SoftPercent int
 }
 
-// parseBudgets reads tenant:tokens=N/day or tenant:usd=N/month, ;-separated.
+// parseBudgets reads tenant:tokens=N/day or tenant:usd=N/month, each with an
+// optional ,soft=P% (the alert's share of the budget), ;-separated.
 func parseBudgets(v string) (map[string]Budget, error) {
 	out := map[string]Budget{}
 	for _, entry := range strings.Split(v, ";") {
@@ -211,6 +215,7 @@ func parseBudgets(v string) (map[string]Budget, error) {
 		if entry == "" {
 			continue
 		}
+		entry, soft, hasSoft := strings.Cut(entry, ",")
 		tenant, rest, ok := strings.Cut(entry, ":")
 		kind, amount, ok2 := strings.Cut(rest, "=")
 		value, per, ok3 := strings.Cut(amount, "/")
@@ -241,6 +246,14 @@ func parseBudgets(v string) (map[string]Budget, error) {
 			b.USD = f
 		default:
 			return nil, fmt.Errorf("%s: %q: want tokens or usd", tenant, kind)
+		}
+		if hasSoft {
+			pct, ok := strings.CutPrefix(strings.TrimSuffix(strings.TrimSpace(soft), "%"), "soft=")
+			n, err := strconv.Atoi(pct)
+			if !ok || err != nil || n < 1 || n > 99 {
+				return nil, fmt.Errorf("%s: %q: want soft=P%% with P from 1 to 99", tenant, soft)
+			}
+			b.SoftPercent = n
 		}
 		if _, dup := out[tenant]; dup {
 			return nil, fmt.Errorf("%s: budgeted twice", tenant)

@@ -171,7 +171,7 @@ func Vars(role Role) []Var {
 			durationVar(func(c *Config) *time.Duration { return &c.UsageRetention }, 24*time.Hour)},
 		{"CHATFLEET_MODEL_PRICES", "", "prices per model in US dollars per million tokens, model:input=X,output=Y;… (usage of a model without a price shows tokens only)", false,
 			func(c *Config, v string) (err error) { c.ModelPrices, err = parsePrices(v); return err }},
-		{"CHATFLEET_TENANT_BUDGETS", "", "spending limits, tenant:tokens=N/day or tenant:usd=N/month (usd needs CHATFLEET_MODEL_PRICES), ;-separated: a submit once the budget is spent gets 429 insufficient_quota until the period resets (UTC)", false,
+		{"CHATFLEET_TENANT_BUDGETS", "", "spending limits, tenant:tokens=N/day or tenant:usd=N/month (usd needs CHATFLEET_MODEL_PRICES), each with an optional ,soft=P% past which the tenant is reported (chatfleet_tenants_over_soft_limit, a warning log), ;-separated: a submit once the budget is spent gets 429 insufficient_quota until the period resets (UTC)", false,
 			func(c *Config, v string) (err error) { c.TenantBudgets, err = parseBudgets(v); return err }},
 		{"CHATFLEET_WEBHOOKS_FILE", "", "JSON file of webhook endpoints, an array of {\"tenant\",\"url\",\"secret\":\"whsec_…\",\"events\":[…],\"include_result\":false}; an entry without url only gives the tenant's secret for per-job webhook_url (docs/webhooks.md)", false,
 			func(c *Config, v string) error { c.WebhooksFile = v; return nil }},

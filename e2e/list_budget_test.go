@@ -89,11 +89,25 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	const budget = 300
 	apis, _ := fleet(t, rd, 2, 1, map[string]string{
-		"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_TENANT_BUDGETS": fmt.Sprintf("acme:tokens=%d/day", budget), "CHATFLEET_SIM_TOKENS": "10",
+		"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_TENANT_BUDGETS": fmt.Sprintf("acme:tokens=%d/day,soft=50%%", budget), "CHATFLEET_SIM_TOKENS": "10",
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	if n := metric(t, apis[0].URL(), "chatfleet_tenants_over_soft_limit"); n != 0 {
+		t.Fatalf("%v tenants over their soft limit before any job", n)
+	}
+	// A job submitted with an Idempotency-Key while under the budget.
+	acme := map[string]string{"Authorization": "Bearer " + keyAcme, "Idempotency-Key": "first"}
+	first := do(t, http.MethodPost, apis[0].URL()+"/api/v1/chat/jobs", map[string]any{"session_id": "first", "message": "spend some tokens"}, acme)
+	if first.Status != http.StatusAccepted {
+		t.Fatalf("first submit: %d %s", first.Status, first.Raw)
+	}
+	j, err := client.New(apis[0].URL(), client.WithAPIKey(keyAcme)).Wait(ctx, first.Body["job_id"].(string))
+	if err != nil || j.Usage == nil {
+		t.Fatalf("first job: %+v %v", j, err)
+	}
 	var lastAcceptedFrom, spent int // spend when the last burst with accepted jobs began; spend now
+	spent = j.Usage.PromptTokens + j.Usage.CompletionTokens
 	refused := false
 	for burst := 0; !refused && burst < 20; burst++ {
 		from := spent
@@ -142,7 +156,7 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 	t.Logf("refused at %d tokens of a %d budget: the last accepted burst began at %d and overshot by %d", spent, budget, lastAcceptedFrom, spent-budget)
 	// The OpenAI SDK sees OpenAI's own error: 429, insufficient_quota.
 	oa := openai.NewClient(option.WithBaseURL(apis[1].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
-	_, err := oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("one more")}})
+	_, err = oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("one more")}})
 	var oe *openai.Error
 	if !errors.As(err, &oe) || oe.StatusCode != http.StatusTooManyRequests || oe.Code != "insufficient_quota" || oe.Type != "insufficient_quota" {
 		t.Fatalf("the SDK got %v", err)
@@ -158,9 +172,28 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 	if r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs?session_id=after", nil, map[string]string{"Authorization": "Bearer " + keyAcme}); len(r.Body["data"].([]any)) != 0 {
 		t.Fatalf("a refused submit left a job: %s", r.Raw)
 	}
+	// The key's request sent again gets its job back: nothing new is spent.
+	again := do(t, http.MethodPost, apis[1].URL()+"/api/v1/chat/jobs", map[string]any{"session_id": "first", "message": "spend some tokens"}, acme)
+	if again.Status != http.StatusOK || again.Body["job_id"] != first.Body["job_id"] {
+		t.Fatalf("idempotent replay over budget: %d %s (first %s)", again.Status, again.Raw, first.Raw)
+	}
 	u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
 	b, _ := u.Body["budget"].(map[string]any)
-	if b == nil || b["unit"] != "tokens" || b["limit"] != float64(budget) || b["spent"] != float64(spent) {
+	if b == nil || b["unit"] != "tokens" || b["limit"] != float64(budget) || b["spent"] != float64(spent) ||
+		b["soft_limit"] != float64(budget)/2 || b["over_soft_limit"] != true {
 		t.Fatalf("usage's budget: %s (spent %d)", u.Raw, spent)
+	}
+	// Both API processes report the tenant over its soft limit, and log it once.
+	for _, a := range apis {
+		deadline := time.Now().Add(15 * time.Second)
+		for metric(t, a.URL(), "chatfleet_tenants_over_soft_limit") != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: chatfleet_tenants_over_soft_limit never reached 1", a.Name)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if n := strings.Count(strings.Join(a.Logs(), "\n"), "tenant passed its budget's soft limit"); n != 1 {
+			t.Errorf("%s logged the soft limit %d times", a.Name, n)
+		}
 	}
 }

@@ -21,6 +21,7 @@ type Budget struct {
 	Tokens int64   // tokens (prompt + completion) per period; 0: no token budget
 	USD    float64 // dollars per period at Options.Prices; 0: no dollar budget
 	Month  bool    // the period is the calendar month, else the day
+	Soft   float64 // share of the budget past which the tenant is reported; 0: none
 }
 
 // BudgetError refuses a submit of a tenant whose budget is spent.
@@ -115,6 +116,9 @@ type BudgetState struct {
 	Limit   float64   `json:"limit"`
 	Spent   float64   `json:"spent"`
 	ResetAt time.Time `json:"reset_at"`
+	// SoftLimit is the spend past which the tenant is reported (absent: none).
+	SoftLimit     *float64 `json:"soft_limit,omitempty"`
+	OverSoftLimit bool     `json:"over_soft_limit"`
 }
 
 // Budget returns a tenant's budget state (nil: the tenant has no budget).
@@ -132,5 +136,28 @@ func (m *Manager) Budget(ctx context.Context, tenant string) (*BudgetState, erro
 	if b.USD > 0 {
 		st.Unit, st.Limit, st.Spent = "usd", b.USD, float64(spent)/1e6
 	}
+	if b.Soft > 0 {
+		soft := st.Limit * b.Soft
+		st.SoftLimit, st.OverSoftLimit = &soft, st.Spent >= soft
+	}
 	return st, nil
+}
+
+// OverSoftLimit returns the state of every tenant past its budget's soft
+// limit in the current period (one read per tenant with a soft limit).
+func (m *Manager) OverSoftLimit(ctx context.Context) (map[string]*BudgetState, error) {
+	out := map[string]*BudgetState{}
+	for tenant, b := range m.opt.Budgets {
+		if b.Soft <= 0 {
+			continue
+		}
+		st, err := m.Budget(ctx, tenant)
+		if err != nil {
+			return nil, err
+		}
+		if st.OverSoftLimit {
+			out[tenant] = st
+		}
+	}
+	return out, nil
 }

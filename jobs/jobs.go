@@ -103,6 +103,14 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 	defer cancel()
 	if err := m.checkBudget(ctx, nj.Tenant); err != nil {
+		// A request sent again under its Idempotency-Key gets the job it
+		// made, budget or not: nothing new would be spent.
+		if nj.KeyHash == "" {
+			return Submitted{}, err
+		}
+		if existing, gerr := m.st.Get(ctx, nj.ID); gerr == nil && existing.Tenant == nj.Tenant && existing.BodyHash == nj.BodyHash {
+			return Submitted{Job: existing, Replayed: true}, nil
+		}
 		return Submitted{}, err
 	}
 	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)

@@ -137,7 +137,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		e.Use(tracing.Middleware())
 	}
 	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb}, api.Options{
-		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: streams,
+		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: log.WithContext(streams),
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,

@@ -89,7 +89,7 @@ func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.M
 func budgets(cfg config.Config) map[string]jobs.Budget {
 	out := make(map[string]jobs.Budget, len(cfg.TenantBudgets))
 	for t, b := range cfg.TenantBudgets {
-		out[t] = jobs.Budget{Tokens: b.Tokens, USD: b.USD, Month: b.Month}
+		out[t] = jobs.Budget{Tokens: b.Tokens, USD: b.USD, Month: b.Month, Soft: float64(b.SoftPercent) / 100}
 	}
 	return out
 }
