@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -310,7 +313,7 @@ func TestConsoleWithAPIKeys(t *testing.T) {
 // view charts today's tokens, and the back button returns to the list.
 func TestConsoleJobListUsageAndDeepLinks(t *testing.T) {
 	rd := testkit.StartRedis(t)
-	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "5"})
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "5", "CHATFLEET_MODEL_PRICES": "sim:input=1,output=2"})
 	base := apis[0].URL()
 	c := client.New(base)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -344,14 +347,16 @@ func TestConsoleJobListUsageAndDeepLinks(t *testing.T) {
 	if hash != "#/jobs/"+ids[2] || !strings.Contains(view, ids[2]) {
 		t.Fatalf("job view at %q: %s", hash, view)
 	}
-	var status string
-	var bars int
+	var status, costTitle string
+	var bars, costBars int
 	b.run(t, 10*time.Second, chromedp.Navigate(base+"/console/#/usage"),
 		chromedp.WaitVisible(`#usagetable td`, chromedp.ByQuery),
 		chromedp.Text(`#usagestatus`, &status, chromedp.ByID),
-		chromedp.Evaluate(`document.querySelectorAll('#usagechart rect').length`, &bars))
-	if !strings.Contains(status, "3 requests") || bars != 1 {
-		t.Fatalf("usage view: %q, %d bars", status, bars)
+		chromedp.Evaluate(`document.querySelectorAll('#usagechart rect').length`, &bars),
+		chromedp.Evaluate(`document.querySelectorAll('#usagecost rect').length`, &costBars),
+		chromedp.Evaluate(`document.querySelector('#usagecost rect title').textContent`, &costTitle))
+	if !strings.Contains(status, "3 requests") || bars != 1 || costBars != 1 || !strings.Contains(costTitle, " sim: $0.") {
+		t.Fatalf("usage view: %q, %d token bars, %d cost bars (%q)", status, bars, costBars, costTitle)
 	}
 	b.run(t, 10*time.Second, chromedp.NavigateBack(), chromedp.Poll(`location.hash.startsWith('#/jobs/')`, nil),
 		chromedp.WaitVisible(`#jobs`, chromedp.ByID))
@@ -360,4 +365,93 @@ func TestConsoleJobListUsageAndDeepLinks(t *testing.T) {
 	if len(b.errors) > 0 {
 		t.Errorf("page errors: %v", b.errors)
 	}
+}
+
+// The queue view charts the fleet's own figures of the last 15 minutes: a
+// backlog recorded while no worker ran, then the throughput and time to
+// first token once one did.
+func TestQueueViewChartsTheLast15Minutes(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	env := map[string]string{"CHATFLEET_SIM_TOKENS": "5"}
+	apis, _ := fleet(t, rd, 1, 0, env)
+	base := apis[0].URL()
+	const jobs = 12
+	var ids []string
+	for i := range jobs {
+		ids = append(ids, submit(t, base, fmt.Sprintf("chart-%d", i), "hi", nil).Body["job_id"].(string))
+	}
+	submitted := time.Now()
+	type point struct {
+		Backlog       *int     `json:"backlog"`
+		JobsPerSecond *float64 `json:"jobs_per_second"`
+		TTFT          *float64 `json:"time_to_first_token_seconds"`
+	}
+	// history polls the history until ok accepts its points.
+	history := func(what string, ok func([]point) bool) []point {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			r := do(t, http.MethodGet, base+"/health/queue/history", nil, nil)
+			var h struct {
+				Slot      int     `json:"slot_seconds"`
+				Threshold int     `json:"threshold"`
+				Points    []point `json:"points"`
+			}
+			if err := json.Unmarshal([]byte(r.Raw), &h); err != nil || r.Status != http.StatusOK || h.Slot != 10 || len(h.Points) != 90 || h.Threshold != 500 {
+				t.Fatalf("history: %d %s", r.Status, r.Raw)
+			}
+			if ok(h.Points) {
+				return h.Points
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("history never showed %s: %s", what, r.Raw)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	history("the backlog of 12", func(ps []point) bool {
+		return slices.ContainsFunc(ps, func(p point) bool { return p.Backlog != nil && *p.Backlog == jobs })
+	})
+	waited := time.Since(submitted).Seconds() // every job waited at least this long for its first token
+	testkit.StartProc(t, "worker-0", workerBin, fleetEnv(rd.URL(), env))
+	for _, id := range ids {
+		waitJob(t, base, id)
+	}
+	ps := history("the jobs' throughput and first tokens", func(ps []point) bool {
+		return slices.ContainsFunc(ps, func(p point) bool { return p.TTFT != nil }) &&
+			slices.ContainsFunc(ps, func(p point) bool { return p.JobsPerSecond != nil && *p.JobsPerSecond > 0 })
+	})
+	for _, p := range ps {
+		if p.TTFT != nil && (*p.TTFT < waited || *p.TTFT > 60) {
+			t.Fatalf("mean time to first token %.3f s, but every job waited %.3f s to start", *p.TTFT, waited)
+		}
+		if p.TTFT != nil || p.JobsPerSecond != nil && *p.JobsPerSecond > 0 {
+			t.Logf("slot: backlog %v, %v jobs/s, first token after %v s (each job waited at least %.2f s)", deref(p.Backlog), deref(p.JobsPerSecond), deref(p.TTFT), waited)
+		}
+	}
+	b := newBrowser(t)
+	var backlog, rate, ttft, dashed int
+	var latest string
+	b.run(t, 20*time.Second, chromedp.Navigate(base+"/console/#/queue"),
+		chromedp.WaitVisible(`#ttftchart path`, chromedp.ByQuery),
+		chromedp.Evaluate(`document.querySelectorAll('#backlogchart path').length`, &backlog),
+		chromedp.Evaluate(`document.querySelectorAll('#ratechart path').length`, &rate),
+		chromedp.Evaluate(`document.querySelectorAll('#ttftchart path').length`, &ttft),
+		chromedp.Evaluate(`document.querySelectorAll('#backlogchart line[stroke-dasharray]').length`, &dashed),
+		chromedp.Evaluate(`document.querySelector('#backlogchart .latest').textContent`, &latest))
+	if backlog != 1 || rate != 1 || ttft != 1 || dashed != 1 || !strings.HasPrefix(latest, "latest ") {
+		t.Fatalf("queue charts: backlog %d, rate %d, ttft %d lines, threshold %d, %q", backlog, rate, ttft, dashed, latest)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.errors) > 0 {
+		t.Errorf("page errors: %v", b.errors)
+	}
+}
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }

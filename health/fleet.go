@@ -177,6 +177,7 @@ func (f *Fleet) sampleLoop(ctx context.Context) {
 				f.samples = f.samples[1:]
 			}
 			f.mu.Unlock()
+			f.recordHistory(ctx, s.backlog)
 		}
 		select {
 		case <-ctx.Done():
@@ -241,11 +242,12 @@ func advise(backlog, threshold int, w Workers, rate float64, measured bool, satu
 	return msg
 }
 
-// Register adds /health/queue/status and /health/detailed (and the same under
-// /api/v1/health).
+// Register adds /health/queue/status, /health/queue/history and
+// /health/detailed (and the same under /api/v1/health).
 func (f *Fleet) Register(e *echo.Echo) {
 	for _, base := range []string{"/health", "/api/v1/health"} {
 		e.GET(base+"/queue/status", f.queueStatus)
+		e.GET(base+"/queue/history", f.history)
 		e.GET(base+"/detailed", f.detailed)
 	}
 }

@@ -36,6 +36,8 @@ type PipelineOptions struct {
 	// included (default 5m).
 	MaxRetryDelay time.Duration
 	Metrics       *Metrics
+	// FirstToken is told each job's time from submit to its first token (nil: nobody).
+	FirstToken func(time.Duration)
 }
 
 // Pipeline is the asynq handler of chat:complete tasks. It decides what an
@@ -171,7 +173,13 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 		req.Params = *pl.Params
 	}
 	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing)}
-	firstToken := sync.OnceFunc(func() { observe(ctx, p.m.ttft, time.Since(pl.SubmittedAt).Seconds()) })
+	firstToken := sync.OnceFunc(func() {
+		d := time.Since(pl.SubmittedAt)
+		observe(ctx, p.m.ttft, d.Seconds())
+		if p.opt.FirstToken != nil {
+			p.opt.FirstToken(d)
+		}
+	})
 	onDelta := func(d llm.Delta) error {
 		firstToken()
 		if t := d.Tool; t != nil {

@@ -250,6 +250,7 @@ async function refreshQueue() {
       q.queues.map((x) => [x.name, x.pending, x.scheduled, x.retry, x.active, x.archived, x.latency_seconds.toFixed(1)]));
     $('workers').textContent = q.workers.live + ' live, ' + q.workers.busy + ' of ' + q.workers.concurrency + ' slots busy';
     table($('breakers'), ['provider', 'breaker'], Object.entries(d.breakers || {}));
+    await refreshHistory();
   } catch (e) {
     $('queuestatus').textContent = e.message;
   }
@@ -401,37 +402,82 @@ async function showUsage() {
 }
 $('usageform').addEventListener('submit', (ev) => { ev.preventDefault(); showUsage(); });
 
-function drawUsage(rows) {
-  const svg = $('usagechart');
-  const ns = 'http://www.w3.org/2000/svg';
+// ---- charts: SVG drawn by the page, no library ----
+const SVGNS = 'http://www.w3.org/2000/svg';
+const COLOURS = ['#2458d6', '#b25e00', '#2e7d32', '#8e24aa', '#00838f', '#b3261e'];
+function svgDrawer(svg) {
   svg.textContent = '';
-  const days = [...new Set(rows.map((r) => r.date))].sort();
-  const models = [...new Set(rows.map((r) => r.model))].sort();
-  const colours = ['#2458d6', '#b25e00', '#2e7d32', '#8e24aa', '#00838f', '#b3261e'];
-  const total = (d) => rows.filter((r) => r.date === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0);
-  const max = Math.max(1, ...days.map(total));
-  const w = 820, h = 180, bw = Math.max(4, Math.min(40, (w - 40) / Math.max(1, days.length) - 4));
-  const el = (name, attrs, text) => {
-    const e = document.createElementNS(ns, name);
+  return (name, attrs, text) => {
+    const e = document.createElementNS(SVGNS, name);
     Object.entries(attrs).forEach(([k, v]) => e.setAttribute(k, v));
-    if (text) e.textContent = text;
+    if (text !== undefined) e.textContent = text;
     svg.appendChild(e);
     return e;
   };
+}
+
+// bars draws value(row) per day, stacked by model.
+function bars(svg, rows, value, label) {
+  const el = svgDrawer(svg);
+  const days = [...new Set(rows.map((r) => r.date))].sort();
+  const models = [...new Set(rows.map((r) => r.model))].sort();
+  const total = (d) => rows.filter((r) => r.date === d).reduce((s, r) => s + (value(r) || 0), 0);
+  const max = Math.max(...days.map(total)) || 1;
+  const w = 820, h = 180, bw = Math.max(4, Math.min(40, (w - 40) / Math.max(1, days.length) - 4));
   days.forEach((d, i) => {
     let y = h;
     models.forEach((m, k) => {
       const r = rows.find((x) => x.date === d && x.model === m);
-      if (!r) return;
-      const bh = ((r.prompt_tokens + r.completion_tokens) / max) * (h - 10);
+      if (!r || !value(r)) return;
+      const bh = (value(r) / max) * (h - 10);
       y -= bh;
-      el('rect', { x: 30 + i * (bw + 4), y, width: bw, height: bh, fill: colours[k % colours.length] })
-        .appendChild(document.createElementNS(ns, 'title')).textContent = d + ' ' + m + ': ' + (r.prompt_tokens + r.completion_tokens) + ' tokens';
+      el('rect', { x: 30 + i * (bw + 4), y, width: bw, height: bh, fill: COLOURS[k % COLOURS.length] })
+        .appendChild(document.createElementNS(SVGNS, 'title')).textContent = d + ' ' + m + ': ' + label(value(r));
     });
     if (days.length <= 16 || i % Math.ceil(days.length / 16) === 0) el('text', { x: 30 + i * (bw + 4), y: h + 14, 'font-size': 10 }, d.slice(5));
   });
-  models.forEach((m, k) => el('text', { x: 30 + k * 160, y: h + 32, 'font-size': 11, fill: colours[k % colours.length] }, '■ ' + m));
-  el('text', { x: 0, y: 12, 'font-size': 10 }, max + ' tokens');
+  models.forEach((m, k) => el('text', { x: 30 + k * 160, y: h + 32, 'font-size': 11, fill: COLOURS[k % COLOURS.length] }, '■ ' + m));
+  el('text', { x: 0, y: 12, 'font-size': 10 }, label(max));
+}
+
+function drawUsage(rows) {
+  bars($('usagechart'), rows, (r) => r.prompt_tokens + r.completion_tokens, (v) => v + ' tokens');
+  const priced = rows.some((r) => r.cost_usd !== null);
+  $('usagecost').hidden = !priced;
+  if (priced) bars($('usagecost'), rows, (r) => r.cost_usd, (v) => '$' + v.toFixed(4));
+}
+
+// line draws one figure of the fleet's history over time; a gap where no
+// process recorded it. A limit (the backlog's threshold) is a dashed line.
+function line(svg, points, value, unit, limit) {
+  const el = svgDrawer(svg);
+  const w = 820, h = 110, left = 40, top = 14;
+  const vals = points.map(value);
+  const known = vals.filter((v) => v !== null);
+  const max = Math.max(limit || 0, ...known) || 1;
+  const x = (i) => left + (i / Math.max(1, points.length - 1)) * (w - left - 10);
+  const y = (v) => top + h - (v / max) * h;
+  let d = '';
+  vals.forEach((v, i) => { if (v !== null) d += (d && vals[i - 1] !== null ? 'L' : 'M') + x(i).toFixed(1) + ' ' + y(v).toFixed(1); });
+  el('line', { x1: left, y1: top + h, x2: w - 10, y2: top + h, stroke: '#d9dee5' });
+  if (limit) el('line', { x1: left, y1: y(limit), x2: w - 10, y2: y(limit), stroke: '#b25e00', 'stroke-dasharray': '4 3' });
+  if (d) el('path', { d, fill: 'none', stroke: '#2458d6', 'stroke-width': 1.5 });
+  el('text', { x: 0, y: 10, 'font-size': 10 }, fmt(max) + ' ' + unit);
+  el('text', { x: left, y: top + h + 14, 'font-size': 10 }, '-15 min');
+  el('text', { x: w - 40, y: top + h + 14, 'font-size': 10 }, 'now');
+  const lastKnown = known.length ? known[known.length - 1] : null;
+  el('text', { x: w - 200, y: 10, 'font-size': 11, class: 'latest' }, lastKnown === null ? 'no data' : 'latest ' + fmt(lastKnown) + ' ' + unit);
+}
+function fmt(v) { return Number.isInteger(v) ? String(v) : v.toFixed(v < 10 ? 2 : 1); }
+
+let historyAt = 0;
+async function refreshHistory() {
+  if (Date.now() - historyAt < 10000) return; // the fleet records a point every 10 s
+  historyAt = Date.now();
+  const hist = await api('GET', '/health/queue/history');
+  line($('backlogchart'), hist.points, (p) => p.backlog, 'jobs waiting', hist.threshold);
+  line($('ratechart'), hist.points, (p) => p.jobs_per_second, 'jobs/s');
+  line($('ttftchart'), hist.points, (p) => p.time_to_first_token_seconds, 's to first token');
 }
 
 loadHistory();

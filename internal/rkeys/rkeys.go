@@ -157,6 +157,13 @@ func Usage(bucket int, tenant, month string) string {
 // set of "<tenant>\n<session>\n<job id>" scored by its next check in ms).
 func Unfinished(bucket int) string { return tagged(bucket) + "unfinished" }
 
+// FleetHistory is the hash of the fleet's figures for one slot of
+// health.HistorySlot (its start in Unix seconds); every slot's key shares
+// one hash tag so the 15 minutes are read from one node.
+func FleetHistory(slot int64) string {
+	return prefix + "{fleet-history}:" + strconv.FormatInt(slot, 10)
+}
+
 // Idempotency points a tenant's Idempotency-Key at the job it made, so that
 // the key reused with another session (hence another job id) is a conflict.
 func Idempotency(tenant, keyHash string) string { return prefix + "idem:" + tenant + ":" + keyHash }

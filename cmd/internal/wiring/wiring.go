@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/config"
+	"github.com/chatfleet/chatfleet/health"
 	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
@@ -190,6 +191,7 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, j
 		DegradedReply: cfg.DegradedReply,
 		MaxRetryDelay: cfg.MaxRetryDelay,
 		Metrics:       orchestration.NewMetrics(reg, tasks.QueueSet(cfg.QueueSpread)),
+		FirstToken:    health.NewFirstTokens(ctx, rdb).Observe,
 	})
 	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{
 		Concurrency:     cfg.WorkerConcurrency,
