@@ -101,6 +101,29 @@ func submit(base, session, msg string) (string, error) {
 	return out.JobID, err
 }
 
+// submitMany submits n one-turn jobs, each its own session, from 32
+// clients and returns their ids.
+func (e env) submitMany(base, prefix string, n int) []string {
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 32 {
+				id, err := submit(base, prefix+strconv.Itoa(i), "go")
+				if err != nil {
+					e.b.Error(err)
+					return
+				}
+				ids[i] = id
+			}
+		}()
+	}
+	wg.Wait()
+	return ids
+}
+
 func metric(base, series string) float64 {
 	res, err := httpc.Get(base + "/metrics")
 	if err != nil {
@@ -339,18 +362,8 @@ func (e env) heldStreams() (mem, conns result) {
 	const n = 10000
 	rd := testkit.StartRedis(e.b)
 	api := e.start("api", e.apiBin, rd, nil)
-	ids := make([]string, n)
+	ids := e.submitMany(api.URL(), "held-", n)
 	var wg sync.WaitGroup
-	for g := range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := g; i < n; i += 32 {
-				ids[i], _ = submit(api.URL(), "held-"+strconv.Itoa(i), "wait")
-			}
-		}()
-	}
-	wg.Wait()
 	httpc.CloseIdleConnections()
 	time.Sleep(500 * time.Millisecond)
 	pid := api.Pid()
@@ -723,6 +736,7 @@ func BenchmarkReport(b *testing.B) {
 	singles, session := e.headOfLine()
 	results = append(results, singles, session)
 	results = append(results, e.cluster()...)
+	results = append(results, e.pacedReplies()...)
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {
@@ -785,7 +799,8 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 	fmt.Fprintln(&w, "\nBaselines: (1) bench/thinapi, the thinnest echo API that decodes and validates the JSON, enqueues with a task id and answers 202; (2) bare asynq enqueue → handler → "+
 		"Redis PUBLISH → subscriber, same 20 ms poll interval; (3) bare asynq no-op handler at concurrency 100; (5) the same fleet with one worker, times 4; "+
 		"(6) a bare asynq no-op task with retention; (7) the same fleet's commands per job less the provider limiter's scripts; "+
-		"(8) a bare asynq server with the same queues and poll intervals, idle; (9) the fleet run of (3) on one Redis, in the same repetition.")
+		"(8) a bare asynq server with the same queues and poll intervals, idle; (9) the fleet run of (3) on one Redis, in the same repetition; "+
+		"(10) the same 40-token replies sent all at once, in the same repetition; (11) the 6 s of work (three waves of 2 s replies at 2,000 in flight).")
 	fmt.Fprintln(&w, "\nNotes:")
 	for _, r := range rs {
 		if r.note != "" {

@@ -56,9 +56,11 @@ type Config struct {
 	HistoryTTL          time.Duration
 	StreamFlushInterval time.Duration
 	StreamFlushBytes    int
-	SSEHeartbeat        time.Duration
-	StreamMaxDuration   time.Duration
-	TenantMaxStreams    int
+	// StreamUnfollowedFlushInterval batches a job's deltas while nobody follows it live.
+	StreamUnfollowedFlushInterval time.Duration
+	SSEHeartbeat                  time.Duration
+	StreamMaxDuration             time.Duration
+	TenantMaxStreams              int
 	// ResponsesMaxConversationBytes caps a /v1/responses conversation.
 	ResponsesMaxConversationBytes int
 	AdminKey                      string

@@ -240,7 +240,8 @@ func TestConsoleInABrowser(t *testing.T) {
 	b.run(t, 10*time.Second, chromedp.SetValue("#jobid", sub.JobID, chromedp.ByID), chromedp.Click("#jobform button", chromedp.ByQuery),
 		chromedp.WaitVisible(`#jobevents li:last-child`, chromedp.ByQuery))
 	var events string
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(events, "done ") && time.Now().Before(deadline); {
+	// Until the list is the tool job's (the text job's may still show) and complete.
+	for deadline := time.Now().Add(5 * time.Second); !(strings.Contains(events, "tool_call ") && strings.Contains(events, "done ")) && time.Now().Before(deadline); {
 		b.run(t, 5*time.Second, chromedp.Text(`#jobevents`, &events, chromedp.ByQuery))
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -100,7 +100,8 @@ func TestStreamsAcrossNodesAreExact(t *testing.T) {
 // event k and reopened on the other node with Last-Event-ID k continues at k+1.
 func TestLateStreamReplaysAndResumeContinues(t *testing.T) {
 	rd := testkit.StartRedis(t)
-	apis, _ := fleet(t, rd, 2, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "20", "CHATFLEET_SIM_TOKEN_DELAY": "30ms"})
+	// Short batches, so that the stream can be cut mid-reply.
+	apis, _ := fleet(t, rd, 2, 1, map[string]string{"CHATFLEET_SIM_TOKENS": "20", "CHATFLEET_SIM_TOKEN_DELAY": "30ms", "CHATFLEET_STREAM_FLUSH_INTERVAL": "20ms"})
 	a, b := client.New(apis[0].URL()), client.New(apis[1].URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -191,4 +192,44 @@ func TestClientResumesAfterTheNodeRestarts(t *testing.T) {
 	if reconnects == 0 {
 		t.Fatal("the stream never reconnected; the node restart was not exercised")
 	}
+}
+
+// Nobody follows the job at first, so its worker holds the deltas back (for
+// an hour here); a stream opened mid-reply gets the first token from the
+// log, then, as its API tells the worker, what was held back and the rest
+// live, batch by batch. Without the wake-up the held text would only come
+// with the final event.
+func TestAFollowerMidReplyGetsTheRestLive(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{
+		"CHATFLEET_SIM_TOKENS": "40", "CHATFLEET_SIM_TOKEN_DELAY": "50ms",
+		"CHATFLEET_STREAM_UNFOLLOWED_FLUSH_INTERVAL": "1h", "CHATFLEET_STREAM_FLUSH_INTERVAL": "100ms",
+	})
+	c := client.New(apis[0].URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "late", Message: "hold it"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		j, err := c.Get(ctx, sub.JobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Status == "active" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // some deltas are held back
+	s := &streamed{}
+	if err := c.Stream(ctx, sub.JobID, client.StreamOptions{}, s.add); err != nil {
+		t.Fatal(err)
+	}
+	s.check(t, 1)
+	if tokens := len(s.events) - 1; tokens < 5 {
+		t.Fatalf("%d token events before done: the rest of the reply did not come live", tokens)
+	}
+	t.Logf("%d events: %d words in the first batch after the log's first token", len(s.events), len(strings.Fields(s.events[1].Delta)))
 }

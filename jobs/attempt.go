@@ -125,7 +125,7 @@ func (a *Attempt) Abandon(ctx context.Context) error {
 }
 
 // AppendEvent adds one of this attempt's events to the job's log (stream.Emitter's sink).
-func (a *Attempt) AppendEvent(ctx context.Context, p store.Payload) (int64, error) {
+func (a *Attempt) AppendEvent(ctx context.Context, p store.Payload) (store.Appended, error) {
 	return a.m.st.AppendEvent(ctx, a.job.JobID, a.Fence, p)
 }
 

@@ -5,9 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/chatfleet/chatfleet/llm/carry"
 	"net/http"
 	"strings"
+
+	"github.com/chatfleet/chatfleet/llm/carry"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/anthropics/anthropic-sdk-go/v2/option"

@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/chatfleet/chatfleet/llm/carry"
 	"net/http"
+
+	"github.com/chatfleet/chatfleet/llm/carry"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"

@@ -6,11 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/chatfleet/chatfleet/llm/carry"
 	"math/rand/v2"
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/chatfleet/chatfleet/llm/carry"
 )
 
 // SimConfig tunes the simulated provider.

@@ -38,6 +38,8 @@ type PipelineOptions struct {
 	Metrics       *Metrics
 	// FirstToken is told each job's time from submit to its first token (nil: nobody).
 	FirstToken func(time.Duration)
+	// Wakeups tells a running attempt's emitter of a follower's arrival (nil: none).
+	Wakeups *stream.Wakeups
 }
 
 // Pipeline is the asynq handler of chat:complete tasks. It decides what an
@@ -173,6 +175,7 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 		req.Params = *pl.Params
 	}
 	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing)}
+	defer p.opt.Wakeups.Add(pl.JobID, c.emit)()
 	firstToken := sync.OnceFunc(func() {
 		d := time.Since(pl.SubmittedAt)
 		observe(ctx, p.m.ttft, d.Seconds())

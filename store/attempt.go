@@ -25,7 +25,7 @@ import (
 // KEYS: job, order, history, leases. ARGV: startArgs.
 var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, `
 local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, now, with_history, task, lease, fresh = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local id, now, with_history, task, lease, fresh, runner = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at', 'turn_at')
 local st, owner = rec[1], rec[2]
 if not st then return {'gone'} end
@@ -38,7 +38,7 @@ if head and head ~= id then
 end
 local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', job, 'fence', 1)
-redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now)
+redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now, 'runner', runner)
 redis.call('ZADD', leases, redis_now() + lease, id .. ':' .. f)
 local out = {'run', tostring(n), tostring(f), rec[5] or ''}
 if with_history then
@@ -54,6 +54,7 @@ type startArgs struct {
 	Task        string
 	Lease       int64 // ms
 	Fresh       string
+	Runner      string // the process that runs the attempt (Options.Runner)
 }
 
 func (a startArgs) argv() []any {
@@ -61,7 +62,7 @@ func (a startArgs) argv() []any {
 	if a.WithHistory {
 		flag = "1"
 	}
-	return []any{a.ID, a.Now, flag, a.Task, a.Lease, a.Fresh}
+	return []any{a.ID, a.Now, flag, a.Task, a.Lease, a.Fresh, a.Runner}
 }
 
 // markDeferred hands back an attempt that never reached a provider (every
@@ -127,7 +128,7 @@ type Attempt struct {
 // under when it is not its turn yet. ErrNotFound: the record is gone.
 func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fresh string, withHistory bool, lease time.Duration) (Attempt, error) {
 	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
-		startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh}.argv()...).StringSlice()
+		startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh, Runner: s.opt.Runner}.argv()...).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}

@@ -175,45 +175,54 @@ local function append_event(events, channel, typ, body, ttl, publish)
   local entry = typ .. ' ' .. data
   redis.call('RPUSH', events, entry)
   if seq == 1 then redis.call('EXPIRE', events, ttl) end -- finish sets it again
-  redis.call(publish, channel, entry)
-  return seq
+  return seq, redis.call(publish, channel, entry) -- and how many follow it live
 end
 `
 
-// appendEvent adds an event to a running job. Returns the event's seq, 0 when
-// the job is already finished (nothing may follow its last event), -1 when the
-// record is gone, -2 when a later attempt owns the job (this one is fenced out).
+// appendEvent adds an event to a running job. Returns the event's seq and
+// how many subscribers got it live; a seq of 0 when the job is already
+// finished (nothing may follow its last event), -1 when the record is gone,
+// -2 when a later attempt owns the job (this one is fenced out).
 var appendEvent = redis.NewScript(lua(appendEventLua, ownsLua, `
 local job, events = KEYS[1], KEYS[2]
 local typ, body, retention, channel, fence, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local st, f = state(job)
-if not st then return -1 end
-if terminal(st) then return 0 end
-if fence > 0 and (st ~= ACTIVE or f ~= fence) then return -2 end
-return append_event(events, channel, typ, body, retention, publish)
+if not st then return {-1, 0} end
+if terminal(st) then return {0, 0} end
+if fence > 0 and (st ~= ACTIVE or f ~= fence) then return {-2, 0} end
+return {append_event(events, channel, typ, body, retention, publish)}
 `))
 
-// AppendEvent adds an event to a running job's log and publishes it; it
-// returns the event's seq. attempt > 0 fences it: ErrSuperseded once a later
-// attempt owns the job.
-func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Payload) (int64, error) {
+// Appended is where an event went.
+type Appended struct {
+	Seq int64
+	// Followers is how many subscribers got it live (on Redis Cluster, of
+	// the job's shard: where every follower of the job subscribes).
+	Followers int64
+}
+
+// AppendEvent adds an event to a running job's log and publishes it.
+// attempt > 0 fences it: ErrSuperseded once a later attempt owns the job.
+func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Payload) (Appended, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
-		return 0, fmt.Errorf("encode %s event: %w", p.EventType(), err)
+		return Appended{}, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
-	n, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id), attempt, s.publish).Int64()
+	res, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
+		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id), attempt, s.publish).Int64Slice()
 	switch {
 	case err != nil:
-		return 0, unavailable("append event", err)
-	case n == 0:
-		return 0, ErrJobFinished
-	case n == -2:
-		return 0, ErrSuperseded
-	case n < 0:
-		return 0, ErrNotFound
+		return Appended{}, unavailable("append event", err)
+	case len(res) != 2:
+		return Appended{}, fmt.Errorf("append event: unexpected reply %v", res)
+	case res[0] == 0:
+		return Appended{}, ErrJobFinished
+	case res[0] == -2:
+		return Appended{}, ErrSuperseded
+	case res[0] < 0:
+		return Appended{}, ErrNotFound
 	}
-	return n, nil
+	return Appended{Seq: res[0], Followers: res[1]}, nil
 }
 
 // Events returns a job's log after seq `after`, oldest first.
@@ -255,4 +264,29 @@ func finalEvent(o Outcome) Payload {
 		return CanceledEvent{}
 	}
 	return ErrorEvent{Error: o.Error}
+}
+
+// Wake tells the process running job id, if it runs now, that the job has
+// a live follower (rkeys.RunnerChannel): it sends the deltas it was holding
+// back for nobody and streams the rest at the followed pace.
+func (s *Store) Wake(ctx context.Context, id string) error {
+	vals, err := s.rdb.HMGet(ctx, rkeys.Job(id), "status", "runner").Result()
+	if err != nil {
+		return unavailable("read the job's runner", err)
+	}
+	st, _ := vals[0].(string)
+	runner, _ := vals[1].(string)
+	if st != StatusActive || runner == "" {
+		return nil // not running: its first event will find the follower
+	}
+	ch := rkeys.RunnerChannel(runner)
+	if s.publish == "SPUBLISH" {
+		err = s.rdb.SPublish(ctx, ch, id).Err()
+	} else {
+		err = s.rdb.Publish(ctx, ch, id).Err()
+	}
+	if err != nil {
+		return unavailable("wake the job's runner", err)
+	}
+	return nil
 }

@@ -108,6 +108,9 @@ type Options struct {
 	// Clock is this process's clock (default time.Now): it stamps records
 	// and schedules the reconciler's checks. Leases never read it.
 	Clock func() time.Time
+	// Runner names this process in the records of the attempts it starts,
+	// so that a follower's arrival can be told to it (Wake).
+	Runner string
 }
 
 // Store reads and writes job records, session order, history and event logs.

@@ -16,11 +16,22 @@ import (
 
 // Coalescing bounds Redis work on long replies: the first delta of an attempt
 // goes out at once (time to first token), later ones are batched until Window
-// has passed or MaxBytes are waiting.
+// has passed or MaxBytes are waiting. While nobody follows the job live (the
+// last event published reached no subscriber: the caller polls, waits for a
+// webhook or has not come yet) they are batched for Unfollowed instead, up
+// to UnfollowedMaxBytes: the log stays exact, it is only written less often.
+// A follower that arrives reads the log, and the worker is told to send what
+// waits at once and go back to Window (Emitter.Followed).
 type Coalescing struct {
 	Window   time.Duration
 	MaxBytes int
+	// Unfollowed is the window while nobody follows (0 or less than Window: Window).
+	Unfollowed time.Duration
 }
+
+// UnfollowedMaxBytes bounds a batch that waits for nobody: memory per job in
+// flight, and the size of one append.
+const UnfollowedMaxBytes = 16 << 10
 
 // publishAttempts is how often one event is offered to Redis before the
 // emitter gives up on it; the final result is recorded separately and never
@@ -30,7 +41,7 @@ const publishAttempts = 3
 // Log is where one attempt's events go: the job's event log, each write
 // fenced by the attempt (jobs.Attempt).
 type Log interface {
-	AppendEvent(ctx context.Context, p store.Payload) (int64, error)
+	AppendEvent(ctx context.Context, p store.Payload) (store.Appended, error)
 }
 
 // Emitter publishes one attempt's token deltas and tool-call fragments to a
@@ -45,6 +56,8 @@ type Emitter struct {
 	tm   *time.Timer
 	sent int   // token and tool_call events published
 	err  error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
+	// unfollowed: the last event reached no live follower.
+	unfollowed bool
 }
 
 // NewEmitter returns an emitter writing to log.
@@ -97,15 +110,33 @@ func (e *Emitter) ToolCall(index int, id, name, args string) error {
 // scheduleLocked sends what waits now (an attempt's first piece, or a full
 // batch) or arms the window's timer.
 func (e *Emitter) scheduleLocked() {
+	window, maxBytes := e.c.Window, e.c.MaxBytes
+	if e.unfollowed && e.c.Unfollowed > window {
+		window, maxBytes = e.c.Unfollowed, UnfollowedMaxBytes
+	}
 	switch {
-	case e.sent == 0 || e.buf.Len() >= e.c.MaxBytes || e.c.Window <= 0:
+	case e.sent == 0 || e.buf.Len() >= maxBytes || window <= 0:
 		e.flushLocked()
 	case e.tm == nil:
-		e.tm = time.AfterFunc(e.c.Window, func() {
+		e.tm = time.AfterFunc(window, func() {
 			e.mu.Lock()
 			defer e.mu.Unlock()
 			e.flushLocked()
 		})
+	}
+}
+
+// Followed says a follower has just subscribed to the job: what waits goes
+// out now, and later deltas at the followed window.
+func (e *Emitter) Followed() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.unfollowed {
+		return
+	}
+	e.unfollowed = false
+	if e.sent > 0 {
+		e.flushLocked()
 	}
 }
 
@@ -160,8 +191,9 @@ func (e *Emitter) flushLocked() {
 	}
 	e.buf.Reset()
 	var err error
+	var a store.Appended
 	for i := range publishAttempts {
-		_, err = e.log.AppendEvent(e.ctx, ev)
+		a, err = e.log.AppendEvent(e.ctx, ev)
 		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrSuperseded) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
 			break
 		}
@@ -170,6 +202,7 @@ func (e *Emitter) flushLocked() {
 	switch {
 	case err == nil:
 		e.sent++
+		e.unfollowed = a.Followers == 0
 	case errors.Is(err, store.ErrSuperseded):
 		e.err = err
 	case errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound):

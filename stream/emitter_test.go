@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
 )
@@ -197,8 +198,70 @@ type fencedSink struct {
 	n  int
 }
 
-func (f fencedSink) AppendEvent(ctx context.Context, p store.Payload) (int64, error) {
+func (f fencedSink) AppendEvent(ctx context.Context, p store.Payload) (store.Appended, error) {
 	return f.st.AppendEvent(ctx, f.id, f.n, p)
 }
 
 func attemptOf(st *store.Store, id string, n int) Log { return fencedSink{st, id, n} }
+
+// While nobody follows, deltas wait for the longer window; a follower that
+// subscribes and says so gets what waits at once, and the rest at the
+// followed window. The log holds every delta in order either way.
+func TestEmitterBatchesLongerWhileUnfollowed(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	st := store.New(rd.Client(), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	activeJob(t, st, "job_u")
+	e := NewEmitter(context.Background(), attemptOf(st, "job_u", 1), Coalescing{Window: 5 * time.Millisecond, MaxBytes: 1000, Unfollowed: time.Hour})
+	send := func(ds ...string) {
+		for _, d := range ds {
+			if err := e.Delta(d); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// logged waits until the log holds want (a short window's time at most,
+	// never the unfollowed hour).
+	logged := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for got := ""; got != want; got = strings.Join(deltas(t, st, "job_u"), "|") {
+			if time.Now().After(deadline) {
+				t.Fatalf("the log holds %q, want %q", got, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	send("a ", "b ", "c ", "d ")
+	time.Sleep(50 * time.Millisecond) // ten followed windows
+	logged("a ")                      // the first delta alone, the rest waiting
+	sub := rd.Client().Subscribe(context.Background(), rkeys.LiveChannel("job_u"))
+	defer sub.Close()
+	if _, err := sub.Receive(context.Background()); err != nil { // the subscription stands
+		t.Fatal(err)
+	}
+	e.Followed()
+	logged("a |b c d ")
+	send("e ")
+	logged("a |b c d |e ")
+	send("f ")
+	logged("a |b c d |e |f ")
+	for _, want := range []string{"b c d ", "e ", "f "} {
+		m, err := sub.ReceiveMessage(context.Background())
+		if err != nil || !strings.Contains(m.Payload, `"delta":"`+want+`"`) {
+			t.Fatalf("live: %v %v; want %q", m, err, want)
+		}
+	}
+	// The follower leaves: the next event reaches nobody, later ones wait again.
+	sub.Close()
+	for n := int64(1); n > 0; time.Sleep(time.Millisecond) {
+		n = rd.Client().PubSubNumSub(context.Background(), rkeys.LiveChannel("job_u")).Val()[rkeys.LiveChannel("job_u")]
+	}
+	send("g ")
+	logged("a |b c d |e |f |g ")
+	send("h ", "i ")
+	time.Sleep(50 * time.Millisecond)
+	logged("a |b c d |e |f |g ")
+	if tail := e.Tail(); tail != "h i " {
+		t.Fatalf("waiting at the end: %q", tail)
+	}
+}

@@ -35,6 +35,10 @@ type Hub struct {
 	mu    sync.Mutex
 	chans map[string]*channel // job id -> followers
 	conns map[string]*conn    // shard's address ("" when not a cluster) -> its connection
+
+	// wake is told of a job's first follower here once it is subscribed
+	// (store.Store.Wake): its worker stops holding deltas back.
+	wake func(ctx context.Context, id string) error
 }
 
 // conn is one pub/sub connection and the (un)subscribe confirmations it
@@ -82,6 +86,10 @@ func NewHub(rdb redis.UniversalClient, log zerolog.Logger) *Hub {
 	h.cluster, _ = rdb.(*redis.ClusterClient)
 	return h
 }
+
+// WakeWith has wake told of each job's first follower on this process, once
+// the subscription stands (Store.Wake).
+func (h *Hub) WakeWith(wake func(ctx context.Context, id string) error) { h.wake = wake }
 
 // Close ends the pub/sub connections.
 func (h *Hub) Close() error {
@@ -142,7 +150,8 @@ func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
 	s := &Subscription{hub: h, id: id, Events: make(chan store.Event, subscriptionBuffer), Lagged: make(chan struct{}, 1)}
 	h.mu.Lock()
 	ch := h.chans[id]
-	if ch == nil {
+	first := ch == nil
+	if first {
 		ch = &channel{ready: make(chan struct{}), members: map[*Subscription]struct{}{}}
 		if err := h.attach(ctx, id, ch); err != nil {
 			h.mu.Unlock()
@@ -157,6 +166,11 @@ func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
 	defer t.Stop()
 	select {
 	case <-ch.ready:
+		if first && h.wake != nil {
+			if err := h.wake(ctx, id); err != nil { // the worker sends at its unfollowed pace meanwhile
+				h.log.Debug().Err(err).Str("job_id", id).Msg("could not tell the job's worker of its follower")
+			}
+		}
 		return s, nil
 	case <-ctx.Done():
 		s.Close()

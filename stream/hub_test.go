@@ -106,9 +106,9 @@ func TestHubFollowsAChannelWhoseSlotMoved(t *testing.T) {
 
 	deadline := time.Now().Add(10 * time.Second)
 	for seq := int64(1); ; seq++ {
-		n, err := st.AppendEvent(ctx, id, 1, store.TokenEvent{Delta: "x"})
-		if err != nil || n != seq {
-			t.Fatalf("append %d: %d %v", seq, n, err)
+		a, err := st.AppendEvent(ctx, id, 1, store.TokenEvent{Delta: "x"})
+		if err != nil || a.Seq != seq {
+			t.Fatalf("append %d: %d %v", seq, a.Seq, err)
 		}
 		select {
 		case ev := <-sub.Events:

@@ -118,6 +118,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	checker := health.NewChecker(rdb, version, reg)
 
 	hub := stream.NewHub(rdb, log)
+	hub.WakeWith(st.Wake)
 	closers.Add(hub.Close)
 
 	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh

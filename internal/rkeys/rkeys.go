@@ -157,6 +157,10 @@ func Usage(bucket int, tenant, month string) string {
 // set of "<tenant>\n<session>\n<job id>" scored by its next check in ms).
 func Unfinished(bucket int) string { return tagged(bucket) + "unfinished" }
 
+// RunnerChannel is the channel a worker process listens on for the jobs it
+// runs that have just gained a live follower (the job id is the message).
+func RunnerChannel(runner string) string { return prefix + "runner:" + runner }
+
 // FleetHistory is the hash of the fleet's figures for one slot of
 // health.HistorySlot (its start in Unix seconds); every slot's key shares
 // one hash tag so the 15 minutes are read from one node.

@@ -68,9 +68,13 @@ func WarnUnknown(log zerolog.Logger, environ []string) {
 	}
 }
 
+// runner names this process in the records of the attempts it runs.
+var runner = stream.NewRunnerName()
+
 // Store is the job store of cfg.
 func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 	return store.New(rdb, store.Options{
+		Runner:             runner,
 		Retention:          cfg.JobRetention,
 		HistoryMaxMessages: cfg.HistoryMaxMessages,
 		HistoryTTL:         cfg.HistoryTTL,
@@ -186,12 +190,13 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, j
 	p := orchestration.NewPipeline(jm, chain, orchestration.PipelineOptions{
 		MaxRetries:    cfg.MaxRetries,
 		CallTimeout:   cfg.LLMTimeout,
-		Coalescing:    stream.Coalescing{Window: cfg.StreamFlushInterval, MaxBytes: cfg.StreamFlushBytes},
+		Coalescing:    stream.Coalescing{Window: cfg.StreamFlushInterval, MaxBytes: cfg.StreamFlushBytes, Unfollowed: cfg.StreamUnfollowedFlushInterval},
 		OnAllDown:     cfg.OnAllDown,
 		DegradedReply: cfg.DegradedReply,
 		MaxRetryDelay: cfg.MaxRetryDelay,
 		Metrics:       orchestration.NewMetrics(reg, tasks.QueueSet(cfg.QueueSpread)),
 		FirstToken:    health.NewFirstTokens(ctx, rdb).Observe,
+		Wakeups:       stream.ListenWakeups(ctx, rdb, runner, log),
 	})
 	return orchestration.NewWorker(rdb, p, log, orchestration.WorkerOptions{
 		Concurrency:     cfg.WorkerConcurrency,

@@ -1,0 +1,249 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// Replies at the pace real models stream: 40 tokens 50 ms apart (2 s), as
+// against the same 40 tokens all at once, with one worker at concurrency
+// 2,000. What Redis spends per job, with and without a live follower, and
+// whether the worker fills its slots.
+
+const (
+	pacedTokens = 40
+	pacedDelay  = 50 * time.Millisecond
+	pacedConc   = 2000
+)
+
+// pacedFigures is one run's measurements.
+type pacedFigures struct {
+	cpuPerJob  float64 // Redis CPU (user + sys), µs per job
+	cmdsPerJob float64 // commands Redis processed per job (sent by clients)
+	took       time.Duration
+	peak       int     // jobs in flight on the worker at the peak
+	rssPerJob  float64 // worker RSS growth at the peak over its idle RSS, KB per job in flight
+	late       []float64
+}
+
+func redisInfo(rd *testkit.Redis, section string) map[string]float64 {
+	raw, err := rd.Client().Info(context.Background(), section).Result()
+	out := map[string]float64{}
+	if err != nil {
+		return out
+	}
+	for _, l := range strings.Split(raw, "\r\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				out[k] = f
+			}
+		}
+	}
+	return out
+}
+
+func redisCPU(rd *testkit.Redis) float64 {
+	c := redisInfo(rd, "cpu")
+	return c["used_cpu_user"] + c["used_cpu_sys"]
+}
+
+// pacedRun submits n one-turn jobs through one API, then starts one worker
+// at concurrency conc and times it through them; delay paces the tokens (0:
+// all at once). With follow, every job is followed over SSE from before the
+// worker starts, and each token's lateness is measured: how long after the
+// worker got it (its place in the paced reply, counted from the first
+// token's arrival) it reached the follower.
+func (e env) pacedRun(n, conc int, delay time.Duration, follow bool, workerEnv map[string]string) pacedFigures {
+	rd := testkit.StartRedis(e.b)
+	defer rd.Stop()
+	api := e.start("api", e.apiBin, rd, map[string]string{"CHATFLEET_TENANT_MAX_STREAMS": "0"})
+	defer api.Stop()
+	ids := e.submitMany(api.URL(), "paced-", n)
+	var f pacedFigures
+	var lateMu sync.Mutex
+	var followers sync.WaitGroup
+	if follow {
+		sc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: -1}}
+		var opened atomic.Int64
+		for i := range n {
+			followers.Add(1)
+			go func() {
+				defer followers.Done()
+				res, err := sc.Get(api.URL() + "/api/v1/chat/jobs/" + ids[i] + "/stream")
+				if err != nil {
+					e.b.Error(err)
+					return
+				}
+				defer res.Body.Close()
+				opened.Add(1)
+				late := follow1(bufio.NewScanner(res.Body), delay)
+				lateMu.Lock()
+				f.late = append(f.late, late...)
+				lateMu.Unlock()
+			}()
+		}
+		for opened.Load() < int64(n) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond) // the API has subscribed
+	}
+	cpu0, cmd0 := redisCPU(rd), redisInfo(rd, "stats")["total_commands_processed"]
+	start := time.Now()
+	wenv := map[string]string{
+		"CHATFLEET_SIM_TOKENS": strconv.Itoa(pacedTokens - 1), "CHATFLEET_SIM_TOKEN_DELAY": delay.String(),
+		"CHATFLEET_WORKER_CONCURRENCY": strconv.Itoa(conc),
+	}
+	for k, v := range workerEnv {
+		wenv[k] = v
+	}
+	worker := e.start("worker", e.workerBin, rd, wenv)
+	defer worker.Stop()
+	idle := rss(worker.Pid())
+	var peakRSS float64
+	for {
+		done := metric(worker.URL(), `chatfleet_jobs_total{outcome="succeeded"}`)
+		if active := int(metric(worker.URL(), "chatfleet_active_jobs")); active > f.peak {
+			f.peak, peakRSS = active, rss(worker.Pid())
+		}
+		if done >= float64(n) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	f.took = time.Since(start)
+	followers.Wait()
+	f.cpuPerJob = (redisCPU(rd) - cpu0) / float64(n) * 1e6
+	f.cmdsPerJob = (redisInfo(rd, "stats")["total_commands_processed"] - cmd0) / float64(n)
+	if f.peak > 0 {
+		f.rssPerJob = (peakRSS - idle) / float64(f.peak) / 1024
+	}
+	return f
+}
+
+// follow1 reads one job's stream to its final event and returns, for each
+// token event, how late its first word came in ms.
+func follow1(sc *bufio.Scanner, delay time.Duration) []float64 {
+	var late []float64
+	var first time.Time
+	words, typ := 0, ""
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "event: "); ok {
+			typ = v
+			continue
+		}
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		switch typ {
+		case "token":
+			now := time.Now()
+			_, delta, _ := strings.Cut(data, `"delta":"`)
+			if first.IsZero() {
+				first, words = now, 1 // the worker sent the first token at once
+				continue
+			}
+			// The batch's first word, the one that waited longest, was
+			// produced `words` tokens after the first.
+			late = append(late, float64(now.Sub(first.Add(time.Duration(words)*delay)).Microseconds())/1000)
+			words += len(strings.Fields(strings.TrimSuffix(delta, `"}`)))
+		case "done", "error", "canceled":
+			return late
+		}
+	}
+	return late
+}
+
+// pacedReplies compares paced replies with burst replies of the same
+// length, and measures how full the worker's slots get.
+func (e env) pacedReplies() []result {
+	const n = pacedConc // one wave for the Redis figures
+	burst, idle, followed := pacedFigures{}, pacedFigures{}, pacedFigures{}
+	var cpu struct{ burst, idle, followed []float64 }
+	for range pacedReps() {
+		burst = e.pacedRun(n, pacedConc, 0, false, nil)
+		idle = e.pacedRun(n, pacedConc, pacedDelay, false, nil)
+		followed = e.pacedRun(n, pacedConc, pacedDelay, true, nil)
+		cpu.burst = append(cpu.burst, burst.cpuPerJob)
+		cpu.idle = append(cpu.idle, idle.cpuPerJob)
+		cpu.followed = append(cpu.followed, followed.cpuPerJob)
+	}
+	slices.Sort(followed.late)
+	lateP := func(p float64) float64 {
+		return followed.late[min(len(followed.late)-1, int(p*float64(len(followed.late))))]
+	}
+	rows := []result{
+		{name: "Redis CPU per job, 40-token reply paced 50 ms a token, no follower (2,000 jobs at concurrency 2,000)", unit: "µs",
+			target: "≤ 1.3× the burst reply", ours: cpu.idle, base: cpu.burst, met: func(x float64) bool { return x <= 1.3 },
+			note: fmt.Sprintf("baseline: the same 40 tokens all at once. Commands Redis ran per job (scripts' own included; last repetition): paced %.1f, burst %.1f", idle.cmdsPerJob, burst.cmdsPerJob)},
+		{name: "Redis CPU per job, 40-token reply paced 50 ms a token, followed live over SSE", unit: "µs",
+			target: "≤ 2.5× the burst reply", ours: cpu.followed, base: cpu.burst, met: func(x float64) bool { return x <= 2.5 },
+			note: fmt.Sprintf("at the default CHATFLEET_STREAM_FLUSH_INTERVAL (250 ms); last repetition: %.1f commands per job, and the first word of each batch reached its follower p50 %.0f ms, p99 %.0f ms, max %.0f ms after the worker got it (%d batches)",
+				followed.cmdsPerJob, lateP(0.5), lateP(0.99), followed.late[len(followed.late)-1], len(followed.late))},
+	}
+	// 6,000 paced jobs (three waves of 2 s) at concurrency 2,000.
+	var took, peak, mem []float64
+	for range pacedReps() {
+		f := e.pacedRun(3*pacedConc, pacedConc, pacedDelay, false, nil)
+		took, peak, mem = append(took, f.took.Seconds()), append(peak, float64(f.peak)), append(mem, f.rssPerJob)
+	}
+	rows = append(rows,
+		result{name: "6,000 paced 2 s jobs at concurrency 2,000, one worker", unit: "s", target: "≤ 1.5× the 6 s of work",
+			ours: took, base: []float64{6}, met: func(x float64) bool { return x <= 1.5 }, note: "the time includes the worker's start-up"},
+		result{name: "Jobs in flight at the peak, concurrency 2,000", unit: "jobs", target: "≥ 1,900", ours: peak,
+			base: []float64{pacedConc}, higherIsBetter: true, met: func(x float64) bool { return x >= 0.95 }},
+		result{name: "Worker RSS per job in flight at the peak", unit: "KB", target: "reported", ours: mem})
+	return rows
+}
+
+// pacedReps is reps, or BENCH_PACED_REPS for a quicker look.
+func pacedReps() int {
+	if n, err := strconv.Atoi(os.Getenv("BENCH_PACED_REPS")); err == nil && n > 0 {
+		return n
+	}
+	return reps
+}
+
+// BenchmarkPaced runs only the paced rows (make bench runs them in the report).
+func BenchmarkPaced(b *testing.B) {
+	dir := b.TempDir()
+	apiBin, workerBin, err := testkit.BuildBinaries(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := env{b: b, apiBin: apiBin, workerBin: workerBin}
+	if ws := os.Getenv("BENCH_PACED_WINDOWS"); ws != "" {
+		// The followed window's trade: Redis CPU per job against lateness.
+		burst := e.pacedRun(pacedConc, pacedConc, 0, false, nil)
+		for _, w := range strings.Split(ws, ",") {
+			f := e.pacedRun(pacedConc, pacedConc, pacedDelay, true, map[string]string{"CHATFLEET_STREAM_FLUSH_INTERVAL": w})
+			slices.Sort(f.late)
+			b.Logf("window %s: Redis CPU per job %.0f µs (%.2fx the burst reply's %.0f), %.1f commands, lateness p50 %.0f ms p99 %.0f ms max %.0f ms, %d batches",
+				w, f.cpuPerJob, f.cpuPerJob/burst.cpuPerJob, burst.cpuPerJob, f.cmdsPerJob, f.late[len(f.late)/2], f.late[len(f.late)*99/100], f.late[len(f.late)-1], len(f.late))
+		}
+		return
+	}
+	if os.Getenv("BENCH_PACED_INFLIGHT") != "" {
+		for range pacedReps() {
+			f := e.pacedRun(3*pacedConc, pacedConc, pacedDelay, false, nil)
+			b.Logf("6,000 paced jobs at concurrency 2,000: %.2f s, peak %d in flight, %.1f KB RSS per job in flight, Redis CPU %.0f µs per job", f.took.Seconds(), f.peak, f.rssPerJob, f.cpuPerJob)
+		}
+		return
+	}
+	for _, r := range e.pacedReplies() {
+		b.Logf("%s: ours %v base %v %s", r.name, r.ours, r.base, r.note)
+	}
+}
