@@ -115,7 +115,11 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		defer s.m.streamClients.Dec()
 	}
 	ctx := c.Request().Context()
-	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{sink, renew})
+	if r.Stream {
+		err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{sink, renew})
+	} else { // the answer goes out whole: the worker need not hurry its tokens
+		err = stream.AwaitFinal(ctx, s.hub, s.store, id, s.opt.Heartbeat, leasedSink{sink, renew})
+	}
 	if !sink.final || sink.cut {
 		// The client left (it cannot come back to this request), its stream
 		// ended with upstream_retry (it sends the request again), or following

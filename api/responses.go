@@ -159,7 +159,7 @@ func (s *Server) createResponse(c echo.Context) error {
 		return err
 	}
 	// Plain create: wait for the answer; a client that leaves cancels it.
-	err = stream.Follow(ctx, s.hub, s.store, id, 0, s.opt.Heartbeat, leasedSink{&finalOnly{}, renew})
+	err = stream.AwaitFinal(ctx, s.hub, s.store, id, s.opt.Heartbeat, leasedSink{&finalOnly{}, renew})
 	j, gerr := s.store.Get(context.WithoutCancel(ctx), id)
 	if gerr != nil {
 		return gerr

@@ -144,3 +144,49 @@ func TestStreamEndsCleanlyOnARetryMidReply(t *testing.T) {
 		t.Fatalf("the provider was called %d times for a client that had gone", n)
 	}
 }
+
+// A /v1 request answered whole waits for the job's end only: its worker
+// batches the tokens at the unfollowed pace (the log holds the first token,
+// the rest in one piece and the end), while a streamed request gets them at
+// the followed window. Both answers are the same text.
+func TestWholeAnswersDoNotHurryTheTokens(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{
+		"CHATFLEET_SIM_TOKENS": "20", "CHATFLEET_SIM_TOKEN_DELAY": "50ms", "CHATFLEET_STREAM_FLUSH_INTERVAL": "100ms",
+	})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithMaxRetries(0))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	msgs := []openai.ChatCompletionMessageParamUnion{openai.UserMessage("pace me")}
+	whole, err := oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: msgs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := oa.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: msgs})
+	acc := openai.ChatCompletionAccumulator{}
+	var streamedID string
+	for s.Next() {
+		acc.AddChunk(s.Current())
+		streamedID = s.Current().ID
+	}
+	if err := s.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if acc.Choices[0].Message.Content != whole.Choices[0].Message.Content {
+		t.Fatalf("streamed %q, whole %q", acc.Choices[0].Message.Content, whole.Choices[0].Message.Content)
+	}
+	events := func(chatID string) int { // the job's log, replayed
+		r := &streamed{}
+		if err := client.New(apis[0].URL()).Stream(ctx, "job_"+strings.TrimPrefix(chatID, "chatcmpl-"), client.StreamOptions{}, r.add); err != nil {
+			t.Fatal(err)
+		}
+		r.check(t, 1)
+		return len(r.events)
+	}
+	if n := events(whole.ID); n != 3 {
+		t.Errorf("the whole answer's job logged %d events, want 3 (first token, the rest, done)", n)
+	}
+	if n := events(streamedID); n < 6 {
+		t.Errorf("the streamed answer's job logged %d events, want its tokens in batches of the followed window", n)
+	}
+}

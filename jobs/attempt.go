@@ -61,7 +61,9 @@ type Attempt struct {
 	// TurnAt is when an earlier job of the session gave this one its turn
 	// (zero when it never waited for one).
 	TurnAt time.Time
-	lease  string
+	// Followed: a client asked for the job's tokens live before this attempt began.
+	Followed bool
+	lease    string
 }
 
 // Start begins an attempt of the job a task carries: it marks the job
@@ -88,7 +90,7 @@ func (m *Manager) Start(ctx context.Context, job tasks.ChatPayload, task string)
 	case sa.N == 0:
 		return nil, fmt.Errorf("%w: the job has finished or another task runs it", ErrNothingToRun)
 	}
-	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory, TurnAt: sa.TurnAt}
+	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory, TurnAt: sa.TurnAt, Followed: sa.Followed}
 	a.lease = m.leases.add(job.JobID, sa.Fence)
 	if sa.N > 1 {
 		a.retractInterrupted(ctx)

@@ -175,6 +175,9 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 		req.Params = *pl.Params
 	}
 	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing)}
+	if r.att.Followed {
+		c.emit.Followed()
+	}
 	defer p.opt.Wakeups.Add(pl.JobID, c.emit)()
 	firstToken := sync.OnceFunc(func() {
 		d := time.Since(pl.SubmittedAt)

@@ -19,14 +19,14 @@ import (
 // is pointed at the fresh task id, which the release that gives it the turn
 // enqueues), {'done'} when the job has finished or another task now runs it
 // (it was taken over), {'gone'} when its record is gone, else {'run',
-// attempt, fence, history…}. The attempt's fence token, one more than any
+// attempt, fence, turn_at, followed, history…}. The attempt's fence token, one more than any
 // before it (never reset: a deferral gives back an attempt's number, a re-run
 // restarts the count), fences every earlier attempt out and names its lease.
 // KEYS: job, order, history, leases. ARGV: startArgs.
 var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, `
 local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, with_history, task, lease, fresh, runner = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at', 'turn_at')
+local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at', 'turn_at', 'followed')
 local st, owner = rec[1], rec[2]
 if not st then return {'gone'} end
 if terminal(st) then return {'done'} end
@@ -40,7 +40,7 @@ local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', job, 'fence', 1)
 redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now, 'runner', runner)
 redis.call('ZADD', leases, redis_now() + lease, id .. ':' .. f)
-local out = {'run', tostring(n), tostring(f), rec[5] or ''}
+local out = {'run', tostring(n), tostring(f), rec[5] or '', rec[6] or ''}
 if with_history then
   for _, m in ipairs(redis.call('LRANGE', history, 0, -1)) do out[#out + 1] = m end
 end
@@ -119,6 +119,8 @@ type Attempt struct {
 	// TurnAt is when the job got its session's turn from an earlier job
 	// (zero when it never waited for one).
 	TurnAt time.Time
+	// Followed: a client has asked for the job's tokens live (Wake).
+	Followed bool
 }
 
 // StartAttempt checks the session's turn, marks the job active, takes the
@@ -132,7 +134,7 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
-	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 4) {
+	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 5) {
 		return Attempt{}, fmt.Errorf("start attempt: unexpected reply %q", res)
 	}
 	switch res[0] {
@@ -149,7 +151,8 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 	if ms, err := strconv.ParseInt(res[3], 10, 64); err == nil {
 		a.TurnAt = time.UnixMilli(ms)
 	}
-	for _, raw := range res[4:] {
+	a.Followed = res[4] == "1"
+	for _, raw := range res[5:] {
 		var m Message
 		if err := json.Unmarshal([]byte(raw), &m); err != nil {
 			a.History, a.BadHistory = nil, fmt.Errorf("history entry: %w", err)

@@ -266,18 +266,30 @@ func finalEvent(o Outcome) Payload {
 	return ErrorEvent{Error: o.Error}
 }
 
-// Wake tells the process running job id, if it runs now, that the job has
-// a live follower (rkeys.RunnerChannel): it sends the deltas it was holding
-// back for nobody and streams the rest at the followed pace.
+// markFollowed records that a client follows a job's tokens live and
+// returns its status and runner. KEYS: job.
+var markFollowed = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false} end
+redis.call('HSET', KEYS[1], 'followed', '1')
+return redis.call('HMGET', KEYS[1], 'status', 'runner')
+`)
+
+// Wake records that a client follows job id's tokens live, so that every
+// attempt streams them at the followed window, and tells the process
+// running it, if one does now (rkeys.RunnerChannel): it sends the deltas
+// it was holding back and the rest at the followed pace.
 func (s *Store) Wake(ctx context.Context, id string) error {
-	vals, err := s.rdb.HMGet(ctx, rkeys.Job(id), "status", "runner").Result()
+	vals, err := markFollowed.Run(ctx, s.rdb, []string{rkeys.Job(id)}).Slice()
 	if err != nil {
-		return unavailable("read the job's runner", err)
+		return unavailable("mark the job followed", err)
+	}
+	if len(vals) != 2 {
+		return fmt.Errorf("mark the job followed: unexpected reply %v", vals)
 	}
 	st, _ := vals[0].(string)
 	runner, _ := vals[1].(string)
 	if st != StatusActive || runner == "" {
-		return nil // not running: its first event will find the follower
+		return nil // not running: its attempt will read the mark
 	}
 	ch := rkeys.RunnerChannel(runner)
 	if s.publish == "SPUBLISH" {

@@ -351,3 +351,32 @@ func TestFinishPutsAJobWithWebhooksInTheOutbox(t *testing.T) {
 		t.Fatalf("recording a delivery recreated an expired record: %v", err)
 	}
 }
+
+// A client that follows a job's tokens before it starts marks the record;
+// every attempt of the job then reads the mark. Waking a job that is gone
+// writes nothing.
+func TestWakeMarksTheJobForItsAttempts(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	if err := s.Wake(ctx, "job_gone"); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.rdb.Exists(ctx, rkeys.Job("job_gone")).Val(); n != 0 {
+		t.Fatal("waking a job that does not exist wrote its record")
+	}
+	for _, follow := range []bool{false, true} {
+		id := "job_w" + strconv.FormatBool(follow)
+		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if follow {
+			if err := s.Wake(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute)
+		if err != nil || a.N != 1 || a.Followed != follow {
+			t.Fatalf("followed %v: attempt %+v %v", follow, a, err)
+		}
+	}
+}

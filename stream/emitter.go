@@ -16,10 +16,11 @@ import (
 
 // Coalescing bounds Redis work on long replies: the first delta of an attempt
 // goes out at once (time to first token), later ones are batched until Window
-// has passed or MaxBytes are waiting. While nobody follows the job live (the
-// last event published reached no subscriber: the caller polls, waits for a
-// webhook or has not come yet) they are batched for Unfollowed instead, up
-// to UnfollowedMaxBytes: the log stays exact, it is only written less often.
+// has passed or MaxBytes are waiting, while a client follows the job's tokens
+// live. Otherwise (nobody asked for them: the caller polls, waits for a
+// webhook or for the whole answer; or the last event reached no subscriber:
+// the follower left) they are batched for Unfollowed instead, up to
+// UnfollowedMaxBytes: the log stays exact, it is only written less often.
 // A follower that arrives reads the log, and the worker is told to send what
 // waits at once and go back to Window (Emitter.Followed).
 type Coalescing struct {
@@ -56,8 +57,9 @@ type Emitter struct {
 	tm   *time.Timer
 	sent int   // token and tool_call events published
 	err  error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
-	// unfollowed: the last event reached no live follower.
-	unfollowed bool
+	// followed: a client asked for the tokens live (Followed); unfollowed:
+	// the last event reached no subscriber all the same.
+	followed, unfollowed bool
 }
 
 // NewEmitter returns an emitter writing to log.
@@ -111,7 +113,7 @@ func (e *Emitter) ToolCall(index int, id, name, args string) error {
 // batch) or arms the window's timer.
 func (e *Emitter) scheduleLocked() {
 	window, maxBytes := e.c.Window, e.c.MaxBytes
-	if e.unfollowed && e.c.Unfollowed > window {
+	if (!e.followed || e.unfollowed) && e.c.Unfollowed > window {
 		window, maxBytes = e.c.Unfollowed, UnfollowedMaxBytes
 	}
 	switch {
@@ -126,15 +128,15 @@ func (e *Emitter) scheduleLocked() {
 	}
 }
 
-// Followed says a follower has just subscribed to the job: what waits goes
-// out now, and later deltas at the followed window.
+// Followed says a client follows the job's tokens live (it has subscribed):
+// what waits goes out now, and later deltas at the followed window.
 func (e *Emitter) Followed() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.unfollowed {
+	if e.followed && !e.unfollowed {
 		return
 	}
-	e.unfollowed = false
+	e.followed, e.unfollowed = true, false
 	if e.sent > 0 {
 		e.flushLocked()
 	}

@@ -29,6 +29,17 @@ func Follow(ctx context.Context, hub *Hub, st *store.Store, id string, after int
 	return FollowSubscribed(ctx, sub, st, id, after, heartbeat, sink)
 }
 
+// AwaitFinal is Follow for a client that needs only the job's end (a
+// request answered whole): the sink still gets every event.
+func AwaitFinal(ctx context.Context, hub *Hub, st *store.Store, id string, heartbeat time.Duration, sink Sink) error {
+	sub, err := hub.SubscribeFinal(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	return FollowSubscribed(ctx, sub, st, id, 0, heartbeat, sink)
+}
+
 // FollowSubscribed is Follow on a subscription the caller made (and closes).
 func FollowSubscribed(ctx context.Context, sub *Subscription, st *store.Store, id string, after int64, heartbeat time.Duration, sink Sink) error {
 	if err := sink.Open(); err != nil {

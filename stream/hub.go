@@ -36,8 +36,8 @@ type Hub struct {
 	chans map[string]*channel // job id -> followers
 	conns map[string]*conn    // shard's address ("" when not a cluster) -> its connection
 
-	// wake is told of a job's first follower here once it is subscribed
-	// (store.Store.Wake): its worker stops holding deltas back.
+	// wake is told of a job's first token follower here once it is
+	// subscribed (store.Store.Wake): its worker stops holding deltas back.
 	wake func(ctx context.Context, id string) error
 }
 
@@ -54,6 +54,7 @@ type channel struct {
 	ready     chan struct{} // closed once Redis confirmed the subscription
 	confirmed bool
 	members   map[*Subscription]struct{}
+	woken     bool // the job's worker was told of a token follower here
 }
 
 // Subscription receives one job's live events.
@@ -87,8 +88,9 @@ func NewHub(rdb redis.UniversalClient, log zerolog.Logger) *Hub {
 	return h
 }
 
-// WakeWith has wake told of each job's first follower on this process, once
-// the subscription stands (Store.Wake).
+// WakeWith has wake told of each job's first token follower on this
+// process (Subscribe, not SubscribeFinal), once the subscription stands
+// (Store.Wake).
 func (h *Hub) WakeWith(wake func(ctx context.Context, id string) error) { h.wake = wake }
 
 // Close ends the pub/sub connections.
@@ -144,14 +146,25 @@ func (h *Hub) unsubscribe(ctx context.Context, c *conn, name string) error {
 	return c.ps.Unsubscribe(ctx, name)
 }
 
-// Subscribe follows a job's live events. It returns once Redis has confirmed
-// the subscription, so that a read of the log that follows misses nothing.
+// Subscribe follows a job's live events for a client that shows its tokens
+// as they come. It returns once Redis has confirmed the subscription, so that
+// a read of the log that follows misses nothing.
 func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
+	return h.subscribeJob(ctx, id, true)
+}
+
+// SubscribeFinal is Subscribe for a client that waits for the job's end
+// only (a request answered whole): the worker is not asked to stream the
+// tokens at the followed pace for it.
+func (h *Hub) SubscribeFinal(ctx context.Context, id string) (*Subscription, error) {
+	return h.subscribeJob(ctx, id, false)
+}
+
+func (h *Hub) subscribeJob(ctx context.Context, id string, tokens bool) (*Subscription, error) {
 	s := &Subscription{hub: h, id: id, Events: make(chan store.Event, subscriptionBuffer), Lagged: make(chan struct{}, 1)}
 	h.mu.Lock()
 	ch := h.chans[id]
-	first := ch == nil
-	if first {
+	if ch == nil {
 		ch = &channel{ready: make(chan struct{}), members: map[*Subscription]struct{}{}}
 		if err := h.attach(ctx, id, ch); err != nil {
 			h.mu.Unlock()
@@ -160,13 +173,17 @@ func (h *Hub) Subscribe(ctx context.Context, id string) (*Subscription, error) {
 		h.chans[id] = ch
 	}
 	ch.members[s] = struct{}{}
+	wake := tokens && !ch.woken && h.wake != nil
+	if wake {
+		ch.woken = true
+	}
 	h.mu.Unlock()
 
 	t := time.NewTimer(confirmTimeout)
 	defer t.Stop()
 	select {
 	case <-ch.ready:
-		if first && h.wake != nil {
+		if wake {
 			if err := h.wake(ctx, id); err != nil { // the worker sends at its unfollowed pace meanwhile
 				h.log.Debug().Err(err).Str("job_id", id).Msg("could not tell the job's worker of its follower")
 			}

@@ -13,9 +13,10 @@ import (
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
-// A job's first follower on an API process wakes the worker that runs it:
-// the deltas it was holding back for nobody (for an hour here) reach the
-// follower at once, on one Redis and on a cluster (sharded pub/sub).
+// A job's first token follower on an API process wakes the worker that runs
+// it: the deltas it was holding back for nobody (for an hour here) reach the
+// follower at once, on one Redis and on a cluster (sharded pub/sub). A
+// client that waits for the end only does not.
 func TestAFollowerWakesTheJobsWorker(t *testing.T) {
 	for name, backend := range map[string]func(testing.TB) testkit.Backend{
 		"redis":   func(t testing.TB) testkit.Backend { return testkit.StartRedis(t) },
@@ -48,6 +49,16 @@ func TestAFollowerWakesTheJobsWorker(t *testing.T) {
 			h := NewHub(c, zerolog.Nop())
 			defer h.Close()
 			h.WakeWith(st.Wake)
+			// A client waiting for the whole answer does not hurry the tokens.
+			final, err := h.SubscribeFinal(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer final.Close()
+			time.Sleep(100 * time.Millisecond)
+			if got := deltas(t, st, id); len(got) != 1 {
+				t.Fatalf("a client waiting for the end woke the worker: %q in the log", got)
+			}
 			sub, err := h.Subscribe(ctx, id)
 			if err != nil {
 				t.Fatal(err)
