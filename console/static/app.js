@@ -462,6 +462,7 @@ function line(svg, points, value, unit, limit) {
   el('line', { x1: left, y1: top + h, x2: w - 10, y2: top + h, stroke: '#d9dee5' });
   if (limit) el('line', { x1: left, y1: y(limit), x2: w - 10, y2: y(limit), stroke: '#b25e00', 'stroke-dasharray': '4 3' });
   if (d) el('path', { d, fill: 'none', stroke: '#2458d6', 'stroke-width': 1.5 });
+  vals.forEach((v, i) => { if (v !== null) el('circle', { cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 1.8, fill: '#2458d6' }); }); // a lone point shows too
   el('text', { x: 0, y: 10, 'font-size': 10 }, fmt(max) + ' ' + unit);
   el('text', { x: left, y: top + h + 14, 'font-size': 10 }, '-15 min');
   el('text', { x: w - 40, y: top + h + 14, 'font-size': 10 }, 'now');
