@@ -186,6 +186,9 @@ func (h *Hub) subscribeJob(ctx context.Context, id string, tokens bool) (*Subscr
 		if wake {
 			if err := h.wake(ctx, id); err != nil { // the worker sends at its unfollowed pace meanwhile
 				h.log.Debug().Err(err).Str("job_id", id).Msg("could not tell the job's worker of its follower")
+				h.mu.Lock()
+				ch.woken = false // the next follower here tries again
+				h.mu.Unlock()
 			}
 		}
 		return s, nil
