@@ -188,13 +188,22 @@ func (f *Fleet) sampleLoop(ctx context.Context) {
 }
 
 // rate is jobs finished per second over the last minute (ok=false: not enough samples).
-func (f *Fleet) rate() (float64, bool) {
+func (f *Fleet) rate() (float64, bool) { return f.rateOver(time.Minute) }
+
+// rateOver is jobs finished per second over the samples of the last span
+// (ok=false: fewer than two).
+func (f *Fleet) rateOver(span time.Duration) (float64, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.samples) < 2 {
+	n := len(f.samples)
+	if n < 2 {
 		return 0, false
 	}
-	a, b := f.samples[0], f.samples[len(f.samples)-1]
+	b := f.samples[n-1]
+	a := f.samples[n-2]
+	for i := n - 3; i >= 0 && b.at.Sub(f.samples[i].at) <= span; i-- {
+		a = f.samples[i]
+	}
 	dt := b.at.Sub(a.at).Seconds()
 	if dt <= 0 {
 		return 0, false

@@ -97,7 +97,7 @@ func (f *FirstTokens) flush(ctx context.Context, slot int64) {
 // recordHistory writes the backlog and the throughput just sampled into the
 // current slot. Every API process writes the same figures; the last wins.
 func (f *Fleet) recordHistory(ctx context.Context, backlog int) {
-	rate, ok := f.recentRate()
+	rate, ok := f.rateOver(HistorySlot + time.Second) // the last slot's samples
 	fields := []any{"backlog", backlog}
 	if ok {
 		fields = append(fields, "jobs_per_second", strconv.FormatFloat(rate, 'f', 3, 64))
@@ -110,26 +110,6 @@ func (f *Fleet) recordHistory(ctx context.Context, backlog int) {
 		p.Expire(ctx, key, historyKeep)
 		return nil
 	})
-}
-
-// recentRate is jobs finished per second over the last slot's samples.
-func (f *Fleet) recentRate() (float64, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := len(f.samples)
-	if n < 2 {
-		return 0, false
-	}
-	b := f.samples[n-1]
-	a := f.samples[n-2]
-	for i := n - 2; i >= 0 && b.at.Sub(f.samples[i].at) <= HistorySlot+time.Second; i-- {
-		a = f.samples[i]
-	}
-	dt := b.at.Sub(a.at).Seconds()
-	if dt <= 0 {
-		return 0, false
-	}
-	return float64(b.processed-a.processed) / dt, true
 }
 
 // HistoryPoint is one slot of the fleet's figures; a figure nobody recorded
