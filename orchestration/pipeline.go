@@ -109,7 +109,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		err = fmt.Errorf("%w: job_id %q differs from task id", tasks.ErrBadPayload, pl.JobID)
 	}
 	if err != nil {
-		p.failUndecodable(ctx, taskID, err)
+		p.failUndecodable(ctx, tasks.JobOfTask(taskID), err)
 		return nil, ctx, fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	log := zerolog.Ctx(ctx).With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()

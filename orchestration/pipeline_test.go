@@ -106,6 +106,27 @@ func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
 	}
 }
 
+// A takeover runs a job under a task id of its own (tasks.RetryTaskID): an
+// undecodable payload found there fails the job's record, not a record
+// named after the task.
+func TestUndecodablePayloadOfATakeoverTaskFailsItsJob(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{}), 5)
+	id := tasks.NewJobID("t", "s")
+	raw := []byte(`{"v":2,"job_id":"` + id + `"}`) // required fields missing
+	ctx := context.Background()
+	if _, _, err := r.st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: tasks.QueueName("normal"), CreatedAt: time.Now(), Payload: raw}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.queue.Enqueue(asynq.NewTask(tasks.TypeChatComplete, raw, asynq.TaskID(tasks.RetryTaskID(id)),
+		asynq.Queue(tasks.QueueName("normal")), asynq.MaxRetry(5), asynq.Retention(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	j := r.waitFinished(t, id)
+	if j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "bad_payload" {
+		t.Fatalf("record %+v, want failed with bad_payload", j)
+	}
+}
+
 // A provider that keeps failing is retried up to the limit; then, with
 // CHATFLEET_ON_ALL_PROVIDERS_DOWN=fail, the job fails with a plain error (the
 // provider's own message stays in the logs) and its attempts counted.
