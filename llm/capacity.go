@@ -107,7 +107,8 @@ type capacity struct {
 	ceil Limits // the rates under the margin
 	set  CapacitySettings
 	m    *Metrics
-	keys []string // leases, requests, tpm, pause, adaptive, waiting, saturated
+	keys []string         // leases, requests, tpm, pause, adaptive, waiting, saturated
+	now  func() time.Time // this process's clock (tests skew it)
 }
 
 func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set CapacitySettings, m *Metrics) *capacity {
@@ -116,7 +117,7 @@ func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set Capacit
 	c := &capacity{name: name, rdb: rdb, lim: lim, ceil: ceil, set: set, m: m, keys: []string{
 		rkeys.ProviderLeases(name), rkeys.ProviderRequests(name), rkeys.ProviderTPM(name), rkeys.ProviderPause(name),
 		rkeys.ProviderAdaptive(name), rkeys.ProviderWaiting(name), rkeys.ProviderSaturated(name),
-	}}
+	}, now: time.Now}
 	m.limits(name, lim)
 	m.effectiveRPM(name, ceil.RPM)
 	return c
@@ -327,7 +328,7 @@ func newToken() string {
 // wait fits in what is left of MaxInlineWait, else it returns a
 // *CapacityError for the job to wait in the queue.
 func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *time.Duration) (*slot, error) {
-	start := time.Now()
+	start := c.now()
 	token := newToken()
 	poll := 10 * time.Millisecond
 	highFlag := "0"
@@ -335,8 +336,8 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		highFlag = "1"
 	}
 	for {
-		now := time.Now()
-		left := *budget - time.Since(start)
+		now := c.now()
+		left := *budget - c.now().Sub(start)
 		res, err := acquireScript.Run(ctx, c.rdb, c.keys, now.UnixMilli(), token, c.set.Lease.Milliseconds(),
 			c.ceil.Concurrency, c.ceil.RPM, c.ceil.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit, c.lim.RPM).Slice()
 		if err != nil {
@@ -358,7 +359,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 			}
 			fallthrough
 		case 1:
-			waited := time.Since(start)
+			waited := c.now().Sub(start)
 			c.m.capacityWait(c.name, waited)
 			capacityWaitSpan(ctx, c.name, start)
 			*budget -= waited
@@ -370,14 +371,14 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 			poll = min(poll*2, 500*time.Millisecond)
 		}
 		wait += time.Duration(rand.Int64N(int64(wait/10) + 1)) // spread the herd
-		if time.Since(start)+wait > *budget {
-			waited := time.Since(start)
+		if c.now().Sub(start)+wait > *budget {
+			waited := c.now().Sub(start)
 			c.m.capacityWait(c.name, waited)
 			capacityWaitSpan(ctx, c.name, start)
 			*budget -= waited
-			until := time.Now().Add(wait)
+			until := c.now().Add(wait)
 			if why == "concurrency" || why == "priority" {
-				until = time.Now().Add(time.Second) // a slot frees when a call ends
+				until = c.now().Add(time.Second) // a slot frees when a call ends
 			}
 			return nil, &CapacityError{Provider: c.name, Until: until, Reason: why}
 		}
@@ -402,7 +403,7 @@ func (c *capacity) hold(token string, cost int) *slot {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = c.rdb.ZAddXX(ctx, c.keys[0], redis.Z{Score: float64(time.Now().Add(c.set.Lease).UnixMilli()), Member: token}).Err()
+				_ = c.rdb.ZAddXX(ctx, c.keys[0], redis.Z{Score: float64(c.now().Add(c.set.Lease).UnixMilli()), Member: token}).Err()
 			}
 		}
 	}()
@@ -425,7 +426,7 @@ func (s *slot) release(ctx context.Context, used int, success bool) {
 		delta = used - s.cost
 	}
 	res, err := releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[2], c.keys[4]},
-		s.token, time.Now().UnixMilli(), c.ceil.TPM, delta, flag(c.adaptive()), flag(success), c.ceil.RPM).Int64Slice()
+		s.token, c.now().UnixMilli(), c.ceil.TPM, delta, flag(c.adaptive()), flag(success), c.ceil.RPM).Int64Slice()
 	c.learned(res, err)
 }
 
@@ -453,6 +454,6 @@ func (s *slot) rateLimited(ctx context.Context, retryAfter time.Duration) {
 	}
 	retryAfter = min(retryAfter, c.set.MaxRetryDelay)
 	res, err := rateLimitedScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[3], c.keys[4]},
-		s.token, time.Now().UnixMilli(), retryAfter.Milliseconds(), flag(c.adaptive()), c.ceil.RPM).Int64Slice()
+		s.token, c.now().UnixMilli(), retryAfter.Milliseconds(), flag(c.adaptive()), c.ceil.RPM).Int64Slice()
 	c.learned(res, err)
 }
