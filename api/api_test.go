@@ -24,6 +24,7 @@ import (
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
+	"github.com/chatfleet/chatfleet/webhooks"
 )
 
 const (
@@ -312,5 +313,26 @@ func TestOpenAIFieldLimitsNameTheField(t *testing.T) {
 	}
 	if n := rdb.DBSize(context.Background()).Val(); n != 0 {
 		t.Fatalf("refused requests wrote %d keys", n)
+	}
+}
+
+// A webhook_url whose host carries an IPv6 zone names an interface of
+// whichever worker sends: refused at submit, naming the field, even for a
+// tenant that can sign, while a public URL is taken.
+func TestSubmitRefusesAZonedWebhookURL(t *testing.T) {
+	e, _ := newAPIWith(t, Options{Webhooks: webhooks.NewRegistry([]webhooks.Endpoint{{Tenant: DefaultTenant, Secret: "whsec_x"}})})
+	submit := func(url string) (*httptest.ResponseRecorder, map[string]any) {
+		return call(e, http.MethodPost, "/api/v1/chat/jobs", "application/json",
+			fmt.Sprintf(`{"session_id":"zones","message":"m","webhook_url":%q}`, url), nil)
+	}
+	if rec, _ := submit("https://[2606:4700::1111]/hooks"); rec.Code != http.StatusAccepted {
+		t.Fatalf("a public IPv6 webhook_url: %d %s", rec.Code, rec.Body.String())
+	}
+	for _, url := range []string{"https://[fe80::1%25eth0]/", "https://[fe80::1%25eth0]:8443/hooks", "http://[fec0::1%25lo]/x", "https://[2606:4700::1111%25eth0]/"} {
+		rec, body := submit(url)
+		errObj, _ := body["error"].(map[string]any)
+		if rec.Code != http.StatusUnprocessableEntity || errObj == nil || errObj["field"] != "webhook_url" {
+			t.Errorf("webhook_url %s: got %d %s, want 422 naming webhook_url", url, rec.Code, rec.Body.String())
+		}
 	}
 }

@@ -57,6 +57,7 @@ func TestLabelledMetricsExistAtStart(t *testing.T) {
 			`chatfleet_llm_capacity_wait_seconds_count{provider="sim-1"} 0`,
 			`chatfleet_llm_rate_limited_total{provider="sim-2"} 0`,
 			`chatfleet_llm_inflight{provider="sim-1"} 0`,
+			`chatfleet_llm_limiter_errors_total{provider="sim-2"} 0`,
 			`chatfleet_llm_limit{kind="rpm",provider="sim-1"} 0`,
 			`chatfleet_llm_limit{kind="concurrency",provider="sim-2"} 0`,
 			`chatfleet_job_takeovers_total 0`,

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
@@ -107,16 +109,22 @@ type capacity struct {
 	ceil Limits // the rates under the margin
 	set  CapacitySettings
 	m    *Metrics
-	keys []string // leases, requests, tpm, pause, adaptive, waiting, saturated
+	keys []string         // leases, requests, tpm, pause, adaptive, waiting, saturated
+	now  func() time.Time // this process's clock (tests skew it)
+	log  zerolog.Logger
+
+	mu       sync.Mutex // guards the limiter errors' log
+	loggedAt time.Time  // when the last line was logged
+	unlogged int        // errors since (the next line reports them)
 }
 
-func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set CapacitySettings, m *Metrics) *capacity {
+func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set CapacitySettings, m *Metrics, log zerolog.Logger) *capacity {
 	set.defaults()
 	ceil := Limits{RPM: set.under(lim.RPM), TPM: set.under(lim.TPM), Concurrency: lim.Concurrency}
 	c := &capacity{name: name, rdb: rdb, lim: lim, ceil: ceil, set: set, m: m, keys: []string{
 		rkeys.ProviderLeases(name), rkeys.ProviderRequests(name), rkeys.ProviderTPM(name), rkeys.ProviderPause(name),
 		rkeys.ProviderAdaptive(name), rkeys.ProviderWaiting(name), rkeys.ProviderSaturated(name),
-	}}
+	}, now: time.Now, log: log}
 	m.limits(name, lim)
 	m.effectiveRPM(name, ceil.RPM)
 	return c
@@ -138,31 +146,59 @@ type slot struct {
 	stop  context.CancelFunc
 }
 
+// redisNowLua reads Redis's clock (ms), as the job leases do: the scripts
+// keep every time on it, never on a process's clock.
+const redisNowLua = `
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+`
+
+// acquireArgs are acquireScript's arguments.
+type acquireArgs struct {
+	Token         string
+	Lease         int64 // ms
+	Concurrency   int   // 0: none
+	RPM, TPM      int   // the ceilings (0: none)
+	Cost          int   // estimated tokens
+	High          bool
+	MaxWait       int64 // ms: the longest wait a reservation may have
+	Adaptive      bool
+	InitialLimit  int // where a learned concurrency limit starts
+	ConfiguredRPM int // the quota, whose share of a second a window holds
+}
+
+func (a acquireArgs) argv() []any {
+	return []any{a.Token, a.Lease, a.Concurrency, a.RPM, a.TPM, a.Cost, flag(a.High), a.MaxWait, flag(a.Adaptive),
+		a.InitialLimit, a.ConfiguredRPM}
+}
+
 // acquireScript takes capacity for one call. It answers {1} (go now), {2,
 // wait ms} (the rates are reserved and a slot held: go after wait, without
 // asking again), or {0, wait ms, why} (ask again after wait; -1: when a slot
 // may have freed up).
+// Every time is Redis's (TIME), so that processes whose clocks disagree
+// share the windows, leases and pauses.
 // KEYS: leases, rpm, tpm, pause, adaptive, waiting, saturated.
-// ARGV: now ms, token, lease ms, concurrency (0: none), rpm, tpm, cost,
-// high priority (1/0), longest wait to reserve ms, adaptive (1/0), initial learned limit,
-// configured rpm.
-var acquireScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
+// ARGV: acquireArgs.
+var acquireScript = redis.NewScript(redisNowLua + `
+local now = redis_now()
 local function deny(wait, why)
   redis.call('SET', KEYS[7], why, 'PX', 10000)
-  if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], now + 2000, ARGV[2]) end
+  if ARGV[7] == '1' then redis.call('ZADD', KEYS[6], now + 2000, ARGV[1]) end
   return {0, wait, why}
 end
 local p = redis.call('PTTL', KEYS[4])
 if p > 0 then return deny(p, 'paused') end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[8] ~= '1' then
+if ARGV[7] ~= '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   if redis.call('ZCARD', KEYS[6]) > 0 then return deny(-1, 'priority') end
 end
-local limit = tonumber(ARGV[4])
-if ARGV[10] == '1' then
-  redis.call('HSETNX', KEYS[5], 'limit', ARGV[11])
+local limit = tonumber(ARGV[3])
+if ARGV[9] == '1' then
+  redis.call('HSETNX', KEYS[5], 'limit', ARGV[10])
   limit = math.floor(tonumber(redis.call('HGET', KEYS[5], 'limit')))
 end
 local inflight = redis.call('ZCARD', KEYS[1])
@@ -197,26 +233,26 @@ local function window(key, perMinute, configured)
   end
   return at, at - now, w
 end
-local rpm, tpm = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
 if rpm > 0 then -- lowered by a 429, recovering
   rpm = math.min(rpm, tonumber(redis.call('HGET', KEYS[5], 'rpm') or rpm))
 end
 local ra, rw, rwin, tn, tw = 0, 0, 0, 0, 0
-if rpm > 0 then ra, rw, rwin = window(KEYS[2], rpm, tonumber(ARGV[12])) end
-if tpm > 0 then tn, tw = gcra(KEYS[3], tpm, tonumber(ARGV[7])) end
+if rpm > 0 then ra, rw, rwin = window(KEYS[2], rpm, tonumber(ARGV[11])) end
+if tpm > 0 then tn, tw = gcra(KEYS[3], tpm, tonumber(ARGV[6])) end
 local wait = math.ceil(math.max(rw, tw, 0))
-if wait > tonumber(ARGV[9]) then
+if wait > tonumber(ARGV[8]) then
   if rw >= tw then return deny(wait, 'rpm') end
   return deny(wait, 'tpm')
 end
 if rpm > 0 then
-  redis.call('ZADD', KEYS[2], ra, ARGV[2])
+  redis.call('ZADD', KEYS[2], ra, ARGV[1])
   local ttl = math.ceil(ra - now + rwin) + 1000
   if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
 if tpm > 0 then redis.call('SET', KEYS[3], string.format('%.3f', tn), 'PX', math.ceil(tn - now) + 1000) end
-redis.call('ZADD', KEYS[1], now + wait + tonumber(ARGV[3]), ARGV[2])
-if ARGV[8] == '1' then redis.call('ZREM', KEYS[6], ARGV[2]) end
+redis.call('ZADD', KEYS[1], now + wait + tonumber(ARGV[2]), ARGV[1])
+if ARGV[7] == '1' then redis.call('ZREM', KEYS[6], ARGV[1]) end
 if wait > 0 then
   redis.call('SET', KEYS[7], 'rate', 'PX', 10000)
   return {2, wait, ''}
@@ -224,22 +260,34 @@ end
 return {1, 0, ''}
 `)
 
+// releaseArgs are releaseScript's arguments.
+type releaseArgs struct {
+	Token             string
+	TPM               int // the ceiling (0: none)
+	Delta             int // tokens used minus estimated
+	Adaptive, Success bool
+	RPM               int // the ceiling (0: none)
+}
+
+func (a releaseArgs) argv() []any {
+	return []any{a.Token, a.TPM, a.Delta, flag(a.Adaptive), flag(a.Success), a.RPM}
+}
+
 // releaseScript ends a call: frees its slot, settles the token estimate with
 // the real usage and, after a success, raises the learned concurrency limit
 // in adaptive mode (by 1 until the first 429, then by 1/limit) and a lowered
 // request rate towards its ceiling (by a fiftieth of it). Returns {the
 // learned limit (0: none), the effective request rate (0: none)}.
-// KEYS: leases, tpm, adaptive. ARGV: token, now ms, tpm, tokens used minus
-// estimated, adaptive (1/0), success (1/0), rpm ceiling (0: none).
-var releaseScript = redis.NewScript(`
+// KEYS: leases, tpm, adaptive. ARGV: releaseArgs.
+var releaseScript = redis.NewScript(redisNowLua + `
 redis.call('ZREM', KEYS[1], ARGV[1])
-local ceil = tonumber(ARGV[7])
+local ceil = tonumber(ARGV[6])
 local rpm = ceil
 if ceil > 0 then
   local e = tonumber(redis.call('HGET', KEYS[3], 'rpm') or '0')
   if e > 0 then
     rpm = e
-    if ARGV[6] == '1' then
+    if ARGV[5] == '1' then
       rpm = e + ceil / 50
       if rpm >= ceil then
         rpm = ceil
@@ -250,7 +298,7 @@ if ceil > 0 then
     end
   end
 end
-local tpm, delta, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[2])
+local tpm, delta, now = tonumber(ARGV[2]), tonumber(ARGV[3]), redis_now()
 if tpm > 0 and delta ~= 0 then
   local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
   if tat > 0 then
@@ -263,9 +311,9 @@ if tpm > 0 and delta ~= 0 then
   end
 end
 local l = 0
-if ARGV[5] == '1' then
+if ARGV[4] == '1' then
   l = tonumber(redis.call('HGET', KEYS[3], 'limit') or '0')
-  if l > 0 and ARGV[6] == '1' then
+  if l > 0 and ARGV[5] == '1' then
     if redis.call('HEXISTS', KEYS[3], 'decreased_at') == 0 then
       l = l + 1 -- slow start: doubles every round of calls until the first 429
     else
@@ -278,6 +326,16 @@ end
 return {math.floor(l), math.floor(rpm)}
 `)
 
+// rateLimitedArgs are rateLimitedScript's arguments.
+type rateLimitedArgs struct {
+	Token    string
+	Pause    int64 // ms
+	Adaptive bool
+	RPM      int // the ceiling (0: none)
+}
+
+func (a rateLimitedArgs) argv() []any { return []any{a.Token, a.Pause, flag(a.Adaptive), a.RPM} }
+
 // rateLimitedScript records a 429: frees the call's slot, pauses the provider
 // for the whole fleet and, in adaptive mode, halves the concurrency limit
 // (once per pause: the 429s of one burst count once). With a configured
@@ -287,11 +345,10 @@ return {math.floor(l), math.floor(rpm)}
 // one-second granularity would otherwise idle every worker for a whole
 // second. The learned limits are forgotten after ten minutes without a 429.
 // Returns {the learned limit, the effective request rate}.
-// KEYS: leases, pause, adaptive. ARGV: token, now ms, pause ms, adaptive
-// (1/0), rpm ceiling (0: none).
-var rateLimitedScript = redis.NewScript(`
+// KEYS: leases, pause, adaptive. ARGV: rateLimitedArgs.
+var rateLimitedScript = redis.NewScript(redisNowLua + `
 redis.call('ZREM', KEYS[1], ARGV[1])
-local pause, now, ceil = tonumber(ARGV[3]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local pause, now, ceil = tonumber(ARGV[2]), redis_now(), tonumber(ARGV[4])
 local rpm = 0
 if ceil > 0 then
   rpm = tonumber(redis.call('HGET', KEYS[3], 'rpm') or ceil)
@@ -304,7 +361,7 @@ if ceil > 0 then
   if pause <= 1000 then pause = math.min(pause, math.ceil(60000 / rpm)) end
 end
 if redis.call('PTTL', KEYS[2]) < pause then redis.call('SET', KEYS[2], '1', 'PX', pause) end
-if ARGV[4] ~= '1' then return {0, math.floor(rpm)} end
+if ARGV[3] ~= '1' then return {0, math.floor(rpm)} end
 local cur = tonumber(redis.call('HGET', KEYS[3], 'limit') or '0')
 local last = tonumber(redis.call('HGET', KEYS[3], 'decreased_at') or '0')
 if now - last >= pause then
@@ -317,6 +374,12 @@ redis.call('EXPIRE', KEYS[3], 600) -- forgotten after ten quiet minutes
 return {math.floor(cur), 0}
 `)
 
+// renewScript extends a running call's lease, if it still holds one.
+// KEYS: leases. ARGV: token, lease ms.
+var renewScript = redis.NewScript(redisNowLua + `
+return redis.call('ZADD', KEYS[1], 'XX', redis_now() + tonumber(ARGV[2]), ARGV[1])
+`)
+
 func newToken() string {
 	b := make([]byte, 12)
 	_, _ = crand.Read(b)
@@ -327,24 +390,24 @@ func newToken() string {
 // wait fits in what is left of MaxInlineWait, else it returns a
 // *CapacityError for the job to wait in the queue.
 func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *time.Duration) (*slot, error) {
-	start := time.Now()
+	start := c.now()
 	token := newToken()
 	poll := 10 * time.Millisecond
-	highFlag := "0"
-	if high {
-		highFlag = "1"
-	}
 	for {
-		now := time.Now()
-		left := *budget - time.Since(start)
-		res, err := acquireScript.Run(ctx, c.rdb, c.keys, now.UnixMilli(), token, c.set.Lease.Milliseconds(),
-			c.ceil.Concurrency, c.ceil.RPM, c.ceil.TPM, cost, highFlag, max(left.Milliseconds(), 0), flag(c.adaptive()), initialLimit, c.lim.RPM).Slice()
+		left := *budget - c.now().Sub(start)
+		res, err := acquireScript.Run(ctx, c.rdb, c.keys, acquireArgs{Token: token, Lease: c.set.Lease.Milliseconds(),
+			Concurrency: c.ceil.Concurrency, RPM: c.ceil.RPM, TPM: c.ceil.TPM, Cost: cost, High: high,
+			MaxWait: max(left.Milliseconds(), 0), Adaptive: c.adaptive(), InitialLimit: initialLimit, ConfiguredRPM: c.lim.RPM}.argv()...).Slice()
 		if err != nil {
-			// Without Redis there is no fleet-wide quota to keep: the call goes
-			// ahead rather than failing every job (the breaker guards the rest).
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			// Fail open: without the script there is no fleet-wide quota to
+			// keep, and a Redis outage (or a full, read-only or failing-over
+			// one) must not stop every call of the fleet. The provider's own
+			// 429s and the breaker still guard it; the counter and the log
+			// say the quota is not kept.
+			c.failed("acquire", err, true)
 			return &slot{c: c, token: token, stop: func() {}}, nil
 		}
 		wait := time.Duration(res[1].(int64)) * time.Millisecond
@@ -352,13 +415,13 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		case 2: // reserved: sleep until it is due, then go
 			select {
 			case <-ctx.Done():
-				_ = c.rdb.ZRem(context.WithoutCancel(ctx), c.keys[0], token).Err()
+				c.giveBack(context.WithoutCancel(ctx), token)
 				return nil, ctx.Err()
 			case <-time.After(wait):
 			}
 			fallthrough
 		case 1:
-			waited := time.Since(start)
+			waited := c.now().Sub(start)
 			c.m.capacityWait(c.name, waited)
 			capacityWaitSpan(ctx, c.name, start)
 			*budget -= waited
@@ -370,14 +433,14 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 			poll = min(poll*2, 500*time.Millisecond)
 		}
 		wait += time.Duration(rand.Int64N(int64(wait/10) + 1)) // spread the herd
-		if time.Since(start)+wait > *budget {
-			waited := time.Since(start)
+		if c.now().Sub(start)+wait > *budget {
+			waited := c.now().Sub(start)
 			c.m.capacityWait(c.name, waited)
 			capacityWaitSpan(ctx, c.name, start)
 			*budget -= waited
-			until := time.Now().Add(wait)
+			until := c.now().Add(wait)
 			if why == "concurrency" || why == "priority" {
-				until = time.Now().Add(time.Second) // a slot frees when a call ends
+				until = c.now().Add(time.Second) // a slot frees when a call ends
 			}
 			return nil, &CapacityError{Provider: c.name, Until: until, Reason: why}
 		}
@@ -402,11 +465,51 @@ func (c *capacity) hold(token string, cost int) *slot {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = c.rdb.ZAddXX(ctx, c.keys[0], redis.Z{Score: float64(time.Now().Add(c.set.Lease).UnixMilli()), Member: token}).Err()
+				if err := renewScript.Run(ctx, c.rdb, c.keys[:1], token, c.set.Lease.Milliseconds()).Err(); err != nil && ctx.Err() == nil {
+					c.failed("renew", err, false)
+				}
 			}
 		}
 	}()
 	return &slot{c: c, token: token, cost: cost, stop: func() { stop(); c.m.inflightAdd(c.name, -1) }}
+}
+
+// giveBack frees a reserved call that will not be made: its slot and its
+// place in the request window, which would otherwise hold a place for a call
+// never sent until the window passes it.
+func (c *capacity) giveBack(ctx context.Context, token string) {
+	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRem(ctx, c.keys[0], token)
+		p.ZRem(ctx, c.keys[1], token)
+		return nil
+	})
+	if err != nil {
+		c.failed("give back", err, false)
+	}
+}
+
+// logEvery is the least time between two log lines of a provider's limiter
+// errors: when Redis fails, every call fails with it.
+const logEvery = time.Minute
+
+// failed notes a limiter script's error: counted when the call went ahead
+// without the quota (unlimited), logged at most once per logEvery.
+func (c *capacity) failed(op string, err error, unlimited bool) {
+	if unlimited {
+		c.m.limiterError(c.name)
+	}
+	c.mu.Lock()
+	c.unlogged++
+	now := c.now()
+	if !c.loggedAt.IsZero() && now.Sub(c.loggedAt) < logEvery {
+		c.mu.Unlock()
+		return
+	}
+	n := c.unlogged
+	c.loggedAt, c.unlogged = now, 0
+	c.mu.Unlock()
+	c.log.Error().Err(err).Str("provider", c.name).Str("op", op).Int("errors", n).
+		Msg("provider limiter failed: calls go ahead without the fleet-wide quota")
 }
 
 func flag(b bool) string {
@@ -425,7 +528,10 @@ func (s *slot) release(ctx context.Context, used int, success bool) {
 		delta = used - s.cost
 	}
 	res, err := releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[2], c.keys[4]},
-		s.token, time.Now().UnixMilli(), c.ceil.TPM, delta, flag(c.adaptive()), flag(success), c.ceil.RPM).Int64Slice()
+		releaseArgs{Token: s.token, TPM: c.ceil.TPM, Delta: delta, Adaptive: c.adaptive(), Success: success, RPM: c.ceil.RPM}.argv()...).Int64Slice()
+	if err != nil {
+		c.failed("release", err, false)
+	}
 	c.learned(res, err)
 }
 
@@ -453,6 +559,9 @@ func (s *slot) rateLimited(ctx context.Context, retryAfter time.Duration) {
 	}
 	retryAfter = min(retryAfter, c.set.MaxRetryDelay)
 	res, err := rateLimitedScript.Run(context.WithoutCancel(ctx), c.rdb, []string{c.keys[0], c.keys[3], c.keys[4]},
-		s.token, time.Now().UnixMilli(), retryAfter.Milliseconds(), flag(c.adaptive()), c.ceil.RPM).Int64Slice()
+		rateLimitedArgs{Token: s.token, Pause: retryAfter.Milliseconds(), Adaptive: c.adaptive(), RPM: c.ceil.RPM}.argv()...).Int64Slice()
+	if err != nil {
+		c.failed("rate limited", err, false)
+	}
 	c.learned(res, err)
 }

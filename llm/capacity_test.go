@@ -1,14 +1,18 @@
 package llm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
@@ -19,7 +23,7 @@ import (
 
 func newCap(t *testing.T, rdb redis.UniversalClient, lim Limits, set CapacitySettings) *capacity {
 	t.Helper()
-	return newCapacity("p", rdb, lim, set, NewMetrics(nil, nil))
+	return newCapacity("p", rdb, lim, set, NewMetrics(nil, nil), zerolog.New(io.Discard))
 }
 
 // take acquires with an inline budget; it fails the test on anything but
@@ -251,5 +255,162 @@ func TestANearMissLowersTheRateInsteadOfPausingASecond(t *testing.T) {
 	}
 	if n, _ := rdb.HExists(ctx, rkeys.ProviderAdaptive("p"), "rpm").Result(); n {
 		t.Fatal("ten successes did not bring the rate back to its ceiling (480 + 10 × 12)")
+	}
+}
+
+// Two processes whose clocks are two minutes apart share one request window:
+// the window is kept on Redis's clock, so neither the one ahead (which would
+// see the other's calls as long past) nor the one behind (which would wait
+// for calls two minutes in its future) gets the window wrong.
+func TestTheRequestWindowFollowsRedissClock(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	lim := Limits{RPM: 60} // one call a second
+	ahead, behind := newCap(t, rdb, lim, CapacitySettings{}), newCap(t, rdb, lim, CapacitySettings{})
+	ahead.now = func() time.Time { return time.Now().Add(time.Minute) }
+	behind.now = func() time.Time { return time.Now().Add(-time.Minute) }
+	for _, order := range [][2]*capacity{{behind, ahead}, {ahead, behind}} {
+		first, second := order[0], order[1]
+		rdb.FlushDB(context.Background())
+		if s, ce := take(t, first, 1, false, 0); s == nil {
+			t.Fatalf("the window's first call waited: %v", ce)
+		}
+		_, ce := take(t, second, 1, false, 0)
+		if ce == nil || ce.Reason != "rpm" {
+			t.Fatalf("a second call went in a one-call window (the other process's clock %s off): %v", second.now().Sub(first.now()), ce)
+		}
+		if wait := ce.Until.Sub(second.now()); wait > 2*time.Second {
+			t.Fatalf("the second call was told to wait %s, want the rest of the window's second", wait)
+		}
+	}
+}
+
+// A call that reserved its place in the request window and was cancelled
+// before it went gives the place back: the window counts only the call sent.
+func TestACancelledReservationLeavesTheWindow(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{RPM: 60}, CapacitySettings{}) // one call a second
+	if s, ce := take(t, c, 1, false, 0); s == nil {
+		t.Fatalf("the window's first call waited: %v", ce)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		budget := 5 * time.Second
+		_, err := c.acquire(ctx, 1, false, &budget)
+		done <- err
+	}()
+	// The second call reserves the next second's place, then sleeps until it.
+	for rdb.ZCard(context.Background(), rkeys.ProviderRequests("p")).Val() < 2 {
+		select {
+		case err := <-done:
+			t.Fatalf("the second call returned before it reserved: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the cancelled call: %v", err)
+	}
+	if n := rdb.ZCard(context.Background(), rkeys.ProviderRequests("p")).Val(); n != 1 {
+		t.Fatalf("the request window holds %d calls after the reservation was cancelled, want the 1 sent", n)
+	}
+	if n := rdb.ZCard(context.Background(), rkeys.ProviderLeases("p")).Val(); n != 1 {
+		t.Fatalf("%d slots held after the reservation was cancelled, want the 1 sent", n)
+	}
+}
+
+// lockedBuffer is a log sink that the limiter's goroutines may share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Split(strings.TrimSpace(l.b.String()), "\n")
+}
+
+// counterValue reads one series of a counter from reg (-1: absent).
+func counterValue(t *testing.T, reg *prometheus.Registry, name, provider string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "provider" && l.GetValue() == provider {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
+
+// A Redis that refuses the limiter's scripts (here a read-only replica, as
+// the old primary is during a failover) does not stop the calls: the limiter
+// fails open, counts each call that went ahead without the quota, and logs
+// it once a minute at most. (Out of memory under noeviction does not stop
+// these scripts: their first write removes, which Redis allows, and a script
+// that has written may go on.)
+func TestLimiterErrorsAreCountedAndTheCallsGoAhead(t *testing.T) {
+	primary := testkit.StartRedis(t, testkit.WithArgs("--repl-diskless-sync-delay", "0"))
+	rdb := testkit.StartRedis(t).Client()
+	ctx := context.Background()
+	reg := prometheus.NewRegistry()
+	logs := &lockedBuffer{}
+	c := newCapacity("p", rdb, Limits{RPM: 60, Concurrency: 1}, CapacitySettings{}, NewMetrics(reg, []Spec{{Kind: "p"}}), zerolog.New(logs))
+	if v := counterValue(t, reg, "chatfleet_llm_limiter_errors_total", "p"); v != 0 {
+		t.Fatalf("before any error the counter is %v, want a series at 0", v)
+	}
+	if err := rdb.SlaveOf(ctx, "127.0.0.1", strconv.Itoa(primary.Port)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(rdb.Info(ctx, "replication").Val(), "master_link_status:up") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// One call a second and one at a time: three at once go only because
+	// the limiter fails open.
+	var held []*slot
+	for i := range 3 {
+		s, ce := take(t, c, 1, false, 0)
+		if s == nil {
+			t.Fatalf("call %d waited while the limiter failed: %v", i+1, ce)
+		}
+		held = append(held, s)
+	}
+	if v := counterValue(t, reg, "chatfleet_llm_limiter_errors_total", "p"); v != 3 {
+		t.Fatalf("chatfleet_llm_limiter_errors_total{provider=\"p\"} = %v after 3 calls without the quota, want 3", v)
+	}
+	for _, s := range held {
+		s.release(ctx, 0, true)
+	}
+	lines := logs.lines()
+	if len(lines) != 1 || !strings.Contains(lines[0], `"provider":"p"`) || !strings.Contains(lines[0], "READONLY") {
+		t.Fatalf("the limiter's errors logged %d lines, want 1 naming the provider and the error: %q", len(lines), lines)
+	}
+	// A minute later the next error is logged again, with the count since
+	// the first line: two acquires, three releases and this acquire.
+	c.now = func() time.Time { return time.Now().Add(logEvery) }
+	if s, _ := take(t, c, 1, false, 0); s == nil {
+		t.Fatal("a call waited while the limiter failed")
+	}
+	if lines := logs.lines(); len(lines) != 2 || !strings.Contains(lines[1], `"errors":6`) {
+		t.Fatalf("a minute on, the log has %q, want a second line counting the 6 errors since the first", lines)
+	}
+	if v := counterValue(t, reg, "chatfleet_llm_limiter_errors_total", "p"); v != 4 {
+		t.Fatalf("chatfleet_llm_limiter_errors_total{provider=\"p\"} = %v after 4 calls without the quota, want 4", v)
 	}
 }

@@ -18,6 +18,7 @@ type Metrics struct {
 	inflight *prometheus.GaugeVec
 	limit    *prometheus.GaugeVec
 	costC    *prometheus.CounterVec
+	limErrs  *prometheus.CounterVec
 	prices   map[string][2]float64 // dollars per million input and output tokens, by model
 }
 
@@ -58,7 +59,10 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 	m.costC = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chatfleet_llm_cost_usd_total", Help: "What the tokens used cost in US dollars at CHATFLEET_MODEL_PRICES, by provider and model (models with a price only).",
 	}, []string{"provider", "model"})
-	reg.MustRegister(m.requests, m.tokensC, m.state, m.waitH, m.limited, m.inflight, m.limit, m.costC)
+	m.limErrs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatfleet_llm_limiter_errors_total", Help: "Calls that went ahead without the provider's fleet-wide quota because the limiter's script failed (Redis unreachable, out of memory, read-only during a failover): the limiter fails open.",
+	}, []string{"provider"})
+	reg.MustRegister(m.requests, m.tokensC, m.state, m.waitH, m.limited, m.inflight, m.limit, m.costC, m.limErrs)
 	for i, name := range ProviderNames(chain) {
 		for _, o := range outcomes {
 			m.requests.WithLabelValues(name, o)
@@ -74,6 +78,7 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 		m.waitH.WithLabelValues(name)
 		m.limited.WithLabelValues(name)
 		m.inflight.WithLabelValues(name)
+		m.limErrs.WithLabelValues(name)
 		m.limits(name, chain[i].Limits)
 	}
 	return m
@@ -131,6 +136,12 @@ func (m *Metrics) capacityWait(provider string, d time.Duration) {
 func (m *Metrics) rateLimited(provider string) {
 	if m != nil {
 		m.limited.WithLabelValues(provider).Inc()
+	}
+}
+
+func (m *Metrics) limiterError(provider string) {
+	if m != nil {
+		m.limErrs.WithLabelValues(provider).Inc()
 	}
 }
 

@@ -69,7 +69,7 @@ func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *
 		// The simulated provider never answers 429: it has nothing to learn,
 		// so it is limited only when limits are configured.
 		if s.Kind != "sim" || s.Limits != (Limits{}) {
-			g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m)
+			g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m, log)
 		}
 		g.timeouts = opt.Timeouts
 		g.kind = s.Kind

@@ -338,14 +338,30 @@ func TestFinishPutsAJobWithWebhooksInTheOutbox(t *testing.T) {
 	if j, _ := s.Get(ctx, "job_hooked"); j.Webhook != `{"kind":"job"}` {
 		t.Fatalf("record's webhook %q", j.Webhook)
 	}
-	if err := s.RecordDelivery(ctx, "job_hooked", "wh_1", []byte(`{"state":"delivered"}`)); err != nil {
+	entry := func(state string, rank int) DeliveryEntry {
+		return DeliveryEntry{Target: "wh_1", EventID: "evt_1", Rank: rank, JSON: []byte(`{"state":"` + state + `"}`)}
+	}
+	if err := s.RecordDelivery(ctx, "job_hooked", entry("delivered", 3)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.RecordDelivery(ctx, "job_gone", "wh_1", []byte(`{"state":"delivered"}`)); err != nil {
+	if err := s.RecordDelivery(ctx, "job_gone", entry("delivered", 3)); err != nil {
+		t.Fatal(err)
+	}
+	// A lower rank of the same event (a late pending) leaves the entry; a
+	// re-run's event replaces it.
+	if err := s.RecordDelivery(ctx, "job_hooked", entry("pending", 1)); err != nil {
 		t.Fatal(err)
 	}
 	if j, _ := s.Get(ctx, "job_hooked"); j.Deliveries != `{"wh_1":{"state":"delivered"}}` {
 		t.Fatalf("deliveries %q", j.Deliveries)
+	}
+	rerun := entry("pending", 1)
+	rerun.EventID = "evt_2"
+	if err := s.RecordDelivery(ctx, "job_hooked", rerun); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := s.Get(ctx, "job_hooked"); j.Deliveries != `{"wh_1":{"state":"pending"}}` {
+		t.Fatalf("deliveries after a re-run's event %q", j.Deliveries)
 	}
 	if _, err := s.Get(ctx, "job_gone"); err != ErrNotFound {
 		t.Fatalf("recording a delivery recreated an expired record: %v", err)

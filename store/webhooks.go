@@ -31,21 +31,41 @@ func (s *Store) WebhooksEnqueued(ctx context.Context, id string) error {
 	return nil
 }
 
+// DeliveryEntry is one receiver's entry in a job's deliveries.
+type DeliveryEntry struct {
+	Target  string // the receiver's key in the record's deliveries
+	EventID string // the event it delivers: another event's entry (a re-run's) is replaced whatever its rank
+	Rank    int    // the state's place in its order: an entry never moves to a lower one of the same event
+	JSON    []byte // what the record shows
+}
+
+func (e DeliveryEntry) argv() []any { return []any{e.Target, string(e.JSON), e.EventID, e.Rank} }
+
 // recordDelivery sets one target's entry of a job's deliveries, while the
-// record lives (a delivery that outlives it writes nothing).
-// KEYS: job. ARGV: target, entry (JSON).
+// record lives (a delivery that outlives it writes nothing), unless the entry
+// of the same event is further on: the enqueue's pending can land after the
+// delivery it enqueued ended. Each target's event and rank are kept beside
+// the entries (delivery_ranks), so the entries stay what the caller wrote.
+// Returns 1 when written, 0 when not.
+// KEYS: job. ARGV: DeliveryEntry (target, entry JSON, event id, rank).
 var recordDelivery = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local d = redis.call('HGET', KEYS[1], 'deliveries')
-local m = d and cjson.decode(d) or {}
-m[ARGV[1]] = cjson.decode(ARGV[2])
-redis.call('HSET', KEYS[1], 'deliveries', cjson.encode(m))
+local v = redis.call('HMGET', KEYS[1], 'deliveries', 'delivery_ranks')
+local m = v[1] and cjson.decode(v[1]) or {}
+local ranks = v[2] and cjson.decode(v[2]) or {}
+local target, event, rank = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local old = ranks[target]
+if old and old.event == event and old.rank > rank then return 0 end
+m[target] = cjson.decode(ARGV[2])
+ranks[target] = {event = event, rank = rank}
+redis.call('HSET', KEYS[1], 'deliveries', cjson.encode(m), 'delivery_ranks', cjson.encode(ranks))
 return 1
 `)
 
-// RecordDelivery notes how a job's delivery to target went (entry is JSON).
-func (s *Store) RecordDelivery(ctx context.Context, id, target string, entry []byte) error {
-	if err := recordDelivery.Run(ctx, s.rdb, []string{rkeys.Job(id)}, target, string(entry)).Err(); err != nil {
+// RecordDelivery notes how a job's delivery to a target went, moving its
+// entry only forward (see DeliveryEntry).
+func (s *Store) RecordDelivery(ctx context.Context, id string, e DeliveryEntry) error {
+	if err := recordDelivery.Run(ctx, s.rdb, []string{rkeys.Job(id)}, e.argv()...).Err(); err != nil {
 		return unavailable("record webhook delivery", err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"time"
 )
@@ -74,9 +75,9 @@ func DecodeWebhook(b []byte) (WebhookPayload, error) {
 	return p, nil
 }
 
-// ValidWebhookURL checks a receiver's URL: absolute http(s), a host, no
-// credentials. Whether plain http and private addresses are allowed is
-// decided at delivery.
+// ValidWebhookURL checks a receiver's URL: absolute http(s), a host without
+// an IPv6 zone, no credentials. Whether plain http and private addresses are
+// allowed is decided at delivery.
 func ValidWebhookURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -87,6 +88,12 @@ func ValidWebhookURL(raw string) error {
 	}
 	if u.Hostname() == "" {
 		return errors.New("has no host")
+	}
+	// A zone (fe80::1%25eth0) names a network interface of whichever worker
+	// sends, so the URL means another receiver on each host; only link-local
+	// and other private addresses take one.
+	if ip, err := netip.ParseAddr(u.Hostname()); err == nil && ip.Zone() != "" {
+		return fmt.Errorf("must not name an IPv6 zone (%%%s)", ip.Zone())
 	}
 	if u.User != nil {
 		return errors.New("must not hold credentials")

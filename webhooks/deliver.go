@@ -66,10 +66,16 @@ type Delivery struct {
 	At         time.Time `json:"at"`
 }
 
+// stateRank orders the states: pending → retrying → delivered | refused |
+// gave_up. An entry never moves back (a Flush's pending can land after the
+// delivery it enqueued ended); an end is replaced only by another end, the
+// outcome of an operator's re-delivery.
+var stateRank = map[string]int{StatePending: 1, StateRetrying: 2, StateDelivered: 3, StateRefused: 3, StateGaveUp: 3}
+
 func record(ctx context.Context, st *store.Store, p tasks.WebhookPayload, d Delivery) error {
 	d.URL, d.Event, d.EventID, d.At = p.URL, p.Type, p.ID, time.Now().UTC()
 	b, _ := json.Marshal(d)
-	return st.RecordDelivery(ctx, p.JobID, p.Target, b)
+	return st.RecordDelivery(ctx, p.JobID, store.DeliveryEntry{Target: p.Target, EventID: p.ID, Rank: stateRank[d.State], JSON: b})
 }
 
 // Deliverer sends delivery tasks: the asynq handler of tasks.TypeWebhook.

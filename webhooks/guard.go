@@ -11,22 +11,24 @@ import (
 // allowed: a tenant's URL must not reach the fleet's own network, its
 // loopback or a cloud's metadata service. The check is on the address
 // actually connected to, after resolution, so a name that resolves (or
-// re-resolves) to such an address is refused too.
+// re-resolves) to such an address is refused too. fec0::/10 is the
+// deprecated site-local range, private wherever it is still routed.
 var privateNets = func() []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range []string{
 		"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
 		"192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
-		"::/128", "::1/128", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "ff00::/8",
+		"::/128", "::1/128", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
 	} {
 		out = append(out, netip.MustParsePrefix(s))
 	}
 	return out
 }()
 
-// privateAddr reports whether ip is on a refused network.
+// privateAddr reports whether ip is on a refused network. A zoned address
+// (fe80::1%eth0) is in no netip.Prefix: the zone goes before the check.
 func privateAddr(ip netip.Addr) bool {
-	ip = ip.Unmap()
+	ip = ip.WithZone("").Unmap()
 	for _, p := range privateNets {
 		if p.Contains(ip) {
 			return true

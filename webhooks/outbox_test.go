@@ -77,3 +77,62 @@ func TestSweepEnqueuesWhatAFinishLeftInTheOutbox(t *testing.T) {
 		t.Fatalf("deliveries on the record: %+v", d)
 	}
 }
+
+// A delivery can end before the Flush that enqueued it records pending: the
+// record keeps delivered. States move only forward (pending → retrying → an
+// end); an end gives way only to another end, an operator's re-delivery.
+func TestDeliveryStateOnlyMovesForward(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	st := store.New(rdb, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	const url = "https://a.example/hooks"
+	reg := NewRegistry([]Endpoint{{Tenant: "t", URL: url, Secret: "whsec_x"}})
+	ctx := context.Background()
+	nj := store.NewJob{ID: "job_forward", Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now(),
+		Webhook: Spec{Kind: KindJob}.Encode()}
+	if _, _, err := st.Create(ctx, nj, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Finish(ctx, nj.ID, "t", "s", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := st.Get(ctx, nj.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The delivery Flush enqueues, as a worker that ran it at once records it.
+	p := tasks.WebhookPayload{ID: eventID(j), Type: tasks.EventJobCanceled, Tenant: "t", JobID: nj.ID, URL: url, Target: target(url)}
+	state := func() Delivery {
+		t.Helper()
+		j, _ := st.Get(ctx, nj.ID)
+		d := Deliveries(j)
+		if len(d) != 1 {
+			t.Fatalf("deliveries on the record: %+v", d)
+		}
+		return d[0]
+	}
+	if err := record(ctx, st, p, Delivery{State: StateDelivered, Attempts: 1, StatusCode: 200}); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewOutbox(st, asynq.NewClientFromRedisClient(rdb), reg).Flush(ctx, nj.ID); err != nil {
+		t.Fatal(err)
+	}
+	if d := state(); d.State != StateDelivered || d.StatusCode != 200 || d.EventID != p.ID {
+		t.Fatalf("after the Flush that enqueued it, the delivery is %+v, want delivered", d)
+	}
+	if err := record(ctx, st, p, Delivery{State: StateRetrying, Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if d := state(); d.State != StateDelivered {
+		t.Fatalf("a late retrying overwrote delivered: %+v", d)
+	}
+	// Re-delivered by an operator, a refused delivery ends delivered.
+	if err := record(ctx, st, p, Delivery{State: StateRefused, Attempts: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := record(ctx, st, p, Delivery{State: StateDelivered, Attempts: 1, StatusCode: 204}); err != nil {
+		t.Fatal(err)
+	}
+	if d := state(); d.State != StateDelivered || d.StatusCode != 204 {
+		t.Fatalf("a re-delivery's end: %+v", d)
+	}
+}

@@ -31,6 +31,22 @@ func TestPrivateAddressesAreRefused(t *testing.T) {
 	}
 }
 
+// A zone (fe80::1%eth0) takes an address out of every netip.Prefix, and
+// site-local fec0::/10 is as private as fc00::/7: the dial guard, which sees
+// resolved addresses with their zones, refuses both.
+func TestDialGuardRefusesZonedAndSiteLocalAddresses(t *testing.T) {
+	for _, addr := range []string{"[fe80::1%eth0]:443", "[fe80::1%25eth0]:443", "[fd00::1%lo]:443", "[::1%lo]:443",
+		"[ff02::1%eth0]:443", "[fec0::1]:443", "[fec0::1%eth0]:443", "[feff::1]:443"} {
+		var refused *refusedError
+		if err := guard("tcp", addr, nil); !errors.As(err, &refused) {
+			t.Errorf("guard let %s through: %v", addr, err)
+		}
+	}
+	if err := guard("tcp", "[2606:4700::1111]:443", nil); err != nil {
+		t.Fatalf("guard refused a public IPv6 address: %v", err)
+	}
+}
+
 func TestRetryDelaysGrowAndHonourRetryAfter(t *testing.T) {
 	d := &Deliverer{opt: Options{RetryBase: time.Second, RetryFor: 24 * time.Hour}}
 	for n, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second} {
