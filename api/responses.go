@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
@@ -25,11 +24,12 @@ import (
 )
 
 // The OpenAI Responses API over the fleet: a response is a job of its own
-// one-job session whose payload carries the whole conversation (earlier
-// inputs and outputs of its previous_response_id chain, then its input), so a
-// response that branches from an older one sees exactly its own chain. With
-// background it is durable: poll it, or stream it and resume with
-// starting_after from any API process.
+// one-job session whose payload carries its input and, when it follows
+// another, the reference of its previous_response_id chain: the worker
+// assembles the conversation (earlier inputs and outputs, then the input)
+// when the job runs, so a response that branches from an older one sees
+// exactly its own chain. With background it is durable: poll it, or stream
+// it and resume with starting_after from any API process.
 
 func (s *Server) registerResponses(e *echo.Echo) {
 	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.gate.middleware, s.rate.middleware}
@@ -40,35 +40,14 @@ func (s *Server) registerResponses(e *echo.Echo) {
 	e.GET("/v1/responses/:id/input_items", s.responseInputItems, mw...)
 }
 
-// respRecord is what the response hash holds.
-type respRecord struct {
-	ID, Tenant, Model, Instructions, Previous, User string
-	Background, Store                               bool
-	CreatedAt                                       int64
-	Metadata                                        map[string]string
-	Input                                           []inputItem
-	// Messages is this request's input as chat messages: a chain of
-	// responses is stored by reference (Previous), each record holding its
-	// own input only; the conversation is assembled when a response follows.
-	Messages []tasks.ChatMessage `json:",omitempty"`
-	// ConversationBytes is the size of the conversation up to this input.
-	ConversationBytes int `json:",omitempty"`
-	// Conversation is the whole conversation as records before the chain
-	// was stored by reference kept it (read, never written).
-	Conversation      []tasks.ChatMessage `json:",omitempty"`
-	MaxOutputTokens   *int
-	Temperature, TopP *float64
-	Params            *tasks.GenParams `json:",omitempty"` // tools, tool choice, text format, reasoning
-}
+// respRecord is a response's record (store.Response).
+type respRecord = store.Response
 
 func respID(jobID string) string { return "resp_" + strings.TrimPrefix(jobID, "job_") }
-func jobOfResp(id string) string { return "job_" + strings.TrimPrefix(id, "resp_") }
+func jobOfResp(id string) string { return store.ResponseJobID(id) }
 func msgID(jobID string) string  { return "msg_" + strings.TrimPrefix(jobID, "job_") }
 func fcID(jobID string, k int) string {
 	return fmt.Sprintf("fc_%s_%d", strings.TrimPrefix(jobID, "job_"), k)
-}
-func validRespID(id string) bool {
-	return strings.HasPrefix(id, "resp_") && tasks.ValidJobID(jobOfResp(id))
 }
 
 func (s *Server) createResponse(c echo.Context) error {
@@ -108,15 +87,11 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	conversation, size := msgs, messagesBytes(msgs)
+	size := messagesBytes(msgs)
 	if r.PreviousResponseID != "" {
-		if conversation, size, err = s.conversationAfter(ctx, r.PreviousResponseID, tenant, msgs); err != nil {
+		if size, err = s.checkChain(ctx, r.PreviousResponseID, tenant, size); err != nil {
 			return err
 		}
-	}
-	toProvider := conversation
-	if r.Instructions != "" {
-		toProvider = append([]tasks.ChatMessage{{Role: "system", Content: r.Instructions}}, conversation...)
 	}
 	now := time.Now().UTC()
 	rec := respRecord{ID: respID(id), Tenant: tenant, Model: r.Model, Instructions: r.Instructions, Previous: r.PreviousResponseID,
@@ -137,7 +112,14 @@ func (s *Server) createResponse(c echo.Context) error {
 		nj.Webhook = webhooks.Spec{Kind: webhooks.KindResponse, ObjectID: rec.ID}.Encode()
 	}
 	p := tasks.ChatPayload{JobID: id, Tenant: tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
-		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: now, Messages: toProvider, Params: params}
+		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: now, Messages: msgs, Params: params}
+	switch {
+	case r.PreviousResponseID != "":
+		// The chain goes by reference: the worker reads it when the job runs.
+		p.Chain = &tasks.ChainRef{Previous: r.PreviousResponseID, Instructions: r.Instructions}
+	case r.Instructions != "":
+		p.Messages = append([]tasks.ChatMessage{{Role: "system", Content: r.Instructions}}, msgs...)
+	}
 	sub, err := s.jobs.Submit(ctx, nj, p)
 	if err != nil {
 		return err // refused (a cap, Redis): nothing of the response was written
@@ -191,50 +173,41 @@ func (s *Server) purge(ctx context.Context, jobID, tenant string) {
 	}
 }
 
-// conversationAfter assembles the conversation that continues the response
-// prev with msgs: every earlier input and answer of the chain, walked back by
-// reference. A conversation over the configured cap is refused before it is
-// assembled (the records know their sizes).
-func (s *Server) conversationAfter(ctx context.Context, prev, tenant string, msgs []tasks.ChatMessage) ([]tasks.ChatMessage, int, error) {
-	var steps [][]tasks.ChatMessage // newest first
-	size := messagesBytes(msgs)
-	for id, first := prev, true; id != ""; first = false {
-		rec, j, err := s.loadResponse(ctx, id, tenant)
-		if errors.Is(err, store.ErrNotFound) {
-			if first {
-				return nil, 0, errf(http.StatusNotFound, "not_found", "previous_response_id", fmt.Sprintf("no response %q", prev))
-			}
-			return nil, 0, oaInvalid("previous_response_id", fmt.Sprintf("an earlier response of the conversation (%s) has expired or was deleted", id))
-		}
-		if err != nil {
-			return nil, 0, err
-		}
-		if j.Status != store.StatusSucceeded || j.Result == nil {
-			return nil, 0, oaInvalid("previous_response_id", "the previous response has not completed")
-		}
-		answer := tasks.ChatMessage{Role: "assistant", Content: j.Result.Content, ToolCalls: j.Result.ToolCalls}
-		if first {
-			total := rec.ConversationBytes + messagesBytes([]tasks.ChatMessage{answer}) + size
-			if rec.Conversation != nil {
-				total = messagesBytes(rec.Conversation) + messagesBytes([]tasks.ChatMessage{answer}) + size
-			}
-			if limit := s.opt.MaxConversationBytes; limit > 0 && total > limit {
-				return nil, 0, oaInvalid("previous_response_id", fmt.Sprintf("the conversation would hold %d bytes, over this server's limit of %d: start a new one", total, limit))
-			}
-			size = total
-		}
-		if rec.Conversation != nil { // a record that kept the whole conversation
-			steps = append(steps, append(slices.Clone(rec.Conversation), answer))
-			break
-		}
-		steps = append(steps, append(slices.Clone(rec.Messages), answer))
-		id = rec.Previous
+// checkChain checks that the response prev can be followed by an input of
+// size bytes, and returns the size of the conversation that makes: prev is
+// the tenant's and has completed, the conversation is within the configured
+// cap (the record knows its size: refused before the chain is read), and no
+// earlier response of the chain has expired. The worker reads the chain
+// again when the job runs.
+func (s *Server) checkChain(ctx context.Context, prev, tenant string, size int) (int, error) {
+	rec, j, err := s.loadResponse(ctx, prev, tenant)
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, errf(http.StatusNotFound, "not_found", "previous_response_id", fmt.Sprintf("no response %q", prev))
 	}
-	var out []tasks.ChatMessage
-	for i := len(steps) - 1; i >= 0; i-- {
-		out = append(out, steps[i]...)
+	if err != nil {
+		return 0, err
 	}
-	return append(out, msgs...), size, nil
+	if j.Status != store.StatusSucceeded || j.Result == nil {
+		return 0, oaInvalid("previous_response_id", "the previous response has not completed")
+	}
+	answer := messagesBytes([]tasks.ChatMessage{{Content: j.Result.Content, ToolCalls: j.Result.ToolCalls}})
+	total := rec.ConversationBytes + answer + size
+	if rec.Conversation != nil {
+		total = messagesBytes(rec.Conversation) + answer + size
+	}
+	if limit := s.opt.MaxConversationBytes; limit > 0 && total > limit {
+		return 0, oaInvalid("previous_response_id", fmt.Sprintf("the conversation would hold %d bytes, over this server's limit of %d: start a new one", total, limit))
+	}
+	_, err = s.store.ResponseChain(ctx, prev, tenant)
+	switch {
+	case errors.Is(err, store.ErrResponseGone):
+		return 0, oaInvalid("previous_response_id", fmt.Sprintf("an earlier response of the conversation has expired or was deleted (%v)", err))
+	case errors.Is(err, store.ErrResponseUnfinished):
+		return 0, oaInvalid("previous_response_id", "the previous response has not completed")
+	case err != nil:
+		return 0, err
+	}
+	return total, nil
 }
 
 // messagesBytes is what a conversation weighs: its text, tool calls and images.
@@ -279,19 +252,9 @@ func (s *Server) saveResponse(ctx context.Context, r respRecord) error {
 
 // loadResponse reads a tenant's stored response and its job.
 func (s *Server) loadResponse(ctx context.Context, id, tenant string) (respRecord, store.Job, error) {
-	var r respRecord
-	if !validRespID(id) {
-		return r, store.Job{}, store.ErrNotFound
-	}
-	raw, err := s.rdb.Get(ctx, rkeys.Response(id)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return r, store.Job{}, store.ErrNotFound
-	}
+	r, err := s.store.Response(ctx, id)
 	if err != nil {
-		return r, store.Job{}, errors.Join(store.ErrUnavailable, err)
-	}
-	if err := json.Unmarshal(raw, &r); err != nil {
-		return r, store.Job{}, fmt.Errorf("response record: %w", err)
+		return respRecord{}, store.Job{}, err
 	}
 	if r.Tenant != tenant || !r.Store {
 		return respRecord{}, store.Job{}, store.ErrNotFound
@@ -381,7 +344,7 @@ func (s *Server) responseInputItems(c echo.Context) error {
 	if err != nil {
 		return respNotFound(err, c.Param("id"))
 	}
-	items := slices.Clone(r.Input)
+	items := fullItems(r)
 	if c.QueryParam("order") != "asc" { // OpenAI lists newest first by default
 		slices.Reverse(items)
 	}

@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -45,8 +46,14 @@ type respRequest struct {
 }
 
 // inputItem is one item of a response's input, as input_items lists it: a
-// message, a function_call or a function_call_output.
-type inputItem map[string]any
+// message, a function_call or a function_call_output. In the record, an
+// item whose content (or output) is exactly one of the input's chat messages
+// names that message (itemMessage: its index) instead of holding it twice;
+// fullItems puts the content back.
+type inputItem = map[string]any
+
+// itemMessage is the key of an item's message in the record.
+const itemMessage = "message"
 
 func readResponseRequest(c echo.Context) (respRequest, error) {
 	var r respRequest
@@ -204,8 +211,8 @@ func parseInput(raw json.RawMessage, jobID string, instructions int) ([]inputIte
 				return nil, nil, oaInvalid(param+".output", "output must be a string")
 			}
 			total += len(output)
+			out = append(out, inputItem{"id": "fco_" + id, "type": "function_call_output", "call_id": it.CallID, itemMessage: len(msgs), "status": "completed"})
 			msgs = append(msgs, tasks.ChatMessage{Role: "tool", ToolCallID: it.CallID, Content: output})
-			out = append(out, inputItem{"id": "fco_" + id, "type": "function_call_output", "call_id": it.CallID, "output": output, "status": "completed"})
 			continue
 		case "", "message":
 		default:
@@ -225,15 +232,13 @@ func parseInput(raw json.RawMessage, jobID string, instructions int) ([]inputIte
 		}
 		text, withImages := userContent(parts)
 		total += len(text)
-		shown := make([]map[string]any, 0, len(parts))
-		for _, p := range parts {
-			if p.Type == "image_url" {
-				shown = append(shown, map[string]any{"type": "input_image", "image_url": p.ImageURL, "detail": cmp.Or(p.Detail, "auto")})
-			} else {
-				shown = append(shown, map[string]any{"type": "input_text", "text": p.Text})
-			}
+		shown := shownParts(parts)
+		item := inputItem{"id": "msg_" + id, "type": "message", "role": it.Role, "status": "completed", "content": shown}
+		if withImages != nil || len(parts) == 1 { // the message holds the parts, or the one text, as they were
+			delete(item, "content")
+			item[itemMessage] = len(msgs)
 		}
-		out = append(out, inputItem{"id": "msg_" + id, "type": "message", "role": it.Role, "status": "completed", "content": shown})
+		out = append(out, item)
 		msgs = append(msgs, tasks.ChatMessage{Role: role, Content: text, Parts: withImages})
 	}
 	if total+instructions > maxInputText {
@@ -243,6 +248,45 @@ func parseInput(raw json.RawMessage, jobID string, instructions int) ([]inputIte
 		return nil, nil, oaInvalid("input", "the last input item must be a non-empty user message or a function_call_output")
 	}
 	return out, msgs, nil
+}
+
+// shownParts is a message item's content as input_items lists it.
+func shownParts(parts []tasks.ContentPart) []map[string]any {
+	shown := make([]map[string]any, 0, len(parts))
+	for _, p := range parts {
+		if p.Type == "image_url" {
+			shown = append(shown, map[string]any{"type": "input_image", "image_url": p.ImageURL, "detail": cmp.Or(p.Detail, "auto")})
+		} else {
+			shown = append(shown, map[string]any{"type": "input_text", "text": p.Text})
+		}
+	}
+	return shown
+}
+
+// fullItems returns a record's input items with the content that each took
+// from the record's messages put back.
+func fullItems(r respRecord) []inputItem {
+	out := make([]inputItem, 0, len(r.Input))
+	for _, it := range r.Input {
+		k, ok := it[itemMessage].(float64) // a number read back from JSON
+		if !ok || k < 0 || int(k) >= len(r.Messages) {
+			out = append(out, it)
+			continue
+		}
+		m := r.Messages[int(k)]
+		full := maps.Clone(it)
+		delete(full, itemMessage)
+		switch {
+		case it["type"] == "function_call_output":
+			full["output"] = m.Content
+		case m.Parts != nil:
+			full["content"] = shownParts(m.Parts)
+		default:
+			full["content"] = shownParts([]tasks.ContentPart{{Type: "text", Text: m.Content}})
+		}
+		out = append(out, full)
+	}
+	return out
 }
 
 // respParts reads a message item's content: a string, or input_text and

@@ -72,7 +72,7 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 		return nil // the release that gives it the turn enqueues it
 	}
 	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(j.Task),
-		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry), asynq.Retention(info.Retention)))
+		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry))) // no retention: see tasks.ChatTask
 	if err != nil {
 		return fmt.Errorf("job %s: enqueue: %w", id, err)
 	}

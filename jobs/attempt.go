@@ -39,6 +39,9 @@ var (
 	// canceled (or finished), or a later attempt owns it.
 	ErrJobFinished = store.ErrJobFinished
 	ErrSuperseded  = store.ErrSuperseded
+	// ErrChainGone: a response of the Responses chain that the job continues
+	// has expired or was deleted since the job was submitted.
+	ErrChainGone = store.ErrResponseGone
 )
 
 // finishTimeout bounds recording an outcome. It runs on a context detached
@@ -96,6 +99,19 @@ func (m *Manager) Start(ctx context.Context, job tasks.ChatPayload, task string)
 		a.retractInterrupted(ctx)
 	}
 	return a, nil
+}
+
+// Chain reads the Responses chain that the job's conversation continues
+// (the payload's Chain), oldest message first. ErrChainGone when a response
+// of it is gone: no retry brings it back.
+func (a *Attempt) Chain(ctx context.Context) ([]tasks.ChatMessage, error) {
+	msgs, err := a.m.st.ResponseChain(ctx, a.job.Chain.Previous, a.job.Tenant)
+	if errors.Is(err, store.ErrResponseUnfinished) {
+		// Checked at submit, and an answer is never taken back: only a
+		// record rewritten since can say so.
+		return nil, fmt.Errorf("%w: %w", ErrChainGone, err)
+	}
+	return msgs, err
 }
 
 // Close ends this process's part in the attempt: its lease is no longer renewed.

@@ -35,8 +35,7 @@ var (
 
 // Options configures the lifecycle.
 type Options struct {
-	MaxRetries int           // attempts after the first, per job
-	Retention  time.Duration // how long tasks, records and logs are kept
+	MaxRetries int // attempts after the first, per job
 	// OrphanAfter is how old a queued record must be, with no task behind it,
 	// before it is taken as lost (its enqueue failed) and failed. Default 30 s,
 	// well past the submit deadline.
@@ -134,7 +133,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	// is enqueued after the record.
 	taskKey, pending, queues := tasks.AsynqKeys(nj.Queue, nj.ID)
 	c, existing, err := m.st.Create(ctx, nj, &store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
-		Queue: nj.Queue, Message: tasks.AsynqMessage(raw, nj.ID, nj.Queue, m.opt.MaxRetries, m.opt.Retention)})
+		Queue: nj.Queue, Message: tasks.AsynqMessage(raw, nj.ID, nj.Queue, m.opt.MaxRetries)})
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict
 	}
@@ -177,9 +176,10 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 
 // enqueueTask enqueues a queued job's task. A task of the same id may be
 // left from an earlier job whose record was lost (an Idempotency-Key sent
-// again): if that task is finished, the job runs under a new task id instead.
+// again): if that task is finished (archived, or completed under a release
+// that kept completed tasks), the job runs under a new task id instead.
 func (m *Manager) enqueueTask(ctx context.Context, id, task, queue string, payload []byte) error {
-	err := m.enqueueRaw(ctx, tasks.ChatTask(payload, task, queue, m.opt.MaxRetries, m.opt.Retention))
+	err := m.enqueueRaw(ctx, tasks.ChatTask(payload, task, queue, m.opt.MaxRetries))
 	if !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
@@ -209,7 +209,7 @@ func (m *Manager) enqueueRaw(ctx context.Context, t *asynq.Task) error {
 }
 
 func (m *Manager) enqueue(ctx context.Context, payload []byte, taskID, queue string) error {
-	_, err := m.queue.EnqueueContext(ctx, tasks.ChatTask(payload, taskID, queue, m.opt.MaxRetries, m.opt.Retention))
+	_, err := m.queue.EnqueueContext(ctx, tasks.ChatTask(payload, taskID, queue, m.opt.MaxRetries))
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return fmt.Errorf("enqueue: %w: %w", store.ErrUnavailable, err)
 	}

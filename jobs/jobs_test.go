@@ -24,7 +24,7 @@ func newManagerOn(t *testing.T) (*Manager, *store.Store, *redis.Client) {
 	c := rd.Client()
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
 	q := asynq.NewClientFromRedisClient(c)
-	return New(st, q, asynq.NewInspectorFromRedisClient(c), Options{MaxRetries: 1, Retention: time.Hour, OrphanAfter: 50 * time.Millisecond}), st, c
+	return New(st, q, asynq.NewInspectorFromRedisClient(c), Options{MaxRetries: 1, OrphanAfter: 50 * time.Millisecond}), st, c
 }
 
 func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {

@@ -73,6 +73,9 @@ type run struct {
 	pl    tasks.ChatPayload
 	att   *jobs.Attempt
 	start time.Time
+	// chain is the Responses chain the payload's conversation continues,
+	// read when the attempt began.
+	chain []tasks.ChatMessage
 }
 
 // called is what the provider chain did in one attempt.
@@ -157,6 +160,12 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		return nil, ctx, fmt.Errorf("%s: %w", jerr.Message, asynq.SkipRetry)
 	}
 	r := &run{pl: pl, att: att, start: time.Now()}
+	if pl.Chain != nil {
+		if r.chain, err = att.Chain(ctx); err != nil {
+			defer att.Close()
+			return nil, ctx, p.chainUnreadable(ctx, att, err)
+		}
+	}
 	if att.N == 1 {
 		queue, _ := asynq.GetQueueName(ctx)
 		p.m.queueWait.WithLabelValues(queue).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
@@ -170,7 +179,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 // attempt calls the provider chain, streaming the reply into the job's log.
 func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	pl := r.pl
-	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, pl, r.att), Priority: pl.Priority}
+	req := llm.Request{Model: pl.Model, Messages: p.prompt(ctx, r), Priority: pl.Priority}
 	if pl.Params != nil {
 		req.Params = *pl.Params
 	}
@@ -262,9 +271,18 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	return nil
 }
 
-// prompt is the conversation sent with the job, or else the session's history,
+// prompt is the conversation sent with the job (after the instructions and
+// the Responses chain it continues, if any), or else the session's history,
 // the tool results and the new message, within the token budget.
-func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt) []llm.Message {
+func (p *Pipeline) prompt(ctx context.Context, r *run) []llm.Message {
+	pl, att := r.pl, r.att
+	if pl.Chain != nil {
+		out := make([]llm.Message, 0, 1+len(r.chain)+len(pl.Messages))
+		if pl.Chain.Instructions != "" {
+			out = append(out, llm.Message{Role: "system", Content: pl.Chain.Instructions})
+		}
+		return append(append(out, r.chain...), pl.Messages...)
+	}
 	if len(pl.Messages) > 0 {
 		return pl.Messages
 	}
@@ -273,6 +291,29 @@ func (p *Pipeline) prompt(ctx context.Context, pl tasks.ChatPayload, att *jobs.A
 		p.m.historyUnavailable.Inc()
 	}
 	return BuildPrompt(att.History, pl.ToolResults, pl.Message, p.budget)
+}
+
+// chainUnreadable ends an attempt whose Responses chain could not be read:
+// a response of it that is gone fails the job (previous_response_not_found,
+// as OpenAI answers), anything else (Redis) hands the attempt back for a
+// moment, uncounted.
+func (p *Pipeline) chainUnreadable(ctx context.Context, att *jobs.Attempt, err error) error {
+	log := zerolog.Ctx(ctx)
+	if !errors.Is(err, jobs.ErrChainGone) {
+		log.Warn().Err(err).Msg("could not read the responses chain; job deferred")
+		return p.deferJob(ctx, att, time.Now().Add(time.Second))
+	}
+	jerr := jobs.JobError{Code: "previous_response_not_found",
+		Message: "a response of the conversation that this one continues has expired or was deleted since it was submitted"}
+	first, ferr := att.Finish(ctx, jobs.Outcome{Status: jobs.StatusFailed, Error: &jerr})
+	if ferr != nil {
+		return ferr // retried by asynq; Finish applies once
+	}
+	if first {
+		p.m.jobs.WithLabelValues(jobs.StatusFailed).Inc()
+	}
+	log.Error().Err(err).Str("status", jobs.StatusFailed).Msg("job failed: its responses chain is gone")
+	return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 }
 
 // failUndecodable records a payload no retry can fix as a failed job.

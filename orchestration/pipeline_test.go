@@ -36,7 +36,7 @@ func startRig(t *testing.T, prov llm.Provider, maxRetries int, tune ...func(*Pip
 	c := rd.Client()
 	insp := asynq.NewInspectorFromRedisClient(c)
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
-	jm := jobs.New(st, asynq.NewClientFromRedisClient(c), insp, jobs.Options{MaxRetries: maxRetries, Retention: time.Hour})
+	jm := jobs.New(st, asynq.NewClientFromRedisClient(c), insp, jobs.Options{MaxRetries: maxRetries})
 	p := NewPipeline(jm, llm.NewChain(prov), PipelineOptions{
 		MaxRetries: maxRetries, CallTimeout: 5 * time.Second, Coalescing: stream.Coalescing{Window: 5 * time.Millisecond, MaxBytes: 64},
 	})

@@ -6,7 +6,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -25,12 +24,11 @@ func TestAsynqMessageIsAsynqs(t *testing.T) {
 	q := asynq.NewClientFromRedisClient(c)
 	ctx := context.Background()
 	for _, tc := range []struct {
-		payload   []byte
-		retries   int
-		retention time.Duration
-	}{{[]byte(`{"v":1,"job_id":"j"}`), 3, 24 * time.Hour}, {[]byte(`{}`), 0, 0}, {nil, 7, time.Minute}} {
+		payload []byte
+		retries int
+	}{{[]byte(`{"v":1,"job_id":"j"}`), 3}, {[]byte(`{}`), 0}, {nil, 7}} {
 		id := NewJobID("t", "s")
-		if _, err := q.EnqueueContext(ctx, ChatTask(tc.payload, id, QueueName(PriorityNormal), tc.retries, tc.retention)); err != nil {
+		if _, err := q.EnqueueContext(ctx, ChatTask(tc.payload, id, QueueName(PriorityNormal), tc.retries)); err != nil {
 			t.Fatal(err)
 		}
 		key, pending, queues := AsynqKeys(QueueName(PriorityNormal), id)
@@ -38,7 +36,7 @@ func TestAsynqMessageIsAsynqs(t *testing.T) {
 		if err != nil {
 			t.Fatalf("asynq's task is not at %s: %v", key, err)
 		}
-		if ours := AsynqMessage(tc.payload, id, QueueName(PriorityNormal), tc.retries, tc.retention); !bytes.Equal(ours, theirs) {
+		if ours := AsynqMessage(tc.payload, id, QueueName(PriorityNormal), tc.retries); !bytes.Equal(ours, theirs) {
 			t.Errorf("%+v:\nours   %x\nasynq's %x", tc, ours, theirs)
 		}
 		if ids, _ := c.LRange(ctx, pending, 0, -1).Result(); len(ids) == 0 || ids[0] != id {

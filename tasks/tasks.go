@@ -29,11 +29,15 @@ const TypeChatComplete = "chat:complete"
 
 // PayloadVersion is the newest payload version this build writes. Version 2
 // added tools, tool calls and results, content parts, response formats and
-// more generation parameters; version 3 the trace context. A payload without
-// a trace context is still written as version 2, which workers of the
-// version before read; versions 1 and 2 are read as they are (their fields
-// mean the same), so tasks queued before an upgrade still run.
-const PayloadVersion = 3
+// more generation parameters; version 3 the trace context; version 4 the
+// Responses chain by reference (Chain). Each payload is written at the
+// lowest version that holds its fields (one without a chain as version 3,
+// one without a trace context either as version 2), so that workers of the
+// releases before run what they can; they refuse a newer version as a bad
+// payload instead of running it without its chain. Every earlier version is
+// read as it is (its fields mean the same), so tasks queued before an
+// upgrade still run.
+const PayloadVersion = 4
 
 // Priorities and the queues they map to. Weights give high 6, normal 3, low 1
 // shares of worker pickups while all three have work.
@@ -134,6 +138,18 @@ type ChatPayload struct {
 	// Trace is the submitter's W3C trace context (traceparent, tracestate,
 	// baggage): every attempt's spans join that trace.
 	Trace map[string]string `json:"trace,omitempty"`
+	// Chain is the stored Responses chain that Messages continue: the
+	// worker reads its inputs and answers when the job runs, so the task
+	// carries the reference, not the conversation.
+	Chain *ChainRef `json:"chain,omitempty"`
+}
+
+// ChainRef names a Responses chain by its newest response. The prompt is
+// the instructions (a system message), then the chain's inputs and answers
+// oldest first, then the payload's Messages.
+type ChainRef struct {
+	Previous     string `json:"previous_response_id"`
+	Instructions string `json:"instructions,omitempty"`
 }
 
 // ChatMessage is one message of a conversation sent with a job.
@@ -246,8 +262,12 @@ var ErrBadPayload = errors.New("bad task payload")
 
 // Encode returns the JSON payload.
 func (p ChatPayload) Encode() ([]byte, error) {
-	p.Version = PayloadVersion
-	if len(p.Trace) == 0 {
+	switch {
+	case p.Chain != nil:
+		p.Version = PayloadVersion
+	case len(p.Trace) > 0:
+		p.Version = 3
+	default:
 		p.Version = 2
 	}
 	return json.Marshal(p)
@@ -299,6 +319,9 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 	}
 	if !ValidPriority(p.Priority) {
 		return ChatPayload{}, fmt.Errorf("%w: unknown priority %q", ErrBadPayload, p.Priority)
+	}
+	if p.Chain != nil && (p.Chain.Previous == "" || len(p.Messages) == 0) {
+		return ChatPayload{}, fmt.Errorf("%w: a chain needs its previous_response_id and the messages that follow it", ErrBadPayload)
 	}
 	return p, nil
 }
@@ -358,26 +381,21 @@ func ValidJobID(id string) bool {
 	return true
 }
 
-// NewChatTask builds the asynq task of a payload: TaskID = job id, retention so
-// the id keeps deduplicating. The pipeline counts attempts itself and ends the
-// job after 1+maxRetries of them; asynq is given one more, so that its own
-// count (which also moves on crash recovery) never archives a job first.
-func NewChatTask(p ChatPayload, maxRetries int, retention time.Duration) (*asynq.Task, error) {
-	b, err := p.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("encode payload: %w", err)
-	}
-	return ChatTask(b, p.JobID, QueueName(p.Priority), maxRetries, retention), nil
-}
-
 // ChatTask is a chat:complete task of an encoded payload under task id (the
-// job id, or a later task's id after a takeover).
-func ChatTask(payload []byte, taskID, queue string, maxRetries int, retention time.Duration) *asynq.Task {
+// job id, or a later task's id after a takeover). The pipeline counts
+// attempts itself and ends the job after 1+maxRetries of them; asynq is given
+// one more, so that its own count (which also moves on crash recovery) never
+// archives a job first.
+//
+// It has no retention: asynq deletes the task, payload and all, when it
+// succeeds. The job record holds the outcome for the retention, and it, not
+// asynq's completed task, is what refuses a second run of a job id
+// (docs/design.md, "What Redis keeps").
+func ChatTask(payload []byte, taskID, queue string, maxRetries int) *asynq.Task {
 	return asynq.NewTask(TypeChatComplete, payload,
 		asynq.TaskID(taskID),
 		asynq.Queue(queue),
 		asynq.MaxRetry(maxRetries+1),
-		asynq.Retention(retention),
 	)
 }
 
@@ -387,10 +405,10 @@ const asynqTimeout = 30 * time.Minute
 
 // AsynqMessage encodes a chat task exactly as asynq v0.26's Client.Enqueue
 // does for ChatTask (its TaskMessage protobuf: type, payload, id, queue,
-// retry, timeout, retention), so that the job record and the task can be
-// written in one script. TestAsynqMessageIsAsynqs holds the bytes to
-// asynq's own, and fails on another asynq version.
-func AsynqMessage(payload []byte, taskID, queue string, maxRetries int, retention time.Duration) []byte {
+// retry, timeout), so that the job record and the task can be written in
+// one script. TestAsynqMessageIsAsynqs holds the bytes to asynq's own, and
+// fails on another asynq version.
+func AsynqMessage(payload []byte, taskID, queue string, maxRetries int) []byte {
 	b := make([]byte, 0, len(payload)+len(taskID)+len(queue)+48)
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	b = protowire.AppendString(b, TypeChatComplete)
@@ -406,10 +424,6 @@ func AsynqMessage(payload []byte, taskID, queue string, maxRetries int, retentio
 	b = protowire.AppendVarint(b, uint64(maxRetries+1))
 	b = protowire.AppendTag(b, 8, protowire.VarintType)
 	b = protowire.AppendVarint(b, uint64(asynqTimeout/time.Second))
-	if s := int64(retention / time.Second); s > 0 {
-		b = protowire.AppendTag(b, 12, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(s))
-	}
 	return b
 }
 

@@ -37,6 +37,20 @@ func TestRoundTrip(t *testing.T) {
 	if got, err = DecodeChat(b); err != nil || got.Version != 3 || got.Trace["traceparent"] != p.Trace["traceparent"] {
 		t.Fatalf("with a trace: %+v %v", got, err)
 	}
+	// With a Responses chain by reference it is version 4: a worker of the
+	// release before (which reads up to 3) refuses it rather than running
+	// the messages without the chain they continue.
+	p.Messages = []ChatMessage{{Role: "user", Content: "hi"}}
+	p.Chain = &ChainRef{Previous: "resp_x", Instructions: "be brief"}
+	b, _ = p.Encode()
+	if got, err = DecodeChat(b); err != nil || got.Version != 4 || *got.Chain != *p.Chain {
+		t.Fatalf("with a chain: %+v %v", got, err)
+	}
+	p.Messages = nil
+	b, _ = p.Encode()
+	if _, err = DecodeChat(b); !errors.Is(err, ErrBadPayload) {
+		t.Fatalf("a chain without the messages that follow it: %v", err)
+	}
 }
 
 func TestDecodeRejects(t *testing.T) {
@@ -57,8 +71,8 @@ func TestDecodeRejects(t *testing.T) {
 			}
 		})
 	}
-	_, err := DecodeChat([]byte(`{"v":4}`))
-	if err == nil || !strings.Contains(err.Error(), "unknown version 4") {
+	_, err := DecodeChat([]byte(`{"v":5}`))
+	if err == nil || !strings.Contains(err.Error(), "unknown version 5") {
 		t.Fatalf("version error should say which: %v", err)
 	}
 }
