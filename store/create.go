@@ -16,7 +16,7 @@ import (
 // then does its task go to the queue; a job behind others waits for its turn
 // (order.go), its check far off (the release that gives it the turn brings
 // it forward). It is listed in its tenant's listing of the bucket (the job
-// list). KEYS: job, order, unfinished, listing. ARGV: createArgs, then
+// list), which sheds the entries older than the retention as it goes. KEYS: job, order, unfinished, listing. ARGV: createArgs, then
 // anything the script adds, then the record's field/value pairs.
 const createJobLua = `
 local job, order, unfinished, listing = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -30,6 +30,8 @@ local function create_job(first_field)
   local head = redis.call('RPUSH', order, id) == 1
   redis.call('EXPIRE', order, retention)
   redis.call('ZADD', unfinished, now + (head and first_check or waiting_check), member)
+  -- entries older than the retention belong to records that have expired
+  redis.call('ZREMRANGEBYSCORE', listing, '-inf', now - retention * 1000)
   redis.call('ZADD', listing, now, id)
   redis.call('EXPIRE', listing, retention)
   return head
