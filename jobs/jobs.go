@@ -105,14 +105,16 @@ type Submitted struct {
 func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPayload) (Submitted, error) {
 	// Record, enqueue and undo run to the end even if the caller hangs up
 	// half-way, so that no record is left without its task.
-	detached, stop := context.WithCancelCause(context.WithoutCancel(ctx))
+	caller := ctx
+	detached, stop := context.WithCancelCause(context.WithoutCancel(caller))
 	defer stop(nil)
-	unwatch := context.AfterFunc(ctx, func() {
-		if cause := context.Cause(ctx); errors.Is(cause, store.ErrUnavailable) {
+	stopIfUnavailable := func() {
+		if cause := context.Cause(caller); errors.Is(cause, store.ErrUnavailable) {
 			stop(cause)
 		}
-	})
-	defer unwatch()
+	}
+	defer context.AfterFunc(caller, stopIfUnavailable)()
+	stopIfUnavailable() // AfterFunc runs later, in a goroutine, if caller is done already
 	ctx, cancel := context.WithTimeout(detached, submitTimeout)
 	defer cancel()
 	if err := m.checkBudget(ctx, nj.Tenant); err != nil {
