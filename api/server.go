@@ -60,6 +60,10 @@ type Deps struct {
 	Store *store.Store          // histories and event logs
 	Hub   *stream.Hub           // live events
 	Redis redis.UniversalClient // tenant rate limits
+	// Interrupt cuts short the reads under way on Redis's connections
+	// (redisconn.Conns.Interrupt): when Redis stops answering, requests
+	// under way are answered 503 at once instead of after their timeouts.
+	Interrupt func()
 }
 
 type metrics struct {
@@ -119,6 +123,7 @@ func New(d Deps, opt Options) *Server {
 	s := &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
 		cap: &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat}}
+	s.gate.interrupt = d.Interrupt
 	go s.gate.watch(opt.Closing, d.Redis)
 	go s.watchBudgets(opt.Closing, s.m.overSoftLimit)
 	return s
@@ -147,7 +152,7 @@ func (s *Server) Register(e *echo.Echo) {
 	e.GET("/api/v1/chat/jobs", s.listJobs, mw...)
 	e.GET("/api/v1/chat/jobs/:id", s.getJob, mw...)
 	e.GET("/api/v1/usage", s.usage, mw...)
-	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, s.gate.middleware, s.streamAuth, s.rate.middleware)
+	e.GET("/api/v1/chat/jobs/:id/stream", s.streamJob, s.gate.refuse, s.streamAuth, s.rate.middleware)
 	e.POST("/api/v1/chat/jobs/:id/stream-token", s.issueStreamToken, mw...)
 	e.POST("/api/v1/chat/jobs/:id/cancel", s.cancelJob, mw...)
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)

@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"net/http"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // Redis stops: a POST answers 503 with Retry-After within a second, and readiness
@@ -116,5 +120,114 @@ func TestHungRedisAnswers503Quickly(t *testing.T) {
 			t.Fatalf("submit after Redis answered again: %d %s", r.Status, r.Raw)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Redis hangs while requests are under way: the gate, once it sees Redis
+// hang, cancels their Redis calls and answers them 503 with Retry-After,
+// instead of letting them wait out the client's command timeouts (6 s for a
+// submit). Once Redis answers again every job there is has its task and
+// runs: none was lost or left half-written.
+func TestHungRedisAnswersRequestsUnderWay503(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, nil)
+	api := apis[0]
+	const session = "sess_hung_under_way"
+	first := submit(t, api.URL(), session, "before", nil)
+	if first.Status != http.StatusAccepted {
+		t.Fatalf("submit before: %d %s", first.Status, first.Raw)
+	}
+	waitJob(t, api.URL(), first.Body["job_id"].(string))
+
+	rd.Signal(syscall.SIGSTOP)
+	frozen := true
+	defer func() {
+		if frozen {
+			rd.Signal(syscall.SIGCONT)
+		}
+	}()
+	// Sent at once: the gate has not seen the freeze yet, so these reach
+	// Redis and hang there.
+	calls := map[string]func() response{
+		"submit": func() response { return submit(t, api.URL(), session, "during", nil) },
+		"submit with an Idempotency-Key": func() response {
+			return submit(t, api.URL(), session, "during, keyed", map[string]string{"Idempotency-Key": "hung-under-way"})
+		},
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for name, call := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			r := call()
+			took := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("%s: %d after %s", name, r.Status, took.Round(time.Millisecond))
+			// About 0.75 s (a probe's interval and wait); the bound leaves
+			// room for a loaded machine, and is half the 6 s of waiting out
+			// the command timeouts.
+			if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" || took > 3*time.Second {
+				t.Errorf("%s under way as Redis hung: %d after %s (Retry-After %q) %s",
+					name, r.Status, took.Round(time.Millisecond), r.Header.Get("Retry-After"), r.Raw)
+			}
+		}()
+	}
+	wg.Wait()
+
+	rd.Signal(syscall.SIGCONT)
+	frozen = false
+	deadline := time.Now().Add(10 * time.Second)
+	var after response
+	for {
+		after = submit(t, api.URL(), session, "after", nil)
+		if after.Status == http.StatusAccepted || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after.Status != http.StatusAccepted {
+		t.Fatalf("submit after Redis answered again: %d %s", after.Status, after.Raw)
+	}
+	if done := waitJob(t, api.URL(), after.Body["job_id"].(string)); done.Body["status"] != "succeeded" {
+		t.Fatalf("job after the freeze: %s", done.Raw)
+	}
+
+	// Every job of the session has run: a record left without its task
+	// would wait queued for the reconciler (30 s), far past this point,
+	// since the session's jobs run in order and the last one has finished.
+	list := do(t, http.MethodGet, api.URL()+"/api/v1/chat/jobs?session_id="+session, nil, nil)
+	jobsListed, _ := list.Body["data"].([]any)
+	if list.Status != http.StatusOK || len(jobsListed) < 2 || len(jobsListed) > 4 {
+		t.Fatalf("jobs of the session: %d %s", list.Status, list.Raw)
+	}
+	for _, j := range jobsListed {
+		if j := j.(map[string]any); j["status"] != "succeeded" {
+			t.Errorf("job %s is %s after the freeze, want succeeded", j["job_id"], j["status"])
+		}
+	}
+	// And every task has its record: none ran for a job that was undone.
+	insp := asynq.NewInspectorFromRedisClient(rd.UniversalClient())
+	seen := 0
+	for q := range tasks.Queues {
+		done, err := insp.ListCompletedTasks(q)
+		if err != nil {
+			continue // a queue never used does not exist
+		}
+		for _, task := range done {
+			seen++
+			r := do(t, http.MethodGet, api.URL()+"/api/v1/chat/jobs/"+tasks.JobOfTask(task.ID), nil, nil)
+			if r.Status != http.StatusOK || r.Body["status"] != "succeeded" {
+				t.Errorf("task %s: its job is %d %s", task.ID, r.Status, r.Raw)
+			}
+		}
+		if info, err := insp.GetQueueInfo(q); err == nil && info.Size != info.Completed {
+			t.Errorf("queue %s holds tasks that did not complete: %+v", q, info)
+		}
+	}
+	if seen != len(jobsListed) {
+		t.Errorf("%d completed tasks for %d jobs", seen, len(jobsListed))
 	}
 }

@@ -96,10 +96,25 @@ type Submitted struct {
 // request differs. It errs with store.ErrTooManyJobs when the tenant is at its
 // limit and store.ErrUnavailable when Redis is unreachable; then nothing of
 // the job is left behind.
+//
+// A caller that has found Redis hung stops a submit under way by cancelling
+// ctx with a cause that wraps store.ErrUnavailable; any other cancellation
+// (the client hung up) is not heeded. A submit stopped after its record was
+// written undoes it in the background as Redis answers again (see undo).
 func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPayload) (Submitted, error) {
 	// Record, enqueue and undo run to the end even if the caller hangs up
 	// half-way, so that no record is left without its task.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
+	caller := ctx
+	detached, stop := context.WithCancelCause(context.WithoutCancel(caller))
+	defer stop(nil)
+	stopIfUnavailable := func() {
+		if cause := context.Cause(caller); errors.Is(cause, store.ErrUnavailable) {
+			stop(cause)
+		}
+	}
+	defer context.AfterFunc(caller, stopIfUnavailable)()
+	stopIfUnavailable() // AfterFunc runs later, in a goroutine, if caller is done already
+	ctx, cancel := context.WithTimeout(detached, submitTimeout)
 	defer cancel()
 	if err := m.checkBudget(ctx, nj.Tenant); err != nil {
 		// A request sent again under its Idempotency-Key gets the job it
@@ -142,12 +157,11 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	}
 	if c.New && !c.Enqueued && !c.Waiting {
 		if err := m.enqueueTask(ctx, nj.ID, nj.ID, nj.Queue, nj.Payload); err != nil {
-			next, derr := m.st.Delete(ctx, nj)
-			if derr != nil {
-				err = errors.Join(err, fmt.Errorf("undo job record: %w", derr))
+			if stopped := context.Cause(detached); stopped != nil {
+				go m.undo(context.WithoutCancel(ctx), nj)
+				return Submitted{}, fmt.Errorf("%w: %w", stopped, err)
 			}
-			m.dispatch(ctx, next) // a job submitted behind it meanwhile
-			return Submitted{}, err
+			return Submitted{}, errors.Join(err, m.undo(ctx, nj))
 		}
 	}
 	if c.New {
@@ -172,6 +186,21 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		}
 	}
 	return Submitted{Job: existing, Replayed: true}, nil
+}
+
+// undo deletes the record of a job whose enqueue failed. When it fails too
+// (Redis still does not answer within the submit's deadline) the record is
+// left without a task: the reconciler enqueues it again, from the payload the
+// record keeps, once it is OrphanAfter old, so the job is run, not lost.
+func (m *Manager) undo(ctx context.Context, nj store.NewJob) error {
+	ctx, cancel := context.WithTimeout(ctx, submitTimeout)
+	defer cancel()
+	next, err := m.st.Delete(ctx, nj)
+	if err != nil {
+		return fmt.Errorf("undo job record: %w", err)
+	}
+	m.dispatch(ctx, next) // a job submitted behind it meanwhile
+	return nil
 }
 
 // enqueueTask enqueues a queued job's task. A task of the same id may be

@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -128,5 +129,31 @@ func TestRerunOnlyArchivedJobs(t *testing.T) {
 	list, err := m.ListArchived()
 	if err != nil || len(list) != 0 {
 		t.Fatalf("archived: %+v %v", list, err)
+	}
+}
+
+// A submit goes on when its caller hangs up (record and task are written
+// whole), and stops when the caller cancels it because Redis does not answer
+// (the API's gate does), leaving nothing behind.
+func TestSubmitStopsOnlyForAnUnavailableRedis(t *testing.T) {
+	m, _ := newManager(t)
+	hungUp, cancel := context.WithCancel(context.Background())
+	cancel()
+	nj, p := submission(tasks.NewJobID("t", "s-hung-up"), "s-hung-up", "h")
+	if sub, err := m.Submit(hungUp, nj, p); err != nil || sub.Job.Status != store.StatusQueued {
+		t.Fatalf("submit whose client hung up: %+v %v", sub, err)
+	}
+	if _, err := m.Get(context.Background(), nj.ID, "t"); err != nil {
+		t.Fatalf("the job of a client that hung up: %v", err)
+	}
+
+	stopped, stop := context.WithCancelCause(context.Background())
+	stop(fmt.Errorf("redis does not answer: %w", store.ErrUnavailable))
+	nj, p = submission(tasks.NewJobID("t", "s-stopped"), "s-stopped", "h")
+	if sub, err := m.Submit(stopped, nj, p); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("submit stopped for an unavailable Redis: %+v %v, want ErrUnavailable", sub, err)
+	}
+	if _, err := m.Get(context.Background(), nj.ID, "t"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a stopped submit left its job: %v", err)
 	}
 }

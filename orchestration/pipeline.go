@@ -111,6 +111,14 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	if err == nil && pl.JobID != tasks.JobOfTask(taskID) {
 		err = fmt.Errorf("%w: job_id %q differs from task id", tasks.ErrBadPayload, pl.JobID)
 	}
+	if errors.Is(err, tasks.ErrNewerPayload) {
+		// Written by a later release (this worker was rolled back, or
+		// is not upgraded yet): the job stays queued, no attempt used,
+		// until a worker that reads it takes it.
+		until := p.capDelay(time.Now().Add(newerPayloadWait))
+		zerolog.Ctx(ctx).Warn().Err(err).Time("until", until).Msg("task payload of a newer release; job deferred")
+		return nil, ctx, &errDeferred{until: until, cause: err}
+	}
 	if err != nil {
 		p.failUndecodable(ctx, tasks.JobOfTask(taskID), err)
 		return nil, ctx, fmt.Errorf("%w: %w", err, asynq.SkipRetry)

@@ -87,7 +87,7 @@ func (r rig) waitFinished(t *testing.T, id string) store.Job {
 func TestUndecodablePayloadFailsWithoutRetry(t *testing.T) {
 	r := startRig(t, llm.NewSim(llm.SimConfig{}), 5)
 	id := tasks.NewJobID("t", "s")
-	r.submit(t, id, []byte(`{"v":7,"job_id":"`+id+`"}`))
+	r.submit(t, id, []byte(`{"v":2,"job_id":"`+id+`"}`))
 	j := r.waitFinished(t, id)
 	if j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "bad_payload" {
 		t.Fatalf("record %+v", j)
@@ -124,6 +124,38 @@ func TestUndecodablePayloadOfATakeoverTaskFailsItsJob(t *testing.T) {
 	j := r.waitFinished(t, id)
 	if j.Status != store.StatusFailed || j.Error == nil || j.Error.Code != "bad_payload" {
 		t.Fatalf("record %+v, want failed with bad_payload", j)
+	}
+}
+
+// A task whose payload is of a later release (a rollback left it queued) is
+// handed back for a worker of that release: retried without counting an
+// attempt, neither archived nor failed, its record still queued.
+func TestNewerPayloadIsRetriedNotFailed(t *testing.T) {
+	r := startRig(t, llm.NewSim(llm.SimConfig{}), 1)
+	id := tasks.NewJobID("t", "s")
+	raw := []byte(fmt.Sprintf(`{"v":%d,"job_id":%q,"tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":%q,"later":true}`,
+		tasks.PayloadVersion+1, id, time.Now().UTC().Format(time.RFC3339Nano)))
+	r.submitAs(t, id, raw, 1) // one retry: a counted one would leave none
+	var info *asynq.TaskInfo
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		info, _ = r.insp.GetTaskInfo(tasks.QueueName("normal"), id)
+		if info != nil && (info.State == asynq.TaskStateRetry || info.State == asynq.TaskStateArchived) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if info == nil {
+		t.Fatal("no task")
+	}
+	if info.State != asynq.TaskStateRetry || info.Retried != 0 ||
+		!strings.Contains(info.LastErr, "newer version") || time.Until(info.NextProcessAt) < 30*time.Second {
+		t.Fatalf("task %s, %d retries counted, next at %s, last error %q: want it back for retry in about a minute, no retry counted",
+			info.State, info.Retried, info.NextProcessAt, info.LastErr)
+	}
+	j, err := r.st.Get(context.Background(), id)
+	if err != nil || j.Status != store.StatusQueued || j.Error != nil || j.Attempts != 0 {
+		t.Fatalf("record %+v %+v (%v), want it queued", j, j.Error, err)
 	}
 }
 

@@ -20,12 +20,28 @@ import (
 // failure with a public error.
 
 // errDeferred parks a job while every provider's breaker is open (mode
-// defer). Not a failure: asynq retries it when the first breaker half-opens.
-type errDeferred struct{ until time.Time }
+// defer), or while its payload is of a newer version than this worker reads.
+// Not a failure: asynq runs it again when the deferral ends, without
+// counting a retry.
+type errDeferred struct {
+	until time.Time
+	cause error // nil: every provider is open
+}
 
 func (e *errDeferred) Error() string {
-	return "every provider is open; job deferred until " + e.until.UTC().Format(time.RFC3339)
+	why := "every provider is open"
+	if e.cause != nil {
+		why = e.cause.Error()
+	}
+	return why + "; job deferred until " + e.until.UTC().Format(time.RFC3339)
 }
+
+func (e *errDeferred) Unwrap() error { return e.cause }
+
+// newerPayloadWait is how long a task of a newer payload version waits
+// before a worker tries it again: after a rollback, until a worker of the
+// release that wrote it takes it (capped by MaxRetryDelay).
+const newerPayloadWait = time.Minute
 
 // deferJob hands the attempt back and parks the job in the queue until
 // `until` (capped), keeping its record alive past then.

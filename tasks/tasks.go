@@ -260,6 +260,11 @@ func (g *GenParams) Structured() bool {
 // ErrBadPayload marks a payload that no retry can fix.
 var ErrBadPayload = errors.New("bad task payload")
 
+// ErrNewerPayload marks a payload of a version newer than this build reads:
+// a worker of a later release can run it (a rollback left it queued), so it
+// is handed back, not failed.
+var ErrNewerPayload = errors.New("task payload of a newer version")
+
 // Encode returns the JSON payload.
 func (p ChatPayload) Encode() ([]byte, error) {
 	switch {
@@ -277,7 +282,8 @@ func (p ChatPayload) Encode() ([]byte, error) {
 func readable(v int) bool { return v >= 1 && v <= PayloadVersion }
 
 // DecodeChat strictly decodes a chat:complete payload: unknown fields, a missing
-// or unknown version and missing required fields are errors wrapping ErrBadPayload.
+// or unknown version and missing required fields are errors wrapping
+// ErrBadPayload; a version above PayloadVersion wraps ErrNewerPayload instead.
 func DecodeChat(b []byte) (ChatPayload, error) {
 	var p ChatPayload
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -293,6 +299,9 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 		}
 		if head.Version == nil {
 			return ChatPayload{}, fmt.Errorf("%w: no version field", ErrBadPayload)
+		}
+		if *head.Version > PayloadVersion {
+			return ChatPayload{}, fmt.Errorf("%w: version %d (this build reads 1 to %d)", ErrNewerPayload, *head.Version, PayloadVersion)
 		}
 		if !readable(*head.Version) {
 			return ChatPayload{}, fmt.Errorf("%w: unknown version %d (this build reads 1 to %d)", ErrBadPayload, *head.Version, PayloadVersion)

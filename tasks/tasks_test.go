@@ -57,7 +57,7 @@ func TestDecodeRejects(t *testing.T) {
 	cases := map[string]string{
 		"not json":        `\x00\x01garbage`,
 		"no version":      `{"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":"2026-01-01T00:00:00Z"}`,
-		"unknown version": `{"v":99,"job_id":"j"}`,
+		"unknown version": `{"v":0,"job_id":"j"}`,
 		"unknown field":   `{"v":1,"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":"2026-01-01T00:00:00Z","x":1}`,
 		"missing message": `{"v":1,"job_id":"j","tenant":"t","session_id":"s","priority":"normal","submitted_at":"2026-01-01T00:00:00Z"}`,
 		"bad priority":    `{"v":1,"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"urgent","submitted_at":"2026-01-01T00:00:00Z"}`,
@@ -71,9 +71,20 @@ func TestDecodeRejects(t *testing.T) {
 			}
 		})
 	}
-	_, err := DecodeChat([]byte(`{"v":5}`))
-	if err == nil || !strings.Contains(err.Error(), "unknown version 5") {
+	_, err := DecodeChat([]byte(`{"v":-1}`))
+	if err == nil || !strings.Contains(err.Error(), "unknown version -1") {
 		t.Fatalf("version error should say which: %v", err)
+	}
+}
+
+// A payload of a later release (a field this build lacks included) is not a
+// bad one: it says its version, and a worker of that release can run it.
+func TestDecodeNewerVersion(t *testing.T) {
+	newer := fmt.Sprintf(`{"v":%d,"job_id":"j","tenant":"t","session_id":"s","message":"m","priority":"normal","submitted_at":"2026-01-01T00:00:00Z","later":1}`, PayloadVersion+1)
+	_, err := DecodeChat([]byte(newer))
+	if !errors.Is(err, ErrNewerPayload) || errors.Is(err, ErrBadPayload) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("version %d", PayloadVersion+1)) {
+		t.Fatalf("err = %v, want ErrNewerPayload naming the version", err)
 	}
 }
 

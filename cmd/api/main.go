@@ -111,6 +111,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 		return err
 	}
 	closers.Add(rdb.Close)
+	conns := redisconn.Track(rdb) // before the client's first command
 
 	st := wiring.Store(cfg, rdb)
 	jm := wiring.Jobs(cfg, rdb, st)
@@ -137,7 +138,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	if tracing.Enabled() {
 		e.Use(tracing.Middleware())
 	}
-	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb}, api.Options{
+	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb, Interrupt: conns.Interrupt}, api.Options{
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: log.WithContext(streams),
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
