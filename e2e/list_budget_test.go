@@ -84,7 +84,9 @@ func TestJobListPagesExactly(t *testing.T) {
 // A tenant with a budget of tokens a day: bursts of concurrent submits over
 // 2 API nodes are accepted until the budget is spent, then refused with 429
 // insufficient_quota (as the OpenAI SDK knows it), before anything is
-// written; the overshoot is at most the burst that was in flight.
+// written. Each submit reserves its estimate (more than this budget: the
+// output cap of a job that names none is 512 tokens), so a job is admitted
+// only while none is in flight, and the overshoot is at most one job's cost.
 func TestBudgetRefusesOnceSpent(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	const budget = 300
@@ -106,10 +108,11 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 	if err != nil || j.Usage == nil {
 		t.Fatalf("first job: %+v %v", j, err)
 	}
-	var lastAcceptedFrom, spent int // spend when the last burst with accepted jobs began; spend now
+	var lastAcceptedFrom, spent, costliest int // spend when the last burst with accepted jobs began; spend now; the costliest job
 	spent = j.Usage.PromptTokens + j.Usage.CompletionTokens
+	costliest = spent
 	refused := false
-	for burst := 0; !refused && burst < 20; burst++ {
+	for burst := 0; burst < 60; burst++ {
 		from := spent
 		var mu sync.Mutex
 		var ids []string
@@ -134,26 +137,29 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		if len(ids) > 0 {
-			lastAcceptedFrom = from
+		if len(ids) == 0 {
+			break // the whole burst refused
 		}
+		lastAcceptedFrom = from
 		for _, id := range ids {
 			j, err := client.New(apis[0].URL(), client.WithAPIKey(keyAcme)).Wait(ctx, id)
 			if err != nil || j.Usage == nil {
 				t.Fatalf("job %s: %+v %v", id, j, err)
 			}
-			spent += j.Usage.PromptTokens + j.Usage.CompletionTokens
+			n := j.Usage.PromptTokens + j.Usage.CompletionTokens
+			spent += n
+			costliest = max(costliest, n)
 		}
 	}
 	if !refused {
 		t.Fatalf("never refused; %d tokens spent against a budget of %d", spent, budget)
 	}
 	// Accepted while under the budget, refused once at or over it: the
-	// overshoot is what the last accepted burst (in flight) used.
-	if lastAcceptedFrom >= budget || spent < budget {
-		t.Fatalf("refused with %d tokens spent (%d when the last accepted burst began), budget %d", spent, lastAcceptedFrom, budget)
+	// overshoot is at most the last accepted job's cost.
+	if lastAcceptedFrom >= budget || spent < budget || spent-budget > costliest {
+		t.Fatalf("refused with %d tokens spent (%d when the last accepted burst began, costliest job %d), budget %d", spent, lastAcceptedFrom, costliest, budget)
 	}
-	t.Logf("refused at %d tokens of a %d budget: the last accepted burst began at %d and overshot by %d", spent, budget, lastAcceptedFrom, spent-budget)
+	t.Logf("refused at %d tokens of a %d budget: the last accepted job began at %d and overshot by %d", spent, budget, lastAcceptedFrom, spent-budget)
 	// The OpenAI SDK sees OpenAI's own error: 429, insufficient_quota.
 	oa := openai.NewClient(option.WithBaseURL(apis[1].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
 	_, err = oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("one more")}})
@@ -196,4 +202,69 @@ func TestBudgetRefusesOnceSpent(t *testing.T) {
 			t.Errorf("%s logged the soft limit %d times", a.Name, n)
 		}
 	}
+}
+
+// A burst cannot overrun a budget: 80 concurrent /v1/chat/completions
+// requests (max_tokens 16) against 600 tokens a day spend at most the budget
+// plus one request's worth, each submit reserving its estimate before it is
+// queued; the rest are refused with 429 insufficient_quota, none with a 5xx.
+// The spend equals what the jobs reported, and no reservation is left once
+// they have ended.
+func TestBudgetHoldsUnderABurst(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	const budget, requests = 600, 80
+	apis, _ := fleet(t, rd, 2, 1, map[string]string{
+		"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_TENANT_BUDGETS": fmt.Sprintf("acme:tokens=%d/day", budget),
+		"CHATFLEET_SIM_TOKENS": "40", "CHATFLEET_SIM_LATENCY": "200ms",
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var served, refused, costliest, reported int
+	var wg sync.WaitGroup
+	for i := range requests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			oa := openai.NewClient(option.WithBaseURL(apis[i%2].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+			resp, err := oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "sim", MaxTokens: openai.Int(16),
+				Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(fmt.Sprintf("count the words of request %d", i))}})
+			mu.Lock()
+			defer mu.Unlock()
+			var oe *openai.Error
+			switch {
+			case err == nil:
+				served++
+				n := int(resp.Usage.PromptTokens + resp.Usage.CompletionTokens)
+				reported += n
+				costliest = max(costliest, n)
+			case errors.As(err, &oe) && oe.StatusCode == http.StatusTooManyRequests && oe.Code == "insufficient_quota":
+				refused++
+			default:
+				t.Errorf("request %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if served == 0 || refused == 0 || served+refused != requests {
+		t.Fatalf("%d served, %d refused of %d", served, refused, requests)
+	}
+	if reported > budget+costliest {
+		t.Fatalf("the burst spent %d tokens (%d requests served), over the budget of %d plus one request's %d", reported, served, budget, costliest)
+	}
+	// The budget's spend is what the jobs reported, once every reservation
+	// has been settled.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+		b, _ := u.Body["budget"].(map[string]any)
+		if b != nil && b["spent"] == float64(reported) && b["reserved"] == float64(0) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("budget %s, want %d spent and nothing reserved", u.Raw, reported)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%d served (%d tokens, the costliest %d), %d refused, against a budget of %d", served, reported, costliest, refused, budget)
 }

@@ -1,20 +1,24 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
-// Budgets stop a runaway tenant before the invoice does: a tenant's spend in
-// the period (tokens, or dollars at the configured prices) is counted as its
-// jobs end, and a submit once it reaches the budget is refused before
-// anything is written. Jobs already queued or running finish, so a burst
-// overshoots by at most the jobs in flight.
+// Budgets stop a runaway tenant before the invoice does: each submit
+// reserves its estimated cost (tokens, or dollars at the configured prices)
+// against the tenant's period, and is refused before anything is written
+// once the spend and the reservations reach the budget. A job's reservation
+// is settled against what it cost when it ends (store/budget.go), so a burst
+// of submits overshoots the budget by at most one job's cost.
 
 // Budget is a tenant's limit over a day or a month (UTC).
 type Budget struct {
@@ -65,57 +69,111 @@ func (b Budget) limit() int64 {
 	return b.Tokens
 }
 
-// checkBudget refuses a tenant whose budget is spent (one GET, only for a
-// tenant with a budget).
-func (m *Manager) checkBudget(ctx context.Context, tenant string) error {
-	b, ok := m.opt.Budgets[tenant]
-	if !ok {
-		return nil
+// budgetKeptFor is how long a period's counts are kept past its end: the
+// jobs that reserved in it settle there, however long they ran.
+const budgetKeptFor = 8 * 24 * time.Hour
+
+// periodTTL is how long the counts of a period are kept, from now.
+func (b Budget) periodTTL(period string) time.Duration {
+	layout := time.DateOnly
+	next := func(t time.Time) time.Time { return t.AddDate(0, 0, 1) }
+	if b.Month {
+		layout, next = "2006-01", func(t time.Time) time.Time { return t.AddDate(0, 1, 0) }
 	}
-	period, reset := b.period(time.Now())
-	spent, err := m.st.Spent(ctx, tenant, period)
+	start, err := time.Parse(layout, period)
 	if err != nil {
-		return err
+		return budgetKeptFor
 	}
-	if spent >= b.limit() {
-		return &BudgetError{Tenant: tenant, Budget: b.String(), ResetAt: reset}
-	}
-	return nil
+	return max(time.Until(next(start)), 0) + budgetKeptFor
 }
 
-// spend counts what an ended job's provider calls reported against its
-// tenant's budget. Best effort after the job's end: a process that dies in
-// between leaves that job uncounted (the usage ledger has it).
-func (m *Manager) spend(ctx context.Context, tenant string, o store.Outcome) {
-	b, ok := m.opt.Budgets[tenant]
-	if !ok || o.Usage == nil {
-		return
-	}
-	amount := int64(o.Usage.PromptTokens + o.Usage.CompletionTokens)
-	if b.USD > 0 {
-		model := ""
-		if o.Result != nil {
-			model = o.Result.Model
-		}
-		p := m.opt.Prices[model]
-		amount = int64(float64(o.Usage.PromptTokens)*p[0] + float64(o.Usage.CompletionTokens)*p[1]) // per million tokens → micro-dollars
-	}
-	if amount <= 0 {
-		return
+// reserve reserves a job's estimated cost against its tenant's budget and
+// returns the period it reserved in (empty: the tenant has no budget) and
+// whether this call made the reservation (false for a request sent again,
+// whose job had reserved). A tenant whose budget is spent or reserved gets a
+// BudgetError.
+func (m *Manager) reserve(ctx context.Context, nj store.NewJob, p tasks.ChatPayload) (period string, made bool, err error) {
+	b, ok := m.opt.Budgets[nj.Tenant]
+	if !ok {
+		return "", false, nil
 	}
 	period, reset := b.period(time.Now())
-	if err := m.st.Spend(context.WithoutCancel(ctx), tenant, period, amount, time.Until(reset)+24*time.Hour); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Str("tenant", tenant).Msg("could not count the job against its tenant's budget")
+	prompt, output := llm.EstimateJob(p)
+	estimate := b.cost(cmp.Or(p.Model, m.opt.DefaultModel), prompt, output, m.opt.Prices)
+	n, err := m.st.Reserve(ctx, nj.Tenant, period, nj.ID, estimate, b.limit(), b.periodTTL(period))
+	if err != nil {
+		return "", false, err
 	}
+	if n == store.Refused {
+		return "", false, &BudgetError{Tenant: nj.Tenant, Budget: b.String(), ResetAt: reset}
+	}
+	return period, n == store.Reserved, nil
+}
+
+// unreserve gives back a reservation whose job was not written (or was
+// written before, by the request this one repeats).
+func (m *Manager) unreserve(ctx context.Context, nj store.NewJob) {
+	b := m.opt.Budgets[nj.Tenant]
+	if err := m.st.Unreserve(context.WithoutCancel(ctx), nj.Tenant, nj.BudgetPeriod, nj.ID, b.periodTTL(nj.BudgetPeriod)); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("tenant", nj.Tenant).Msg("could not give back a budget reservation; it lapses with its period")
+	}
+}
+
+// cost is what tokens of a model cost against the budget: tokens, or
+// millionths of a dollar at the model's price (a model without a price
+// costs nothing in dollars).
+func (b Budget) cost(model string, prompt, completion int, prices map[string][2]float64) int64 {
+	if b.USD <= 0 {
+		return int64(prompt + completion)
+	}
+	p := prices[model]
+	return int64(float64(prompt)*p[0] + float64(completion)*p[1]) // per million tokens → micro-dollars
+}
+
+// budgetSpend is what an ended job cost against its tenant's budget, priced
+// by the model it asked for.
+func (m *Manager) budgetSpend(tenant string, o store.Outcome) int64 {
+	b, ok := m.opt.Budgets[tenant]
+	if !ok || o.Usage == nil {
+		return 0
+	}
+	return b.cost(usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens, m.opt.Prices)
+}
+
+// usageModel is the model an outcome's usage is priced under: the one the
+// call asked for, else the one the provider named.
+func usageModel(o store.Outcome) string {
+	if o.UsageModel != "" || o.Result == nil {
+		return o.UsageModel
+	}
+	return o.Result.Model
+}
+
+// settle settles an ended job's budget reservation. Best effort: a job left
+// unsettled (Redis away, this process dying) is in its bucket's settle
+// index, which the supervisor sweeps.
+func (m *Manager) settle(ctx context.Context, id string) {
+	if err := m.st.Settle(context.WithoutCancel(ctx), id, m.settleTTL); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("job_id", id).Msg("could not settle the job's budget reservation; the sweep will")
+	}
+}
+
+// settleTTL is how long a period's counts are kept (from now) when a job of
+// any tenant settles in it: the longest a budget keeps a period.
+func (m *Manager) settleTTL(period string) time.Duration {
+	return Budget{Month: len(period) == len("2006-01")}.periodTTL(period)
 }
 
 // BudgetState is a tenant's budget and its spend in the current period.
 type BudgetState struct {
-	Budget  string    `json:"budget"` // e.g. "1000 tokens a day"
-	Unit    string    `json:"unit"`   // tokens or usd
-	Limit   float64   `json:"limit"`
-	Spent   float64   `json:"spent"`
-	ResetAt time.Time `json:"reset_at"`
+	Budget string  `json:"budget"` // e.g. "1000 tokens a day"
+	Unit   string  `json:"unit"`   // tokens or usd
+	Limit  float64 `json:"limit"`
+	Spent  float64 `json:"spent"`
+	// Reserved is the estimated cost of the jobs queued or running, held
+	// against the budget until they end.
+	Reserved float64   `json:"reserved"`
+	ResetAt  time.Time `json:"reset_at"`
 	// SoftLimit is the spend past which the tenant is reported (absent: none).
 	SoftLimit     *float64 `json:"soft_limit,omitempty"`
 	OverSoftLimit bool     `json:"over_soft_limit"`
@@ -128,13 +186,14 @@ func (m *Manager) Budget(ctx context.Context, tenant string) (*BudgetState, erro
 		return nil, nil
 	}
 	period, reset := b.period(time.Now())
-	spent, err := m.st.Spent(ctx, tenant, period)
+	counts, err := m.st.Budget(ctx, tenant, period)
 	if err != nil {
 		return nil, err
 	}
-	st := &BudgetState{Budget: b.String(), Unit: "tokens", Limit: float64(b.Tokens), Spent: float64(spent), ResetAt: reset}
+	st := &BudgetState{Budget: b.String(), Unit: "tokens", Limit: float64(b.Tokens), Spent: float64(counts.Spent),
+		Reserved: float64(counts.Reserved), ResetAt: reset}
 	if b.USD > 0 {
-		st.Unit, st.Limit, st.Spent = "usd", b.USD, float64(spent)/1e6
+		st.Unit, st.Limit, st.Spent, st.Reserved = "usd", b.USD, float64(counts.Spent)/1e6, float64(counts.Reserved)/1e6
 	}
 	if b.Soft > 0 {
 		soft := st.Limit * b.Soft

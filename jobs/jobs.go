@@ -53,6 +53,9 @@ type Options struct {
 	// input and output tokens, by model) price a dollar budget.
 	Budgets map[string]Budget
 	Prices  map[string][2]float64
+	// DefaultModel is the model a job that names none asks for: a dollar
+	// budget prices its estimate by it.
+	DefaultModel string
 }
 
 // Manager runs the job lifecycle over the store and asynq.
@@ -116,7 +119,8 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	stopIfUnavailable() // AfterFunc runs later, in a goroutine, if caller is done already
 	ctx, cancel := context.WithTimeout(detached, submitTimeout)
 	defer cancel()
-	if err := m.checkBudget(ctx, nj.Tenant); err != nil {
+	period, reserved, err := m.reserve(ctx, nj, p)
+	if err != nil {
 		// A request sent again under its Idempotency-Key gets the job it
 		// made, budget or not: nothing new would be spent.
 		if nj.KeyHash == "" {
@@ -126,6 +130,15 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 			return Submitted{Job: existing, Replayed: true}, nil
 		}
 		return Submitted{}, err
+	}
+	nj.BudgetPeriod = period
+	written := false // the record was written: its end settles the reservation
+	if reserved {
+		defer func() {
+			if !written {
+				m.unreserve(ctx, nj)
+			}
+		}()
 	}
 	nj.Queue = tasks.SpreadQueue(nj.Queue, nj.ID, m.opt.QueueSpread)
 	if tracing.Enabled() {
@@ -157,6 +170,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	}
 	if c.New && !c.Enqueued && !c.Waiting {
 		if err := m.enqueueTask(ctx, nj.ID, nj.ID, nj.Queue, nj.Payload); err != nil {
+			written = true // the undo gives the reservation back with the record
 			if stopped := context.Cause(detached); stopped != nil {
 				go m.undo(context.WithoutCancel(ctx), nj)
 				return Submitted{}, fmt.Errorf("%w: %w", stopped, err)
@@ -165,6 +179,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		}
 	}
 	if c.New {
+		written = true
 		return Submitted{Job: store.Job{ID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Queue: nj.Queue, Task: nj.ID,
 			Status: store.StatusQueued, BodyHash: nj.BodyHash, CreatedAt: nj.CreatedAt}}, nil
 	}
@@ -198,6 +213,9 @@ func (m *Manager) undo(ctx context.Context, nj store.NewJob) error {
 	next, err := m.st.Delete(ctx, nj)
 	if err != nil {
 		return fmt.Errorf("undo job record: %w", err)
+	}
+	if nj.BudgetPeriod != "" {
+		m.unreserve(ctx, nj)
 	}
 	m.dispatch(ctx, next) // a job submitted behind it meanwhile
 	return nil

@@ -17,13 +17,14 @@ import (
 // finish records an outcome once (fenced when fence > 0) and hands the
 // session's turn on.
 func (m *Manager) finish(ctx context.Context, id, tenant, session string, fence int, o store.Outcome) (bool, error) {
+	o.BudgetSpend = m.budgetSpend(tenant, o)
 	f, err := m.st.Finish(ctx, id, tenant, session, fence, o)
 	if err != nil {
 		return false, err
 	}
 	m.dispatch(ctx, f.Next)
-	if f.First {
-		m.spend(ctx, tenant, o)
+	if _, ok := m.opt.Budgets[tenant]; ok && f.First {
+		m.settle(ctx, id)
 	}
 	if f.Notify && m.opt.Notify != nil {
 		m.opt.Notify(ctx, id)

@@ -66,6 +66,21 @@ func (m *Manager) Supervise(ctx context.Context, o SuperviseOptions) {
 	lease := m.opt.Lease
 	go m.loop(ctx, min(max(lease/5, 100*time.Millisecond), time.Second), func() { m.rescue(ctx, sm, lease, o.Log) })
 	go m.loop(ctx, o.ReconcileEvery, func() { m.reconcileDue(ctx, sm, o.Log) })
+	if len(m.opt.Budgets) > 0 {
+		go m.loop(ctx, o.ReconcileEvery, func() { m.sweepSettlements(ctx, o.Log) })
+	}
+}
+
+// sweepSettlements settles the budget reservations of jobs whose ender did
+// not (it died, or Redis failed it in between).
+func (m *Manager) sweepSettlements(ctx context.Context, log zerolog.Logger) {
+	ids, err := m.st.ClaimSettlements(ctx, 100, time.Minute)
+	if err != nil {
+		log.Warn().Err(err).Msg("could not claim budget settlements")
+	}
+	for _, id := range ids {
+		m.settle(log.WithContext(ctx), id)
+	}
 }
 
 // registered registers c, or returns the collector registered before it

@@ -107,7 +107,7 @@ func (p *Anthropic) Stream(ctx context.Context, req Request, onDelta func(Delta)
 	if err := s.Err(); err != nil {
 		return Reply{}, p.classify(ctx, err)
 	}
-	r := Reply{Content: content.String(), Model: replyModel, Usage: usage, FinishReason: FinishStop}
+	r := Reply{Content: content.String(), Model: replyModel, Asked: model, Usage: usage, FinishReason: FinishStop}
 	if stop == "max_tokens" {
 		r.FinishReason = FinishLength
 	}

@@ -1,5 +1,7 @@
 package llm
 
+import "github.com/chatfleet/chatfleet/tasks"
+
 // What a call is expected to cost before it is made, for the TPM limit.
 
 // estimateCost is the tokens a call may use before it is made: the prompt
@@ -41,3 +43,23 @@ const imageTokens = 765
 
 // defaultOutputEstimate stands for the output of a call with no max_tokens.
 const defaultOutputEstimate = 512
+
+// EstimateJob is what a job is expected to cost before it is queued, for its
+// tenant's budget: the prompt it brings and the output cap. The session's
+// history, read when the job runs, is not known yet.
+func EstimateJob(p tasks.ChatPayload) (prompt, output int) {
+	msgs := p.Messages
+	if len(msgs) == 0 {
+		msgs = append(append([]Message{}, p.ToolResults...), Message{Role: "user", Content: p.Message})
+	}
+	req := Request{Messages: msgs}
+	if p.Params != nil {
+		req.Params = *p.Params
+	}
+	total := estimateCost(req)
+	output = req.Params.MaxTokens
+	if output <= 0 {
+		output = defaultOutputEstimate
+	}
+	return total - output, output
+}

@@ -55,8 +55,11 @@ type Reply struct {
 	Content      string
 	ToolCalls    []ToolCall
 	FinishReason string // stop, length or tool_calls
-	Model        string
-	Usage        Usage
+	Model        string // as the provider named it (a dated snapshot's name, say)
+	// Asked is the model the call asked for: usage is counted and priced
+	// under it.
+	Asked string
+	Usage Usage
 }
 
 // Delta is the next piece of a reply: text, or a fragment of a tool call.

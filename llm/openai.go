@@ -92,7 +92,7 @@ func (p *OpenAI) Stream(ctx context.Context, req Request, onDelta func(Delta) er
 	if err := s.Err(); err != nil {
 		return Reply{}, p.classify(ctx, err)
 	}
-	r := Reply{Content: string(content), Model: replyModel, FinishReason: finishReason(finish)}
+	r := Reply{Content: string(content), Model: replyModel, Asked: model, FinishReason: finishReason(finish)}
 	if r.ToolCalls, err = calls.done(); err != nil {
 		return Reply{}, err
 	}

@@ -96,7 +96,7 @@ func (s *Sim) Stream(ctx context.Context, req Request, onDelta func(Delta) error
 					}
 				}
 			}
-			return Reply{ToolCalls: calls, FinishReason: FinishToolCalls, Model: model,
+			return Reply{ToolCalls: calls, FinishReason: FinishToolCalls, Model: model, Asked: model,
 				Usage: Usage{PromptTokens: prompt, CompletionTokens: len(calls)}}, nil
 		}
 	}
@@ -122,7 +122,7 @@ func (s *Sim) Stream(ctx context.Context, req Request, onDelta func(Delta) error
 			return Reply{}, err
 		}
 	}
-	return Reply{Content: content, Model: model, FinishReason: finish, Usage: Usage{PromptTokens: prompt, CompletionTokens: CountWords(content)}}, nil
+	return Reply{Content: content, Model: model, Asked: model, FinishReason: finish, Usage: Usage{PromptTokens: prompt, CompletionTokens: CountWords(content)}}, nil
 }
 
 // simToolCalls are the calls the simulated model makes for msg: each tool

@@ -251,7 +251,8 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 		Status: jobs.StatusSucceeded,
 		Result: &jobs.Result{Content: c.reply.Content, ToolCalls: c.reply.ToolCalls, FinishReason: c.reply.FinishReason,
 			Provider: c.provider, Model: c.reply.Model},
-		Usage: &jobs.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
+		Usage:      &jobs.Usage{PromptTokens: c.reply.Usage.PromptTokens, CompletionTokens: c.reply.Usage.CompletionTokens},
+		UsageModel: c.reply.Asked,
 	}
 	if len(pl.Messages) == 0 {
 		// The session's history keeps the turn in order: the tool results

@@ -125,6 +125,9 @@ type NewJob struct {
 	Webhook string
 	// TraceID is the job's trace, when tracing is on.
 	TraceID string
+	// BudgetPeriod names the period of its tenant's budget that the job
+	// reserved its cost in (Store.Reserve); empty: no budget.
+	BudgetPeriod string
 }
 
 // ErrKeyReused is returned by Create for an Idempotency-Key that is bound to
@@ -200,6 +203,9 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 	}
 	if j.TraceID != "" {
 		record = append(record, "trace_id", j.TraceID)
+	}
+	if j.BudgetPeriod != "" {
+		record = append(record, "budget", j.BudgetPeriod)
 	}
 	n := -1
 	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together

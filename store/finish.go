@@ -24,11 +24,13 @@ import (
 // A job whose provider calls reported usage adds it to its tenant's ledger
 // (rkeys.Usage) in the same step, so usage is counted once, by whatever
 // ended the job.
+// A job that reserved against its tenant's budget records what it cost
+// (budget_spend) and enters its bucket's settle index (store/budget.go).
 // KEYS: job, order, history, events, leases, unfinished, webhook outbox,
-// usage ledger. ARGV: finishArgs.
+// usage ledger, settle index. ARGV: finishArgs.
 var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, `
 local job, order, history, events, leases, unfinished, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local ledger = KEYS[8]
+local ledger, settle = KEYS[8], KEYS[9]
 local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, history_ttl = tonumber(ARGV[5]), ARGV[6]
 local result, usage, err = ARGV[7], ARGV[8], ARGV[9]
@@ -36,7 +38,8 @@ local event_type, event_body, channel = ARGV[10], ARGV[11], ARGV[12]
 local fence, member, publish, tail = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
 local tenant, session, prefix, check = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local usage_field, prompt_tokens, completion_tokens, usage_ttl = ARGV[21], tonumber(ARGV[22]), tonumber(ARGV[23]), ARGV[24]
-local first_entry = 25 -- history entries from here on
+local budget_spend = ARGV[25]
+local first_entry = 26 -- history entries from here on
 local function released() return release(order, unfinished, id, tenant, session, prefix, check) end
 local st, f = state(job)
 if not st then
@@ -48,12 +51,17 @@ if fence > 0 then
   if st ~= ACTIVE or f ~= fence then return {0, 0, 0} end
   redis.call('ZREM', leases, id .. ':' .. fence)
 end
-local marks = redis.call('HMGET', job, 'counted', 'webhook')
+local marks = redis.call('HMGET', job, 'counted', 'webhook', 'budget')
 local counted = marks[1] == '1' and 1 or 0
 local notify = 0
 if marks[2] then
   notify = 1
   redis.call('ZADD', outbox, redis_now() + OUTBOX_DELAY, id)
+end
+if marks[3] then
+  redis.call('HSET', job, 'budget_spend', budget_spend)
+  redis.call('ZADD', settle, redis_now() + OUTBOX_DELAY, id)
+  redis.call('EXPIRE', settle, retention)
 end
 redis.call('ZREM', unfinished, member)
 local fields = {'status', status, 'finished_at', finished_at}
@@ -105,13 +113,14 @@ type finishArgs struct {
 	UsageField             string   // "<day>|<model>" of the ledger; empty: nothing to count
 	Prompt, Completion     int      // tokens to count
 	UsageTTL               int64    // s
+	BudgetSpend            int64    // what the job cost against its tenant's budget
 	History                []string // entries (JSON) to append
 }
 
 func (a finishArgs) argv() []any {
 	out := []any{a.ID, a.Status, a.FinishedAt, a.Retention, a.HistoryMax, a.HistoryTTL, a.Result, a.Usage, a.Error,
 		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.Tail, a.Tenant, a.Session, a.Prefix, a.Check,
-		a.UsageField, a.Prompt, a.Completion, a.UsageTTL}
+		a.UsageField, a.Prompt, a.Completion, a.UsageTTL, a.BudgetSpend}
 	for _, h := range a.History {
 		out = append(out, h)
 	}
@@ -129,6 +138,12 @@ type Outcome struct {
 	// yet: appended as one token event just before the final one, in the
 	// same script (a fast reply's last batch costs no round trip).
 	Tail string
+	// UsageModel is the model the usage is counted and priced under: the
+	// one the call asked for (default: Result.Model).
+	UsageModel string
+	// BudgetSpend is what the job cost against its tenant's budget (tokens
+	// or millionths of a dollar), settled against its reservation.
+	BudgetSpend int64
 }
 
 // Finished is what Finish did.
@@ -155,7 +170,8 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		Result: jsonOrEmpty(o.Result), Usage: jsonOrEmpty(o.Usage), Error: jsonOrEmpty(o.Error),
 		EventType: ev.EventType(), EventBody: string(body), Channel: rkeys.LiveChannel(id), Fence: attempt,
 		Member: rkeys.UnfinishedMember(tenant, session, id), Publish: s.publish,
-		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(FirstCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL())}
+		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(FirstCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL()),
+		BudgetSpend: o.BudgetSpend}
 	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
 		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens
 	}
@@ -171,7 +187,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	}
 	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
 		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id)), rkeys.WebhookOutbox(rkeys.Bucket(id)),
-		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))}
+		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01")), rkeys.BudgetSettle(rkeys.Bucket(id))}
 	res, err := finish.Run(ctx, s.rdb, keys, a.argv()...).Slice()
 	if err != nil {
 		return Finished{}, unavailable("finish job", err)

@@ -16,12 +16,18 @@ import (
 // The usage ledger: the finish script adds each job's reported usage to its
 // tenant's month in the job's bucket (rkeys.Usage), once, with the result.
 
-// usageModel names the model a job's usage is counted under.
+// usageModel names the model a job's usage is counted under: the one it
+// asked for, not the name the provider echoed (a dated snapshot's name has
+// no price).
 func usageModel(o Outcome) string {
-	if o.Result != nil && o.Result.Model != "" {
-		return strings.ReplaceAll(o.Result.Model, "|", "_")
+	m := o.UsageModel
+	if m == "" && o.Result != nil {
+		m = o.Result.Model
 	}
-	return "unknown"
+	if m == "" {
+		return "unknown"
+	}
+	return strings.ReplaceAll(m, "|", "_")
 }
 
 func (s *Store) usageTTL() time.Duration {
@@ -101,31 +107,4 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 		return cmp.Or(strings.Compare(a.Date, b.Date), strings.Compare(a.Model, b.Model))
 	})
 	return out, nil
-}
-
-// Spent is a tenant's spend in a budget period (tokens or millionths of a
-// dollar; 0 when nothing was counted).
-func (s *Store) Spent(ctx context.Context, tenant, period string) (int64, error) {
-	n, err := s.rdb.Get(ctx, rkeys.Budget(tenant, period)).Int64()
-	if err == redis.Nil {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, unavailable("read budget", err)
-	}
-	return n, nil
-}
-
-// Spend adds to a tenant's spend in a budget period, kept for ttl.
-func (s *Store) Spend(ctx context.Context, tenant, period string, amount int64, ttl time.Duration) error {
-	key := rkeys.Budget(tenant, period)
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.IncrBy(ctx, key, amount)
-		p.Expire(ctx, key, ttl)
-		return nil
-	})
-	if err != nil {
-		return unavailable("count budget", err)
-	}
-	return nil
 }

@@ -182,9 +182,15 @@ func BreakerChanged(name string) string { return prefix + "breaker:" + name + ":
 // BreakerProbe is held by the one worker that probes a half-open provider.
 func BreakerProbe(name string) string { return prefix + "breaker:" + name + ":probe" }
 
-// Budget is a tenant's spend in a budget period ("2026-11-30" or "2026-11"):
-// tokens, or millionths of a dollar.
-func Budget(tenant, period string) string { return prefix + "budget:" + tenant + ":" + period }
+// Budget is a tenant's spend and reservations in a budget period ("2026-11-30"
+// or "2026-11"): a hash of `spent`, `reserved` and one `r:<job id>` field per
+// job whose reservation is not settled yet. A tenant's periods share a hash
+// tag, so that one script may read two of them.
+func Budget(tenant, period string) string { return prefix + "{budget:" + tenant + "}:" + period }
+
+// BudgetSettle indexes a bucket's ended jobs whose budget reservation is
+// still to be settled (sorted set of job ids by end time, ms).
+func BudgetSettle(bucket int) string { return tagged(bucket) + "settle" }
 
 // TenantJobs holds a tenant's unfinished jobs (sorted set scored by creation
 // time in ms), for the per-tenant limit.

@@ -88,7 +88,7 @@ func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.M
 	q := asynq.NewClientFromRedisClient(rdb)
 	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
 		jobs.Options{MaxRetries: cfg.MaxRetries, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease,
-			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: Prices(cfg)})
+			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: Prices(cfg), DefaultModel: cfg.LLMModel})
 }
 
 func budgets(cfg config.Config) map[string]jobs.Budget {
