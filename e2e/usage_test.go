@@ -141,3 +141,47 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 	}
 	t.Logf("usage: acme %d models, beta %d models; %d jobs taken over after the SIGKILL, and a Redis restart", len(expected["acme"]), len(expected["beta"]), retried)
 }
+
+// Usage is counted and priced under the model the fleet asked for: a
+// provider that answers under a dated snapshot's name (unpriced) does not
+// make a job free, nor a dollar budget blind to it.
+func TestUsageIsPricedByTheModelAskedFor(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.Always(llmfake.Step{AnswerAs: "gpt-4o-2024-08-06"})
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, map[string]string{
+		"CHATFLEET_LLM_MODEL": "gpt-4o", "CHATFLEET_API_KEYS": keysEnv(),
+		"CHATFLEET_MODEL_PRICES":   "gpt-4o:input=2.5,output=10",
+		"CHATFLEET_TENANT_BUDGETS": "acme:usd=5/day",
+	}))
+	c := client.New(apis[0].URL(), client.WithAPIKey(keyAcme))
+	ctx := context.Background()
+	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "priced", Message: "what does this cost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.Wait(ctx, sub.JobID)
+	if err != nil || j.Status != "succeeded" || j.Usage == nil || j.Result.Model != "gpt-4o-2024-08-06" {
+		t.Fatalf("job %+v (%v): want it answered under the snapshot's name", j, err)
+	}
+	want := (float64(j.Usage.PromptTokens)*2.5 + float64(j.Usage.CompletionTokens)*10) / 1e6
+	today := time.Now().UTC().Format(time.DateOnly)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage?from="+today+"&to="+today, nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+		data, _ := u.Body["data"].([]any)
+		b, _ := u.Body["budget"].(map[string]any)
+		var row map[string]any
+		if len(data) == 1 {
+			row, _ = data[0].(map[string]any)
+		}
+		if row != nil && row["model"] == "gpt-4o" && row["cost_usd"] != nil && math.Abs(row["cost_usd"].(float64)-want) < 1e-6 &&
+			b != nil && b["spent"] != nil && math.Abs(b["spent"].(float64)-want) < 1e-6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("usage %s: want one row of gpt-4o costing $%g, and the budget spent that much", u.Raw, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

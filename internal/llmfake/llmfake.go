@@ -7,6 +7,7 @@
 package llmfake
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,6 +36,9 @@ type Step struct {
 	// CutInArgs > 0: drop the connection after this many argument fragments
 	// of the reply's tool calls.
 	CutInArgs int
+	// AnswerAs names the model in the answer instead of the one asked for,
+	// as providers name a dated snapshot ("gpt-4o-2024-08-06").
+	AnswerAs string
 }
 
 // How OpenAI-compatible servers are known to differ from OpenAI when they
@@ -205,10 +209,7 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	for _, m := range req.Messages {
 		promptWords += len(strings.Fields(contentText(m.Content)))
 	}
-	model := req.Model
-	if model == "" {
-		model = "fake-model"
-	}
+	model := cmp.Or(step.AnswerAs, req.Model, "fake-model")
 	// A user message that names tools gets a call of each (parallel when
 	// several); anything else, tool results included, gets text.
 	var calls []toolCall
