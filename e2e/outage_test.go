@@ -208,26 +208,21 @@ func TestHungRedisAnswersRequestsUnderWay503(t *testing.T) {
 			t.Errorf("job %s is %s after the freeze, want succeeded", j["job_id"], j["status"])
 		}
 	}
-	// And every task has its record: none ran for a job that was undone.
+	// And one task ran per job, none for a job that was undone (asynq
+	// keeps no completed task: its processed count tells what ran).
 	insp := asynq.NewInspectorFromRedisClient(rd.UniversalClient())
-	seen := 0
+	processed := 0
 	for q := range tasks.Queues {
-		done, err := insp.ListCompletedTasks(q)
+		info, err := insp.GetQueueInfo(q)
 		if err != nil {
 			continue // a queue never used does not exist
 		}
-		for _, task := range done {
-			seen++
-			r := do(t, http.MethodGet, api.URL()+"/api/v1/chat/jobs/"+tasks.JobOfTask(task.ID), nil, nil)
-			if r.Status != http.StatusOK || r.Body["status"] != "succeeded" {
-				t.Errorf("task %s: its job is %d %s", task.ID, r.Status, r.Raw)
-			}
-		}
-		if info, err := insp.GetQueueInfo(q); err == nil && info.Size != info.Completed {
-			t.Errorf("queue %s holds tasks that did not complete: %+v", q, info)
+		processed += info.Processed
+		if info.Size != 0 {
+			t.Errorf("queue %s holds tasks after every job ended: %+v", q, info)
 		}
 	}
-	if seen != len(jobsListed) {
-		t.Errorf("%d completed tasks for %d jobs", seen, len(jobsListed))
+	if processed != len(jobsListed) {
+		t.Errorf("%d tasks ran for %d jobs", processed, len(jobsListed))
 	}
 }
