@@ -17,12 +17,15 @@ import (
 // usageRow is one row of a usage answer; Date or Model is left out when the
 // rows are grouped by the other.
 type usageRow struct {
-	Date             string   `json:"date,omitempty"`
-	Model            string   `json:"model,omitempty"`
-	Requests         int64    `json:"requests"`
-	PromptTokens     int64    `json:"prompt_tokens"`
-	CompletionTokens int64    `json:"completion_tokens"`
-	CostUSD          *float64 `json:"cost_usd"` // null: a model without a price
+	Date             string `json:"date,omitempty"`
+	Model            string `json:"model,omitempty"`
+	Requests         int64  `json:"requests"`
+	PromptTokens     int64  `json:"prompt_tokens"`
+	CompletionTokens int64  `json:"completion_tokens"`
+	// EstimatedTokens is the part of the tokens that was estimated: calls
+	// cut before their provider reported usage.
+	EstimatedTokens int64    `json:"estimated_tokens,omitempty"`
+	CostUSD         *float64 `json:"cost_usd"` // null: a model without a price
 }
 
 // maxUsageDays bounds a usage query (the ledger is read month by month).
@@ -114,9 +117,11 @@ func (s *Server) usageRows(rows []store.UsageRow, group string) ([]usageRow, usa
 		o.Requests += r.Requests
 		o.PromptTokens += r.PromptTokens
 		o.CompletionTokens += r.CompletionTokens
+		o.EstimatedTokens += r.EstimatedTokens
 		total.Requests += r.Requests
 		total.PromptTokens += r.PromptTokens
 		total.CompletionTokens += r.CompletionTokens
+		total.EstimatedTokens += r.EstimatedTokens
 		if p, ok := s.opt.Prices[r.Model]; ok && o.CostUSD != nil {
 			cost := (float64(r.PromptTokens)*p[0] + float64(r.CompletionTokens)*p[1]) / 1e6
 			*o.CostUSD += cost

@@ -185,3 +185,41 @@ func TestUsageIsPricedByTheModelAskedFor(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A call that streamed and then broke off was billed by its provider: it is
+// counted in the ledger as an estimate, marked so, beside the usage the
+// retry's answer reported. The ledger is what the upstream reported plus the
+// marked estimates.
+func TestUsageCountsACallCutAfterStreaming(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	fake := llmfake.NewOpenAI(t)
+	fake.SetPlan(func(call int) llmfake.Step {
+		if call == 1 {
+			return llmfake.Step{CutAfter: 3} // breaks off mid-reply, before any usage
+		}
+		return llmfake.Step{}
+	})
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, map[string]string{"CHATFLEET_API_KEYS": keysEnv()}))
+	c := client.New(apis[0].URL(), client.WithAPIKey(keyAcme))
+	ctx := context.Background()
+	sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "cut", Message: "tell me a longer story about the sea please"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := c.Wait(ctx, sub.JobID)
+	if err != nil || j.Status != "succeeded" || j.Attempts != 2 || j.Usage == nil {
+		t.Fatalf("job %+v (%v): want it answered by its second attempt", j, err)
+	}
+	reported := j.Usage.PromptTokens + j.Usage.CompletionTokens // the answering call's, as the upstream reported
+	today := time.Now().UTC().Format(time.DateOnly)
+	u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage?from="+today+"&to="+today, nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+	total, _ := u.Body["total"].(map[string]any)
+	if total == nil {
+		t.Fatalf("usage %s", u.Raw)
+	}
+	tokens := int(total["prompt_tokens"].(float64) + total["completion_tokens"].(float64))
+	estimated, _ := total["estimated_tokens"].(float64)
+	if total["requests"] != float64(1) || estimated <= 0 || tokens-int(estimated) != reported {
+		t.Fatalf("usage %s: want 1 request, %d tokens reported by the upstream plus a marked estimate of the cut call", u.Raw, reported)
+	}
+}

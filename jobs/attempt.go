@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ type (
 	Usage    = store.Usage
 	Message  = store.Message
 	JobError = store.JobError
+	Spent    = store.Spent
 )
 
 // Statuses a job ends in.
@@ -122,12 +124,39 @@ func (a *Attempt) Close() { a.m.leases.remove(a.lease) }
 func (a *Attempt) Finish(ctx context.Context, o Outcome) (first bool, err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
+	o.Spent = a.priced(o.Spent)
 	return a.m.finish(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, o)
 }
 
-// Retry records a failed attempt that the queue retries no later than until.
-func (a *Attempt) Retry(ctx context.Context, why JobError, until time.Time) error {
-	return a.m.st.MarkRetrying(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, why, until)
+// Retry records a failed attempt that the queue retries no later than until,
+// and counts what its call used (nil: nothing known).
+func (a *Attempt) Retry(ctx context.Context, why JobError, until time.Time, spent *Spent) error {
+	return a.m.st.MarkRetrying(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, why, until, a.priced(spent))
+}
+
+// CountSpent counts what the attempt's call used when nothing else is
+// recorded of the attempt (canceled, taken over, cut by a shutdown).
+func (a *Attempt) CountSpent(ctx context.Context, spent *Spent) {
+	if spent == nil {
+		return
+	}
+	if err := a.m.st.CountSpent(context.WithoutCancel(ctx), a.job.JobID, a.job.Tenant, a.priced(spent)); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not count what the provider call used")
+	}
+}
+
+// priced names the model a failed call's use is counted under (the job's,
+// else the default) and prices it against the tenant's budget.
+func (a *Attempt) priced(sp *Spent) *Spent {
+	if sp == nil {
+		return nil
+	}
+	out := *sp
+	out.Model = cmp.Or(out.Model, a.job.Model, a.m.opt.DefaultModel)
+	if b, ok := a.m.opt.Budgets[a.job.Tenant]; ok {
+		out.BudgetCost = b.cost(out.Model, out.Prompt, out.Completion, a.m.opt.Prices)
+	}
+	return &out
 }
 
 // Defer hands back an attempt that never reached a provider: the job waits

@@ -63,3 +63,12 @@ func EstimateJob(p tasks.ChatPayload) (prompt, output int) {
 	}
 	return total - output, output
 }
+
+// EstimatePrompt is the prompt's part of a call's estimate.
+func EstimatePrompt(req Request) int {
+	out := req.Params.MaxTokens
+	if out <= 0 {
+		out = defaultOutputEstimate
+	}
+	return estimateCost(req) - out
+}

@@ -84,6 +84,19 @@ type called struct {
 	provider string
 	emit     *stream.Emitter
 	err      error
+	// What the call was sent and streamed, for an estimate of its use when
+	// it fails before its provider reports any.
+	promptEstimate, streamed int
+}
+
+// spent estimates what a failed call used: its prompt and what it streamed
+// (about four bytes a token). Nil when it streamed nothing: a call refused
+// before answering is not billed.
+func (c called) spent() *jobs.Spent {
+	if c.streamed == 0 {
+		return nil
+	}
+	return &jobs.Spent{Prompt: c.promptEstimate, Completion: max(1, c.streamed/4), Estimated: true}
 }
 
 // ProcessTask implements asynq.Handler: admit the job (an attempt), call the
@@ -191,7 +204,7 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	if pl.Params != nil {
 		req.Params = *pl.Params
 	}
-	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing)}
+	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing), promptEstimate: llm.EstimatePrompt(req)}
 	if r.att.Followed {
 		c.emit.Followed()
 	}
@@ -206,8 +219,10 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	onDelta := func(d llm.Delta) error {
 		firstToken()
 		if t := d.Tool; t != nil {
+			c.streamed += len(t.Name) + len(t.Arguments)
 			return c.emit.ToolCall(t.Index, t.ID, t.Name, t.Arguments)
 		}
+		c.streamed += len(d.Text)
 		return c.emit.Delta(d.Text)
 	}
 	callCtx, cancel := context.WithTimeout(ctx, p.opt.CallTimeout)
@@ -242,7 +257,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 		return p.deferJob(ctx, r.att, busy.Until)
 	}
 	if c.err != nil {
-		return p.failAttempt(ctx, pl, r.att, c.emit.Emitted(), c.err)
+		return p.failAttempt(ctx, pl, r.att, c.emit.Emitted(), c.err, c.spent())
 	}
 
 	now := time.Now().UTC().Truncate(time.Millisecond)

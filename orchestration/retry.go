@@ -65,9 +65,14 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // failAttempt decides between retry and failure for a failed provider call.
-func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt, emitted bool, callErr error) error {
+// spent is what the failed call used (nil: nothing known), counted whatever
+// comes of the attempt.
+func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *jobs.Attempt, emitted bool, callErr error, spent *jobs.Spent) error {
 	log := zerolog.Ctx(ctx)
 	if errors.Is(callErr, jobs.ErrJobFinished) || errors.Is(callErr, jobs.ErrSuperseded) || ctx.Err() != nil {
+		// Canceled, taken over or cut by a shutdown: nothing more of this
+		// attempt is recorded, but its call was billed.
+		att.CountSpent(ctx, spent)
 		status, err := att.Status(context.WithoutCancel(ctx))
 		if err == nil && status == jobs.StatusCanceled {
 			log.Info().Str("status", jobs.StatusCanceled).Msg("job canceled; provider call aborted")
@@ -104,13 +109,13 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *j
 		if emitted {
 			p.announceRetry(ctx, att, att.N+1, jerr.Message)
 		}
-		if err := att.Retry(ctx, jerr, until); err != nil {
+		if err := att.Retry(ctx, jerr, until, spent); err != nil {
 			log.Warn().Err(err).Msg("could not record retrying status")
 		}
 		log.Warn().Err(callErr).Str("status", jobs.StatusRetrying).Msg("attempt failed; will retry")
 		return callErr
 	}
-	first, err := att.Finish(ctx, jobs.Outcome{Status: jobs.StatusFailed, Error: &jerr})
+	first, err := att.Finish(ctx, jobs.Outcome{Status: jobs.StatusFailed, Error: &jerr, Spent: spent})
 	if err != nil {
 		return err // retried by asynq; Finish applies once
 	}

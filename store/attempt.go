@@ -78,10 +78,14 @@ hold(KEYS[1], KEYS[2], KEYS[4], ttl)
 return 1
 `))
 
-// markRetrying records a failed attempt that will be retried.
-// KEYS: job, order, leases, events. ARGV: error json, ttl s, fence, lease member.
-var markRetrying = redis.NewScript(lua(holdLua, ownsLua, `
+// markRetrying records a failed attempt that will be retried. What its call
+// used (spentLua) is counted first, even when the attempt was fenced out: the
+// provider billed it all the same.
+// KEYS: job, order, leases, events, usage ledger. ARGV: error json, ttl s,
+// fence, lease member, then spentArgs.
+var markRetrying = redis.NewScript(lua(holdLua, ownsLua, spentLua, `
 local err, ttl, fence, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+count_spent(KEYS[1], KEYS[5], 5)
 if not owns(KEYS[1], fence) then return 0 end
 redis.call('HSET', KEYS[1], 'status', RETRYING, 'error', err)
 redis.call('ZREM', KEYS[3], member)
@@ -177,11 +181,14 @@ func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, at
 }
 
 // MarkRetrying records a failed attempt that asynq will retry no later than
-// `until`; the record lives at least until the retention past it.
-func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, attempt int, e JobError, until time.Time) error {
+// `until`, and counts what its call used; the record lives at least until the
+// retention past it.
+func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, attempt int, e JobError, until time.Time, spent *Spent) error {
 	b, _ := json.Marshal(e)
-	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
-		string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
+	now := s.opt.Clock().UTC()
+	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id),
+		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))},
+		append([]any{string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)}, s.spentArgs(spent, now).argv()...)...).Err()
 	if err != nil {
 		return unavailable("mark retrying", err)
 	}

@@ -25,10 +25,12 @@ import (
 // (rkeys.Usage) in the same step, so usage is counted once, by whatever
 // ended the job.
 // A job that reserved against its tenant's budget records what it cost
-// (budget_spend) and enters its bucket's settle index (store/budget.go).
+// (budget_spend: its answer's and its failed calls' budget_extra) and enters
+// its bucket's settle index (store/budget.go). What a failed last call used
+// (spentLua) is counted even when the finish is fenced out.
 // KEYS: job, order, history, events, leases, unfinished, webhook outbox,
 // usage ledger, settle index. ARGV: finishArgs.
-var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, `
+var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, spentLua, `
 local job, order, history, events, leases, unfinished, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local ledger, settle = KEYS[8], KEYS[9]
 local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -38,9 +40,10 @@ local event_type, event_body, channel = ARGV[10], ARGV[11], ARGV[12]
 local fence, member, publish, tail = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
 local tenant, session, prefix, check = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local usage_field, prompt_tokens, completion_tokens, usage_ttl = ARGV[21], tonumber(ARGV[22]), tonumber(ARGV[23]), ARGV[24]
-local budget_spend = ARGV[25]
-local first_entry = 26 -- history entries from here on
+local budget_spend = tonumber(ARGV[25])
+local first_entry = 32 -- history entries from here on
 local function released() return release(order, unfinished, id, tenant, session, prefix, check) end
+count_spent(job, ledger, 26) -- a failed call was billed, whoever ends the job
 local st, f = state(job)
 if not st then
   redis.call('ZREM', unfinished, member)
@@ -59,6 +62,7 @@ if marks[2] then
   redis.call('ZADD', outbox, redis_now() + OUTBOX_DELAY, id)
 end
 if marks[3] then
+  budget_spend = budget_spend + (tonumber(redis.call('HGET', job, 'budget_extra')) or 0)
   redis.call('HSET', job, 'budget_spend', budget_spend)
   redis.call('ZADD', settle, redis_now() + OUTBOX_DELAY, id)
   redis.call('EXPIRE', settle, retention)
@@ -114,6 +118,7 @@ type finishArgs struct {
 	Prompt, Completion     int      // tokens to count
 	UsageTTL               int64    // s
 	BudgetSpend            int64    // what the job cost against its tenant's budget
+	Spent                  spentArgs
 	History                []string // entries (JSON) to append
 }
 
@@ -121,6 +126,7 @@ func (a finishArgs) argv() []any {
 	out := []any{a.ID, a.Status, a.FinishedAt, a.Retention, a.HistoryMax, a.HistoryTTL, a.Result, a.Usage, a.Error,
 		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.Tail, a.Tenant, a.Session, a.Prefix, a.Check,
 		a.UsageField, a.Prompt, a.Completion, a.UsageTTL, a.BudgetSpend}
+	out = append(out, a.Spent.argv()...)
 	for _, h := range a.History {
 		out = append(out, h)
 	}
@@ -144,6 +150,9 @@ type Outcome struct {
 	// BudgetSpend is what the job cost against its tenant's budget (tokens
 	// or millionths of a dollar), settled against its reservation.
 	BudgetSpend int64
+	// Spent is what the failed call that ended the job used (nil: nothing
+	// known): counted in the ledger, its cost in the budget's.
+	Spent *Spent
 }
 
 // Finished is what Finish did.
@@ -171,7 +180,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		EventType: ev.EventType(), EventBody: string(body), Channel: rkeys.LiveChannel(id), Fence: attempt,
 		Member: rkeys.UnfinishedMember(tenant, session, id), Publish: s.publish,
 		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(FirstCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL()),
-		BudgetSpend: o.BudgetSpend}
+		BudgetSpend: o.BudgetSpend, Spent: s.spentArgs(o.Spent, now)}
 	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
 		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens
 	}

@@ -137,7 +137,7 @@ func TestHeldJobsKeepTheirEventLog(t *testing.T) {
 	steps := map[string]func(id string, attempt int) error{
 		"hold": func(id string, _ int) error { return s.Hold(ctx, id, "t", id, time.Now().Add(time.Hour)) },
 		"retry": func(id string, n int) error {
-			return s.MarkRetrying(ctx, id, "t", id, n, JobError{Code: "x", Message: "y"}, time.Now().Add(time.Hour))
+			return s.MarkRetrying(ctx, id, "t", id, n, JobError{Code: "x", Message: "y"}, time.Now().Add(time.Hour), nil)
 		},
 		"defer": func(id string, n int) error { return s.MarkDeferred(ctx, id, "t", id, n, time.Now().Add(time.Hour)) },
 	}

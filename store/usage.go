@@ -14,7 +14,65 @@ import (
 )
 
 // The usage ledger: the finish script adds each job's reported usage to its
-// tenant's month in the job's bucket (rkeys.Usage), once, with the result.
+// tenant's month in the job's bucket (rkeys.Usage), once, with the result;
+// the script that records a failed attempt adds what its call used. Fields
+// are "<day>|<model>|<kind>": r (requests), p and c (prompt and completion
+// tokens), ep and ec (the part of p and c that was estimated: a call cut
+// before its provider reported usage).
+
+// Spent is what a provider call that gave no answer used: as its provider
+// reported it, or estimated from what it streamed (Estimated).
+type Spent struct {
+	Model              string // the model the call asked for
+	Prompt, Completion int
+	Estimated          bool
+	// BudgetCost is its cost against the tenant's budget (tokens or
+	// millionths of a dollar), added to what the job's end settles.
+	BudgetCost int64
+}
+
+// spentLua counts a call's use: count_spent(job, ledger, first) reads
+// spentArgs from ARGV[first] on.
+const spentLua = `
+local function count_spent(job, ledger, first)
+  local field, p, c, estimated, ttl, cost = ARGV[first], tonumber(ARGV[first + 1]), tonumber(ARGV[first + 2]), ARGV[first + 3] == '1', ARGV[first + 4], tonumber(ARGV[first + 5])
+  if field == '' then return end
+  redis.call('HINCRBY', ledger, field .. '|p', p)
+  redis.call('HINCRBY', ledger, field .. '|c', c)
+  if estimated then
+    redis.call('HINCRBY', ledger, field .. '|ep', p)
+    redis.call('HINCRBY', ledger, field .. '|ec', c)
+  end
+  redis.call('EXPIRE', ledger, ttl)
+  if cost > 0 and redis.call('EXISTS', job) == 1 then redis.call('HINCRBY', job, 'budget_extra', cost) end
+end
+`
+
+// spentArgs are count_spent's arguments.
+type spentArgs struct {
+	Field              string // "<day>|<model>"; empty: nothing to count
+	Prompt, Completion int
+	Estimated          bool
+	TTL                int64 // s
+	BudgetCost         int64
+}
+
+func (a spentArgs) argv() []any {
+	est := 0
+	if a.Estimated {
+		est = 1
+	}
+	return []any{a.Field, a.Prompt, a.Completion, est, a.TTL, a.BudgetCost}
+}
+
+func (s *Store) spentArgs(sp *Spent, now time.Time) spentArgs {
+	if sp == nil || (sp.Prompt == 0 && sp.Completion == 0) {
+		return spentArgs{TTL: seconds(s.usageTTL())}
+	}
+	model := strings.ReplaceAll(cmp.Or(sp.Model, "unknown"), "|", "_")
+	return spentArgs{Field: now.Format("02") + "|" + model, Prompt: sp.Prompt, Completion: sp.Completion, Estimated: sp.Estimated,
+		TTL: seconds(s.usageTTL()), BudgetCost: sp.BudgetCost}
+}
 
 // usageModel names the model a job's usage is counted under: the one it
 // asked for, not the name the provider echoed (a dated snapshot's name has
@@ -42,8 +100,11 @@ type UsageRow struct {
 	Date             string // 2006-01-02
 	Model            string
 	Requests         int64
-	PromptTokens     int64
-	CompletionTokens int64
+	PromptTokens     int64 // estimates included
+	CompletionTokens int64 // estimates included
+	// EstimatedTokens is the part of the tokens that was estimated (calls
+	// cut before their provider reported usage).
+	EstimatedTokens int64
 }
 
 // Usage returns a tenant's usage per day and model from day from to day to
@@ -96,6 +157,8 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 				r.PromptTokens += n
 			case "c":
 				r.CompletionTokens += n
+			case "ep", "ec":
+				r.EstimatedTokens += n
 			}
 		}
 	}
@@ -107,4 +170,26 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 		return cmp.Or(strings.Compare(a.Date, b.Date), strings.Compare(a.Model, b.Model))
 	})
 	return out, nil
+}
+
+// countSpent counts a call's use alone (spentLua). KEYS: job, ledger. ARGV: spentArgs.
+var countSpent = redis.NewScript(lua(spentLua, `
+count_spent(KEYS[1], KEYS[2], 1)
+return 1
+`))
+
+// CountSpent counts what a provider call of a job used when nothing else is
+// recorded of its attempt (it was canceled, taken over, or cut by a
+// shutdown): the provider billed it all the same.
+func (s *Store) CountSpent(ctx context.Context, id, tenant string, spent *Spent) error {
+	now := s.opt.Clock().UTC()
+	a := s.spentArgs(spent, now)
+	if a.Field == "" {
+		return nil
+	}
+	err := countSpent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))}, a.argv()...).Err()
+	if err != nil {
+		return unavailable("count usage", err)
+	}
+	return nil
 }
