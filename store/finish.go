@@ -113,11 +113,11 @@ type finishArgs struct {
 	Member, Publish, Tail  string
 	Tenant, Session        string
 	Prefix                 string
-	Check                  int64    // the next job's check, ms
-	UsageField             string   // "<day>|<model>" of the ledger; empty: nothing to count
-	Prompt, Completion     int      // tokens to count
-	UsageTTL               int64    // s
-	BudgetSpend            int64    // what the job cost against its tenant's budget
+	Check                  int64  // the next job's check, ms
+	UsageField             string // "<day>|<model>" of the ledger; empty: nothing to count
+	Prompt, Completion     int    // tokens to count
+	UsageTTL               int64  // s
+	BudgetSpend            int64  // what the job cost against its tenant's budget
 	Spent                  spentArgs
 	History                []string // entries (JSON) to append
 }
