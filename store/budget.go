@@ -42,7 +42,8 @@ return 1
 // settleBudget replaces a job's reservation with what the job cost, once: a
 // reservation already settled (or never made) changes nothing. A job whose
 // end recorded no cost counts its estimate.
-// KEYS: budget. ARGV: job id, cost or ”, ttl s. Returns 1 when it settled.
+// KEYS: budget. ARGV: job id, cost (empty: unknown), ttl s. Returns 1 when
+// it settled.
 var settleBudget = redis.NewScript(`
 local field = 'r:' .. ARGV[1]
 local estimate = redis.call('HGET', KEYS[1], field)
