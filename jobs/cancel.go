@@ -40,7 +40,7 @@ func (m *Manager) Purge(ctx context.Context, j store.Job) error {
 			return err
 		}
 	}
-	if err := m.st.Purge(ctx, j.ID); err != nil {
+	if err := m.st.Purge(ctx, j.ID, j.Tenant); err != nil {
 		return err
 	}
 	// asynq refuses to delete a task still being processed (the cancel just
