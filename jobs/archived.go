@@ -46,9 +46,12 @@ func (m *Manager) ListArchived() ([]Archived, error) {
 }
 
 // Rerun runs an archived job again from its first attempt: its record is
-// reopened (queued, at the end of its session's order) and its task is
-// enqueued afresh under the same id, so asynq's retry count starts over too
-// (when an earlier job of the session is unfinished, once its turn comes).
+// reopened (queued, at the end of its session's order: behind the session's
+// unfinished jobs, before any submitted later) and its task is enqueued
+// afresh under the same id, so asynq's retry count starts over too (when an
+// earlier job of the session is unfinished, once its turn comes). Its times
+// start again: it is submitted now, and its session's turn is the one it
+// waits for now.
 func (m *Manager) Rerun(ctx context.Context, id string) error {
 	j, err := m.st.Get(ctx, id)
 	if err != nil {
@@ -61,7 +64,16 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 	if info.State != asynq.TaskStateArchived {
 		return fmt.Errorf("job %s: task is %s: %w", id, info.State, ErrNotArchived)
 	}
-	head, err := m.st.Requeue(ctx, j, info.Payload)
+	p, err := tasks.DecodeChat(info.Payload)
+	if err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	p.SubmittedAt = time.Now().UTC()
+	payload, err := p.Encode()
+	if err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
+	}
+	head, err := m.st.Requeue(ctx, j, payload)
 	if err != nil {
 		return fmt.Errorf("job %s: %w", id, err)
 	}
@@ -71,7 +83,7 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 	if !head {
 		return nil // the release that gives it the turn enqueues it
 	}
-	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, info.Payload, asynq.TaskID(j.Task),
+	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, payload, asynq.TaskID(j.Task),
 		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry))) // no retention: see tasks.ChatTask
 	if err != nil {
 		return fmt.Errorf("job %s: enqueue: %w", id, err)

@@ -208,8 +208,10 @@ func (m *Manager) Hold(ctx context.Context, job tasks.ChatPayload, until time.Ti
 	return m.st.Hold(ctx, job.JobID, job.Tenant, job.SessionID, until)
 }
 
-// FailUndecodable records a task whose payload no retry can fix as a failed job.
-func (m *Manager) FailUndecodable(ctx context.Context, id string, cause error) {
+// FailUndecodable records a task whose payload no retry can fix as a failed
+// job: the job the task id names (a takeover's task id names it too).
+func (m *Manager) FailUndecodable(ctx context.Context, task string, cause error) {
+	id := tasks.JobOfTask(task)
 	j, err := m.st.Get(ctx, id)
 	if err != nil {
 		return // no record to update; the task is archived with the error

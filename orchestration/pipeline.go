@@ -341,9 +341,9 @@ func (p *Pipeline) chainUnreadable(ctx context.Context, att *jobs.Attempt, err e
 }
 
 // failUndecodable records a payload no retry can fix as a failed job.
-func (p *Pipeline) failUndecodable(ctx context.Context, id string, cause error) {
+func (p *Pipeline) failUndecodable(ctx context.Context, task string, cause error) {
 	zerolog.Ctx(ctx).Error().Err(cause).Str("status", jobs.StatusFailed).Msg("undecodable task payload")
-	p.jobs.FailUndecodable(ctx, id, cause)
+	p.jobs.FailUndecodable(ctx, task, cause)
 }
 
 // endSpan ends an attempt's span with what the attempt came to: a deferral

@@ -23,9 +23,10 @@ import (
 // before it (never reset: a deferral gives back an attempt's number, a re-run
 // restarts the count), fences every earlier attempt out and names its lease.
 // KEYS: job, order, history, leases. ARGV: startArgs.
-var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, `
+var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, extendLua, `
 local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, with_history, task, lease, fresh, runner = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local keep = ARGV[8]
 local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at', 'turn_at', 'followed')
 local st, owner = rec[1], rec[2]
 if not st then return {'gone'} end
@@ -40,6 +41,9 @@ local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', job, 'fence', 1)
 redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now, 'runner', runner)
 redis.call('ZADD', leases, redis_now() + lease, id .. ':' .. f)
+extend(leases, keep)
+extend(job, keep)
+extend(order, keep)
 local out = {'run', tostring(n), tostring(f), rec[5] or '', rec[6] or ''}
 if with_history then
   for _, m in ipairs(redis.call('LRANGE', history, 0, -1)) do out[#out + 1] = m end
@@ -55,6 +59,7 @@ type startArgs struct {
 	Lease       int64 // ms
 	Fresh       string
 	Runner      string // the process that runs the attempt (Options.Runner)
+	Keep        int64  // s, Store.keep: the record, order and lease index are kept that long
 }
 
 func (a startArgs) argv() []any {
@@ -62,7 +67,7 @@ func (a startArgs) argv() []any {
 	if a.WithHistory {
 		flag = "1"
 	}
-	return []any{a.ID, a.Now, flag, a.Task, a.Lease, a.Fresh, a.Runner}
+	return []any{a.ID, a.Now, flag, a.Task, a.Lease, a.Fresh, a.Runner, a.Keep}
 }
 
 // markDeferred hands back an attempt that never reached a provider (every
@@ -134,7 +139,7 @@ type Attempt struct {
 // under when it is not its turn yet. ErrNotFound: the record is gone.
 func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fresh string, withHistory bool, lease time.Duration) (Attempt, error) {
 	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
-		startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh, Runner: s.opt.Runner}.argv()...).StringSlice()
+		startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh, Runner: s.opt.Runner, Keep: s.keep()}.argv()...).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}

@@ -16,21 +16,24 @@ import (
 // then does its task go to the queue; a job behind others waits for its turn
 // (order.go), its check far off (the release that gives it the turn brings
 // it forward). It is listed in its tenant's listing of the bucket (the job
-// list), which sheds the entries older than the retention as it goes. KEYS: job, order, unfinished, listing. ARGV: createArgs, then
-// anything the script adds, then the record's field/value pairs.
-const createJobLua = `
+// list), whose entries older than the retention go. The record, the order
+// and the index are kept for Store.keep, as long as the job is unfinished
+// (the reconciler's visits extend it; finish sets the retention).
+// KEYS: job, order, unfinished, listing. ARGV: createArgs, then anything the
+// script adds, then the record's field/value pairs.
+const createJobLua = extendLua + `
 local job, order, unfinished, listing = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, retention, now, member = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local first_check, waiting_check = tonumber(ARGV[5]), tonumber(ARGV[6])
+local id, retention, now, member = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local first_check, waiting_check, keep = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local function create_job(first_field)
   local fields = {}
   for i = first_field, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', job, unpack(fields))
-  redis.call('EXPIRE', job, retention)
+  redis.call('EXPIRE', job, keep)
   local head = redis.call('RPUSH', order, id) == 1
-  redis.call('EXPIRE', order, retention)
+  extend(order, keep)
   redis.call('ZADD', unfinished, now + (head and first_check or waiting_check), member)
-  -- entries older than the retention belong to records that have expired
+  extend(unfinished, keep)
   redis.call('ZREMRANGEBYSCORE', listing, '-inf', now - retention * 1000)
   redis.call('ZADD', listing, now, id)
   redis.call('EXPIRE', listing, retention)
@@ -45,10 +48,11 @@ type createArgs struct {
 	Now                      int64 // ms
 	Member                   string
 	FirstCheck, WaitingCheck int64 // ms
+	Keep                     int64 // s, Store.keep
 }
 
 func (a createArgs) argv() []any {
-	return []any{a.ID, a.Retention, a.Now, a.Member, a.FirstCheck, a.WaitingCheck}
+	return []any{a.ID, a.Retention, a.Now, a.Member, a.FirstCheck, a.WaitingCheck, a.Keep}
 }
 
 // createJob writes a new record (createJobLua). Returns 1 when the job holds
@@ -56,7 +60,7 @@ func (a createArgs) argv() []any {
 // record exists. ARGV: createArgs, then the record's field/value pairs.
 var createJob = redis.NewScript(lua(createJobLua, `
 if redis.call('EXISTS', job) == 1 then return 0 end
-if create_job(7) then return 1 end
+if create_job(8) then return 1 end
 return 2
 `))
 
@@ -72,10 +76,10 @@ return 2
 // field/value pairs.
 var createAndEnqueue = redis.NewScript(lua(createJobLua, `
 local task, pending, queues = KEYS[5], KEYS[6], KEYS[7]
-local msg, now_ns, queue = ARGV[7], ARGV[8], ARGV[9]
+local msg, now_ns, queue = ARGV[8], ARGV[9], ARGV[10]
 if redis.call('EXISTS', job) == 1 then return 0 end
 if redis.call('LLEN', order) == 0 and redis.call('EXISTS', task) == 1 then return -1 end
-if not create_job(10) then return 2 end
+if not create_job(11) then return 2 end
 redis.call('HSET', task, 'msg', msg, 'state', 'pending', 'pending_since', now_ns)
 redis.call('LPUSH', pending, id)
 redis.call('SADD', queues, queue)
@@ -191,7 +195,7 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 		now = j.CreatedAt // the job list's order is the records' created_at
 	}
 	args := createArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Now: now.UnixMilli(), Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
-		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds()}.argv()
+		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds(), Keep: s.keep()}.argv()
 	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
 	if s.opt.TenantMaxJobs > 0 {

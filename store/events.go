@@ -179,7 +179,8 @@ local function append_event(events, channel, typ, body, ttl, publish)
 end
 `
 
-// appendEvent adds an event to a running job. Returns the event's seq and
+// appendEvent adds an event to a running job; a log it starts is kept as
+// long as the record (Store.keep, then finish's retention). Returns the event's seq and
 // how many subscribers got it live; a seq of 0 when the job is already
 // finished (nothing may follow its last event), -1 when the record is gone,
 // -2 when a later attempt owns the job (this one is fenced out).
@@ -209,7 +210,7 @@ func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Paylo
 		return Appended{}, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
 	res, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		p.EventType(), string(b), seconds(s.opt.Retention), rkeys.LiveChannel(id), attempt, s.publish).Int64Slice()
+		p.EventType(), string(b), s.keep(), rkeys.LiveChannel(id), attempt, s.publish).Int64Slice()
 	switch {
 	case err != nil:
 		return Appended{}, unavailable("append event", err)

@@ -217,12 +217,11 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	return f, nil
 }
 
-// Purge removes a finished job's record, event log and entry in its
-// tenant's job list (its content) at once, instead of at the end of the
-// retention. Its session's order and the indexes were released when it
-// finished.
+// Purge removes a finished job's record, event log (its content) and entry
+// in its tenant's job list at once, instead of at the end of the retention.
+// Its session's order and the other indexes were released when it finished.
 func (s *Store) Purge(ctx context.Context, id, tenant string) error {
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error { // one slot: the job's bucket
 		p.Del(ctx, rkeys.Job(id), rkeys.Events(id))
 		p.ZRem(ctx, rkeys.Listing(rkeys.Bucket(id), tenant), id)
 		return nil

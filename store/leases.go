@@ -16,12 +16,14 @@ import (
 // RenewLeases extends it, the rescuer claims it once expired (ClaimExpired)
 // and takes the job over (TakeOver).
 
-// renewLeases extends running attempts' leases that still exist.
-// KEYS: the bucket's leases. ARGV: lease ms, members.
-var renewLeases = redis.NewScript(lua(redisNowLua, `
+// renewLeases extends running attempts' leases that still exist, and keeps
+// the lease set for keep seconds more.
+// KEYS: the bucket's leases. ARGV: lease ms, keep s, members.
+var renewLeases = redis.NewScript(lua(redisNowLua, extendLua, `
 local expiry = redis_now() + tonumber(ARGV[1])
 local args = {}
-for i = 2, #ARGV do args[#args + 1] = expiry; args[#args + 1] = ARGV[i] end
+for i = 3, #ARGV do args[#args + 1] = expiry; args[#args + 1] = ARGV[i] end
+extend(KEYS[1], ARGV[2])
 return redis.call('ZADD', KEYS[1], 'XX', unpack(args))
 `))
 
@@ -67,7 +69,7 @@ func (s *Store) RenewLeases(ctx context.Context, members []string, lease time.Du
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for b, ms := range byBucket {
 			// EVAL, not EVALSHA: see claimEach.
-			renewLeases.Eval(ctx, p, []string{rkeys.Leases(b)}, append([]any{lease.Milliseconds()}, ms...)...)
+			renewLeases.Eval(ctx, p, []string{rkeys.Leases(b)}, append([]any{lease.Milliseconds(), s.keep()}, ms...)...)
 		}
 		return nil
 	})

@@ -49,6 +49,15 @@ local function hold(job, order, events, ttl)
 end
 `
 
+// extendLua keeps a key for at least ttl seconds: it lengthens a shorter
+// TTL and never shortens one (nor creates the key).
+const extendLua = `
+local function extend(key, ttl)
+  ttl = tonumber(ttl)
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
+`
+
 // redisNowLua reads Redis's clock (ms). Leases are written, renewed and
 // claimed with it, so no process's clock decides whether a lease expired.
 const redisNowLua = `

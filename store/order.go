@@ -31,8 +31,12 @@ local function release(order, unfinished, id, tenant, session, prefix, check)
   local nxt = redis.call('LINDEX', order, 0)
   if not nxt then return nil end
   redis.call('ZADD', unfinished, 'XX', check, tenant .. '\n' .. session .. '\n' .. nxt)
-  local t = redis.call('TIME') -- when its turn came: its trace's session-turn wait ends here
-  redis.call('HSET', prefix .. nxt, 'turn_at', t[1] * 1000 + math.floor(t[2] / 1000))
+  -- a record that is gone stays gone (the reconciler forgets it): a write
+  -- here would make a record without a TTL
+  if redis.call('EXISTS', prefix .. nxt) == 1 then
+    local t = redis.call('TIME') -- when its turn came: its trace's session-turn wait ends here
+    redis.call('HSET', prefix .. nxt, 'turn_at', t[1] * 1000 + math.floor(t[2] / 1000))
+  end
   local v = redis.call('HMGET', prefix .. nxt, 'task', 'queue', 'payload')
   return {nxt, v[1] or nxt, v[2] or '', v[3] or ''}
 end
@@ -114,24 +118,51 @@ func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, *Next, error) {
 const WaitingCheck = time.Hour
 
 // parkWaiting moves the check of a job that is not its session's head to
-// later; returns 0 (nothing changed) when the job holds the turn.
-// KEYS: order, unfinished. ARGV: id, member, check ms.
-var parkWaiting = redis.NewScript(`
+// later (and keeps it alive: keepAliveLua); returns 0 (nothing changed) when
+// the job holds the turn.
+// KEYS: order, unfinished, job, events. ARGV: id, member, check ms, keep s.
+var parkWaiting = redis.NewScript(lua(holdLua, extendLua, keepAliveLua, `
 local head = redis.call('LINDEX', KEYS[1], 0)
 if not head or head == ARGV[1] then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+keep_alive(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
 return 1
-`)
+`))
 
 // ParkIfWaiting reports whether a job waits behind an earlier job of its
 // session; if so its next check is WaitingCheck away.
 func (s *Store) ParkIfWaiting(ctx context.Context, u Unfinished) (bool, error) {
-	n, err := parkWaiting.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
-		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), s.opt.Clock().Add(WaitingCheck).UnixMilli()).Int()
+	n, err := parkWaiting.Run(ctx, s.rdb, s.unfinishedKeys(u),
+		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), s.opt.Clock().Add(WaitingCheck).UnixMilli(), s.keep()).Int()
 	if err != nil {
 		return false, unavailable("check session turn", err)
 	}
 	return n == 1, nil
+}
+
+// An unfinished job's record, session order and event log, and its bucket's
+// index, are kept for Store.keep: at least the retention, and at least three
+// times the longest gap between the reconciler's visits (WaitingCheck), each
+// of which extends them again. So an unfinished job outlives any wait, in
+// the session's order or the queue, however short the retention; when it
+// ends, finish gives its record and log the retention.
+
+// keepAliveLua: keep_alive sets an unfinished job's next check and keeps
+// its keys, and the index, for keep seconds more.
+const keepAliveLua = `
+local function keep_alive(order, unfinished, job, events, member, check, keep)
+  redis.call('ZADD', unfinished, 'XX', check, member)
+  extend(unfinished, keep)
+  hold(job, order, events, keep)
+end
+`
+
+// keep is how long an unfinished job's keys are kept from now (s).
+func (s *Store) keep() int64 { return seconds(max(s.opt.Retention, 3*WaitingCheck)) }
+
+// unfinishedKeys are an unfinished job's keys in keep_alive's order: order,
+// unfinished, job, events.
+func (s *Store) unfinishedKeys(u Unfinished) []string {
+	return []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID)), rkeys.Job(u.ID), rkeys.Events(u.ID)}
 }
 
 // SessionHead returns the job whose turn it is in a session ("" when none).

@@ -25,22 +25,25 @@ return 1
 `))
 
 // requeue reopens a failed job for another run: it is queued again at the
-// end of its session's order, indexed as unfinished again. Returns 0 when
-// the job has not failed, 1 when it holds its session's turn (its task is to
-// be enqueued now), 2 when it waits behind an earlier job.
-// KEYS: job, order, unfinished. ARGV: id, retention s, now ms, member,
-// payload, first check ms, waiting check ms.
-var requeue = redis.NewScript(lua(statusLua, `
+// end of its session's order, indexed as unfinished again, its times of the
+// last run (started, finished, given the turn) cleared and its keys kept as
+// an unfinished job's (Store.keep). Returns 0 when the job has not failed, 1
+// when it holds its session's turn (its task is to be enqueued now), 2 when
+// it waits behind an earlier job.
+// KEYS: job, order, unfinished. ARGV: id, keep s, now ms, member, payload,
+// first check ms, waiting check ms.
+var requeue = redis.NewScript(lua(statusLua, extendLua, `
 local job, order, unfinished = KEYS[1], KEYS[2], KEYS[3]
-local id, retention, now, member, payload = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local id, keep, now, member, payload = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local first_check, waiting_check = tonumber(ARGV[6]), tonumber(ARGV[7])
 if redis.call('HGET', job, 'status') ~= FAILED then return 0 end
 redis.call('HSET', job, 'payload', payload, 'status', QUEUED, 'attempts', 0)
-redis.call('HDEL', job, 'error', 'finished_at', 'started_at')
-redis.call('EXPIRE', job, retention)
+redis.call('HDEL', job, 'error', 'finished_at', 'started_at', 'turn_at')
+redis.call('EXPIRE', job, keep)
 local head = redis.call('RPUSH', order, id) == 1
-redis.call('EXPIRE', order, retention)
+extend(order, keep)
 redis.call('ZADD', unfinished, now + (head and first_check or waiting_check), member)
+extend(unfinished, keep)
 if head then return 1 end
 return 2
 `))
@@ -68,9 +71,18 @@ func (s *Store) ClaimDue(ctx context.Context, limit int, claimFor time.Duration)
 	return out, nil
 }
 
-// CheckAt sets when the reconciler looks at an unfinished job next.
+// checkAt sets an unfinished job's next check and keeps it alive
+// (keepAliveLua). KEYS: order, unfinished, job, events. ARGV: member, check
+// ms, keep s.
+var checkAt = redis.NewScript(lua(holdLua, extendLua, keepAliveLua, `
+keep_alive(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+return 1
+`))
+
+// CheckAt sets when the reconciler looks at an unfinished job next, and
+// keeps the job's keys for Store.keep from now.
 func (s *Store) CheckAt(ctx context.Context, u Unfinished, at time.Time) error {
-	err := s.rdb.ZAddXX(ctx, rkeys.Unfinished(rkeys.Bucket(u.ID)), redis.Z{Score: float64(at.UnixMilli()), Member: rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}).Err()
+	err := checkAt.Run(ctx, s.rdb, s.unfinishedKeys(u), rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), at.UnixMilli(), s.keep()).Err()
 	if err != nil {
 		return unavailable("schedule check", err)
 	}
@@ -91,12 +103,12 @@ func (s *Store) Retask(ctx context.Context, id, task string) (bool, error) {
 var ErrNotFailed = errors.New("only a failed job can be re-run")
 
 // Requeue reopens a failed job: queued again, attempts reset, at the end of
-// its session's order. It reports whether the job holds its session's turn:
+// its session's order; payload is what its task carries now. It reports whether the job holds its session's turn:
 // then the caller enqueues its task; else the release that gives it the turn
 // returns it.
 func (s *Store) Requeue(ctx context.Context, j Job, payload []byte) (head bool, err error) {
 	n, err := requeue.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID))},
-		j.ID, seconds(s.opt.Retention), s.opt.Clock().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload),
+		j.ID, s.keep(), s.opt.Clock().UnixMilli(), rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), string(payload),
 		FirstCheck.Milliseconds(), WaitingCheck.Milliseconds()).Int()
 	if err != nil {
 		return false, unavailable("requeue", err)

@@ -396,38 +396,3 @@ func TestWakeMarksTheJobForItsAttempts(t *testing.T) {
 		}
 	}
 }
-
-// A tenant's job listing sheds the entries older than the retention as new
-// jobs are listed, and a purged job leaves it at once.
-func TestListingShedsExpiredEntriesAndPurgedJobs(t *testing.T) {
-	rd := testkit.StartRedis(t)
-	c := rd.Client()
-	now := time.Now()
-	s := New(c, Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour, Clock: func() time.Time { return now }})
-	ctx := context.Background()
-	// ids of one bucket: one listing
-	old := NewJob{ID: "job_00old", Tenant: "t", SessionID: "s1", Queue: "q", CreatedAt: now.Add(-2 * time.Hour)}
-	fresh := NewJob{ID: "job_00fresh", Tenant: "t", SessionID: "s2", Queue: "q", CreatedAt: now}
-	listing := rkeys.Listing(rkeys.Bucket(old.ID), "t")
-	if listing != rkeys.Listing(rkeys.Bucket(fresh.ID), "t") {
-		t.Fatal("the test's jobs are in different buckets")
-	}
-	for _, nj := range []NewJob{old, fresh} {
-		if _, _, err := s.Create(ctx, nj, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ids, err := c.ZRange(ctx, listing, 0, -1).Result()
-	if err != nil || len(ids) != 1 || ids[0] != fresh.ID {
-		t.Fatalf("listing %v (%v), want only %s: an entry older than the retention stays after the next create", ids, err, fresh.ID)
-	}
-	if _, err := s.Finish(ctx, fresh.ID, "t", "s2", 0, Outcome{Status: StatusSucceeded}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Purge(ctx, fresh.ID, "t"); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := c.ZCard(ctx, listing).Result(); err != nil || n != 0 {
-		t.Fatalf("listing holds %d entries (%v) after the purge, want none", n, err)
-	}
-}
