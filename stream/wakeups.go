@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
@@ -19,7 +20,18 @@ import (
 type Wakeups struct {
 	mu       sync.Mutex
 	emitters map[string]*Emitter // job id -> the emitter of its attempt here
+	// early keeps a wake that came before its job's emitter was added (the
+	// record names this runner from the attempt's start, a moment before):
+	// Add delivers it. Job id -> when it came.
+	early map[string]time.Time
 }
+
+// earlyWakeFor is how long a wake waits for its job's emitter, and
+// maxEarlyWakes bounds how many wait (wakes for jobs that never come here).
+const (
+	earlyWakeFor  = 5 * time.Second
+	maxEarlyWakes = 4096
+)
 
 // NewRunnerName names a process for store.Options.Runner: unique, so that
 // no two processes share a channel.
@@ -34,7 +46,7 @@ func NewRunnerName() string {
 // subscription (Redis down at first) emitters still work: a follower that
 // arrives then waits for the unfollowed window instead.
 func ListenWakeups(ctx context.Context, rdb redis.UniversalClient, runner string, log zerolog.Logger) *Wakeups {
-	w := &Wakeups{emitters: map[string]*Emitter{}}
+	w := &Wakeups{emitters: map[string]*Emitter{}, early: map[string]time.Time{}}
 	ch := rkeys.RunnerChannel(runner)
 	var ps *redis.PubSub
 	if c, ok := rdb.(*redis.ClusterClient); ok {
@@ -55,16 +67,36 @@ func ListenWakeups(ctx context.Context, rdb redis.UniversalClient, runner string
 					log.Warn().Msg("the follower wake-up subscription ended")
 					return
 				}
-				w.mu.Lock()
-				e := w.emitters[m.Payload]
-				w.mu.Unlock()
-				if e != nil {
-					e.Followed()
-				}
+				w.wake(m.Payload)
 			}
 		}
 	}()
 	return w
+}
+
+// wake switches a job's emitter to the followed window, or keeps the wake
+// for an emitter about to be added. The emitter's flush (Redis I/O) runs off
+// the subscription's goroutine, so one slow append delays no other wake.
+func (w *Wakeups) wake(id string) {
+	now := time.Now()
+	w.mu.Lock()
+	e := w.emitters[id]
+	if e == nil {
+		if len(w.early) >= maxEarlyWakes {
+			for k, at := range w.early {
+				if now.Sub(at) > earlyWakeFor {
+					delete(w.early, k)
+				}
+			}
+		}
+		if len(w.early) < maxEarlyWakes {
+			w.early[id] = now
+		}
+	}
+	w.mu.Unlock()
+	if e != nil {
+		go e.Followed()
+	}
 }
 
 // Add registers the emitter of a job's attempt here until the returned
@@ -75,7 +107,12 @@ func (w *Wakeups) Add(id string, e *Emitter) (remove func()) {
 	}
 	w.mu.Lock()
 	w.emitters[id] = e
+	at, woken := w.early[id]
+	delete(w.early, id)
 	w.mu.Unlock()
+	if woken && time.Since(at) <= earlyWakeFor {
+		e.Followed()
+	}
 	return func() {
 		w.mu.Lock()
 		if w.emitters[id] == e {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
@@ -73,5 +74,62 @@ func TestAFollowerWakesTheJobsWorker(t *testing.T) {
 				t.Fatal("the held-back deltas never came")
 			}
 		})
+	}
+}
+
+// A wake that arrives between the attempt's start (from which the record
+// names this runner) and its emitter's registration is kept and delivered
+// when the emitter is added: the follower gets the followed window, not the
+// unfollowed one, for the rest of the attempt.
+func TestAWakeBeforeTheEmitterIsAddedIsKept(t *testing.T) {
+	c := testkit.StartRedis(t).UniversalClient()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour, Runner: "w-early"})
+	w := ListenWakeups(ctx, c, "w-early", zerolog.Nop())
+	id := tasks.NewJobID("t", "s")
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.StartAttempt(ctx, id, "t", "s", id, "", false, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Wake(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w.mu.Lock()
+		_, kept := w.early[id]
+		w.mu.Unlock()
+		if kept {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the wake for a job without an emitter here was not kept")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// the follower that sent the wake listens
+	ps := c.Subscribe(ctx, rkeys.LiveChannel(id))
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := NewEmitter(ctx, attemptOf(st, id, 1), Coalescing{Window: 5 * time.Millisecond, MaxBytes: 1000, Unfollowed: time.Hour})
+	defer w.Add(id, e)()
+	// The first delta goes out at once (it tells whether anyone listens);
+	// the ones after it wait for the window they are given.
+	for i, d := range []string{"a ", "b ", "c "} {
+		if err := e.Delta(d); err != nil {
+			t.Fatal(err)
+		}
+		deadline = time.Now().Add(5 * time.Second)
+		for len(deltas(t, st, id)) <= i {
+			if time.Now().After(deadline) {
+				t.Fatalf("delta %d waits for the unfollowed window: the early wake was lost (log %q)", i+1, deltas(t, st, id))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
