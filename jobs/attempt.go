@@ -171,15 +171,16 @@ func (a *Attempt) Abandon(ctx context.Context) error {
 	return a.m.st.Abandon(ctx, a.job.JobID, a.Fence)
 }
 
-// AppendEvent adds one of this attempt's events to the job's log (stream.Emitter's sink).
-func (a *Attempt) AppendEvent(ctx context.Context, p store.Payload) (store.Appended, error) {
-	return a.m.st.AppendEvent(ctx, a.job.JobID, a.Fence, p)
+// AppendEvent adds the n-th of this attempt's events to the job's log
+// (stream.Emitter's sink); sent again with the same n, it is not made twice.
+func (a *Attempt) AppendEvent(ctx context.Context, n int64, p store.Payload) (store.Appended, error) {
+	return a.m.st.AppendEvent(ctx, a.job.JobID, a.Fence, n, p)
 }
 
 // AnnounceRetry tells followers to discard this attempt's output: attempt
-// next follows.
+// next follows. Not numbered: a retry event made twice means the same.
 func (a *Attempt) AnnounceRetry(ctx context.Context, next int, reason string) error {
-	_, err := a.AppendEvent(ctx, store.RetryEvent{Attempt: next, Reason: reason})
+	_, err := a.AppendEvent(ctx, 0, store.RetryEvent{Attempt: next, Reason: reason})
 	return err
 }
 

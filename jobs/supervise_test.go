@@ -50,7 +50,7 @@ func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 	if info, err := m.insp.GetTaskInfo(nj.Queue, j.Task); err != nil || info.State != asynq.TaskStatePending {
 		t.Fatalf("new task: %+v %v", info, err)
 	}
-	if _, err := st.AppendEvent(ctx, nj.ID, 1, store.TokenEvent{Delta: "stale"}); !errors.Is(err, store.ErrSuperseded) {
+	if _, err := st.AppendEvent(ctx, nj.ID, 1, 0, store.TokenEvent{Delta: "stale"}); !errors.Is(err, store.ErrSuperseded) {
 		t.Fatalf("the old attempt wrote: %v", err)
 	}
 	// The old task, if asynq runs it again, finds the job run by another task.

@@ -46,10 +46,9 @@ func (p *Pipeline) degrade(ctx context.Context, r *run, emit *stream.Emitter, ca
 	if emit.Emitted() {
 		p.announceRetry(ctx, r.att, r.att.N, "every provider failed; answering with the degraded reply")
 	}
-	if err := emit.Delta(p.opt.DegradedReply); err == nil {
-		_ = emit.Flush()
-	}
+	_ = emit.Delta(p.opt.DegradedReply)
 	first, err := r.att.Finish(ctx, jobs.Outcome{
+		Tail:   emit.Tail(), // the reply goes in the log with the final event
 		Status: jobs.StatusSucceeded,
 		Result: &jobs.Result{Content: p.opt.DegradedReply, Degraded: true, Provider: "none"},
 		Usage:  &jobs.Usage{},

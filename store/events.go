@@ -163,6 +163,10 @@ func ParseEvent(entry string) (Event, error) {
 // nothing. seq is the event's 1-based position in the log; it is spliced into
 // the JSON body, which arrives without it. publish is PUBLISH, or SPUBLISH on
 // Redis Cluster (the channel then lives on the job's shard).
+// key, when not empty, names the append: the record keeps the last one's
+// key and seq (append_key, append_seq), and an append sent again with that
+// key (its first try timed out, or its reply was lost) returns the seq it
+// got without appending twice: {seq, -1}.
 const appendEventLua = `
 local function append_event(events, channel, typ, body, ttl, publish)
   local seq = redis.call('LLEN', events) + 1
@@ -177,21 +181,30 @@ local function append_event(events, channel, typ, body, ttl, publish)
   if seq == 1 then redis.call('EXPIRE', events, ttl) end -- finish sets it again
   return seq, redis.call(publish, channel, entry) -- and how many follow it live
 end
+local function append_once(job, events, channel, typ, body, ttl, publish, key)
+  if key == '' then return append_event(events, channel, typ, body, ttl, publish) end
+  local last = redis.call('HMGET', job, 'append_key', 'append_seq')
+  if last[1] == key then return tonumber(last[2]), -1 end
+  local seq, followers = append_event(events, channel, typ, body, ttl, publish)
+  redis.call('HSET', job, 'append_key', key, 'append_seq', seq)
+  return seq, followers
+end
 `
 
 // appendEvent adds an event to a running job; a log it starts is kept as
 // long as the record (Store.keep, then finish's retention). Returns the event's seq and
-// how many subscribers got it live; a seq of 0 when the job is already
+// how many subscribers got it live (-1: the append was made before, under
+// the same key); a seq of 0 when the job is already
 // finished (nothing may follow its last event), -1 when the record is gone,
 // -2 when a later attempt owns the job (this one is fenced out).
 var appendEvent = redis.NewScript(lua(appendEventLua, ownsLua, `
 local job, events = KEYS[1], KEYS[2]
-local typ, body, retention, channel, fence, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local typ, body, retention, channel, fence, publish, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local st, f = state(job)
 if not st then return {-1, 0} end
 if terminal(st) then return {0, 0} end
 if fence > 0 and (st ~= ACTIVE or f ~= fence) then return {-2, 0} end
-return {append_event(events, channel, typ, body, retention, publish)}
+return {append_once(job, events, channel, typ, body, retention, publish, key)}
 `))
 
 // Appended is where an event went.
@@ -200,17 +213,22 @@ type Appended struct {
 	// Followers is how many subscribers got it live (on Redis Cluster, of
 	// the job's shard: where every follower of the job subscribes).
 	Followers int64
+	// Repeated: the append had been made before, under the same key
+	// (Followers is then unknown).
+	Repeated bool
 }
 
 // AppendEvent adds an event to a running job's log and publishes it.
 // attempt > 0 fences it: ErrSuperseded once a later attempt owns the job.
-func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Payload) (Appended, error) {
+// n > 0 numbers the attempt's events (1, 2, …) and makes the append safe
+// to send again after an error: the job's last append is not made twice.
+func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, n int64, p Payload) (Appended, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return Appended{}, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
 	res, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		p.EventType(), string(b), s.keep(), rkeys.LiveChannel(id), attempt, s.publish).Int64Slice()
+		p.EventType(), string(b), s.keep(), rkeys.LiveChannel(id), attempt, s.publish, appendKey(attempt, n)).Int64Slice()
 	switch {
 	case err != nil:
 		return Appended{}, unavailable("append event", err)
@@ -223,7 +241,16 @@ func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, p Paylo
 	case res[0] < 0:
 		return Appended{}, ErrNotFound
 	}
-	return Appended{Seq: res[0], Followers: res[1]}, nil
+	return Appended{Seq: res[0], Followers: max(res[1], 0), Repeated: res[1] < 0}, nil
+}
+
+// appendKey names the n-th numbered event of an attempt: unique per job, as
+// every attempt has its own fence. Empty when n is 0 (not numbered).
+func appendKey(attempt int, n int64) string {
+	if n <= 0 {
+		return ""
+	}
+	return strconv.Itoa(attempt) + ":" + strconv.FormatInt(n, 10)
 }
 
 // Events returns a job's log after seq `after`, oldest first.

@@ -28,6 +28,7 @@ import (
 // (budget_spend: its answer's and its failed calls' budget_extra) and enters
 // its bucket's settle index (store/budget.go). What a failed last call used
 // (spentLua) is counted even when the finish is fenced out.
+// The attempt's tail (Tail) goes into the log just before the final event.
 // KEYS: job, order, history, events, leases, unfinished, webhook outbox,
 // usage ledger, settle index. ARGV: finishArgs.
 var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, spentLua, `
@@ -37,11 +38,12 @@ local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local history_max, history_ttl = tonumber(ARGV[5]), ARGV[6]
 local result, usage, err = ARGV[7], ARGV[8], ARGV[9]
 local event_type, event_body, channel = ARGV[10], ARGV[11], ARGV[12]
-local fence, member, publish, tail = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
+local fence, member, publish, tail_key = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
 local tenant, session, prefix, check = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local usage_field, prompt_tokens, completion_tokens, usage_ttl = ARGV[21], tonumber(ARGV[22]), tonumber(ARGV[23]), ARGV[24]
 local budget_spend = tonumber(ARGV[25])
-local first_entry = 32 -- history entries from here on
+local tail_events = tonumber(ARGV[32]) -- type and body of each, from ARGV[33] on
+local first_entry = 33 + 2 * tail_events -- history entries from here on
 local function released() return release(order, unfinished, id, tenant, session, prefix, check) end
 count_spent(job, ledger, 26) -- a failed call was billed, whoever ends the job
 local st, f = state(job)
@@ -82,7 +84,10 @@ end
 -- the payload was only needed to run the job again
 if err ~= '' then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error') end
 redis.call('EXPIRE', job, retention)
-if tail ~= '' then append_event(events, channel, 'token', tail, retention, publish) end
+for i = 1, tail_events do
+  local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost
+  append_once(job, events, channel, ARGV[31 + 2 * i], ARGV[32 + 2 * i], retention, publish, key)
+end
 if append_event(events, channel, event_type, event_body, retention, publish) > 1 then
   redis.call('EXPIRE', events, retention) -- the log lives as long as the record
 end
@@ -110,7 +115,9 @@ type finishArgs struct {
 	EventType, EventBody   string // the final event
 	Channel                string
 	Fence                  int // 0: not an attempt's
-	Member, Publish, Tail  string
+	Member, Publish        string
+	TailKey                string   // the append key of Tail[0]
+	Tail                   []string // type and body (JSON) of each event
 	Tenant, Session        string
 	Prefix                 string
 	Check                  int64  // the next job's check, ms
@@ -124,9 +131,13 @@ type finishArgs struct {
 
 func (a finishArgs) argv() []any {
 	out := []any{a.ID, a.Status, a.FinishedAt, a.Retention, a.HistoryMax, a.HistoryTTL, a.Result, a.Usage, a.Error,
-		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.Tail, a.Tenant, a.Session, a.Prefix, a.Check,
+		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.TailKey, a.Tenant, a.Session, a.Prefix, a.Check,
 		a.UsageField, a.Prompt, a.Completion, a.UsageTTL, a.BudgetSpend}
 	out = append(out, a.Spent.argv()...)
+	out = append(out, len(a.Tail)/2)
+	for _, t := range a.Tail {
+		out = append(out, t)
+	}
 	for _, h := range a.History {
 		out = append(out, h)
 	}
@@ -140,10 +151,8 @@ type Outcome struct {
 	Usage   *Usage
 	Error   *JobError
 	History []Message // appended to the session's history with the outcome
-	// Tail is the end of the reply that had not gone out as token events
-	// yet: appended as one token event just before the final one, in the
-	// same script (a fast reply's last batch costs no round trip).
-	Tail string
+	// Tail is what the attempt's log had not confirmed when it ended.
+	Tail Tail
 	// UsageModel is the model the usage is counted and priced under: the
 	// one the call asked for (default: Result.Model).
 	UsageModel string
@@ -153,6 +162,37 @@ type Outcome struct {
 	// Spent is what the failed call that ended the job used (nil: nothing
 	// known): counted in the ledger, its cost in the budget's.
 	Spent *Spent
+}
+
+// Tail is the end of an attempt's output that its log had not confirmed
+// when it ended, appended just before the final event in the same script:
+// a fast reply's last batch costs no round trip of its own, and an append
+// that failed is made exactly once.
+type Tail struct {
+	// Unconfirmed are events whose append failed, oldest first. The first
+	// may have been made all the same (a timeout after Redis applied it):
+	// N, its number in the attempt (AppendEvent), lets the script tell.
+	Unconfirmed []Payload
+	N           int64
+	// Text is the reply's text that was waiting for its batch.
+	Text string
+}
+
+// argv encodes the tail's events as type and body pairs.
+func (t Tail) argv() ([]string, error) {
+	evs := t.Unconfirmed
+	if t.Text != "" {
+		evs = append(evs[:len(evs):len(evs)], TokenEvent{Delta: t.Text})
+	}
+	out := make([]string, 0, 2*len(evs))
+	for _, ev := range evs {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
+		}
+		out = append(out, ev.EventType(), string(b))
+	}
+	return out, nil
 }
 
 // Finished is what Finish did.
@@ -184,12 +224,11 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
 		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens
 	}
-	if o.Tail != "" {
-		tail, err := json.Marshal(TokenEvent{Delta: o.Tail})
-		if err != nil {
-			return Finished{}, fmt.Errorf("encode token event: %w", err)
-		}
-		a.Tail = string(tail)
+	if a.Tail, err = o.Tail.argv(); err != nil {
+		return Finished{}, err
+	}
+	if len(o.Tail.Unconfirmed) > 0 {
+		a.TailKey = appendKey(attempt, o.Tail.N)
 	}
 	for _, m := range o.History {
 		a.History = append(a.History, jsonOrEmpty(m))

@@ -151,7 +151,7 @@ func TestHeldJobsKeepTheirEventLog(t *testing.T) {
 			if err != nil || a.N != 1 {
 				t.Fatalf("start %+v %v", a, err)
 			}
-			if _, err := s.AppendEvent(ctx, id, a.Fence, TokenEvent{Delta: "x"}); err != nil {
+			if _, err := s.AppendEvent(ctx, id, a.Fence, 0, TokenEvent{Delta: "x"}); err != nil {
 				t.Fatal(err)
 			}
 			if err := step(id, a.Fence); err != nil {
@@ -228,7 +228,7 @@ func TestStaleAttemptWithTheSameNumberIsFencedOut(t *testing.T) {
 	if err != nil || a2.N != a1.N || a2.Fence == a1.Fence {
 		t.Fatalf("after a deferral: first %+v, second %+v (%v)", a1, a2, err)
 	}
-	if _, err := s.AppendEvent(ctx, id, a1.Fence, TokenEvent{Delta: "stale"}); err != ErrSuperseded {
+	if _, err := s.AppendEvent(ctx, id, a1.Fence, 0, TokenEvent{Delta: "stale"}); err != ErrSuperseded {
 		t.Fatalf("a stale attempt's event: %v, want ErrSuperseded", err)
 	}
 	if f, err := s.Finish(ctx, id, "t", id, a1.Fence, Outcome{Status: StatusSucceeded, Result: &Result{Content: "stale"}, Usage: &Usage{}}); err != nil || f.First {

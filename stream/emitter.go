@@ -34,15 +34,20 @@ type Coalescing struct {
 // flight, and the size of one append.
 const UnfollowedMaxBytes = 16 << 10
 
-// publishAttempts is how often one event is offered to Redis before the
-// emitter gives up on it; the final result is recorded separately and never
-// depends on it.
+// publishAttempts is how often one event is offered to Redis in a row; an
+// event still unconfirmed after them stays first in line and is offered
+// again after retryAfter, ahead of anything newer, under the same number: the
+// log gets it exactly once (store.AppendEvent). What the log has not
+// confirmed when the attempt ends goes with the final script (Tail).
 const publishAttempts = 3
 
+const retryAfter = 250 * time.Millisecond
+
 // Log is where one attempt's events go: the job's event log, each write
-// fenced by the attempt (jobs.Attempt).
+// fenced by the attempt (jobs.Attempt). n numbers the attempt's events; an
+// event sent again with its number is not appended twice.
 type Log interface {
-	AppendEvent(ctx context.Context, p store.Payload) (store.Appended, error)
+	AppendEvent(ctx context.Context, n int64, p store.Payload) (store.Appended, error)
 }
 
 // Emitter publishes one attempt's token deltas and tool-call fragments to a
@@ -54,9 +59,18 @@ type Emitter struct {
 	mu   sync.Mutex
 	buf  strings.Builder      // waiting text, or the waiting arguments of tool
 	tool *store.ToolCallEvent // what waits is a fragment of this tool call
-	tm   *time.Timer
-	sent int   // token and tool_call events published
-	err  error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
+	// queue holds events handed to the log and not confirmed yet, oldest
+	// first; the first is numbered n-len(queue)+1. Only the first was
+	// ever offered.
+	queue []store.Payload
+	n     int64 // events numbered so far
+	tm    *time.Timer
+	sent  int // token and tool_call events confirmed
+	// failing: the first in line could not be appended; the retry's
+	// timer sends it, and all that follows it.
+	failing bool
+	dropped bool  // Flush gave up on events that may have reached the log
+	err     error // sticky: store.ErrJobFinished once the job was canceled, store.ErrSuperseded once taken over
 	// followed: a client asked for the tokens live (Followed); unfollowed:
 	// the last event reached no subscriber all the same.
 	followed, unfollowed bool
@@ -80,7 +94,7 @@ func (e *Emitter) Delta(d string) error {
 		return e.err
 	}
 	if e.tool != nil {
-		e.flushLocked() // text after a tool call's fragment goes out after it
+		e.takeLocked() // text after a tool call's fragment goes out after it
 	}
 	e.buf.WriteString(d)
 	e.scheduleLocked()
@@ -89,7 +103,7 @@ func (e *Emitter) Delta(d string) error {
 
 // ToolCall takes the next fragment of the index-th tool call (id and name
 // on its first). Fragments of one call are batched like text; a fragment
-// of another call, or text, sends the waiting one first.
+// of another call, or text, goes out after the waiting one.
 func (e *Emitter) ToolCall(index int, id, name, args string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -97,7 +111,7 @@ func (e *Emitter) ToolCall(index int, id, name, args string) error {
 		return e.err
 	}
 	if t := e.tool; (t == nil && e.buf.Len() > 0) || (t != nil && (t.Index != index || ((id != "" || name != "") && (t.ID != "" || t.Name != "" || e.buf.Len() > 0)))) {
-		e.flushLocked()
+		e.takeLocked()
 	}
 	if e.tool == nil {
 		e.tool = &store.ToolCallEvent{Index: index}
@@ -109,23 +123,38 @@ func (e *Emitter) ToolCall(index int, id, name, args string) error {
 	return e.err
 }
 
-// scheduleLocked sends what waits now (an attempt's first piece, or a full
-// batch) or arms the window's timer.
+// scheduleLocked sends what is in line (a tool call's fragment that text
+// or another call followed), then what waits if it is due (an attempt's
+// first piece, a full batch), or arms the window's timer. While appends
+// fail, the retry's timer is left to send it all.
 func (e *Emitter) scheduleLocked() {
+	if e.failing {
+		return
+	}
+	if len(e.queue) > 0 {
+		if e.sendLocked(false); e.failing {
+			return
+		}
+	}
 	window, maxBytes := e.c.Window, e.c.MaxBytes
 	if (!e.followed || e.unfollowed) && e.c.Unfollowed > window {
 		window, maxBytes = e.c.Unfollowed, UnfollowedMaxBytes
 	}
 	switch {
 	case e.sent == 0 || e.buf.Len() >= maxBytes || window <= 0:
-		e.flushLocked()
+		e.flushLocked(false)
 	case e.tm == nil:
-		e.tm = time.AfterFunc(window, func() {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			e.flushLocked()
-		})
+		e.armLocked(window)
 	}
+}
+
+func (e *Emitter) armLocked(d time.Duration) {
+	e.tm = time.AfterFunc(d, func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.tm = nil
+		e.flushLocked(false)
+	})
 }
 
 // Followed says a client follows the job's tokens live (it has subscribed):
@@ -138,51 +167,56 @@ func (e *Emitter) Followed() {
 	}
 	e.followed, e.unfollowed = true, false
 	if e.sent > 0 {
-		e.flushLocked()
+		e.flushLocked(false)
 	}
 }
 
-// Flush publishes whatever is waiting. Call it before recording the outcome,
-// so that the final event follows every token.
+// Flush publishes whatever is waiting, once: at the end of an attempt that
+// failed, so that the events that follow (retry, final) come after every
+// token. What the log did not confirm is dropped: the failure's retry
+// event tells followers to discard the attempt's output anyway (Emitted).
 func (e *Emitter) Flush() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.flushLocked()
+	e.flushLocked(true)
 	return e.err
 }
 
-// Tail hands over whatever text is waiting instead of publishing it, for
-// the final script to append just before the final event
-// (store.Outcome.Tail): a fast reply's last batch then costs no round trip of
-// its own. A waiting tool-call fragment is published here.
-func (e *Emitter) Tail() string {
+// Tail hands over what the log has not confirmed, instead of publishing it,
+// for the final script to append just before the final event: a fast
+// reply's last batch then costs no round trip of its own, and an append
+// that failed is made there, once.
+func (e *Emitter) Tail() store.Tail {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.stopLocked()
 	if e.tool != nil {
-		e.flushLocked()
+		e.takeLocked()
 	}
-	if e.tm != nil {
-		e.tm.Stop()
-		e.tm = nil
-	}
-	t := e.buf.String()
+	t := store.Tail{Unconfirmed: e.queue, N: e.n - int64(len(e.queue)) + 1, Text: e.buf.String()}
+	e.queue = nil
 	e.buf.Reset()
 	return t
 }
 
-// Emitted reports whether any token of this attempt reached the log.
+// Emitted reports whether any token of this attempt may have reached the
+// log (one whose append was not confirmed may have).
 func (e *Emitter) Emitted() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.sent > 0
+	return e.sent > 0 || len(e.queue) > 0 || e.dropped
 }
 
-func (e *Emitter) flushLocked() {
+func (e *Emitter) stopLocked() {
 	if e.tm != nil {
 		e.tm.Stop()
 		e.tm = nil
 	}
-	if (e.buf.Len() == 0 && e.tool == nil) || e.err != nil {
+}
+
+// takeLocked numbers what waits as the next event and puts it in line.
+func (e *Emitter) takeLocked() {
+	if e.buf.Len() == 0 && e.tool == nil {
 		return
 	}
 	var ev store.Payload = store.TokenEvent{Delta: e.buf.String()}
@@ -192,10 +226,51 @@ func (e *Emitter) flushLocked() {
 		ev, e.tool = t, nil
 	}
 	e.buf.Reset()
+	e.n++
+	e.queue = append(e.queue, ev)
+}
+
+// flushLocked appends what is in line and what waits, in order.
+func (e *Emitter) flushLocked(final bool) {
+	e.stopLocked()
+	if e.err != nil {
+		return
+	}
+	e.takeLocked()
+	e.sendLocked(final)
+}
+
+// sendLocked appends what is in line until an append fails; then the
+// retry's timer tries again, unless the attempt is over; a final send drops
+// what it could not append.
+func (e *Emitter) sendLocked(final bool) {
+	for len(e.queue) > 0 {
+		if e.appendFirstLocked() {
+			continue
+		}
+		e.stopLocked()
+		if final {
+			e.queue, e.dropped, e.failing = nil, true, false
+			return
+		}
+		e.failing = true
+		if e.ctx.Err() == nil {
+			e.armLocked(retryAfter)
+		}
+		return
+	}
+	e.failing = false
+}
+
+// appendFirstLocked offers the first event in line to the log: true once it
+// is settled (appended, or the attempt may append no more), false when the
+// log could not confirm it.
+func (e *Emitter) appendFirstLocked() bool {
+	n := e.n - int64(len(e.queue)) + 1
 	var err error
 	var a store.Appended
 	for i := range publishAttempts {
-		a, err = e.log.AppendEvent(e.ctx, ev)
+		a, err = e.log.AppendEvent(e.ctx, n, e.queue[0])
 		if err == nil || errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrSuperseded) || errors.Is(err, store.ErrNotFound) || e.ctx.Err() != nil {
 			break
 		}
@@ -203,13 +278,19 @@ func (e *Emitter) flushLocked() {
 	}
 	switch {
 	case err == nil:
+		e.queue = e.queue[1:]
 		e.sent++
-		e.unfollowed = a.Followers == 0
+		if !a.Repeated {
+			e.unfollowed = a.Followers == 0
+		}
+		return true
 	case errors.Is(err, store.ErrSuperseded):
 		e.err = err
 	case errors.Is(err, store.ErrJobFinished) || errors.Is(err, store.ErrNotFound):
 		e.err = store.ErrJobFinished
+	default:
+		return false // offered again later, or with the attempt's end (Tail)
 	}
-	// Other failures lose this delta from the live stream only: the result
-	// recorded at the end holds the whole reply.
+	e.queue = nil
+	return true
 }

@@ -3,7 +3,11 @@ package stream
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,8 +137,8 @@ func TestTailGoesOutWithTheFinalEvent(t *testing.T) {
 	if err := json.Unmarshal([]byte(evs[1].Data), &d); err != nil || d.Delta != " two three" {
 		t.Fatalf("tail event %s %v", evs[1].Data, err)
 	}
-	if e.Tail() != "" {
-		t.Fatal("the tail was handed over twice")
+	if tail := e.Tail(); tail.Text != "" || len(tail.Unconfirmed) > 0 {
+		t.Fatalf("the tail was handed over twice: %+v", tail)
 	}
 }
 
@@ -158,8 +162,16 @@ func TestEmitterCarriesToolCalls(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if tail := e.Tail(); tail != "" {
-		t.Fatalf("a waiting tool call fragment is no text tail: %q", tail)
+	if !e.Emitted() {
+		t.Fatal("tool calls count as output")
+	}
+	// The waiting fragment goes with the final script.
+	tail := e.Tail()
+	if tail.Text != "" || len(tail.Unconfirmed) != 1 {
+		t.Fatalf("a waiting tool call fragment is no text tail: %+v", tail)
+	}
+	if _, err := st.Finish(context.Background(), "job_tc", "t", "job_tc", 1, store.Outcome{Status: store.StatusCanceled, Tail: tail}); err != nil {
+		t.Fatal(err)
 	}
 	evs, err := st.Events(context.Background(), "job_tc", 0)
 	if err != nil {
@@ -177,6 +189,7 @@ func TestEmitterCarriesToolCalls(t *testing.T) {
 		store.TokenEvent{Seq: 1, Delta: "Let me look."},
 		store.ToolCallEvent{Seq: 2, Index: 0, ID: "call_a", Name: "weather", Arguments: `{"city":"Paris"}`},
 		store.ToolCallEvent{Seq: 3, Index: 1, ID: "call_b", Name: "time", Arguments: `{"tz":"CET"}`},
+		store.CanceledEvent{Seq: 4},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("events %#v", got)
@@ -185,9 +198,6 @@ func TestEmitterCarriesToolCalls(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("event %d: %#v, want %#v", i, got[i], want[i])
 		}
-	}
-	if !e.Emitted() {
-		t.Fatal("tool calls count as output")
 	}
 }
 
@@ -198,8 +208,8 @@ type fencedSink struct {
 	n  int
 }
 
-func (f fencedSink) AppendEvent(ctx context.Context, p store.Payload) (store.Appended, error) {
-	return f.st.AppendEvent(ctx, f.id, f.n, p)
+func (f fencedSink) AppendEvent(ctx context.Context, n int64, p store.Payload) (store.Appended, error) {
+	return f.st.AppendEvent(ctx, f.id, f.n, n, p)
 }
 
 func attemptOf(st *store.Store, id string, n int) Log { return fencedSink{st, id, n} }
@@ -261,7 +271,110 @@ func TestEmitterBatchesLongerWhileUnfollowed(t *testing.T) {
 	send("h ", "i ")
 	time.Sleep(50 * time.Millisecond)
 	logged("a |b c d |e |f |g ")
-	if tail := e.Tail(); tail != "h i " {
-		t.Fatalf("waiting at the end: %q", tail)
+	if tail := e.Tail(); tail.Text != "h i " {
+		t.Fatalf("waiting at the end: %+v", tail)
+	}
+}
+
+// flakyLog fails appends as a Redis under strain does: some never reach it
+// (refused), some are applied and their reply is lost (timed out).
+type flakyLog struct {
+	Log
+	mu    sync.Mutex
+	rnd   *rand.Rand
+	calls map[string]int
+}
+
+func (f *flakyLog) AppendEvent(ctx context.Context, n int64, p store.Payload) (store.Appended, error) {
+	f.mu.Lock()
+	r := f.rnd.IntN(10)
+	f.mu.Unlock()
+	switch {
+	case r < 3:
+		f.count("refused")
+		return store.Appended{}, errors.New("redis: connection refused")
+	case r < 6:
+		f.count("timed out")
+		if _, err := f.Log.AppendEvent(ctx, n, p); err != nil {
+			return store.Appended{}, err
+		}
+		return store.Appended{}, fmt.Errorf("append event: %w", context.DeadlineExceeded)
+	}
+	f.count("ok")
+	return f.Log.AppendEvent(ctx, n, p)
+}
+
+func (f *flakyLog) count(what string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[what]++
+}
+
+// Under appends that fail or time out after they were applied, the log
+// still holds the reply exactly once, in order: what streamed equals what
+// was stored, tool calls included, and no seq repeats.
+func TestTheLogHoldsTheReplyOnceUnderFailingAppends(t *testing.T) {
+	st := newStore(t)
+	for seed := range uint64(20) {
+		id := fmt.Sprintf("job_flaky_%d", seed)
+		activeJob(t, st, id)
+		log := &flakyLog{Log: attemptOf(st, id, 1), rnd: rand.New(rand.NewPCG(seed, 7)), calls: map[string]int{}}
+		e := NewEmitter(context.Background(), log, Coalescing{Window: time.Millisecond, MaxBytes: 8})
+		var want strings.Builder
+		for i := range 40 {
+			d := fmt.Sprintf("w%d ", i)
+			want.WriteString(d)
+			if err := e.Delta(d); err != nil {
+				t.Fatal(err)
+			}
+			if i%3 == 0 {
+				time.Sleep(2 * time.Millisecond) // let the window's and the retry's timers fire
+			}
+		}
+		if err := e.ToolCall(0, "call_1", "lookup", `{"q":`); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.ToolCall(0, "", "", `"x"}`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Finish(context.Background(), id, "t", id, 1, store.Outcome{Status: store.StatusSucceeded,
+			Result: &store.Result{Content: want.String()}, Tail: e.Tail()}); err != nil {
+			t.Fatal(err)
+		}
+		evs, err := st.Events(context.Background(), id, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var text, args strings.Builder
+		for i, ev := range evs {
+			if ev.Seq != int64(i+1) {
+				t.Fatalf("seed %d: event %d has seq %d", seed, i, ev.Seq)
+			}
+			p, err := ev.Decode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch p := p.(type) {
+			case store.TokenEvent:
+				if args.Len() > 0 {
+					t.Fatalf("seed %d: text after the tool call", seed)
+				}
+				text.WriteString(p.Delta)
+			case store.ToolCallEvent:
+				args.WriteString(p.Arguments)
+			case store.DoneEvent:
+				if i != len(evs)-1 {
+					t.Fatalf("seed %d: done is not last", seed)
+				}
+			default:
+				t.Fatalf("seed %d: unexpected %s event", seed, ev.Type)
+			}
+		}
+		if text.String() != want.String() || args.String() != `{"q":"x"}` {
+			t.Fatalf("seed %d (%v): the log holds %q and %q; the reply was %q", seed, log.calls, text.String(), args.String(), want.String())
+		}
+		if log.calls["refused"] == 0 || log.calls["timed out"] == 0 {
+			t.Fatalf("seed %d: no fault injected: %v", seed, log.calls)
+		}
 	}
 }

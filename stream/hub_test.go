@@ -55,7 +55,7 @@ func TestHubOnClusterKeepsOneConnectionPerShard(t *testing.T) {
 		t.Fatalf("%d pub/sub connections for %d jobs over 3 shards, want 3", conns, len(ids))
 	}
 	for i, id := range ids {
-		if _, err := st.AppendEvent(ctx, id, 1, store.TokenEvent{Delta: id}); err != nil {
+		if _, err := st.AppendEvent(ctx, id, 1, 0, store.TokenEvent{Delta: id}); err != nil {
 			t.Fatal(err)
 		}
 		select {
@@ -106,7 +106,7 @@ func TestHubFollowsAChannelWhoseSlotMoved(t *testing.T) {
 
 	deadline := time.Now().Add(10 * time.Second)
 	for seq := int64(1); ; seq++ {
-		a, err := st.AppendEvent(ctx, id, 1, store.TokenEvent{Delta: "x"})
+		a, err := st.AppendEvent(ctx, id, 1, 0, store.TokenEvent{Delta: "x"})
 		if err != nil || a.Seq != seq {
 			t.Fatalf("append %d: %d %v", seq, a.Seq, err)
 		}
