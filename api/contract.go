@@ -316,16 +316,18 @@ func validToolCall(c *tasks.ToolCall, field string) error {
 	return nil
 }
 
-// refusedBy names the field of p that no provider of the configured chain
-// can carry (the primary's reason), as the front door's request names it
-// (names maps the Chat Completions name to the front door's own where they
-// differ). Workers check again: their configuration is the one that counts.
-func (s *Server) refusedBy(p *tasks.GenParams, names map[string]string) error {
-	if p == nil || len(s.opt.Providers) == 0 {
+// refusedBy names the field of p that no deployment of the model (nor of
+// its fallbacks) can carry (the first's reason), as the front door's
+// request names it (names maps the Chat Completions name to the front
+// door's own where they differ). Workers check again: their configuration
+// is the one that counts.
+func (s *Server) refusedBy(model string, p *tasks.GenParams, names map[string]string) error {
+	kinds := s.kinds(model)
+	if p == nil || len(kinds) == 0 {
 		return nil
 	}
 	first := ""
-	for _, kind := range s.opt.Providers {
+	for _, kind := range kinds {
 		f := carry.Unsupported(kind, *p)
 		if f == "" {
 			return nil
@@ -338,7 +340,7 @@ func (s *Server) refusedBy(p *tasks.GenParams, names map[string]string) error {
 	if n, ok := names[first]; ok {
 		field = n
 	}
-	return contractErr(field, fmt.Sprintf("no configured provider (%s) has an equivalent for %s", strings.Join(s.opt.Providers, ", "), first))
+	return contractErr(field, fmt.Sprintf("no configured provider (%s) has an equivalent for %s", strings.Join(kinds, ", "), first))
 }
 
 // OpenAI's documented limits on the fields both /v1 doors share.

@@ -1,12 +1,9 @@
 package api
 
 import (
-	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -28,10 +25,10 @@ func (s *Server) submit(c echo.Context) error {
 	if err := req.validate(); err != nil {
 		return err
 	}
-	if req.Model != "" && len(s.opt.Models) > 0 && !slices.Contains(s.opt.Models, req.Model) {
-		return invalid("model", fmt.Sprintf("%q is not an allowed model (%s)", req.Model, strings.Join(s.opt.Models, ", ")))
+	if !s.served(req.Model) {
+		return s.unknownModel(req.Model, false)
 	}
-	if err := s.refusedBy(req.params, nil); err != nil {
+	if err := s.refusedBy(req.Model, req.params, nil); err != nil {
 		return unprocessable(err)
 	}
 	tenant := tenantOf(c)

@@ -3,9 +3,7 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -28,6 +26,7 @@ func (s *Server) registerOpenAI(e *echo.Echo) {
 	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.gate.middleware, s.rate.middleware}
 	e.POST("/v1/chat/completions", s.chatCompletions, mw...)
 	e.GET("/v1/models", s.listModels, mw...)
+	e.GET("/v1/models/*", s.getModel, mw...)
 }
 
 // openAIErrors renders every error of the front door in OpenAI's shape:
@@ -80,10 +79,10 @@ func (s *Server) chatCompletions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.Model != "" && len(s.opt.Models) > 0 && !slices.Contains(s.opt.Models, r.Model) {
-		return errf(http.StatusNotFound, "model_not_found", "model", fmt.Sprintf("the model %q does not exist or you do not have access to it", r.Model))
+	if !s.served(r.Model) {
+		return s.unknownModel(r.Model, true)
 	}
-	if err := s.refusedBy(params, nil); err != nil {
+	if err := s.refusedBy(r.Model, params, nil); err != nil {
 		return err
 	}
 	// Each request is its own one-job session: the conversation comes with it.

@@ -201,15 +201,3 @@ func (s *oaSink) finishReason() string {
 	}
 	return "stop"
 }
-
-func (s *Server) listModels(c echo.Context) error {
-	models := s.opt.Models
-	if len(models) == 0 {
-		models = []string{s.opt.DefaultModel}
-	}
-	data := make([]any, 0, len(models))
-	for _, m := range models {
-		data = append(data, map[string]any{"id": m, "object": "model", "created": 0, "owned_by": "chatfleet"})
-	}
-	return c.JSON(http.StatusOK, map[string]any{"object": "list", "data": data})
-}

@@ -55,8 +55,8 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if r.Model != "" && len(s.opt.Models) > 0 && !slices.Contains(s.opt.Models, r.Model) {
-		return errf(http.StatusNotFound, "model_not_found", "model", fmt.Sprintf("the model %q does not exist or you do not have access to it", r.Model))
+	if !s.served(r.Model) {
+		return s.unknownModel(r.Model, true)
 	}
 	stored := r.Store == nil || *r.Store
 	if r.Background && !stored {
@@ -75,7 +75,7 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.refusedBy(params, respFieldNames); err != nil {
+	if err := s.refusedBy(r.Model, params, respFieldNames); err != nil {
 		return err
 	}
 	tenant := tenantOf(c)

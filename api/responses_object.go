@@ -32,7 +32,7 @@ func (s *Server) responseObjectAs(r respRecord, status string, res *store.Result
 		model = res.Model
 	}
 	if model == "" {
-		model = s.opt.DefaultModel
+		model = s.defaultModel()
 	}
 	output := []any{}
 	if res != nil && status == "completed" {

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatfleet/chatfleet/jobs"
+	"github.com/chatfleet/chatfleet/models"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/webhooks"
@@ -29,8 +30,12 @@ type Options struct {
 	// TenantRate and TenantBurst limit each tenant's requests per second,
 	// across every API process (0: unlimited).
 	TenantRate, TenantBurst int
-	Models                  []string // models a job may ask for; empty: any
-	DefaultModel            string   // what /v1/models lists when Models is empty
+	// Models is the model list in force (it changes when the models file
+	// is edited); nil: one model, any name.
+	Models func() *models.Set
+	// Allowed are the names a request may send before the models file
+	// (CHATFLEET_MODELS); empty: any. /v1/models lists them.
+	Allowed []string
 	// StreamMaxDuration ends a stream after this long (default 1h); the
 	// client resumes with Last-Event-ID.
 	StreamMaxDuration time.Duration
@@ -42,9 +47,6 @@ type Options struct {
 	// MaxConversationBytes caps a /v1/responses conversation continued with
 	// previous_response_id (0: no cap).
 	MaxConversationBytes int
-	// Providers are the kinds of the provider chain, primary first: a
-	// request part that none of them can carry is refused at once.
-	Providers []string
 	// Webhooks are the tenants' webhook endpoints and secrets (nil: none).
 	Webhooks *webhooks.Registry
 	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.

@@ -181,7 +181,7 @@ func (g *Guarded) call(ctx context.Context, req Request, onDelta func(Delta) err
 		return g.stream(ctx, req, onDelta)
 	}
 	cost := estimateCost(req)
-	budget := g.cap.set.MaxInlineWait
+	budget := inlineWait(ctx, g.cap.set.MaxInlineWait)
 	for {
 		s, err := g.cap.acquire(ctx, cost, req.Priority == PriorityHigh, &budget)
 		if err != nil {

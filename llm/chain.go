@@ -5,24 +5,84 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
 )
 
-// Chain calls its providers in order: the next one when one is open or fails
-// before its first token. A provider that cannot carry the request whole
-// (tools or a response format it has no equivalent for) is passed over. A provider that fails after streaming part of a
-// reply ends the attempt (the pipeline announces a retry); a provider that
-// rejects the request (400, 401, …) ends it too, with no fallback: the
-// request, not the provider, is at fault.
+// Chain routes a request to the public model it names (Group): one of the
+// model's deployments that is healthy and has capacity now, chosen in
+// proportion to its weight; another one when that one is open, at capacity
+// or fails before its first token; then the model's fallbacks, in order,
+// each with its own deployments. A deployment that cannot carry the request
+// whole (tools or a response format it has no equivalent for) is passed
+// over. A deployment that fails after streaming part of a reply ends the
+// attempt (the pipeline announces a retry); one that rejects the request
+// (400, 401, …) ends it too, with no fallback: the request, not the
+// deployment, is at fault. When the deployments that could answer are at
+// capacity, the job waits in the queue for the first (*CapacityError)
+// instead of falling back.
 type Chain struct {
-	links []Provider
+	mu     sync.RWMutex
+	groups map[string]*Group
+	def    string
+	// legacy: one model made from the CHATFLEET_LLM_* variables; any name a
+	// request sends renames its first deployment's model, as it always did.
+	legacy bool
+	built  *builder // nil: made by NewChain
 }
 
-// NewChain returns a chain of providers, primary first.
-func NewChain(links ...Provider) *Chain { return &Chain{links: links} }
+// Group is one public model: its deployments and the models it falls
+// back to.
+type Group struct {
+	Name      string
+	Links     []Provider
+	Weights   []float64 // nil: in order, the first while it answers
+	Fallbacks []string
+}
+
+// NewChain returns one model served by links in order, primary first (the
+// provider chain of the CHATFLEET_LLM_* variables).
+func NewChain(links ...Provider) *Chain {
+	c := &Chain{}
+	c.set("", []*Group{{Links: links}}, true)
+	return c
+}
+
+func (c *Chain) set(def string, groups []*Group, legacy bool) {
+	m := make(map[string]*Group, len(groups))
+	for _, g := range groups {
+		m[g.Name] = g
+	}
+	c.mu.Lock()
+	c.groups, c.def, c.legacy = m, def, legacy
+	c.mu.Unlock()
+}
+
+// group is the public model a request names, and the models to try after it.
+func (c *Chain) group(model string) (*Group, []*Group, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	g, ok := c.groups[cmp.Or(model, c.def)]
+	if !ok && c.legacy {
+		g, ok = c.groups[c.def], true
+	}
+	if !ok {
+		return nil, nil, false
+	}
+	var fbs []*Group
+	for _, name := range g.Fallbacks {
+		if f, ok := c.groups[name]; ok && f != g {
+			fbs = append(fbs, f)
+		}
+	}
+	return g, fbs, true
+}
 
 // AllDownError says that no provider of the chain could answer.
 type AllDownError struct {
@@ -42,78 +102,201 @@ func (e *AllDownError) Error() string {
 	return "all providers unavailable: " + strings.Join(msgs, "; ")
 }
 
-// AllOpen reports whether every provider's breaker is open, as this process
-// last read them, and when the first goes half-open.
-func (c *Chain) AllOpen() (bool, time.Time) {
+// AllOpen reports whether every deployment of the model and of its
+// fallbacks has its breaker open, as this process last read them, and when
+// the first goes half-open.
+func (c *Chain) AllOpen(model string) (bool, time.Time) {
+	g, fbs, ok := c.group(model)
+	if !ok {
+		return false, time.Time{}
+	}
 	var until time.Time
-	for _, p := range c.links {
-		g, ok := p.(*Guarded)
-		if !ok {
-			return false, time.Time{}
-		}
-		g.mu.Lock()
-		st, u := g.effectiveLocked(time.Now()), g.until
-		g.mu.Unlock()
-		if st != gobreaker.StateOpen {
-			return false, time.Time{}
-		}
-		if until.IsZero() || u.Before(until) {
-			until = u
+	n := 0
+	for _, grp := range append([]*Group{g}, fbs...) {
+		for _, p := range grp.Links {
+			g, ok := p.(*Guarded)
+			if !ok {
+				return false, time.Time{}
+			}
+			g.mu.Lock()
+			st, u := g.effectiveLocked(time.Now()), g.until
+			g.mu.Unlock()
+			if st != gobreaker.StateOpen {
+				return false, time.Time{}
+			}
+			if until.IsZero() || u.Before(until) {
+				until = u
+			}
+			n++
 		}
 	}
-	return len(c.links) > 0, until
+	return n > 0, until
 }
 
-// Stream calls the chain; it returns the reply and the provider that gave it.
+// Stream calls the model the request names; it returns the reply and the
+// deployment that gave it. The reply's Asked (what usage is priced under)
+// and, but for the legacy chain, its Model are the public name that answered.
 func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, string, error) {
-	all := &AllDownError{AllOpen: true}
-	var capacity *CapacityError
-	unsupported := ""
-	for i, p := range c.links {
+	g, fbs, ok := c.group(req.Model)
+	if !ok {
+		msg := fmt.Sprintf("model %q is not served here", req.Model)
+		return Reply{}, "", &Error{Provider: "none", Status: 404, RequestFault: msg, Msg: msg}
+	}
+	c.mu.RLock()
+	legacy := c.legacy
+	c.mu.RUnlock()
+	t := &try{all: &AllDownError{AllOpen: true}}
+	for _, grp := range append([]*Group{g}, fbs...) {
+		reply, name, err, done := t.group(ctx, grp, req, legacy && grp == g, onDelta)
+		if done {
+			if err == nil && !legacy {
+				reply.Asked, reply.Model = grp.Name, grp.Name
+			}
+			return reply, name, err
+		}
+		if t.capacity != nil {
+			return Reply{}, t.capacity.Provider, t.capacity
+		}
+	}
+	if len(t.all.Errs) == 0 && t.unsupported != "" {
+		msg := t.unsupported + " cannot be carried to any configured provider"
+		return Reply{}, "", &Error{Provider: "none", Status: 400, RequestFault: msg, Msg: msg}
+	}
+	if len(t.all.Errs) == 0 {
+		return Reply{}, "", fmt.Errorf("no providers configured")
+	}
+	return Reply{}, "", t.all
+}
+
+// try is what the deployments tried so far came to.
+type try struct {
+	all         *AllDownError
+	capacity    *CapacityError // the earliest capacity among those at their limit
+	unsupported string         // the first deployment's reason it could not carry the request
+}
+
+// group tries one public model's deployments; done when one answered or
+// the attempt must end.
+func (t *try) group(ctx context.Context, g *Group, req Request, rename bool, onDelta func(Delta) error) (Reply, string, error, bool) {
+	order := weightedOrder(g.Links, g.Weights)
+	// With more than one deployment, none waits in place for capacity while
+	// another may have it now; the first to have it is then waited for.
+	inline := len(order) > 1
+	var busy []Provider
+	for i, p := range order {
 		if cr, ok := p.(Carrier); ok {
 			if f := cr.Unsupported(req); f != "" {
-				unsupported = cmp.Or(unsupported, f) // the primary's reason is the one to tell
+				t.unsupported = cmp.Or(t.unsupported, f) // the first's reason is the one to tell
 				continue
 			}
 		}
 		preq := req
-		if i > 0 {
-			preq.Model = "" // a job's model names the primary's; fallbacks use their own
+		if !rename || i > 0 || g.Weights != nil {
+			preq.Model = "" // each deployment asks for its own model
 		}
-		emitted := false
-		reply, err := p.Stream(ctx, preq, func(d Delta) error { emitted = true; return onDelta(d) })
-		if err == nil {
-			return reply, p.Name(), nil
+		callCtx := ctx
+		if inline {
+			callCtx = withInlineWait(ctx, 0)
 		}
-		var open *ErrOpen
-		var busy *CapacityError
-		switch {
-		case errors.As(err, &busy):
-			// At capacity: the next provider may answer now; if none does,
-			// the job waits for the earliest capacity instead of degrading.
-			if capacity == nil || busy.Until.Before(capacity.Until) {
-				capacity = busy
+		reply, err, done := t.call(callCtx, p, preq, onDelta)
+		if done {
+			return reply, p.Name(), err, true
+		}
+		if busyErr := (*CapacityError)(nil); errors.As(err, &busyErr) {
+			busy = append(busy, p)
+		}
+	}
+	if inline && len(busy) > 0 {
+		// Every deployment with capacity failed or none had it: wait in
+		// place for the one free first, as a single deployment would.
+		first := busy[0]
+		for _, p := range busy {
+			if p.Name() == t.capacity.Provider {
+				first = p
 			}
-		case errors.As(err, &open):
-			if all.Until.IsZero() || open.Until.Before(all.Until) {
-				all.Until = open.Until
-			}
-		case emitted, ctx.Err() != nil, !Retryable(err):
-			return Reply{}, p.Name(), err
-		default:
-			all.AllOpen = false
 		}
-		all.Errs = append(all.Errs, err)
+		preq := req
+		preq.Model = ""
+		saved := t.capacity
+		t.capacity = nil
+		reply, err, done := t.call(ctx, first, preq, onDelta)
+		if done {
+			return reply, first.Name(), err, true
+		}
+		if t.capacity == nil && len(busy) > 1 {
+			t.capacity = saved // the others are still at their limit: wait for them
+		}
 	}
-	if capacity != nil {
-		return Reply{}, capacity.Provider, capacity
+	return Reply{}, "", nil, false
+}
+
+// call makes one deployment's call; done when it answered or the attempt
+// must end; otherwise its error is counted in t.
+func (t *try) call(ctx context.Context, p Provider, req Request, onDelta func(Delta) error) (Reply, error, bool) {
+	emitted := false
+	reply, err := p.Stream(ctx, req, func(d Delta) error { emitted = true; return onDelta(d) })
+	if err == nil {
+		return reply, nil, true
 	}
-	if len(all.Errs) == 0 && unsupported != "" {
-		msg := unsupported + " cannot be carried to any configured provider"
-		return Reply{}, "", &Error{Provider: "none", Status: 400, RequestFault: msg, Msg: msg}
+	var open *ErrOpen
+	var busy *CapacityError
+	switch {
+	case errors.As(err, &busy):
+		// At capacity: another deployment may answer now; if none does,
+		// the job waits for the earliest capacity instead of degrading.
+		if t.capacity == nil || busy.Until.Before(t.capacity.Until) {
+			t.capacity = busy
+		}
+		return Reply{}, err, false
+	case errors.As(err, &open):
+		if t.all.Until.IsZero() || open.Until.Before(t.all.Until) {
+			t.all.Until = open.Until
+		}
+	case emitted, ctx.Err() != nil, !Retryable(err):
+		return Reply{}, err, true
+	default:
+		t.all.AllOpen = false
 	}
-	if len(all.Errs) == 0 {
-		return Reply{}, "", fmt.Errorf("no providers configured")
+	t.all.Errs = append(t.all.Errs, err)
+	return Reply{}, err, false
+}
+
+// weightedOrder is links in a random order where each comes first in
+// proportion to its weight (each next one likewise among the rest); nil
+// weights keep the given order.
+func weightedOrder(links []Provider, weights []float64) []Provider {
+	if weights == nil || len(links) < 2 {
+		return links
 	}
-	return Reply{}, "", all
+	type keyed struct {
+		p   Provider
+		key float64
+	}
+	ks := make([]keyed, len(links))
+	for i, p := range links {
+		// Efraimidis and Spirakis: u^(1/w) sorted descending draws without
+		// replacement in proportion to w.
+		ks[i] = keyed{p, math.Pow(rand.Float64(), 1/weights[i])}
+	}
+	slices.SortFunc(ks, func(a, b keyed) int { return cmp.Compare(b.key, a.key) })
+	out := make([]Provider, len(ks))
+	for i, k := range ks {
+		out[i] = k.p
+	}
+	return out
+}
+
+type inlineWaitKey struct{}
+
+// withInlineWait bounds how long a call may wait in place for its
+// deployment's capacity (CapacitySettings.MaxInlineWait otherwise).
+func withInlineWait(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, inlineWaitKey{}, d)
+}
+
+func inlineWait(ctx context.Context, def time.Duration) time.Duration {
+	if d, ok := ctx.Value(inlineWaitKey{}).(time.Duration); ok {
+		return d
+	}
+	return def
 }

@@ -1,11 +1,13 @@
 package llm
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,74 +17,171 @@ import (
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/tracing"
+	"github.com/chatfleet/chatfleet/models"
 )
 
-// Spec is one provider of the chain.
+// Spec is one deployment: a provider, its model and its quota.
 type Spec struct {
+	ID      string // its name in metrics, logs and breaker keys; empty: ProviderNames decides
 	Kind    string // openai, anthropic or sim
 	Model   string
 	BaseURL string
 	APIKey  string
-	Limits  Limits // the provider's fleet-wide quota
+	Limits  Limits // the deployment's fleet-wide quota
 }
 
-// ChainOptions describe a provider chain.
+// ChainOptions describe how every deployment is called.
 type ChainOptions struct {
-	Specs    []Spec    // primary first
 	Sim      SimConfig // settings of sim providers (Name is set per provider)
 	Breaker  BreakerSettings
 	Capacity CapacitySettings
 	Timeouts Timeouts
 }
 
-// Build makes the provider chain, primary first, each provider behind its
-// fleet-wide breaker, refreshed until ctx ends. Provider names (metric labels,
-// breaker keys) are the kind, or kind-N (N its place in the chain) when a
-// kind appears twice.
-func Build(ctx context.Context, opt ChainOptions, rdb redis.UniversalClient, m *Metrics, log zerolog.Logger) (*Chain, error) {
-	names := ProviderNames(opt.Specs)
+// Specs are the deployments of a model set, model by model, in the order
+// ProviderNames names them.
+func Specs(set *models.Set) []Spec {
+	var out []Spec
+	for _, m := range set.Models {
+		for _, d := range m.Deployments {
+			out = append(out, Spec{ID: d.ID, Kind: d.Provider, Model: d.Model, BaseURL: d.BaseURL, APIKey: d.APIKey,
+				Limits: Limits{RPM: d.RPM, TPM: d.TPM, Concurrency: d.Concurrency}})
+		}
+	}
+	return out
+}
+
+// Build makes the router of a model set: each deployment behind its
+// fleet-wide breaker, refreshed until ctx ends or an Update drops it.
+func Build(ctx context.Context, set *models.Set, opt ChainOptions, rdb redis.UniversalClient, m *Metrics, log zerolog.Logger) (*Chain, error) {
+	c := &Chain{built: &builder{ctx: ctx, opt: opt, rdb: rdb, m: m, log: log, live: map[string]*deployment{}}}
+	if err := c.Update(set); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// builder makes and keeps the deployments of a Chain across updates.
+type builder struct {
+	ctx  context.Context
+	opt  ChainOptions
+	rdb  redis.UniversalClient
+	m    *Metrics
+	log  zerolog.Logger
+	mu   sync.Mutex
+	live map[string]*deployment // by name
+}
+
+type deployment struct {
+	spec   Spec
+	g      *Guarded
+	cancel context.CancelFunc
+}
+
+// Update puts a new model set in force. A deployment whose spec is
+// unchanged keeps its state; one that is gone stops refreshing its breaker.
+// Calls under way finish on what they started with.
+func (c *Chain) Update(set *models.Set) error {
+	b := c.built
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	specs := Specs(set)
+	names := ProviderNames(specs)
+	next := make(map[string]*deployment, len(specs))
+	var groups []*Group
+	i := 0
+	for _, mdl := range set.Models {
+		g := &Group{Name: mdl.Name, Fallbacks: mdl.Fallbacks}
+		if !set.Legacy {
+			g.Weights = []float64{}
+		}
+		for _, d := range mdl.Deployments {
+			spec, name := specs[i], names[i]
+			i++
+			dep, ok := b.live[name]
+			if !ok || dep.spec != spec {
+				var err error
+				if dep, err = b.make(name, spec); err != nil {
+					for n, d := range next {
+						if b.live[n] != d {
+							d.cancel()
+						}
+					}
+					return err
+				}
+			}
+			next[name] = dep
+			g.Links = append(g.Links, dep.g)
+			if g.Weights != nil {
+				g.Weights = append(g.Weights, cmp.Or(d.Weight, 1))
+			}
+		}
+		groups = append(groups, g)
+	}
+	for n, d := range b.live {
+		if next[n] != d {
+			d.cancel()
+		}
+	}
+	b.live = next
+	c.set(set.Default, groups, set.Legacy)
+	return nil
+}
+
+// Close stops every deployment's breaker refresh.
+func (c *Chain) Close() {
+	if c.built == nil {
+		return
+	}
+	c.built.mu.Lock()
+	defer c.built.mu.Unlock()
+	for _, d := range c.built.live {
+		d.cancel()
+	}
+	c.built.live = map[string]*deployment{}
+}
+
+// make builds one deployment named name.
+func (b *builder) make(name string, s Spec) (*deployment, error) {
 	var hc *http.Client // the SDKs' default
 	if tracing.Enabled() {
 		// Each call is a client span, and the provider gets its traceparent.
 		hc = &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport)}
 	}
-	var links []Provider
-	for i, s := range opt.Specs {
-		name := names[i]
-		var p Provider
-		switch s.Kind {
-		case "openai":
-			p = NewOpenAI(name, s.BaseURL, s.APIKey, s.Model, hc)
-		case "anthropic":
-			p = NewAnthropic(name, s.BaseURL, s.APIKey, s.Model, hc)
-		case "sim":
-			sim := opt.Sim
-			sim.Name = name
-			p = NewSim(sim)
-		default:
-			return nil, fmt.Errorf("provider %d: unknown kind %q", i+1, s.Kind)
-		}
-		g, err := NewGuarded(ctx, p, rdb, opt.Breaker, m, log)
-		if err != nil {
-			return nil, err
-		}
-		// The simulated provider never answers 429: it has nothing to learn,
-		// so it is limited only when limits are configured.
-		if s.Kind != "sim" || s.Limits != (Limits{}) {
-			g.cap = newCapacity(name, rdb, s.Limits, opt.Capacity, m, log)
-		}
-		g.timeouts = opt.Timeouts
-		g.kind = s.Kind
-		g.model = s.Model
-		if g.model == "" {
-			g.model = s.Kind
-		}
-		links = append(links, g)
+	var p Provider
+	switch s.Kind {
+	case "openai":
+		p = NewOpenAI(name, s.BaseURL, s.APIKey, s.Model, hc)
+	case "anthropic":
+		p = NewAnthropic(name, s.BaseURL, s.APIKey, s.Model, hc)
+	case "sim":
+		sim := b.opt.Sim
+		sim.Name = name
+		p = NewSim(sim)
+	default:
+		return nil, fmt.Errorf("deployment %s: unknown provider %q", name, s.Kind)
 	}
-	return NewChain(links...), nil
+	ctx, cancel := context.WithCancel(b.ctx)
+	g, err := NewGuarded(ctx, p, b.rdb, b.opt.Breaker, b.m, b.log)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	// The simulated provider never answers 429: it has nothing to learn,
+	// so it is limited only when limits are configured.
+	if s.Kind != "sim" || s.Limits != (Limits{}) {
+		g.cap = newCapacity(name, b.rdb, s.Limits, b.opt.Capacity, b.m, b.log)
+	}
+	g.timeouts = b.opt.Timeouts
+	g.kind = s.Kind
+	g.model = cmp.Or(s.Model, s.Kind)
+	return &deployment{spec: s, g: g, cancel: cancel}, nil
 }
 
-// ProviderNames are the chain's provider names, primary first.
+// ProviderNames are the deployments' names: their ID, else (the chain of
+// the CHATFLEET_LLM_* variables) the kind, or kind-N (N its place in the
+// chain) when a kind appears twice.
 func ProviderNames(specs []Spec) []string {
 	kinds := map[string]int{}
 	for _, s := range specs {
@@ -91,7 +190,9 @@ func ProviderNames(specs []Spec) []string {
 	names := make([]string, len(specs))
 	for i, s := range specs {
 		names[i] = s.Kind
-		if kinds[s.Kind] > 1 {
+		if s.ID != "" {
+			names[i] = s.ID
+		} else if kinds[s.Kind] > 1 {
 			names[i] = fmt.Sprintf("%s-%d", s.Kind, i+1)
 		}
 	}

@@ -149,7 +149,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	ctx = log.WithContext(ctx)
 
 	if p.onAllDown(pl) == AllDownDefer {
-		if open, until := p.chain.AllOpen(); open {
+		if open, until := p.chain.AllOpen(pl.Model); open {
 			log.Info().Time("until", until).Msg("every provider is open; job deferred")
 			until = p.capDelay(until)
 			if err := p.jobs.Hold(ctx, pl, until); err != nil {

@@ -124,8 +124,9 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 
 	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh
 	closers.AddFunc(stopBackground)
+	list := wiring.NewModelList(bg, cfg, log)
 	if standalone {
-		stopWorker, err := wiring.StartWorker(bg, cfg, rdb, jm, st, reg, log.With().Str("component", "worker").Logger())
+		stopWorker, err := wiring.StartWorker(bg, cfg, list, rdb, jm, st, reg, log.With().Str("component", "worker").Logger())
 		if err != nil {
 			return err
 		}
@@ -140,10 +141,9 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	}
 	server := api.New(api.Deps{Jobs: jm, Store: st, Hub: hub, Redis: rdb, Interrupt: conns.Interrupt}, api.Options{
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: log.WithContext(streams),
-		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: cfg.Models, DefaultModel: defaultModel(cfg),
+		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: list.Current, Allowed: cfg.Models,
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
-		Providers:            providerKinds(cfg),
 		Webhooks:             wiring.Webhooks(cfg),
 		WebhookHTTPSOnly:     cfg.Env == config.EnvProduction && !cfg.WebhookAllowHTTP,
 		Prices:               wiring.Prices(cfg),
@@ -163,10 +163,10 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 	fleet := health.NewFleet(bg, rdb, asynq.NewInspectorFromRedisClient(rdb), health.FleetOptions{
 		Threshold: cfg.QueueAlertThreshold, Version: version, Queues: tasks.QueueSet(cfg.QueueSpread),
 		Breakers: func(ctx context.Context) (map[string]string, error) {
-			return llm.BreakerStates(ctx, rdb, wiring.ProviderNames(cfg))
+			return llm.BreakerStates(ctx, rdb, llm.ProviderNames(llm.Specs(list.Current())))
 		},
 		Saturated: func(ctx context.Context) ([]string, error) {
-			return llm.Saturated(ctx, rdb, wiring.Providers(cfg))
+			return llm.Saturated(ctx, rdb, llm.Specs(list.Current()))
 		},
 	})
 	fleet.Register(e)
@@ -201,21 +201,4 @@ func queueUI(redisURL string) (*asynqmon.HTTPHandler, error) {
 		return nil, fmt.Errorf("queue UI: %w", err)
 	}
 	return asynqmon.New(asynqmon.Options{RootPath: "/admin/queues", RedisConnOpt: opt, ReadOnly: true}), nil
-}
-
-// defaultModel is the model jobs get when they name none.
-func defaultModel(cfg config.Config) string {
-	if cfg.LLMModel != "" {
-		return cfg.LLMModel
-	}
-	return cfg.LLMProvider
-}
-
-// providerKinds are the kinds of the configured provider chain, primary first.
-func providerKinds(cfg config.Config) []string {
-	var kinds []string
-	for _, s := range wiring.Providers(cfg) {
-		kinds = append(kinds, s.Kind)
-	}
-	return kinds
 }

@@ -96,7 +96,7 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	stopWorker, err := wiring.StartWorker(bg, cfg, rdb, wiring.Jobs(cfg, rdb, st), st, reg, log)
+	stopWorker, err := wiring.StartWorker(bg, cfg, wiring.NewModelList(bg, cfg, log), rdb, wiring.Jobs(cfg, rdb, st), st, reg, log)
 	if err != nil {
 		return err
 	}

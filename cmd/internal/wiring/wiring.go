@@ -4,8 +4,11 @@
 package wiring
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -19,6 +22,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/llm"
+	"github.com/chatfleet/chatfleet/models"
 	"github.com/chatfleet/chatfleet/orchestration"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/stream"
@@ -88,7 +92,7 @@ func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.M
 	q := asynq.NewClientFromRedisClient(rdb)
 	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
 		jobs.Options{MaxRetries: cfg.MaxRetries, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease,
-			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: Prices(cfg), DefaultModel: cfg.LLMModel})
+			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: Prices(cfg), DefaultModel: Models(cfg).Default})
 }
 
 func budgets(cfg config.Config) map[string]jobs.Budget {
@@ -99,11 +103,18 @@ func budgets(cfg config.Config) map[string]jobs.Budget {
 	return out
 }
 
-// Prices are cfg's model prices, dollars per million input and output tokens.
+// Prices are cfg's model prices, dollars per million input and output
+// tokens: CHATFLEET_MODEL_PRICES, and the models file's price of a public
+// model over it.
 func Prices(cfg config.Config) map[string][2]float64 {
 	out := make(map[string][2]float64, len(cfg.ModelPrices))
 	for m, p := range cfg.ModelPrices {
 		out[m] = [2]float64{p.Input, p.Output}
+	}
+	for _, m := range Models(cfg).Models {
+		if m.Price != nil {
+			out[m.Name] = [2]float64{m.Price.Input, m.Price.Output}
+		}
 	}
 	return out
 }
@@ -139,25 +150,64 @@ func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalCl
 	return srv.Shutdown, nil
 }
 
-// Providers are cfg's provider specs, primary first.
-func Providers(cfg config.Config) []llm.Spec {
-	var out []llm.Spec
+// Models is the model list of cfg: its models file, else one model made
+// from the CHATFLEET_LLM_* variables, its deployments the provider chain
+// (primary first, tried in order).
+func Models(cfg config.Config) *models.Set {
+	def := cmp.Or(cfg.LLMModel, cfg.LLMProvider)
+	m := models.Model{Name: def}
 	for _, s := range append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...) {
-		out = append(out, llm.Spec{Kind: s.Kind, Model: s.Model, BaseURL: s.BaseURL, APIKey: s.APIKey,
-			Limits: llm.Limits{RPM: s.Limits.RPM, TPM: s.Limits.TPM, Concurrency: s.Limits.Concurrency}})
+		m.Deployments = append(m.Deployments, models.Deployment{Provider: s.Kind, Model: s.Model, BaseURL: s.BaseURL, APIKey: s.APIKey,
+			RPM: s.Limits.RPM, TPM: s.Limits.TPM, Concurrency: s.Limits.Concurrency, Weight: 1})
 	}
-	return out
+	return &models.Set{Default: def, Models: []models.Model{m}, Legacy: true}
 }
 
-// ProviderNames are the chain's provider names, primary first.
-func ProviderNames(cfg config.Config) []string { return llm.ProviderNames(Providers(cfg)) }
+// Providers are the deployments of cfg's models, as the provider metrics,
+// breakers and limits name them.
+func Providers(cfg config.Config) []llm.Spec { return llm.Specs(Models(cfg)) }
+
+// ModelList holds the model list in force: cfg's, replaced when the
+// models file is edited.
+type ModelList struct {
+	cur     atomic.Pointer[models.Set]
+	mu      sync.Mutex
+	changed []func(*models.Set)
+}
+
+// NewModelList is cfg's model list, re-read while ctx lasts when it comes
+// from a models file.
+func NewModelList(ctx context.Context, cfg config.Config, log zerolog.Logger) *ModelList {
+	l := &ModelList{}
+	l.cur.Store(Models(cfg))
+	return l
+}
+
+// Current is the model list in force.
+func (l *ModelList) Current() *models.Set { return l.cur.Load() }
+
+// OnChange calls f with each new list.
+func (l *ModelList) OnChange(f func(*models.Set)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.changed = append(l.changed, f)
+}
+
+func (l *ModelList) apply(set *models.Set) {
+	l.cur.Store(set)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, f := range l.changed {
+		f(set)
+	}
+}
 
 // StartWorker assembles a worker, starts the job rescuer and reconciler and
 // the webhook deliveries beside it (all until ctx ends) and starts fetching
 // jobs. The returned function stops it: chat jobs first, then deliveries.
-func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager, st *store.Store,
+func StartWorker(ctx context.Context, cfg config.Config, list *ModelList, rdb redis.UniversalClient, jm *jobs.Manager, st *store.Store,
 	reg prometheus.Registerer, log zerolog.Logger) (func(), error) {
-	w, err := Worker(ctx, cfg, rdb, jm, reg, log)
+	w, err := Worker(ctx, cfg, list, rdb, jm, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -175,10 +225,9 @@ func StartWorker(ctx context.Context, cfg config.Config, rdb redis.UniversalClie
 
 // Worker assembles the provider chain, pipeline and asynq server that the
 // worker process and standalone mode run. ctx bounds the breakers' refresh.
-func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager,
+func Worker(ctx context.Context, cfg config.Config, list *ModelList, rdb redis.UniversalClient, jm *jobs.Manager,
 	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
-	chain, err := llm.Build(ctx, llm.ChainOptions{
-		Specs:    Providers(cfg),
+	chain, err := llm.Build(ctx, list.Current(), llm.ChainOptions{
 		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
 		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
 		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay, Margin: cfg.RateMargin},
@@ -187,6 +236,11 @@ func Worker(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, j
 	if err != nil {
 		return nil, err
 	}
+	list.OnChange(func(set *models.Set) {
+		if err := chain.Update(set); err != nil {
+			log.Error().Err(err).Msg("the new model list could not be put in force; the old one stays")
+		}
+	})
 	p := orchestration.NewPipeline(jm, chain, orchestration.PipelineOptions{
 		MaxRetries:    cfg.MaxRetries,
 		CallTimeout:   cfg.LLMTimeout,
@@ -228,7 +282,7 @@ func Tracing(ctx context.Context, service string, environ []string, log zerolog.
 	}, nil
 }
 
-// llmMetrics are the provider metrics of cfg's chain, costs at cfg's prices.
+// llmMetrics are the provider metrics of cfg's deployments, costs at cfg's prices.
 func llmMetrics(cfg config.Config, reg prometheus.Registerer) *llm.Metrics {
 	m := llm.NewMetrics(reg, Providers(cfg))
 	m.Price(Prices(cfg), Providers(cfg))
