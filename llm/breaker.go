@@ -50,6 +50,7 @@ type Guarded struct {
 	cap      *capacity // nil: no fleet-wide capacity control
 	timeouts Timeouts
 	model    string // the configured model: the bounded label of token metrics
+	public   string // the public model it serves (models.Model)
 	kind     string // openai, anthropic or sim
 	dcb      *gobreaker.DistributedCircuitBreaker[struct{}]
 	store    *breakerStore

@@ -23,6 +23,7 @@ import (
 // Spec is one deployment: a provider, its model and its quota.
 type Spec struct {
 	ID      string // its name in metrics, logs and breaker keys; empty: ProviderNames decides
+	Public  string // the public model it serves, when a models file lists it
 	Kind    string // openai, anthropic or sim
 	Model   string
 	BaseURL string
@@ -44,7 +45,11 @@ func Specs(set *models.Set) []Spec {
 	var out []Spec
 	for _, m := range set.Models {
 		for _, d := range m.Deployments {
-			out = append(out, Spec{ID: d.ID, Kind: d.Provider, Model: d.Model, BaseURL: d.BaseURL, APIKey: d.APIKey,
+			public := m.Name
+			if set.Legacy {
+				public = ""
+			}
+			out = append(out, Spec{ID: d.ID, Public: public, Kind: d.Provider, Model: d.Model, BaseURL: d.BaseURL, APIKey: d.APIKey,
 				Limits: Limits{RPM: d.RPM, TPM: d.TPM, Concurrency: d.Concurrency}})
 		}
 	}
@@ -100,9 +105,9 @@ func (c *Chain) Update(set *models.Set) error {
 			spec, name := specs[i], names[i]
 			i++
 			dep, ok := b.live[name]
-			if !ok || dep.spec != spec {
+			if !ok || dep.spec != spec || dep.g.public != mdl.Name {
 				var err error
-				if dep, err = b.make(name, spec); err != nil {
+				if dep, err = b.make(name, mdl.Name, spec); err != nil {
 					for n, d := range next {
 						if b.live[n] != d {
 							d.cancel()
@@ -142,8 +147,8 @@ func (c *Chain) Close() {
 	c.built.live = map[string]*deployment{}
 }
 
-// make builds one deployment named name.
-func (b *builder) make(name string, s Spec) (*deployment, error) {
+// make builds deployment name of the public model public.
+func (b *builder) make(name, public string, s Spec) (*deployment, error) {
 	var hc *http.Client // the SDKs' default
 	if tracing.Enabled() {
 		// Each call is a client span, and the provider gets its traceparent.
@@ -176,6 +181,7 @@ func (b *builder) make(name string, s Spec) (*deployment, error) {
 	g.timeouts = b.opt.Timeouts
 	g.kind = s.Kind
 	g.model = cmp.Or(s.Model, s.Kind)
+	g.public = public
 	return &deployment{spec: s, g: g, cancel: cancel}, nil
 }
 

@@ -41,6 +41,8 @@ func (g *Guarded) span(ctx context.Context, req Request, onDelta func(Delta) err
 		attribute.String("gen_ai.provider.name", genAISystem(g.kind)),
 		attribute.String("gen_ai.request.model", model),
 		attribute.String("chatfleet.provider", g.Name()),
+		attribute.String("chatfleet.model", g.public),
+		attribute.String("chatfleet.deployment", g.Name()),
 	))
 	first := sync.OnceFunc(func() {
 		ttft := time.Since(start)

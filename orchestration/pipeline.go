@@ -289,7 +289,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 		p.m.jobs.WithLabelValues(jobs.StatusSucceeded).Inc()
 		observe(ctx, p.m.duration, time.Since(r.start).Seconds())
 	}
-	log.Info().Str("status", jobs.StatusSucceeded).Bool("recorded", first).Str("provider", c.provider).
+	log.Info().Str("status", jobs.StatusSucceeded).Bool("recorded", first).Str("provider", c.provider).Str("model", c.reply.Asked).
 		Dur("queue_wait_ms", r.start.Sub(pl.SubmittedAt)).
 		Int("completion_tokens", c.reply.Usage.CompletionTokens).Msg("job finished")
 	return nil
