@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -25,21 +27,49 @@ type burstResult struct {
 	served, rejected, maxFly int
 }
 
+const burstCallTime = 60 * time.Millisecond
+
 // runBurst submits jobs jobs at once to a fleet of 3 workers over a
 // quota-limited upstream (a bucket, or a sliding window when window is set)
 // and waits for all of them. Every job must end with a real reply (not
 // degraded) and the breaker must stay closed.
 func runBurst(t *testing.T, jobs int, window bool, extra map[string]string) burstResult {
-	rd := testkit.StartRedis(t)
 	fake := llmfake.NewOpenAI(t)
 	if window {
 		fake.SetWindowQuota(quotaPerSecond, quotaAtOnce)
 	} else {
 		fake.SetQuota(quotaPerSecond, quotaAtOnce)
 	}
-	const callTime = 60 * time.Millisecond
-	fake.Always(llmfake.Step{FirstByteDelay: callTime})
-	apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, extra))
+	fake.Always(llmfake.Step{FirstByteDelay: burstCallTime})
+	r := burst(t, jobs, providerEnv(fake, extra), map[string]*llmfake.Fake{"openai": fake})
+	r.served, r.rejected, r.maxFly = fake.QuotaStats()
+	r.floor = quotaFloor(jobs, quotaPerSecond)
+	r.log(t, jobs)
+	if r.served != jobs {
+		t.Errorf("the upstream served %d calls for %d jobs", r.served, jobs)
+	}
+	return r
+}
+
+// quotaFloor is the time a quota of perSecond allows a burst of jobs: the
+// first perSecond calls at once, the rest at perSecond a second, then the
+// last call's own time.
+func quotaFloor(jobs, perSecond int) time.Duration {
+	return time.Duration(float64(jobs-perSecond)/float64(perSecond)*float64(time.Second)) + burstCallTime
+}
+
+func (r burstResult) log(t *testing.T, jobs int) {
+	t.Logf("%d jobs in %s (quota floor %s, ratio %.2f); upstream served %d, answered 429 %d times (%.1f%% of calls), at most %d at once",
+		jobs, r.elapsed.Round(time.Millisecond), r.floor, float64(r.elapsed)/float64(r.floor), r.served, r.rejected,
+		100*float64(r.rejected)/float64(r.served+r.rejected), r.maxFly)
+}
+
+// burst runs jobs jobs at once through a fleet of 3 workers configured by
+// env over upstreams (by deployment name); every job must end with a real
+// reply and every deployment's breaker stay closed.
+func burst(t *testing.T, jobs int, env map[string]string, upstreams map[string]*llmfake.Fake) burstResult {
+	rd := testkit.StartRedis(t)
+	apis, workers := fleet(t, rd, 1, 3, env)
 	c := client.New(apis[0].URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -84,22 +114,13 @@ func runBurst(t *testing.T, jobs int, window bool, extra map[string]string) burs
 		t.Fatalf("%d of %d jobs degraded, %d failed", degraded, jobs, failed)
 	}
 	for _, w := range workers {
-		if v, _ := labelled(t, w.URL(), `chatfleet_breaker_state{provider="openai"}`); v != 0 {
-			t.Errorf("%s: breaker state %v, want closed", w.Name, v)
+		for name := range upstreams {
+			if v, _ := labelled(t, w.URL(), fmt.Sprintf(`chatfleet_breaker_state{provider=%q}`, name)); v != 0 {
+				t.Errorf("%s: breaker state of %s %v, want closed", w.Name, name, v)
+			}
 		}
 	}
-	r := burstResult{elapsed: elapsed}
-	r.served, r.rejected, r.maxFly = fake.QuotaStats()
-	// The quota's own floor: the first perSecond calls at once, the rest at
-	// perSecond a second, then the last call's own time.
-	r.floor = time.Duration(float64(jobs-quotaPerSecond)/quotaPerSecond*float64(time.Second)) + callTime
-	t.Logf("%d jobs in %s (quota floor %s, ratio %.2f); upstream served %d, answered 429 %d times (%.1f%% of calls), at most %d at once",
-		jobs, elapsed.Round(time.Millisecond), r.floor, float64(elapsed)/float64(r.floor), r.served, r.rejected,
-		100*float64(r.rejected)/float64(r.served+r.rejected), r.maxFly)
-	if r.served != jobs {
-		t.Errorf("the upstream served %d calls for %d jobs", r.served, jobs)
-	}
-	return r
+	return burstResult{elapsed: elapsed}
 }
 
 // configuredQuota sets the fleet's limits to exactly the upstream's quota.
@@ -120,6 +141,45 @@ func checkConfiguredBurst(t *testing.T, r burstResult) {
 	if ratio := float64(r.elapsed) / float64(r.floor); ratio > 1.3 {
 		t.Errorf("the burst took %.2f× what the quota allows, want at most 1.3×", ratio)
 	}
+}
+
+// One public model on two deployments whose quotas are configured exactly
+// (20 and 10 calls a second, 10 and 5 at once): a burst is fed to both at
+// the rate each accepts, every job answered for real, at most 5 % of calls
+// 429, within 1.3× the time the combined quota allows.
+func TestBurstOverTwoDeploymentsWithinTheirQuotas(t *testing.T) {
+	big, small := llmfake.NewOpenAI(t), llmfake.NewOpenAI(t)
+	big.SetQuota(quotaPerSecond, quotaAtOnce)
+	small.SetQuota(quotaPerSecond/2, quotaAtOnce/2)
+	for _, f := range []*llmfake.Fake{big, small} {
+		f.Always(llmfake.Step{FirstByteDelay: burstCallTime})
+	}
+	path := filepath.Join(t.TempDir(), "models.yaml")
+	file := fmt.Sprintf(`models:
+  - name: alpha
+    deployments:
+      - {id: big, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}
+      - {id: small, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}
+`, big.URL(), quotaPerSecond*60, quotaAtOnce, small.URL(), quotaPerSecond*30, quotaAtOnce/2)
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const jobs = 180
+	r := burst(t, jobs, map[string]string{"CHATFLEET_MODELS_FILE": path}, map[string]*llmfake.Fake{"big": big, "small": small})
+	bigServed, bigRejected, bigFly := big.QuotaStats()
+	smallServed, smallRejected, smallFly := small.QuotaStats()
+	r.served, r.rejected, r.maxFly = bigServed+smallServed, bigRejected+smallRejected, max(bigFly, smallFly)
+	r.floor = quotaFloor(jobs, quotaPerSecond+quotaPerSecond/2)
+	r.log(t, jobs)
+	t.Logf("big served %d (429 %d, %d at once), small %d (429 %d, %d at once)", bigServed, bigRejected, bigFly, smallServed, smallRejected, smallFly)
+	if r.served != jobs {
+		t.Errorf("the upstreams served %d calls for %d jobs", r.served, jobs)
+	}
+	if bigFly > quotaAtOnce || smallFly > quotaAtOnce/2 {
+		t.Errorf("calls at once: big %d (quota %d), small %d (quota %d)", bigFly, quotaAtOnce, smallFly, quotaAtOnce/2)
+	}
+	r.maxFly = 0 // checked per deployment above
+	checkConfiguredBurst(t, r)
 }
 
 // With the fleet's limits set to the upstream's quota, a burst waits in the
