@@ -5,6 +5,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"github.com/chatfleet/chatfleet/models"
 )
 
 // Summary renders the effective settings with secrets redacted, for `config check`.
@@ -20,6 +22,23 @@ func (c Config) Summary(role Role, getenv func(string) string) string {
 			raw = "(set, redacted)"
 		}
 		fmt.Fprintf(&b, "%s=%s (%s)\n", v.Name, raw, src)
+	}
+	if c.ModelSet != nil {
+		fmt.Fprintf(&b, "models file: default model %s\n", c.ModelSet.Default)
+		for _, m := range c.ModelSet.Models {
+			var deps []string
+			for _, d := range m.Deployments {
+				deps = append(deps, fmt.Sprintf("%s (%s %s, rpm %d, tpm %d, concurrency %d, weight %g)", d.ID, d.Provider, d.Model, d.RPM, d.TPM, d.Concurrency, d.Weight))
+			}
+			fmt.Fprintf(&b, "  %s: %s", m.Name, strings.Join(deps, ", "))
+			if len(m.Fallbacks) > 0 {
+				fmt.Fprintf(&b, "; fallbacks %s", strings.Join(m.Fallbacks, ", "))
+			}
+			if m.Price != nil {
+				fmt.Fprintf(&b, "; price input %g, output %g", m.Price.Input, m.Price.Output)
+			}
+			b.WriteString("\n")
+		}
 	}
 	return b.String()
 }
@@ -51,6 +70,16 @@ func Unknown(environ []string) []string {
 		entry, _, _ = strings.Cut(entry, ";")
 		if _, keyVar, ok := strings.Cut(entry, "#"); ok {
 			known[strings.TrimSpace(keyVar)] = true
+		}
+	}
+	// So are the key variables of the models file.
+	if path := getenv("CHATFLEET_MODELS_FILE"); path != "" {
+		if set, err := models.Load(path, getenv); err == nil {
+			for _, m := range set.Models {
+				for _, d := range m.Deployments {
+					known[d.APIKeyEnv] = true
+				}
+			}
 		}
 	}
 	var out []string

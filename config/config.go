@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/chatfleet/chatfleet/models"
 )
 
 // Environments.
@@ -25,8 +27,10 @@ type Config struct {
 	APIKeys         map[[32]byte]string // SHA-256 of a key -> tenant
 	TenantRate      int                 // requests per second per tenant; 0: unlimited
 	TenantBurst     int
-	TenantMaxJobs   int      // unfinished jobs per tenant; 0: unlimited
-	Models          []string // allowed models; empty: any
+	TenantMaxJobs   int         // unfinished jobs per tenant; 0: unlimited
+	Models          []string    // allowed models; empty: any
+	ModelsFile      string      // CHATFLEET_MODELS_FILE
+	ModelSet        *models.Set // loaded from ModelsFile; nil without it
 	LLMProvider     string
 	LLMBaseURL      string
 	LLMAPIKey       string
@@ -104,7 +108,9 @@ func Load(role Role, getenv func(string) string) (Config, error) {
 	} else {
 		c.Fallbacks = fb
 	}
-	if c.LLMProvider != "sim" && c.LLMModel == "" {
+	if c.ModelsFile != "" {
+		errs = append(errs, c.loadModels(getenv)...)
+	} else if c.LLMProvider != "sim" && c.LLMModel == "" {
 		errs = append(errs, fmt.Errorf("CHATFLEET_LLM_MODEL: required for the %s provider", c.LLMProvider))
 	}
 	if c.RedisURL == "" && role != RoleStandalone {
@@ -118,8 +124,8 @@ func Load(role Role, getenv func(string) string) (Config, error) {
 		c.Webhooks = eps
 	}
 	for t, b := range c.TenantBudgets {
-		if b.USD > 0 && len(c.ModelPrices) == 0 {
-			errs = append(errs, fmt.Errorf("CHATFLEET_TENANT_BUDGETS: %s: a dollar budget needs CHATFLEET_MODEL_PRICES", t))
+		if b.USD > 0 && len(c.ModelPrices) == 0 && !c.filePrices() {
+			errs = append(errs, fmt.Errorf("CHATFLEET_TENANT_BUDGETS: %s: a dollar budget needs CHATFLEET_MODEL_PRICES or prices in CHATFLEET_MODELS_FILE", t))
 		}
 	}
 	errs = append(errs, c.crossChecks()...)
@@ -134,13 +140,24 @@ func (c Config) crossChecks() []error {
 	if c.RedisURL == "" {
 		errs = append(errs, errors.New("CHATFLEET_REDIS_URL: production needs a real Redis; embedded Redis is for development only"))
 	}
-	if c.LLMProvider == "sim" {
-		errs = append(errs, errors.New("CHATFLEET_LLM_PROVIDER: production refuses the simulated LLM"))
+	if c.ModelsFile == "" {
+		if c.LLMProvider == "sim" {
+			errs = append(errs, errors.New("CHATFLEET_LLM_PROVIDER: production refuses the simulated LLM"))
+		}
+		for _, f := range c.Fallbacks {
+			if f.Kind == "sim" {
+				errs = append(errs, errors.New("CHATFLEET_LLM_FALLBACKS: production refuses the simulated LLM"))
+				break
+			}
+		}
 	}
-	for _, f := range c.Fallbacks {
-		if f.Kind == "sim" {
-			errs = append(errs, errors.New("CHATFLEET_LLM_FALLBACKS: production refuses the simulated LLM"))
-			break
+	if c.ModelSet != nil {
+		for i, m := range c.ModelSet.Models {
+			for j, d := range m.Deployments {
+				if d.Provider == "sim" {
+					errs = append(errs, fmt.Errorf("CHATFLEET_MODELS_FILE: models[%d] %q: deployments[%d] %q: production refuses the simulated LLM", i, m.Name, j, d.ID))
+				}
+			}
 		}
 	}
 	if len(c.APIKeys) == 0 {
@@ -151,8 +168,40 @@ func (c Config) crossChecks() []error {
 			errs = append(errs, fmt.Errorf("CHATFLEET_WEBHOOKS_FILE: entry %d: url: production sends webhooks over https only (CHATFLEET_WEBHOOK_ALLOW_HTTP=true allows http)", i))
 		}
 	}
-	if len(c.Models) == 0 {
+	if len(c.Models) == 0 && c.ModelsFile == "" {
 		errs = append(errs, errors.New("CHATFLEET_MODELS: production needs the list of models tenants may ask for (any other string would reach the provider)"))
 	}
 	return errs
+}
+
+// loadModels reads CHATFLEET_MODELS_FILE into ModelSet; each of its problems
+// is one error, so that `config check` lists them all.
+func (c *Config) loadModels(getenv func(string) string) []error {
+	var errs []error
+	set, err := models.Load(c.ModelsFile, getenv)
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			errs = append(errs, fmt.Errorf("CHATFLEET_MODELS_FILE: %w", e))
+		}
+	} else if err != nil {
+		errs = append(errs, fmt.Errorf("CHATFLEET_MODELS_FILE: %w", err))
+	}
+	c.ModelSet = set
+	if len(c.Models) > 0 {
+		errs = append(errs, errors.New("CHATFLEET_MODELS: the models file lists the models; unset CHATFLEET_MODELS"))
+	}
+	return errs
+}
+
+// filePrices tells whether the models file prices any model.
+func (c Config) filePrices() bool {
+	if c.ModelSet == nil {
+		return false
+	}
+	for _, m := range c.ModelSet.Models {
+		if m.Price != nil {
+			return true
+		}
+	}
+	return false
 }

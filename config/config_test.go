@@ -244,3 +244,112 @@ func TestPricesAndBudgets(t *testing.T) {
 		}
 	}
 }
+
+func writeModels(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "models.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const modelsFile = `
+models:
+  - name: fast
+    deployments:
+      - {id: fast-east, provider: openai, model: gpt-4o-mini, api_key_env: CHATFLEET_TEST_EAST_KEY, rpm: 500}
+      - {provider: openai, model: llama3.1, base_url: "http://vllm:8000/v1"}
+    fallbacks: [smart]
+    price: {input: 0.15, output: 0.6}
+  - name: smart
+    deployments:
+      - {provider: anthropic, model: claude-haiku-4-5, api_key_env: ANTHROPIC_API_KEY}
+`
+
+func TestModelsFile(t *testing.T) {
+	vars := map[string]string{
+		"CHATFLEET_REDIS_URL":     "redis://x:6379",
+		"CHATFLEET_MODELS_FILE":   writeModels(t, modelsFile),
+		"CHATFLEET_TEST_EAST_KEY": "sk-east",
+		"ANTHROPIC_API_KEY":       "sk-ant",
+		// Not used with the file: its missing model is no error.
+		"CHATFLEET_LLM_PROVIDER": "openai",
+		// Prices in the file allow a dollar budget.
+		"CHATFLEET_TENANT_BUDGETS": "acme:usd=50/month",
+	}
+	c, err := Load(RoleWorker, env(vars))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ModelSet == nil || c.ModelSet.Default != "fast" || c.ModelSet.Models[0].Deployments[0].APIKey != "sk-east" ||
+		c.ModelSet.Models[1].Deployments[0].ID != "smart-1" {
+		t.Fatalf("model set %+v", c.ModelSet)
+	}
+	sum := c.Summary(RoleWorker, env(vars))
+	if !strings.Contains(sum, "fast-east (openai gpt-4o-mini, rpm 500") || strings.Contains(sum, "sk-east") {
+		t.Fatalf("summary: %s", sum)
+	}
+
+	// Production takes the file instead of CHATFLEET_MODELS and the LLM variables.
+	prod := map[string]string{"CHATFLEET_ENV": "production", "CHATFLEET_API_KEYS": "acme:0123456789abcdef"}
+	for k, v := range vars {
+		prod[k] = v
+	}
+	if _, err := Load(RoleWorker, env(prod)); err != nil {
+		t.Fatalf("production with a models file: %v", err)
+	}
+	prod["CHATFLEET_MODELS_FILE"] = writeModels(t, "models:\n  - name: a\n    deployments: [{id: a-sim, provider: sim}]\n")
+	if _, err := Load(RoleWorker, env(prod)); err == nil ||
+		!strings.Contains(err.Error(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0] "a-sim": production refuses the simulated LLM`) {
+		t.Fatalf("production with a sim deployment: %v", err)
+	}
+
+	vars["CHATFLEET_MODELS"] = "fast"
+	if _, err := Load(RoleWorker, env(vars)); err == nil || !strings.Contains(err.Error(), "CHATFLEET_MODELS: the models file lists the models; unset CHATFLEET_MODELS") {
+		t.Fatalf("CHATFLEET_MODELS with the file: %v", err)
+	}
+	delete(vars, "CHATFLEET_MODELS")
+
+	// Every problem of the file, each on its own line with the variable's name.
+	vars["CHATFLEET_MODELS_FILE"] = writeModels(t, "models:\n  - name: a\n    deployments: [{provider: openai, rpm: -1, api_key_env: NOPE_KEY}]\n    fallbacks: [b]\n")
+	_, err = Load(RoleWorker, env(vars))
+	if err == nil {
+		t.Fatal("a broken file was accepted")
+	}
+	for _, want := range []string{
+		`CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].rpm: must not be negative`,
+		`CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].api_key_env: variable NOPE_KEY is not set`,
+		`CHATFLEET_MODELS_FILE: models[0] "a": fallbacks[0]: "b" is not a model of this file`,
+	} {
+		if !strings.Contains("\n"+err.Error(), "\n"+want) {
+			t.Errorf("missing line %q in:\n%v", want, err)
+		}
+	}
+	vars["CHATFLEET_MODELS_FILE"] = "/nonexistent/models.yaml"
+	if _, err := Load(RoleWorker, env(vars)); err == nil || !strings.Contains(err.Error(), "CHATFLEET_MODELS_FILE: open /nonexistent/models.yaml") {
+		t.Fatalf("a missing file: %v", err)
+	}
+}
+
+func TestCheckNamesTheModelsFileProblems(t *testing.T) {
+	path := writeModels(t, modelsFile)
+	environ := []string{"CHATFLEET_REDIS_URL=redis://x:6379", "CHATFLEET_MODELS_FILE=" + path,
+		"CHATFLEET_TEST_EAST_KEY=sk-east", "ANTHROPIC_API_KEY=sk-ant"}
+	var out, errOut strings.Builder
+	if code := Check(RoleWorker, environ, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	// The file's key variables are known, not warned about.
+	if strings.Contains(errOut.String(), "CHATFLEET_TEST_EAST_KEY") || !strings.Contains(out.String(), "config ok") {
+		t.Fatalf("stdout %s\nstderr %s", out.String(), errOut.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	environ[1] = "CHATFLEET_MODELS_FILE=" + writeModels(t, "models:\n  - name: a\n    deployments: [{provider: gemini, weight: 0}]\n")
+	if code := Check(RoleWorker, environ, &out, &errOut); code != 1 ||
+		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].provider: must be openai, anthropic or sim, got "gemini"`) ||
+		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].weight: must be more than 0`) {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+}

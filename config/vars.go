@@ -68,6 +68,8 @@ func Vars(role Role) []Var {
 				}
 				return nil
 			}},
+		{"CHATFLEET_MODELS_FILE", "", "YAML (or JSON) file listing the public models and their deployments (docs/providers.md); when set, CHATFLEET_LLM_PROVIDER, _MODEL, _BASE_URL, _API_KEY, _FALLBACKS and the quota variables are not used", false,
+			func(c *Config, v string) error { c.ModelsFile = v; return nil }},
 		{"CHATFLEET_LLM_PROVIDER", "sim", "openai (any OpenAI-compatible server: OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, OpenRouter), anthropic, or sim (simulated, deterministic)", false,
 			func(c *Config, v string) error {
 				if !validKind(v) {

@@ -30,7 +30,9 @@ type Deployment struct {
 	Model    string // the provider's model name
 	BaseURL  string
 	APIKey   string // read from the file's api_key_env variable
-	RPM, TPM int    // quota (0: none)
+	// APIKeyEnv names that variable ("" : none), so that `config check` knows it.
+	APIKeyEnv string
+	RPM, TPM  int // quota (0: none)
 	// Concurrency caps calls in flight (0: learned from its 429s).
 	Concurrency int
 	Weight      float64 // share of the model's traffic
