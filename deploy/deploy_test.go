@@ -21,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/models"
 	"github.com/compose-spec/compose-go/v2/cli"
 )
 
@@ -131,7 +132,14 @@ type k8sObject struct {
 					Name           string `yaml:"name"`
 					LivenessProbe  *probe `yaml:"livenessProbe"`
 					ReadinessProbe *probe `yaml:"readinessProbe"`
+					VolumeMounts   []struct {
+						Name      string `yaml:"name"`
+						MountPath string `yaml:"mountPath"`
+						SubPath   string `yaml:"subPath"`
+						ReadOnly  bool   `yaml:"readOnly"`
+					} `yaml:"volumeMounts"`
 				} `yaml:"containers"`
+				Volumes []volume `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 		ScaleTargetRef struct {
@@ -141,6 +149,15 @@ type k8sObject struct {
 			Metadata map[string]string `yaml:"metadata"`
 		} `yaml:"triggers"`
 	} `yaml:"spec"`
+}
+
+type volume struct {
+	Name      string       `yaml:"name"`
+	ConfigMap configMapRef `yaml:"configMap"`
+}
+
+type configMapRef struct {
+	Name string `yaml:"name"`
 }
 
 type probe struct {
@@ -176,8 +193,14 @@ func TestKubernetesManifests(t *testing.T) {
 	kinds := map[string]int{}
 	for _, o := range objs {
 		kinds[o.Kind]++
-		if o.Kind == "ConfigMap" {
+		if o.Kind == "ConfigMap" && o.Metadata.Name == "chatfleet-config" {
 			drain, _ = time.ParseDuration(o.Data["CHATFLEET_SHUTDOWN_TIMEOUT"])
+			if o.Data["CHATFLEET_MODELS_FILE"] != "/etc/chatfleet/models.yaml" || o.Data["CHATFLEET_MODELS"] != "" {
+				t.Errorf("the ConfigMap must name the mounted models file and no CHATFLEET_MODELS: %v", o.Data)
+			}
+		}
+		if o.Kind == "ConfigMap" && o.Metadata.Name == "chatfleet-models" {
+			checkModelsFile(t, "k8s/models-configmap.yaml", []byte(o.Data["models.yaml"]))
 		}
 	}
 	if drain == 0 {
@@ -191,6 +214,18 @@ func TestKubernetesManifests(t *testing.T) {
 					t.Errorf("%s/%s: probes must be /health/live and /health/ready", o.Metadata.Name, c.Name)
 				}
 			}
+			// The models file: the ConfigMap's directory, read-only, without
+			// subPath (a subPath mount never sees the ConfigMap's edits).
+			mounted := false
+			for _, c := range o.Spec.Template.Spec.Containers {
+				for _, m := range c.VolumeMounts {
+					mounted = mounted || (m.MountPath == "/etc/chatfleet" && m.ReadOnly && m.SubPath == "" &&
+						slices.Contains(o.Spec.Template.Spec.Volumes, volume{Name: m.Name, ConfigMap: configMapRef{Name: "chatfleet-models"}}))
+				}
+			}
+			if !mounted {
+				t.Errorf("%s does not mount the chatfleet-models ConfigMap read-only at /etc/chatfleet", o.Metadata.Name)
+			}
 			if o.Metadata.Name == "chatfleet-worker" && time.Duration(o.Spec.Template.Spec.TerminationGracePeriodSeconds)*time.Second <= drain {
 				t.Errorf("worker grace period %ds is not above the drain timeout %s", o.Spec.Template.Spec.TerminationGracePeriodSeconds, drain)
 			}
@@ -200,11 +235,47 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
+	if kinds["ConfigMap"] != 2 {
+		t.Errorf("deploy/k8s should hold chatfleet-config and chatfleet-models, has %d ConfigMaps", kinds["ConfigMap"])
+	}
 	for _, k := range []string{"Deployment", "Service", "PodDisruptionBudget", "ScaledObject", "ConfigMap"} {
 		if kinds[k] == 0 {
 			t.Errorf("no %s in deploy/k8s", k)
 		}
 	}
+}
+
+// The example models file is valid, and the Kubernetes ConfigMap is a copy of it.
+func TestModelsExample(t *testing.T) {
+	example, err := os.ReadFile("models.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := checkModelsFile(t, "models.example.yaml", example)
+	if set != nil && (len(set.Models) != 3 || len(set.Models[0].Deployments) != 2) {
+		t.Errorf("the example: %+v", set)
+	}
+	raw, err := os.ReadFile("k8s/models-configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm k8sObject
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data["models.yaml"] != string(example) {
+		t.Error("k8s/models-configmap.yaml holds another list than models.example.yaml")
+	}
+}
+
+func checkModelsFile(t *testing.T, name string, data []byte) *models.Set {
+	t.Helper()
+	// Every key variable set: the check is of the file, not of this machine.
+	set, err := models.Parse(data, func(string) string { return "key" })
+	if err != nil {
+		t.Errorf("%s: %v", name, err)
+	}
+	return set
 }
 
 type dashboard struct {
