@@ -207,25 +207,47 @@ func (t *try) group(ctx context.Context, g *Group, req Request, rename bool, onD
 		}
 	}
 	if inline && len(busy) > 0 {
-		// Every deployment with capacity failed or none had it: wait in
-		// place for the one free first, as a single deployment would.
-		first := busy[0]
+		return t.waitForOne(ctx, busy, req, onDelta)
+	}
+	return Reply{}, "", nil, false
+}
+
+// waitForOne waits in place, as a single deployment would, for whichever of
+// the busy deployments has capacity first: each in turn, in the weighted
+// order, for a short wait (the first round 100 ms, each next one longer, up
+// to 500 ms: a single deployment's own wait polls as often), until the
+// longest a call may wait in place has passed. A deployment that fails
+// drops out. Done as call is.
+func (t *try) waitForOne(ctx context.Context, busy []Provider, req Request, onDelta func(Delta) error) (Reply, string, error, bool) {
+	var budget time.Duration
+	for _, p := range busy {
+		if g, ok := p.(*Guarded); ok && g.cap != nil {
+			budget = max(budget, g.cap.set.MaxInlineWait)
+		}
+	}
+	req.Model = "" // each deployment asks for its own model
+	deadline := time.Now().Add(budget)
+	for step := 100 * time.Millisecond; len(busy) > 0 && ctx.Err() == nil; step = min(2*step, 500*time.Millisecond) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
+		}
+		saved := t.capacity
+		t.capacity = nil // the earliest capacity of this round
+		var still []Provider
 		for _, p := range busy {
-			if p.Name() == t.capacity.Provider {
-				first = p
+			reply, err, done := t.call(withInlineWait(ctx, min(step, left)), p, req, onDelta)
+			if done {
+				return reply, p.Name(), err, true
+			}
+			if errors.As(err, new(*CapacityError)) {
+				still = append(still, p)
 			}
 		}
-		preq := req
-		preq.Model = ""
-		saved := t.capacity
-		t.capacity = nil
-		reply, err, done := t.call(ctx, first, preq, onDelta)
-		if done {
-			return reply, first.Name(), err, true
+		if t.capacity == nil {
+			t.capacity = saved
 		}
-		if t.capacity == nil && len(busy) > 1 {
-			t.capacity = saved // the others are still at their limit: wait for them
-		}
+		busy = still
 	}
 	return Reply{}, "", nil, false
 }

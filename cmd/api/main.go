@@ -81,7 +81,7 @@ func run(ctx context.Context, environ []string, args []string, stdout, stderr io
 		return 1
 	}
 	defer flush()
-	if err := serve(ctx, cfg, *standalone, log); err != nil {
+	if err := serve(ctx, cfg, config.Getenv(environ), *standalone, log); err != nil {
 		log.Error().Err(err).Msg("api stopped with an error")
 		return 1
 	}
@@ -91,7 +91,7 @@ func run(ctx context.Context, environ []string, args []string, stdout, stderr io
 // serve runs the API until ctx ends, then shuts down last in, first out:
 // not ready, streams ended and drained, HTTP drained, the in-process worker
 // (standalone) drained, Redis closed.
-func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.Logger) (err error) {
+func serve(ctx context.Context, cfg config.Config, getenv func(string) string, standalone bool, log zerolog.Logger) (err error) {
 	var closers wiring.Closers
 	defer func() { err = errors.Join(err, closers.Close()) }()
 
@@ -124,7 +124,7 @@ func serve(ctx context.Context, cfg config.Config, standalone bool, log zerolog.
 
 	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh
 	closers.AddFunc(stopBackground)
-	list := wiring.NewModelList(bg, cfg, log)
+	list := wiring.NewModelList(bg, cfg, getenv, log)
 	if standalone {
 		stopWorker, err := wiring.StartWorker(bg, cfg, list, rdb, jm, st, reg, log.With().Str("component", "worker").Logger())
 		if err != nil {

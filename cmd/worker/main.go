@@ -63,7 +63,7 @@ func run(ctx context.Context, environ []string, args []string, stdout, stderr io
 		return 1
 	}
 	defer flush()
-	if err := serve(ctx, cfg, log); err != nil {
+	if err := serve(ctx, cfg, config.Getenv(environ), log); err != nil {
 		log.Error().Err(err).Msg("worker stopped with an error")
 		return 1
 	}
@@ -73,7 +73,7 @@ func run(ctx context.Context, environ []string, args []string, stdout, stderr io
 // serve runs jobs until ctx ends, then shuts down last in, first out: not
 // ready, stop fetching and drain in-flight jobs (up to the shutdown timeout,
 // then hand them back), the health server, Redis.
-func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err error) {
+func serve(ctx context.Context, cfg config.Config, getenv func(string) string, log zerolog.Logger) (err error) {
 	var closers wiring.Closers
 	defer func() { err = errors.Join(err, closers.Close()) }()
 
@@ -96,7 +96,7 @@ func serve(ctx context.Context, cfg config.Config, log zerolog.Logger) (err erro
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	stopWorker, err := wiring.StartWorker(bg, cfg, wiring.NewModelList(bg, cfg, log), rdb, wiring.Jobs(cfg, rdb, st), st, reg, log)
+	stopWorker, err := wiring.StartWorker(bg, cfg, wiring.NewModelList(bg, cfg, getenv, log), rdb, wiring.Jobs(cfg, rdb, st), st, reg, log)
 	if err != nil {
 		return err
 	}

@@ -154,6 +154,9 @@ func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalCl
 // from the CHATFLEET_LLM_* variables, its deployments the provider chain
 // (primary first, tried in order).
 func Models(cfg config.Config) *models.Set {
+	if cfg.ModelSet != nil {
+		return cfg.ModelSet
+	}
 	def := cmp.Or(cfg.LLMModel, cfg.LLMProvider)
 	m := models.Model{Name: def}
 	for _, s := range append([]config.ProviderSpec{cfg.Primary()}, cfg.Fallbacks...) {
@@ -175,11 +178,15 @@ type ModelList struct {
 	changed []func(*models.Set)
 }
 
-// NewModelList is cfg's model list, re-read while ctx lasts when it comes
-// from a models file.
-func NewModelList(ctx context.Context, cfg config.Config, log zerolog.Logger) *ModelList {
+// NewModelList is cfg's model list. One from a models file is re-read while
+// ctx lasts: within 10 s of an edit, and at once on SIGHUP (models.Watch);
+// getenv reads the key variables it names.
+func NewModelList(ctx context.Context, cfg config.Config, getenv func(string) string, log zerolog.Logger) *ModelList {
 	l := &ModelList{}
 	l.cur.Store(Models(cfg))
+	if cfg.ModelsFile != "" {
+		go models.Watch(ctx, cfg.ModelsFile, getenv, 5*time.Second, log.With().Str("component", "models").Logger(), l.apply)
+	}
 	return l
 }
 
