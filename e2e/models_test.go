@@ -245,3 +245,39 @@ func waitForLog(t *testing.T, p *testkit.Proc, s string, within time.Duration) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A deployment that answers 429 loses its traffic to the other deployment
+// of its model while it asks the fleet to wait: no job fails or waits for
+// it, and it is not called again within its Retry-After.
+func TestA429DeploymentLosesTrafficToTheOther(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	limited, other := llmfake.NewOpenAI(t), llmfake.NewOpenAI(t)
+	limited.Always(llmfake.Step{Status: 429, Message: "Rate limit reached for requests", RetryAfter: "60"})
+	path := filepath.Join(t.TempDir(), "models.yaml")
+	file := fmt.Sprintf(`models:
+  - name: alpha
+    deployments:
+      - {id: limited, provider: openai, model: m, base_url: %q, weight: 9}
+      - {id: other, provider: openai, model: m, base_url: %q, weight: 1}
+`, limited.URL(), other.URL())
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_MODELS_FILE": path, "CHATFLEET_API_KEYS": keysEnv()})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	for i := range 20 {
+		c, err := oa.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: "alpha",
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(fmt.Sprintf("hello %d", i))}})
+		if err != nil || c.Model != "alpha" {
+			t.Fatalf("request %d: %+v %v", i, c, err)
+		}
+	}
+	took := time.Since(start)
+	t.Logf("20 answers in %v; the 429 deployment was called %d times, the other %d", took.Round(time.Millisecond), limited.Calls(), other.Calls())
+	if limited.Calls() != 1 || other.Calls() != 20 {
+		t.Fatalf("the 429 deployment was called %d times, the other %d: want 1 and 20", limited.Calls(), other.Calls())
+	}
+}
