@@ -210,7 +210,8 @@ func TestOneTraceFromSubmitToProvider(t *testing.T) {
 	a := call.attrs
 	if call.parent != process[0].id || call.kind != tracepb.Span_SPAN_KIND_CLIENT || a["gen_ai.system"] != "openai" || a["gen_ai.operation.name"] != "chat" ||
 		a["gen_ai.request.model"] != "fake-model" || a["gen_ai.response.model"] == "" || a["gen_ai.usage.input_tokens"] == "" || a["gen_ai.usage.output_tokens"] == "" ||
-		a["gen_ai.response.finish_reasons"] != "stop" || !strings.Contains(strings.Join(call.events, " "), "gen_ai.first_token") {
+		a["gen_ai.response.finish_reasons"] != "stop" || !strings.Contains(strings.Join(call.events, " "), "gen_ai.first_token") ||
+		a["chatfleet.model"] != "fake-model" || a["chatfleet.deployment"] != "openai" {
 		t.Fatalf("provider call span: %+v", call)
 	}
 	for k, v := range a {
