@@ -139,8 +139,7 @@ func (c *Chain) AllOpen(model string) (bool, time.Time) {
 func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, string, error) {
 	g, fbs, ok := c.group(req.Model)
 	if !ok {
-		msg := fmt.Sprintf("model %q is not served here", req.Model)
-		return Reply{}, "", &Error{Provider: "none", Status: 404, RequestFault: msg, Msg: msg}
+		return Reply{}, "", &UnknownModelError{Model: req.Model}
 	}
 	c.mu.RLock()
 	legacy := c.legacy
@@ -166,6 +165,14 @@ func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(Delta) err
 		return Reply{}, "", fmt.Errorf("no providers configured")
 	}
 	return Reply{}, "", t.all
+}
+
+// UnknownModelError says the model list in force has no model of that name:
+// a job queued before an edit of the models file removed its model.
+type UnknownModelError struct{ Model string }
+
+func (e *UnknownModelError) Error() string {
+	return fmt.Sprintf("the model %q is not served (not in the models file)", e.Model)
 }
 
 // try is what the deployments tried so far came to.

@@ -112,14 +112,15 @@ func TestRouterWaitsForCapacityRatherThanFallBack(t *testing.T) {
 	}
 }
 
-// A name that is not served is the request's fault: 404, no call.
+// A name that is not served (removed by an edit while its job waited) is
+// refused without a call, and not retried.
 func TestRouterRefusesAnUnknownModel(t *testing.T) {
 	a := &scripted{name: "alpha-1"}
 	c := router("alpha", &Group{Name: "alpha", Links: []Provider{a}, Weights: []float64{1}})
 	_, _, err := c.Stream(context.Background(), Request{Model: "gamma"}, noDeltas)
-	var pe *Error
-	if !errors.As(err, &pe) || pe.Status != 404 || pe.RequestFault == "" || a.calls.Load() != 0 {
-		t.Fatalf("%v, want a 404 request fault and no call", err)
+	var ue *UnknownModelError
+	if !errors.As(err, &ue) || ue.Model != "gamma" || Retryable(err) || a.calls.Load() != 0 {
+		t.Fatalf("%v, want an unknown model, not retried, and no call", err)
 	}
 }
 

@@ -134,7 +134,10 @@ func (p *Pipeline) failAttempt(ctx context.Context, pl tasks.ChatPayload, att *j
 func (p *Pipeline) publicError(err error) jobs.JobError {
 	var allDown *llm.AllDownError
 	var pe *llm.Error
+	var unknown *llm.UnknownModelError
 	switch {
+	case errors.As(err, &unknown):
+		return jobs.JobError{Code: "model_not_found", Message: unknown.Error()}
 	case errors.Is(err, context.DeadlineExceeded):
 		return jobs.JobError{Code: "timeout", Message: fmt.Sprintf("the provider did not finish within %s", p.opt.CallTimeout)}
 	case errors.As(err, &pe) && pe.Timeout && (!errors.As(err, &allDown) || len(allDown.Errs) == 1):
