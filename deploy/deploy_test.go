@@ -56,6 +56,81 @@ func TestAlertRules(t *testing.T) {
 	run(t, "prometheus", "promtool", "check", "config", "prometheus.yml")
 }
 
+// The provider label holds a deployment's id: every panel and alert that
+// shows it says so, in its title and legend, its summary and description.
+func TestDeploymentsAreNamed(t *testing.T) {
+	files, err := filepath.Glob("grafana/dashboards/*.json")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("dashboards: %v %v", files, err)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct {
+			Panels []struct {
+				Title   string `json:"title"`
+				Targets []struct {
+					Expr   string `json:"expr"`
+					Legend string `json:"legendFormat"`
+				} `json:"targets"`
+			} `json:"panels"`
+		}
+		if err := json.Unmarshal(raw, &d); err != nil {
+			t.Fatal(err)
+		}
+		shown := 0
+		for _, p := range d.Panels {
+			for _, tg := range p.Targets {
+				if !strings.Contains(tg.Legend, "{{provider}}") {
+					continue
+				}
+				shown++
+				if !strings.Contains(tg.Legend, "deployment {{provider}}") || !strings.Contains(strings.ToLower(p.Title), "deployment") {
+					t.Errorf("%s: panel %q, legend %q: say deployment", f, p.Title, tg.Legend)
+				}
+			}
+		}
+		if shown == 0 {
+			t.Errorf("%s: no panel shows the provider label", f)
+		}
+	}
+	raw, err := os.ReadFile("prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert       string            `yaml:"alert"`
+				Expr        string            `yaml:"expr"`
+				Annotations map[string]string `yaml:"annotations"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(raw, &rules); err != nil {
+		t.Fatal(err)
+	}
+	named := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if !strings.Contains(r.Expr, "by (provider)") {
+				continue
+			}
+			named++
+			for _, k := range []string{"summary", "description"} {
+				if !strings.Contains(strings.ToLower(r.Annotations[k]), "deployment {{ $labels.provider }}") {
+					t.Errorf("alert %s: %s %q does not name the deployment", r.Alert, k, r.Annotations[k])
+				}
+			}
+		}
+	}
+	if named != 3 {
+		t.Errorf("%d alerts by provider, want 3 (breaker open, at limit, limiter failing open)", named)
+	}
+}
+
 // TestComposeFile loads the compose file with the Compose specification's
 // own loader (schema validation, interpolation from the example env file,
 // consistency checks), as `docker compose config` does.

@@ -59,4 +59,13 @@ func TestQueueStatusWarnsAndRecovers(t *testing.T) {
 	if d.Status != http.StatusOK || d.Body["status"] != "ok" || d.Body["redis"] == nil || d.Body["breakers"] == nil || d.Body["workers"] == nil {
 		t.Fatalf("detailed: %d %s", d.Status, d.Raw)
 	}
+	// Without a models file: the variables' one deployment, named by its
+	// kind, its model the configured one.
+	deps, _ := d.Body["deployments"].([]any)
+	if len(deps) != 1 {
+		t.Fatalf("detailed deployments: %s", d.Raw)
+	}
+	if dep, _ := deps[0].(map[string]any); dep["id"] != "sim" || dep["model"] != "sim" || dep["provider"] != "sim" || dep["breaker"] != "closed" || dep["limited"] != false {
+		t.Fatalf("the variables' deployment: %v", dep)
+	}
 }

@@ -31,6 +31,7 @@ type Fleet struct {
 	started   time.Time
 	breakers  func(context.Context) (map[string]string, error)
 	saturated func(context.Context) ([]string, error)
+	deploys   func(context.Context) (any, error)
 
 	mu      sync.Mutex
 	samples []sample // processed totals over the last minute, oldest first
@@ -55,6 +56,10 @@ type FleetOptions struct {
 	// Saturated describes the providers whose capacity holds jobs back now
 	// (e.g. "openai is at its limit of 500 requests per minute").
 	Saturated func(context.Context) ([]string, error)
+	// Deployments reads each deployment's state (breaker, quota use,
+	// effective rate) for /health/detailed's deployments list; any value
+	// that encodes as a JSON list.
+	Deployments func(context.Context) (any, error)
 }
 
 // NewFleet returns the fleet reporter and starts sampling throughput until ctx ends.
@@ -62,7 +67,7 @@ func NewFleet(ctx context.Context, rdb redis.UniversalClient, insp *asynq.Inspec
 	if opt.Queues == nil {
 		opt.Queues = tasks.Queues
 	}
-	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, queues: opt.Queues, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated}
+	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, queues: opt.Queues, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated, deploys: opt.Deployments}
 	go f.sampleLoop(ctx)
 	return f
 }
@@ -317,6 +322,11 @@ func (f *Fleet) detailed(c echo.Context) error {
 					}
 				}
 			}
+		}
+		if f.deploys != nil {
+			if d, err := f.deploys(ctx); err == nil {
+				body["deployments"] = d
+			} // the rest of the report beats none
 		}
 	}
 	body["status"] = status

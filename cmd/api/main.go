@@ -168,6 +168,10 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		Saturated: func(ctx context.Context) ([]string, error) {
 			return llm.Saturated(ctx, rdb, llm.Specs(list.Current()))
 		},
+		// Read at each request: the list changes when the models file is edited.
+		Deployments: func(ctx context.Context) (any, error) {
+			return llm.DeploymentStates(ctx, rdb, llm.Specs(list.Current()), cfg.RateMargin)
+		},
 	})
 	fleet.Register(e)
 	reg.MustRegister(fleet.Collector())

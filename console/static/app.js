@@ -61,6 +61,7 @@ $('keyform').addEventListener('submit', (ev) => {
   store.setItem('cf.key', state.key);
   $('keyform').hidden = true;
   loadHistory();
+  loadModels();
 });
 
 // ---- chat ----
@@ -77,6 +78,22 @@ $('newsession').addEventListener('click', () => {
   store.setItem('cf.session', $('session').value);
   loadHistory();
 });
+
+// The models this fleet serves (/v1/models), offered as the job's model;
+// "default" sends none and gets the fleet's default model.
+async function loadModels() {
+  try {
+    const list = await api('GET', '/v1/models');
+    const sel = $('model');
+    const want = store.getItem('cf.model') || '';
+    sel.length = 1;
+    list.data.forEach((m) => { if (m.id) sel.add(new Option(m.id, m.id)); });
+    sel.value = [...sel.options].some((o) => o.value === want) ? want : '';
+  } catch (e) {
+    $('chatstatus').textContent = e.message;
+  }
+}
+$('model').addEventListener('change', () => store.setItem('cf.model', $('model').value));
 
 function bubble(role, text, jobID) {
   const el = document.createElement('div');
@@ -218,7 +235,9 @@ async function send() {
   if (!message) return;
   $('send').disabled = true;
   try {
-    const sub = await api('POST', '/api/v1/chat/jobs', { session_id: $('session').value, message });
+    const job = { session_id: $('session').value, message };
+    if ($('model').value) job.model = $('model').value;
+    const sub = await api('POST', '/api/v1/chat/jobs', job);
     $('input').value = '';
     bubble('user', message);
     const cur = { job: sub.job_id, session: sub.session_id, message, text: '', seq: 0 };
@@ -249,12 +268,32 @@ async function refreshQueue() {
     table($('queues'), ['queue', 'pending', 'scheduled', 'retry', 'active', 'archived', 'oldest (s)'],
       q.queues.map((x) => [x.name, x.pending, x.scheduled, x.retry, x.active, x.archived, x.latency_seconds.toFixed(1)]));
     $('workers').textContent = q.workers.live + ' live, ' + q.workers.busy + ' of ' + q.workers.concurrency + ' slots busy';
-    table($('breakers'), ['provider', 'breaker'], Object.entries(d.breakers || {}));
+    showDeployments(d);
     await refreshHistory();
   } catch (e) {
     $('queuestatus').textContent = e.message;
   }
   queueTimer = setTimeout(refreshQueue, 2000);
+}
+
+// showDeployments lists each deployment's breaker and quota use, fleet-wide
+// (an API without the deployments list shows its breakers alone).
+function showDeployments(d) {
+  if (!d.deployments) {
+    table($('deployments'), ['deployment', 'breaker'], Object.entries(d.breakers || {}));
+    return;
+  }
+  const of = (n, limit) => (limit ? n + ' of ' + limit : String(n));
+  table($('deployments'), ['deployment', 'model', 'provider', 'breaker', 'in flight', 'requests in window', 'rate (rpm)', 'at limit'],
+    d.deployments.map((x) => [x.id, x.model, x.provider, x.breaker,
+      x.limited ? of(x.in_flight, x.concurrency_limit) : 'not limited',
+      x.window ? x.window.requests + ' of ' + x.window.allowed + ' per ' + (x.window.ms / 1000).toFixed(2) + ' s' : '—',
+      x.limits.rpm ? x.rpm_effective + ' of ' + x.limits.rpm : '—',
+      x.paused_ms > 0 ? 'paused ' + (x.paused_ms / 1000).toFixed(1) + ' s' : (x.at_limit || '')]));
+  // The breaker's state styles its row (an open one stands out).
+  $('deployments').querySelectorAll('tr').forEach((tr, i) => {
+    if (i > 0) tr.dataset.breaker = d.deployments[i - 1].breaker;
+  });
 }
 
 function table(t, head, rows) {
@@ -384,7 +423,9 @@ async function showUsage() {
   if (!$('usagefrom').value) $('usagefrom').value = isoDay(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)));
   if (!$('usageto').value) $('usageto').value = isoDay(now);
   try {
-    const u = await api('GET', '/api/v1/usage?' + new URLSearchParams({ from: $('usagefrom').value, to: $('usageto').value }));
+    const range = { from: $('usagefrom').value, to: $('usageto').value };
+    const [u, byModel] = await Promise.all([api('GET', '/api/v1/usage?' + new URLSearchParams(range)),
+      api('GET', '/api/v1/usage?' + new URLSearchParams(Object.assign({ group_by: 'model' }, range)))]);
     const cost = (v) => (v === null || v === undefined ? '—' : '$' + v.toFixed(4));
     let budget = '';
     if (u.budget) {
@@ -393,6 +434,8 @@ async function showUsage() {
     }
     $('usagestatus').textContent = u.tenant + ': ' + u.total.requests + ' requests, ' +
       (u.total.prompt_tokens + u.total.completion_tokens) + ' tokens, ' + cost(u.total.cost_usd) + budget;
+    table($('usagemodels'), ['model', 'requests', 'prompt tokens', 'completion tokens', 'cost'],
+      byModel.data.map((r) => [r.model, r.requests, r.prompt_tokens, r.completion_tokens, cost(r.cost_usd)]));
     table($('usagetable'), ['date', 'model', 'requests', 'prompt tokens', 'completion tokens', 'cost'],
       u.data.map((r) => [r.date, r.model, r.requests, r.prompt_tokens, r.completion_tokens, cost(r.cost_usd)]));
     drawUsage(u.data);
@@ -482,4 +525,5 @@ async function refreshHistory() {
 }
 
 loadHistory();
+loadModels();
 route();
