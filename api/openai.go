@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/http"
@@ -103,10 +104,9 @@ func (s *Server) chatCompletions(c echo.Context) error {
 		return err
 	}
 
-	model := r.Model
-	if model == "" {
-		model = "default"
-	}
+	// Chunks before the last name the model asked for; a fallback's name is
+	// known only when it has answered (the final chunk and a whole answer).
+	model := cmp.Or(r.Model, s.defaultModel())
 	sink := &oaSink{res: c.Response(), id: "chatcmpl-" + strings.TrimPrefix(id, "job_"), model: model,
 		created: nj.CreatedAt.Unix(), stream: r.Stream, usage: r.StreamOptions != nil && r.StreamOptions.IncludeUsage}
 	if r.Stream {

@@ -52,8 +52,9 @@ type Options struct {
 	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.
 	WebhookHTTPSOnly bool
 	// Prices are the models' prices in US dollars per million tokens
-	// (input, output); usage of other models has no cost.
-	Prices map[string][2]float64
+	// (input, output), as they stand (an edit of the models file changes
+	// them); usage of other models has no cost. nil: none.
+	Prices func() map[string][2]float64
 }
 
 // Deps are what the API works with.

@@ -97,6 +97,10 @@ func (s *Server) usageRows(rows []store.UsageRow, group string) ([]usageRow, usa
 	total := usageRow{}
 	var totalCost float64
 	priced := true
+	var prices map[string][2]float64
+	if s.opt.Prices != nil {
+		prices = s.opt.Prices()
+	}
 	for _, r := range rows {
 		key := r.Date + "\n" + r.Model
 		row := usageRow{Date: r.Date, Model: r.Model}
@@ -122,7 +126,7 @@ func (s *Server) usageRows(rows []store.UsageRow, group string) ([]usageRow, usa
 		total.PromptTokens += r.PromptTokens
 		total.CompletionTokens += r.CompletionTokens
 		total.EstimatedTokens += r.EstimatedTokens
-		if p, ok := s.opt.Prices[r.Model]; ok && o.CostUSD != nil {
+		if p, ok := prices[r.Model]; ok && o.CostUSD != nil {
 			cost := (float64(r.PromptTokens)*p[0] + float64(r.CompletionTokens)*p[1]) / 1e6
 			*o.CostUSD += cost
 			totalCost += cost

@@ -737,6 +737,7 @@ func BenchmarkReport(b *testing.B) {
 	results = append(results, singles, session)
 	results = append(results, e.cluster()...)
 	results = append(results, e.pacedReplies()...)
+	results = append(results, e.deploymentsBurst())
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {

@@ -349,7 +349,7 @@ func TestCheckNamesTheModelsFileProblems(t *testing.T) {
 	environ[1] = "CHATFLEET_MODELS_FILE=" + writeModels(t, "models:\n  - name: a\n    deployments: [{provider: gemini, weight: 0}]\n")
 	if code := Check(RoleWorker, environ, &out, &errOut); code != 1 ||
 		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].provider: must be openai, anthropic or sim, got "gemini"`) ||
-		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].weight: must be more than 0`) {
+		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].weight: must be a number more than 0`) {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 }

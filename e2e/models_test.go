@@ -149,6 +149,9 @@ func TestModelsFileRoutesAcrossDeployments(t *testing.T) {
 	if !priced {
 		t.Fatalf("usage %s: no row", u.Raw)
 	}
+	if v, _ := labelled(t, workers[0].URL(), `chatfleet_llm_cost_usd_total{model="alpha",provider="alpha-east"}`); v <= 0 {
+		t.Fatalf("the cost metric of alpha-east under alpha is %v, want the public model's price counted", v)
+	}
 
 	// West fails: its traffic moves to east within each attempt.
 	west.Always(llmfake.Step{Status: 500, Message: "west is down"})

@@ -152,9 +152,9 @@ func (a *Attempt) priced(sp *Spent) *Spent {
 		return nil
 	}
 	out := *sp
-	out.Model = cmp.Or(out.Model, a.job.Model, a.m.opt.DefaultModel)
+	out.Model = cmp.Or(out.Model, a.job.Model, a.m.defaultModel())
 	if b, ok := a.m.opt.Budgets[a.job.Tenant]; ok {
-		out.BudgetCost = b.cost(out.Model, out.Prompt, out.Completion, a.m.opt.Prices)
+		out.BudgetCost = b.cost(out.Model, out.Prompt, out.Completion, a.m.prices())
 	}
 	return &out
 }

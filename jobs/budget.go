@@ -99,7 +99,7 @@ func (m *Manager) reserve(ctx context.Context, nj store.NewJob, p tasks.ChatPayl
 	}
 	period, reset := b.period(time.Now())
 	prompt, output := llm.EstimateJob(p)
-	estimate := b.cost(cmp.Or(p.Model, m.opt.DefaultModel), prompt, output, m.opt.Prices)
+	estimate := b.cost(cmp.Or(p.Model, m.defaultModel()), prompt, output, m.prices())
 	n, err := m.st.Reserve(ctx, nj.Tenant, period, nj.ID, estimate, b.limit(), b.periodTTL(period))
 	if err != nil {
 		return "", false, err
@@ -137,7 +137,7 @@ func (m *Manager) budgetSpend(tenant string, o store.Outcome) int64 {
 	if !ok || o.Usage == nil {
 		return 0
 	}
-	return b.cost(usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens, m.opt.Prices)
+	return b.cost(usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens, m.prices())
 }
 
 // usageModel is the model an outcome's usage is priced under: the one the

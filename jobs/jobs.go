@@ -50,12 +50,29 @@ type Options struct {
 	// enqueues what this did not (webhooks.Outbox).
 	Notify func(ctx context.Context, id string)
 	// Budgets are the tenants' spending limits; Prices (dollars per million
-	// input and output tokens, by model) price a dollar budget.
+	// input and output tokens, by model; read at each use: an edit of the
+	// models file changes them) price a dollar budget.
 	Budgets map[string]Budget
-	Prices  map[string][2]float64
+	Prices  func() map[string][2]float64
 	// DefaultModel is the model a job that names none asks for: a dollar
 	// budget prices its estimate by it.
-	DefaultModel string
+	DefaultModel func() string
+}
+
+// prices are the prices in force (none when not configured).
+func (m *Manager) prices() map[string][2]float64 {
+	if m.opt.Prices == nil {
+		return nil
+	}
+	return m.opt.Prices()
+}
+
+// defaultModel is the model a job that names none asks for.
+func (m *Manager) defaultModel() string {
+	if m.opt.DefaultModel == nil {
+		return ""
+	}
+	return m.opt.DefaultModel()
 }
 
 // Manager runs the job lifecycle over the store and asynq.

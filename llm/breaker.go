@@ -51,6 +51,7 @@ type Guarded struct {
 	timeouts Timeouts
 	model    string // the configured model: the bounded label of token metrics
 	public   string // the public model it serves (models.Model)
+	priced   string // the model its use is priced by (priceKey)
 	kind     string // openai, anthropic or sim
 	dcb      *gobreaker.DistributedCircuitBreaker[struct{}]
 	store    *breakerStore
@@ -161,7 +162,7 @@ func (g *Guarded) Stream(ctx context.Context, req Request, onDelta func(Delta) e
 	if !errors.As(err, &capErr) {
 		g.metrics.request(g.Name(), outcome(err))
 		if err == nil {
-			g.metrics.tokens(g.Name(), g.model, reply.Usage)
+			g.metrics.tokens(g.Name(), g.model, g.priced, reply.Usage)
 		}
 		g.record(st, err)
 	}

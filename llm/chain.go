@@ -186,9 +186,11 @@ type try struct {
 // the attempt must end.
 func (t *try) group(ctx context.Context, g *Group, req Request, rename bool, onDelta func(Delta) error) (Reply, string, error, bool) {
 	order := weightedOrder(g.Links, g.Weights)
-	// With more than one deployment, none waits in place for capacity while
-	// another may have it now; the first to have it is then waited for.
-	inline := len(order) > 1
+	// With more than one deployment of a model, none waits in place for
+	// capacity while another may have it now; the first to have it is then
+	// waited for. The variables' chain (no weights) waits for its primary
+	// before a fallback is asked, as it always did.
+	inline := len(order) > 1 && g.Weights != nil
 	var busy []Provider
 	for i, p := range order {
 		if cr, ok := p.(Carrier); ok {
@@ -234,15 +236,16 @@ func (t *try) waitForOne(ctx context.Context, busy []Provider, req Request, onDe
 	}
 	req.Model = "" // each deployment asks for its own model
 	deadline := time.Now().Add(budget)
-	for step := 100 * time.Millisecond; len(busy) > 0 && ctx.Err() == nil; step = min(2*step, 500*time.Millisecond) {
-		left := time.Until(deadline)
-		if left <= 0 {
-			break
-		}
+	for step := 100 * time.Millisecond; len(busy) > 0 && ctx.Err() == nil && time.Until(deadline) > 0; step = min(2*step, 500*time.Millisecond) {
 		saved := t.capacity
 		t.capacity = nil // the earliest capacity of this round
 		var still []Provider
-		for _, p := range busy {
+		for i, p := range busy {
+			left := time.Until(deadline)
+			if left <= 0 {
+				still = append(still, busy[i:]...) // not asked again: still at their limit
+				break
+			}
 			reply, err, done := t.call(withInlineWait(ctx, min(step, left)), p, req, onDelta)
 			if done {
 				return reply, p.Name(), err, true
@@ -251,8 +254,8 @@ func (t *try) waitForOne(ctx context.Context, busy []Provider, req Request, onDe
 				still = append(still, p)
 			}
 		}
-		if t.capacity == nil {
-			t.capacity = saved
+		if t.capacity == nil && len(still) > 0 {
+			t.capacity = saved // the ones not asked this round are still at their limit
 		}
 		busy = still
 	}

@@ -134,3 +134,31 @@ func TestLegacyChainRenamesThePrimary(t *testing.T) {
 		t.Fatalf("reply %+v from %q, %v; primary asked %q, fallback %q", reply, dep, err, p.asked.Load(), fb.asked.Load())
 	}
 }
+
+// inlineSeen records how long each call was allowed to wait in place for
+// capacity (-1: the deployment's own bound).
+type inlineSeen struct {
+	scripted
+	seen []time.Duration
+}
+
+func (s *inlineSeen) Stream(ctx context.Context, req Request, onDelta func(Delta) error) (Reply, error) {
+	s.seen = append(s.seen, inlineWait(ctx, -1))
+	return s.scripted.Stream(ctx, req, onDelta)
+}
+
+// The variables' chain waits in place for its primary's capacity before a
+// fallback is asked, as it always did; a model's deployments first look
+// for one with capacity now.
+func TestOnlyAModelsDeploymentsSkipAWaitForCapacity(t *testing.T) {
+	primary := &inlineSeen{scripted: scripted{name: "openai"}}
+	NewChain(primary, &scripted{name: "anthropic"}).Stream(context.Background(), Request{Model: "gpt-x"}, noDeltas)
+	if len(primary.seen) != 1 || primary.seen[0] != -1 || primary.asked.Load() != "gpt-x" {
+		t.Fatalf("legacy primary allowed %v, asked for %q; want its own bound and the request's model", primary.seen, primary.asked.Load())
+	}
+	a, b := &inlineSeen{scripted: scripted{name: "a"}}, &inlineSeen{scripted: scripted{name: "b"}}
+	router("m", &Group{Name: "m", Links: []Provider{a, b}, Weights: []float64{1, 1}}).Stream(context.Background(), Request{}, noDeltas)
+	if seen := append(a.seen, b.seen...); len(seen) != 1 || seen[0] != 0 {
+		t.Fatalf("a model's deployment allowed %v, want one call that does not wait in place", seen)
+	}
+}

@@ -1,6 +1,8 @@
 package llm
 
 import (
+	"cmp"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,7 +21,7 @@ type Metrics struct {
 	limit    *prometheus.GaugeVec
 	costC    *prometheus.CounterVec
 	limErrs  *prometheus.CounterVec
-	prices   map[string][2]float64 // dollars per million input and output tokens, by model
+	prices   atomic.Pointer[map[string][2]float64] // dollars per million input and output tokens, by model
 }
 
 // outcomes are the values of chatfleet_llm_requests_total's outcome label.
@@ -72,7 +74,7 @@ func NewMetrics(reg prometheus.Registerer, chain []Spec) *Metrics {
 			model = "sim"
 		}
 		if model != "" {
-			m.tokens(name, model, Usage{})
+			m.tokens(name, model, model, Usage{})
 		}
 		m.state.WithLabelValues(name).Set(0)
 		m.waitH.WithLabelValues(name)
@@ -90,27 +92,52 @@ func (m *Metrics) request(provider, outcome string) {
 	}
 }
 
-func (m *Metrics) tokens(provider, model string, u Usage) {
+// tokens counts a call's tokens under the deployment's model, and their
+// cost under priced: the model its price is kept by.
+func (m *Metrics) tokens(provider, model, priced string, u Usage) {
 	if m == nil {
 		return
 	}
 	m.tokensC.WithLabelValues(provider, model, "prompt").Add(float64(u.PromptTokens))
 	m.tokensC.WithLabelValues(provider, model, "completion").Add(float64(u.CompletionTokens))
-	if p, ok := m.prices[model]; ok {
-		m.costC.WithLabelValues(provider, model).Add((float64(u.PromptTokens)*p[0] + float64(u.CompletionTokens)*p[1]) / 1e6)
+	if prices := m.prices.Load(); prices != nil {
+		if p, ok := (*prices)[priced]; ok {
+			m.costC.WithLabelValues(provider, priced).Add((float64(u.PromptTokens)*p[0] + float64(u.CompletionTokens)*p[1]) / 1e6)
+		}
 	}
 }
 
 // Price sets the models' prices (dollars per million input and output
-// tokens) that chatfleet_llm_cost_usd_total counts with; call it before the
-// first call.
+// tokens) that chatfleet_llm_cost_usd_total counts with, by public model
+// with a models file (else by the deployment's model); again when the list
+// changes.
 func (m *Metrics) Price(prices map[string][2]float64, chain []Spec) {
-	m.prices = prices
+	m.prices.Store(&prices)
 	for i, name := range ProviderNames(chain) {
-		if _, ok := prices[chain[i].Model]; ok {
-			m.costC.WithLabelValues(name, chain[i].Model)
+		if k := priceKey(chain[i]); hasPrice(prices, k) {
+			m.costC.WithLabelValues(name, k)
 		}
 	}
+}
+
+func hasPrice(prices map[string][2]float64, model string) bool {
+	_, ok := prices[model]
+	return ok
+}
+
+// priceKey is the model a deployment's use is priced by: its public model
+// with a models file, else (the variables' chain) its own model.
+func priceKey(s Spec) string { return cmp.Or(s.Public, s.Model) }
+
+// forget drops the gauges of a deployment an edit removed, so that its last
+// state (an open breaker) does not stay on the dashboards and alerts.
+func (m *Metrics) forget(provider string) {
+	if m == nil {
+		return
+	}
+	m.state.DeleteLabelValues(provider)
+	m.inflight.DeleteLabelValues(provider)
+	m.limit.DeletePartialMatch(prometheus.Labels{"provider": provider})
 }
 
 func (m *Metrics) breaker(provider string, s gobreaker.State) {

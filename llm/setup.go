@@ -127,6 +127,9 @@ func (c *Chain) Update(set *models.Set) error {
 	for n, d := range b.live {
 		if next[n] != d {
 			d.cancel()
+			if _, kept := next[n]; !kept {
+				b.m.forget(n)
+			}
 		}
 	}
 	b.live = next
@@ -182,6 +185,7 @@ func (b *builder) make(name, public string, s Spec) (*deployment, error) {
 	g.kind = s.Kind
 	g.model = cmp.Or(s.Model, s.Kind)
 	g.public = public
+	g.priced = cmp.Or(priceKey(s), g.model)
 	return &deployment{spec: s, g: g, cancel: cancel}, nil
 }
 

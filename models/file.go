@@ -3,6 +3,7 @@ package models
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"regexp"
@@ -226,8 +227,8 @@ func (p *parser) deployment(n *yaml.Node, where, model string, j int) Deployment
 		}
 	}
 	switch {
-	case weight != nil && *weight <= 0:
-		p.fail(where+".weight", "must be more than 0")
+	case weight != nil && (!(*weight > 0) || math.IsInf(*weight, 1)): // NaN is not > 0
+		p.fail(where+".weight", "must be a number more than 0")
 	case weight != nil:
 		d.Weight = *weight
 	case d.RPM > 0:

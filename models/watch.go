@@ -18,8 +18,10 @@ import (
 // equal to the one in force in its stride). After that, apply is called only
 // when the content has changed and parses, and the reload is logged. A file
 // that does not read or parse is logged once per distinct content, naming
-// each problem, and the list in force stays.
-func Watch(ctx context.Context, path string, getenv func(string) string, every time.Duration, log zerolog.Logger, apply func(*Set)) {
+// each problem, and the list in force stays. A list apply refuses (the
+// error says why) is logged the same way and offered again at the next
+// read, until it is applied or the file changes.
+func Watch(ctx context.Context, path string, getenv func(string) string, every time.Duration, log zerolog.Logger, apply func(*Set) error) {
 	// Installed before the first read, so that a SIGHUP sent once the first
 	// list is applied is never the default action (which ends the process).
 	hup := make(chan os.Signal, 1)
@@ -44,6 +46,8 @@ func Watch(ctx context.Context, path string, getenv func(string) string, every t
 			failure = "read\x00" + err.Error()
 		} else if set, err = Parse(data, getenv); err != nil {
 			failure = "parse\x00" + string(data)
+		} else if err = apply(set); err != nil {
+			failure = "apply\x00" + string(data) + "\x00" + err.Error()
 		}
 		if err != nil {
 			if failure != lastFailure {
@@ -61,7 +65,6 @@ func Watch(ctx context.Context, path string, getenv func(string) string, every t
 		} else {
 			log.Info().Str("path", path).Strs("models", set.Names()).Msg("models file reloaded")
 		}
-		apply(set)
 	}
 	read()
 	for {

@@ -3,6 +3,7 @@ package models
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,16 +33,23 @@ func (l *logBuf) count(s string) int {
 	return strings.Count(l.b.String(), s)
 }
 
-// applied records the lists Watch applies.
+// applied records the lists Watch applies; refuse makes it refuse the next
+// ones that many times.
 type applied struct {
-	mu   sync.Mutex
-	sets []*Set
+	mu     sync.Mutex
+	sets   []*Set
+	refuse int
 }
 
-func (a *applied) apply(s *Set) {
+func (a *applied) apply(s *Set) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.refuse > 0 {
+		a.refuse--
+		return errors.New("the router could not take it")
+	}
 	a.sets = append(a.sets, s)
+	return nil
 }
 
 func (a *applied) snapshot() []*Set {
@@ -146,6 +154,23 @@ func TestWatchAppliesEditsAndKeepsTheListOnABrokenOne(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if len(got.snapshot()) != 3 {
 		t.Fatal("an unchanged file was applied again")
+	}
+}
+
+// A list the caller cannot put in force is logged and offered again at the
+// next read, until it is taken.
+func TestWatchOffersARefusedListAgain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "models.yaml")
+	write(t, path, oneModel("alpha"))
+	got, logs := startWatch(t, path, 20*time.Millisecond)
+	eventually(t, "the first list", func() bool { return len(got.snapshot()) == 1 })
+	got.mu.Lock()
+	got.refuse = 2
+	got.mu.Unlock()
+	write(t, path, oneModel("beta"))
+	eventually(t, "the edit applied once taken", func() bool { return len(got.snapshot()) == 2 })
+	if n := logs.count("the router could not take it"); n != 1 {
+		t.Fatalf("the refusal was logged %d times, want once", n)
 	}
 }
 

@@ -234,6 +234,11 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 	return c // a whole reply's last batch goes out with the final script (settle)
 }
 
+// modelsReloadGap bounds how long every process takes to read an edit of
+// the models file (each re-reads it every 5 s) and some more: a job for a
+// model its worker does not know waits that long before it fails.
+const modelsReloadGap = 15 * time.Second
+
 // settle records what the attempt came to: the reply, a degraded reply, a
 // deferral, a retry or a failure.
 func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
@@ -248,6 +253,13 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	if allDown != nil && allDown.AllOpen && onAllDown == AllDownDefer {
 		log.Info().Time("until", allDown.Until).Msg("every provider is open; job deferred")
 		return p.deferJob(ctx, r.att, allDown.Until)
+	}
+	var unknown *llm.UnknownModelError
+	if errors.As(c.err, &unknown) && time.Since(pl.SubmittedAt) < modelsReloadGap {
+		// An API that read an edit of the models file first took a job for
+		// a model this worker has yet to read: it waits for the reload.
+		log.Info().Str("model", unknown.Model).Msg("model not in this worker's list yet; job waits for the models file's reload")
+		return p.deferJob(ctx, r.att, time.Now().Add(modelsReloadGap/3))
 	}
 	var busy *llm.CapacityError
 	if errors.As(c.err, &busy) {

@@ -114,7 +114,8 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	conns := redisconn.Track(rdb) // before the client's first command
 
 	st := wiring.Store(cfg, rdb)
-	jm := wiring.Jobs(cfg, rdb, st)
+	list := wiring.NewModelList(cfg, getenv, log)
+	jm := wiring.Jobs(cfg, list, rdb, st)
 	reg := wiring.Registry()
 	checker := health.NewChecker(rdb, version, reg)
 
@@ -124,7 +125,6 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 
 	bg, stopBackground := context.WithCancel(context.Background()) // fleet sampling, breaker refresh
 	closers.AddFunc(stopBackground)
-	list := wiring.NewModelList(bg, cfg, getenv, log)
 	if standalone {
 		stopWorker, err := wiring.StartWorker(bg, cfg, list, rdb, jm, st, reg, log.With().Str("component", "worker").Logger())
 		if err != nil {
@@ -146,7 +146,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
 		Webhooks:             wiring.Webhooks(cfg),
 		WebhookHTTPSOnly:     cfg.Env == config.EnvProduction && !cfg.WebhookAllowHTTP,
-		Prices:               wiring.Prices(cfg),
+		Prices:               list.Prices,
 	})
 	server.Register(e)
 	checker.Register(e)
@@ -173,6 +173,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 			return llm.DeploymentStates(ctx, rdb, llm.Specs(list.Current()), cfg.RateMargin)
 		},
 	})
+	list.Watch(bg) // every part that follows the list has registered
 	fleet.Register(e)
 	reg.MustRegister(fleet.Collector())
 

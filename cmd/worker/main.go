@@ -96,10 +96,12 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, l
 
 	bg, stopBackground := context.WithCancel(context.Background()) // breaker refresh
 	closers.AddFunc(stopBackground)
-	stopWorker, err := wiring.StartWorker(bg, cfg, wiring.NewModelList(bg, cfg, getenv, log), rdb, wiring.Jobs(cfg, rdb, st), st, reg, log)
+	list := wiring.NewModelList(cfg, getenv, log)
+	stopWorker, err := wiring.StartWorker(bg, cfg, list, rdb, wiring.Jobs(cfg, list, rdb, st), st, reg, log)
 	if err != nil {
 		return err
 	}
+	list.Watch(bg) // the worker's router follows the list from here on
 	closers.AddFunc(stopWorker)
 	closers.AddFunc(checker.SetShuttingDown)
 	log.Info().Int("concurrency", cfg.WorkerConcurrency).Dur("poll_interval", cfg.QueuePollInterval).Msg("worker started")
@@ -126,7 +128,7 @@ func jobsCommand(ctx context.Context, environ []string, args []string, stdout, s
 		return 1
 	}
 	defer rdb.Close()
-	jm := wiring.Jobs(cfg, rdb, wiring.Store(cfg, rdb))
+	jm := wiring.Jobs(cfg, wiring.NewModelList(cfg, config.Getenv(environ), zerolog.Nop()), rdb, wiring.Store(cfg, rdb))
 	switch {
 	case args[0] == "archived" && len(args) == 1:
 		list, err := jm.ListArchived()

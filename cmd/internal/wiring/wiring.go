@@ -7,6 +7,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,12 +88,13 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 	})
 }
 
-// Jobs is the job lifecycle of cfg: a job with webhooks enqueues them when it ends.
-func Jobs(cfg config.Config, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
+// Jobs is the job lifecycle of cfg: a job with webhooks enqueues them when
+// it ends; costs are priced at list's prices in force.
+func Jobs(cfg config.Config, list *ModelList, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
 	q := asynq.NewClientFromRedisClient(rdb)
 	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
 		jobs.Options{MaxRetries: cfg.MaxRetries, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease,
-			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: Prices(cfg), DefaultModel: Models(cfg).Default})
+			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: list.Prices, DefaultModel: list.Default})
 }
 
 func budgets(cfg config.Config) map[string]jobs.Budget {
@@ -103,15 +105,15 @@ func budgets(cfg config.Config) map[string]jobs.Budget {
 	return out
 }
 
-// Prices are cfg's model prices, dollars per million input and output
-// tokens: CHATFLEET_MODEL_PRICES, and the models file's price of a public
-// model over it.
-func Prices(cfg config.Config) map[string][2]float64 {
+// pricesOf are the model prices with set in force, dollars per million
+// input and output tokens: CHATFLEET_MODEL_PRICES, and a public model's own
+// price in the models file over it.
+func pricesOf(cfg config.Config, set *models.Set) map[string][2]float64 {
 	out := make(map[string][2]float64, len(cfg.ModelPrices))
 	for m, p := range cfg.ModelPrices {
 		out[m] = [2]float64{p.Input, p.Output}
 	}
-	for _, m := range Models(cfg).Models {
+	for _, m := range set.Models {
 		if m.Price != nil {
 			out[m.Name] = [2]float64{m.Price.Input, m.Price.Output}
 		}
@@ -171,42 +173,77 @@ func Models(cfg config.Config) *models.Set {
 func Providers(cfg config.Config) []llm.Spec { return llm.Specs(Models(cfg)) }
 
 // ModelList holds the model list in force: cfg's, replaced when the
-// models file is edited.
+// models file is edited, with the prices that go with it.
 type ModelList struct {
+	cfg     config.Config
+	getenv  func(string) string
+	log     zerolog.Logger
 	cur     atomic.Pointer[models.Set]
+	prices  atomic.Pointer[map[string][2]float64]
 	mu      sync.Mutex
-	changed []func(*models.Set)
+	changed []func(*models.Set) error
 }
 
-// NewModelList is cfg's model list. One from a models file is re-read while
-// ctx lasts: within 10 s of an edit, and at once on SIGHUP (models.Watch);
-// getenv reads the key variables it names.
-func NewModelList(ctx context.Context, cfg config.Config, getenv func(string) string, log zerolog.Logger) *ModelList {
-	l := &ModelList{}
-	l.cur.Store(Models(cfg))
-	if cfg.ModelsFile != "" {
-		go models.Watch(ctx, cfg.ModelsFile, getenv, 5*time.Second, log.With().Str("component", "models").Logger(), l.apply)
-	}
+// NewModelList is cfg's model list; getenv reads the key variables a models
+// file names.
+func NewModelList(cfg config.Config, getenv func(string) string, log zerolog.Logger) *ModelList {
+	l := &ModelList{cfg: cfg, getenv: getenv, log: log.With().Str("component", "models").Logger()}
+	set := Models(cfg)
+	p := pricesOf(cfg, set)
+	l.cur.Store(set)
+	l.prices.Store(&p)
 	return l
+}
+
+// Watch re-reads a models file while ctx lasts: within 10 s of an edit,
+// and at once on SIGHUP (models.Watch). Start it once every part that
+// follows the list has said so (OnChange), so that none misses an edit.
+func (l *ModelList) Watch(ctx context.Context) {
+	if l.cfg.ModelsFile != "" {
+		go models.Watch(ctx, l.cfg.ModelsFile, l.getenv, 5*time.Second, l.log, l.apply)
+	}
 }
 
 // Current is the model list in force.
 func (l *ModelList) Current() *models.Set { return l.cur.Load() }
 
-// OnChange calls f with each new list.
-func (l *ModelList) OnChange(f func(*models.Set)) {
+// Default is the model a job that names none gets.
+func (l *ModelList) Default() string { return l.Current().Default }
+
+// Prices are the prices in force, dollars per million input and output
+// tokens by model: CHATFLEET_MODEL_PRICES, and a public model's own price
+// in the models file over it.
+func (l *ModelList) Prices() map[string][2]float64 { return *l.prices.Load() }
+
+// OnChange has f take each new list; an error refuses the list (the next
+// read of the file offers it again).
+func (l *ModelList) OnChange(f func(*models.Set) error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.changed = append(l.changed, f)
 }
 
-func (l *ModelList) apply(set *models.Set) {
-	l.cur.Store(set)
+func (l *ModelList) apply(set *models.Set) error {
+	if l.cfg.Env == config.EnvProduction {
+		for _, m := range set.Models {
+			for _, d := range m.Deployments {
+				if d.Provider == "sim" {
+					return fmt.Errorf("model %q: deployment %q: production refuses the simulated LLM", m.Name, d.ID)
+				}
+			}
+		}
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, f := range l.changed {
-		f(set)
+		if err := f(set); err != nil {
+			return err
+		}
 	}
+	p := pricesOf(l.cfg, set)
+	l.prices.Store(&p)
+	l.cur.Store(set)
+	return nil
 }
 
 // StartWorker assembles a worker, starts the job rescuer and reconciler and
@@ -234,19 +271,23 @@ func StartWorker(ctx context.Context, cfg config.Config, list *ModelList, rdb re
 // worker process and standalone mode run. ctx bounds the breakers' refresh.
 func Worker(ctx context.Context, cfg config.Config, list *ModelList, rdb redis.UniversalClient, jm *jobs.Manager,
 	reg prometheus.Registerer, log zerolog.Logger) (*orchestration.Worker, error) {
+	metrics := llm.NewMetrics(reg, llm.Specs(list.Current()))
+	metrics.Price(list.Prices(), llm.Specs(list.Current()))
 	chain, err := llm.Build(ctx, list.Current(), llm.ChainOptions{
 		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
 		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
 		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay, Margin: cfg.RateMargin},
 		Timeouts: llm.Timeouts{FirstToken: cfg.FirstTokenWait, Idle: cfg.IdleTimeout},
-	}, rdb, llmMetrics(cfg, reg), log)
+	}, rdb, metrics, log)
 	if err != nil {
 		return nil, err
 	}
-	list.OnChange(func(set *models.Set) {
+	list.OnChange(func(set *models.Set) error {
 		if err := chain.Update(set); err != nil {
-			log.Error().Err(err).Msg("the new model list could not be put in force; the old one stays")
+			return fmt.Errorf("the worker's router: %w", err)
 		}
+		metrics.Price(pricesOf(cfg, set), llm.Specs(set))
+		return nil
 	})
 	p := orchestration.NewPipeline(jm, chain, orchestration.PipelineOptions{
 		MaxRetries:    cfg.MaxRetries,
@@ -287,11 +328,4 @@ func Tracing(ctx context.Context, service string, environ []string, log zerolog.
 			log.Warn().Err(err).Msg("could not flush the last spans")
 		}
 	}, nil
-}
-
-// llmMetrics are the provider metrics of cfg's deployments, costs at cfg's prices.
-func llmMetrics(cfg config.Config, reg prometheus.Registerer) *llm.Metrics {
-	m := llm.NewMetrics(reg, Providers(cfg))
-	m.Price(Prices(cfg), Providers(cfg))
-	return m
 }
