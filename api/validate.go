@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -104,7 +105,8 @@ func jsonError(err error) error {
 		return errf(http.StatusBadRequest, "invalid_type", field, fmt.Sprintf("%s must be a %s, got %s", field, jsonKind(te.Type.Kind().String()), te.Value))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return errf(http.StatusBadRequest, "unknown_field", name, fmt.Sprintf("unknown field %q", name))
+		field := cmp.Or(name, "body") // an empty key names no field of its own
+		return errf(http.StatusBadRequest, "unknown_field", field, fmt.Sprintf("unknown field %q", name))
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return errf(http.StatusBadRequest, "invalid_json", "body", "body ends before the JSON is complete")
 	}
