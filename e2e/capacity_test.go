@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,6 +76,11 @@ func burst(t *testing.T, jobs int, env map[string]string, upstreams map[string]*
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
+	commands := func() float64 {
+		v, _ := strconv.ParseFloat(infoField(t, rd, "total_commands_processed"), 64)
+		return v
+	}
+	before := commands()
 	start := time.Now()
 	ids := make([]string, jobs)
 	var wg sync.WaitGroup
@@ -120,6 +127,7 @@ func burst(t *testing.T, jobs int, env map[string]string, upstreams map[string]*
 			}
 		}
 	}
+	t.Logf("Redis commands per job: %.0f", (commands()-before)/float64(jobs))
 	return burstResult{elapsed: elapsed}
 }
 
@@ -242,4 +250,19 @@ func TestHugeRetryAfterIsCappedAndTheJobRuns(t *testing.T) {
 		t.Fatalf("upstream calls %d, want 2", fake.Calls())
 	}
 	t.Logf("ran %s after the 429 (Retry-After capped at 7s, retention 2s)", time.Since(start).Round(time.Millisecond))
+}
+
+// infoField is one field of a Redis server's INFO.
+func infoField(t *testing.T, rd *testkit.Redis, field string) string {
+	t.Helper()
+	raw, err := rd.Client().Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(raw, "\r\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == field {
+			return v
+		}
+	}
+	return ""
 }
