@@ -392,7 +392,7 @@ func newToken() string {
 func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *time.Duration) (*slot, error) {
 	start := c.now()
 	token := newToken()
-	poll := 10 * time.Millisecond
+	poll := firstPoll(ctx)
 	for {
 		left := *budget - c.now().Sub(start)
 		res, err := acquireScript.Run(ctx, c.rdb, c.keys, acquireArgs{Token: token, Lease: c.set.Lease.Milliseconds(),

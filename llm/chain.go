@@ -216,50 +216,83 @@ func (t *try) group(ctx context.Context, g *Group, req Request, rename bool, onD
 		}
 	}
 	if inline && len(busy) > 0 {
-		return t.waitForOne(ctx, busy, req, onDelta)
+		return t.waitForOne(ctx, g, busy, req, onDelta)
 	}
 	return Reply{}, "", nil, false
 }
 
 // waitForOne waits in place, as a single deployment would, for whichever of
-// the busy deployments has capacity first: each in turn, in the weighted
-// order, for a short wait (the first round 100 ms, each next one longer, up
-// to 500 ms: a single deployment's own wait polls as often), until the
-// longest a call may wait in place has passed. A deployment that fails
+// a model's busy deployments has capacity first. It asks as a single
+// deployment's own wait polls (one limiter call, then a pause that grows
+// from 10 ms to maxPause), each time of a deployment drawn by weight: the
+// calls waiting on a model spread over its deployments as their rates do,
+// and none stays tied to one while another frees. A call that fits a
+// rate's next opening within the pause reserves it. It gives up when the
+// longest a call may wait in place has passed; a deployment that fails
 // drops out. Done as call is.
-func (t *try) waitForOne(ctx context.Context, busy []Provider, req Request, onDelta func(Delta) error) (Reply, string, error, bool) {
+func (t *try) waitForOne(ctx context.Context, g *Group, busy []Provider, req Request, onDelta func(Delta) error) (Reply, string, error, bool) {
 	var budget time.Duration
-	for _, p := range busy {
-		if g, ok := p.(*Guarded); ok && g.cap != nil {
-			budget = max(budget, g.cap.set.MaxInlineWait)
+	weights := make([]float64, len(busy))
+	for i, p := range busy {
+		if gd, ok := p.(*Guarded); ok && gd.cap != nil {
+			budget = max(budget, gd.cap.set.MaxInlineWait)
+		}
+		weights[i] = 1
+		if j := slices.Index(g.Links, p); j >= 0 && g.Weights != nil {
+			weights[i] = g.Weights[j]
 		}
 	}
 	req.Model = "" // each deployment asks for its own model
 	deadline := time.Now().Add(budget)
-	for step := 100 * time.Millisecond; len(busy) > 0 && ctx.Err() == nil && time.Until(deadline) > 0; step = min(2*step, 500*time.Millisecond) {
-		saved := t.capacity
-		t.capacity = nil // the earliest capacity of this round
-		var still []Provider
-		for i, p := range busy {
-			left := time.Until(deadline)
-			if left <= 0 {
-				still = append(still, busy[i:]...) // not asked again: still at their limit
-				break
-			}
-			reply, err, done := t.call(withInlineWait(ctx, min(step, left)), p, req, onDelta)
-			if done {
-				return reply, p.Name(), err, true
-			}
-			if errors.As(err, new(*CapacityError)) {
-				still = append(still, p)
-			}
+	pause := 10 * time.Millisecond
+	for len(busy) > 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
+			break
 		}
-		if t.capacity == nil && len(still) > 0 {
-			t.capacity = saved // the ones not asked this round are still at their limit
+		i := weightedPick(weights)
+		p := busy[i]
+		wait := min(pause, left)
+		reply, err, done := t.call(withPolling(withInlineWait(ctx, wait), wait), p, req, onDelta)
+		if done {
+			return reply, p.Name(), err, true
 		}
-		busy = still
+		if !errors.As(err, new(*CapacityError)) {
+			busy, weights = slices.Delete(busy, i, i+1), slices.Delete(weights, i, i+1)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return Reply{}, p.Name(), ctx.Err(), true
+		case <-time.After(min(pause+time.Duration(rand.Int64N(int64(pause/10)+1)), left)): // spread the herd
+		}
+		pause = min(2*pause, maxPause)
+	}
+	if len(busy) == 0 {
+		t.capacity = nil // every one failed: the fallbacks may answer
 	}
 	return Reply{}, "", nil, false
+}
+
+// maxPause bounds the pause between two asks of a call waiting for a
+// model's capacity: shorter than a single deployment's 500 ms, so that the
+// last calls of a burst, spread over several deployments, do not linger.
+const maxPause = 200 * time.Millisecond
+
+// weightedPick is an index drawn in proportion to weights.
+func weightedPick(weights []float64) int {
+	var sum float64
+	for _, w := range weights {
+		sum += w
+	}
+	x := rand.Float64() * sum
+	for i, w := range weights {
+		if x < w {
+			return i
+		}
+		x -= w
+	}
+	return len(weights) - 1
 }
 
 // call makes one deployment's call; done when it answered or the attempt
@@ -324,6 +357,21 @@ type inlineWaitKey struct{}
 // deployment's capacity (CapacitySettings.MaxInlineWait otherwise).
 func withInlineWait(ctx context.Context, d time.Duration) context.Context {
 	return context.WithValue(ctx, inlineWaitKey{}, d)
+}
+
+type pollKey struct{}
+
+// withPolling starts a call's wait for a slot at polls of d (10 ms
+// otherwise): a caller that paces its own asks needs no faster ones.
+func withPolling(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, pollKey{}, d)
+}
+
+func firstPoll(ctx context.Context) time.Duration {
+	if d, ok := ctx.Value(pollKey{}).(time.Duration); ok && d > 0 {
+		return d
+	}
+	return 10 * time.Millisecond
 }
 
 func inlineWait(ctx context.Context, def time.Duration) time.Duration {
