@@ -415,7 +415,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		case 2: // reserved: sleep until it is due, then go
 			select {
 			case <-ctx.Done():
-				c.giveBack(context.WithoutCancel(ctx), token)
+				c.giveBack(context.WithoutCancel(ctx), token, cost)
 				return nil, ctx.Err()
 			case <-time.After(wait):
 			}
@@ -474,15 +474,19 @@ func (c *capacity) hold(token string, cost int) *slot {
 	return &slot{c: c, token: token, cost: cost, stop: func() { stop(); c.m.inflightAdd(c.name, -1) }}
 }
 
-// giveBack frees a reserved call that will not be made: its slot and its
-// place in the request window, which would otherwise hold a place for a call
-// never sent until the window passes it.
-func (c *capacity) giveBack(ctx context.Context, token string) {
-	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRem(ctx, c.keys[0], token)
-		p.ZRem(ctx, c.keys[1], token)
-		return nil
-	})
+// giveBack frees a reserved call of cost tokens that will not be made: its
+// slot, its place in the request window and its tokens, which would
+// otherwise be held for a call never sent until the window passes them.
+func (c *capacity) giveBack(ctx context.Context, token string, cost int) {
+	delta := 0
+	if c.lim.TPM > 0 {
+		delta = -cost
+	}
+	err := c.rdb.ZRem(ctx, c.keys[1], token).Err()
+	if err == nil { // the slot and the tokens, as a call that ends unused
+		err = releaseScript.Run(ctx, c.rdb, []string{c.keys[0], c.keys[2], c.keys[4]},
+			releaseArgs{Token: token, TPM: c.ceil.TPM, Delta: delta, Adaptive: c.adaptive(), RPM: c.ceil.RPM}.argv()...).Err()
+	}
 	if err != nil {
 		c.failed("give back", err, false)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -316,6 +317,40 @@ func TestACancelledReservationLeavesTheWindow(t *testing.T) {
 	}
 	if n := rdb.ZCard(context.Background(), rkeys.ProviderLeases("p")).Val(); n != 1 {
 		t.Fatalf("%d slots held after the reservation was cancelled, want the 1 sent", n)
+	}
+}
+
+// A call that reserved its tokens and was cancelled before it went gives
+// them back: the token bucket holds only the call sent.
+func TestACancelledReservationGivesItsTokensBack(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{TPM: 6000}, CapacitySettings{}) // 100 tokens a second, 50 at once
+	tat := func() float64 { v, _ := rdb.Get(context.Background(), rkeys.ProviderTPM("p")).Float64(); return v }
+	if s, ce := take(t, c, 50, false, 0); s == nil {
+		t.Fatalf("the first call waited: %v", ce)
+	}
+	sent := tat()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		budget := 5 * time.Second
+		_, err := c.acquire(ctx, 50, false, &budget)
+		done <- err
+	}()
+	// The second call reserves its 50 tokens (half a second on), then sleeps.
+	for tat() <= sent {
+		select {
+		case err := <-done:
+			t.Fatalf("the second call returned before it reserved: %v", err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the cancelled call: %v", err)
+	}
+	if got := tat(); math.Abs(got-sent) > 1 {
+		t.Fatalf("the bucket is full again at %.0f after the cancel, want %.0f as after the one call sent", got, sent)
 	}
 }
 
