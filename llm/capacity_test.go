@@ -285,23 +285,18 @@ func TestTheRequestWindowFollowsRedissClock(t *testing.T) {
 	}
 }
 
-// A call that reserved its place in the request window and was cancelled
-// before it went gives the place back: the window counts only the call sent.
-func TestACancelledReservationLeavesTheWindow(t *testing.T) {
-	rdb := testkit.StartRedis(t).Client()
-	c := newCap(t, rdb, Limits{RPM: 60}, CapacitySettings{}) // one call a second
-	if s, ce := take(t, c, 1, false, 0); s == nil {
-		t.Fatalf("the window's first call waited: %v", ce)
-	}
+// cancelReserved starts a call of cost that must reserve a later place
+// (reserved tells when it has), then cancels it while it sleeps.
+func cancelReserved(t *testing.T, c *capacity, cost int, reserved func() bool) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		budget := 5 * time.Second
-		_, err := c.acquire(ctx, 1, false, &budget)
+		_, err := c.acquire(ctx, cost, false, &budget)
 		done <- err
 	}()
-	// The second call reserves the next second's place, then sleeps until it.
-	for rdb.ZCard(context.Background(), rkeys.ProviderRequests("p")).Val() < 2 {
+	for !reserved() {
 		select {
 		case err := <-done:
 			t.Fatalf("the second call returned before it reserved: %v", err)
@@ -312,6 +307,18 @@ func TestACancelledReservationLeavesTheWindow(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("the cancelled call: %v", err)
 	}
+}
+
+// A call that reserved its place in the request window and was cancelled
+// before it went gives the place back: the window counts only the call sent.
+func TestACancelledReservationLeavesTheWindow(t *testing.T) {
+	rdb := testkit.StartRedis(t).Client()
+	c := newCap(t, rdb, Limits{RPM: 60}, CapacitySettings{}) // one call a second
+	if s, ce := take(t, c, 1, false, 0); s == nil {
+		t.Fatalf("the window's first call waited: %v", ce)
+	}
+	// The second call reserves the next second's place, then sleeps until it.
+	cancelReserved(t, c, 1, func() bool { return rdb.ZCard(context.Background(), rkeys.ProviderRequests("p")).Val() >= 2 })
 	if n := rdb.ZCard(context.Background(), rkeys.ProviderRequests("p")).Val(); n != 1 {
 		t.Fatalf("the request window holds %d calls after the reservation was cancelled, want the 1 sent", n)
 	}
@@ -330,25 +337,8 @@ func TestACancelledReservationGivesItsTokensBack(t *testing.T) {
 		t.Fatalf("the first call waited: %v", ce)
 	}
 	sent := tat()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		budget := 5 * time.Second
-		_, err := c.acquire(ctx, 50, false, &budget)
-		done <- err
-	}()
 	// The second call reserves its 50 tokens (half a second on), then sleeps.
-	for tat() <= sent {
-		select {
-		case err := <-done:
-			t.Fatalf("the second call returned before it reserved: %v", err)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
-		t.Fatalf("the cancelled call: %v", err)
-	}
+	cancelReserved(t, c, 50, func() bool { return tat() > sent })
 	if got := tat(); math.Abs(got-sent) > 1 {
 		t.Fatalf("the bucket is full again at %.0f after the cancel, want %.0f as after the one call sent", got, sent)
 	}
