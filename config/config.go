@@ -27,10 +27,11 @@ type Config struct {
 	APIKeys         map[[32]byte]string // SHA-256 of a key -> tenant
 	TenantRate      int                 // requests per second per tenant; 0: unlimited
 	TenantBurst     int
-	TenantMaxJobs   int         // unfinished jobs per tenant; 0: unlimited
-	Models          []string    // allowed models; empty: any
-	ModelsFile      string      // CHATFLEET_MODELS_FILE
-	ModelSet        *models.Set // loaded from ModelsFile; nil without it
+	TenantMaxJobs   int                // unfinished jobs per tenant; 0: unlimited
+	TenantWeights   map[string]float64 // tenants' shares while several have work; unlisted: 1
+	Models          []string           // allowed models; empty: any
+	ModelsFile      string             // CHATFLEET_MODELS_FILE
+	ModelSet        *models.Set        // loaded from ModelsFile; nil without it
 	LLMProvider     string
 	LLMBaseURL      string
 	LLMAPIKey       string

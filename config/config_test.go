@@ -47,6 +47,7 @@ func TestMalformedValuesNameTheirVariable(t *testing.T) {
 		"CHATFLEET_LLM_PROVIDER":          "gpt",
 		"CHATFLEET_LLM_BASE_URL":          "ftp://x",
 		"CHATFLEET_MAX_RETRIES":           "-1",
+		"CHATFLEET_TENANT_WEIGHTS":        "acme:0",
 	}
 	for name, val := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -351,5 +352,18 @@ func TestCheckNamesTheModelsFileProblems(t *testing.T) {
 		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].provider: must be openai, anthropic or sim, got "gemini"`) ||
 		!strings.Contains(errOut.String(), `CHATFLEET_MODELS_FILE: models[0] "a": deployments[0].weight: must be a number more than 0`) {
 		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+}
+
+func TestTenantWeights(t *testing.T) {
+	c, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_TENANT_WEIGHTS": "acme:3, beta:0.5"}))
+	if err != nil || c.TenantWeights["acme"] != 3 || c.TenantWeights["beta"] != 0.5 || len(c.TenantWeights) != 2 {
+		t.Fatalf("weights: %v %v", c.TenantWeights, err)
+	}
+	for _, bad := range []string{"acme", "acme:x", "acme:-1", ":2", "acme:1,acme:2", "acme:1001"} {
+		if _, err := Load(RoleStandalone, env(map[string]string{"CHATFLEET_TENANT_WEIGHTS": bad})); err == nil ||
+			!strings.Contains(err.Error(), "CHATFLEET_TENANT_WEIGHTS") {
+			t.Errorf("%q: %v", bad, err)
+		}
 	}
 }

@@ -262,3 +262,28 @@ func parseBudgets(v string) (map[string]Budget, error) {
 	}
 	return out, nil
 }
+
+// parseTenantWeights reads `tenant:weight,…` (weights positive numbers, up
+// to 1000; a tenant named once).
+func parseTenantWeights(v string) (map[string]float64, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	out := map[string]float64{}
+	for _, part := range strings.Split(v, ",") {
+		tenant, w, ok := strings.Cut(strings.TrimSpace(part), ":")
+		tenant = strings.TrimSpace(tenant)
+		if !ok || tenant == "" {
+			return nil, fmt.Errorf("%q is not tenant:weight", part)
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(w), 64)
+		if err != nil || !(f > 0) || f > 1000 {
+			return nil, fmt.Errorf("weight of %q must be a number above 0 and at most 1000, got %q", tenant, strings.TrimSpace(w))
+		}
+		if _, dup := out[tenant]; dup {
+			return nil, fmt.Errorf("tenant %q is listed twice", tenant)
+		}
+		out[tenant] = f
+	}
+	return out, nil
+}

@@ -58,6 +58,12 @@ func Vars(role Role) []Var {
 			intVar(func(c *Config) *int { return &c.TenantBurst }, 1)},
 		{"CHATFLEET_TENANT_MAX_JOBS", "0", "unfinished (queued or running) jobs per tenant; beyond it submits get 429 (0: unlimited; e.g. 1000 in a multi-tenant production)", false,
 			intVar(func(c *Config) *int { return &c.TenantMaxJobs }, 0)},
+		{"CHATFLEET_TENANT_WEIGHTS", "", "tenant:weight,… shares of the fleet while several tenants have queued jobs (a tenant not listed: 1)", false,
+			func(c *Config, v string) error {
+				w, err := parseTenantWeights(v)
+				c.TenantWeights = w
+				return err
+			}},
 		{"CHATFLEET_MODELS", "", "comma-separated models a job may ask for; empty allows any", false,
 			func(c *Config, v string) error {
 				c.Models = nil

@@ -81,12 +81,10 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 		return fmt.Errorf("job %s: remove archived task: %w", id, err)
 	}
 	if !head {
-		return nil // the release that gives it the turn enqueues it
+		return nil // the release that gives it the turn schedules it
 	}
-	_, err = m.queue.EnqueueContext(ctx, asynq.NewTask(info.Type, payload, asynq.TaskID(j.Task),
-		asynq.Queue(j.Queue), asynq.MaxRetry(info.MaxRetry))) // no retention: see tasks.ChatTask
-	if err != nil {
-		return fmt.Errorf("job %s: enqueue: %w", id, err)
+	if err := m.schedule(ctx, j.ID, j.Tenant, j.Queue, j.Model, j.CreatedAt); err != nil {
+		return fmt.Errorf("job %s: %w", id, err)
 	}
 	return nil
 }

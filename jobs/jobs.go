@@ -55,8 +55,11 @@ type Options struct {
 	Budgets map[string]Budget
 	Prices  func() map[string][2]float64
 	// DefaultModel is the model a job that names none asks for: a dollar
-	// budget prices its estimate by it.
+	// budget prices its estimate by it, and the scheduler holds it under it.
 	DefaultModel func() string
+	// TenantWeights are the tenants' shares of the fleet while several have
+	// work (CHATFLEET_TENANT_WEIGHTS); a tenant not listed has weight 1.
+	TenantWeights map[string]float64
 }
 
 // prices are the prices in force (none when not configured).
@@ -173,20 +176,18 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		return Submitted{}, err
 	}
 	nj.Payload = raw
-	// On one Redis the record and the task are written in one script (one
-	// round trip); on a cluster, or when a task with the id exists, the task
-	// is enqueued after the record.
-	taskKey, pending, queues := tasks.AsynqKeys(nj.Queue, nj.ID)
-	c, existing, err := m.st.Create(ctx, nj, &store.Task{Key: taskKey, PendingKey: pending, QueuesKey: queues,
-		Queue: nj.Queue, Message: tasks.AsynqMessage(raw, nj.ID, nj.Queue, m.opt.MaxRetries)})
+	nj.Model = m.modelOf(p.Model)
+	// The record first, then its place in the scheduler (another slot on a
+	// cluster); a job behind an earlier one of its session waits for its turn.
+	c, existing, err := m.st.Create(ctx, nj)
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict
 	}
 	if err != nil {
 		return Submitted{}, err
 	}
-	if c.New && !c.Enqueued && !c.Waiting {
-		if err := m.enqueueTask(ctx, nj.ID, nj.ID, nj.Queue, nj.Payload); err != nil {
+	if c.New && !c.Waiting {
+		if err := m.schedule(ctx, nj.ID, nj.Tenant, nj.Queue, nj.Model, nj.CreatedAt); err != nil {
 			written = true // the undo gives the reservation back with the record
 			if stopped := context.Cause(detached); stopped != nil {
 				go m.undo(context.WithoutCancel(ctx), nj)
@@ -204,17 +205,10 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		return Submitted{}, ErrConflict
 	}
 	if existing.Status == store.StatusQueued && existing.Task == existing.ID {
-		// Make sure the first request's enqueue happened, if it is the job's
-		// turn; asynq refuses a second task with the same id, so this never
-		// makes two jobs.
-		head, err := m.st.SessionHead(ctx, existing.Tenant, existing.SessionID)
-		if err != nil {
+		// Make sure the first request's schedule happened, if it is the
+		// job's turn and it has not been handed out yet.
+		if err := m.ensureScheduled(ctx, existing); err != nil {
 			return Submitted{}, err
-		}
-		if head == existing.ID {
-			if err := m.enqueue(ctx, raw, existing.Task, existing.Queue); err != nil {
-				return Submitted{}, err
-			}
 		}
 	}
 	return Submitted{Job: existing, Replayed: true}, nil
@@ -251,16 +245,41 @@ func (m *Manager) enqueueTask(ctx context.Context, id, task, queue string, paylo
 	if ierr != nil || (info.State != asynq.TaskStateCompleted && info.State != asynq.TaskStateArchived) {
 		return nil // the waiting task runs the record
 	}
-	return m.requeue(ctx, id, payload, queue)
-}
-
-// requeue runs a queued job under a new task id (its task is gone or done).
-func (m *Manager) requeue(ctx context.Context, id string, payload []byte, queue string) error {
-	task := tasks.RetryTaskID(id)
+	task = tasks.RetryTaskID(id)
 	if ok, err := m.st.Retask(ctx, id, task); err != nil || !ok {
 		return err
 	}
 	return m.enqueue(ctx, payload, task, queue)
+}
+
+// requeue runs a queued job under a new task id (its task is gone or done),
+// through the scheduler.
+func (m *Manager) requeue(ctx context.Context, j store.Job) error {
+	if ok, err := m.st.Retask(ctx, j.ID, tasks.RetryTaskID(j.ID)); err != nil || !ok {
+		return err
+	}
+	return m.schedule(ctx, j.ID, j.Tenant, j.Queue, j.Model, j.CreatedAt)
+}
+
+// ensureScheduled schedules a queued job that holds its session's turn and
+// is neither in the scheduler nor handed out to asynq (its schedule was
+// lost). Scheduling it twice is harmless: the scheduler keeps one entry, and
+// a second hand-out finds the task (asynq refuses a second task with its id)
+// or the job started.
+func (m *Manager) ensureScheduled(ctx context.Context, j store.Job) error {
+	head, err := m.st.SessionHead(ctx, j.Tenant, j.SessionID)
+	if err != nil || head != j.ID {
+		return err
+	}
+	if in, err := m.st.IsScheduled(ctx, j.ID); err != nil || in {
+		return err
+	}
+	if _, err := m.insp.GetTaskInfo(j.Queue, j.Task); err == nil {
+		return nil
+	} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+		return fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
+	}
+	return m.schedule(ctx, j.ID, j.Tenant, j.Queue, j.Model, j.CreatedAt)
 }
 
 // enqueueRaw enqueues t, telling a task id conflict apart.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
@@ -26,6 +27,17 @@ func newManagerOn(t *testing.T) (*Manager, *store.Store, *redis.Client) {
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 4, HistoryTTL: time.Hour})
 	q := asynq.NewClientFromRedisClient(c)
 	return New(st, q, asynq.NewInspectorFromRedisClient(c), Options{MaxRetries: 1, OrphanAfter: 50 * time.Millisecond}), st, c
+}
+
+// handOutAll hands every job waiting in the scheduler to asynq, as the
+// workers' dispatchers do.
+func handOutAll(t *testing.T, m *Manager) {
+	t.Helper()
+	got, _, err := m.st.Dispatch(context.Background(), 1000, lanes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.handOut(context.Background(), got, zerolog.Nop())
 }
 
 func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {
@@ -61,6 +73,10 @@ func TestSubmitReplaysAndRefusesConflicts(t *testing.T) {
 	if _, err := m.Get(ctx, other.ID, "t"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the conflicting submit left a record: %v", err)
 	}
+	if in, err := m.st.IsScheduled(ctx, id); err != nil || !in {
+		t.Fatalf("the job is not in the scheduler: %v %v", in, err)
+	}
+	handOutAll(t, m)
 	info, err := m.insp.GetTaskInfo(nj.Queue, id)
 	if err != nil || info.State != asynq.TaskStatePending {
 		t.Fatalf("task: %+v %v", info, err)
@@ -78,6 +94,7 @@ func TestCancelQueuedRemovesTheTask(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	handOutAll(t, m)
 	j, err := m.Cancel(ctx, sub.Job, "test")
 	if err != nil || j.Status != store.StatusCanceled {
 		t.Fatalf("cancel: %+v %v", j, err)
@@ -95,7 +112,7 @@ func TestReconcileFailsLostJobs(t *testing.T) {
 	ctx := context.Background()
 	// A record whose enqueue never happened.
 	nj, _ := submission(tasks.NewJobID("t", "s"), "s", "h")
-	if _, _, err := st.Create(ctx, nj, nil); err != nil {
+	if _, _, err := st.Create(ctx, nj); err != nil {
 		t.Fatal(err)
 	}
 	j, _ := m.Get(ctx, nj.ID, "t")
@@ -123,6 +140,7 @@ func TestRerunOnlyArchivedJobs(t *testing.T) {
 	if _, err := m.Submit(ctx, nj, p); err != nil {
 		t.Fatal(err)
 	}
+	handOutAll(t, m)
 	if err := m.Rerun(ctx, nj.ID); !errors.Is(err, ErrNotArchived) {
 		t.Fatalf("rerun of a pending job: %v", err)
 	}

@@ -32,14 +32,14 @@ func (m *Manager) finish(ctx context.Context, id, tenant, session string, fence 
 	return f.First, nil
 }
 
-// dispatch enqueues the task of a session's job whose turn has come. When it
-// cannot (Redis away, this process dying first), the reconciler does at the
-// job's next check, which the release brought within store.FirstCheck.
+// dispatch schedules a session's job whose turn has come. When it cannot
+// (Redis away, this process dying first), the reconciler does at the job's
+// next check, which the release brought within store.HandOffCheck.
 func (m *Manager) dispatch(ctx context.Context, next *store.Next) {
-	if next == nil || len(next.Payload) == 0 {
+	if next == nil || next.Gone {
 		return // none, or its record is gone: the reconciler forgets it
 	}
-	if err := m.enqueueTask(ctx, next.ID, next.Task, next.Queue, next.Payload); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Str("next_job_id", next.ID).Msg("could not enqueue the session's next job; the reconciler will")
+	if err := m.schedule(ctx, next.ID, next.Tenant, next.Queue, next.Model, next.CreatedAt); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("next_job_id", next.ID).Msg("could not schedule the session's next job; the reconciler will")
 	}
 }

@@ -25,6 +25,10 @@ func (m *Manager) Reconcile(ctx context.Context, j store.Job) (store.Job, error)
 	return m.st.Get(ctx, j.ID)
 }
 
+// handOffGrace is how long after its turn came a queued job may still be on
+// its way to the scheduler.
+const handOffGrace = 2 * time.Second
+
 // Reconciler actions, the label values of chatfleet_reconciled_jobs_total.
 const (
 	actionRequeued = "requeued"
@@ -36,15 +40,26 @@ const (
 
 // reconcile does Reconcile's work and says what it did ("" for nothing).
 func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
-	// Both cases take time to arise (an enqueue under way), so young records
-	// skip the asynq lookup: frequent polls stay cheap.
-	if (j.Status != store.StatusQueued && j.Status != store.StatusRetrying) || time.Since(j.CreatedAt) < m.opt.OrphanAfter {
+	// Both cases take time to arise (a schedule or an enqueue under way), so
+	// young records skip the lookups: frequent polls stay cheap. A job whose
+	// session turn came is young for a moment only: its schedule follows the
+	// script that handed it the turn at once.
+	young := time.Since(j.CreatedAt) < m.opt.OrphanAfter
+	if !j.TurnAt.IsZero() {
+		young = time.Since(j.TurnAt) < handOffGrace
+	}
+	if (j.Status != store.StatusQueued && j.Status != store.StatusRetrying) || young {
 		return "", nil
 	}
 	if j.Status == store.StatusQueued {
 		waiting, err := m.st.ParkIfWaiting(ctx, store.Unfinished{Tenant: j.Tenant, SessionID: j.SessionID, ID: j.ID})
 		if err != nil || waiting {
 			return actionWaiting, err
+		}
+		// Its turn has come: it waits in the scheduler for a slot, its
+		// model's capacity or its tenant's share.
+		if in, err := m.st.IsScheduled(ctx, j.ID); err != nil || in {
+			return "", err
 		}
 	}
 	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
@@ -58,7 +73,7 @@ func (m *Manager) reconcile(ctx context.Context, j store.Job) (string, error) {
 		if payload == nil {
 			return actionFailed, m.fail(ctx, j, &store.JobError{Code: "lost", Message: "the job was accepted but its task was lost"})
 		}
-		return actionRequeued, m.requeue(ctx, j.ID, payload, j.Queue)
+		return actionRequeued, m.requeue(ctx, j)
 	case err != nil:
 		return "", fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
 	case info.State == asynq.TaskStateArchived:

@@ -58,6 +58,7 @@ func TestRerunStartsTheJobsTimesAgain(t *testing.T) {
 	if _, err := m.finish(ctx, first.ID, "t", "s", 0, store.Outcome{Status: store.StatusSucceeded, Result: &store.Result{Content: "a"}}); err != nil {
 		t.Fatal(err)
 	}
+	handOutAll(t, m)
 	if sa, err := st.StartAttempt(ctx, dead.ID, "t", "s", dead.ID, "", false, time.Minute); err != nil || sa.N != 1 || sa.TurnAt.IsZero() {
 		t.Fatalf("second job's first run: %+v %v", sa, err)
 	}
@@ -92,6 +93,7 @@ func TestRerunStartsTheJobsTimesAgain(t *testing.T) {
 		t.Fatalf("the re-run keeps the turn of its first run: turn_at %q %v", at, err)
 	}
 	// It waits behind the later job: a task of it that arrived now would be told so.
+	handOutAll(t, m)
 	if sa, err := st.StartAttempt(ctx, dead.ID, "t", "s", dead.ID, tasks.RetryTaskID(dead.ID), false, time.Minute); err != nil || sa.Head != later.ID {
 		t.Fatalf("the re-run does not wait behind the session's unfinished job: %+v %v", sa, err)
 	}

@@ -62,15 +62,16 @@ func TestRescueTakesOverAnExpiredAttempt(t *testing.T) {
 	}
 }
 
-// The reconciler enqueues a queued job whose task is missing, and releases
-// the session turn of a job whose record is gone.
+// The reconciler schedules again a queued job that is neither in the
+// scheduler nor in the queue, and releases the session turn of a job whose
+// record is gone.
 func TestReconcilerRepairsLostTasksAndRecords(t *testing.T) {
 	m, st, rdb := newManagerOn(t)
 	ctx := context.Background()
 	lostTask, p := submission(tasks.NewJobID("t", "s1"), "s1", "h")
 	raw, _ := p.Encode()
 	lostTask.Payload = raw
-	if _, _, err := st.Create(ctx, lostTask, nil); err != nil { // recorded, never enqueued
+	if _, _, err := st.Create(ctx, lostTask); err != nil { // recorded, never enqueued
 		t.Fatal(err)
 	}
 	lostRecord, p2 := submission(tasks.NewJobID("t", "s2"), "s2", "h")
@@ -91,6 +92,10 @@ func TestReconcilerRepairsLostTasksAndRecords(t *testing.T) {
 	if testutil.ToFloat64(sm.reconciled.WithLabelValues(actionRequeued)) != 1 || testutil.ToFloat64(sm.reconciled.WithLabelValues(actionReleased)) != 1 {
 		t.Fatal("the reconciler did not requeue one job and release one")
 	}
+	if in, err := st.IsScheduled(ctx, lostTask.ID); err != nil || !in {
+		t.Fatalf("the lost job is not in the scheduler: %v %v", in, err)
+	}
+	handOutAll(t, m)
 	j, _ := st.Get(ctx, lostTask.ID)
 	if info, err := m.insp.GetTaskInfo(lostTask.Queue, j.Task); err != nil || info.State != asynq.TaskStatePending {
 		t.Fatalf("requeued task: %+v %v", info, err)

@@ -29,7 +29,8 @@ type Limits struct {
 // CapacitySettings tune how calls wait for a provider's capacity.
 type CapacitySettings struct {
 	// MaxInlineWait bounds how long one attempt waits in place for capacity;
-	// longer waits hand the job back to the queue (default 5s).
+	// longer waits hand the job back to the scheduler, which holds the model's
+	// jobs until the capacity returns (default 100ms).
 	MaxInlineWait time.Duration
 	// MaxRetryDelay caps a provider's Retry-After (default 5m).
 	MaxRetryDelay time.Duration
@@ -44,7 +45,7 @@ type CapacitySettings struct {
 
 func (s *CapacitySettings) defaults() {
 	if s.MaxInlineWait <= 0 {
-		s.MaxInlineWait = 5 * time.Second
+		s.MaxInlineWait = 100 * time.Millisecond
 	}
 	if s.MaxRetryDelay <= 0 {
 		s.MaxRetryDelay = 5 * time.Minute

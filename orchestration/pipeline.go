@@ -263,10 +263,15 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 	}
 	var busy *llm.CapacityError
 	if errors.As(c.err, &busy) {
-		// Not a failure: the job waits in the queue for the provider's
-		// capacity, its attempt handed back.
-		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("provider at capacity; job waits in the queue")
-		return p.deferJob(ctx, r.att, busy.Until)
+		// Not a failure: the job goes back to the front of its queue in the
+		// scheduler, its attempt handed back, and no job of its model is
+		// handed out until the capacity returns.
+		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("model at capacity; job waits in the scheduler")
+		if err := r.att.GiveBack(ctx, p.capDelay(busy.Until)); err != nil {
+			log.Warn().Err(err).Msg("could not give the job back to the scheduler; it waits in the queue")
+			return p.deferJob(ctx, r.att, busy.Until)
+		}
+		return nil
 	}
 	if c.err != nil {
 		return p.failAttempt(ctx, pl, r.att, c.emit.Emitted(), c.err, c.spent())

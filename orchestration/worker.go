@@ -3,6 +3,7 @@ package orchestration
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -10,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/logging"
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -29,6 +31,12 @@ type Worker struct {
 	pipeline *Pipeline
 	log      zerolog.Logger
 	stop     context.CancelFunc
+
+	// The dispatcher hands this worker's free slots the scheduler's jobs.
+	dispatcher   *jobs.Dispatcher
+	stopDispatch context.CancelFunc
+	busy         atomic.Int64 // tasks in the handler now
+	concurrency  int
 }
 
 // NewWorker builds a worker on a shared Redis client (asynq does not close it).
@@ -65,11 +73,31 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 			alog.Debug().Str("job_id", id).Err(err).Msg("task attempt returned an error")
 		}),
 	})
-	mux := asynq.NewServeMux()
-	mux.Use(withJobLogger(log), countActive(p.m.active), recoverPanics)
-	mux.Handle(tasks.TypeChatComplete, p)
-	return &Worker{srv: srv, mux: mux, pipeline: p, log: log, stop: func() {}}
+	w := &Worker{srv: srv, pipeline: p, log: log, stop: func() {}, stopDispatch: func() {}, concurrency: o.Concurrency}
+	queues := make([]string, 0, len(o.Queues))
+	for q := range o.Queues {
+		queues = append(queues, q)
+	}
+	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Queues: queues, Log: log})
+	w.mux = asynq.NewServeMux()
+	w.mux.Use(withJobLogger(log), countActive(p.m.active), w.countSlots, recoverPanics)
+	w.mux.Handle(tasks.TypeChatComplete, p)
+	return w
 }
+
+// countSlots counts the tasks in the handler, and tells the dispatcher when
+// one ends: a slot is free for the scheduler's next job.
+func (w *Worker) countSlots(next asynq.Handler) asynq.Handler {
+	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		w.busy.Add(1)
+		defer w.dispatcher.Poke()
+		defer w.busy.Add(-1)
+		return next.ProcessTask(ctx, t)
+	})
+}
+
+// free is how many more jobs this worker can take now.
+func (w *Worker) free() int { return w.concurrency - int(w.busy.Load()) }
 
 // Start begins fetching and running jobs.
 func (w *Worker) Start() error {
@@ -79,12 +107,16 @@ func (w *Worker) Start() error {
 	ctx, stop := context.WithCancel(context.Background())
 	w.stop = stop
 	go w.pipeline.jobs.RenewLeases(ctx, w.pipeline.jobs.Lease(), w.log)
+	dctx, stopDispatch := context.WithCancel(ctx)
+	w.stopDispatch = stopDispatch
+	go w.dispatcher.Run(dctx)
 	return nil
 }
 
-// Shutdown stops fetching, waits for in-flight jobs up to the shutdown timeout
-// and hands the rest back to the queue.
+// Shutdown stops handing out and fetching, waits for in-flight jobs up to the
+// shutdown timeout and hands the rest back to the queue.
 func (w *Worker) Shutdown() {
+	w.stopDispatch()
 	w.srv.Stop()
 	w.srv.Shutdown()
 	w.stop() // leases are renewed while jobs drain

@@ -71,13 +71,16 @@ func (a startArgs) argv() []any {
 }
 
 // markDeferred hands back an attempt that never reached a provider (every
-// breaker open, or no capacity): queued again, its attempt not counted.
-// KEYS: job, order, leases, events. ARGV: ttl s, fence, lease member.
+// breaker open, or no capacity): queued again, its attempt not counted. With
+// a task id the job is to run under that task (it goes back to the
+// scheduler, not to asynq's retry).
+// KEYS: job, order, leases, events. ARGV: ttl s, fence, lease member[, task].
 var markDeferred = redis.NewScript(lua(holdLua, ownsLua, `
 local ttl, fence, member = ARGV[1], ARGV[2], ARGV[3]
 if not owns(KEYS[1], fence) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', QUEUED)
+if ARGV[4] then redis.call('HSET', KEYS[1], 'task', ARGV[4]) end
 redis.call('ZREM', KEYS[3], member)
 hold(KEYS[1], KEYS[2], KEYS[4], ttl)
 return 1
@@ -177,12 +180,25 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 // keeps its attempts, and its record lives at least until the retention past
 // `until`, when it runs again.
 func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, attempt int, until time.Time) error {
-	err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
-		s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)).Err()
+	_, err := s.markDeferred(ctx, id, tenant, session, attempt, s.holdFor(until))
+	return err
+}
+
+// MarkGivenBack undoes StartAttempt for an attempt that found its model at
+// quota: the job is queued again under a new task id (task), for the
+// scheduler to hand out when the model has capacity. False: the attempt no
+// longer owns the job.
+func (s *Store) MarkGivenBack(ctx context.Context, id, tenant, session string, attempt int, task string) (bool, error) {
+	return s.markDeferred(ctx, id, tenant, session, attempt, s.keep(), task)
+}
+
+func (s *Store) markDeferred(ctx context.Context, id, tenant, session string, attempt int, ttl int64, task ...any) (bool, error) {
+	n, err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
+		append([]any{ttl, attempt, rkeys.LeaseMember(id, attempt)}, task...)...).Int()
 	if err != nil {
-		return unavailable("mark deferred", err)
+		return false, unavailable("mark deferred", err)
 	}
-	return nil
+	return n == 1, nil
 }
 
 // MarkRetrying records a failed attempt that asynq will retry no later than

@@ -35,7 +35,7 @@ func TestBudgetReservationsSettleOnce(t *testing.T) {
 	}
 	for _, id := range []string{"job_00a", "job_00b"} {
 		nj := NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now(), BudgetPeriod: "2026-12-02"}
-		if _, _, err := s.Create(ctx, nj, nil); err != nil {
+		if _, _, err := s.Create(ctx, nj); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Finish(ctx, id, "t", id, 0, Outcome{Status: StatusSucceeded, Usage: &Usage{PromptTokens: 5, CompletionTokens: 15}, BudgetSpend: 20}); err != nil {

@@ -64,28 +64,6 @@ if create_job(8) then return 1 end
 return 2
 `))
 
-// createAndEnqueue writes a new record and, when the job holds its session's
-// turn, enqueues its asynq task in the same step, on one Redis (asynq's keys
-// are in another slot on a cluster): the task is written exactly as asynq's
-// own enqueue script writes it. Returns 1 (created and enqueued), 2 (created,
-// waiting for its turn: no task yet), 0 when the record exists, -1 when a task
-// with the id exists (nothing was written; the caller takes the two-step
-// path, which handles that).
-// KEYS: job, order, unfinished, listing, task, pending list, queue set.
-// ARGV: createArgs, then the task message, now ns, queue, then the record's
-// field/value pairs.
-var createAndEnqueue = redis.NewScript(lua(createJobLua, `
-local task, pending, queues = KEYS[5], KEYS[6], KEYS[7]
-local msg, now_ns, queue = ARGV[8], ARGV[9], ARGV[10]
-if redis.call('EXISTS', job) == 1 then return 0 end
-if redis.call('LLEN', order) == 0 and redis.call('EXISTS', task) == 1 then return -1 end
-if not create_job(11) then return 2 end
-redis.call('HSET', task, 'msg', msg, 'state', 'pending', 'pending_since', now_ns)
-redis.call('LPUSH', pending, id)
-redis.call('SADD', queues, queue)
-return 1
-`))
-
 // countTenantJob counts a job among its tenant's unfinished jobs, or returns
 // 0 when the tenant is at its limit. A job already counted is admitted again.
 // KEYS: tenant jobs. ARGV: id, retention s, max unfinished, now ms.
@@ -121,6 +99,9 @@ type NewJob struct {
 	BodyHash  string
 	CreatedAt time.Time
 	Payload   []byte // the task payload
+	// Model is the public model the job asks for (the default's name when
+	// the request names none): the scheduler's capacity is per model.
+	Model string
 	// KeyHash names the Idempotency-Key the job was submitted with, if any
 	// (tasks.IdempotencyKeyHash): the key stays bound to this job.
 	KeyHash string
@@ -142,13 +123,6 @@ var ErrKeyReused = errors.New("idempotency key bound to another job")
 // unfinished job: past the submit's own deadline for its enqueue.
 const FirstCheck = 10 * time.Second
 
-// Task is an asynq task as asynq's enqueue writes it (tasks.AsynqMessage and
-// tasks.AsynqKeys).
-type Task struct {
-	Key, PendingKey, QueuesKey, Queue string
-	Message                           []byte // asynq's encoded task message
-}
-
 // Create writes a queued record, appends it to its session's order and
 // indexes it as unfinished. When a record with the id exists it returns
 // created=false and that record. With a limit of unfinished jobs per tenant
@@ -156,12 +130,9 @@ type Task struct {
 // is a key of its own, outside the session's slot.
 //
 // A job behind an earlier unfinished job of its session waits for its turn
-// (order.go): created with Waiting set, and no task is to be enqueued. Given
-// the task of a job that holds the turn, on one Redis Create enqueues it in
-// the same script (one round trip): Enqueued set. Otherwise (a cluster, where
-// asynq's keys are in another slot, or a task with the id exists already, or
-// no task given) the caller enqueues it.
-func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, existing Job, err error) {
+// (order.go): created with Waiting set. A job that holds the turn goes to the
+// scheduler next (Schedule, by the caller: its keys are in another slot).
+func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, err error) {
 	if j.KeyHash != "" {
 		// The job id comes from the key and the session (the session's slot):
 		// this binding tells the same key with another session apart.
@@ -211,15 +182,10 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 	if j.BudgetPeriod != "" {
 		record = append(record, "budget", j.BudgetPeriod)
 	}
-	n := -1
-	if t != nil && s.publish == "PUBLISH" { // one Redis: the record and the task together
-		n, err = createAndEnqueue.Run(ctx, s.rdb, append(keys, t.Key, t.PendingKey, t.QueuesKey),
-			append(append(args, t.Message, s.opt.Clock().UnixNano(), t.Queue), record...)...).Int()
-		c.Enqueued = n == 1
+	if j.Model != "" {
+		record = append(record, "model", j.Model)
 	}
-	if n == -1 {
-		n, err = createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
-	}
+	n, err := createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
 	if err != nil {
 		if s.opt.TenantMaxJobs > 0 {
 			s.uncount(ctx, j.Tenant, j.ID)
@@ -228,7 +194,7 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 		return Created{}, Job{}, unavailable("create job", err)
 	}
 	if n != 0 {
-		return Created{New: true, Enqueued: c.Enqueued, Waiting: n == 2}, Job{}, nil
+		return Created{New: true, Waiting: n == 2}, Job{}, nil
 	}
 	existing, err = s.Get(ctx, j.ID)
 	if errors.Is(err, ErrNotFound) {
@@ -243,9 +209,8 @@ func (s *Store) Create(ctx context.Context, j NewJob, t *Task) (c Created, exist
 
 // Created is what Create did.
 type Created struct {
-	New      bool // a record was written (else the id existed)
-	Enqueued bool // its task was enqueued with it
-	Waiting  bool // it waits for its session's turn: no task yet
+	New     bool // a record was written (else the id existed)
+	Waiting bool // it waits for its session's turn: not scheduled yet
 }
 
 // uncount drops a job from its tenant's unfinished jobs. Best effort: an

@@ -219,7 +219,7 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		Result: jsonOrEmpty(o.Result), Usage: jsonOrEmpty(o.Usage), Error: jsonOrEmpty(o.Error),
 		EventType: ev.EventType(), EventBody: string(body), Channel: rkeys.LiveChannel(id), Fence: attempt,
 		Member: rkeys.UnfinishedMember(tenant, session, id), Publish: s.publish,
-		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(FirstCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL()),
+		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(HandOffCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL()),
 		BudgetSpend: o.BudgetSpend, Spent: s.spentArgs(o.Spent, now)}
 	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
 		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens

@@ -11,16 +11,17 @@ import (
 )
 
 // A session's turns run one at a time, in the order they were submitted: its
-// order list holds its unfinished jobs, and only the head has a task in the
-// queue. A job submitted behind others waits in Redis, not in a worker: when
-// the head leaves the order (finished, canceled, lost), the script that
-// removed it returns the next job, whose task the caller enqueues at once
-// (jobs.Manager.dispatch). The same script brings the next job's reconciler
-// check forward, so a caller that dies before enqueueing is covered within
-// FirstCheck.
+// order list holds its unfinished jobs, and only the head is in the
+// scheduler or the queue. A job submitted behind others waits in Redis, not
+// in a worker: when the head leaves the order (finished, canceled, lost), the
+// script that removed it returns the next job, which the caller schedules at
+// once (jobs.Manager.dispatch). The same script brings the next job's
+// reconciler check within HandOffCheck: the hand-off is durable there, so a
+// caller that dies before scheduling the job is covered within seconds.
 
 // releaseLua takes a job out of its session's order. When the job held the
-// turn it returns the next job: {id, task, queue, payload}, else nothing.
+// turn it returns the next job: {id, task, queue, model, created_at, tenant}, else
+// nothing; {id} alone when the next job's record is gone.
 // unfinished is the index of the session's bucket, prefix the key prefix of
 // its jobs' records (rkeys.JobPrefix), check the next job's check time (ms).
 const releaseLua = `
@@ -37,31 +38,39 @@ local function release(order, unfinished, id, tenant, session, prefix, check)
     local t = redis.call('TIME') -- when its turn came: its trace's session-turn wait ends here
     redis.call('HSET', prefix .. nxt, 'turn_at', t[1] * 1000 + math.floor(t[2] / 1000))
   end
-  local v = redis.call('HMGET', prefix .. nxt, 'task', 'queue', 'payload')
-  return {nxt, v[1] or nxt, v[2] or '', v[3] or ''}
+  local v = redis.call('HMGET', prefix .. nxt, 'task', 'queue', 'model', 'created_at')
+  if not v[2] then return {nxt} end
+  return {nxt, v[1] or nxt, v[2], v[3] or '', v[4] or '', tenant}
 end
 `
 
 // Next is a session's job whose turn came when the job before it left the
-// order: its task is to be enqueued now.
+// order: it goes to the scheduler now.
 type Next struct {
 	ID, Task, Queue string
-	Payload         []byte // empty when its record is gone (the reconciler forgets it)
+	Tenant          string
+	Model           string // the public model it asks for ("" for the default)
+	CreatedAt       time.Time
+	Gone            bool // its record is gone (the reconciler forgets it)
 }
 
 // releaseArgs are the arguments releaseLua's callers pass after their own.
 func (s *Store) releaseArgs(tenant, session, id string) []any {
-	return []any{tenant, session, rkeys.JobPrefix(id), s.opt.Clock().Add(FirstCheck).UnixMilli()}
+	return []any{tenant, session, rkeys.JobPrefix(id), s.opt.Clock().Add(HandOffCheck).UnixMilli()}
 }
 
-// nextOf decodes what releaseLua returned (nil, or its 4 values).
+// nextOf decodes what releaseLua returned (nil, {id} or its 6 values).
 func nextOf(v any) *Next {
 	f, ok := v.([]any)
-	if !ok || len(f) != 4 {
+	if !ok || (len(f) != 1 && len(f) != 6) {
 		return nil
 	}
 	s := func(i int) string { x, _ := f[i].(string); return x }
-	return &Next{ID: s(0), Task: s(1), Queue: s(2), Payload: []byte(s(3))}
+	if len(f) == 1 {
+		return &Next{ID: s(0), Gone: true}
+	}
+	created, _ := time.Parse(time.RFC3339Nano, s(4))
+	return &Next{ID: s(0), Task: s(1), Queue: s(2), Model: s(3), CreatedAt: created, Tenant: s(5)}
 }
 
 // release removes a job whose record is gone from its session's order.
@@ -111,6 +120,12 @@ func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, *Next, error) {
 	}
 	return held == 1, next, nil
 }
+
+// HandOffCheck is how soon the reconciler looks at a job whose turn has just
+// come: the script that ends the head sets it, so the hand-off is durable
+// there, and a caller that dies before scheduling the job is covered within
+// about this (plus the reconciler's round).
+const HandOffCheck = 3 * time.Second
 
 // WaitingCheck is how often the reconciler looks at a job that waits for its
 // session's turn: the release that gives it the turn brings its check

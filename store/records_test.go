@@ -25,7 +25,7 @@ func TestListingIsTrimmedAndPurged(t *testing.T) {
 		{ID: old, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now().Add(-2 * time.Minute)},
 		{ID: fresh, Tenant: "t", SessionID: "s2", Queue: "q", CreatedAt: time.Now()},
 	} {
-		if _, _, err := s.Create(ctx, j, nil); err != nil {
+		if _, _, err := s.Create(ctx, j); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -57,7 +57,7 @@ func TestUnfinishedRecordsOutliveTheRetention(t *testing.T) {
 	bucket := "job_" + rkeys.IDBucketChars(rkeys.SessionBucket("t", "s"))
 	head, gone := bucket+"head", bucket+"gone"
 	for _, id := range []string{head, gone} {
-		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -68,7 +68,7 @@ func TestUnfinishedRecordsOutliveTheRetention(t *testing.T) {
 	}
 	c.Del(ctx, rkeys.Job(gone)) // as if it had expired
 	f, err := s.Finish(ctx, head, "t", "s", 0, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}})
-	if err != nil || f.Next == nil || f.Next.ID != gone || len(f.Next.Payload) != 0 {
+	if err != nil || f.Next == nil || f.Next.ID != gone || !f.Next.Gone {
 		t.Fatalf("finish: %+v %v", f, err)
 	}
 	if ttl := c.TTL(ctx, rkeys.Job(head)).Val(); ttl <= 0 || ttl > time.Second {

@@ -48,10 +48,12 @@ type Job struct {
 	SessionID  string
 	Queue      string
 	Task       string // the asynq task that runs the job now (the job id, or a later task after a takeover)
+	Model      string // the public model it asks for, as submitted ("" from releases before the scheduler)
 	Status     string
 	BodyHash   string
 	CreatedAt  time.Time
 	StartedAt  time.Time
+	TurnAt     time.Time // when its session's turn came, for a job that waited behind another
 	FinishedAt time.Time
 	Attempts   int
 	Result     *Result
@@ -161,8 +163,8 @@ func parseRecord(id string, vals []any) (Job, error) {
 	}
 	j := Job{
 		ID: id, Tenant: m["tenant"], SessionID: m["session_id"], Queue: m["queue"],
-		Task: m["task"], Status: m["status"], BodyHash: m["body_hash"],
-		CreatedAt: parseTime(m["created_at"]), StartedAt: parseTime(m["started_at"]),
+		Task: m["task"], Model: m["model"], Status: m["status"], BodyHash: m["body_hash"],
+		CreatedAt: parseTime(m["created_at"]), StartedAt: parseTime(m["started_at"]), TurnAt: parseMillis(m["turn_at"]),
 		FinishedAt: parseTime(m["finished_at"]), Webhook: m["webhook"], Deliveries: m["deliveries"], TraceID: m["trace_id"],
 	}
 	j.Attempts, _ = strconv.Atoi(m["attempts"])
@@ -256,6 +258,14 @@ func seconds(d time.Duration) int64 {
 }
 
 func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func parseMillis(s string) time.Time {
+	ms, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
 
 func parseTime(s string) time.Time {
 	t, _ := time.Parse(time.RFC3339Nano, s)

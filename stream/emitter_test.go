@@ -24,7 +24,7 @@ func newStore(t testing.TB) *store.Store {
 func activeJob(t testing.TB, st *store.Store, id string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if a, err := st.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute); err != nil || a.N != 1 {

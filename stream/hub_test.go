@@ -35,7 +35,7 @@ func TestHubOnClusterKeepsOneConnectionPerShard(t *testing.T) {
 		}
 		buckets[rkeys.SessionBucket("t", session)] = true
 		id := tasks.NewJobID("t", session)
-		if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+		if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: session, Queue: "q", CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 		if a, err := st.StartAttempt(ctx, id, "t", session, id, "", false, time.Minute); err != nil || a.N != 1 {
@@ -82,7 +82,7 @@ func TestHubFollowsAChannelWhoseSlotMoved(t *testing.T) {
 	defer h.Close()
 	ctx := context.Background()
 	id := tasks.NewJobID("t", "moving")
-	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "moving", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "moving", Queue: "q", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if a, err := st.StartAttempt(ctx, id, "t", "moving", id, "", false, time.Minute); err != nil || a.N != 1 {

@@ -30,7 +30,7 @@ func TestAFollowerWakesTheJobsWorker(t *testing.T) {
 			st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour, Runner: "w1"})
 			w := ListenWakeups(ctx, c, "w1", zerolog.Nop())
 			id := tasks.NewJobID("t", "s") // in the session's bucket, as on a cluster it must be
-			if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+			if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
 				t.Fatal(err)
 			}
 			if a, err := st.StartAttempt(ctx, id, "t", "s", id, "", false, time.Minute); err != nil || a.N != 1 {
@@ -88,7 +88,7 @@ func TestAWakeBeforeTheEmitterIsAddedIsKept(t *testing.T) {
 	st := store.New(c, store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour, Runner: "w-early"})
 	w := ListenWakeups(ctx, c, "w-early", zerolog.Nop())
 	id := tasks.NewJobID("t", "s")
-	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}, nil); err != nil {
+	if _, _, err := st.Create(ctx, store.NewJob{ID: id, Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.StartAttempt(ctx, id, "t", "s", id, "", false, time.Minute); err != nil {

@@ -1,7 +1,6 @@
 package tasks
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"strings"
@@ -12,39 +11,40 @@ import (
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
-// The task that the submit script writes must be byte for byte what asynq's
-// own Enqueue writes for ChatTask, under the same keys: asynq then dequeues,
-// retries, retains and inspects it as its own.
-func TestAsynqMessageIsAsynqs(t *testing.T) {
+// The dispatcher counts the ready tasks in asynq's pending list by its name:
+// the name must be the one asynq's own Enqueue writes to.
+func TestAsynqPendingKeyIsAsynqs(t *testing.T) {
 	if v := asynqVersion(); v != "v0.26.0" {
-		t.Fatalf("asynq %s: AsynqMessage and AsynqKeys mirror v0.26.0's storage; check them against this version's "+
-			"internal/base and internal/rdb enqueue, then update this test", v)
+		t.Fatalf("asynq %s: AsynqPendingKey mirrors v0.26.0's storage; check it against this version's "+
+			"internal/base, then update this test", v)
 	}
 	c := testkit.StartRedis(t).Client()
 	q := asynq.NewClientFromRedisClient(c)
 	ctx := context.Background()
-	for _, tc := range []struct {
-		payload []byte
-		retries int
-	}{{[]byte(`{"v":1,"job_id":"j"}`), 3}, {[]byte(`{}`), 0}, {nil, 7}} {
+	for _, queue := range []string{QueueName(PriorityNormal), SpreadQueue(QueueName(PriorityHigh), NewJobID("t", "s"), 4)} {
 		id := NewJobID("t", "s")
-		if _, err := q.EnqueueContext(ctx, ChatTask(tc.payload, id, QueueName(PriorityNormal), tc.retries)); err != nil {
+		if _, err := q.EnqueueContext(ctx, ChatTask([]byte(`{}`), id, queue, 3)); err != nil {
 			t.Fatal(err)
 		}
-		key, pending, queues := AsynqKeys(QueueName(PriorityNormal), id)
-		theirs, err := c.HGet(ctx, key, "msg").Bytes()
-		if err != nil {
-			t.Fatalf("asynq's task is not at %s: %v", key, err)
+		if ids, _ := c.LRange(ctx, AsynqPendingKey(queue), 0, -1).Result(); len(ids) != 1 || ids[0] != id {
+			t.Errorf("%s does not list %s: %v", AsynqPendingKey(queue), id, ids)
 		}
-		if ours := AsynqMessage(tc.payload, id, QueueName(PriorityNormal), tc.retries); !bytes.Equal(ours, theirs) {
-			t.Errorf("%+v:\nours   %x\nasynq's %x", tc, ours, theirs)
+	}
+}
+
+func TestPriorityOfQueue(t *testing.T) {
+	for _, p := range Priorities {
+		if got := PriorityOfQueue(QueueName(p)); got != p {
+			t.Errorf("PriorityOfQueue(%q) = %q", QueueName(p), got)
 		}
-		if ids, _ := c.LRange(ctx, pending, 0, -1).Result(); len(ids) == 0 || ids[0] != id {
-			t.Errorf("%s does not list %s: %v", pending, id, ids)
+		for q := range QueueSet(4) {
+			if strings.HasPrefix(q, QueueName(p)+"-") && PriorityOfQueue(q) != p {
+				t.Errorf("PriorityOfQueue(%q) = %q, want %q", q, PriorityOfQueue(q), p)
+			}
 		}
-		if ok, _ := c.SIsMember(ctx, queues, QueueName(PriorityNormal)).Result(); !ok {
-			t.Errorf("%s lacks the queue", queues)
-		}
+	}
+	if got := PriorityOfQueue("other"); got != PriorityNormal {
+		t.Errorf("PriorityOfQueue(other) = %q", got)
 	}
 }
 

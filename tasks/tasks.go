@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
@@ -49,6 +48,24 @@ const (
 
 // weights are the priorities' asynq weights.
 var weights = map[string]int{PriorityHigh: 6, PriorityNormal: 3, PriorityLow: 1}
+
+// Priorities are the priority lanes, highest first.
+var Priorities = []string{PriorityHigh, PriorityNormal, PriorityLow}
+
+// PriorityWeight is a priority lane's share while several lanes have work.
+func PriorityWeight(priority string) int { return weights[priority] }
+
+// PriorityOfQueue is the priority whose queue (spread or not) this is;
+// normal for a queue of no priority.
+func PriorityOfQueue(queue string) string {
+	for _, p := range Priorities {
+		q := QueueName(p)
+		if queue == q || strings.HasPrefix(queue, q+"-") {
+			return p
+		}
+	}
+	return PriorityNormal
+}
 
 // Queues maps queue names to their asynq weights (no spread).
 var Queues = QueueSet(1)
@@ -408,39 +425,10 @@ func ChatTask(payload []byte, taskID, queue string, maxRetries int) *asynq.Task 
 	)
 }
 
-// asynqTimeout is the timeout asynq's Client gives a task with neither a
-// timeout nor a deadline.
-const asynqTimeout = 30 * time.Minute
-
-// AsynqMessage encodes a chat task exactly as asynq v0.26's Client.Enqueue
-// does for ChatTask (its TaskMessage protobuf: type, payload, id, queue,
-// retry, timeout), so that the job record and the task can be written in
-// one script. TestAsynqMessageIsAsynqs holds the bytes to asynq's own, and
-// fails on another asynq version.
-func AsynqMessage(payload []byte, taskID, queue string, maxRetries int) []byte {
-	b := make([]byte, 0, len(payload)+len(taskID)+len(queue)+48)
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendString(b, TypeChatComplete)
-	if len(payload) > 0 {
-		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendBytes(b, payload)
-	}
-	b = protowire.AppendTag(b, 3, protowire.BytesType)
-	b = protowire.AppendString(b, taskID)
-	b = protowire.AppendTag(b, 4, protowire.BytesType)
-	b = protowire.AppendString(b, queue)
-	b = protowire.AppendTag(b, 5, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(maxRetries+1))
-	b = protowire.AppendTag(b, 8, protowire.VarintType)
-	b = protowire.AppendVarint(b, uint64(asynqTimeout/time.Second))
-	return b
-}
-
-// AsynqKeys are asynq v0.26's keys of a task: its hash, its queue's list of
-// pending task ids, and the set of all queues.
-func AsynqKeys(queue, taskID string) (task, pending, queues string) {
-	return "asynq:{" + queue + "}:t:" + taskID, "asynq:{" + queue + "}:pending", "asynq:queues"
-}
+// AsynqPendingKey is asynq v0.26's list of a queue's tasks ready to run. The
+// dispatcher reads its length (never writes it) to keep the ready queue
+// short; TestAsynqPendingKeyIsAsynqs holds it to asynq's own.
+func AsynqPendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }
 
 // RetryTaskID names a new task that runs a job again after its attempt was
 // lost (taken over) or its task went missing: "<job id>:<random>". Task ids

@@ -27,7 +27,7 @@ func TestSweepEnqueuesWhatAFinishLeftInTheOutbox(t *testing.T) {
 	ctx := context.Background()
 	nj := store.NewJob{ID: "job_swept", Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now(),
 		Webhook: Spec{Kind: KindJob, URL: "https://own.example/x"}.Encode()}
-	if _, _, err := st.Create(ctx, nj, nil); err != nil {
+	if _, _, err := st.Create(ctx, nj); err != nil {
 		t.Fatal(err)
 	}
 	f, err := st.Finish(ctx, nj.ID, "t", "s", 0, store.Outcome{Status: store.StatusCanceled})
@@ -89,7 +89,7 @@ func TestDeliveryStateOnlyMovesForward(t *testing.T) {
 	ctx := context.Background()
 	nj := store.NewJob{ID: "job_forward", Tenant: "t", SessionID: "s", Queue: "q", CreatedAt: time.Now(),
 		Webhook: Spec{Kind: KindJob}.Encode()}
-	if _, _, err := st.Create(ctx, nj, nil); err != nil {
+	if _, _, err := st.Create(ctx, nj); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := st.Finish(ctx, nj.ID, "t", "s", 0, store.Outcome{Status: store.StatusCanceled}); err != nil {

@@ -248,3 +248,16 @@ func Response(id string) string { return prefix + "response:" + id }
 // JobPrefix is what precedes a job id in the keys of its record: the jobs of
 // one session share it (their bucket), so a script can name the next job's record.
 func JobPrefix(id string) string { return tagged(Bucket(id)) + "job:" }
+
+// The scheduler's keys all carry the tag {sched}: one slot, so that each
+// dispatch decision is one script (store/schedule.go names them).
+
+// SchedPrefix starts every key of the scheduler.
+func SchedPrefix() string { return prefix + "{sched}:" }
+
+// SchedJobs maps each job waiting in the scheduler to its place (a hash).
+func SchedJobs() string { return SchedPrefix() + "jobs" }
+
+// SchedNudge is the channel on which the scheduler tells the workers' dispatchers
+// that work came (in the scheduler's slot, for sharded pub/sub).
+func SchedNudge() string { return SchedPrefix() + "nudge" }

@@ -93,7 +93,7 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 func Jobs(cfg config.Config, list *ModelList, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
 	q := asynq.NewClientFromRedisClient(rdb)
 	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
-		jobs.Options{MaxRetries: cfg.MaxRetries, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease,
+		jobs.Options{MaxRetries: cfg.MaxRetries, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease, TenantWeights: cfg.TenantWeights,
 			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: list.Prices, DefaultModel: list.Default})
 }
 

@@ -1,0 +1,174 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Who runs next is decided by the scheduler (store/schedule.go), not by
+// asynq's FIFO: a job whose session turn has come waits there, holding no
+// worker slot, and becomes an asynq task only when a worker has a free slot,
+// its model has capacity, and its lane and tenant are due by weight. asynq
+// stays the transport to the workers; its ready queue stays about as long as
+// the fleet's free slots, so the decisions are made late.
+
+// lanes are the priorities in the order they are served, with their shares
+// while several have work (high 6, normal 3, low 1).
+var lanes = func() []store.Lane {
+	var out []store.Lane
+	for _, p := range tasks.Priorities {
+		out = append(out, store.Lane{Name: p, Weight: tasks.PriorityWeight(p)})
+	}
+	return out
+}()
+
+// weight is a tenant's share of the fleet while several tenants have work.
+func (m *Manager) weight(tenant string) float64 {
+	if w, ok := m.opt.TenantWeights[tenant]; ok && w > 0 {
+		return w
+	}
+	return 1
+}
+
+// modelOf is the model a job is scheduled under: the one it asks for, or the
+// default's name.
+func (m *Manager) modelOf(model string) string {
+	if model != "" {
+		return model
+	}
+	return m.defaultModel()
+}
+
+// schedule hands a job whose turn has come to the scheduler.
+func (m *Manager) schedule(ctx context.Context, id, tenant, queue, model string, created time.Time) error {
+	return m.st.Schedule(ctx, store.Scheduled{ID: id, Lane: tasks.PriorityOfQueue(queue), Tenant: tenant,
+		Model: m.modelOf(model), At: created, Weight: m.weight(tenant)})
+}
+
+// DispatchOptions configures a worker's dispatcher.
+type DispatchOptions struct {
+	// Free is how many more jobs this worker can run now.
+	Free func() int
+	// Queues are the asynq queues the workers serve: the tasks pending in
+	// them are handed out already and count against the free slots.
+	Queues []string
+	Log    zerolog.Logger
+}
+
+// Dispatcher hands the scheduler's jobs to asynq as this worker's slots free
+// up. It wakes on a nudge from the scheduler (a job came), on Poke (a slot
+// freed here), when a model's block ends, and once a second in case a nudge
+// was lost; it costs nothing per waiting job.
+type Dispatcher struct {
+	m    *Manager
+	o       DispatchOptions
+	poke    chan struct{}
+	pending []string // asynq's ready lists of the queues
+}
+
+// NewDispatcher returns a dispatcher; Run starts it.
+func (m *Manager) NewDispatcher(o DispatchOptions) *Dispatcher {
+	d := &Dispatcher{m: m, o: o, poke: make(chan struct{}, 1)}
+	for _, q := range o.Queues {
+		d.pending = append(d.pending, tasks.AsynqPendingKey(q))
+	}
+	return d
+}
+
+// Poke says a slot freed here.
+func (d *Dispatcher) Poke() {
+	select {
+	case d.poke <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchEvery is the dispatcher's round when nothing wakes it: a lost
+// nudge (the subscription reconnecting) delays a job by at most this.
+const dispatchEvery = time.Second
+
+// Run dispatches until ctx ends.
+func (d *Dispatcher) Run(ctx context.Context) {
+	ps := d.m.st.ListenNudges(ctx)
+	defer ps.Close()
+	nudges := ps.Channel()
+	tick := time.NewTicker(dispatchEvery)
+	defer tick.Stop()
+	unblock := time.NewTimer(time.Hour)
+	defer unblock.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-nudges:
+		case <-d.poke:
+		case <-tick.C:
+		case <-unblock.C:
+		}
+		next := d.round(ctx)
+		if !next.IsZero() {
+			unblock.Reset(max(time.Until(next), time.Millisecond))
+		}
+	}
+}
+
+// round hands out as many jobs as this worker has free slots beyond the
+// tasks already pending, and returns when the earliest model block ends.
+func (d *Dispatcher) round(ctx context.Context) time.Time {
+	free := d.o.Free()
+	if free <= 0 {
+		return time.Time{}
+	}
+	ready, err := d.m.st.Pending(ctx, d.pending)
+	if err != nil {
+		d.o.Log.Warn().Err(err).Msg("could not read the ready queue")
+		return time.Time{}
+	}
+	n := free - ready
+	if n <= 0 {
+		return time.Time{}
+	}
+	got, next, err := d.m.st.Dispatch(ctx, n, lanes)
+	if err != nil {
+		d.o.Log.Warn().Err(err).Msg("could not dispatch")
+		return time.Time{}
+	}
+	if len(got) > 0 {
+		d.m.handOut(ctx, got, d.o.Log)
+	}
+	return next
+}
+
+// handOut enqueues the tasks of jobs the scheduler handed out. A job that
+// ended meanwhile (canceled) is dropped; one whose enqueue fails goes back
+// to the scheduler, or, if that fails too, the reconciler finds it (queued,
+// neither scheduled nor with a task) and schedules it again.
+func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolog.Logger) {
+	ids := make([]string, len(got))
+	for i, s := range got {
+		ids[i] = s.ID
+	}
+	recs, err := m.st.ToRun(ctx, ids)
+	if err != nil {
+		log.Warn().Err(err).Int("jobs", len(got)).Msg("could not read the jobs handed out; the reconciler will schedule them again")
+		return
+	}
+	for i, r := range recs {
+		if r.Status != store.StatusQueued || len(r.Payload) == 0 {
+			continue
+		}
+		if err := m.enqueueTask(ctx, r.ID, r.Task, r.Queue, r.Payload); err != nil {
+			s := got[i]
+			if serr := m.st.Schedule(ctx, store.Scheduled{ID: s.ID, Lane: s.Lane, Tenant: s.Tenant, Model: s.Model,
+				At: r.CreatedAt, Weight: m.weight(s.Tenant)}); serr != nil {
+				log.Warn().Err(errors.Join(err, serr)).Str("next_job_id", r.ID).Msg("could not enqueue a job handed out; the reconciler will")
+			}
+		}
+	}
+}

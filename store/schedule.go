@@ -1,0 +1,473 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
+)
+
+// The scheduler holds the jobs whose session turn has come and decides which
+// one a worker gets next (jobs/dispatch.go drives it). Its keys share the tag
+// {sched}, so that a decision is one script. With P = rkeys.SchedPrefix():
+//
+//	P jobs              hash  job id -> "lane\ntenant\nmodel": the jobs waiting here
+//	P q:<lane>:<tenant>:<model>  list  "<created ms>|<job id>", in the order they may run
+//	P tm:<lane>:<tenant>  zset  models of the tenant's lane with a runnable head, by the head's created ms
+//	P lane:<lane>       zset  tenants of the lane with a runnable model, by pass (virtual time)
+//	P pass:<lane>       hash  tenant -> pass, while the tenant has nothing runnable in the lane
+//	P vt                hash  lane -> pass of the last job dispatched from it (the lane's virtual time)
+//	P w                 hash  tenant -> weight (written by each submit from CHATFLEET_TENANT_WEIGHTS)
+//	P swrr              hash  lane -> current weight of the smooth weighted round robin over lanes
+//	P blocked           zset  model -> until (ms): models at their quota
+//	P bw:<model>        set   "lane\ntenant" whose queue of the model waits for it
+//	P ml:<lane>:<model> zset  job id -> queued at (ms): counts and oldest age per lane and model
+//	P tc                zset  tenant -> jobs waiting here
+//	P models            set   models with jobs here
+//
+// Fairness: each lane serves its tenants by stride scheduling. A tenant's
+// pass grows by 1/weight with each job it gets, the tenant with the lowest
+// pass goes next, and a tenant that comes back after a pause starts at the
+// lane's virtual time, so it neither jumps ahead with saved-up credit nor
+// waits behind a backlog. Lanes are chosen first, by smooth weighted round
+// robin (tasks.LaneWeights: 6:3:1), among lanes that have a runnable job; a
+// lone tenant or lane gets every slot.
+//
+// Capacity: a model whose deployments were found at quota is blocked until
+// the time the limiter gave. Its jobs stay in their lists; each tenant queue
+// of it is set aside once (moved from tm to bw) when a dispatch meets it, and
+// put back when the block ends. So a blocked model costs nothing while it
+// waits, and each dispatch is O(log n) in tenants and models.
+
+// schedLua: the helpers the scheduler's scripts share. P is the prefix.
+const schedLua = `
+local function headAt(entry) return tonumber(entry:match('^(%d+)|')) end
+-- activate puts a tenant with a runnable model into its lane's rotation, at
+-- the lane's virtual time or its own saved pass, whichever is later.
+local function activate(P, lane, tenant)
+  if redis.call('ZCARD', P .. 'tm:' .. lane .. ':' .. tenant) == 0 then return end
+  if redis.call('ZSCORE', P .. 'lane:' .. lane, tenant) then return end
+  local saved = tonumber(redis.call('HGET', P .. 'pass:' .. lane, tenant)) or 0
+  local vt = tonumber(redis.call('HGET', P .. 'vt', lane)) or 0
+  redis.call('HDEL', P .. 'pass:' .. lane, tenant)
+  redis.call('ZADD', P .. 'lane:' .. lane, math.max(saved, vt), tenant)
+end
+local function count(P, a, by)
+  if by > 0 then
+    redis.call('HSET', P .. 'jobs', a.id, a.lane .. '\n' .. a.tenant .. '\n' .. a.model)
+    redis.call('ZADD', P .. 'ml:' .. a.lane .. ':' .. a.model, a.now, a.id)
+    redis.call('SADD', P .. 'models', a.model)
+  end
+  if tonumber(redis.call('ZINCRBY', P .. 'tc', by, a.tenant)) <= 0 then redis.call('ZREM', P .. 'tc', a.tenant) end
+end
+`
+
+// scheduleJob adds a job whose turn has come at the back of its queue, and
+// nudges the dispatchers. Returns 0 when the job is here already.
+// KEYS: jobs. ARGV: schedArgs as JSON.
+var scheduleJob = redis.NewScript(lua(schedLua, `
+local a = cjson.decode(ARGV[1])
+local P = a.prefix
+if redis.call('HEXISTS', KEYS[1], a.id) == 1 then return 0 end
+local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
+if redis.call('RPUSH', q, a.at .. '|' .. a.id) == 1 then
+  redis.call('ZADD', P .. 'tm:' .. a.lane .. ':' .. a.tenant, a.at, a.model)
+end
+redis.call('HSET', P .. 'w', a.tenant, a.weight)
+activate(P, a.lane, a.tenant)
+count(P, a, 1)
+redis.call(a.publish, P .. 'nudge', '1')
+return 1
+`))
+
+// giveBackJob puts a job that found its model at quota back at the front of
+// its queue and blocks the model until a.until (ms): no job of it is handed
+// out before. Returns 0 when the job is here already.
+// KEYS: jobs. ARGV: schedArgs as JSON.
+var giveBackJob = redis.NewScript(lua(schedLua, `
+local a = cjson.decode(ARGV[1])
+local P = a.prefix
+if redis.call('HEXISTS', KEYS[1], a.id) == 1 then return 0 end
+local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', a.model))
+if not blocked or blocked < a['until'] then redis.call('ZADD', P .. 'blocked', a['until'], a.model) end
+local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
+local tmk = P .. 'tm:' .. a.lane .. ':' .. a.tenant
+if redis.call('LPUSH', q, a.at .. '|' .. a.id) == 1 then
+  redis.call('SADD', P .. 'bw:' .. a.model, a.lane .. '\n' .. a.tenant)
+elseif redis.call('ZSCORE', tmk, a.model) then
+  redis.call('ZADD', tmk, a.at, a.model)
+end
+redis.call('HSET', P .. 'w', a.tenant, a.weight)
+count(P, a, 1)
+return 1
+`))
+
+// schedArgs are scheduleJob's and giveBackJob's argument.
+type schedArgs struct {
+	Prefix  string  `json:"prefix"`
+	ID      string  `json:"id"`
+	Lane    string  `json:"lane"`
+	Tenant  string  `json:"tenant"`
+	Model   string  `json:"model"`
+	At      int64   `json:"at"`  // ms: when the job was submitted (its place among the tenant's models)
+	Now     int64   `json:"now"` // ms
+	Weight  float64 `json:"weight"`
+	Until   int64   `json:"until,omitempty"` // ms, giveBackJob
+	Publish string  `json:"publish"`
+}
+
+// dispatchJobs hands out up to a.n jobs: it ends the blocks that are over,
+// then, per job, picks a lane (smooth weighted round robin among lanes with a
+// runnable job), the lane's tenant with the lowest pass, and that tenant's
+// oldest runnable model; a model met blocked is set aside for the tenant.
+// Returns {{id, lane, tenant, model}…, next block end ms or -1}.
+// KEYS: jobs. ARGV: dispatchArgs as JSON.
+var dispatchJobs = redis.NewScript(lua(schedLua, `
+local a = cjson.decode(ARGV[1])
+local P, now = a.prefix, a.now
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'blocked', '-inf', now)) do
+  redis.call('ZREM', P .. 'blocked', m)
+  for _, lt in ipairs(redis.call('SMEMBERS', P .. 'bw:' .. m)) do
+    local lane, tenant = lt:match('^([^\n]*)\n(.*)$')
+    local head = redis.call('LINDEX', P .. 'q:' .. lane .. ':' .. tenant .. ':' .. m, 0)
+    if head then
+      redis.call('ZADD', P .. 'tm:' .. lane .. ':' .. tenant, headAt(head), m)
+      activate(P, lane, tenant)
+    end
+  end
+  redis.call('DEL', P .. 'bw:' .. m)
+end
+-- pick takes the next job of a lane, or nothing when its tenants turn out
+-- to have only blocked models (they leave the rotation).
+local function pick(lane)
+  local lk = P .. 'lane:' .. lane
+  while true do
+    local top = redis.call('ZRANGE', lk, 0, 0, 'WITHSCORES')
+    if #top == 0 then return nil end
+    local tenant, pass = top[1], tonumber(top[2])
+    local tmk = P .. 'tm:' .. lane .. ':' .. tenant
+    local model
+    while true do
+      local m = redis.call('ZRANGE', tmk, 0, 0)[1]
+      if not m then break end
+      local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', m))
+      if blocked and blocked > now then
+        redis.call('ZREM', tmk, m)
+        redis.call('SADD', P .. 'bw:' .. m, lane .. '\n' .. tenant)
+      else
+        model = m
+        break
+      end
+    end
+    if not model then
+      redis.call('ZREM', lk, tenant)
+      redis.call('HSET', P .. 'pass:' .. lane, tenant, pass)
+    else
+      local q = P .. 'q:' .. lane .. ':' .. tenant .. ':' .. model
+      local entry = redis.call('LPOP', q)
+      local head = redis.call('LINDEX', q, 0)
+      if head then redis.call('ZADD', tmk, headAt(head), model) else redis.call('ZREM', tmk, model) end
+      redis.call('HSET', P .. 'vt', lane, pass)
+      local np = pass + 1 / (tonumber(redis.call('HGET', P .. 'w', tenant)) or 1)
+      if redis.call('ZCARD', tmk) > 0 then
+        redis.call('ZADD', lk, np, tenant)
+      else
+        redis.call('ZREM', lk, tenant)
+        redis.call('HSET', P .. 'pass:' .. lane, tenant, np)
+      end
+      local id = entry:match('|(.*)$')
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('ZREM', P .. 'ml:' .. lane .. ':' .. model, id)
+      count(P, {tenant = tenant}, -1)
+      return {id, lane, tenant, model}
+    end
+  end
+end
+local cur = {}
+local saved = redis.call('HGETALL', P .. 'swrr')
+for i = 1, #saved, 2 do cur[saved[i]] = tonumber(saved[i + 1]) end
+local out = {}
+while #out < a.n do
+  local best, total = nil, 0
+  for i, lane in ipairs(a.lanes) do
+    if redis.call('ZCARD', P .. 'lane:' .. lane) > 0 then
+      cur[lane] = (cur[lane] or 0) + a.weights[i]
+      total = total + a.weights[i]
+      if not best or cur[lane] > cur[best] then best = lane end
+    else
+      cur[lane] = 0
+    end
+  end
+  if not best then break end
+  local job = pick(best)
+  if job then
+    cur[best] = cur[best] - total
+    out[#out + 1] = job
+  end
+end
+for _, lane in ipairs(a.lanes) do redis.call('HSET', P .. 'swrr', lane, cur[lane] or 0) end
+local nxt = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
+out[#out + 1] = nxt[2] or '-1'
+return out
+`))
+
+// dispatchArgs are dispatchJobs' argument.
+type dispatchArgs struct {
+	Prefix  string   `json:"prefix"`
+	N       int      `json:"n"`
+	Now     int64    `json:"now"` // ms
+	Lanes   []string `json:"lanes"`
+	Weights []int    `json:"weights"`
+}
+
+// Scheduled is a job waiting in the scheduler, or handed out by it.
+type Scheduled struct {
+	ID, Lane, Tenant, Model string
+	At                      time.Time // submitted
+	Weight                  float64   // its tenant's weight
+}
+
+func (s *Store) schedArgs(j Scheduled, until time.Time) string {
+	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Model: j.Model,
+		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish}
+	if !until.IsZero() {
+		a.Until = until.UnixMilli()
+	}
+	b, _ := json.Marshal(a)
+	return string(b)
+}
+
+// Schedule adds a job whose turn has come to the scheduler (nothing when it
+// is there already) and nudges the dispatchers.
+func (s *Store) Schedule(ctx context.Context, j Scheduled) error {
+	if err := scheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.schedArgs(j, time.Time{})).Err(); err != nil {
+		return unavailable("schedule job", err)
+	}
+	return nil
+}
+
+// GiveBack puts a job that found its model at quota back at the front of its
+// queue, and holds the model's jobs back until `until`.
+func (s *Store) GiveBack(ctx context.Context, j Scheduled, until time.Time) error {
+	if err := giveBackJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.schedArgs(j, until)).Err(); err != nil {
+		return unavailable("give back job", err)
+	}
+	return nil
+}
+
+// Lane is a priority lane and its weight among lanes that have work.
+type Lane struct {
+	Name   string
+	Weight int
+}
+
+// Dispatch hands out up to n jobs, fairly, and says when the earliest block
+// of a model ends (zero when none is blocked).
+func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled, time.Time, error) {
+	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli()}
+	for _, l := range lanes {
+		a.Lanes, a.Weights = append(a.Lanes, l.Name), append(a.Weights, l.Weight)
+	}
+	b, _ := json.Marshal(a)
+	res, err := dispatchJobs.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, string(b)).Slice()
+	if err != nil {
+		return nil, time.Time{}, unavailable("dispatch", err)
+	}
+	if len(res) == 0 {
+		return nil, time.Time{}, fmt.Errorf("dispatch: empty reply")
+	}
+	var out []Scheduled
+	for _, v := range res[:len(res)-1] {
+		f, ok := v.([]any)
+		if !ok || len(f) != 4 {
+			return out, time.Time{}, fmt.Errorf("dispatch: unexpected entry %v", v)
+		}
+		str := func(i int) string { x, _ := f[i].(string); return x }
+		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3)})
+	}
+	var next time.Time
+	if ms, err := strconv.ParseFloat(fmt.Sprint(res[len(res)-1]), 64); err == nil && ms >= 0 {
+		next = time.UnixMilli(int64(ms))
+	}
+	return out, next, nil
+}
+
+// IsScheduled reports whether a job waits in the scheduler.
+func (s *Store) IsScheduled(ctx context.Context, id string) (bool, error) {
+	ok, err := s.rdb.HExists(ctx, rkeys.SchedJobs(), id).Result()
+	if err != nil {
+		return false, unavailable("read scheduler", err)
+	}
+	return ok, nil
+}
+
+// ListenNudges subscribes to the scheduler's nudges (sharded on a cluster).
+func (s *Store) ListenNudges(ctx context.Context) *redis.PubSub {
+	if c, ok := s.rdb.(*redis.ClusterClient); ok {
+		return c.SSubscribe(ctx, rkeys.SchedNudge())
+	}
+	return s.rdb.Subscribe(ctx, rkeys.SchedNudge())
+}
+
+// schedStatus reads the scheduler's backlog: per lane and model (count,
+// oldest, blocked until) and the busiest tenants, as JSON.
+// KEYS: jobs. ARGV: prefix, lanes (JSON array), now ms, tenants to list.
+var schedStatus = redis.NewScript(`
+local P, lanes, now, top = ARGV[1], cjson.decode(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {lanes = {}, models = {}, tenants = {}}
+for _, m in ipairs(redis.call('SMEMBERS', P .. 'models')) do
+  local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', m))
+  if blocked and blocked <= now then blocked = nil end
+  local total = 0
+  for _, lane in ipairs(lanes) do
+    local k = P .. 'ml:' .. lane .. ':' .. m
+    local n = redis.call('ZCARD', k)
+    if n > 0 then
+      total = total + n
+      local oldest = tonumber(redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')[2])
+      out.lanes[#out.lanes + 1] = {lane = lane, model = m, queued = n, oldest = oldest, blocked = blocked or 0}
+    end
+  end
+  if total == 0 and not blocked then redis.call('SREM', P .. 'models', m) end
+end
+local t = redis.call('ZREVRANGE', P .. 'tc', 0, top - 1, 'WITHSCORES')
+for i = 1, #t, 2 do out.tenants[#out.tenants + 1] = {tenant = t[i], queued = tonumber(t[i + 1])} end
+return cjson.encode(out)
+`)
+
+// SchedLaneModel is the scheduler's backlog of one model in one lane.
+type SchedLaneModel struct {
+	Lane         string    `json:"lane"`
+	Model        string    `json:"model"`
+	Queued       int       `json:"queued"`
+	Oldest       time.Time `json:"-"`
+	BlockedUntil time.Time `json:"-"` // zero: the model has capacity
+	OldestMS     float64   `json:"oldest"`
+	BlockedMS    float64   `json:"blocked"`
+}
+
+// SchedTenant is a tenant's backlog in the scheduler.
+type SchedTenant struct {
+	Tenant string `json:"tenant"`
+	Queued int    `json:"queued"`
+}
+
+// SchedBacklog is what waits in the scheduler.
+type SchedBacklog struct {
+	Lanes   []SchedLaneModel `json:"lanes"` // one per lane and model with jobs
+	Tenants []SchedTenant    `json:"tenants"`
+}
+
+// SchedStatus reads the scheduler's backlog (tenants: the `top` busiest).
+func (s *Store) SchedStatus(ctx context.Context, lanes []string, top int) (SchedBacklog, error) {
+	lj, _ := json.Marshal(lanes)
+	raw, err := schedStatus.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), string(lj), s.opt.Clock().UnixMilli(), top).Text()
+	if err != nil {
+		return SchedBacklog{}, unavailable("read scheduler", err)
+	}
+	// cjson encodes an empty table as an object: read both shapes.
+	var v struct {
+		Lanes   json.RawMessage `json:"lanes"`
+		Tenants json.RawMessage `json:"tenants"`
+	}
+	if err := json.Unmarshal([]byte(raw), &v); err != nil {
+		return SchedBacklog{}, fmt.Errorf("read scheduler: %w", err)
+	}
+	var b SchedBacklog
+	if len(v.Lanes) > 0 && v.Lanes[0] == '[' {
+		if err := json.Unmarshal(v.Lanes, &b.Lanes); err != nil {
+			return SchedBacklog{}, fmt.Errorf("read scheduler: %w", err)
+		}
+	}
+	if len(v.Tenants) > 0 && v.Tenants[0] == '[' {
+		if err := json.Unmarshal(v.Tenants, &b.Tenants); err != nil {
+			return SchedBacklog{}, fmt.Errorf("read scheduler: %w", err)
+		}
+	}
+	for i := range b.Lanes {
+		l := &b.Lanes[i]
+		l.Oldest = time.UnixMilli(int64(l.OldestMS))
+		if l.BlockedMS > 0 {
+			l.BlockedUntil = time.UnixMilli(int64(l.BlockedMS))
+		}
+	}
+	return b, nil
+}
+
+// WaitingForTurn counts the unfinished jobs that wait for their session's
+// turn: their reconciler check is parked WaitingCheck away (order.go), one
+// command per bucket in one pipeline.
+func (s *Store) WaitingForTurn(ctx context.Context) (int, error) {
+	pipe := s.rdb.Pipeline()
+	from := strconv.FormatInt(s.opt.Clock().Add(WaitingCheck/2).UnixMilli(), 10)
+	cmds := make([]*redis.IntCmd, rkeys.Buckets)
+	for b := range rkeys.Buckets {
+		cmds[b] = pipe.ZCount(ctx, rkeys.Unfinished(b), from, "+inf")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, unavailable("count waiting turns", err)
+	}
+	n := 0
+	for _, c := range cmds {
+		n += int(c.Val())
+	}
+	return n, nil
+}
+
+// ToRun is what handing a job to asynq needs of its record.
+type ToRun struct {
+	ID, Status, Task, Queue string
+	CreatedAt               time.Time
+	Payload                 []byte
+}
+
+// ToRun reads the records of jobs handed out by the scheduler (one pipeline);
+// a record that is gone has no status.
+func (s *Store) ToRun(ctx context.Context, ids []string) ([]ToRun, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, rkeys.Job(id), "status", "task", "queue", "created_at", "payload")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, unavailable("read jobs to run", err)
+	}
+	out := make([]ToRun, len(ids))
+	for i, c := range cmds {
+		v := c.Val()
+		str := func(k int) string {
+			if k < len(v) {
+				x, _ := v[k].(string)
+				return x
+			}
+			return ""
+		}
+		out[i] = ToRun{ID: ids[i], Status: str(0), Task: str(1), Queue: str(2), CreatedAt: parseTime(str(3)), Payload: []byte(str(4))}
+	}
+	return out, nil
+}
+
+// Pending counts the tasks waiting in asynq's ready lists of these queues:
+// handed out by the scheduler, not yet picked up by a worker (one pipeline
+// of LLEN; asynq's list, read only: tasks.AsynqPendingKey).
+func (s *Store) Pending(ctx context.Context, keys []string) (int, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.LLen(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return 0, unavailable("read ready queue", err)
+	}
+	n := 0
+	for _, c := range cmds {
+		n += int(c.Val())
+	}
+	return n, nil
+}
