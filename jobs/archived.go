@@ -83,7 +83,7 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 	if !head {
 		return nil // the release that gives it the turn schedules it
 	}
-	if err := m.schedule(ctx, j.ID, j.Tenant, j.Queue, j.Model, j.CreatedAt); err != nil {
+	if err := m.schedule(ctx, j.ID, j.Tenant, j.SessionID, j.Queue, j.Model, j.CreatedAt); err != nil {
 		return fmt.Errorf("job %s: %w", id, err)
 	}
 	return nil

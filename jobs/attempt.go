@@ -175,7 +175,7 @@ func (a *Attempt) GiveBack(ctx context.Context, until time.Time) error {
 		return err // not ok: canceled or taken over meanwhile, nothing to give back
 	}
 	j := store.Scheduled{ID: a.job.JobID, Lane: tasks.PriorityOfQueue(tasks.QueueName(cmp.Or(a.job.Priority, tasks.PriorityNormal))),
-		Tenant: a.job.Tenant, Model: a.m.modelOf(a.job.Model), At: a.job.SubmittedAt, Weight: a.m.weight(a.job.Tenant)}
+		Tenant: a.job.Tenant, Session: a.job.SessionID, Model: a.m.modelOf(a.job.Model), At: a.job.SubmittedAt, Weight: a.m.weight(a.job.Tenant)}
 	if err := a.m.st.GiveBack(ctx, j, until); err != nil {
 		// Queued, in no queue: the reconciler schedules it again.
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not give the job back to the scheduler; the reconciler will")

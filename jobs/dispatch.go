@@ -46,8 +46,8 @@ func (m *Manager) modelOf(model string) string {
 }
 
 // schedule hands a job whose turn has come to the scheduler.
-func (m *Manager) schedule(ctx context.Context, id, tenant, queue, model string, created time.Time) error {
-	return m.st.Schedule(ctx, store.Scheduled{ID: id, Lane: tasks.PriorityOfQueue(queue), Tenant: tenant,
+func (m *Manager) schedule(ctx context.Context, id, tenant, session, queue, model string, created time.Time) error {
+	return m.st.Schedule(ctx, store.Scheduled{ID: id, Lane: tasks.PriorityOfQueue(queue), Tenant: tenant, Session: session,
 		Model: m.modelOf(model), At: created, Weight: m.weight(tenant)})
 }
 
@@ -146,9 +146,10 @@ func (d *Dispatcher) round(ctx context.Context) time.Time {
 }
 
 // handOut enqueues the tasks of jobs the scheduler handed out. A job that
-// ended meanwhile (canceled) is dropped; one whose enqueue fails goes back
-// to the scheduler, or, if that fails too, the reconciler finds it (queued,
-// neither scheduled nor with a task) and schedules it again.
+// ended meanwhile (canceled) is dropped; one whose record is gone hands its
+// session's turn on; one whose enqueue fails goes back to the scheduler, or,
+// if that fails too, the reconciler finds it (queued, neither scheduled nor
+// with a task) and schedules it again.
 func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolog.Logger) {
 	ids := make([]string, len(got))
 	for i, s := range got {
@@ -160,12 +161,20 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolo
 		return
 	}
 	for i, r := range recs {
+		s := got[i]
+		if r.Status == "" {
+			next, err := m.st.Release(ctx, s.Tenant, s.Session, s.ID)
+			if err != nil {
+				log.Warn().Err(err).Str("next_job_id", r.ID).Msg("could not release the turn of a job whose record is gone; the reconciler will")
+			}
+			m.dispatch(ctx, next)
+			continue
+		}
 		if r.Status != store.StatusQueued || len(r.Payload) == 0 {
 			continue
 		}
 		if err := m.enqueueTask(ctx, r.ID, r.Task, r.Queue, r.Payload); err != nil {
-			s := got[i]
-			if serr := m.st.Schedule(ctx, store.Scheduled{ID: s.ID, Lane: s.Lane, Tenant: s.Tenant, Model: s.Model,
+			if serr := m.st.Schedule(ctx, store.Scheduled{ID: s.ID, Lane: s.Lane, Tenant: s.Tenant, Session: s.Session, Model: s.Model,
 				At: r.CreatedAt, Weight: m.weight(s.Tenant)}); serr != nil {
 				log.Warn().Err(errors.Join(err, serr)).Str("next_job_id", r.ID).Msg("could not enqueue a job handed out; the reconciler will")
 			}

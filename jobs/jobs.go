@@ -187,7 +187,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		return Submitted{}, err
 	}
 	if c.New && !c.Waiting {
-		if err := m.schedule(ctx, nj.ID, nj.Tenant, nj.Queue, nj.Model, nj.CreatedAt); err != nil {
+		if err := m.schedule(ctx, nj.ID, nj.Tenant, nj.SessionID, nj.Queue, nj.Model, nj.CreatedAt); err != nil {
 			written = true // the undo gives the reservation back with the record
 			if stopped := context.Cause(detached); stopped != nil {
 				go m.undo(context.WithoutCancel(ctx), nj)
@@ -258,7 +258,7 @@ func (m *Manager) requeue(ctx context.Context, j store.Job) error {
 	if ok, err := m.st.Retask(ctx, j.ID, tasks.RetryTaskID(j.ID)); err != nil || !ok {
 		return err
 	}
-	return m.schedule(ctx, j.ID, j.Tenant, j.Queue, j.Model, j.CreatedAt)
+	return m.schedule(ctx, j.ID, j.Tenant, j.SessionID, j.Queue, j.Model, j.CreatedAt)
 }
 
 // ensureScheduled schedules a queued job that holds its session's turn and
@@ -279,7 +279,7 @@ func (m *Manager) ensureScheduled(ctx context.Context, j store.Job) error {
 	} else if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 		return fmt.Errorf("inspect task: %w: %w", store.ErrUnavailable, err)
 	}
-	return m.schedule(ctx, j.ID, j.Tenant, j.Queue, j.Model, j.CreatedAt)
+	return m.schedule(ctx, j.ID, j.Tenant, j.SessionID, j.Queue, j.Model, j.CreatedAt)
 }
 
 // enqueueRaw enqueues t, telling a task id conflict apart.

@@ -39,7 +39,7 @@ func (m *Manager) dispatch(ctx context.Context, next *store.Next) {
 	if next == nil || next.Gone {
 		return // none, or its record is gone: the reconciler forgets it
 	}
-	if err := m.schedule(ctx, next.ID, next.Tenant, next.Queue, next.Model, next.CreatedAt); err != nil {
+	if err := m.schedule(ctx, next.ID, next.Tenant, next.Session, next.Queue, next.Model, next.CreatedAt); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Str("next_job_id", next.ID).Msg("could not schedule the session's next job; the reconciler will")
 	}
 }

@@ -20,8 +20,8 @@ import (
 // caller that dies before scheduling the job is covered within seconds.
 
 // releaseLua takes a job out of its session's order. When the job held the
-// turn it returns the next job: {id, task, queue, model, created_at, tenant}, else
-// nothing; {id} alone when the next job's record is gone.
+// turn it returns the next job: {id, task, queue, model, created_at, tenant, session},
+// else nothing; {id} alone when the next job's record is gone.
 // unfinished is the index of the session's bucket, prefix the key prefix of
 // its jobs' records (rkeys.JobPrefix), check the next job's check time (ms).
 const releaseLua = `
@@ -40,7 +40,7 @@ local function release(order, unfinished, id, tenant, session, prefix, check)
   end
   local v = redis.call('HMGET', prefix .. nxt, 'task', 'queue', 'model', 'created_at')
   if not v[2] then return {nxt} end
-  return {nxt, v[1] or nxt, v[2], v[3] or '', v[4] or '', tenant}
+  return {nxt, v[1] or nxt, v[2], v[3] or '', v[4] or '', tenant, session}
 end
 `
 
@@ -48,7 +48,7 @@ end
 // order: it goes to the scheduler now.
 type Next struct {
 	ID, Task, Queue string
-	Tenant          string
+	Tenant, Session string
 	Model           string // the public model it asks for ("" for the default)
 	CreatedAt       time.Time
 	Gone            bool // its record is gone (the reconciler forgets it)
@@ -59,10 +59,10 @@ func (s *Store) releaseArgs(tenant, session, id string) []any {
 	return []any{tenant, session, rkeys.JobPrefix(id), s.opt.Clock().Add(HandOffCheck).UnixMilli()}
 }
 
-// nextOf decodes what releaseLua returned (nil, {id} or its 6 values).
+// nextOf decodes what releaseLua returned (nil, {id} or its 7 values).
 func nextOf(v any) *Next {
 	f, ok := v.([]any)
-	if !ok || (len(f) != 1 && len(f) != 6) {
+	if !ok || (len(f) != 1 && len(f) != 7) {
 		return nil
 	}
 	s := func(i int) string { x, _ := f[i].(string); return x }
@@ -70,7 +70,7 @@ func nextOf(v any) *Next {
 		return &Next{ID: s(0), Gone: true}
 	}
 	created, _ := time.Parse(time.RFC3339Nano, s(4))
-	return &Next{ID: s(0), Task: s(1), Queue: s(2), Model: s(3), CreatedAt: created, Tenant: s(5)}
+	return &Next{ID: s(0), Task: s(1), Queue: s(2), Model: s(3), CreatedAt: created, Tenant: s(5), Session: s(6)}
 }
 
 // release removes a job whose record is gone from its session's order.

@@ -17,7 +17,7 @@ import (
 // one a worker gets next (jobs/dispatch.go drives it). Its keys share the tag
 // {sched}, so that a decision is one script. With P = rkeys.SchedPrefix():
 //
-//	P jobs              hash  job id -> "lane\ntenant\nmodel": the jobs waiting here
+//	P jobs              hash  job id -> session: the jobs waiting here
 //	P q:<lane>:<tenant>:<model>  list  "<created ms>|<job id>", in the order they may run
 //	P tm:<lane>:<tenant>  zset  models of the tenant's lane with a runnable head, by the head's created ms
 //	P lane:<lane>       zset  tenants of the lane with a runnable model, by pass (virtual time)
@@ -60,7 +60,7 @@ local function activate(P, lane, tenant)
 end
 local function count(P, a, by)
   if by > 0 then
-    redis.call('HSET', P .. 'jobs', a.id, a.lane .. '\n' .. a.tenant .. '\n' .. a.model)
+    redis.call('HSET', P .. 'jobs', a.id, a.session)
     redis.call('ZADD', P .. 'ml:' .. a.lane .. ':' .. a.model, a.now, a.id)
     redis.call('SADD', P .. 'models', a.model)
   end
@@ -114,6 +114,7 @@ type schedArgs struct {
 	ID      string  `json:"id"`
 	Lane    string  `json:"lane"`
 	Tenant  string  `json:"tenant"`
+	Session string  `json:"session"`
 	Model   string  `json:"model"`
 	At      int64   `json:"at"`  // ms: when the job was submitted (its place among the tenant's models)
 	Now     int64   `json:"now"` // ms
@@ -126,7 +127,7 @@ type schedArgs struct {
 // then, per job, picks a lane (smooth weighted round robin among lanes with a
 // runnable job), the lane's tenant with the lowest pass, and that tenant's
 // oldest runnable model; a model met blocked is set aside for the tenant.
-// Returns {{id, lane, tenant, model}…, next block end ms or -1}.
+// Returns {{id, lane, tenant, model, session}…, next block end ms or -1}.
 // KEYS: jobs. ARGV: dispatchArgs as JSON.
 var dispatchJobs = redis.NewScript(lua(schedLua, `
 local a = cjson.decode(ARGV[1])
@@ -182,10 +183,11 @@ local function pick(lane)
         redis.call('HSET', P .. 'pass:' .. lane, tenant, np)
       end
       local id = entry:match('|(.*)$')
+      local session = redis.call('HGET', KEYS[1], id) or ''
       redis.call('HDEL', KEYS[1], id)
       redis.call('ZREM', P .. 'ml:' .. lane .. ':' .. model, id)
       count(P, {tenant = tenant}, -1)
-      return {id, lane, tenant, model}
+      return {id, lane, tenant, model, session}
     end
   end
 end
@@ -228,13 +230,13 @@ type dispatchArgs struct {
 
 // Scheduled is a job waiting in the scheduler, or handed out by it.
 type Scheduled struct {
-	ID, Lane, Tenant, Model string
-	At                      time.Time // submitted
+	ID, Lane, Tenant, Session, Model string
+	At                               time.Time // submitted
 	Weight                  float64   // its tenant's weight
 }
 
 func (s *Store) schedArgs(j Scheduled, until time.Time) string {
-	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Model: j.Model,
+	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
 		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
@@ -285,11 +287,11 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 	var out []Scheduled
 	for _, v := range res[:len(res)-1] {
 		f, ok := v.([]any)
-		if !ok || len(f) != 4 {
+		if !ok || len(f) != 5 {
 			return out, time.Time{}, fmt.Errorf("dispatch: unexpected entry %v", v)
 		}
 		str := func(i int) string { x, _ := f[i].(string); return x }
-		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3)})
+		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3), Session: str(4)})
 	}
 	var next time.Time
 	if ms, err := strconv.ParseFloat(fmt.Sprint(res[len(res)-1]), 64); err == nil && ms >= 0 {

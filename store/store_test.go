@@ -109,7 +109,7 @@ func TestSessionTurnsAreHandedOn(t *testing.T) {
 	hist := []Message{{Role: "user", Content: "q"}, {Role: "assistant", Content: "a"}}
 	f, err := s.Finish(ctx, first, "t", "s", 1, Outcome{Status: StatusSucceeded, Result: &Result{Content: "a"}, History: hist})
 	done, next := f.First, f.Next
-	if err != nil || !done || next == nil || next.ID != second || next.Task != second+":fresh" || next.Queue != "q" || next.Tenant != "t" || next.Gone {
+	if err != nil || !done || next == nil || next.ID != second || next.Task != second+":fresh" || next.Queue != "q" || next.Tenant != "t" || next.Session != "s" || next.Gone {
 		t.Fatalf("finish: %v %+v %v", done, next, err)
 	}
 	if at, _ := s.rdb.ZScore(ctx, rkeys.Unfinished(rkeys.Bucket(second)), member).Result(); at > float64(time.Now().Add(HandOffCheck).UnixMilli()) {
