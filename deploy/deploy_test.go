@@ -305,8 +305,8 @@ func TestKubernetesManifests(t *testing.T) {
 				t.Errorf("worker grace period %ds is not above the drain timeout %s", o.Spec.Template.Spec.TerminationGracePeriodSeconds, drain)
 			}
 		case "ScaledObject":
-			if o.Spec.ScaleTargetRef.Name != "chatfleet-worker" || len(o.Spec.Triggers) == 0 || !strings.Contains(o.Spec.Triggers[0].Metadata["query"], "chatfleet_queue_backlog") {
-				t.Errorf("autoscaling must scale chatfleet-worker on chatfleet_queue_backlog: %+v", o.Spec)
+			if o.Spec.ScaleTargetRef.Name != "chatfleet-worker" || len(o.Spec.Triggers) == 0 || !strings.Contains(o.Spec.Triggers[0].Metadata["query"], "chatfleet_queue_runnable") {
+				t.Errorf("autoscaling must scale chatfleet-worker on chatfleet_queue_runnable: %+v", o.Spec)
 			}
 		}
 	}

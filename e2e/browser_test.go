@@ -219,13 +219,20 @@ func TestConsoleInABrowser(t *testing.T) {
 		t.Errorf("the chat shows the tool call as %q, want %q", call, want)
 	}
 
-	// 5. The queue view shows the queue against its threshold, live.
-	var status, workers string
+	// 5. The queue view shows the queue against its threshold, live, and
+	// what waits per priority lane.
+	var status, workers, lanes string
 	b.run(t, 10*time.Second, chromedp.Click(`nav button[data-tab="queue"]`, chromedp.ByQuery),
 		chromedp.WaitVisible("#queues tr:nth-child(2)", chromedp.ByQuery),
-		chromedp.Text("#queuestatus", &status, chromedp.ByID), chromedp.Text("#workers", &workers, chromedp.ByID))
-	if !strings.Contains(status, "backlog 0 of threshold 500") || !strings.Contains(workers, "1 live") {
+		chromedp.Text("#queuestatus", &status, chromedp.ByID), chromedp.Text("#workers", &workers, chromedp.ByID),
+		chromedp.Text("#schedlanes", &lanes, chromedp.ByID))
+	if !strings.Contains(status, "backlog 0 (0 runnable) of threshold 500") || !strings.Contains(workers, "1 live") {
 		t.Errorf("queue view: %q, workers %q", status, workers)
+	}
+	for _, p := range []string{"high", "normal", "low"} {
+		if !strings.Contains(lanes, p) {
+			t.Errorf("the queue view's lanes lack %s: %q", p, lanes)
+		}
 	}
 	// The job view replays a job's events.
 	b.run(t, 10*time.Second, chromedp.Click(`nav button[data-tab="jobs"]`, chromedp.ByQuery),

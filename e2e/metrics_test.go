@@ -43,6 +43,9 @@ func TestLabelledMetricsExistAtStart(t *testing.T) {
 			`chatfleet_http_requests_total{code="200",route="/api/v1/chat/jobs"} 0`,
 			`chatfleet_queue_backlog{queue="chatfleet-high"} 0`,
 			`chatfleet_queue_latency_seconds{queue="chatfleet-low"} 0`,
+			`chatfleet_queue_runnable{priority="high"} 0`,
+			`chatfleet_queue_blocked{reason="model_capacity"} 0`,
+			`chatfleet_queue_blocked{reason="session_order"} 0`,
 		},
 		worker: {
 			`chatfleet_http_requests_total{code="200",route="/health/ready"} 0`,
@@ -53,7 +56,7 @@ func TestLabelledMetricsExistAtStart(t *testing.T) {
 			`chatfleet_llm_requests_total{outcome="success",provider="sim-2"} 0`,
 			`chatfleet_llm_tokens_total{kind="completion",model="sim",provider="sim-1"} 0`,
 			`chatfleet_breaker_state{provider="sim-2"} 0`,
-			`chatfleet_queue_wait_seconds_count{queue="chatfleet-normal"} 0`,
+			`chatfleet_queue_wait_seconds_count{priority="normal"} 0`,
 			`chatfleet_llm_capacity_wait_seconds_count{provider="sim-1"} 0`,
 			`chatfleet_llm_rate_limited_total{provider="sim-2"} 0`,
 			`chatfleet_llm_inflight{provider="sim-1"} 0`,

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
@@ -32,6 +33,7 @@ type Fleet struct {
 	breakers  func(context.Context) (map[string]string, error)
 	saturated func(context.Context) ([]string, error)
 	deploys   func(context.Context) (any, error)
+	scheduler func(context.Context) (store.SchedBacklog, int, error)
 
 	mu      sync.Mutex
 	samples []sample // processed totals over the last minute, oldest first
@@ -60,6 +62,9 @@ type FleetOptions struct {
 	// effective rate) for /health/detailed's deployments list; any value
 	// that encodes as a JSON list.
 	Deployments func(context.Context) (any, error)
+	// Scheduler reads what waits in the scheduler, and how many jobs wait
+	// for their session's turn.
+	Scheduler func(context.Context) (store.SchedBacklog, int, error)
 }
 
 // NewFleet returns the fleet reporter and starts sampling throughput until ctx ends.
@@ -67,7 +72,7 @@ func NewFleet(ctx context.Context, rdb redis.UniversalClient, insp *asynq.Inspec
 	if opt.Queues == nil {
 		opt.Queues = tasks.Queues
 	}
-	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, queues: opt.Queues, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated, deploys: opt.Deployments}
+	f := &Fleet{rdb: rdb, insp: insp, threshold: opt.Threshold, queues: opt.Queues, version: opt.Version, started: time.Now(), breakers: opt.Breakers, saturated: opt.Saturated, deploys: opt.Deployments, scheduler: opt.Scheduler}
 	go f.sampleLoop(ctx)
 	return f
 }
@@ -93,9 +98,95 @@ type Workers struct {
 
 type snapshot struct {
 	queues   []QueueState
-	backlog  int
+	backlog  int // waiting to run: asynq's pending, scheduled and retry, and the scheduler's jobs
+	runnable int // of which a worker could start now: not waiting for a model's capacity
 	workers  Workers
 	webhooks QueueState // the deliveries' queue: apart from the chat backlog
+	sched    Scheduler
+	// per priority: runnable jobs, and jobs of the lane's queues in asynq
+	lanes map[string]*laneCount
+}
+
+type laneCount struct{ runnable, backlog int }
+
+// Scheduler is what waits in the scheduler (store/schedule.go).
+type Scheduler struct {
+	Lanes   []SchedLane    `json:"lanes"`
+	Models  []SchedModel   `json:"models"`
+	Tenants []SchedTenant  `json:"tenants"` // the busiest
+	Blocked map[string]int `json:"blocked"` // by reason: model_capacity, session_order
+}
+
+// SchedLane is a priority lane's backlog in the scheduler.
+type SchedLane struct {
+	Priority         string  `json:"priority"`
+	Queued           int     `json:"queued"`
+	Runnable         int     `json:"runnable"`
+	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+}
+
+// SchedModel is a model's backlog in the scheduler.
+type SchedModel struct {
+	Model            string     `json:"model"`
+	Queued           int        `json:"queued"`
+	OldestAgeSeconds float64    `json:"oldest_age_seconds"`
+	BlockedUntil     *time.Time `json:"blocked_until,omitempty"` // at its quota until then
+}
+
+// SchedTenant is a tenant's backlog in the scheduler.
+type SchedTenant = store.SchedTenant
+
+// readScheduler sums the scheduler's backlog per lane and model.
+func (f *Fleet) readScheduler(ctx context.Context) (Scheduler, error) {
+	out := Scheduler{Lanes: []SchedLane{}, Models: []SchedModel{}, Tenants: []SchedTenant{}, Blocked: map[string]int{"model_capacity": 0, "session_order": 0}}
+	if f.scheduler == nil {
+		return out, nil
+	}
+	b, waiting, err := f.scheduler(ctx)
+	if err != nil {
+		return out, err
+	}
+	now := time.Now()
+	lanes, models := map[string]*SchedLane{}, map[string]*SchedModel{}
+	for _, p := range tasks.Priorities {
+		lanes[p] = &SchedLane{Priority: p}
+	}
+	for _, lm := range b.Lanes {
+		l, ok := lanes[lm.Lane]
+		if !ok {
+			continue
+		}
+		age := now.Sub(lm.Oldest).Seconds()
+		l.Queued += lm.Queued
+		l.OldestAgeSeconds = max(l.OldestAgeSeconds, age)
+		m := models[lm.Model]
+		if m == nil {
+			m = &SchedModel{Model: lm.Model}
+			models[lm.Model] = m
+		}
+		m.Queued += lm.Queued
+		m.OldestAgeSeconds = max(m.OldestAgeSeconds, age)
+		if !lm.BlockedUntil.IsZero() {
+			until := lm.BlockedUntil.UTC()
+			m.BlockedUntil = &until
+			out.Blocked["model_capacity"] += lm.Queued
+		} else {
+			l.Runnable += lm.Queued
+		}
+	}
+	for _, p := range tasks.Priorities {
+		l := lanes[p]
+		l.OldestAgeSeconds = math.Round(l.OldestAgeSeconds*1000) / 1000
+		out.Lanes = append(out.Lanes, *l)
+	}
+	for _, m := range models {
+		m.OldestAgeSeconds = math.Round(m.OldestAgeSeconds*1000) / 1000
+		out.Models = append(out.Models, *m)
+	}
+	sort.Slice(out.Models, func(i, j int) bool { return out.Models[i].Queued > out.Models[j].Queued })
+	out.Tenants = append(out.Tenants, b.Tenants...)
+	out.Blocked["session_order"] = waiting
+	return out, nil
 }
 
 // snapshotTTL keeps frequent scrapes and probes from re-reading the queues.
@@ -133,13 +224,33 @@ func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
 		return QueueState{Name: q, Pending: info.Pending, Scheduled: info.Scheduled, Retry: info.Retry,
 			Active: info.Active, Archived: info.Archived, LatencySeconds: info.Latency.Seconds(), processed: info.Processed}, nil
 	}
+	s.lanes = map[string]*laneCount{}
+	for _, p := range tasks.Priorities {
+		s.lanes[p] = &laneCount{}
+	}
 	for _, q := range names {
 		qs, err := state(q)
 		if err != nil {
 			return snapshot{}, err
 		}
 		s.queues = append(s.queues, qs)
-		s.backlog += qs.Pending + qs.Scheduled + qs.Retry
+		n := qs.Pending + qs.Scheduled + qs.Retry
+		s.backlog += n
+		if l := s.lanes[tasks.PriorityOfQueue(q)]; l != nil {
+			l.runnable += n
+			l.backlog += n
+		}
+	}
+	if s.sched, err = f.readScheduler(ctx); err != nil {
+		return snapshot{}, fmt.Errorf("read scheduler: %w", err)
+	}
+	for _, l := range s.sched.Lanes {
+		s.backlog += l.Queued
+		s.lanes[l.Priority].runnable += l.Runnable
+		s.lanes[l.Priority].backlog += l.Queued
+	}
+	for _, l := range s.lanes {
+		s.runnable += l.runnable
 	}
 	if s.webhooks, err = state(tasks.QueueWebhooks); err != nil {
 		return snapshot{}, err
@@ -219,39 +330,45 @@ func (f *Fleet) rateOver(span time.Duration) (float64, bool) {
 // drainTarget is how soon the advice wants a backlog gone.
 const drainTarget = 5 * time.Minute
 
-// advise says how many workers would drain the backlog within drainTarget at
-// the measured rate, or that the providers' capacity, not the workers, holds
-// it back.
-func advise(backlog, threshold int, w Workers, rate float64, measured bool, saturated []string) string {
-	switch {
-	case backlog == 0:
-		return "no backlog"
-	case len(saturated) > 0 && w.Live > 0:
-		msg := fmt.Sprintf("%d jobs waiting; adding workers will not help: %s", backlog, strings.Join(saturated, "; "))
-		if measured && rate > 0 {
-			drain := time.Duration(float64(backlog)/rate) * time.Second
-			msg += fmt.Sprintf(". At %.2f jobs/s the backlog drains in about %s; raise the provider's quota or add a fallback provider", rate, drain.Round(time.Second))
-		}
-		if backlog > threshold {
-			msg = fmt.Sprintf("backlog %d is over the alert threshold %d. ", backlog, threshold) + msg
-		}
-		return msg
-	case w.Live == 0:
-		return fmt.Sprintf("%d jobs waiting and no live worker: start workers", backlog)
-	case !measured || rate <= 0:
-		return fmt.Sprintf("%d jobs waiting, %d workers live, no completions measured in the last minute: check the workers and the providers", backlog, w.Live)
-	}
-	perWorker := rate / float64(w.Live)
-	need := int(math.Ceil(float64(backlog) / (perWorker * drainTarget.Seconds())))
-	need = max(need, 1)
-	drain := time.Duration(float64(backlog)/rate) * time.Second
-	msg := fmt.Sprintf("%d jobs waiting; at %.2f jobs/s per worker the %d live workers drain it in about %s; %d workers would drain it within %s",
-		backlog, perWorker, w.Live, drain.Round(time.Second), need, drainTarget)
-	if need > w.Live {
-		msg += fmt.Sprintf(": add %d", need-w.Live)
+// advise says how many workers would drain the runnable backlog within
+// drainTarget at the measured rate, or that the providers' capacity, not the
+// workers, holds it back. Jobs that wait for their model's quota are not
+// counted toward workers: more workers would not run them sooner.
+func advise(backlog, runnable, threshold int, w Workers, rate float64, measured bool, saturated []string) string {
+	msg := adviseRunnable(runnable, w, rate, measured, saturated)
+	if held := backlog - runnable; held > 0 {
+		msg += fmt.Sprintf("; %d more wait for their model's quota (adding workers will not run them sooner)", held)
 	}
 	if backlog > threshold {
 		msg = fmt.Sprintf("backlog %d is over the alert threshold %d. ", backlog, threshold) + msg
+	}
+	return msg
+}
+
+func adviseRunnable(runnable int, w Workers, rate float64, measured bool, saturated []string) string {
+	switch {
+	case runnable == 0:
+		return "no runnable backlog"
+	case len(saturated) > 0 && w.Live > 0:
+		msg := fmt.Sprintf("%d jobs waiting; adding workers will not help: %s", runnable, strings.Join(saturated, "; "))
+		if measured && rate > 0 {
+			drain := time.Duration(float64(runnable)/rate) * time.Second
+			msg += fmt.Sprintf(". At %.2f jobs/s the backlog drains in about %s; raise the provider's quota or add a fallback provider", rate, drain.Round(time.Second))
+		}
+		return msg
+	case w.Live == 0:
+		return fmt.Sprintf("%d jobs waiting and no live worker: start workers", runnable)
+	case !measured || rate <= 0:
+		return fmt.Sprintf("%d jobs waiting, %d workers live, no completions measured in the last minute: check the workers and the providers", runnable, w.Live)
+	}
+	perWorker := rate / float64(w.Live)
+	need := int(math.Ceil(float64(runnable) / (perWorker * drainTarget.Seconds())))
+	need = max(need, 1)
+	drain := time.Duration(float64(runnable)/rate) * time.Second
+	msg := fmt.Sprintf("%d jobs waiting; at %.2f jobs/s per worker the %d live workers drain it in about %s; %d workers would drain it within %s",
+		runnable, perWorker, w.Live, drain.Round(time.Second), need, drainTarget)
+	if need > w.Live {
+		msg += fmt.Sprintf(": add %d", need-w.Live)
 	}
 	return msg
 }
@@ -282,9 +399,9 @@ func (f *Fleet) queueStatus(c echo.Context) error {
 		saturated, _ = f.saturated(c.Request().Context()) // advice without it beats no answer
 	}
 	body := map[string]any{
-		"status": status, "threshold": f.threshold, "backlog": s.backlog, "queues": s.queues,
-		"workers": s.workers, "advice": advise(s.backlog, f.threshold, s.workers, rate, measured, saturated),
-		"webhooks": s.webhooks,
+		"status": status, "threshold": f.threshold, "backlog": s.backlog, "runnable": s.runnable, "queues": s.queues,
+		"scheduler": s.sched, "workers": s.workers, "webhooks": s.webhooks,
+		"advice": advise(s.backlog, s.runnable, f.threshold, s.workers, rate, measured, saturated),
 	}
 	if len(saturated) > 0 {
 		body["providers_at_limit"] = saturated
@@ -307,7 +424,7 @@ func (f *Fleet) detailed(c echo.Context) error {
 	} else {
 		body["redis"] = map[string]any{"status": "ok", "ping_ms": float64(time.Since(start).Microseconds()) / 1000}
 		if s, err := f.snapshot(ctx); err == nil {
-			body["queue"] = map[string]any{"backlog": s.backlog, "threshold": f.threshold, "queues": s.queues}
+			body["queue"] = map[string]any{"backlog": s.backlog, "runnable": s.runnable, "threshold": f.threshold, "queues": s.queues, "scheduler": s.sched}
 			body["workers"] = s.workers
 			if s.workers.Live == 0 {
 				status = "degraded"
@@ -337,10 +454,12 @@ func (f *Fleet) detailed(c echo.Context) error {
 func (f *Fleet) Collector() prometheus.Collector { return fleetCollector{f} }
 
 var (
-	backlogDesc = prometheus.NewDesc("chatfleet_queue_backlog", "Jobs waiting to run (pending + scheduled + retry), fleet-wide; aggregate with max.", []string{"queue"}, nil)
-	latencyDesc = prometheus.NewDesc("chatfleet_queue_latency_seconds", "Age of the oldest pending job, fleet-wide; aggregate with max.", []string{"queue"}, nil)
-	workersDesc = prometheus.NewDesc("chatfleet_workers_live", "Live worker processes, fleet-wide; aggregate with max.", nil, nil)
-	webhookDesc = prometheus.NewDesc("chatfleet_webhook_queue", "Webhook deliveries by state (waiting: pending, scheduled or retrying; archived: given up, to re-deliver), fleet-wide; aggregate with max.", []string{"state"}, nil)
+	backlogDesc  = prometheus.NewDesc("chatfleet_queue_backlog", "Jobs waiting to run (pending + scheduled + retry), fleet-wide; aggregate with max.", []string{"queue"}, nil)
+	latencyDesc  = prometheus.NewDesc("chatfleet_queue_latency_seconds", "Age of the oldest pending job, fleet-wide; aggregate with max.", []string{"queue"}, nil)
+	workersDesc  = prometheus.NewDesc("chatfleet_workers_live", "Live worker processes, fleet-wide; aggregate with max.", nil, nil)
+	runnableDesc = prometheus.NewDesc("chatfleet_queue_runnable", "Queued jobs a worker could start now (their turn has come, their model has capacity), fleet-wide; aggregate with max.", []string{"priority"}, nil)
+	blockedDesc  = prometheus.NewDesc("chatfleet_queue_blocked", "Queued jobs not yet eligible, by reason (model_capacity, session_order), fleet-wide; aggregate with max.", []string{"reason"}, nil)
+	webhookDesc  = prometheus.NewDesc("chatfleet_webhook_queue", "Webhook deliveries by state (waiting: pending, scheduled or retrying; archived: given up, to re-deliver), fleet-wide; aggregate with max.", []string{"state"}, nil)
 )
 
 type fleetCollector struct{ f *Fleet }
@@ -350,6 +469,8 @@ func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- latencyDesc
 	ch <- workersDesc
 	ch <- webhookDesc
+	ch <- runnableDesc
+	ch <- blockedDesc
 }
 
 func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
@@ -359,9 +480,24 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		return // no sample is better than a wrong zero while Redis is away
 	}
+	// The scheduler's jobs count in the backlog of their priority's queue
+	// (with a spread, under the priority's unspread name).
+	backlog := map[string]int{}
 	for _, q := range s.queues {
-		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(q.Pending+q.Scheduled+q.Retry), q.Name)
+		backlog[q.Name] += q.Pending + q.Scheduled + q.Retry
 		ch <- prometheus.MustNewConstMetric(latencyDesc, prometheus.GaugeValue, q.LatencySeconds, q.Name)
+	}
+	for _, l := range s.sched.Lanes {
+		backlog[tasks.QueueName(l.Priority)] += l.Queued
+	}
+	for q, n := range backlog {
+		ch <- prometheus.MustNewConstMetric(backlogDesc, prometheus.GaugeValue, float64(n), q)
+	}
+	for p, l := range s.lanes {
+		ch <- prometheus.MustNewConstMetric(runnableDesc, prometheus.GaugeValue, float64(l.runnable), p)
+	}
+	for reason, n := range s.sched.Blocked {
+		ch <- prometheus.MustNewConstMetric(blockedDesc, prometheus.GaugeValue, float64(n), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(workersDesc, prometheus.GaugeValue, float64(s.workers.Live))
 	w := s.webhooks

@@ -181,3 +181,14 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolo
 		}
 	}
 }
+
+// Backlog reads what waits in the scheduler (the `top` busiest tenants), and
+// how many jobs wait for their session's turn.
+func (m *Manager) Backlog(ctx context.Context, top int) (store.SchedBacklog, int, error) {
+	b, err := m.st.SchedStatus(ctx, tasks.Priorities, top)
+	if err != nil {
+		return b, 0, err
+	}
+	waiting, err := m.st.WaitingForTurn(ctx)
+	return b, waiting, err
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/chatfleet/chatfleet/internal/tracing"
+	"github.com/chatfleet/chatfleet/tasks"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,7 +23,7 @@ type Metrics struct {
 var latencyBuckets = prometheus.ExponentialBuckets(0.005, 2, 15)
 
 // NewMetrics registers the job metrics on reg (nil: not exposed).
-func NewMetrics(reg prometheus.Registerer, queues map[string]int) *Metrics {
+func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
@@ -40,8 +41,8 @@ func NewMetrics(reg prometheus.Registerer, queues map[string]int) *Metrics {
 			Name: "chatfleet_time_to_first_token_seconds", Help: "Submit to first token.", Buckets: latencyBuckets,
 		}),
 		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "chatfleet_queue_wait_seconds", Help: "Submit to start of work, by queue.", Buckets: latencyBuckets,
-		}, []string{"queue"}),
+			Name: "chatfleet_queue_wait_seconds", Help: "Submit to start of work, by priority.", Buckets: latencyBuckets,
+		}, []string{"priority"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "chatfleet_active_jobs", Help: "Jobs being worked on now by this process.",
 		}),
@@ -58,8 +59,8 @@ func NewMetrics(reg prometheus.Registerer, queues map[string]int) *Metrics {
 	for _, r := range []string{"all_open", "all_failed"} {
 		m.degraded.WithLabelValues(r)
 	}
-	for q := range queues {
-		m.queueWait.WithLabelValues(q)
+	for _, p := range tasks.Priorities {
+		m.queueWait.WithLabelValues(p)
 	}
 	return m
 }

@@ -58,7 +58,7 @@ func NewPipeline(jm *jobs.Manager, chain *llm.Chain, opt PipelineOptions) *Pipel
 		opt.OnAllDown = AllDownDegrade
 	}
 	if opt.Metrics == nil {
-		opt.Metrics = NewMetrics(nil, tasks.Queues)
+		opt.Metrics = NewMetrics(nil)
 	}
 	if opt.MaxRetryDelay <= 0 {
 		opt.MaxRetryDelay = 5 * time.Minute
@@ -189,7 +189,7 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	}
 	if att.N == 1 {
 		queue, _ := asynq.GetQueueName(ctx)
-		p.m.queueWait.WithLabelValues(queue).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
+		p.m.queueWait.WithLabelValues(tasks.PriorityOfQueue(queue)).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
 		if tracing.Enabled() {
 			waitSpans(submitted, pl.SubmittedAt, att.TurnAt, r.start)
 		}

@@ -28,6 +28,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/llm"
 	"github.com/chatfleet/chatfleet/stream"
+	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 	"github.com/chatfleet/chatfleet/webhooks"
 )
@@ -172,6 +173,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		Deployments: func(ctx context.Context) (any, error) {
 			return llm.DeploymentStates(ctx, rdb, llm.Specs(list.Current()), cfg.RateMargin)
 		},
+		Scheduler: func(ctx context.Context) (store.SchedBacklog, int, error) { return jm.Backlog(ctx, 5) }, // the 5 busiest tenants
 	})
 	list.Watch(bg) // every part that follows the list has registered
 	fleet.Register(e)

@@ -261,10 +261,16 @@ async function refreshQueue() {
   if ($('queue').hidden) return;
   try {
     const [q, d] = await Promise.all([api('GET', '/health/queue/status'), api('GET', '/health/detailed')]);
-    $('queuestatus').textContent = q.status + ': backlog ' + q.backlog + ' of threshold ' + q.threshold +
+    $('queuestatus').textContent = q.status + ': backlog ' + q.backlog + ' (' + q.runnable + ' runnable) of threshold ' + q.threshold +
       (q.throughput_jobs_per_second !== undefined ? ' · ' + q.throughput_jobs_per_second + ' jobs/s' : '');
     $('queuestatus').className = 'status' + (q.status === 'warning' ? ' warning' : '');
     $('advice').textContent = q.advice;
+    const sched = q.scheduler;
+    table($('schedlanes'), ['priority', 'waiting', 'runnable', 'oldest (s)'],
+      sched.lanes.map((x) => [x.priority, x.queued, x.runnable, x.oldest_age_seconds.toFixed(1)]));
+    table($('schedmodels'), ['model', 'waiting', 'oldest (s)', 'at quota until'],
+      sched.models.map((x) => [x.model, x.queued, x.oldest_age_seconds.toFixed(1), x.blocked_until ? new Date(x.blocked_until).toLocaleTimeString() : '']));
+    table($('schedtenants'), ['tenant', 'waiting'], sched.tenants.map((x) => [x.tenant, x.queued]));
     table($('queues'), ['queue', 'pending', 'scheduled', 'retry', 'active', 'archived', 'oldest (s)'],
       q.queues.map((x) => [x.name, x.pending, x.scheduled, x.retry, x.active, x.archived, x.latency_seconds.toFixed(1)]));
     $('workers').textContent = q.workers.live + ' live, ' + q.workers.busy + ' of ' + q.workers.concurrency + ' slots busy';

@@ -296,7 +296,7 @@ func Worker(ctx context.Context, cfg config.Config, list *ModelList, rdb redis.U
 		OnAllDown:     cfg.OnAllDown,
 		DegradedReply: cfg.DegradedReply,
 		MaxRetryDelay: cfg.MaxRetryDelay,
-		Metrics:       orchestration.NewMetrics(reg, tasks.QueueSet(cfg.QueueSpread)),
+		Metrics:       orchestration.NewMetrics(reg),
 		FirstToken:    health.NewFirstTokens(ctx, rdb).Observe,
 		Wakeups:       stream.ListenWakeups(ctx, rdb, runner, log),
 	})
