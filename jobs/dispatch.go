@@ -66,7 +66,7 @@ type DispatchOptions struct {
 // freed here), when a model's block ends, and once a second in case a nudge
 // was lost; it costs nothing per waiting job.
 type Dispatcher struct {
-	m    *Manager
+	m       *Manager
 	o       DispatchOptions
 	poke    chan struct{}
 	pending []string // asynq's ready lists of the queues

@@ -232,7 +232,7 @@ type dispatchArgs struct {
 type Scheduled struct {
 	ID, Lane, Tenant, Session, Model string
 	At                               time.Time // submitted
-	Weight                  float64   // its tenant's weight
+	Weight                           float64   // its tenant's weight
 }
 
 func (s *Store) schedArgs(j Scheduled, until time.Time) string {

@@ -27,8 +27,8 @@ import (
 	"github.com/chatfleet/chatfleet/internal/redisconn"
 	"github.com/chatfleet/chatfleet/internal/tracing"
 	"github.com/chatfleet/chatfleet/llm"
-	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/stream"
 	"github.com/chatfleet/chatfleet/tasks"
 	"github.com/chatfleet/chatfleet/webhooks"
 )
