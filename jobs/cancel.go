@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 
+	"github.com/rs/zerolog"
+
 	"github.com/chatfleet/chatfleet/store"
 )
 
@@ -23,9 +25,15 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 	if !first {
 		return j, ErrFinished // it finished between the read and the cancel
 	}
-	// The record is canceled, so no worker will run or retry the job; removing
-	// the task and aborting a running call make it stop now. (A job that
-	// waited for its session's turn has no task.)
+	// The record is canceled, so no worker will run or retry the job; taking
+	// it out of the scheduler, removing the task and aborting a running call
+	// make it stop now. (A job that waited for its session's turn is in
+	// neither.) The scheduler drops a canceled job it hands out anyway.
+	if j.Status == store.StatusQueued {
+		if err := m.st.Unschedule(ctx, j.ID); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("could not take the canceled job out of the scheduler; it is dropped when handed out")
+		}
+	}
 	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
 		_ = m.insp.CancelProcessing(j.Task)
 	}

@@ -17,7 +17,7 @@ import (
 // one a worker gets next (jobs/dispatch.go drives it). Its keys share the tag
 // {sched}, so that a decision is one script. With P = rkeys.SchedPrefix():
 //
-//	P jobs              hash  job id -> session: the jobs waiting here
+//	P jobs              hash  job id -> its place as JSON (lane, tenant, model, session, entry): the jobs waiting here
 //	P q:<lane>:<tenant>:<model>  list  "<created ms>|<job id>", in the order they may run
 //	P tm:<lane>:<tenant>  zset  models of the tenant's lane with a runnable head, by the head's created ms
 //	P lane:<lane>       zset  tenants of the lane with a runnable model, by pass (virtual time)
@@ -60,7 +60,7 @@ local function activate(P, lane, tenant)
 end
 local function count(P, a, by)
   if by > 0 then
-    redis.call('HSET', P .. 'jobs', a.id, a.session)
+    redis.call('HSET', P .. 'jobs', a.id, cjson.encode({lane = a.lane, tenant = a.tenant, model = a.model, session = a.session, entry = a.at .. '|' .. a.id}))
     redis.call('ZADD', P .. 'ml:' .. a.lane .. ':' .. a.model, a.now, a.id)
     redis.call('SADD', P .. 'models', a.model)
   end
@@ -183,7 +183,8 @@ local function pick(lane)
         redis.call('HSET', P .. 'pass:' .. lane, tenant, np)
       end
       local id = entry:match('|(.*)$')
-      local session = redis.call('HGET', KEYS[1], id) or ''
+      local place = redis.call('HGET', KEYS[1], id)
+      local session = place and cjson.decode(place).session or ''
       redis.call('HDEL', KEYS[1], id)
       redis.call('ZREM', P .. 'ml:' .. lane .. ':' .. model, id)
       count(P, {tenant = tenant}, -1)
@@ -298,6 +299,46 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 		next = time.UnixMilli(int64(ms))
 	}
 	return out, next, nil
+}
+
+// unscheduleJob takes a job out of the scheduler (it was canceled while it
+// waited). O(n) in its tenant's queue of its model: cancels are rare, and a
+// canceled job left in place would count as waiting until its turn came.
+// KEYS: jobs. ARGV: prefix, id.
+var unscheduleJob = redis.NewScript(lua(schedLua, `
+local P, id = ARGV[1], ARGV[2]
+local place = redis.call('HGET', KEYS[1], id)
+if not place then return 0 end
+local e = cjson.decode(place)
+local q = P .. 'q:' .. e.lane .. ':' .. e.tenant .. ':' .. e.model
+local tmk = P .. 'tm:' .. e.lane .. ':' .. e.tenant
+redis.call('LREM', q, 1, e.entry)
+local head = redis.call('LINDEX', q, 0)
+if not head then
+  redis.call('ZREM', tmk, e.model)
+  redis.call('SREM', P .. 'bw:' .. e.model, e.lane .. '\n' .. e.tenant)
+  local lk = P .. 'lane:' .. e.lane
+  local pass = redis.call('ZSCORE', lk, e.tenant)
+  if pass and redis.call('ZCARD', tmk) == 0 then
+    redis.call('ZREM', lk, e.tenant)
+    redis.call('HSET', P .. 'pass:' .. e.lane, e.tenant, pass)
+  end
+elseif redis.call('ZSCORE', tmk, e.model) then
+  redis.call('ZADD', tmk, headAt(head), e.model)
+end
+redis.call('HDEL', KEYS[1], id)
+redis.call('ZREM', P .. 'ml:' .. e.lane .. ':' .. e.model, id)
+count(P, {tenant = e.tenant}, -1)
+return 1
+`))
+
+// Unschedule takes a job that waits in the scheduler out of it (nothing when
+// it is not there).
+func (s *Store) Unschedule(ctx context.Context, id string) error {
+	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), id).Err(); err != nil {
+		return unavailable("unschedule job", err)
+	}
+	return nil
 }
 
 // IsScheduled reports whether a job waits in the scheduler.

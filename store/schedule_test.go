@@ -138,3 +138,24 @@ func TestSchedulerHoldsAModelAtQuota(t *testing.T) {
 		t.Fatalf("status of an empty scheduler: %+v", b)
 	}
 }
+
+// A canceled job leaves the scheduler at once: the counts drop and the
+// tenant's next job moves up.
+func TestSchedulerUnschedule(t *testing.T) {
+	s, _ := schedStore(t)
+	ctx := context.Background()
+	ids := schedule(t, s, "normal", "acme", "m", 1, 3)
+	other := schedule(t, s, "normal", "beta", "m", 1, 1)
+	for _, id := range append([]string{ids[0], other[0]}, "not-there") {
+		if err := s.Unschedule(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := s.SchedStatus(ctx, []string{"normal"}, 5); len(b.Lanes) != 1 || b.Lanes[0].Queued != 2 || len(b.Tenants) != 1 || b.Tenants[0].Queued != 2 {
+		t.Fatalf("status: %+v", b)
+	}
+	got := dispatch(t, s, 10)
+	if len(got) != 2 || got[0].ID != ids[1] || got[1].ID != ids[2] {
+		t.Fatalf("after the cancels: %+v", got)
+	}
+}
