@@ -48,6 +48,13 @@ import (
 // schedLua: the helpers the scheduler's scripts share. P is the prefix.
 const schedLua = `
 local function headAt(entry) return tonumber(entry:match('^(%d+)|')) end
+-- hset writes a field of the scheduler's bookkeeping (weights, passes,
+-- virtual times, lane state), which lives on while it is written: it goes
+-- a while after the last job did.
+local function hset(key, field, value, keep)
+  redis.call('HSET', key, field, value)
+  redis.call('EXPIRE', key, keep)
+end
 -- activate puts a tenant with a runnable model into its lane's rotation, at
 -- the lane's virtual time or its own saved pass, whichever is later.
 local function activate(P, lane, tenant)
@@ -63,6 +70,7 @@ local function count(P, a, by)
     redis.call('HSET', P .. 'jobs', a.id, cjson.encode({lane = a.lane, tenant = a.tenant, model = a.model, session = a.session, entry = a.at .. '|' .. a.id}))
     redis.call('ZADD', P .. 'ml:' .. a.lane .. ':' .. a.model, a.now, a.id)
     redis.call('SADD', P .. 'models', a.model)
+    redis.call('EXPIRE', P .. 'models', a.keep)
   end
   if tonumber(redis.call('ZINCRBY', P .. 'tc', by, a.tenant)) <= 0 then redis.call('ZREM', P .. 'tc', a.tenant) end
 end
@@ -79,7 +87,7 @@ local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
 if redis.call('RPUSH', q, a.at .. '|' .. a.id) == 1 then
   redis.call('ZADD', P .. 'tm:' .. a.lane .. ':' .. a.tenant, a.at, a.model)
 end
-redis.call('HSET', P .. 'w', a.tenant, a.weight)
+hset(P .. 'w', a.tenant, a.weight, a.keep)
 activate(P, a.lane, a.tenant)
 count(P, a, 1)
 redis.call(a.publish, P .. 'nudge', '1')
@@ -103,7 +111,7 @@ if redis.call('LPUSH', q, a.at .. '|' .. a.id) == 1 then
 elseif redis.call('ZSCORE', tmk, a.model) then
   redis.call('ZADD', tmk, a.at, a.model)
 end
-redis.call('HSET', P .. 'w', a.tenant, a.weight)
+hset(P .. 'w', a.tenant, a.weight, a.keep)
 count(P, a, 1)
 return 1
 `))
@@ -121,6 +129,7 @@ type schedArgs struct {
 	Weight  float64 `json:"weight"`
 	Until   int64   `json:"until,omitempty"` // ms, giveBackJob
 	Publish string  `json:"publish"`
+	Keep    int64   `json:"keep"` // s: how long the bookkeeping outlives its last write (Store.keep)
 }
 
 // dispatchJobs hands out up to a.n jobs: it ends the blocks that are over,
@@ -168,19 +177,19 @@ local function pick(lane)
     end
     if not model then
       redis.call('ZREM', lk, tenant)
-      redis.call('HSET', P .. 'pass:' .. lane, tenant, pass)
+      hset(P .. 'pass:' .. lane, tenant, pass, a.keep)
     else
       local q = P .. 'q:' .. lane .. ':' .. tenant .. ':' .. model
       local entry = redis.call('LPOP', q)
       local head = redis.call('LINDEX', q, 0)
       if head then redis.call('ZADD', tmk, headAt(head), model) else redis.call('ZREM', tmk, model) end
-      redis.call('HSET', P .. 'vt', lane, pass)
+      hset(P .. 'vt', lane, pass, a.keep)
       local np = pass + 1 / (tonumber(redis.call('HGET', P .. 'w', tenant)) or 1)
       if redis.call('ZCARD', tmk) > 0 then
         redis.call('ZADD', lk, np, tenant)
       else
         redis.call('ZREM', lk, tenant)
-        redis.call('HSET', P .. 'pass:' .. lane, tenant, np)
+        hset(P .. 'pass:' .. lane, tenant, np, a.keep)
       end
       local id = entry:match('|(.*)$')
       local place = redis.call('HGET', KEYS[1], id)
@@ -214,7 +223,7 @@ while #out < a.n do
     out[#out + 1] = job
   end
 end
-for _, lane in ipairs(a.lanes) do redis.call('HSET', P .. 'swrr', lane, cur[lane] or 0) end
+for _, lane in ipairs(a.lanes) do hset(P .. 'swrr', lane, cur[lane] or 0, a.keep) end
 local nxt = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
 out[#out + 1] = nxt[2] or '-1'
 return out
@@ -227,6 +236,7 @@ type dispatchArgs struct {
 	Now     int64    `json:"now"` // ms
 	Lanes   []string `json:"lanes"`
 	Weights []int    `json:"weights"`
+	Keep    int64    `json:"keep"`
 }
 
 // Scheduled is a job waiting in the scheduler, or handed out by it.
@@ -238,7 +248,7 @@ type Scheduled struct {
 
 func (s *Store) schedArgs(j Scheduled, until time.Time) string {
 	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
-		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish}
+		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish, Keep: s.keep()}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
 	}
@@ -273,7 +283,7 @@ type Lane struct {
 // Dispatch hands out up to n jobs, fairly, and says when the earliest block
 // of a model ends (zero when none is blocked).
 func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled, time.Time, error) {
-	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli()}
+	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli(), Keep: s.keep()}
 	for _, l := range lanes {
 		a.Lanes, a.Weights = append(a.Lanes, l.Name), append(a.Weights, l.Weight)
 	}
@@ -304,9 +314,9 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 // unscheduleJob takes a job out of the scheduler (it was canceled while it
 // waited). O(n) in its tenant's queue of its model: cancels are rare, and a
 // canceled job left in place would count as waiting until its turn came.
-// KEYS: jobs. ARGV: prefix, id.
+// KEYS: jobs. ARGV: prefix, id, keep s.
 var unscheduleJob = redis.NewScript(lua(schedLua, `
-local P, id = ARGV[1], ARGV[2]
+local P, id, keep = ARGV[1], ARGV[2], ARGV[3]
 local place = redis.call('HGET', KEYS[1], id)
 if not place then return 0 end
 local e = cjson.decode(place)
@@ -321,7 +331,7 @@ if not head then
   local pass = redis.call('ZSCORE', lk, e.tenant)
   if pass and redis.call('ZCARD', tmk) == 0 then
     redis.call('ZREM', lk, e.tenant)
-    redis.call('HSET', P .. 'pass:' .. e.lane, e.tenant, pass)
+    hset(P .. 'pass:' .. e.lane, e.tenant, pass, keep)
   end
 elseif redis.call('ZSCORE', tmk, e.model) then
   redis.call('ZADD', tmk, headAt(head), e.model)
@@ -335,7 +345,7 @@ return 1
 // Unschedule takes a job that waits in the scheduler out of it (nothing when
 // it is not there).
 func (s *Store) Unschedule(ctx context.Context, id string) error {
-	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), id).Err(); err != nil {
+	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), id, s.keep()).Err(); err != nil {
 		return unavailable("unschedule job", err)
 	}
 	return nil
