@@ -42,6 +42,20 @@ func TestQueueStatusWarnsAndRecovers(t *testing.T) {
 	if got := metric(t, api.URL(), `chatfleet_queue_backlog{queue="chatfleet-normal"}`); got != 6 {
 		t.Fatalf("chatfleet_queue_backlog = %v, want 6", got)
 	}
+	// They wait in the scheduler (no worker hands them out), all runnable.
+	sched, _ := r.Body["scheduler"].(map[string]any)
+	lanes, _ := sched["lanes"].([]any)
+	models, _ := sched["models"].([]any)
+	tenants, _ := sched["tenants"].([]any)
+	if r.Body["runnable"] != float64(6) || len(lanes) != 3 || len(models) != 1 || len(tenants) != 1 {
+		t.Fatalf("the scheduler's backlog: %s", r.Raw)
+	}
+	if l := lanes[1].(map[string]any); l["priority"] != "normal" || l["queued"] != float64(6) || l["runnable"] != float64(6) || l["oldest_age_seconds"].(float64) <= 0 {
+		t.Fatalf("the normal lane: %v", l)
+	}
+	if got := metric(t, api.URL(), `chatfleet_queue_runnable{priority="normal"}`); got != 6 {
+		t.Fatalf("chatfleet_queue_runnable = %v, want 6", got)
+	}
 
 	testkit.StartProc(t, "worker", workerBin, fleetEnv(rd.URL(), nil))
 	deadline = time.Now().Add(20 * time.Second)
