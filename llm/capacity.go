@@ -135,6 +135,10 @@ func newCapacity(name string, rdb redis.UniversalClient, lim Limits, set Capacit
 // from the provider's 429s, starting at initialLimit.
 func (c *capacity) adaptive() bool { return c.lim == Limits{} }
 
+// concurrencyRetry is how long a model whose deployments are all at their
+// concurrency limit is held back before the scheduler tries it again.
+const concurrencyRetry = 250 * time.Millisecond
+
 // initialLimit is where a learned concurrency limit starts: it grows by one
 // per success (doubling every round of calls) until the first 429.
 const initialLimit = 16
@@ -207,7 +211,10 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 			*budget -= waited
 			until := c.now().Add(wait)
 			if why == "concurrency" || why == "priority" {
-				until = c.now().Add(time.Second) // a slot frees when a call ends
+				// A slot frees when a call ends, at no known time: the
+				// scheduler holds the model's jobs this long, then hands
+				// one out to try (one try per model, not per job).
+				until = c.now().Add(concurrencyRetry)
 			}
 			return nil, &CapacityError{Provider: c.name, Until: until, Reason: why}
 		}
