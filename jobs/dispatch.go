@@ -3,6 +3,7 @@ package jobs
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -55,9 +56,10 @@ func (m *Manager) schedule(ctx context.Context, id, tenant, session, queue, mode
 type DispatchOptions struct {
 	// Free is how many more jobs this worker can run now.
 	Free func() int
-	// Queues are the asynq queues the workers serve: the tasks pending in
-	// them are handed out already and count against the free slots.
-	Queues []string
+	// Pickup is how long a task this dispatcher handed out may take to be
+	// picked up (a poll interval or two); until then, or until this worker
+	// starts a task, it counts against the free slots. Default 100 ms.
+	Pickup time.Duration
 	Log    zerolog.Logger
 }
 
@@ -66,19 +68,54 @@ type DispatchOptions struct {
 // freed here), when a model's block ends, and once a second in case a nudge
 // was lost; it costs nothing per waiting job.
 type Dispatcher struct {
-	m       *Manager
-	o       DispatchOptions
-	poke    chan struct{}
-	pending []string // asynq's ready lists of the queues
+	m    *Manager
+	o    DispatchOptions
+	poke chan struct{}
+
+	mu sync.Mutex
+	// outstanding are the times of the tasks handed out here and not yet
+	// known to be picked up, oldest first: asynq's ready queue, as far as
+	// this worker's slots are concerned, without asking Redis.
+	outstanding []time.Time
 }
 
 // NewDispatcher returns a dispatcher; Run starts it.
 func (m *Manager) NewDispatcher(o DispatchOptions) *Dispatcher {
-	d := &Dispatcher{m: m, o: o, poke: make(chan struct{}, 1)}
-	for _, q := range o.Queues {
-		d.pending = append(d.pending, tasks.AsynqPendingKey(q))
+	if o.Pickup <= 0 {
+		o.Pickup = 100 * time.Millisecond
 	}
-	return d
+	return &Dispatcher{m: m, o: o, poke: make(chan struct{}, 1)}
+}
+
+// Started says this worker started a task: one handed out is picked up.
+func (d *Dispatcher) Started() {
+	d.mu.Lock()
+	if len(d.outstanding) > 0 {
+		d.outstanding = d.outstanding[1:]
+	}
+	d.mu.Unlock()
+}
+
+// pending counts the tasks handed out here that may still wait for a slot.
+func (d *Dispatcher) pending() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cut := time.Now().Add(-d.o.Pickup)
+	i := 0
+	for i < len(d.outstanding) && d.outstanding[i].Before(cut) {
+		i++
+	}
+	d.outstanding = d.outstanding[i:]
+	return len(d.outstanding)
+}
+
+func (d *Dispatcher) handedOut(n int) {
+	d.mu.Lock()
+	now := time.Now()
+	for range n {
+		d.outstanding = append(d.outstanding, now)
+	}
+	d.mu.Unlock()
 }
 
 // Poke says a slot freed here.
@@ -119,18 +156,10 @@ func (d *Dispatcher) Run(ctx context.Context) {
 }
 
 // round hands out as many jobs as this worker has free slots beyond the
-// tasks already pending, and returns when the earliest model block ends.
+// tasks it handed out that wait to be picked up, and returns when the
+// earliest model block ends.
 func (d *Dispatcher) round(ctx context.Context) time.Time {
-	free := d.o.Free()
-	if free <= 0 {
-		return time.Time{}
-	}
-	ready, err := d.m.st.Pending(ctx, d.pending)
-	if err != nil {
-		d.o.Log.Warn().Err(err).Msg("could not read the ready queue")
-		return time.Time{}
-	}
-	n := free - ready
+	n := d.o.Free() - d.pending()
 	if n <= 0 {
 		return time.Time{}
 	}
@@ -140,6 +169,7 @@ func (d *Dispatcher) round(ctx context.Context) time.Time {
 		return time.Time{}
 	}
 	if len(got) > 0 {
+		d.handedOut(len(got))
 		d.m.handOut(ctx, got, d.o.Log)
 	}
 	return next
@@ -160,24 +190,41 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolo
 		log.Warn().Err(err).Int("jobs", len(got)).Msg("could not read the jobs handed out; the reconciler will schedule them again")
 		return
 	}
+	// The enqueues run side by side: one after another, a round of many
+	// jobs (a worker starting with 100 free slots) would wait out as many
+	// round trips before the last one could start.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, handOutParallel)
 	for i, r := range recs {
-		s := got[i]
-		if r.Status == "" {
-			next, err := m.st.Release(ctx, s.Tenant, s.Session, s.ID)
-			if err != nil {
-				log.Warn().Err(err).Str("next_job_id", r.ID).Msg("could not release the turn of a job whose record is gone; the reconciler will")
-			}
-			m.dispatch(ctx, next)
-			continue
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			m.handOutOne(ctx, got[i], r, log)
+		}()
+	}
+	wg.Wait()
+}
+
+// handOutParallel bounds the enqueues of one round under way at once.
+const handOutParallel = 16
+
+func (m *Manager) handOutOne(ctx context.Context, s store.Scheduled, r store.ToRun, log zerolog.Logger) {
+	if r.Status == "" {
+		next, err := m.st.Release(ctx, s.Tenant, s.Session, s.ID)
+		if err != nil {
+			log.Warn().Err(err).Str("next_job_id", r.ID).Msg("could not release the turn of a job whose record is gone; the reconciler will")
 		}
-		if r.Status != store.StatusQueued || len(r.Payload) == 0 {
-			continue
-		}
-		if err := m.enqueueTask(ctx, r.ID, r.Task, r.Queue, r.Payload); err != nil {
-			if serr := m.st.Schedule(ctx, store.Scheduled{ID: s.ID, Lane: s.Lane, Tenant: s.Tenant, Session: s.Session, Model: s.Model,
-				At: r.CreatedAt, Weight: m.weight(s.Tenant)}); serr != nil {
-				log.Warn().Err(errors.Join(err, serr)).Str("next_job_id", r.ID).Msg("could not enqueue a job handed out; the reconciler will")
-			}
+		m.dispatch(ctx, next)
+		return
+	}
+	if r.Status != store.StatusQueued || len(r.Payload) == 0 {
+		return
+	}
+	if err := m.enqueueTask(ctx, r.ID, r.Task, r.Queue, r.Payload); err != nil {
+		if serr := m.st.Schedule(ctx, store.Scheduled{ID: s.ID, Lane: s.Lane, Tenant: s.Tenant, Session: s.Session, Model: s.Model,
+			At: r.CreatedAt, Weight: m.weight(s.Tenant)}); serr != nil {
+			log.Warn().Err(errors.Join(err, serr)).Str("next_job_id", r.ID).Msg("could not enqueue a job handed out; the reconciler will")
 		}
 	}
 }

@@ -74,11 +74,9 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 		}),
 	})
 	w := &Worker{srv: srv, pipeline: p, log: log, stop: func() {}, stopDispatch: func() {}, concurrency: o.Concurrency}
-	queues := make([]string, 0, len(o.Queues))
-	for q := range o.Queues {
-		queues = append(queues, q)
-	}
-	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Queues: queues, Log: log})
+	// A task handed out is picked up within a poll or two of an idle
+	// processor (asynq's TaskCheckInterval).
+	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Pickup: max(2*o.PollInterval+50*time.Millisecond, 100*time.Millisecond), Log: log})
 	w.mux = asynq.NewServeMux()
 	w.mux.Use(withJobLogger(log), countActive(p.m.active), w.countSlots, recoverPanics)
 	w.mux.Handle(tasks.TypeChatComplete, p)
@@ -90,6 +88,7 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 func (w *Worker) countSlots(next asynq.Handler) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		w.busy.Add(1)
+		w.dispatcher.Started()
 		defer w.dispatcher.Poke()
 		defer w.busy.Add(-1)
 		return next.ProcessTask(ctx, t)

@@ -50,10 +50,14 @@ const schedLua = `
 local function headAt(entry) return tonumber(entry:match('^(%d+)|')) end
 -- hset writes a field of the scheduler's bookkeeping (weights, passes,
 -- virtual times, lane state), which lives on while it is written: it goes
--- a while after the last job did.
-local function hset(key, field, value, keep)
+-- a while after the last job did (keepTouched, once per key and script).
+local touched = {}
+local function hset(key, field, value)
   redis.call('HSET', key, field, value)
-  redis.call('EXPIRE', key, keep)
+  touched[key] = true
+end
+local function keepTouched(keep)
+  for k in pairs(touched) do redis.call('EXPIRE', k, keep) end
 end
 -- activate puts a tenant with a runnable model into its lane's rotation, at
 -- the lane's virtual time or its own saved pass, whichever is later.
@@ -87,9 +91,10 @@ local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
 if redis.call('RPUSH', q, a.at .. '|' .. a.id) == 1 then
   redis.call('ZADD', P .. 'tm:' .. a.lane .. ':' .. a.tenant, a.at, a.model)
 end
-hset(P .. 'w', a.tenant, a.weight, a.keep)
+hset(P .. 'w', a.tenant, a.weight)
 activate(P, a.lane, a.tenant)
 count(P, a, 1)
+keepTouched(a.keep)
 redis.call(a.publish, P .. 'nudge', '1')
 return 1
 `))
@@ -111,8 +116,9 @@ if redis.call('LPUSH', q, a.at .. '|' .. a.id) == 1 then
 elseif redis.call('ZSCORE', tmk, a.model) then
   redis.call('ZADD', tmk, a.at, a.model)
 end
-hset(P .. 'w', a.tenant, a.weight, a.keep)
+hset(P .. 'w', a.tenant, a.weight)
 count(P, a, 1)
+keepTouched(a.keep)
 return 1
 `))
 
@@ -177,19 +183,19 @@ local function pick(lane)
     end
     if not model then
       redis.call('ZREM', lk, tenant)
-      hset(P .. 'pass:' .. lane, tenant, pass, a.keep)
+      hset(P .. 'pass:' .. lane, tenant, pass)
     else
       local q = P .. 'q:' .. lane .. ':' .. tenant .. ':' .. model
       local entry = redis.call('LPOP', q)
       local head = redis.call('LINDEX', q, 0)
       if head then redis.call('ZADD', tmk, headAt(head), model) else redis.call('ZREM', tmk, model) end
-      hset(P .. 'vt', lane, pass, a.keep)
+      hset(P .. 'vt', lane, pass)
       local np = pass + 1 / (tonumber(redis.call('HGET', P .. 'w', tenant)) or 1)
       if redis.call('ZCARD', tmk) > 0 then
         redis.call('ZADD', lk, np, tenant)
       else
         redis.call('ZREM', lk, tenant)
-        hset(P .. 'pass:' .. lane, tenant, np, a.keep)
+        hset(P .. 'pass:' .. lane, tenant, np)
       end
       local id = entry:match('|(.*)$')
       local place = redis.call('HGET', KEYS[1], id)
@@ -205,10 +211,12 @@ local cur = {}
 local saved = redis.call('HGETALL', P .. 'swrr')
 for i = 1, #saved, 2 do cur[saved[i]] = tonumber(saved[i + 1]) end
 local out = {}
+local busy = {} -- lanes with a tenant in rotation, read once, then kept up to date
+for _, lane in ipairs(a.lanes) do busy[lane] = redis.call('EXISTS', P .. 'lane:' .. lane) == 1 end
 while #out < a.n do
   local best, total = nil, 0
   for i, lane in ipairs(a.lanes) do
-    if redis.call('ZCARD', P .. 'lane:' .. lane) > 0 then
+    if busy[lane] then
       cur[lane] = (cur[lane] or 0) + a.weights[i]
       total = total + a.weights[i]
       if not best or cur[lane] > cur[best] then best = lane end
@@ -218,12 +226,20 @@ while #out < a.n do
   end
   if not best then break end
   local job = pick(best)
+  busy[best] = redis.call('EXISTS', P .. 'lane:' .. best) == 1
   if job then
     cur[best] = cur[best] - total
     out[#out + 1] = job
   end
 end
-for _, lane in ipairs(a.lanes) do hset(P .. 'swrr', lane, cur[lane] or 0, a.keep) end
+local state = {}
+for _, lane in ipairs(a.lanes) do
+  state[#state + 1] = lane
+  state[#state + 1] = cur[lane] or 0
+end
+redis.call('HSET', P .. 'swrr', unpack(state))
+touched[P .. 'swrr'] = true
+keepTouched(a.keep)
 local nxt = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
 out[#out + 1] = nxt[2] or '-1'
 return out
@@ -244,6 +260,12 @@ type Scheduled struct {
 	ID, Lane, Tenant, Session, Model string
 	At                               time.Time // submitted
 	Weight                           float64   // its tenant's weight
+}
+
+// jsonArgs is a script's named arguments (ARGV[1]).
+func (s *Store) jsonArgs(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }
 
 func (s *Store) schedArgs(j Scheduled, until time.Time) string {
@@ -314,9 +336,10 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 // unscheduleJob takes a job out of the scheduler (it was canceled while it
 // waited). O(n) in its tenant's queue of its model: cancels are rare, and a
 // canceled job left in place would count as waiting until its turn came.
-// KEYS: jobs. ARGV: prefix, id, keep s.
+// KEYS: jobs. ARGV: {prefix, id, keep} as JSON.
 var unscheduleJob = redis.NewScript(lua(schedLua, `
-local P, id, keep = ARGV[1], ARGV[2], ARGV[3]
+local a = cjson.decode(ARGV[1])
+local P, id, keep = a.prefix, a.id, a.keep
 local place = redis.call('HGET', KEYS[1], id)
 if not place then return 0 end
 local e = cjson.decode(place)
@@ -331,7 +354,7 @@ if not head then
   local pass = redis.call('ZSCORE', lk, e.tenant)
   if pass and redis.call('ZCARD', tmk) == 0 then
     redis.call('ZREM', lk, e.tenant)
-    hset(P .. 'pass:' .. e.lane, e.tenant, pass, keep)
+    hset(P .. 'pass:' .. e.lane, e.tenant, pass)
   end
 elseif redis.call('ZSCORE', tmk, e.model) then
   redis.call('ZADD', tmk, headAt(head), e.model)
@@ -339,13 +362,14 @@ end
 redis.call('HDEL', KEYS[1], id)
 redis.call('ZREM', P .. 'ml:' .. e.lane .. ':' .. e.model, id)
 count(P, {tenant = e.tenant}, -1)
+keepTouched(keep)
 return 1
 `))
 
 // Unschedule takes a job that waits in the scheduler out of it (nothing when
 // it is not there).
 func (s *Store) Unschedule(ctx context.Context, id string) error {
-	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), id, s.keep()).Err(); err != nil {
+	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.jsonArgs(map[string]any{"prefix": rkeys.SchedPrefix(), "id": id, "keep": s.keep()})).Err(); err != nil {
 		return unavailable("unschedule job", err)
 	}
 	return nil
@@ -370,9 +394,10 @@ func (s *Store) ListenNudges(ctx context.Context) *redis.PubSub {
 
 // schedStatus reads the scheduler's backlog: per lane and model (count,
 // oldest, blocked until) and the busiest tenants, as JSON.
-// KEYS: jobs. ARGV: prefix, lanes (JSON array), now ms, tenants to list.
+// KEYS: jobs. ARGV: {prefix, lanes, now (ms), top (tenants to list)} as JSON.
 var schedStatus = redis.NewScript(`
-local P, lanes, now, top = ARGV[1], cjson.decode(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local a = cjson.decode(ARGV[1])
+local P, lanes, now, top = a.prefix, a.lanes, a.now, a.top
 local out = {lanes = {}, models = {}, tenants = {}}
 for _, m in ipairs(redis.call('SMEMBERS', P .. 'models')) do
   local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', m))
@@ -419,8 +444,8 @@ type SchedBacklog struct {
 
 // SchedStatus reads the scheduler's backlog (tenants: the `top` busiest).
 func (s *Store) SchedStatus(ctx context.Context, lanes []string, top int) (SchedBacklog, error) {
-	lj, _ := json.Marshal(lanes)
-	raw, err := schedStatus.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), string(lj), s.opt.Clock().UnixMilli(), top).Text()
+	raw, err := schedStatus.Run(ctx, s.rdb, []string{rkeys.SchedJobs()},
+		s.jsonArgs(map[string]any{"prefix": rkeys.SchedPrefix(), "lanes": lanes, "now": s.opt.Clock().UnixMilli(), "top": top})).Text()
 	if err != nil {
 		return SchedBacklog{}, unavailable("read scheduler", err)
 	}
@@ -504,23 +529,4 @@ func (s *Store) ToRun(ctx context.Context, ids []string) ([]ToRun, error) {
 		out[i] = ToRun{ID: ids[i], Status: str(0), Task: str(1), Queue: str(2), CreatedAt: parseTime(str(3)), Payload: []byte(str(4))}
 	}
 	return out, nil
-}
-
-// Pending counts the tasks waiting in asynq's ready lists of these queues:
-// handed out by the scheduler, not yet picked up by a worker (one pipeline
-// of LLEN; asynq's list, read only: tasks.AsynqPendingKey).
-func (s *Store) Pending(ctx context.Context, keys []string) (int, error) {
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.IntCmd, len(keys))
-	for i, k := range keys {
-		cmds[i] = pipe.LLen(ctx, k)
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return 0, unavailable("read ready queue", err)
-	}
-	n := 0
-	for _, c := range cmds {
-		n += int(c.Val())
-	}
-	return n, nil
 }

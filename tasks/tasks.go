@@ -425,11 +425,6 @@ func ChatTask(payload []byte, taskID, queue string, maxRetries int) *asynq.Task 
 	)
 }
 
-// AsynqPendingKey is asynq v0.26's list of a queue's tasks ready to run. The
-// dispatcher reads its length (never writes it) to keep the ready queue
-// short; TestAsynqPendingKeyIsAsynqs holds it to asynq's own.
-func AsynqPendingKey(queue string) string { return "asynq:{" + queue + "}:pending" }
-
 // RetryTaskID names a new task that runs a job again after its attempt was
 // lost (taken over) or its task went missing: "<job id>:<random>". Task ids
 // other than the job id always carry it before the colon.
