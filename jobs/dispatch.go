@@ -140,6 +140,12 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	unblock := time.NewTimer(time.Hour)
 	defer unblock.Stop()
 	for {
+		// A round at once: a worker that starts finds the backlog that
+		// came before it subscribed.
+		next := d.round(ctx)
+		if !next.IsZero() {
+			unblock.Reset(max(time.Until(next), time.Millisecond))
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -147,10 +153,6 @@ func (d *Dispatcher) Run(ctx context.Context) {
 		case <-d.poke:
 		case <-tick.C:
 		case <-unblock.C:
-		}
-		next := d.round(ctx)
-		if !next.IsZero() {
-			unblock.Reset(max(time.Until(next), time.Millisecond))
 		}
 	}
 }
