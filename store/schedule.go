@@ -314,9 +314,10 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 // unscheduleJob takes a job out of the scheduler (it was canceled while it
 // waited). O(n) in its tenant's queue of its model: cancels are rare, and a
 // canceled job left in place would count as waiting until its turn came.
-// KEYS: jobs. ARGV: prefix, id, keep s.
+// KEYS: jobs. ARGV[1]: unscheduleArgs JSON.
 var unscheduleJob = redis.NewScript(lua(schedLua, `
-local P, id, keep = ARGV[1], ARGV[2], ARGV[3]
+local a = cjson.decode(ARGV[1])
+local P, id, keep = a.prefix, a.id, a.keep
 local place = redis.call('HGET', KEYS[1], id)
 if not place then return 0 end
 local e = cjson.decode(place)
@@ -342,10 +343,18 @@ count(P, {tenant = e.tenant}, -1)
 return 1
 `))
 
+// unscheduleArgs are unscheduleJob's arguments.
+type unscheduleArgs struct {
+	Prefix string `json:"prefix"`
+	ID     string `json:"id"`
+	Keep   int64  `json:"keep"` // s, Store.keep
+}
+
 // Unschedule takes a job that waits in the scheduler out of it (nothing when
 // it is not there).
 func (s *Store) Unschedule(ctx context.Context, id string) error {
-	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), id, s.keep()).Err(); err != nil {
+	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()},
+		argsJSON(unscheduleArgs{Prefix: rkeys.SchedPrefix(), ID: id, Keep: s.keep()})).Err(); err != nil {
 		return unavailable("unschedule job", err)
 	}
 	return nil
@@ -370,9 +379,10 @@ func (s *Store) ListenNudges(ctx context.Context) *redis.PubSub {
 
 // schedStatus reads the scheduler's backlog: per lane and model (count,
 // oldest, blocked until) and the busiest tenants, as JSON.
-// KEYS: jobs. ARGV: prefix, lanes (JSON array), now ms, tenants to list.
+// KEYS: jobs. ARGV[1]: statusArgs JSON.
 var schedStatus = redis.NewScript(`
-local P, lanes, now, top = ARGV[1], cjson.decode(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local a = cjson.decode(ARGV[1])
+local P, lanes, now, top = a.prefix, a.lanes, a.now, a.top
 local out = {lanes = {}, models = {}, tenants = {}}
 for _, m in ipairs(redis.call('SMEMBERS', P .. 'models')) do
   local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', m))
@@ -393,6 +403,14 @@ local t = redis.call('ZREVRANGE', P .. 'tc', 0, top - 1, 'WITHSCORES')
 for i = 1, #t, 2 do out.tenants[#out.tenants + 1] = {tenant = t[i], queued = tonumber(t[i + 1])} end
 return cjson.encode(out)
 `)
+
+// statusArgs are schedStatus's arguments.
+type statusArgs struct {
+	Prefix string   `json:"prefix"`
+	Lanes  []string `json:"lanes"`
+	Now    int64    `json:"now"` // ms
+	Top    int      `json:"top"` // tenants to list
+}
 
 // SchedLaneModel is the scheduler's backlog of one model in one lane.
 type SchedLaneModel struct {
@@ -419,8 +437,11 @@ type SchedBacklog struct {
 
 // SchedStatus reads the scheduler's backlog (tenants: the `top` busiest).
 func (s *Store) SchedStatus(ctx context.Context, lanes []string, top int) (SchedBacklog, error) {
-	lj, _ := json.Marshal(lanes)
-	raw, err := schedStatus.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, rkeys.SchedPrefix(), string(lj), s.opt.Clock().UnixMilli(), top).Text()
+	if lanes == nil {
+		lanes = []string{} // not null
+	}
+	raw, err := schedStatus.Run(ctx, s.rdb, []string{rkeys.SchedJobs()},
+		argsJSON(statusArgs{Prefix: rkeys.SchedPrefix(), Lanes: lanes, Now: s.opt.Clock().UnixMilli(), Top: top})).Text()
 	if err != nil {
 		return SchedBacklog{}, unavailable("read scheduler", err)
 	}

@@ -24,13 +24,6 @@ var trailingBlobs = map[string]bool{
 	"finish":    true,
 }
 
-// notYetNamed are scripts still on positional arguments: the scheduler's
-// (store/schedule.go), left to a change of their own.
-var notYetNamed = map[string]bool{
-	"unscheduleJob": true,
-	"schedStatus":   true,
-}
-
 // TestScriptsTakeNamedArguments holds every script of the package to named
 // arguments: ARGV[1] is a JSON object, decoded once at the script's top,
 // and read by name. No script reads a positional ARGV[n] beyond it, and no
@@ -68,7 +61,7 @@ func TestScriptsTakeNamedArguments(t *testing.T) {
 				if isScript {
 					scripts++
 				}
-				if !strings.Contains(src, "ARGV") || notYetNamed[id] {
+				if !strings.Contains(src, "ARGV") {
 					continue
 				}
 				where := fset.Position(vs.Pos()).String() + " " + id
