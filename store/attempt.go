@@ -22,11 +22,12 @@ import (
 // attempt, fence, turn_at, followed, history…}. The attempt's fence token, one more than any
 // before it (never reset: a deferral gives back an attempt's number, a re-run
 // restarts the count), fences every earlier attempt out and names its lease.
-// KEYS: job, order, history, leases. ARGV: startArgs.
+// KEYS: job, order, history, leases. ARGV[1]: startArgs JSON.
 var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, extendLua, `
+local a = cjson.decode(ARGV[1])
 local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, now, with_history, task, lease, fresh, runner = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local keep = ARGV[8]
+local id, now, with_history, task, lease, fresh, runner = a.id, a.now, a.with_history, a.task, a.lease, a.fresh, a.runner
+local keep = a.keep
 local rec = redis.call('HMGET', job, 'status', 'task', 'attempts', 'started_at', 'turn_at', 'followed')
 local st, owner = rec[1], rec[2]
 if not st then return {'gone'} end
@@ -53,47 +54,49 @@ return out
 
 // startArgs are startAttempt's arguments.
 type startArgs struct {
-	ID, Now     string
-	WithHistory bool
-	Task        string
-	Lease       int64 // ms
-	Fresh       string
-	Runner      string // the process that runs the attempt (Options.Runner)
-	Keep        int64  // s, Store.keep: the record, order and lease index are kept that long
-}
-
-func (a startArgs) argv() []any {
-	flag := "0"
-	if a.WithHistory {
-		flag = "1"
-	}
-	return []any{a.ID, a.Now, flag, a.Task, a.Lease, a.Fresh, a.Runner, a.Keep}
+	ID          string `json:"id"`
+	Now         string `json:"now"` // the record's started_at, when it has none
+	WithHistory bool   `json:"with_history"`
+	Task        string `json:"task"`
+	Lease       int64  `json:"lease"` // ms
+	Fresh       string `json:"fresh"`
+	Runner      string `json:"runner"` // the process that runs the attempt (Options.Runner)
+	Keep        int64  `json:"keep"`   // s, Store.keep: the record, order and lease index are kept that long
 }
 
 // markDeferred hands back an attempt that never reached a provider (every
 // breaker open, or no capacity): queued again, its attempt not counted. With
 // a task id the job is to run under that task (it goes back to the
 // scheduler, not to asynq's retry).
-// KEYS: job, order, leases, events. ARGV: ttl s, fence, lease member[, task].
+// KEYS: job, order, leases, events. ARGV[1]: deferArgs JSON.
 var markDeferred = redis.NewScript(lua(holdLua, ownsLua, `
-local ttl, fence, member = ARGV[1], ARGV[2], ARGV[3]
+local a = cjson.decode(ARGV[1])
+local ttl, fence, member = a.ttl, a.fence, a.member
 if not owns(KEYS[1], fence) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
 redis.call('HSET', KEYS[1], 'status', QUEUED)
-if ARGV[4] then redis.call('HSET', KEYS[1], 'task', ARGV[4]) end
+if a.task then redis.call('HSET', KEYS[1], 'task', a.task) end
 redis.call('ZREM', KEYS[3], member)
 hold(KEYS[1], KEYS[2], KEYS[4], ttl)
 return 1
 `))
 
+// deferArgs are markDeferred's arguments.
+type deferArgs struct {
+	TTL    int64   `json:"ttl"` // s
+	Fence  int     `json:"fence"`
+	Member string  `json:"member"`         // the attempt's lease
+	Task   *string `json:"task,omitempty"` // the task to run the job under; nil: the same
+}
+
 // markRetrying records a failed attempt that will be retried. What its call
 // used (spentLua) is counted first, even when the attempt was fenced out: the
 // provider billed it all the same.
-// KEYS: job, order, leases, events, usage ledger. ARGV: error json, ttl s,
-// fence, lease member, then spentArgs.
+// KEYS: job, order, leases, events, usage ledger. ARGV[1]: retryArgs JSON.
 var markRetrying = redis.NewScript(lua(holdLua, ownsLua, spentLua, `
-local err, ttl, fence, member = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-count_spent(KEYS[1], KEYS[5], 5)
+local a = cjson.decode(ARGV[1])
+local err, ttl, fence, member = a.error, a.ttl, a.fence, a.member
+count_spent(KEYS[1], KEYS[5], a.spent)
 if not owns(KEYS[1], fence) then return 0 end
 redis.call('HSET', KEYS[1], 'status', RETRYING, 'error', err)
 redis.call('ZREM', KEYS[3], member)
@@ -101,20 +104,43 @@ hold(KEYS[1], KEYS[2], KEYS[4], ttl)
 return 1
 `))
 
-// holdJob keeps a job that waits without an attempt alive. KEYS: job, order, events. ARGV: ttl s.
+// retryArgs are markRetrying's arguments.
+type retryArgs struct {
+	Error  string    `json:"error"` // JobError JSON
+	TTL    int64     `json:"ttl"`   // s
+	Fence  int       `json:"fence"`
+	Member string    `json:"member"` // the attempt's lease
+	Spent  spentArgs `json:"spent"`
+}
+
+// holdJob keeps a job that waits without an attempt alive. KEYS: job, order, events. ARGV[1]: holdArgs JSON.
 var holdJob = redis.NewScript(lua(holdLua, `
+local a = cjson.decode(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-hold(KEYS[1], KEYS[2], KEYS[3], ARGV[1])
+hold(KEYS[1], KEYS[2], KEYS[3], a.ttl)
 return 1
 `))
 
+// holdArgs are holdJob's arguments.
+type holdArgs struct {
+	TTL int64 `json:"ttl"` // s
+}
+
 // abandon ends an attempt cut short by a shutdown: its lease expires now, so
-// that a rescuer takes the job over at once. KEYS: job, leases. ARGV: fence, lease member.
+// that a rescuer takes the job over at once. KEYS: job, leases. ARGV[1]: leaseArgs JSON.
 var abandon = redis.NewScript(lua(ownsLua, `
-if not owns(KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', 0, ARGV[2])
+local a = cjson.decode(ARGV[1])
+if not owns(KEYS[1], a.fence) then return 0 end
+redis.call('ZADD', KEYS[2], 'XX', 0, a.member)
 return 1
 `))
+
+// leaseArgs name an attempt and its lease: abandon's and takeOver's arguments.
+type leaseArgs struct {
+	Fence  int    `json:"fence"`
+	Member string `json:"member"` // rkeys.LeaseMember
+	Task   string `json:"task"`   // takeOver: the new task id
+}
 
 // Attempt is what StartAttempt found.
 type Attempt struct {
@@ -142,7 +168,7 @@ type Attempt struct {
 // under when it is not its turn yet. ErrNotFound: the record is gone.
 func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fresh string, withHistory bool, lease time.Duration) (Attempt, error) {
 	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
-		startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh, Runner: s.opt.Runner, Keep: s.keep()}.argv()...).StringSlice()
+		argsJSON(startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh, Runner: s.opt.Runner, Keep: s.keep()})).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
@@ -189,12 +215,16 @@ func (s *Store) MarkDeferred(ctx context.Context, id, tenant, session string, at
 // scheduler to hand out when the model has capacity. False: the attempt no
 // longer owns the job.
 func (s *Store) MarkGivenBack(ctx context.Context, id, tenant, session string, attempt int, task string) (bool, error) {
-	return s.markDeferred(ctx, id, tenant, session, attempt, s.keep(), task)
+	return s.markDeferred(ctx, id, tenant, session, attempt, s.keep(), &task)
 }
 
-func (s *Store) markDeferred(ctx context.Context, id, tenant, session string, attempt int, ttl int64, task ...any) (bool, error) {
+func (s *Store) markDeferred(ctx context.Context, id, tenant, session string, attempt int, ttl int64, task ...*string) (bool, error) {
+	a := deferArgs{TTL: ttl, Fence: attempt, Member: rkeys.LeaseMember(id, attempt)}
+	if len(task) > 0 {
+		a.Task = task[0]
+	}
 	n, err := markDeferred.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id)},
-		append([]any{ttl, attempt, rkeys.LeaseMember(id, attempt)}, task...)...).Int()
+		argsJSON(a)).Int()
 	if err != nil {
 		return false, unavailable("mark deferred", err)
 	}
@@ -209,7 +239,7 @@ func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, at
 	now := s.opt.Clock().UTC()
 	err := markRetrying.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id),
 		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))},
-		append([]any{string(b), s.holdFor(until), attempt, rkeys.LeaseMember(id, attempt)}, s.spentArgs(spent, now).argv()...)...).Err()
+		argsJSON(retryArgs{Error: string(b), TTL: s.holdFor(until), Fence: attempt, Member: rkeys.LeaseMember(id, attempt), Spent: s.spentArgs(spent, now)})).Err()
 	if err != nil {
 		return unavailable("mark retrying", err)
 	}
@@ -219,7 +249,7 @@ func (s *Store) MarkRetrying(ctx context.Context, id, tenant, session string, at
 // Hold keeps a job that waits in the queue without starting an attempt alive
 // until the retention past `until`.
 func (s *Store) Hold(ctx context.Context, id, tenant, session string, until time.Time) error {
-	if err := holdJob.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Events(id)}, s.holdFor(until)).Err(); err != nil {
+	if err := holdJob.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.Events(id)}, argsJSON(holdArgs{TTL: s.holdFor(until)})).Err(); err != nil {
 		return unavailable("hold job", err)
 	}
 	return nil
@@ -231,7 +261,7 @@ func (s *Store) holdFor(until time.Time) int64 {
 // Abandon ends an attempt cut short by a shutdown: its lease expires at once,
 // so that a rescuer takes the job over now rather than after the lease.
 func (s *Store) Abandon(ctx context.Context, id string, attempt int) error {
-	if err := abandon.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, attempt, rkeys.LeaseMember(id, attempt)).Err(); err != nil {
+	if err := abandon.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, argsJSON(leaseArgs{Fence: attempt, Member: rkeys.LeaseMember(id, attempt)})).Err(); err != nil {
 		return unavailable("abandon attempt", err)
 	}
 	return nil

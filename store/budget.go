@@ -27,34 +27,50 @@ import (
 // admitted may pass the limit by its own cost, no further job is. Returns 1
 // (reserved), 2 (the job had reserved already: a request sent again), 0
 // (refused: the budget is spent or reserved).
-// KEYS: budget. ARGV: job id, estimate, limit, ttl s.
+// KEYS: budget. ARGV[1]: reserveArgs JSON.
 var reserveBudget = redis.NewScript(`
-local field, estimate, limit = 'r:' .. ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local a = cjson.decode(ARGV[1])
+local field, estimate, limit = 'r:' .. a.id, a.estimate, a.limit
 if redis.call('HEXISTS', KEYS[1], field) == 1 then return 2 end
 local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved')
 if (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0) >= limit then return 0 end
 redis.call('HINCRBY', KEYS[1], 'reserved', estimate)
 redis.call('HSET', KEYS[1], field, estimate)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], a.ttl)
 return 1
 `)
+
+// reserveArgs are reserveBudget's arguments.
+type reserveArgs struct {
+	ID       string `json:"id"`
+	Estimate int64  `json:"estimate"`
+	Limit    int64  `json:"limit"`
+	TTL      int64  `json:"ttl"` // s
+}
 
 // settleBudget replaces a job's reservation with what the job cost, once: a
 // reservation already settled (or never made) changes nothing. A job whose
 // end recorded no cost counts its estimate.
-// KEYS: budget. ARGV: job id, cost (empty: unknown), ttl s. Returns 1 when
-// it settled.
+// KEYS: budget. ARGV[1]: settleArgs JSON. Returns 1 when it settled.
 var settleBudget = redis.NewScript(`
-local field = 'r:' .. ARGV[1]
+local a = cjson.decode(ARGV[1])
+local field = 'r:' .. a.id
 local estimate = redis.call('HGET', KEYS[1], field)
 if not estimate then return 0 end
-local cost = tonumber(ARGV[2]) or tonumber(estimate)
+local cost = a.cost or tonumber(estimate)
 redis.call('HDEL', KEYS[1], field)
 redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(estimate))
 redis.call('HINCRBY', KEYS[1], 'spent', cost)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], a.ttl)
 return 1
 `)
+
+// settleArgs are settleBudget's arguments.
+type settleArgs struct {
+	ID   string `json:"id"`
+	Cost *int64 `json:"cost,omitempty"` // nil: unknown (the estimate counts)
+	TTL  int64  `json:"ttl"`            // s
+}
 
 // Reservation outcomes.
 const (
@@ -66,7 +82,8 @@ const (
 // Reserve reserves a job's estimated cost against its tenant's budget in a
 // period whose counts are kept for ttl (Refused, Reserved or ReservedBy).
 func (s *Store) Reserve(ctx context.Context, tenant, period, id string, estimate, limit int64, ttl time.Duration) (int, error) {
-	n, err := reserveBudget.Run(ctx, s.rdb, []string{rkeys.Budget(tenant, period)}, id, estimate, limit, seconds(ttl)).Int()
+	n, err := reserveBudget.Run(ctx, s.rdb, []string{rkeys.Budget(tenant, period)},
+		argsJSON(reserveArgs{ID: id, Estimate: estimate, Limit: limit, TTL: seconds(ttl)})).Int()
 	if err != nil {
 		return Refused, unavailable("reserve budget", err)
 	}
@@ -75,7 +92,8 @@ func (s *Store) Reserve(ctx context.Context, tenant, period, id string, estimate
 
 // Unreserve gives back a reservation whose job was never written.
 func (s *Store) Unreserve(ctx context.Context, tenant, period, id string, ttl time.Duration) error {
-	if err := settleBudget.Run(ctx, s.rdb, []string{rkeys.Budget(tenant, period)}, id, 0, seconds(ttl)).Err(); err != nil {
+	var none int64
+	if err := settleBudget.Run(ctx, s.rdb, []string{rkeys.Budget(tenant, period)}, argsJSON(settleArgs{ID: id, Cost: &none, TTL: seconds(ttl)})).Err(); err != nil {
 		return unavailable("give back budget", err)
 	}
 	return nil
@@ -93,7 +111,11 @@ func (s *Store) Settle(ctx context.Context, id string, ttl func(period string) t
 	period, _ := v[1].(string)
 	cost, _ := v[2].(string)
 	if tenant != "" && period != "" {
-		if err := settleBudget.Run(ctx, s.rdb, []string{rkeys.Budget(tenant, period)}, id, cost, seconds(ttl(period))).Err(); err != nil {
+		a := settleArgs{ID: id, TTL: seconds(ttl(period))}
+		if c, err := strconv.ParseInt(cost, 10, 64); err == nil {
+			a.Cost = &c
+		}
+		if err := settleBudget.Run(ctx, s.rdb, []string{rkeys.Budget(tenant, period)}, argsJSON(a)).Err(); err != nil {
 			return unavailable("settle budget", err)
 		}
 	}
@@ -109,7 +131,7 @@ func (s *Store) Settle(ctx context.Context, id string, ttl func(period string) t
 // time has come (their ender did not settle them); their time moves claimFor
 // ahead, so that one sweeper handles each.
 func (s *Store) ClaimSettlements(ctx context.Context, limit int, claimFor time.Duration) ([]string, error) {
-	ids, err := s.claimEach(ctx, claimDue, rkeys.BudgetSettle, limit, claimFor.Milliseconds())
+	ids, err := s.claimEach(ctx, claimDue, rkeys.BudgetSettle, claimArgs{Limit: limit, Claim: claimFor.Milliseconds()})
 	if err != nil {
 		return ids, unavailable("claim settlements", err)
 	}

@@ -10,8 +10,8 @@ import (
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
-// createJobLua writes a new record from ARGV[first_field] on (field/value
-// pairs), appends the job to its session's order and indexes it for the
+// createJobLua: create_job(a, fields) writes a new record from fields
+// (field/value pairs), appends the job to its session's order and indexes it for the
 // reconciler. It returns true when the job holds its session's turn: only
 // then does its task go to the queue; a job behind others waits for its turn
 // (order.go), its check far off (the release that gives it the turn brings
@@ -19,15 +19,12 @@ import (
 // list), whose entries older than the retention go. The record, the order
 // and the index are kept for Store.keep, as long as the job is unfinished
 // (the reconciler's visits extend it; finish sets the retention).
-// KEYS: job, order, unfinished, listing. ARGV: createArgs, then anything the
-// script adds, then the record's field/value pairs.
+// KEYS: job, order, unfinished, listing. a: createArgs.
 const createJobLua = extendLua + `
 local job, order, unfinished, listing = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, retention, now, member = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local first_check, waiting_check, keep = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local function create_job(first_field)
-  local fields = {}
-  for i = first_field, #ARGV do fields[#fields + 1] = ARGV[i] end
+local function create_job(a, fields)
+  local id, retention, now, member = a.id, a.retention, a.now, a.member
+  local first_check, waiting_check, keep = a.first_check, a.waiting_check, a.keep
   redis.call('HSET', job, unpack(fields))
   redis.call('EXPIRE', job, keep)
   local head = redis.call('RPUSH', order, id) == 1
@@ -43,32 +40,34 @@ end
 
 // createArgs are createJobLua's arguments.
 type createArgs struct {
-	ID                       string
-	Retention                int64 // s
-	Now                      int64 // ms
-	Member                   string
-	FirstCheck, WaitingCheck int64 // ms
-	Keep                     int64 // s, Store.keep
-}
-
-func (a createArgs) argv() []any {
-	return []any{a.ID, a.Retention, a.Now, a.Member, a.FirstCheck, a.WaitingCheck, a.Keep}
+	ID           string `json:"id"`
+	Retention    int64  `json:"retention"` // s
+	Now          int64  `json:"now"`       // ms
+	Member       string `json:"member"`
+	FirstCheck   int64  `json:"first_check"`   // ms
+	WaitingCheck int64  `json:"waiting_check"` // ms
+	Keep         int64  `json:"keep"`          // s, Store.keep
 }
 
 // createJob writes a new record (createJobLua). Returns 1 when the job holds
 // its session's turn, 2 when it waits behind an earlier job, 0 when the
-// record exists. ARGV: createArgs, then the record's field/value pairs.
+// record exists.
+// ARGV[1]: createArgs JSON; ARGV[2..]: the record's field/value pairs.
 var createJob = redis.NewScript(lua(createJobLua, `
+local a = cjson.decode(ARGV[1])
 if redis.call('EXISTS', job) == 1 then return 0 end
-if create_job(8) then return 1 end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+if create_job(a, fields) then return 1 end
 return 2
 `))
 
 // countTenantJob counts a job among its tenant's unfinished jobs, or returns
 // 0 when the tenant is at its limit. A job already counted is admitted again.
-// KEYS: tenant jobs. ARGV: id, retention s, max unfinished, now ms.
+// KEYS: tenant jobs. ARGV[1]: tenantJobArgs JSON.
 var countTenantJob = redis.NewScript(`
-local id, retention, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local a = cjson.decode(ARGV[1])
+local id, retention, limit, now = a.id, a.retention, a.limit, a.now
 -- entries older than the retention belong to jobs whose records expired
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention * 1000)
 if redis.call('ZSCORE', KEYS[1], id) then return 1 end
@@ -78,16 +77,23 @@ redis.call('EXPIRE', KEYS[1], retention)
 return 1
 `)
 
+// tenantJobArgs are countTenantJob's arguments.
+type tenantJobArgs struct {
+	ID        string `json:"id"`
+	Retention int64  `json:"retention"` // s
+	Limit     int    `json:"limit"`     // unfinished jobs at most
+	Now       int64  `json:"now"`       // ms
+}
+
 // deleteJob undoes createJob when the enqueue that follows it fails. A job
 // submitted behind it meanwhile gets the turn: returned as releaseLua does.
-// KEYS: job, order, unfinished, listing. ARGV: id, unfinished member, then
-// releaseArgs.
+// KEYS: job, order, unfinished, listing. ARGV[1]: unfinishedArgs JSON.
 var deleteJob = redis.NewScript(lua(releaseLua, `
-local id, member = ARGV[1], ARGV[2]
+local a = cjson.decode(ARGV[1])
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[3], member)
-redis.call('ZREM', KEYS[4], id)
-return {release(KEYS[2], KEYS[3], id, ARGV[3], ARGV[4], ARGV[5], ARGV[6])}
+redis.call('ZREM', KEYS[3], a.member)
+redis.call('ZREM', KEYS[4], a.release.id)
+return {release(KEYS[2], KEYS[3], a.release)}
 `))
 
 // NewJob is what Create writes.
@@ -136,7 +142,8 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	if j.KeyHash != "" {
 		// The job id comes from the key and the session (the session's slot):
 		// this binding tells the same key with another session apart.
-		owner, err := bindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID, 2*seconds(s.opt.Retention)).Text()
+		owner, err := bindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)},
+			argsJSON(bindArgs{ID: j.ID, TTL: 2 * seconds(s.opt.Retention)})).Text()
 		if err != nil {
 			return Created{}, Job{}, unavailable("bind idempotency key", err)
 		}
@@ -146,7 +153,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	}
 	if s.opt.TenantMaxJobs > 0 {
 		n, err := countTenantJob.Run(ctx, s.rdb, []string{rkeys.TenantJobs(j.Tenant)},
-			j.ID, seconds(s.opt.Retention), s.opt.TenantMaxJobs, s.opt.Clock().UnixMilli()).Int()
+			argsJSON(tenantJobArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Limit: s.opt.TenantMaxJobs, Now: s.opt.Clock().UnixMilli()})).Int()
 		if err != nil {
 			return Created{}, Job{}, unavailable("count tenant job", err)
 		}
@@ -166,7 +173,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 		now = j.CreatedAt // the job list's order is the records' created_at
 	}
 	args := createArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Now: now.UnixMilli(), Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
-		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds(), Keep: s.keep()}.argv()
+		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds(), Keep: s.keep()}
 	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
 	if s.opt.TenantMaxJobs > 0 {
@@ -185,7 +192,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	if j.Model != "" {
 		record = append(record, "model", j.Model)
 	}
-	n, err := createJob.Run(ctx, s.rdb, keys, append(args, record...)...).Int()
+	n, err := createJob.Run(ctx, s.rdb, keys, append([]any{argsJSON(args)}, record...)...).Int()
 	if err != nil {
 		if s.opt.TenantMaxJobs > 0 {
 			s.uncount(ctx, j.Tenant, j.ID)
@@ -224,7 +231,7 @@ func (s *Store) uncount(ctx context.Context, tenant, id string) {
 func (s *Store) Delete(ctx context.Context, j NewJob) (*Next, error) {
 	res, err := deleteJob.Run(ctx, s.rdb, []string{rkeys.Job(j.ID), rkeys.SessionOrder(j.Tenant, j.SessionID), rkeys.Unfinished(rkeys.Bucket(j.ID)),
 		rkeys.Listing(rkeys.Bucket(j.ID), j.Tenant)},
-		append([]any{j.ID, rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID)}, s.releaseArgs(j.Tenant, j.SessionID, j.ID)...)...).Slice()
+		argsJSON(unfinishedArgs{Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID), Release: s.releaseArgs(j.Tenant, j.SessionID, j.ID)})).Slice()
 	if err != nil {
 		return nil, unavailable("delete job", err)
 	}

@@ -197,15 +197,28 @@ end
 // the same key); a seq of 0 when the job is already
 // finished (nothing may follow its last event), -1 when the record is gone,
 // -2 when a later attempt owns the job (this one is fenced out).
+// KEYS: job, events. ARGV[1]: appendArgs JSON.
 var appendEvent = redis.NewScript(lua(appendEventLua, ownsLua, `
+local a = cjson.decode(ARGV[1])
 local job, events = KEYS[1], KEYS[2]
-local typ, body, retention, channel, fence, publish, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local typ, body, retention, channel, fence, publish, key = a.type, a.body, a.ttl, a.channel, a.fence, a.publish, a.key
 local st, f = state(job)
 if not st then return {-1, 0} end
 if terminal(st) then return {0, 0} end
 if fence > 0 and (st ~= ACTIVE or f ~= fence) then return {-2, 0} end
 return {append_once(job, events, channel, typ, body, retention, publish, key)}
 `))
+
+// appendArgs are appendEvent's arguments.
+type appendArgs struct {
+	Type    string `json:"type"`
+	Body    string `json:"body"` // the event's JSON, without seq
+	TTL     int64  `json:"ttl"`  // s: a log it starts is kept that long
+	Channel string `json:"channel"`
+	Fence   int    `json:"fence"` // 0: not an attempt's
+	Publish string `json:"publish"`
+	Key     string `json:"key"` // appendKey; empty: not numbered
+}
 
 // Appended is where an event went.
 type Appended struct {
@@ -228,7 +241,8 @@ func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, n int64
 		return Appended{}, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
 	res, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
-		p.EventType(), string(b), s.keep(), rkeys.LiveChannel(id), attempt, s.publish, appendKey(attempt, n)).Int64Slice()
+		argsJSON(appendArgs{Type: p.EventType(), Body: string(b), TTL: s.keep(), Channel: rkeys.LiveChannel(id), Fence: attempt, Publish: s.publish,
+			Key: appendKey(attempt, n)})).Int64Slice()
 	switch {
 	case err != nil:
 		return Appended{}, unavailable("append event", err)

@@ -30,22 +30,32 @@ import (
 // (spentLua) is counted even when the finish is fenced out.
 // The attempt's tail (Tail) goes into the log just before the final event.
 // KEYS: job, order, history, events, leases, unfinished, webhook outbox,
-// usage ledger, settle index. ARGV: finishArgs.
+// usage ledger, settle index.
+// ARGV[1]: finishArgs JSON; ARGV[2..]: the blobs, in this order: the
+// record's field/value pairs to set (a.fields strings: status, finished_at,
+// and result, usage and error when set), the events to append (type and
+// body of each: the tail's a.tail, then the final event), then the history
+// entries to append.
 var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, spentLua, `
+local a = cjson.decode(ARGV[1])
 local job, order, history, events, leases, unfinished, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local ledger, settle = KEYS[8], KEYS[9]
-local id, status, finished_at, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local history_max, history_ttl = tonumber(ARGV[5]), ARGV[6]
-local result, usage, err = ARGV[7], ARGV[8], ARGV[9]
-local event_type, event_body, channel = ARGV[10], ARGV[11], ARGV[12]
-local fence, member, publish, tail_key = tonumber(ARGV[13]), ARGV[14], ARGV[15], ARGV[16]
-local tenant, session, prefix, check = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
-local usage_field, prompt_tokens, completion_tokens, usage_ttl = ARGV[21], tonumber(ARGV[22]), tonumber(ARGV[23]), ARGV[24]
-local budget_spend = tonumber(ARGV[25])
-local tail_events = tonumber(ARGV[32]) -- type and body of each, from ARGV[33] on
-local first_entry = 33 + 2 * tail_events -- history entries from here on
-local function released() return release(order, unfinished, id, tenant, session, prefix, check) end
-count_spent(job, ledger, 26) -- a failed call was billed, whoever ends the job
+local id, retention, history_max, history_ttl = a.id, a.retention, a.history_max, a.history_ttl
+local channel, fence, member, publish, tail_key = a.channel, a.fence, a.member, a.publish, a.tail_key
+local usage_field, prompt_tokens, completion_tokens, usage_ttl = a.usage_field, a.prompt, a.completion, a.usage_ttl
+local budget_spend = a.budget_spend
+local next_blob = 2
+local function blobs(n) -- the next n of ARGV[2..]
+  local out = {}
+  for i = next_blob, next_blob + n - 1 do out[#out + 1] = ARGV[i] end
+  next_blob = next_blob + n
+  return out
+end
+local fields = blobs(a.fields)
+local evs = blobs(2 * (a.tail + 1)) -- type and body of each
+local entries = blobs(#ARGV - next_blob + 1)
+local function released() return release(order, unfinished, a.release) end
+count_spent(job, ledger, a.spent) -- a failed call was billed, whoever ends the job
 local st, f = state(job)
 if not st then
   redis.call('ZREM', unfinished, member)
@@ -70,10 +80,6 @@ if marks[3] then
   redis.call('EXPIRE', settle, retention)
 end
 redis.call('ZREM', unfinished, member)
-local fields = {'status', status, 'finished_at', finished_at}
-if result ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = result end
-if usage ~= '' then fields[#fields + 1] = 'usage'; fields[#fields + 1] = usage end
-if err ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = err end
 redis.call('HSET', job, unpack(fields))
 if usage_field ~= '' then
   redis.call('HINCRBY', ledger, usage_field .. '|r', 1)
@@ -82,17 +88,17 @@ if usage_field ~= '' then
   redis.call('EXPIRE', ledger, usage_ttl)
 end
 -- the payload was only needed to run the job again
-if err ~= '' then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error') end
+if a.has_error then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error') end
 redis.call('EXPIRE', job, retention)
-for i = 1, tail_events do
+for i = 1, a.tail do
   local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost
-  append_once(job, events, channel, ARGV[31 + 2 * i], ARGV[32 + 2 * i], retention, publish, key)
+  append_once(job, events, channel, evs[2 * i - 1], evs[2 * i], retention, publish, key)
 end
-if append_event(events, channel, event_type, event_body, retention, publish) > 1 then
+if append_event(events, channel, evs[2 * a.tail + 1], evs[2 * a.tail + 2], retention, publish) > 1 then
   redis.call('EXPIRE', events, retention) -- the log lives as long as the record
 end
-if #ARGV >= first_entry then
-  for i = first_entry, #ARGV do redis.call('RPUSH', history, ARGV[i]) end
+if #entries > 0 then
+  for _, e in ipairs(entries) do redis.call('RPUSH', history, e) end
   redis.call('LTRIM', history, -history_max, -1)
   redis.call('EXPIRE', history, history_ttl)
 end
@@ -105,41 +111,44 @@ const OutboxDelay = 10 * time.Second
 
 var outboxDelayLua = fmt.Sprintf("local OUTBOX_DELAY = %d\n", OutboxDelay.Milliseconds())
 
-// finishArgs are finish's arguments.
+// finishArgs are finish's arguments: the named ones go to ARGV[1], the
+// blobs (json:"-") after it.
 type finishArgs struct {
-	ID, Status, FinishedAt string
-	Retention              int64 // s
-	HistoryMax             int
-	HistoryTTL             int64  // s
-	Result, Usage, Error   string // JSON, or empty
-	EventType, EventBody   string // the final event
-	Channel                string
-	Fence                  int // 0: not an attempt's
-	Member, Publish        string
-	TailKey                string   // the append key of Tail[0]
-	Tail                   []string // type and body (JSON) of each event
-	Tenant, Session        string
-	Prefix                 string
-	Check                  int64  // the next job's check, ms
-	UsageField             string // "<day>|<model>" of the ledger; empty: nothing to count
-	Prompt, Completion     int    // tokens to count
-	UsageTTL               int64  // s
-	BudgetSpend            int64  // what the job cost against its tenant's budget
-	Spent                  spentArgs
-	History                []string // entries (JSON) to append
+	ID          string      `json:"id"`
+	Retention   int64       `json:"retention"` // s
+	HistoryMax  int         `json:"history_max"`
+	HistoryTTL  int64       `json:"history_ttl"` // s
+	HasError    bool        `json:"has_error"`   // the record keeps its error
+	Channel     string      `json:"channel"`
+	Fence       int         `json:"fence"` // 0: not an attempt's
+	Member      string      `json:"member"`
+	Publish     string      `json:"publish"`
+	TailKey     string      `json:"tail_key"` // the append key of Tail[0]
+	Release     releaseArgs `json:"release"`
+	UsageField  string      `json:"usage_field"` // "<day>|<model>" of the ledger; empty: nothing to count
+	Prompt      int         `json:"prompt"`      // tokens to count
+	Completion  int         `json:"completion"`
+	UsageTTL    int64       `json:"usage_ttl"`    // s
+	BudgetSpend int64       `json:"budget_spend"` // what the job cost against its tenant's budget
+	Spent       spentArgs   `json:"spent"`
+	NFields     int         `json:"fields"` // len(Fields), set by argv
+	NTail       int         `json:"tail"`   // len(Tail)/2, set by argv
+
+	Fields               []string `json:"-"` // the record's field/value pairs to set
+	Tail                 []string `json:"-"` // type and body (JSON) of each event
+	EventType, EventBody string   `json:"-"` // the final event
+	History              []string `json:"-"` // entries (JSON) to append
 }
 
+// argv is ARGV: the named arguments, then the blobs.
 func (a finishArgs) argv() []any {
-	out := []any{a.ID, a.Status, a.FinishedAt, a.Retention, a.HistoryMax, a.HistoryTTL, a.Result, a.Usage, a.Error,
-		a.EventType, a.EventBody, a.Channel, a.Fence, a.Member, a.Publish, a.TailKey, a.Tenant, a.Session, a.Prefix, a.Check,
-		a.UsageField, a.Prompt, a.Completion, a.UsageTTL, a.BudgetSpend}
-	out = append(out, a.Spent.argv()...)
-	out = append(out, len(a.Tail)/2)
-	for _, t := range a.Tail {
-		out = append(out, t)
-	}
-	for _, h := range a.History {
-		out = append(out, h)
+	a.NFields, a.NTail = len(a.Fields), len(a.Tail)/2
+	out := make([]any, 0, 1+len(a.Fields)+len(a.Tail)+2+len(a.History))
+	out = append(out, argsJSON(a))
+	for _, b := range [][]string{a.Fields, a.Tail, {a.EventType, a.EventBody}, a.History} {
+		for _, s := range b {
+			out = append(out, s)
+		}
 	}
 	return out
 }
@@ -214,13 +223,19 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 		return Finished{}, fmt.Errorf("encode %s event: %w", ev.EventType(), err)
 	}
 	now := s.opt.Clock().UTC()
-	a := finishArgs{ID: id, Status: o.Status, FinishedAt: fmtTime(now), Retention: seconds(s.opt.Retention),
+	a := finishArgs{ID: id, Retention: seconds(s.opt.Retention),
 		HistoryMax: s.opt.HistoryMaxMessages, HistoryTTL: seconds(s.opt.HistoryTTL),
-		Result: jsonOrEmpty(o.Result), Usage: jsonOrEmpty(o.Usage), Error: jsonOrEmpty(o.Error),
 		EventType: ev.EventType(), EventBody: string(body), Channel: rkeys.LiveChannel(id), Fence: attempt,
 		Member: rkeys.UnfinishedMember(tenant, session, id), Publish: s.publish,
-		Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(HandOffCheck).UnixMilli(), UsageTTL: seconds(s.usageTTL()),
-		BudgetSpend: o.BudgetSpend, Spent: s.spentArgs(o.Spent, now)}
+		Release:  releaseArgs{ID: id, Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: now.Add(HandOffCheck).UnixMilli()},
+		UsageTTL: seconds(s.usageTTL()), BudgetSpend: o.BudgetSpend, Spent: s.spentArgs(o.Spent, now)}
+	a.Fields = []string{"status", o.Status, "finished_at", fmtTime(now)}
+	for _, f := range [][2]string{{"result", jsonOrEmpty(o.Result)}, {"usage", jsonOrEmpty(o.Usage)}, {"error", jsonOrEmpty(o.Error)}} {
+		if f[1] != "" { // JSON, or empty: not set
+			a.Fields = append(a.Fields, f[0], f[1])
+			a.HasError = a.HasError || f[0] == "error"
+		}
+	}
 	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
 		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens
 	}

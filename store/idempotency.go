@@ -13,24 +13,33 @@ import (
 // same key with another session (another id) is refused (ErrKeyReused).
 
 // bindKey binds an Idempotency-Key to a job id unless it is bound already,
-// and returns the id it is bound to. KEYS: binding. ARGV: id, ttl s.
+// and returns the id it is bound to. KEYS: binding. ARGV[1]: bindArgs JSON.
 var bindKey = redis.NewScript(`
+local a = cjson.decode(ARGV[1])
 local owner = redis.call('GET', KEYS[1])
 if owner then return owner end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return ARGV[1]
+redis.call('SET', KEYS[1], a.id, 'EX', a.ttl)
+return a.id
 `)
 
-// unbindKey undoes bindKey for a job that was not made. KEYS: binding. ARGV: id.
+// unbindKey undoes bindKey for a job that was not made. KEYS: binding.
+// ARGV[1]: bindArgs JSON (id).
 var unbindKey = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local a = cjson.decode(ARGV[1])
+if redis.call('GET', KEYS[1]) == a.id then redis.call('DEL', KEYS[1]) end
 return 1
 `)
+
+// bindArgs are bindKey's and unbindKey's arguments.
+type bindArgs struct {
+	ID  string `json:"id"`
+	TTL int64  `json:"ttl,omitempty"` // s, bindKey
+}
 
 // unbind releases a job's Idempotency-Key binding when the job was not made.
 // Best effort: a binding left behind expires with twice the retention.
 func (s *Store) unbind(ctx context.Context, j NewJob) {
 	if j.KeyHash != "" {
-		_ = unbindKey.Run(context.WithoutCancel(ctx), s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, j.ID).Err()
+		_ = unbindKey.Run(context.WithoutCancel(ctx), s.rdb, []string{rkeys.Idempotency(j.Tenant, j.KeyHash)}, argsJSON(bindArgs{ID: j.ID})).Err()
 	}
 }

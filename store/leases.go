@@ -18,36 +18,52 @@ import (
 
 // renewLeases extends running attempts' leases that still exist, and keeps
 // the lease set for keep seconds more.
-// KEYS: the bucket's leases. ARGV: lease ms, keep s, members.
+// KEYS: the bucket's leases. ARGV[1]: renewArgs JSON.
 var renewLeases = redis.NewScript(lua(redisNowLua, extendLua, `
-local expiry = redis_now() + tonumber(ARGV[1])
+local a = cjson.decode(ARGV[1])
+local expiry = redis_now() + a.lease
 local args = {}
-for i = 3, #ARGV do args[#args + 1] = expiry; args[#args + 1] = ARGV[i] end
-extend(KEYS[1], ARGV[2])
+for _, m in ipairs(a.members) do args[#args + 1] = expiry; args[#args + 1] = m end
+extend(KEYS[1], a.keep)
 return redis.call('ZADD', KEYS[1], 'XX', unpack(args))
 `))
+
+// renewArgs are renewLeases' arguments.
+type renewArgs struct {
+	Lease   int64    `json:"lease"` // ms
+	Keep    int64    `json:"keep"`  // s, Store.keep
+	Members []string `json:"members"`
+}
 
 // claimDue takes up to `limit` members whose score is due by Redis's clock
 // and moves them `claim` ms ahead, so that one caller handles each, and a
 // caller that dies before it is done leaves them to be claimed again:
 // unfinished jobs whose check is due (the reconciler), expired leases (the
-// rescuer). KEYS: the sorted set. ARGV: limit, claim ms.
+// rescuer). KEYS: the sorted set. ARGV[1]: claimArgs JSON.
 var claimDue = redis.NewScript(lua(redisNowLua, `
-local limit, claim = tonumber(ARGV[1]), tonumber(ARGV[2])
+local a = cjson.decode(ARGV[1])
+local limit, claim = a.limit, a.claim
 local now = redis_now()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', now + claim, m) end
 return due
 `))
 
+// claimArgs are claimDue's arguments.
+type claimArgs struct {
+	Limit int   `json:"limit"`
+	Claim int64 `json:"claim"` // ms
+}
+
 // takeOver hands a job whose attempt lost its lease to a new task: the job is
 // queued again under the new task id, which fences the old attempt out; the
 // stale task, if asynq ever runs it again, finds another task owns the job.
 // Either way the claimed lease is done with and leaves the index.
 // Returns {1, payload, queue}, or {0} when the attempt had ended anyway.
-// KEYS: job, leases. ARGV: fence, new task id, lease member.
+// KEYS: job, leases. ARGV[1]: leaseArgs JSON (fence, new task id, lease member).
 var takeOver = redis.NewScript(lua(ownsLua, `
-local fence, task, member = ARGV[1], ARGV[2], ARGV[3]
+local a = cjson.decode(ARGV[1])
+local fence, task, member = a.fence, a.task, a.member
 redis.call('ZREM', KEYS[2], member)
 if not owns(KEYS[1], fence) then return {0} end
 redis.call('HSET', KEYS[1], 'status', QUEUED, 'task', task)
@@ -61,7 +77,7 @@ func (s *Store) RenewLeases(ctx context.Context, members []string, lease time.Du
 	if len(members) == 0 {
 		return nil
 	}
-	byBucket := map[int][]any{}
+	byBucket := map[int][]string{}
 	for _, m := range members {
 		b := rkeys.Bucket(jobOf(m))
 		byBucket[b] = append(byBucket[b], m)
@@ -69,7 +85,7 @@ func (s *Store) RenewLeases(ctx context.Context, members []string, lease time.Du
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for b, ms := range byBucket {
 			// EVAL, not EVALSHA: see claimEach.
-			renewLeases.Eval(ctx, p, []string{rkeys.Leases(b)}, append([]any{lease.Milliseconds(), s.keep()}, ms...)...)
+			renewLeases.Eval(ctx, p, []string{rkeys.Leases(b)}, argsJSON(renewArgs{Lease: lease.Milliseconds(), Keep: s.keep(), Members: ms}))
 		}
 		return nil
 	})
@@ -95,7 +111,7 @@ type Lease struct {
 // claimed by one caller for claimFor, after which, unless TakeOver removed
 // it, it can be claimed again.
 func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Duration) ([]Lease, error) {
-	raw, err := s.claimEach(ctx, claimDue, rkeys.Leases, limit, claimFor.Milliseconds())
+	raw, err := s.claimEach(ctx, claimDue, rkeys.Leases, claimArgs{Limit: limit, Claim: claimFor.Milliseconds()})
 	if err != nil {
 		return nil, unavailable("claim expired leases", err)
 	}
@@ -115,7 +131,8 @@ func (s *Store) ClaimExpired(ctx context.Context, limit int, claimFor time.Durat
 // is queued again and the old attempt is fenced out. ok=false: the attempt
 // had ended anyway. It returns what the new task needs.
 func (s *Store) TakeOver(ctx context.Context, id string, attempt int, task string) (ok bool, payload []byte, queue string, err error) {
-	res, err := takeOver.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))}, attempt, task, rkeys.LeaseMember(id, attempt)).Slice()
+	res, err := takeOver.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Leases(rkeys.Bucket(id))},
+		argsJSON(leaseArgs{Fence: attempt, Task: task, Member: rkeys.LeaseMember(id, attempt)})).Slice()
 	if err != nil {
 		return false, nil, "", unavailable("take over", err)
 	}
@@ -131,11 +148,12 @@ func (s *Store) TakeOver(ctx context.Context, id string, attempt int, task strin
 // Redis Cluster, one round trip per shard, in parallel) and returns what
 // they claimed. EVAL, not EVALSHA: a pipeline cannot fall back on a script
 // that a freshly promoted master has not cached.
-func (s *Store) claimEach(ctx context.Context, script *redis.Script, key func(int) string, args ...any) ([]string, error) {
+func (s *Store) claimEach(ctx context.Context, script *redis.Script, key func(int) string, a claimArgs) ([]string, error) {
+	args := argsJSON(a)
 	cmds := make([]*redis.Cmd, rkeys.Buckets)
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for b := range cmds {
-			cmds[b] = script.Eval(ctx, p, []string{key(b)}, args...)
+			cmds[b] = script.Eval(ctx, p, []string{key(b)}, args)
 		}
 		return nil
 	})

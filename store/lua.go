@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 )
@@ -9,8 +10,18 @@ import (
 // half a change and a retried call never applies twice; each touches keys of
 // one bucket only (rkeys): the job's, its session's and the bucket's indexes,
 // so that it runs on Redis Cluster. A script lives beside the Go function
-// that calls it; it names its arguments at its top, and its caller builds
-// them in that order. The fragments below are shared.
+// that calls it. It takes its arguments by name: ARGV[1] is one Go struct
+// with json tags, serialised by argsJSON and decoded once at the script's
+// top (local a = cjson.decode(ARGV[1])); a script whose call carries large
+// opaque blobs (a record's field/value pairs, event bodies) may take them as
+// a list after it, ARGV[2..], read in a loop and described at the script's
+// top. The shared fragments take named values, never a place in ARGV. The
+// fragments below are shared.
+//
+// cjson decodes numbers as doubles (exact below 2^53: ms timestamps, token
+// counts) and null as cjson.null, not nil: the structs send no nulls (empty
+// strings, zeros and empty lists instead, or omitempty where the script
+// tests for a field's absence).
 
 // statusLua names the job statuses in Lua, from the Go constants.
 var statusLua = fmt.Sprintf(`
@@ -66,6 +77,16 @@ local function redis_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 `
+
+// argsJSON encodes a script's arguments (a struct with json tags) for
+// ARGV[1].
+func argsJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("encode script arguments %T: %v", v, err)) // plain fields only: cannot fail
+	}
+	return string(b)
+}
 
 // lua joins script fragments.
 func lua(parts ...string) string { return strings.Join(parts, "\n") }

@@ -22,16 +22,16 @@ import (
 // releaseLua takes a job out of its session's order. When the job held the
 // turn it returns the next job: {id, task, queue, model, created_at, tenant, session},
 // else nothing; {id} alone when the next job's record is gone.
-// unfinished is the index of the session's bucket, prefix the key prefix of
-// its jobs' records (rkeys.JobPrefix), check the next job's check time (ms).
+// unfinished is the index of the session's bucket; r is a releaseArgs.
 const releaseLua = `
-local function release(order, unfinished, id, tenant, session, prefix, check)
+local function release(order, unfinished, r)
+  local id, tenant, session, prefix = r.id, r.tenant, r.session, r.prefix
   local head = redis.call('LINDEX', order, 0)
   redis.call('LREM', order, 0, id)
   if head ~= id then return nil end
   local nxt = redis.call('LINDEX', order, 0)
   if not nxt then return nil end
-  redis.call('ZADD', unfinished, 'XX', check, tenant .. '\n' .. session .. '\n' .. nxt)
+  redis.call('ZADD', unfinished, 'XX', r.check, tenant .. '\n' .. session .. '\n' .. nxt)
   -- a record that is gone stays gone (the reconciler forgets it): a write
   -- here would make a record without a TTL
   if redis.call('EXISTS', prefix .. nxt) == 1 then
@@ -54,9 +54,18 @@ type Next struct {
 	Gone            bool // its record is gone (the reconciler forgets it)
 }
 
-// releaseArgs are the arguments releaseLua's callers pass after their own.
-func (s *Store) releaseArgs(tenant, session, id string) []any {
-	return []any{tenant, session, rkeys.JobPrefix(id), s.opt.Clock().Add(HandOffCheck).UnixMilli()}
+// releaseArgs are release's arguments (releaseLua): the job that leaves
+// its session's order.
+type releaseArgs struct {
+	ID      string `json:"id"`
+	Tenant  string `json:"tenant"`
+	Session string `json:"session"`
+	Prefix  string `json:"prefix"` // the key prefix of the session's records (rkeys.JobPrefix)
+	Check   int64  `json:"check"`  // ms: the next job's check
+}
+
+func (s *Store) releaseArgs(tenant, session, id string) releaseArgs {
+	return releaseArgs{ID: id, Tenant: tenant, Session: session, Prefix: rkeys.JobPrefix(id), Check: s.opt.Clock().Add(HandOffCheck).UnixMilli()}
 }
 
 // nextOf decodes what releaseLua returned (nil, {id} or its 7 values).
@@ -74,16 +83,17 @@ func nextOf(v any) *Next {
 }
 
 // release removes a job whose record is gone from its session's order.
-// KEYS: order, unfinished. ARGV: id, then releaseArgs.
+// KEYS: order, unfinished. ARGV[1]: releaseArgs JSON.
 var release = redis.NewScript(lua(releaseLua, `
-return {release(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])}
+local a = cjson.decode(ARGV[1])
+return {release(KEYS[1], KEYS[2], a)}
 `))
 
 // Release takes a job (its record gone) out of its session's order and
 // returns the job whose turn that made, if any.
 func (s *Store) Release(ctx context.Context, tenant, session, id string) (*Next, error) {
 	res, err := release.Run(ctx, s.rdb, []string{rkeys.SessionOrder(tenant, session), rkeys.Unfinished(rkeys.Bucket(id))},
-		append([]any{id}, s.releaseArgs(tenant, session, id)...)...).Slice()
+		argsJSON(s.releaseArgs(tenant, session, id))).Slice()
 	if err != nil {
 		return nil, unavailable("release turn", err)
 	}
@@ -95,20 +105,28 @@ func (s *Store) Release(ctx context.Context, tenant, session, id string) (*Next,
 
 // forget releases what a job whose record is gone or finished still holds:
 // its place in the session's order and its index entry. Returns {held, next}.
-// KEYS: order, unfinished. ARGV: id, member, then releaseArgs.
+// KEYS: order, unfinished. ARGV[1]: unfinishedArgs JSON (member, release).
 var forget = redis.NewScript(lua(releaseLua, `
-local held = redis.call('LPOS', KEYS[1], ARGV[1]) and 1 or 0
-local nxt = release(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-redis.call('ZREM', KEYS[2], ARGV[2])
+local a = cjson.decode(ARGV[1])
+local held = redis.call('LPOS', KEYS[1], a.release.id) and 1 or 0
+local nxt = release(KEYS[1], KEYS[2], a.release)
+redis.call('ZREM', KEYS[2], a.member)
 return {held, nxt}
 `))
+
+// unfinishedArgs name a job leaving the order and its entry in the
+// reconciler's index: forget's and deleteJob's arguments.
+type unfinishedArgs struct {
+	Member  string      `json:"member"` // rkeys.UnfinishedMember
+	Release releaseArgs `json:"release"`
+}
 
 // Forget releases what a job whose record is gone (or finished) still holds:
 // its place in its session's order, its tenant count, its index entry. It
 // reports whether it held a place in the order, and the job whose turn that made.
 func (s *Store) Forget(ctx context.Context, u Unfinished) (bool, *Next, error) {
 	res, err := forget.Run(ctx, s.rdb, []string{rkeys.SessionOrder(u.Tenant, u.SessionID), rkeys.Unfinished(rkeys.Bucket(u.ID))},
-		append([]any{u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID)}, s.releaseArgs(u.Tenant, u.SessionID, u.ID)...)...).Slice()
+		argsJSON(unfinishedArgs{Member: rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), Release: s.releaseArgs(u.Tenant, u.SessionID, u.ID)})).Slice()
 	if err != nil {
 		return false, nil, unavailable("forget job", err)
 	}
@@ -135,19 +153,20 @@ const WaitingCheck = time.Hour
 // parkWaiting moves the check of a job that is not its session's head to
 // later (and keeps it alive: keepAliveLua); returns 0 (nothing changed) when
 // the job holds the turn.
-// KEYS: order, unfinished, job, events. ARGV: id, member, check ms, keep s.
+// KEYS: order, unfinished, job, events. ARGV[1]: keepAliveArgs JSON.
 var parkWaiting = redis.NewScript(lua(holdLua, extendLua, keepAliveLua, `
+local a = cjson.decode(ARGV[1])
 local head = redis.call('LINDEX', KEYS[1], 0)
-if not head or head == ARGV[1] then return 0 end
-keep_alive(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4])
+if not head or head == a.id then return 0 end
+keep_alive(KEYS[1], KEYS[2], KEYS[3], KEYS[4], a.member, a.check, a.keep)
 return 1
 `))
 
 // ParkIfWaiting reports whether a job waits behind an earlier job of its
 // session; if so its next check is WaitingCheck away.
 func (s *Store) ParkIfWaiting(ctx context.Context, u Unfinished) (bool, error) {
-	n, err := parkWaiting.Run(ctx, s.rdb, s.unfinishedKeys(u),
-		u.ID, rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), s.opt.Clock().Add(WaitingCheck).UnixMilli(), s.keep()).Int()
+	n, err := parkWaiting.Run(ctx, s.rdb, s.unfinishedKeys(u), argsJSON(keepAliveArgs{ID: u.ID,
+		Member: rkeys.UnfinishedMember(u.Tenant, u.SessionID, u.ID), Check: s.opt.Clock().Add(WaitingCheck).UnixMilli(), Keep: s.keep()})).Int()
 	if err != nil {
 		return false, unavailable("check session turn", err)
 	}
@@ -170,6 +189,14 @@ local function keep_alive(order, unfinished, job, events, member, check, keep)
   hold(job, order, events, keep)
 end
 `
+
+// keepAliveArgs are parkWaiting's and checkAt's arguments.
+type keepAliveArgs struct {
+	ID     string `json:"id"` // parkWaiting: the job, whose turn it must not be
+	Member string `json:"member"`
+	Check  int64  `json:"check"` // ms
+	Keep   int64  `json:"keep"`  // s, Store.keep
+}
 
 // keep is how long an unfinished job's keys are kept from now (s).
 func (s *Store) keep() int64 { return seconds(max(s.opt.Retention, 3*WaitingCheck)) }

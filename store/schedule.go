@@ -262,20 +262,13 @@ type Scheduled struct {
 	Weight                           float64   // its tenant's weight
 }
 
-// jsonArgs is a script's named arguments (ARGV[1]).
-func (s *Store) jsonArgs(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
-}
-
 func (s *Store) schedArgs(j Scheduled, until time.Time) string {
 	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
 		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish, Keep: s.keep()}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
 	}
-	b, _ := json.Marshal(a)
-	return string(b)
+	return argsJSON(a)
 }
 
 // Schedule adds a job whose turn has come to the scheduler (nothing when it
@@ -369,7 +362,7 @@ return 1
 // Unschedule takes a job that waits in the scheduler out of it (nothing when
 // it is not there).
 func (s *Store) Unschedule(ctx context.Context, id string) error {
-	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.jsonArgs(map[string]any{"prefix": rkeys.SchedPrefix(), "id": id, "keep": s.keep()})).Err(); err != nil {
+	if err := unscheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, argsJSON(map[string]any{"prefix": rkeys.SchedPrefix(), "id": id, "keep": s.keep()})).Err(); err != nil {
 		return unavailable("unschedule job", err)
 	}
 	return nil
@@ -445,7 +438,7 @@ type SchedBacklog struct {
 // SchedStatus reads the scheduler's backlog (tenants: the `top` busiest).
 func (s *Store) SchedStatus(ctx context.Context, lanes []string, top int) (SchedBacklog, error) {
 	raw, err := schedStatus.Run(ctx, s.rdb, []string{rkeys.SchedJobs()},
-		s.jsonArgs(map[string]any{"prefix": rkeys.SchedPrefix(), "lanes": lanes, "now": s.opt.Clock().UnixMilli(), "top": top})).Text()
+		argsJSON(map[string]any{"prefix": rkeys.SchedPrefix(), "lanes": lanes, "now": s.opt.Clock().UnixMilli(), "top": top})).Text()
 	if err != nil {
 		return SchedBacklog{}, unavailable("read scheduler", err)
 	}

@@ -31,11 +31,10 @@ type Spent struct {
 	BudgetCost int64
 }
 
-// spentLua counts a call's use: count_spent(job, ledger, first) reads
-// spentArgs from ARGV[first] on.
+// spentLua counts a call's use: count_spent(job, ledger, s), s a spentArgs.
 const spentLua = `
-local function count_spent(job, ledger, first)
-  local field, p, c, estimated, ttl, cost = ARGV[first], tonumber(ARGV[first + 1]), tonumber(ARGV[first + 2]), ARGV[first + 3] == '1', ARGV[first + 4], tonumber(ARGV[first + 5])
+local function count_spent(job, ledger, s)
+  local field, p, c, estimated, ttl, cost = s.field, s.prompt, s.completion, s.estimated, s.ttl, s.budget_cost
   if field == '' then return end
   redis.call('HINCRBY', ledger, field .. '|p', p)
   redis.call('HINCRBY', ledger, field .. '|c', c)
@@ -50,19 +49,12 @@ end
 
 // spentArgs are count_spent's arguments.
 type spentArgs struct {
-	Field              string // "<day>|<model>"; empty: nothing to count
-	Prompt, Completion int
-	Estimated          bool
-	TTL                int64 // s
-	BudgetCost         int64
-}
-
-func (a spentArgs) argv() []any {
-	est := 0
-	if a.Estimated {
-		est = 1
-	}
-	return []any{a.Field, a.Prompt, a.Completion, est, a.TTL, a.BudgetCost}
+	Field      string `json:"field"` // "<day>|<model>"; empty: nothing to count
+	Prompt     int    `json:"prompt"`
+	Completion int    `json:"completion"`
+	Estimated  bool   `json:"estimated"`
+	TTL        int64  `json:"ttl"` // s
+	BudgetCost int64  `json:"budget_cost"`
 }
 
 func (s *Store) spentArgs(sp *Spent, now time.Time) spentArgs {
@@ -172,9 +164,10 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 	return out, nil
 }
 
-// countSpent counts a call's use alone (spentLua). KEYS: job, ledger. ARGV: spentArgs.
+// countSpent counts a call's use alone (spentLua). KEYS: job, ledger. ARGV[1]: spentArgs JSON.
 var countSpent = redis.NewScript(lua(spentLua, `
-count_spent(KEYS[1], KEYS[2], 1)
+local a = cjson.decode(ARGV[1])
+count_spent(KEYS[1], KEYS[2], a)
 return 1
 `))
 
@@ -187,7 +180,7 @@ func (s *Store) CountSpent(ctx context.Context, id, tenant string, spent *Spent)
 	if a.Field == "" {
 		return nil
 	}
-	err := countSpent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))}, a.argv()...).Err()
+	err := countSpent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01"))}, argsJSON(a)).Err()
 	if err != nil {
 		return unavailable("count usage", err)
 	}
