@@ -302,8 +302,7 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 	for _, l := range lanes {
 		a.Lanes, a.Weights = append(a.Lanes, l.Name), append(a.Weights, l.Weight)
 	}
-	b, _ := json.Marshal(a)
-	res, err := dispatchJobs.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, string(b)).Slice()
+	res, err := dispatchJobs.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, argsJSON(a)).Slice()
 	if err != nil {
 		return nil, time.Time{}, unavailable("dispatch", err)
 	}
