@@ -43,7 +43,9 @@ import (
 // the time the limiter gave. Its jobs stay in their lists; each tenant queue
 // of it is set aside once (moved from tm to bw) when a dispatch meets it, and
 // put back when the block ends. So a blocked model costs nothing while it
-// waits, and each dispatch is O(log n) in tenants and models.
+// waits, and each dispatch is O(log n) in tenants and models. When the block
+// ends the model is probed: one job per probeWindow, until probeWindows
+// windows pass with no job given back (P probe: model -> quiet windows).
 
 // schedLua: the helpers the scheduler's scripts share. P is the prefix.
 const schedLua = `
@@ -109,6 +111,7 @@ local P = a.prefix
 if redis.call('HEXISTS', KEYS[1], a.id) == 1 then return 0 end
 local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', a.model))
 if not blocked or blocked < a['until'] then redis.call('ZADD', P .. 'blocked', a['until'], a.model) end
+redis.call('HDEL', P .. 'probe', a.model) -- the probe (if it was one) failed: probing starts over
 local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
 local tmk = P .. 'tm:' .. a.lane .. ':' .. a.tenant
 if redis.call('LPUSH', q, a.at .. '|' .. a.id) == 1 then
@@ -158,6 +161,16 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'blocked', '-inf', now)) do
     end
   end
   redis.call('DEL', P .. 'bw:' .. m)
+  -- A block ends in probing: one job a window until probeWindows of them
+  -- pass without a job given back; then the model is open.
+  local probes = tonumber(redis.call('HGET', P .. 'probe', m))
+  if not probes then
+    hset(P .. 'probe', m, 0)
+  elseif probes + 1 >= a.probe_windows then
+    redis.call('HDEL', P .. 'probe', m)
+  else
+    hset(P .. 'probe', m, probes + 1)
+  end
 end
 -- pick takes the next job of a lane, or nothing when its tenants turn out
 -- to have only blocked models (they leave the rotation).
@@ -185,6 +198,9 @@ local function pick(lane)
       redis.call('ZREM', lk, tenant)
       hset(P .. 'pass:' .. lane, tenant, pass)
     else
+      if redis.call('HEXISTS', P .. 'probe', model) == 1 then
+        redis.call('ZADD', P .. 'blocked', now + a.probe_window, model)
+      end
       local q = P .. 'q:' .. lane .. ':' .. tenant .. ':' .. model
       local entry = redis.call('LPOP', q)
       local head = redis.call('LINDEX', q, 0)
@@ -253,7 +269,19 @@ type dispatchArgs struct {
 	Lanes   []string `json:"lanes"`
 	Weights []int    `json:"weights"`
 	Keep    int64    `json:"keep"`
+	// A model whose block ended is probed: one job a ProbeWindow (ms), until
+	// ProbeWindows windows pass without a job given back.
+	ProbeWindow  int64 `json:"probe_window"`
+	ProbeWindows int   `json:"probe_windows"`
 }
+
+// A model that was at its quota is probed before it is open again: its
+// capacity may be a rate (one call a second at 60 rpm), and handing out all
+// its jobs at once would give back all but one.
+const (
+	probeWindow  = 250 * time.Millisecond
+	probeWindows = 4
+)
 
 // Scheduled is a job waiting in the scheduler, or handed out by it.
 type Scheduled struct {
@@ -298,7 +326,8 @@ type Lane struct {
 // Dispatch hands out up to n jobs, fairly, and says when the earliest block
 // of a model ends (zero when none is blocked).
 func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled, time.Time, error) {
-	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli(), Keep: s.keep()}
+	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli(), Keep: s.keep(),
+		ProbeWindow: probeWindow.Milliseconds(), ProbeWindows: probeWindows}
 	for _, l := range lanes {
 		a.Lanes, a.Weights = append(a.Lanes, l.Name), append(a.Weights, l.Weight)
 	}

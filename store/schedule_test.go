@@ -129,10 +129,48 @@ func TestSchedulerHoldsAModelAtQuota(t *testing.T) {
 		len(b.Tenants) != 1 || b.Tenants[0].Queued != 3 {
 		t.Fatalf("status: %+v %v", b, err)
 	}
+	// The block ends in probing: one job a window, in order.
 	now.Add(time.Second.Milliseconds())
-	got = dispatch(t, s, 10)
-	if len(got) != 3 || got[0].ID != x[0] || got[1].ID != x[1] || got[2].ID != x[2] {
-		t.Fatalf("after the block: %+v", got)
+	if got = dispatch(t, s, 10); len(got) != 1 || got[0].ID != x[0] {
+		t.Fatalf("the first probe: %+v", got)
+	}
+	if got = dispatch(t, s, 10); len(got) != 0 {
+		t.Fatalf("a second job in the probe's window: %+v", got)
+	}
+	// The probe finds no capacity either: blocked again, probing starts over.
+	until = time.UnixMilli(now.Load()).Add(time.Second)
+	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(probeWindow.Milliseconds())
+	if got = dispatch(t, s, 10); len(got) != 0 {
+		t.Fatalf("handed out while blocked again: %+v", got)
+	}
+	now.Add(time.Second.Milliseconds())
+	if got = dispatch(t, s, 10); len(got) != 1 || got[0].ID != x[0] {
+		t.Fatalf("the probe after the second block: %+v", got)
+	}
+	now.Add(probeWindow.Milliseconds())
+	if got = dispatch(t, s, 10); len(got) != 1 || got[0].ID != x[1] {
+		t.Fatalf("the second probe: %+v", got)
+	}
+	// Probes that find capacity (none given back) for probeWindows windows
+	// in a row open the model: the rest at once.
+	for i := range 6 {
+		id := fmt.Sprintf("late-x-%d", i)
+		if err := s.Schedule(ctx, Scheduled{ID: id, Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range probeWindows - 2 {
+		now.Add(probeWindow.Milliseconds())
+		if got = dispatch(t, s, 10); len(got) != 1 {
+			t.Fatalf("a probe window handed out %+v", got)
+		}
+	}
+	now.Add(probeWindow.Milliseconds())
+	if got = dispatch(t, s, 10); len(got) != 5 { // x[2] and late-x-0 went as probes
+		t.Fatalf("the model is still probed after %d quiet windows: %+v", probeWindows, got)
 	}
 	if b, _ := s.SchedStatus(ctx, []string{"high", "normal", "low"}, 5); len(b.Lanes) != 0 || len(b.Tenants) != 0 {
 		t.Fatalf("status of an empty scheduler: %+v", b)
