@@ -63,6 +63,8 @@ type Fake struct {
 	traces []string // each call's traceparent header ("" when none)
 	// aborted counts calls whose client went away mid-reply.
 	aborted atomic.Int64
+	// inflight counts the calls being answered now.
+	inflight atomic.Int64
 }
 
 // Aborted is how many calls the caller broke off while the fake was answering.
@@ -136,6 +138,10 @@ func (f *Fake) URL() string {
 // Calls is how many requests reached the server.
 func (f *Fake) Calls() int { return int(f.calls.Load()) }
 
+// InFlight is how many calls the server is answering now, from the request's
+// arrival to the end of its answer.
+func (f *Fake) InFlight() int { return int(f.inflight.Load()) }
+
 // SetPlan decides each call's behaviour by its number (1-based).
 func (f *Fake) SetPlan(plan func(call int) Step) {
 	f.mu.Lock()
@@ -147,6 +153,8 @@ func (f *Fake) SetPlan(plan func(call int) Step) {
 func (f *Fake) Always(step Step) { f.SetPlan(func(int) Step { return step }) }
 
 func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	n := int(f.calls.Add(1))
 	f.mu.Lock()
 	step, q := f.plan(n), f.quota
