@@ -12,13 +12,14 @@ import (
 )
 
 // On a 3-master Redis Cluster the scheduler keeps tenants apart as on one
-// Redis: beta's 4 jobs, submitted behind acme's 40 on a worker of 4 slots
-// and half-second replies, wait for the next free slots, not for acme's
-// backlog (first come, first served would take them 10 rounds: 5 s).
+// Redis: beta's 4 jobs, submitted behind acme's 48 on a worker of 8 slots
+// and half-second replies, take the next free slots (half of the 8, its
+// share), not the end of acme's backlog (first come, first served: 6 rounds,
+// 3 s).
 func TestSchedulerIsFairOnACluster(t *testing.T) {
 	cl := testkit.StartCluster(t)
 	apis, _ := fleet(t, cl, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(),
-		"CHATFLEET_WORKER_CONCURRENCY": "4", "CHATFLEET_SIM_LATENCY": "500ms"})
+		"CHATFLEET_WORKER_CONCURRENCY": "8", "CHATFLEET_SIM_LATENCY": "500ms"})
 	acme := client.New(apis[0].URL(), client.WithAPIKey(keyAcme))
 	beta := client.New(apis[0].URL(), client.WithAPIKey(keyBeta))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -65,13 +66,13 @@ func TestSchedulerIsFairOnACluster(t *testing.T) {
 	ids, at := burst(beta, "alone", 4)
 	alone := lastEnd(beta, ids).Sub(at)
 
-	acmeIDs, _ := burst(acme, "backlog", 40)
-	time.Sleep(100 * time.Millisecond) // acme's first 4 run
+	acmeIDs, _ := burst(acme, "backlog", 48)
+	time.Sleep(100 * time.Millisecond) // acme's first 8 run
 	ids, at = burst(beta, "behind", 4)
 	behind := lastEnd(beta, ids).Sub(at)
 	lastEnd(acme, acmeIDs)
 	const job = 500 * time.Millisecond
-	t.Logf("beta's 4 jobs: %s alone, %s behind acme's 40 (bound %s)", alone, behind, alone+job+300*time.Millisecond)
+	t.Logf("beta's 4 jobs: %s alone, %s behind acme's 48 (bound %s)", alone, behind, alone+job+300*time.Millisecond)
 	// At most one round of acme's running jobs before them, and 300 ms for a
 	// loaded 2-core machine.
 	if behind > alone+job+300*time.Millisecond {
