@@ -60,7 +60,7 @@ func newAPIStore(t *testing.T, c *redis.Client, opt Options, so store.Options) *
 	hub := stream.NewHub(c, zerolog.New(io.Discard))
 	t.Cleanup(func() { _ = hub.Close() })
 	mgr := jobs.New(st, asynq.NewClientFromRedisClient(c), asynq.NewInspectorFromRedisClient(c), jobs.Options{MaxRetries: 3})
-	New(Deps{Jobs: mgr, Store: st, Hub: hub, Redis: c}, opt).Register(e)
+	New(Deps{Jobs: mgr, Store: st.Reader(), Hub: hub, Redis: c}, opt).Register(e)
 	return e
 }
 

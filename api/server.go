@@ -60,7 +60,7 @@ type Options struct {
 // Deps are what the API works with.
 type Deps struct {
 	Jobs  *jobs.Manager         // the job lifecycle
-	Store *store.Store          // histories and event logs
+	Store store.Reader          // records, histories, event logs, usage (read only)
 	Hub   *stream.Hub           // live events
 	Redis redis.UniversalClient // tenant rate limits
 	// Interrupt cuts short the reads under way on Redis's connections
@@ -97,7 +97,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // Server holds the API's handlers.
 type Server struct {
 	jobs    *jobs.Manager
-	store   *store.Store
+	store   store.Reader
 	hub     *stream.Hub
 	keys    *keyring
 	rate    *tenantLimiter

@@ -20,7 +20,7 @@ type Sink interface {
 // subscribes first and reads the log second, and merges the two by seq: a live
 // event already read from the log is skipped, a gap is filled from the log.
 // The same holds whichever API process runs it.
-func Follow(ctx context.Context, hub *Hub, st *store.Store, id string, after int64, heartbeat time.Duration, sink Sink) error {
+func Follow(ctx context.Context, hub *Hub, st store.Reader, id string, after int64, heartbeat time.Duration, sink Sink) error {
 	sub, err := hub.Subscribe(ctx, id)
 	if err != nil {
 		return err
@@ -31,7 +31,7 @@ func Follow(ctx context.Context, hub *Hub, st *store.Store, id string, after int
 
 // AwaitFinal is Follow for a client that needs only the job's end (a
 // request answered whole): the sink still gets every event.
-func AwaitFinal(ctx context.Context, hub *Hub, st *store.Store, id string, heartbeat time.Duration, sink Sink) error {
+func AwaitFinal(ctx context.Context, hub *Hub, st store.Reader, id string, heartbeat time.Duration, sink Sink) error {
 	sub, err := hub.SubscribeFinal(ctx, id)
 	if err != nil {
 		return err
@@ -41,7 +41,7 @@ func AwaitFinal(ctx context.Context, hub *Hub, st *store.Store, id string, heart
 }
 
 // FollowSubscribed is Follow on a subscription the caller made (and closes).
-func FollowSubscribed(ctx context.Context, sub *Subscription, st *store.Store, id string, after int64, heartbeat time.Duration, sink Sink) error {
+func FollowSubscribed(ctx context.Context, sub *Subscription, st store.Reader, id string, after int64, heartbeat time.Duration, sink Sink) error {
 	if err := sink.Open(); err != nil {
 		return err
 	}

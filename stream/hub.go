@@ -37,7 +37,7 @@ type Hub struct {
 	conns map[string]*conn    // shard's address ("" when not a cluster) -> its connection
 
 	// wake is told of a job's first token follower here once it is
-	// subscribed (store.Store.Wake): its worker stops holding deltas back.
+	// subscribed (jobs.Manager.Wake): its worker stops holding deltas back.
 	wake func(ctx context.Context, id string) error
 }
 
@@ -90,7 +90,7 @@ func NewHub(rdb redis.UniversalClient, log zerolog.Logger) *Hub {
 
 // WakeWith has wake told of each job's first token follower on this
 // process (Subscribe, not SubscribeFinal), once the subscription stands
-// (Store.Wake).
+// (jobs.Manager.Wake).
 func (h *Hub) WakeWith(wake func(ctx context.Context, id string) error) { h.wake = wake }
 
 // Close ends the pub/sub connections.

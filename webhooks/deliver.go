@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 )
@@ -72,23 +73,24 @@ type Delivery struct {
 // outcome of an operator's re-delivery.
 var stateRank = map[string]int{StatePending: 1, StateRetrying: 2, StateDelivered: 3, StateRefused: 3, StateGaveUp: 3}
 
-func record(ctx context.Context, st *store.Store, p tasks.WebhookPayload, d Delivery) error {
+func record(ctx context.Context, jm *jobs.Manager, p tasks.WebhookPayload, d Delivery) error {
 	d.URL, d.Event, d.EventID, d.At = p.URL, p.Type, p.ID, time.Now().UTC()
 	b, _ := json.Marshal(d)
-	return st.RecordDelivery(ctx, p.JobID, store.DeliveryEntry{Target: p.Target, EventID: p.ID, Rank: stateRank[d.State], JSON: b})
+	return jm.RecordDelivery(ctx, p.JobID, store.DeliveryEntry{Target: p.Target, EventID: p.ID, Rank: stateRank[d.State], JSON: b})
 }
 
 // Deliverer sends delivery tasks: the asynq handler of tasks.TypeWebhook.
 type Deliverer struct {
-	st     *store.Store
+	jobs   *jobs.Manager // records each delivery's outcome in its job's record
 	reg    *Registry
 	opt    Options
 	client *http.Client
 	m      *metrics
 }
 
-// NewDeliverer returns a deliverer signing with reg's secrets.
-func NewDeliverer(st *store.Store, reg *Registry, opt Options, m prometheus.Registerer) *Deliverer {
+// NewDeliverer returns a deliverer signing with reg's secrets; jm records
+// how each delivery went.
+func NewDeliverer(jm *jobs.Manager, reg *Registry, opt Options, m prometheus.Registerer) *Deliverer {
 	opt.defaults()
 	dialer := &net.Dialer{Timeout: min(5*time.Second, opt.Timeout)}
 	if !opt.AllowPrivate {
@@ -104,7 +106,7 @@ func NewDeliverer(st *store.Store, reg *Registry, opt Options, m prometheus.Regi
 	}
 	client := &http.Client{Transport: transport, Timeout: opt.Timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	return &Deliverer{st: st, reg: reg, opt: opt, client: client, m: newMetrics(m)}
+	return &Deliverer{jobs: jm, reg: reg, opt: opt, client: client, m: newMetrics(m)}
 }
 
 // Delivery outcomes, the label values of chatfleet_webhook_deliveries_total.
@@ -142,15 +144,15 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	switch {
 	case err == nil:
 		d.m.outcome(outcomeDelivered)
-		_ = record(ctx, d.st, p, Delivery{State: StateDelivered, Attempts: attempt, StatusCode: code})
+		_ = record(ctx, d.jobs, p, Delivery{State: StateDelivered, Attempts: attempt, StatusCode: code})
 		return nil
 	case errors.As(err, &refused):
 		d.m.outcome(outcomeRefused)
-		_ = record(ctx, d.st, p, Delivery{State: StateRefused, Attempts: attempt, Error: refused.reason})
+		_ = record(ctx, d.jobs, p, Delivery{State: StateRefused, Attempts: attempt, Error: refused.reason})
 		return fmt.Errorf("webhook to %s refused: %w: %w", hostOf(p.URL), err, asynq.SkipRetry)
 	case time.Since(p.CreatedAt) >= d.opt.RetryFor:
 		d.m.outcome(outcomeExpired)
-		_ = record(ctx, d.st, p, Delivery{State: StateGaveUp, Attempts: attempt, StatusCode: code, Error: err.Error()})
+		_ = record(ctx, d.jobs, p, Delivery{State: StateGaveUp, Attempts: attempt, StatusCode: code, Error: err.Error()})
 		return fmt.Errorf("webhook to %s failed for %s, archived: %w: %w", hostOf(p.URL), d.opt.RetryFor, err, asynq.SkipRetry)
 	}
 	if code == http.StatusTooManyRequests {
@@ -158,7 +160,7 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	} else {
 		d.m.outcome(outcomeFailed)
 	}
-	_ = record(ctx, d.st, p, Delivery{State: StateRetrying, Attempts: attempt, StatusCode: code, Error: err.Error()})
+	_ = record(ctx, d.jobs, p, Delivery{State: StateRetrying, Attempts: attempt, StatusCode: code, Error: err.Error()})
 	return &retryAfterError{err: fmt.Errorf("webhook to %s: %w", hostOf(p.URL), err), after: after}
 }
 

@@ -10,20 +10,23 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/rs/zerolog"
 
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // Outbox turns ended jobs into delivery tasks.
 type Outbox struct {
-	st  *store.Store
-	q   *asynq.Client
-	reg *Registry
+	st   store.Reader
+	jobs *jobs.Manager // takes jobs out of the outbox, records the pending deliveries
+	q    *asynq.Client
+	reg  *Registry
 }
 
-// NewOutbox returns the outbox over st, enqueueing through q.
-func NewOutbox(st *store.Store, q *asynq.Client, reg *Registry) *Outbox {
-	return &Outbox{st: st, q: q, reg: reg}
+// NewOutbox returns the outbox that reads the jobs in st and changes them
+// through jm, enqueueing through q.
+func NewOutbox(st store.Reader, jm *jobs.Manager, q *asynq.Client, reg *Registry) *Outbox {
+	return &Outbox{st: st, jobs: jm, q: q, reg: reg}
 }
 
 // maxRetry is asynq's retry cap for a delivery; the delivery's age decides
@@ -41,7 +44,7 @@ const retention = 10 * time.Minute
 func (o *Outbox) Flush(ctx context.Context, id string) error {
 	j, err := o.st.Get(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
-		return o.st.WebhooksEnqueued(ctx, id) // purged or expired: nothing to tell
+		return o.jobs.WebhooksEnqueued(ctx, id) // purged or expired: nothing to tell
 	}
 	if err != nil {
 		return err
@@ -52,7 +55,7 @@ func (o *Outbox) Flush(ctx context.Context, id string) error {
 		typ = eventType(sp.Kind, j.Status)
 	}
 	if typ == "" { // no spec, or re-run and running again: its next end tells
-		return o.st.WebhooksEnqueued(ctx, id)
+		return o.jobs.WebhooksEnqueued(ctx, id)
 	}
 	seen := map[string]bool{}
 	for _, e := range o.reg.byTenant[j.Tenant] {
@@ -68,7 +71,7 @@ func (o *Outbox) Flush(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	return o.st.WebhooksEnqueued(ctx, id)
+	return o.jobs.WebhooksEnqueued(ctx, id)
 }
 
 func (o *Outbox) enqueue(ctx context.Context, j store.Job, sp Spec, typ, url string, includeResult bool) error {
@@ -90,7 +93,7 @@ func (o *Outbox) enqueue(ctx context.Context, j store.Job, sp Spec, typ, url str
 	if err != nil {
 		return fmt.Errorf("enqueue webhook: %w: %w", store.ErrUnavailable, err)
 	}
-	return record(ctx, o.st, p, Delivery{State: StatePending})
+	return record(ctx, o.jobs, p, Delivery{State: StatePending})
 }
 
 // Notify is jobs.Options.Notify: the deliveries of a job that just ended go
@@ -113,7 +116,7 @@ func (o *Outbox) Sweep(ctx context.Context, interval time.Duration, log zerolog.
 			return
 		case <-t.C:
 		}
-		ids, err := o.st.ClaimWebhooks(ctx, 100, 30*time.Second)
+		ids, err := o.jobs.ClaimWebhooks(ctx, 100, 30*time.Second)
 		if err != nil && ctx.Err() == nil {
 			log.Warn().Err(err).Msg("webhook sweep")
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/jobs"
 	"github.com/chatfleet/chatfleet/store"
 	"github.com/chatfleet/chatfleet/tasks"
 )
@@ -36,9 +37,10 @@ func TestSweepEnqueuesWhatAFinishLeftInTheOutbox(t *testing.T) {
 	}
 	q := asynq.NewClientFromRedisClient(rdb)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
+	jm := jobs.New(st, q, insp, jobs.Options{})
 	sweepCtx, stop := context.WithCancel(ctx)
 	defer stop()
-	go NewOutbox(st, q, reg).Sweep(sweepCtx, 100*time.Millisecond, zerolog.Nop())
+	go NewOutbox(st.Reader(), jm, q, reg).Sweep(sweepCtx, 100*time.Millisecond, zerolog.Nop())
 
 	pending := func() []*asynq.TaskInfo {
 		list, _ := insp.ListPendingTasks(tasks.QueueWebhooks)
@@ -66,7 +68,7 @@ func TestSweepEnqueuesWhatAFinishLeftInTheOutbox(t *testing.T) {
 	if len(list) != 2 || !urls["https://a.example/hooks"] || !urls["https://own.example/x"] {
 		t.Fatalf("deliveries to %v, want a.example and the job's own URL", urls)
 	}
-	if err := NewOutbox(st, q, reg).Flush(ctx, nj.ID); err != nil {
+	if err := NewOutbox(st.Reader(), jm, q, reg).Flush(ctx, nj.ID); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(pending()); n != 2 {
@@ -99,6 +101,8 @@ func TestDeliveryStateOnlyMovesForward(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	q := asynq.NewClientFromRedisClient(rdb)
+	jm := jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb), jobs.Options{})
 	// The delivery Flush enqueues, as a worker that ran it at once records it.
 	p := tasks.WebhookPayload{ID: eventID(j), Type: tasks.EventJobCanceled, Tenant: "t", JobID: nj.ID, URL: url, Target: target(url)}
 	state := func() Delivery {
@@ -110,26 +114,26 @@ func TestDeliveryStateOnlyMovesForward(t *testing.T) {
 		}
 		return d[0]
 	}
-	if err := record(ctx, st, p, Delivery{State: StateDelivered, Attempts: 1, StatusCode: 200}); err != nil {
+	if err := record(ctx, jm, p, Delivery{State: StateDelivered, Attempts: 1, StatusCode: 200}); err != nil {
 		t.Fatal(err)
 	}
-	if err := NewOutbox(st, asynq.NewClientFromRedisClient(rdb), reg).Flush(ctx, nj.ID); err != nil {
+	if err := NewOutbox(st.Reader(), jm, q, reg).Flush(ctx, nj.ID); err != nil {
 		t.Fatal(err)
 	}
 	if d := state(); d.State != StateDelivered || d.StatusCode != 200 || d.EventID != p.ID {
 		t.Fatalf("after the Flush that enqueued it, the delivery is %+v, want delivered", d)
 	}
-	if err := record(ctx, st, p, Delivery{State: StateRetrying, Attempts: 1}); err != nil {
+	if err := record(ctx, jm, p, Delivery{State: StateRetrying, Attempts: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if d := state(); d.State != StateDelivered {
 		t.Fatalf("a late retrying overwrote delivered: %+v", d)
 	}
 	// Re-delivered by an operator, a refused delivery ends delivered.
-	if err := record(ctx, st, p, Delivery{State: StateRefused, Attempts: 1}); err != nil {
+	if err := record(ctx, jm, p, Delivery{State: StateRefused, Attempts: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if err := record(ctx, st, p, Delivery{State: StateDelivered, Attempts: 1, StatusCode: 204}); err != nil {
+	if err := record(ctx, jm, p, Delivery{State: StateDelivered, Attempts: 1, StatusCode: 204}); err != nil {
 		t.Fatal(err)
 	}
 	if d := state(); d.State != StateDelivered || d.StatusCode != 204 {

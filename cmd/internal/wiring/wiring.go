@@ -92,9 +92,14 @@ func Store(cfg config.Config, rdb redis.UniversalClient) *store.Store {
 // it ends; costs are priced at list's prices in force.
 func Jobs(cfg config.Config, list *ModelList, rdb redis.UniversalClient, st *store.Store) *jobs.Manager {
 	q := asynq.NewClientFromRedisClient(rdb)
-	return jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
+	// The outbox changes jobs through the manager that notifies it: it is
+	// made once the manager is, before any job can end.
+	var outbox *webhooks.Outbox
+	jm := jobs.New(st, q, asynq.NewInspectorFromRedisClient(rdb),
 		jobs.Options{MaxRetries: cfg.MaxRetries, QueueSpread: cfg.QueueSpread, Lease: cfg.JobLease, TenantWeights: cfg.TenantWeights,
-			Notify: webhooks.NewOutbox(st, q, Webhooks(cfg)).Notify, Budgets: budgets(cfg), Prices: list.Prices, DefaultModel: list.Default})
+			Notify: func(ctx context.Context, id string) { outbox.Notify(ctx, id) }, Budgets: budgets(cfg), Prices: list.Prices, DefaultModel: list.Default})
+	outbox = webhooks.NewOutbox(st.Reader(), jm, q, Webhooks(cfg))
+	return jm
 }
 
 func budgets(cfg config.Config) map[string]jobs.Budget {
@@ -134,10 +139,10 @@ func Webhooks(cfg config.Config) *webhooks.Registry {
 // ctx ends) beside a worker; the returned function stops delivering. With no
 // endpoints configured no job can have webhooks (a per-job webhook_url needs
 // its tenant's secret), and nothing starts: no idle polling.
-func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, st *store.Store,
+func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalClient, jm *jobs.Manager, st *store.Store,
 	reg prometheus.Registerer, log zerolog.Logger) (func(), error) {
 	registry := Webhooks(cfg)
-	d := webhooks.NewDeliverer(st, registry, webhooks.Options{
+	d := webhooks.NewDeliverer(jm, registry, webhooks.Options{
 		AllowPrivate: cfg.WebhookAllowPrivate, AllowHTTP: cfg.WebhookAllowHTTP || cfg.Env != config.EnvProduction,
 		Timeout: cfg.WebhookTimeout, RetryBase: cfg.WebhookRetryBase, RetryFor: cfg.WebhookRetryFor,
 	}, reg) // its metrics exist from the start, for the dashboards
@@ -148,7 +153,7 @@ func StartWebhooks(ctx context.Context, cfg config.Config, rdb redis.UniversalCl
 	if err := srv.Start(); err != nil {
 		return nil, err
 	}
-	go webhooks.NewOutbox(st, asynq.NewClientFromRedisClient(rdb), registry).Sweep(ctx, time.Second, log)
+	go webhooks.NewOutbox(st.Reader(), jm, asynq.NewClientFromRedisClient(rdb), registry).Sweep(ctx, time.Second, log)
 	return srv.Shutdown, nil
 }
 
@@ -255,7 +260,7 @@ func StartWorker(ctx context.Context, cfg config.Config, list *ModelList, rdb re
 	if err != nil {
 		return nil, err
 	}
-	stopWebhooks, err := StartWebhooks(ctx, cfg, rdb, st, reg, log)
+	stopWebhooks, err := StartWebhooks(ctx, cfg, rdb, jm, st, reg, log)
 	if err != nil {
 		return nil, err
 	}

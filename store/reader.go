@@ -1,0 +1,56 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Reader is the store's read side, for every package but the job lifecycle:
+// the front doors, the stream, the webhooks. It reaches no write: a change
+// to a job, its log or its deliveries goes through jobs.Manager, which holds
+// the Store itself.
+type Reader struct{ s *Store }
+
+// Reader returns the store's read side.
+func (s *Store) Reader() Reader { return Reader{s} }
+
+// Get reads a record (Store.Get).
+func (r Reader) Get(ctx context.Context, id string) (Job, error) { return r.s.Get(ctx, id) }
+
+// List returns a page of a tenant's jobs, newest first (Store.List).
+func (r Reader) List(ctx context.Context, tenant string, f ListFilter, limit int, after Cursor) ([]Job, *Cursor, error) {
+	return r.s.List(ctx, tenant, f, limit, after)
+}
+
+// Events returns a job's log after seq `after`, oldest first (Store.Events).
+func (r Reader) Events(ctx context.Context, id string, after int64) ([]Event, error) {
+	return r.s.Events(ctx, id, after)
+}
+
+// LastEvent returns the newest event of a job's log (Store.LastEvent).
+func (r Reader) LastEvent(ctx context.Context, id string) (Event, bool, error) {
+	return r.s.LastEvent(ctx, id)
+}
+
+// History returns a session's messages (Store.History).
+func (r Reader) History(ctx context.Context, tenant, session string) ([]Message, error) {
+	return r.s.History(ctx, tenant, session)
+}
+
+// Usage returns a tenant's usage per day and model (Store.Usage).
+func (r Reader) Usage(ctx context.Context, tenant string, from, to time.Time) ([]UsageRow, error) {
+	return r.s.Usage(ctx, tenant, from, to)
+}
+
+// Response reads a response's record (Store.Response).
+func (r Reader) Response(ctx context.Context, id string) (Response, error) {
+	return r.s.Response(ctx, id)
+}
+
+// ResponseChain assembles the conversation that a stored response ends
+// (Store.ResponseChain).
+func (r Reader) ResponseChain(ctx context.Context, prev, tenant string) ([]tasks.ChatMessage, error) {
+	return r.s.ResponseChain(ctx, prev, tenant)
+}
