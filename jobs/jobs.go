@@ -4,9 +4,12 @@
 // through it; none of them touches asynq. The worker's pipeline runs a job
 // through an Attempt (attempt.go), whose methods are the job's transitions.
 // Where each part lives: submit, read and wait here; cancel.go; order.go (a
-// session's turns, handed on); leases.go; supervise.go (the rescuer and the
+// session's turns, handed on); dispatch.go (who runs next: the scheduler and
+// the workers' dispatchers); leases.go; supervise.go (the rescuer and the
 // reconciler's loop); reconcile.go (repairing one job); archived.go (the dead
-// letters and their re-run).
+// letters and their re-run); followed.go and webhooks.go (the writes the
+// stream hub and the webhook outbox ask for: only this package writes job
+// state).
 package jobs
 
 import (
