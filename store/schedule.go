@@ -27,6 +27,7 @@ import (
 //	P swrr              hash  lane -> current weight of the smooth weighted round robin over lanes
 //	P blocked           zset  model -> until (ms): models at their quota
 //	P bw:<model>        set   "lane\ntenant" whose queue of the model waits for it
+//	P probe, P pw       hash  model -> quiet probe windows so far, and its window (ms)
 //	P ml:<lane>:<model> zset  job id -> queued at (ms): counts and oldest age per lane and model
 //	P tc                zset  tenant -> jobs waiting here
 //	P models            set   models with jobs here
@@ -44,8 +45,9 @@ import (
 // of it is set aside once (moved from tm to bw) when a dispatch meets it, and
 // put back when the block ends. So a blocked model costs nothing while it
 // waits, and each dispatch is O(log n) in tenants and models. When the block
-// ends the model is probed: one job per probeWindow, until probeWindows
-// windows pass with no job given back (P probe: model -> quiet windows).
+// ends the model is probed: one job per window (P pw: model -> ms), until
+// probeWindows windows pass with no job given back (P probe: model -> quiet
+// windows).
 
 // schedLua: the helpers the scheduler's scripts share. P is the prefix.
 const schedLua = `
@@ -112,6 +114,9 @@ if redis.call('HEXISTS', KEYS[1], a.id) == 1 then return 0 end
 local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', a.model))
 if not blocked or blocked < a['until'] then redis.call('ZADD', P .. 'blocked', a['until'], a.model) end
 redis.call('HDEL', P .. 'probe', a.model) -- the probe (if it was one) failed: probing starts over
+-- Probes go out about as often as the model's capacity comes back (the wait
+-- the limiter gave), within [probe_min, probe_window].
+hset(P .. 'pw', a.model, math.min(math.max(a['until'] - a.now, a.probe_min), a.probe_window))
 local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
 local tmk = P .. 'tm:' .. a.lane .. ':' .. a.tenant
 if redis.call('LPUSH', q, a.at .. '|' .. a.id) == 1 then
@@ -137,6 +142,9 @@ type schedArgs struct {
 	Now     int64   `json:"now"` // ms
 	Weight  float64 `json:"weight"`
 	Until   int64   `json:"until,omitempty"` // ms, giveBackJob
+	// giveBackJob: the bounds of the model's probe window (ms).
+	ProbeMin    int64 `json:"probe_min,omitempty"`
+	ProbeWindow int64 `json:"probe_window,omitempty"`
 	Publish string  `json:"publish"`
 	Keep    int64   `json:"keep"` // s: how long the bookkeeping outlives its last write (Store.keep)
 }
@@ -199,7 +207,7 @@ local function pick(lane)
       hset(P .. 'pass:' .. lane, tenant, pass)
     else
       if redis.call('HEXISTS', P .. 'probe', model) == 1 then
-        redis.call('ZADD', P .. 'blocked', now + a.probe_window, model)
+        redis.call('ZADD', P .. 'blocked', now + (tonumber(redis.call('HGET', P .. 'pw', model)) or a.probe_window), model)
       end
       local q = P .. 'q:' .. lane .. ':' .. tenant .. ':' .. model
       local entry = redis.call('LPOP', q)
@@ -278,7 +286,11 @@ type dispatchArgs struct {
 // A model that was at its quota is probed before it is open again: its
 // capacity may be a rate (one call a second at 60 rpm), and handing out all
 // its jobs at once would give back all but one.
+// The window is the wait the limiter gave when the model was found at its
+// quota, within [probeMin, probeWindow]: a model of 6,000 rpm is probed
+// every 10 ms, one of 60 rpm every 250 ms.
 const (
+	probeMin     = 10 * time.Millisecond
 	probeWindow  = 250 * time.Millisecond
 	probeWindows = 4
 )
@@ -295,6 +307,7 @@ func (s *Store) schedArgs(j Scheduled, until time.Time) string {
 		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish, Keep: s.keep()}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
+		a.ProbeMin, a.ProbeWindow = probeMin.Milliseconds(), probeWindow.Milliseconds()
 	}
 	return argsJSON(a)
 }
