@@ -167,16 +167,17 @@ func (a *Attempt) Defer(ctx context.Context, until time.Time) error {
 
 // GiveBack hands back an attempt whose model found no capacity: the job goes
 // back to the front of its queue in the scheduler, under a new task id, and
-// no job of its model is handed out before `until`. The task that ran this
-// attempt is done with.
-func (a *Attempt) GiveBack(ctx context.Context, until time.Time) error {
+// no job of its model is handed out before `until`, then one about every
+// `every` (how often the model's quota lets a call through; zero: not known)
+// until it is open again. The task that ran this attempt is done with.
+func (a *Attempt) GiveBack(ctx context.Context, until time.Time, every time.Duration) error {
 	ok, err := a.m.st.MarkGivenBack(ctx, a.job.JobID, a.job.Tenant, a.job.SessionID, a.Fence, tasks.RetryTaskID(a.job.JobID))
 	if err != nil || !ok {
 		return err // not ok: canceled or taken over meanwhile, nothing to give back
 	}
 	j := store.Scheduled{ID: a.job.JobID, Lane: tasks.PriorityOfQueue(tasks.QueueName(cmp.Or(a.job.Priority, tasks.PriorityNormal))),
 		Tenant: a.job.Tenant, Session: a.job.SessionID, Model: a.m.modelOf(a.job.Model), At: a.job.SubmittedAt, Weight: a.m.weight(a.job.Tenant)}
-	if err := a.m.st.GiveBack(ctx, j, until); err != nil {
+	if err := a.m.st.GiveBack(ctx, j, until, every); err != nil {
 		// Queued, in no queue: the reconciler schedules it again.
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not give the job back to the scheduler; the reconciler will")
 	}

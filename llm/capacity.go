@@ -73,6 +73,11 @@ type CapacityError struct {
 	Provider string
 	Until    time.Time
 	Reason   string // paused, rpm, tpm, concurrency, priority
+	// Every is how often the quota that binds lets a call through (a rate's
+	// interval: 60 s / rpm for rpm, the call's share of a minute's tokens
+	// for tpm; zero when no rate binds): the scheduler hands out the
+	// model's jobs about this often while it probes.
+	Every time.Duration
 }
 
 func (e *CapacityError) Error() string {
@@ -216,7 +221,7 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 				// one out to try (one try per model, not per job).
 				until = c.now().Add(concurrencyRetry)
 			}
-			return nil, &CapacityError{Provider: c.name, Until: until, Reason: why}
+			return nil, &CapacityError{Provider: c.name, Until: until, Reason: why, Every: c.every(why, cost)}
 		}
 		select {
 		case <-ctx.Done():
@@ -224,6 +229,18 @@ func (c *capacity) acquire(ctx context.Context, cost int, high bool, budget *tim
 		case <-time.After(wait):
 		}
 	}
+}
+
+// every is how often the quota that binds (why) lets a call of cost tokens
+// through; zero when no rate binds.
+func (c *capacity) every(why string, cost int) time.Duration {
+	switch {
+	case why == "rpm" && c.ceil.RPM > 0:
+		return time.Minute / time.Duration(c.ceil.RPM)
+	case why == "tpm" && c.ceil.TPM > 0:
+		return time.Duration(float64(time.Minute) * float64(max(cost, 1)) / float64(c.ceil.TPM))
+	}
+	return 0
 }
 
 // hold renews the slot's lease while the call runs, so that it outlives a

@@ -154,7 +154,16 @@ func (c *Chain) Stream(ctx context.Context, req Request, onDelta func(Delta) err
 			return reply, name, err
 		}
 		if t.capacity != nil {
-			return Reply{}, t.capacity.Provider, t.capacity
+			// The model's rate is its busy deployments' rates together.
+			var perSecond float64
+			for _, e := range t.every {
+				perSecond += float64(time.Second) / float64(e)
+			}
+			c := *t.capacity
+			if perSecond > 0 {
+				c.Every = time.Duration(float64(time.Second) / perSecond)
+			}
+			return Reply{}, c.Provider, &c
 		}
 	}
 	if len(t.all.Errs) == 0 && t.unsupported != "" {
@@ -178,8 +187,9 @@ func (e *UnknownModelError) Error() string {
 // try is what the deployments tried so far came to.
 type try struct {
 	all         *AllDownError
-	capacity    *CapacityError // the earliest capacity among those at their limit
-	unsupported string         // the first deployment's reason it could not carry the request
+	capacity    *CapacityError           // the earliest capacity among those at their limit
+	every       map[string]time.Duration // each busy deployment's rate interval (CapacityError.Every)
+	unsupported string                   // the first deployment's reason it could not carry the request
 }
 
 // group tries one public model's deployments; done when one answered or
@@ -311,6 +321,12 @@ func (t *try) call(ctx context.Context, p Provider, req Request, onDelta func(De
 		// the job waits for the earliest capacity instead of degrading.
 		if t.capacity == nil || busy.Until.Before(t.capacity.Until) {
 			t.capacity = busy
+		}
+		if busy.Every > 0 {
+			if t.every == nil {
+				t.every = map[string]time.Duration{}
+			}
+			t.every[p.Name()] = busy.Every
 		}
 		return Reply{}, err, false
 	case errors.As(err, &open):

@@ -267,7 +267,7 @@ func (p *Pipeline) settle(ctx context.Context, r *run, c called) error {
 		// scheduler, its attempt handed back, and no job of its model is
 		// handed out until the capacity returns.
 		log.Debug().Str("provider", busy.Provider).Str("reason", busy.Reason).Time("until", busy.Until).Msg("model at capacity; job waits in the scheduler")
-		if err := r.att.GiveBack(ctx, p.capDelay(busy.Until)); err != nil {
+		if err := r.att.GiveBack(ctx, p.capDelay(busy.Until), busy.Every); err != nil {
 			log.Warn().Err(err).Msg("could not give the job back to the scheduler; it waits in the queue")
 			return p.deferJob(ctx, r.att, busy.Until)
 		}

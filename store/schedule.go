@@ -114,9 +114,11 @@ if redis.call('HEXISTS', KEYS[1], a.id) == 1 then return 0 end
 local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', a.model))
 if not blocked or blocked < a['until'] then redis.call('ZADD', P .. 'blocked', a['until'], a.model) end
 redis.call('HDEL', P .. 'probe', a.model) -- the probe (if it was one) failed: probing starts over
--- Probes go out about as often as the model's capacity comes back (the wait
--- the limiter gave), within [probe_min, probe_window].
-hset(P .. 'pw', a.model, math.min(math.max(a['until'] - a.now, a.probe_min), a.probe_window))
+-- Probes go out about as often as the model's capacity comes back (its
+-- rate's interval, else the wait the limiter gave), within [probe_min,
+-- probe_window].
+local every = a.every or (a['until'] - a.now)
+hset(P .. 'pw', a.model, math.min(math.max(every, a.probe_min), a.probe_window))
 local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
 local tmk = P .. 'tm:' .. a.lane .. ':' .. a.tenant
 if redis.call('LPUSH', q, a.at .. '|' .. a.id) == 1 then
@@ -145,6 +147,7 @@ type schedArgs struct {
 	// giveBackJob: the bounds of the model's probe window (ms).
 	ProbeMin    int64 `json:"probe_min,omitempty"`
 	ProbeWindow int64 `json:"probe_window,omitempty"`
+	Every       int64 `json:"every,omitempty"` // ms: how often the model's quota lets a call through, if known
 	Publish string  `json:"publish"`
 	Keep    int64   `json:"keep"` // s: how long the bookkeeping outlives its last write (Store.keep)
 }
@@ -286,9 +289,10 @@ type dispatchArgs struct {
 // A model that was at its quota is probed before it is open again: its
 // capacity may be a rate (one call a second at 60 rpm), and handing out all
 // its jobs at once would give back all but one.
-// The window is the wait the limiter gave when the model was found at its
-// quota, within [probeMin, probeWindow]: a model of 6,000 rpm is probed
-// every 10 ms, one of 60 rpm every 250 ms.
+// The window is the interval of the model's rate (else the wait the limiter
+// gave) when it was found at its quota, within [probeMin, probeWindow]: a
+// model of 6,000 rpm is probed every 10 ms, one of 1,200 rpm every 50 ms,
+// one of 60 rpm every 250 ms.
 const (
 	probeMin     = 10 * time.Millisecond
 	probeWindow  = 250 * time.Millisecond
@@ -302,12 +306,13 @@ type Scheduled struct {
 	Weight                           float64   // its tenant's weight
 }
 
-func (s *Store) schedArgs(j Scheduled, until time.Time) string {
+func (s *Store) schedArgs(j Scheduled, until time.Time, every time.Duration) string {
 	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
 		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish, Keep: s.keep()}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
 		a.ProbeMin, a.ProbeWindow = probeMin.Milliseconds(), probeWindow.Milliseconds()
+		a.Every = max(every.Milliseconds(), 0)
 	}
 	return argsJSON(a)
 }
@@ -315,16 +320,18 @@ func (s *Store) schedArgs(j Scheduled, until time.Time) string {
 // Schedule adds a job whose turn has come to the scheduler (nothing when it
 // is there already) and nudges the dispatchers.
 func (s *Store) Schedule(ctx context.Context, j Scheduled) error {
-	if err := scheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.schedArgs(j, time.Time{})).Err(); err != nil {
+	if err := scheduleJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.schedArgs(j, time.Time{}, 0)).Err(); err != nil {
 		return unavailable("schedule job", err)
 	}
 	return nil
 }
 
 // GiveBack puts a job that found its model at quota back at the front of its
-// queue, and holds the model's jobs back until `until`.
-func (s *Store) GiveBack(ctx context.Context, j Scheduled, until time.Time) error {
-	if err := giveBackJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.schedArgs(j, until)).Err(); err != nil {
+// queue, and holds the model's jobs back until `until`; then it probes the
+// model about every `every` (how often its quota lets a call through; zero:
+// not known).
+func (s *Store) GiveBack(ctx context.Context, j Scheduled, until time.Time, every time.Duration) error {
+	if err := giveBackJob.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, s.schedArgs(j, until, every)).Err(); err != nil {
 		return unavailable("give back job", err)
 	}
 	return nil

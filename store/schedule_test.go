@@ -117,7 +117,7 @@ func TestSchedulerHoldsAModelAtQuota(t *testing.T) {
 		t.Fatalf("first: %+v", got)
 	}
 	until := time.UnixMilli(now.Load()).Add(time.Second)
-	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until); err != nil {
+	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until, 0); err != nil {
 		t.Fatal(err)
 	}
 	got, next, err := s.Dispatch(ctx, 10, testLanes)
@@ -139,7 +139,7 @@ func TestSchedulerHoldsAModelAtQuota(t *testing.T) {
 	}
 	// The probe finds no capacity either: blocked again, probing starts over.
 	until = time.UnixMilli(now.Load()).Add(time.Second)
-	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until); err != nil {
+	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until, 0); err != nil {
 		t.Fatal(err)
 	}
 	now.Add(probeWindow.Milliseconds())
