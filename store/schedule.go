@@ -145,11 +145,11 @@ type schedArgs struct {
 	Weight  float64 `json:"weight"`
 	Until   int64   `json:"until,omitempty"` // ms, giveBackJob
 	// giveBackJob: the bounds of the model's probe window (ms).
-	ProbeMin    int64 `json:"probe_min,omitempty"`
-	ProbeWindow int64 `json:"probe_window,omitempty"`
-	Every       int64 `json:"every,omitempty"` // ms: how often the model's quota lets a call through, if known
-	Publish string  `json:"publish"`
-	Keep    int64   `json:"keep"` // s: how long the bookkeeping outlives its last write (Store.keep)
+	ProbeMin    int64  `json:"probe_min,omitempty"`
+	ProbeWindow int64  `json:"probe_window,omitempty"`
+	Every       int64  `json:"every,omitempty"` // ms: how often the model's quota lets a call through, if known
+	Publish     string `json:"publish"`
+	Keep        int64  `json:"keep"` // s: how long the bookkeeping outlives its last write (Store.keep)
 }
 
 // dispatchJobs hands out up to a.n jobs: it ends the blocks that are over,
