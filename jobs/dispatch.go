@@ -48,8 +48,13 @@ func (m *Manager) modelOf(model string) string {
 
 // schedule hands a job whose turn has come to the scheduler.
 func (m *Manager) schedule(ctx context.Context, id, tenant, session, queue, model string, created time.Time) error {
-	return m.st.Schedule(ctx, store.Scheduled{ID: id, Lane: tasks.PriorityOfQueue(queue), Tenant: tenant, Session: session,
-		Model: m.modelOf(model), At: created, Weight: m.weight(tenant)})
+	return m.st.Schedule(ctx, *m.scheduled(id, tenant, session, queue, model, created))
+}
+
+// scheduled is a job's place in the scheduler.
+func (m *Manager) scheduled(id, tenant, session, queue, model string, created time.Time) *store.Scheduled {
+	return &store.Scheduled{ID: id, Lane: tasks.PriorityOfQueue(queue), Tenant: tenant, Session: session,
+		Model: m.modelOf(model), At: created, Weight: m.weight(tenant)}
 }
 
 // DispatchOptions configures a worker's dispatcher.

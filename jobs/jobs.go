@@ -180,8 +180,11 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	}
 	nj.Payload = raw
 	nj.Model = m.modelOf(p.Model)
-	// The record first, then its place in the scheduler (another slot on a
-	// cluster); a job behind an earlier one of its session waits for its turn.
+	// The record and, when the job holds its session's turn, its place in
+	// the scheduler: in one script on one Redis, one after the other on a
+	// cluster (another slot). A job behind an earlier one of its session
+	// waits for its turn.
+	nj.Schedule = m.scheduled(nj.ID, nj.Tenant, nj.SessionID, nj.Queue, nj.Model, nj.CreatedAt)
 	c, existing, err := m.st.Create(ctx, nj)
 	if errors.Is(err, store.ErrKeyReused) {
 		return Submitted{}, ErrConflict
@@ -189,7 +192,7 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 	if err != nil {
 		return Submitted{}, err
 	}
-	if c.New && !c.Waiting {
+	if c.New && !c.Waiting && !c.Scheduled {
 		if err := m.schedule(ctx, nj.ID, nj.Tenant, nj.SessionID, nj.Queue, nj.Model, nj.CreatedAt); err != nil {
 			written = true // the undo gives the reservation back with the record
 			if stopped := context.Cause(detached); stopped != nil {

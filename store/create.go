@@ -47,6 +47,8 @@ type createArgs struct {
 	FirstCheck   int64  `json:"first_check"`   // ms
 	WaitingCheck int64  `json:"waiting_check"` // ms
 	Keep         int64  `json:"keep"`          // s, Store.keep
+	// Sched schedules the job in the same step (createAndSchedule).
+	Sched *schedArgs `json:"sched,omitempty"`
 }
 
 // createJob writes a new record (createJobLua). Returns 1 when the job holds
@@ -60,6 +62,22 @@ local fields = {}
 for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
 if create_job(a, fields) then return 1 end
 return 2
+`))
+
+// createAndSchedule writes a new record as createJob does and, when the job
+// holds its session's turn, schedules it in the same step (on one Redis: the
+// scheduler's keys are in another slot on a cluster). Returns 3 (created and
+// scheduled), 2 (created, waiting for its turn) or 0 (the record exists).
+// KEYS: job, order, unfinished, listing, the scheduler's jobs.
+// ARGV[1]: createArgs JSON with Sched; ARGV[2..]: the record's field/value pairs.
+var createAndSchedule = redis.NewScript(lua(createJobLua, schedLua, scheduleLua, `
+local a = cjson.decode(ARGV[1])
+if redis.call('EXISTS', job) == 1 then return 0 end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+if not create_job(a, fields) then return 2 end
+schedule(a.sched)
+return 3
 `))
 
 // countTenantJob counts a job among its tenant's unfinished jobs, or returns
@@ -108,6 +126,10 @@ type NewJob struct {
 	// Model is the public model the job asks for (the default's name when
 	// the request names none): the scheduler's capacity is per model.
 	Model string
+	// Schedule, when set, is the job's place in the scheduler: on one Redis
+	// a job that holds its session's turn is scheduled with its record
+	// (Created.Scheduled); otherwise the caller schedules it.
+	Schedule *Scheduled
 	// KeyHash names the Idempotency-Key the job was submitted with, if any
 	// (tasks.IdempotencyKeyHash): the key stays bound to this job.
 	KeyHash string
@@ -192,7 +214,12 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	if j.Model != "" {
 		record = append(record, "model", j.Model)
 	}
-	n, err := createJob.Run(ctx, s.rdb, keys, append([]any{argsJSON(args)}, record...)...).Int()
+	script := createJob
+	if j.Schedule != nil && s.publish == "PUBLISH" { // one Redis: the record and its place in the scheduler together
+		script, keys = createAndSchedule, append(keys, rkeys.SchedJobs())
+		args.Sched = s.schedArgsOf(*j.Schedule, time.Time{}, 0)
+	}
+	n, err := script.Run(ctx, s.rdb, keys, append([]any{argsJSON(args)}, record...)...).Int()
 	if err != nil {
 		if s.opt.TenantMaxJobs > 0 {
 			s.uncount(ctx, j.Tenant, j.ID)
@@ -201,7 +228,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 		return Created{}, Job{}, unavailable("create job", err)
 	}
 	if n != 0 {
-		return Created{New: true, Waiting: n == 2}, Job{}, nil
+		return Created{New: true, Waiting: n == 2, Scheduled: n == 3}, Job{}, nil
 	}
 	existing, err = s.Get(ctx, j.ID)
 	if errors.Is(err, ErrNotFound) {
@@ -216,8 +243,9 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 
 // Created is what Create did.
 type Created struct {
-	New     bool // a record was written (else the id existed)
-	Waiting bool // it waits for its session's turn: not scheduled yet
+	New       bool // a record was written (else the id existed)
+	Waiting   bool // it waits for its session's turn: not scheduled yet
+	Scheduled bool // it holds the turn and was scheduled with the record
 }
 
 // uncount drops a job from its tenant's unfinished jobs. Best effort: an

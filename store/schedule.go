@@ -84,23 +84,29 @@ local function count(P, a, by)
 end
 `
 
-// scheduleJob adds a job whose turn has come at the back of its queue, and
-// nudges the dispatchers. Returns 0 when the job is here already.
-// KEYS: jobs. ARGV: schedArgs as JSON.
-var scheduleJob = redis.NewScript(lua(schedLua, `
-local a = cjson.decode(ARGV[1])
-local P = a.prefix
-if redis.call('HEXISTS', KEYS[1], a.id) == 1 then return 0 end
-local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
-if redis.call('RPUSH', q, a.at .. '|' .. a.id) == 1 then
-  redis.call('ZADD', P .. 'tm:' .. a.lane .. ':' .. a.tenant, a.at, a.model)
+// scheduleLua: schedule(a) adds a job whose turn has come at the back of its
+// queue and nudges the dispatchers; 0 when the job is there already.
+const scheduleLua = `
+local function schedule(a)
+  local P = a.prefix
+  if redis.call('HEXISTS', P .. 'jobs', a.id) == 1 then return 0 end
+  local q = P .. 'q:' .. a.lane .. ':' .. a.tenant .. ':' .. a.model
+  if redis.call('RPUSH', q, a.at .. '|' .. a.id) == 1 then
+    redis.call('ZADD', P .. 'tm:' .. a.lane .. ':' .. a.tenant, a.at, a.model)
+  end
+  hset(P .. 'w', a.tenant, a.weight)
+  activate(P, a.lane, a.tenant)
+  count(P, a, 1)
+  keepTouched(a.keep)
+  redis.call(a.publish, P .. 'nudge', '1')
+  return 1
 end
-hset(P .. 'w', a.tenant, a.weight)
-activate(P, a.lane, a.tenant)
-count(P, a, 1)
-keepTouched(a.keep)
-redis.call(a.publish, P .. 'nudge', '1')
-return 1
+`
+
+// scheduleJob schedules a job (scheduleLua).
+// KEYS: jobs. ARGV: schedArgs as JSON.
+var scheduleJob = redis.NewScript(lua(schedLua, scheduleLua, `
+return schedule(cjson.decode(ARGV[1]))
 `))
 
 // giveBackJob puts a job that found its model at quota back at the front of
@@ -307,14 +313,18 @@ type Scheduled struct {
 }
 
 func (s *Store) schedArgs(j Scheduled, until time.Time, every time.Duration) string {
-	a := schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
+	return argsJSON(s.schedArgsOf(j, until, every))
+}
+
+func (s *Store) schedArgsOf(j Scheduled, until time.Time, every time.Duration) *schedArgs {
+	a := &schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
 		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish, Keep: s.keep()}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
 		a.ProbeMin, a.ProbeWindow = probeMin.Milliseconds(), probeWindow.Milliseconds()
 		a.Every = max(every.Milliseconds(), 0)
 	}
-	return argsJSON(a)
+	return a
 }
 
 // Schedule adds a job whose turn has come to the scheduler (nothing when it

@@ -20,8 +20,9 @@ import (
 // field/value pairs, event bodies, history entries). They read it in a loop
 // from ARGV[2] on, and say so at their top ("ARGV[2..]").
 var trailingBlobs = map[string]bool{
-	"createJob": true,
-	"finish":    true,
+	"createJob":         true,
+	"createAndSchedule": true,
+	"finish":            true,
 }
 
 // TestScriptsTakeNamedArguments holds every script of the package to named
