@@ -170,10 +170,18 @@ func TestQueueSpreadOnCluster(t *testing.T) {
 	if len(masters) != 3 {
 		t.Errorf("the 3 normal queues live on %d masters, want 3", len(masters))
 	}
-	r := do(t, http.MethodGet, apis[0].URL()+"/health/queue/status", nil, nil)
-	queues, _ := r.Body["queues"].([]any)
-	workers, _ := r.Body["workers"].(map[string]any)
-	if len(queues) != 9 || workers["live"] != float64(1) {
-		t.Fatalf("queue status: %s", r.Raw)
+	// The status is a snapshot of up to 2 s ago: ask until it shows the
+	// end of the run (no backlog, the worker live).
+	var r response
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		r = do(t, http.MethodGet, apis[0].URL()+"/health/queue/status", nil, nil)
+		queues, _ := r.Body["queues"].([]any)
+		workers, _ := r.Body["workers"].(map[string]any)
+		if len(queues) == 9 && workers["live"] == float64(1) && r.Body["backlog"] == float64(0) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue status: %s", r.Raw)
+		}
 	}
 }
