@@ -812,21 +812,22 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 ## What limits the missed targets
 See docs/capacity.md for the profiles behind these notes.
 - Submit throughput: on one Redis a submit is one round trip (the job record, session order,
-  unfinished-job index and asynq's task in one script), like the thin API's; what remains is
-  the work: Redis spends about 50 µs a submit on that script against about 17 µs on asynq's
-  enqueue alone (the sorted-set insert of the reconciler's index, two EXPIREs, the record's
-  hash, and Lua's cost of some 35 arguments), and the API about 75 µs against 50 µs (request
-  log, metrics, auth, the body hash and the payload encoding). Load generator, API and
-  Redis share the 2 cores.
+  unfinished-job index and the job's place in the scheduler in one script), like the thin
+  API's; what remains is the work (profiled before the scheduler: Redis spent about 50 µs a
+  submit on the script against about 17 µs on asynq's enqueue alone, the API about 75 µs
+  against 50 µs for request log, metrics, auth, the body hash and the payload encoding).
+  Load generator, API and Redis share the 2 cores.
 - Fleet throughput: a no-op asynq task is three round trips and no work; a job is about
-  eight (asynq's dequeue, about 1.7 of them as it tries the queues in weighted order, and its
-  completion; the attempt start; the first token, which goes out at once; a size-triggered
-  batch; the final script with the last batch) and the reply's 64 token callbacks. The
-  worker's profile is about 40 % Redis round trips.
-- Commands per job: asynq's own part is 2.7 sent and 16 inside scripts; chatfleet's part is
-  the record, the attempt start, the first token (it cannot wait for the rest: time to first
-  token), any size-triggered batch and the final script, whose fencing, indexes, event log,
-  history and TTLs run about 40 commands inside Redis.
+  eleven in the timed run: the scheduler's hand-out (its share of a dispatch script, a
+  pipelined read of the record, asynq's enqueue: before the scheduler the enqueue was part
+  of the submit, outside the timed run), asynq's dequeue and completion, the attempt start,
+  the first token, a size-triggered batch, the final script with the last batch, and the
+  reply's 64 token callbacks.
+- Commands per job: asynq's own part is 3 sent and 16 inside scripts; chatfleet's part is
+  the record with its place in the scheduler, the hand-out (dispatch script, record read),
+  the attempt start, the first token (it cannot wait for the rest: time to first token), any
+  size-triggered batch and the final script, whose fencing, indexes, event log, history and
+  TTLs run about 40 commands inside Redis.
 - RSS per stream (when missed): a stream is served from its hijacked connection by one
   goroutine (net/http's connection goroutine, background reader and buffers are released);
   what remains is that goroutine's stack, the subscription and the kernel's socket.
