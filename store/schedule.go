@@ -162,7 +162,10 @@ type schedArgs struct {
 // then, per job, picks a lane (smooth weighted round robin among lanes with a
 // runnable job), the lane's tenant with the lowest pass, and that tenant's
 // oldest runnable model; a model met blocked is set aside for the tenant.
-// Returns {{id, lane, tenant, model, session}…, next block end ms or -1}.
+// The jobs a tenant gets in a row from one model are taken as one run (one
+// LRANGE, one update of the lane): a round's cost grows with the runs in it,
+// not with its jobs. Returns {{id, lane, tenant, model, session}…, next
+// block end ms or -1}.
 // KEYS: jobs. ARGV: dispatchArgs as JSON.
 var dispatchJobs = redis.NewScript(lua(schedLua, `
 local a = cjson.decode(ARGV[1])
@@ -189,25 +192,46 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', P .. 'blocked', '-inf', now)) do
     hset(P .. 'probe', m, probes + 1)
   end
 end
--- pick takes the next job of a lane, or nothing when its tenants turn out
--- to have only blocked models (they leave the rotation).
-local function pick(lane)
+-- What a round reads more than once is read once.
+local weights, blockedUntil, probing = {}, {}, {}
+local function weight(tenant)
+  if not weights[tenant] then weights[tenant] = tonumber(redis.call('HGET', P .. 'w', tenant)) or 1 end
+  return weights[tenant]
+end
+local function blocked(m)
+  if blockedUntil[m] == nil then blockedUntil[m] = tonumber(redis.call('ZSCORE', P .. 'blocked', m)) or false end
+  return blockedUntil[m] and blockedUntil[m] > now
+end
+local function probed(m)
+  if probing[m] == nil then probing[m] = redis.call('HEXISTS', P .. 'probe', m) == 1 end
+  return probing[m]
+end
+-- before says whether (score, member) comes first in a sorted set.
+local function before(s1, m1, s2, m2) return s1 < s2 or (s1 == s2 and m1 < m2) end
+local vt = {} -- lane -> pass of the last job handed out from it
+-- run takes up to want jobs of a lane that would go one after another: the
+-- tenant with the lowest pass, while its pass stays below the next tenant's,
+-- from its oldest model, while its jobs are older than the next model's
+-- head (one job of a model being probed). Returns the jobs (none when the
+-- lane's tenants turn out to have only blocked models: they leave the
+-- rotation) and whether the lane still has a tenant in rotation.
+local function run(lane, want)
   local lk = P .. 'lane:' .. lane
   while true do
-    local top = redis.call('ZRANGE', lk, 0, 0, 'WITHSCORES')
-    if #top == 0 then return nil end
+    local top = redis.call('ZRANGE', lk, 0, 1, 'WITHSCORES')
+    if #top == 0 then return {}, false end
     local tenant, pass = top[1], tonumber(top[2])
     local tmk = P .. 'tm:' .. lane .. ':' .. tenant
-    local model
+    local model, nextModel, nextHead
     while true do
-      local m = redis.call('ZRANGE', tmk, 0, 0)[1]
+      local ms = redis.call('ZRANGE', tmk, 0, 1, 'WITHSCORES')
+      local m = ms[1]
       if not m then break end
-      local blocked = tonumber(redis.call('ZSCORE', P .. 'blocked', m))
-      if blocked and blocked > now then
+      if blocked(m) then
         redis.call('ZREM', tmk, m)
         redis.call('SADD', P .. 'bw:' .. m, lane .. '\n' .. tenant)
       else
-        model = m
+        model, nextModel, nextHead = m, ms[3], tonumber(ms[4])
         break
       end
     end
@@ -215,56 +239,127 @@ local function pick(lane)
       redis.call('ZREM', lk, tenant)
       hset(P .. 'pass:' .. lane, tenant, pass)
     else
-      if redis.call('HEXISTS', P .. 'probe', model) == 1 then
-        redis.call('ZADD', P .. 'blocked', now + (tonumber(redis.call('HGET', P .. 'pw', model)) or a.probe_window), model)
+      local w = weight(tenant)
+      local k = want
+      if probed(model) then
+        k = 1
+        blockedUntil[model] = now + (tonumber(redis.call('HGET', P .. 'pw', model)) or a.probe_window)
+        redis.call('ZADD', P .. 'blocked', blockedUntil[model], model)
       end
+      -- The tenant keeps the lowest pass for c jobs.
+      local c = k
+      if top[3] then
+        local rival, rivalPass, np = top[3], tonumber(top[4]), pass + 1 / w
+        c = 1
+        while c < k and before(np, tenant, rivalPass, rival) do c, np = c + 1, np + 1 / w end
+      end
+      -- Its oldest model keeps its place for as many of them.
       local q = P .. 'q:' .. lane .. ':' .. tenant .. ':' .. model
-      local entry = redis.call('LPOP', q)
+      local entries = redis.call('LRANGE', q, 0, c - 1)
+      local took = 1
+      while took < #entries and (not nextModel or before(headAt(entries[took + 1]), model, nextHead, nextModel)) do took = took + 1 end
+      for i = took + 1, #entries do entries[i] = nil end
+      local last = pass -- the pass of the run's last job, added up as one job at a time would
+      for _ = 2, took do last = last + 1 / w end
+      local np = last + 1 / w
+      vt[lane] = last
+      redis.call('LTRIM', q, took, -1)
       local head = redis.call('LINDEX', q, 0)
-      if head then redis.call('ZADD', tmk, headAt(head), model) else redis.call('ZREM', tmk, model) end
-      hset(P .. 'vt', lane, pass)
-      local np = pass + 1 / (tonumber(redis.call('HGET', P .. 'w', tenant)) or 1)
-      if redis.call('ZCARD', tmk) > 0 then
+      local runnable = true
+      if head then
+        redis.call('ZADD', tmk, headAt(head), model)
+      else
+        redis.call('ZREM', tmk, model)
+        runnable = redis.call('ZCARD', tmk) > 0
+      end
+      local busy = true
+      if runnable then
         redis.call('ZADD', lk, np, tenant)
       else
         redis.call('ZREM', lk, tenant)
         hset(P .. 'pass:' .. lane, tenant, np)
+        busy = top[3] ~= nil
       end
-      local id = entry:match('|(.*)$')
-      local place = redis.call('HGET', KEYS[1], id)
-      local session = place and cjson.decode(place).session or ''
-      redis.call('HDEL', KEYS[1], id)
-      redis.call('ZREM', P .. 'ml:' .. lane .. ':' .. model, id)
-      count(P, {tenant = tenant}, -1)
-      return {id, lane, tenant, model, session}
+      local ids = {}
+      for i, e in ipairs(entries) do ids[i] = e:match('|(.*)$') end
+      local places = redis.call('HMGET', KEYS[1], unpack(ids))
+      redis.call('HDEL', KEYS[1], unpack(ids))
+      redis.call('ZREM', P .. 'ml:' .. lane .. ':' .. model, unpack(ids))
+      count(P, {tenant = tenant}, -took)
+      local jobs = {}
+      for i, id in ipairs(ids) do
+        local session = places[i] and cjson.decode(places[i]).session or ''
+        jobs[i] = {id, lane, tenant, model, session}
+      end
+      return jobs, busy
     end
   end
 end
 local cur = {}
 local saved = redis.call('HGETALL', P .. 'swrr')
 for i = 1, #saved, 2 do cur[saved[i]] = tonumber(saved[i + 1]) end
-local out = {}
 local busy = {} -- lanes with a tenant in rotation, read once, then kept up to date
 for _, lane in ipairs(a.lanes) do busy[lane] = redis.call('EXISTS', P .. 'lane:' .. lane) == 1 end
-while #out < a.n do
+-- step is one turn of the smooth weighted round robin over the busy lanes.
+local function step(c, b)
   local best, total = nil, 0
   for i, lane in ipairs(a.lanes) do
-    if busy[lane] then
-      cur[lane] = (cur[lane] or 0) + a.weights[i]
+    if b[lane] then
+      c[lane] = (c[lane] or 0) + a.weights[i]
       total = total + a.weights[i]
-      if not best or cur[lane] > cur[best] then best = lane end
+      if not best or c[lane] > c[best] then best = lane end
     else
-      cur[lane] = 0
+      c[lane] = 0
     end
   end
-  if not best then break end
-  local job = pick(best)
-  busy[best] = redis.call('EXISTS', P .. 'lane:' .. best) == 1
-  if job then
-    cur[best] = cur[best] - total
-    out[#out + 1] = job
-  end
+  return best, total
 end
+-- ahead counts the turns a lane gets in the next r, if the busy lanes stay
+-- busy: how many of its jobs to take at once.
+local function ahead(lane, r)
+  local c, b, n = {}, {}, 0
+  for k, v in pairs(cur) do c[k] = v end
+  for k, v in pairs(busy) do b[k] = v end
+  for _ = 1, r do
+    local best, total = step(c, b)
+    if best == lane then n = n + 1 end
+    c[best] = c[best] - total
+  end
+  return n
+end
+local out = {}
+local taken = {} -- lane -> jobs taken from it and not yet handed out, and the next one's index
+while #out < a.n do
+  local best, total = step(cur, busy)
+  if not best then break end
+  local t = taken[best]
+  if not t or t.next > #t.jobs then
+    -- the turn's own step is done: count the rest from cur as it was
+    cur[best] = cur[best] - total
+    local want = 1 + ahead(best, a.n - #out - 1)
+    cur[best] = cur[best] + total
+    t = {jobs = {}, next = 1, more = true}
+    taken[best] = t
+    while #t.jobs < want and t.more do
+      local jobs, more = run(best, want - #t.jobs)
+      for _, j in ipairs(jobs) do t.jobs[#t.jobs + 1] = j end
+      t.more = more and #jobs > 0
+    end
+  end
+  if t.next <= #t.jobs then
+    out[#out + 1] = t.jobs[t.next]
+    t.next = t.next + 1
+    cur[best] = cur[best] - total
+  end
+  busy[best] = t.next <= #t.jobs or t.more
+end
+-- A lane that ran dry mid-round may leave another lane's run longer than its
+-- turns: those jobs are out of the scheduler, so they go too.
+for _, lane in ipairs(a.lanes) do
+  local t = taken[lane]
+  if t then for i = t.next, #t.jobs do out[#out + 1] = t.jobs[i] end end
+end
+for lane, pass in pairs(vt) do hset(P .. 'vt', lane, pass) end
 local state = {}
 for _, lane in ipairs(a.lanes) do
   state[#state + 1] = lane

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,5 +196,52 @@ func TestSchedulerUnschedule(t *testing.T) {
 	got := dispatch(t, s, 10)
 	if len(got) != 2 || got[0].ID != ids[1] || got[1].ID != ids[2] {
 		t.Fatalf("after the cancels: %+v", got)
+	}
+}
+
+// A round of n jobs hands out the jobs that n rounds of one would, in the
+// same order: taking a tenant's run of jobs at once changes no decision.
+// Random backlogs over three lanes, tenants of several weights and models,
+// with jobs coming between rounds.
+func TestSchedulerRoundEqualsOneAtATime(t *testing.T) {
+	batched, _ := schedStore(t)
+	single, _ := schedStore(t)
+	for seed := range int64(12) {
+		for _, s := range []*Store{batched, single} {
+			if err := s.rdb.FlushAll(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rng := rand.New(rand.NewPCG(uint64(seed), 7))
+		tenants := []string{"acme", "beta", "cool", "dune"}
+		weights := map[string]float64{"acme": 3, "beta": 1, "cool": 2, "dune": 0.5}
+		models := []string{"x", "y", "z"}
+		next := 0
+		for round := range 30 {
+			for range rng.IntN(25) {
+				tenant := tenants[rng.IntN(len(tenants))]
+				j := Scheduled{ID: fmt.Sprintf("j%d", next), Lane: testLanes[rng.IntN(len(testLanes))].Name, Tenant: tenant,
+					Model: models[rng.IntN(len(models))], At: batched.opt.Clock().Add(time.Duration(rng.IntN(5)) * time.Millisecond), Weight: weights[tenant]}
+				next++
+				for _, s := range []*Store{batched, single} {
+					if err := s.Schedule(context.Background(), j); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			n := 1 + rng.IntN(20)
+			var got, want []string
+			for _, j := range dispatch(t, batched, n) {
+				got = append(got, j.ID)
+			}
+			for range n {
+				for _, j := range dispatch(t, single, 1) {
+					want = append(want, j.ID)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("seed %d round %d (n %d): a round handed out\n%v\none at a time\n%v", seed, round, n, got, want)
+			}
+		}
 	}
 }
