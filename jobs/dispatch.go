@@ -65,6 +65,11 @@ type DispatchOptions struct {
 	// picked up (a poll interval or two); until then, or until this worker
 	// starts a task, it counts against the free slots. Default 100 ms.
 	Pickup time.Duration
+	// Batch is how many free slots a round waits for, at most Linger,
+	// while the scheduler has a backlog: one round a freed slot would cost
+	// a dispatch script a job on a busy worker. Default 1 (no wait).
+	Batch  int
+	Linger time.Duration
 	Log    zerolog.Logger
 }
 
@@ -76,6 +81,16 @@ type Dispatcher struct {
 	m    *Manager
 	o    DispatchOptions
 	poke chan struct{}
+
+	// handing counts the rounds whose tasks are being enqueued; enqueues
+	// bounds the enqueues under way across rounds.
+	handing  sync.WaitGroup
+	enqueues chan struct{}
+
+	// backlog says the last round left jobs in the scheduler; waitSince is
+	// when the round that waits for a batch first put it off. Run's only.
+	backlog   bool
+	waitSince time.Time
 
 	mu sync.Mutex
 	// outstanding are the times of the tasks handed out here and not yet
@@ -89,7 +104,11 @@ func (m *Manager) NewDispatcher(o DispatchOptions) *Dispatcher {
 	if o.Pickup <= 0 {
 		o.Pickup = 100 * time.Millisecond
 	}
-	return &Dispatcher{m: m, o: o, poke: make(chan struct{}, 1)}
+	o.Batch = max(o.Batch, 1)
+	if o.Linger <= 0 {
+		o.Linger = 20 * time.Millisecond
+	}
+	return &Dispatcher{m: m, o: o, poke: make(chan struct{}, 1), enqueues: make(chan struct{}, handOutParallel)}
 }
 
 // Started says this worker started a task: one handed out is picked up.
@@ -135,8 +154,10 @@ func (d *Dispatcher) Poke() {
 // nudge (the subscription reconnecting) delays a job by at most this.
 const dispatchEvery = time.Second
 
-// Run dispatches until ctx ends.
+// Run dispatches until ctx ends, then waits for the tasks of the jobs it took
+// from the scheduler to be enqueued.
 func (d *Dispatcher) Run(ctx context.Context) {
+	defer d.handing.Wait()
 	ps := d.m.st.ListenNudges(ctx)
 	defer ps.Close()
 	nudges := ps.Channel()
@@ -144,50 +165,94 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	defer tick.Stop()
 	unblock := time.NewTimer(time.Hour)
 	defer unblock.Stop()
+	batched := time.NewTimer(time.Hour)
+	defer batched.Stop()
 	for {
 		// A round at once: a worker that starts finds the backlog that
 		// came before it subscribed.
-		next := d.round(ctx)
+		next, wait := d.round(ctx)
 		if !next.IsZero() {
 			unblock.Reset(max(time.Until(next), time.Millisecond))
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-nudges:
-		case <-d.poke:
-		case <-tick.C:
-		case <-unblock.C:
+		if !wait.IsZero() {
+			batched.Reset(max(time.Until(wait), 0))
+		}
+		for due := false; !due; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.poke:
+				// A freed slot matters only while jobs wait: without a
+				// backlog, new work comes with a nudge.
+				due = d.backlog
+			case <-nudges:
+				due = true
+			case <-tick.C:
+				due = true
+			case <-unblock.C:
+				due = true
+			case <-batched.C:
+				due = true
+			}
 		}
 	}
 }
 
 // round hands out as many jobs as this worker has free slots beyond the
 // tasks it handed out that wait to be picked up, and returns when the
-// earliest model block ends.
-func (d *Dispatcher) round(ctx context.Context) time.Time {
+// earliest model block ends. While the scheduler has a backlog, it waits
+// for a batch of free slots up to the linger, and returns when that ends.
+func (d *Dispatcher) round(ctx context.Context) (next, wait time.Time) {
 	n := d.o.Free() - d.pending()
 	if n <= 0 {
-		return time.Time{}
+		// Work may have come meanwhile: the next freed slot asks.
+		d.backlog, d.waitSince = true, time.Time{}
+		return time.Time{}, time.Time{}
 	}
+	if d.backlog && n < d.o.Batch {
+		now := time.Now()
+		if d.waitSince.IsZero() {
+			d.waitSince = now
+		}
+		if until := d.waitSince.Add(d.o.Linger); now.Before(until) {
+			return time.Time{}, until
+		}
+	}
+	d.waitSince = time.Time{}
 	got, next, err := d.m.st.Dispatch(ctx, n, lanes)
 	if err != nil {
 		d.o.Log.Warn().Err(err).Msg("could not dispatch")
-		return time.Time{}
+		return time.Time{}, time.Time{}
 	}
+	d.backlog = len(got) == n
 	if len(got) > 0 {
 		d.handedOut(len(got))
-		d.m.handOut(ctx, got, d.o.Log)
+		// The enqueues go on beside the next rounds: a round waiting for
+		// its enqueues would hand out only the slots freed before it
+		// began. The jobs are out of the scheduler now, so their enqueues
+		// outlive a shutdown's cancel (bounded by handOutTimeout).
+		d.handing.Add(1)
+		go func() {
+			defer d.handing.Done()
+			hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handOutTimeout)
+			defer cancel()
+			d.m.handOut(hctx, got, d.enqueues, d.o.Log)
+		}()
 	}
-	return next
+	return next, time.Time{}
 }
+
+// handOutTimeout bounds a round's enqueues; a job whose enqueue did not
+// happen by then goes back to the scheduler, or to the reconciler.
+const handOutTimeout = 5 * time.Second
 
 // handOut enqueues the tasks of jobs the scheduler handed out. A job that
 // ended meanwhile (canceled) is dropped; one whose record is gone hands its
 // session's turn on; one whose enqueue fails goes back to the scheduler, or,
 // if that fails too, the reconciler finds it (queued, neither scheduled nor
 // with a task) and schedules it again.
-func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolog.Logger) {
+// sem bounds the enqueues under way at once.
+func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, sem chan struct{}, log zerolog.Logger) {
 	ids := make([]string, len(got))
 	for i, s := range got {
 		ids[i] = s.ID
@@ -201,7 +266,6 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolo
 	// jobs (a worker starting with 100 free slots) would wait out as many
 	// round trips before the last one could start.
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, handOutParallel)
 	for i, r := range recs {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -213,7 +277,7 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, log zerolo
 	wg.Wait()
 }
 
-// handOutParallel bounds the enqueues of one round under way at once.
+// handOutParallel bounds a worker's enqueues under way at once.
 const handOutParallel = 16
 
 func (m *Manager) handOutOne(ctx context.Context, s store.Scheduled, r store.ToRun, log zerolog.Logger) {
