@@ -35,7 +35,8 @@ type Worker struct {
 	// The dispatcher hands this worker's free slots the scheduler's jobs.
 	dispatcher   *jobs.Dispatcher
 	stopDispatch context.CancelFunc
-	busy         atomic.Int64 // tasks in the handler now
+	dispatched   chan struct{} // closed when the dispatcher's last enqueues are done
+	busy         atomic.Int64  // tasks in the handler now
 	concurrency  int
 }
 
@@ -76,7 +77,11 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 	w := &Worker{srv: srv, pipeline: p, log: log, stop: func() {}, stopDispatch: func() {}, concurrency: o.Concurrency}
 	// A task handed out is picked up within a poll or two of an idle
 	// processor (asynq's TaskCheckInterval).
-	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Pickup: max(2*o.PollInterval+50*time.Millisecond, 100*time.Millisecond), Log: log})
+	// While jobs wait, a round waits for an eighth of the slots to free
+	// (at most the dispatcher's linger), so a busy worker's hand-outs come
+	// in batches, not a dispatch script per job.
+	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Pickup: max(2*o.PollInterval+50*time.Millisecond, 100*time.Millisecond),
+		Batch: o.Concurrency / 8, Log: log})
 	w.mux = asynq.NewServeMux()
 	w.mux.Use(withJobLogger(log), countActive(p.m.active), w.countSlots, recoverPanics)
 	w.mux.Handle(tasks.TypeChatComplete, p)
@@ -108,7 +113,11 @@ func (w *Worker) Start() error {
 	go w.pipeline.jobs.RenewLeases(ctx, w.pipeline.jobs.Lease(), w.log)
 	dctx, stopDispatch := context.WithCancel(ctx)
 	w.stopDispatch = stopDispatch
-	go w.dispatcher.Run(dctx)
+	w.dispatched = make(chan struct{})
+	go func() {
+		defer close(w.dispatched)
+		w.dispatcher.Run(dctx)
+	}()
 	return nil
 }
 
@@ -116,6 +125,9 @@ func (w *Worker) Start() error {
 // shutdown timeout and hands the rest back to the queue.
 func (w *Worker) Shutdown() {
 	w.stopDispatch()
+	if w.dispatched != nil {
+		<-w.dispatched // the jobs taken from the scheduler are in the queue
+	}
 	w.srv.Stop()
 	w.srv.Shutdown()
 	w.stop() // leases are renewed while jobs drain
