@@ -62,8 +62,9 @@ type DispatchOptions struct {
 	// Free is how many more jobs this worker can run now.
 	Free func() int
 	// Pickup is how long a task this dispatcher handed out may take to be
-	// picked up (a poll interval or two); until then, or until this worker
-	// starts a task, it counts against the free slots. Default 100 ms.
+	// picked up (about one poll of an idle processor); until then, or until
+	// this worker starts a task, it counts against the free slots, and then
+	// the dispatcher looks at its free slots again. Default 40 ms.
 	Pickup time.Duration
 	// Batch is how many free slots a round waits for, at most Linger,
 	// while the scheduler has a backlog: one round a freed slot would cost
@@ -102,7 +103,7 @@ type Dispatcher struct {
 // NewDispatcher returns a dispatcher; Run starts it.
 func (m *Manager) NewDispatcher(o DispatchOptions) *Dispatcher {
 	if o.Pickup <= 0 {
-		o.Pickup = 100 * time.Millisecond
+		o.Pickup = 40 * time.Millisecond
 	}
 	o.Batch = max(o.Batch, 1)
 	if o.Linger <= 0 {
@@ -131,6 +132,16 @@ func (d *Dispatcher) pending() int {
 	}
 	d.outstanding = d.outstanding[i:]
 	return len(d.outstanding)
+}
+
+// pickupDue is when the oldest task handed out here counts as picked up.
+func (d *Dispatcher) pickupDue() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.outstanding) == 0 {
+		return time.Time{}
+	}
+	return d.outstanding[0].Add(d.o.Pickup)
 }
 
 func (d *Dispatcher) handedOut(n int) {
@@ -171,6 +182,12 @@ func (d *Dispatcher) Run(ctx context.Context) {
 		// A round at once: a worker that starts finds the backlog that
 		// came before it subscribed.
 		next, wait := d.round(ctx)
+		// Free slots held for tasks handed out here are looked at again
+		// when the oldest of those is past its pickup: another worker may
+		// have taken it, and no slot of this one would free up to say so.
+		if due := d.pickupDue(); !due.IsZero() && d.o.Free() > 0 && (wait.IsZero() || due.Before(wait)) {
+			wait = due
+		}
 		if !next.IsZero() {
 			unblock.Reset(max(time.Until(next), time.Millisecond))
 		}

@@ -73,3 +73,45 @@ func TestDispatcherHandsOutInBatches(t *testing.T) {
 		t.Fatalf("the rest: %d waiting, backlog %v", w, d.backlog)
 	}
 }
+
+// A task handed out for a free slot here may be taken by another worker:
+// past its pickup time the slot is offered again at once, not when a slot
+// of this worker next frees up or at the once-a-second round.
+func TestDispatcherOffersASlotAgainAfterItsPickup(t *testing.T) {
+	m, st := newManager(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 10 {
+		nj, p := submission(fmt.Sprintf("job-%02d", i), fmt.Sprintf("s%d", i), "h")
+		if _, err := m.Submit(ctx, nj, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two slots stay free: every task handed out goes to another worker
+	// (this one never starts one).
+	d := m.NewDispatcher(DispatchOptions{Free: func() int { return 2 }, Pickup: 30 * time.Millisecond, Log: zerolog.Nop()})
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	start := time.Now()
+	for {
+		b, err := st.SchedStatus(ctx, []string{"high", "normal", "low"}, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, l := range b.Lanes {
+			n += l.Queued
+		}
+		if n == 0 {
+			break
+		}
+		// Only the slots' pickups can have handed out 10 before the round
+		// of once a second comes.
+		if time.Since(start) > dispatchEvery*9/10 {
+			t.Fatalf("%d of 10 jobs still wait after %v: the free slots were not offered again after their pickup", n, time.Since(start))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}

@@ -75,12 +75,14 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 		}),
 	})
 	w := &Worker{srv: srv, pipeline: p, log: log, stop: func() {}, stopDispatch: func() {}, concurrency: o.Concurrency}
-	// A task handed out is picked up within a poll or two of an idle
-	// processor (asynq's TaskCheckInterval).
+	// An idle processor polls every 1/2 to 3/2 of asynq's TaskCheckInterval,
+	// so a task handed out for a free slot here is picked up by then, or
+	// another worker took it: past that, the slot is offered again (a
+	// longer wait left a fleet's slots idle for it at every wave of jobs).
 	// While jobs wait, a round waits for an eighth of the slots to free
 	// (at most the dispatcher's linger), so a busy worker's hand-outs come
 	// in batches, not a dispatch script per job.
-	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Pickup: max(2*o.PollInterval+50*time.Millisecond, 100*time.Millisecond),
+	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Pickup: o.PollInterval + 20*time.Millisecond,
 		Batch: o.Concurrency / 8, Log: log})
 	w.mux = asynq.NewServeMux()
 	w.mux.Use(withJobLogger(log), countActive(p.m.active), w.countSlots, recoverPanics)
