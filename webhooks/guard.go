@@ -12,13 +12,18 @@ import (
 // loopback or a cloud's metadata service. The check is on the address
 // actually connected to, after resolution, so a name that resolves (or
 // re-resolves) to such an address is refused too. fec0::/10 is the
-// deprecated site-local range, private wherever it is still routed.
+// deprecated site-local range, private wherever it is still routed; ::/96
+// the deprecated IPv4-compatible addresses (::127.0.0.1), which Unmap does
+// not turn into IPv4. The documentation ranges (192.0.2.0/24,
+// 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) are never a real
+// receiver, and may be routed inside a network.
 var privateNets = func() []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range []string{
 		"0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-		"192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
-		"::/128", "::1/128", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+		"192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+		"224.0.0.0/4", "240.0.0.0/4",
+		"::/96", "::1/128", "64:ff9b::/96", "2001:db8::/32", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
 	} {
 		out = append(out, netip.MustParsePrefix(s))
 	}

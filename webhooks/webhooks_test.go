@@ -16,6 +16,9 @@ func TestPrivateAddressesAreRefused(t *testing.T) {
 		"127.0.0.1": true, "10.1.2.3": true, "172.16.0.1": true, "192.168.1.1": true, "169.254.169.254": true,
 		"100.64.0.1": true, "0.0.0.0": true, "::1": true, "fd00:ec2::254": true, "fe80::1": true, "::ffff:127.0.0.1": true,
 		"::ffff:10.0.0.1": true, "64:ff9b::a00:1": true, "224.0.0.1": true,
+		"192.0.2.10": true, "198.51.100.7": true, "203.0.113.255": true, "2001:db8::1": true, "2001:db8:ffff::1": true,
+		"::127.0.0.1": true, "::a00:1": true, "::": true,
+		"192.0.3.1": false, "198.51.101.1": false, "203.0.114.1": false, "2001:db9::1": false, "::1:0:0:1": false,
 		"93.184.216.34": false, "8.8.8.8": false, "2606:4700::1111": false, "172.32.0.1": false,
 	} {
 		if got := privateAddr(netip.MustParseAddr(addr)); got != private {
