@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -340,5 +341,40 @@ func TestSubmitRefusesAZonedWebhookURL(t *testing.T) {
 		if rec.Code != http.StatusUnprocessableEntity || errObj == nil || errObj["field"] != "webhook_url" {
 			t.Errorf("webhook_url %s: got %d %s, want 422 naming webhook_url", url, rec.Code, rec.Body.String())
 		}
+	}
+}
+
+// A cursor is "<ms>.<job id>": one over a small length is refused, however it
+// is made, and the list's own cursors are taken.
+func TestListRefusesALongCursor(t *testing.T) {
+	e, _ := newAPI(t, map[string]string{keyA: "acme"})
+	asA := map[string]string{"Authorization": "Bearer " + keyA}
+	for _, cur := range []string{"1700000000000.job_" + strings.Repeat("a", 100*1024), "1." + "job_" + strings.Repeat("b", maxCursor)} {
+		rec, body := call(e, http.MethodGet, "/api/v1/chat/jobs?cursor="+cur, "", "", asA)
+		if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), `"cursor"`) {
+			t.Fatalf("a %d-byte cursor: %d %v", len(cur), rec.Code, body)
+		}
+	}
+	if rec, _ := call(e, http.MethodGet, "/api/v1/chat/jobs?cursor=1764806400000.job_aaaaaaaaaaaaaaaaaaaaaaaaaa", "", "", asA); rec.Code != http.StatusOK {
+		t.Fatalf("a cursor of the list's shape: %d %s", rec.Code, rec.Body.String())
+	}
+}
+
+// A usage query spans at most 366 days (the ledger is read month by month);
+// beyond that it is refused naming from.
+func TestUsageRangeIsCapped(t *testing.T) {
+	now := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	if _, _, err := usageRange("2025-12-03", "2026-12-03", now); err != nil {
+		t.Fatalf("366 days refused: %v", err)
+	}
+	_, _, err := usageRange("2025-12-02", "2026-12-03", now)
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || ae.Field != "from" {
+		t.Fatalf("367 days: %v", err)
+	}
+	e, _ := newAPI(t, map[string]string{keyA: "acme"})
+	rec, _ := call(e, http.MethodGet, "/api/v1/usage?from=2020-01-01&to=2026-12-01", "", "", map[string]string{"Authorization": "Bearer " + keyA})
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "366 days") {
+		t.Fatalf("six years: %d %s", rec.Code, rec.Body.String())
 	}
 }

@@ -33,8 +33,9 @@ func (s *Server) listJobs(c echo.Context) error {
 		}
 		limit = n
 	}
-	after, err := store.ParseCursor(c.QueryParam("cursor"))
-	if err != nil {
+	q := c.QueryParam("cursor")
+	after, err := store.ParseCursor(q)
+	if len(q) > maxCursor || err != nil {
 		return errf(http.StatusBadRequest, "invalid_query", "cursor", "cursor must be a next_cursor this list returned")
 	}
 	list, next, err := s.store.List(c.Request().Context(), tenantOf(c), f, limit, after)
@@ -51,3 +52,7 @@ func (s *Server) listJobs(c echo.Context) error {
 	}
 	return c.JSON(http.StatusOK, map[string]any{"data": data, "next_cursor": cursor, "has_more": next != nil})
 }
+
+// maxCursor bounds a cursor's length: a next_cursor is "<ms>.<job id>", well
+// under it, and nothing longer is read further.
+const maxCursor = 128
