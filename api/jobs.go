@@ -58,6 +58,7 @@ func (s *Server) submit(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	bodyReleased(c)
 	c.Response().Header().Set("Location", jobURL(sub.Job.ID))
 	resp := newSubmitResponse(sub.Job.ID, sub.Job.SessionID)
 	if !sub.Replayed {

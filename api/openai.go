@@ -25,7 +25,7 @@ import (
 // registerOpenAI adds /v1/chat/completions and /v1/models.
 func (s *Server) registerOpenAI(e *echo.Echo) {
 	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.gate.middleware, s.rate.middleware}
-	e.POST("/v1/chat/completions", s.chatCompletions, mw...)
+	e.POST("/v1/chat/completions", s.chatCompletions, append(mw, s.bytes.limit(maxOpenAIBody))...)
 	e.GET("/v1/models", s.listModels, mw...)
 	e.GET("/v1/models/*", s.getModel, mw...)
 }
@@ -103,6 +103,7 @@ func (s *Server) chatCompletions(c echo.Context) error {
 	if _, err := s.jobs.Submit(c.Request().Context(), nj, p); err != nil {
 		return err
 	}
+	bodyReleased(c)
 
 	// Chunks before the last name the model asked for; a fallback's name is
 	// known only when it has answered (the final chunk and a whole answer).

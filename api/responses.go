@@ -33,7 +33,7 @@ import (
 
 func (s *Server) registerResponses(e *echo.Echo) {
 	mw := []echo.MiddlewareFunc{openAIErrors, auth(s.keys), s.gate.middleware, s.rate.middleware}
-	e.POST("/v1/responses", s.createResponse, mw...)
+	e.POST("/v1/responses", s.createResponse, append(mw, s.bytes.limit(maxOpenAIBody))...)
 	e.GET("/v1/responses/:id", s.getResponse, mw...)
 	e.POST("/v1/responses/:id/cancel", s.cancelResponse, mw...)
 	e.DELETE("/v1/responses/:id", s.deleteResponse, mw...)
@@ -124,6 +124,7 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err // refused (a cap, Redis): nothing of the response was written
 	}
+	bodyReleased(c)
 	if stored { // store: false keeps nothing once the answer is delivered
 		if err := s.saveResponse(ctx, rec); err != nil {
 			s.abandon(ctx, sub.Job, "the response could not be recorded")

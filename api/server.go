@@ -47,6 +47,11 @@ type Options struct {
 	// MaxConversationBytes caps a /v1/responses conversation continued with
 	// previous_response_id (0: no cap).
 	MaxConversationBytes int
+	// MaxInflightBytes and TenantMaxInflightBytes bound the request bytes
+	// this process reads and holds until their jobs are submitted, in all
+	// and per tenant (0: no limit); over either a submit gets 429
+	// too_many_bytes_in_flight before its body is read.
+	MaxInflightBytes, TenantMaxInflightBytes int64
 	// Webhooks are the tenants' webhook endpoints and secrets (nil: none).
 	Webhooks *webhooks.Registry
 	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.
@@ -103,6 +108,7 @@ type Server struct {
 	rate    *tenantLimiter
 	rdb     redis.UniversalClient
 	cap     *streamCap
+	bytes   *inflight
 	opt     Options
 	m       *metrics
 	streams sync.WaitGroup // streams served off their connections
@@ -125,7 +131,8 @@ func New(d Deps, opt Options) *Server {
 	}
 	s := &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
-		cap: &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat}}
+		cap:   &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat},
+		bytes: newInflight(opt.MaxInflightBytes, opt.TenantMaxInflightBytes)}
 	s.gate.interrupt = d.Interrupt
 	go s.gate.watch(opt.Closing, d.Redis)
 	go s.watchBudgets(opt.Closing, s.m.overSoftLimit)
@@ -151,7 +158,7 @@ func (s *Server) Register(e *echo.Echo) {
 	// Middleware per route, not per group: a group's catch-all would turn a
 	// wrong method into 404 instead of 405.
 	mw := []echo.MiddlewareFunc{auth(s.keys), s.gate.middleware, s.rate.middleware}
-	e.POST("/api/v1/chat/jobs", s.submit, mw...)
+	e.POST("/api/v1/chat/jobs", s.submit, append(mw, s.bytes.limit(maxBodyBytes))...)
 	e.GET("/api/v1/chat/jobs", s.listJobs, mw...)
 	e.GET("/api/v1/chat/jobs/:id", s.getJob, mw...)
 	e.GET("/api/v1/usage", s.usage, mw...)

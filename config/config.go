@@ -66,6 +66,8 @@ type Config struct {
 	SSEHeartbeat                  time.Duration
 	StreamMaxDuration             time.Duration
 	TenantMaxStreams              int
+	MaxInflightBytes              int64
+	TenantMaxInflightBytes        int64
 	// ResponsesMaxConversationBytes caps a /v1/responses conversation.
 	ResponsesMaxConversationBytes int
 	AdminKey                      string
@@ -103,6 +105,9 @@ func Load(role Role, getenv func(string) string) (Config, error) {
 		if err := v.set(&c, raw); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", v.Name, err))
 		}
+	}
+	if c.TenantMaxInflightBytes < 0 {
+		c.TenantMaxInflightBytes = c.MaxInflightBytes / 4
 	}
 	if fb, err := parseFallbacks(c.LLMFallbacks, getenv); err != nil {
 		errs = append(errs, fmt.Errorf("CHATFLEET_LLM_FALLBACKS: %w", err))

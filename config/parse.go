@@ -27,6 +27,20 @@ func intVar(field func(*Config) *int, min int) func(*Config, string) error {
 	}
 }
 
+func int64Var(field func(*Config) *int64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("must be a whole number of bytes, got %q", v)
+		}
+		if n < 0 {
+			return fmt.Errorf("must be at least 0, got %d", n)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
 func durationVar(field func(*Config) *time.Duration, min time.Duration) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)

@@ -167,6 +167,16 @@ func Vars(role Role) []Var {
 			durationVar(func(c *Config) *time.Duration { return &c.StreamMaxDuration }, time.Second)},
 		{"CHATFLEET_TENANT_MAX_STREAMS", "0", "held connections of one tenant across all API processes (SSE streams, ?wait= long polls, /v1 requests waiting for their answer); beyond it 429 (0: unlimited; e.g. 200 in a multi-tenant production)", false,
 			intVar(func(c *Config) *int { return &c.TenantMaxStreams }, 0)},
+		{"CHATFLEET_MAX_INFLIGHT_BYTES", "268435456", "request body bytes one API process reads and holds until their jobs are submitted (256 MiB); beyond it a submit gets 429 too_many_bytes_in_flight before its body is read (0: no limit)", false,
+			int64Var(func(c *Config) *int64 { return &c.MaxInflightBytes })},
+		{"CHATFLEET_TENANT_MAX_INFLIGHT_BYTES", "", "the same per tenant and API process (default: a quarter of CHATFLEET_MAX_INFLIGHT_BYTES; 0: no limit): one tenant's large requests leave the rest to the others", false,
+			func(c *Config, v string) error {
+				if v == "" {
+					c.TenantMaxInflightBytes = -1 // a quarter of the process's limit, set once it is read
+					return nil
+				}
+				return int64Var(func(c *Config) *int64 { return &c.TenantMaxInflightBytes })(c, v)
+			}},
 		{"CHATFLEET_RESPONSES_MAX_CONVERSATION_BYTES", "4194304", "largest /v1/responses conversation (text, tool calls, images) a previous_response_id may continue; beyond it 400 naming previous_response_id (0: no cap)", false,
 			intVar(func(c *Config) *int { return &c.ResponsesMaxConversationBytes }, 0)},
 		{"CHATFLEET_ADMIN_KEY", "", "password of the operators' queue UI at /admin/queues (HTTP basic auth, any user name); empty disables the UI", true,

@@ -143,7 +143,8 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	server := api.New(api.Deps{Jobs: jm, Store: st.Reader(), Hub: hub, Redis: rdb, Interrupt: conns.Interrupt}, api.Options{
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: log.WithContext(streams),
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: list.Current, Allowed: cfg.Models,
-		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams, Retention: cfg.JobRetention,
+		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams,
+		MaxInflightBytes: cfg.MaxInflightBytes, TenantMaxInflightBytes: cfg.TenantMaxInflightBytes, Retention: cfg.JobRetention,
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
 		Webhooks:             wiring.Webhooks(cfg),
 		WebhookHTTPSOnly:     cfg.Env == config.EnvProduction && !cfg.WebhookAllowHTTP,
