@@ -236,21 +236,14 @@ func (d *Dispatcher) round(ctx context.Context) (next, wait time.Time) {
 		}
 	}
 	d.waitSince = time.Time{}
-	got, next, err := d.m.st.Dispatch(ctx, n, lanes, d.m.taskSpec())
+	got, next, err := d.m.st.Dispatch(ctx, n, lanes)
 	if err != nil {
 		d.o.Log.Warn().Err(err).Msg("could not dispatch")
 		return time.Time{}, time.Time{}
 	}
 	d.backlog = len(got) == n
-	d.handedOut(len(got))
-	// On one Redis the script enqueued the tasks; the rest are enqueued here.
-	rest := got[:0:0]
-	for _, s := range got {
-		if !s.Enqueued {
-			rest = append(rest, s)
-		}
-	}
-	if got = rest; len(got) > 0 {
+	if len(got) > 0 {
+		d.handedOut(len(got))
 		// The enqueues go on beside the next rounds: a round waiting for
 		// its enqueues would hand out only the slots freed before it
 		// began. The jobs are out of the scheduler now, so their enqueues

@@ -289,12 +289,6 @@ func (m *Manager) ensureScheduled(ctx context.Context, j store.Job) error {
 }
 
 // enqueueRaw enqueues t, telling a task id conflict apart.
-// taskSpec is what a chat job's asynq task holds besides its payload, id and
-// queue (tasks.ChatTask), for the dispatch script that writes it on one Redis.
-func (m *Manager) taskSpec() *store.TaskSpec {
-	return &store.TaskSpec{Type: tasks.TypeChatComplete, MaxRetry: m.opt.MaxRetries + 1, Timeout: tasks.AsynqTimeout}
-}
-
 func (m *Manager) enqueueRaw(ctx context.Context, t *asynq.Task) error {
 	_, err := m.queue.EnqueueContext(ctx, t)
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {

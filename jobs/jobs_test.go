@@ -33,17 +33,11 @@ func newManagerOn(t *testing.T) (*Manager, *store.Store, *redis.Client) {
 // workers' dispatchers do.
 func handOutAll(t *testing.T, m *Manager) {
 	t.Helper()
-	got, _, err := m.st.Dispatch(context.Background(), 1000, lanes, m.taskSpec())
+	got, _, err := m.st.Dispatch(context.Background(), 1000, lanes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rest []store.Scheduled
-	for _, s := range got {
-		if !s.Enqueued {
-			rest = append(rest, s)
-		}
-	}
-	m.handOut(context.Background(), rest, make(chan struct{}, handOutParallel), zerolog.Nop())
+	m.handOut(context.Background(), got, make(chan struct{}, handOutParallel), zerolog.Nop())
 }
 
 func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {

@@ -17,7 +17,7 @@ import (
 // one a worker gets next (jobs/dispatch.go drives it). Its keys share the tag
 // {sched}, so that a decision is one script. With P = rkeys.SchedPrefix():
 //
-//	P jobs              hash  job id -> its place as JSON (lane, tenant, model, session, entry, record key): the jobs waiting here
+//	P jobs              hash  job id -> its place as JSON (lane, tenant, model, session, entry): the jobs waiting here
 //	P q:<lane>:<tenant>:<model>  list  "<created ms>|<job id>", in the order they may run
 //	P tm:<lane>:<tenant>  zset  models of the tenant's lane with a runnable head, by the head's created ms
 //	P lane:<lane>       zset  tenants of the lane with a runnable model, by pass (virtual time)
@@ -75,7 +75,7 @@ local function activate(P, lane, tenant)
 end
 local function count(P, a, by)
   if by > 0 then
-    redis.call('HSET', P .. 'jobs', a.id, cjson.encode({lane = a.lane, tenant = a.tenant, model = a.model, session = a.session, entry = a.at .. '|' .. a.id, record = a.record}))
+    redis.call('HSET', P .. 'jobs', a.id, cjson.encode({lane = a.lane, tenant = a.tenant, model = a.model, session = a.session, entry = a.at .. '|' .. a.id}))
     redis.call('ZADD', P .. 'ml:' .. a.lane .. ':' .. a.model, a.now, a.id)
     redis.call('SADD', P .. 'models', a.model)
     redis.call('EXPIRE', P .. 'models', a.keep)
@@ -146,9 +146,8 @@ type schedArgs struct {
 	Tenant  string  `json:"tenant"`
 	Session string  `json:"session"`
 	Model   string  `json:"model"`
-	Record  string  `json:"record"` // the job record's key: the dispatch script reads it to enqueue the task
-	At      int64   `json:"at"`     // ms: when the job was submitted (its place among the tenant's models)
-	Now     int64   `json:"now"`    // ms
+	At      int64   `json:"at"`  // ms: when the job was submitted (its place among the tenant's models)
+	Now     int64   `json:"now"` // ms
 	Weight  float64 `json:"weight"`
 	Until   int64   `json:"until,omitempty"` // ms, giveBackJob
 	// giveBackJob: the bounds of the model's probe window (ms).
@@ -165,8 +164,7 @@ type schedArgs struct {
 // oldest runnable model; a model met blocked is set aside for the tenant.
 // The jobs a tenant gets in a row from one model are taken as one run (one
 // LRANGE, one update of the lane): a round's cost grows with the runs in it,
-// not with its jobs. With a.enqueue (one Redis) it writes their asynq tasks
-// too. Returns {{id, lane, tenant, model, session, enqueued 0/1}…, next
+// not with its jobs. Returns {{id, lane, tenant, model, session}…, next
 // block end ms or -1}.
 // KEYS: jobs. ARGV: dispatchArgs as JSON.
 var dispatchJobs = redis.NewScript(lua(schedLua, `
@@ -290,8 +288,8 @@ local function run(lane, want)
       count(P, {tenant = tenant}, -took)
       local jobs = {}
       for i, id in ipairs(ids) do
-        local place = places[i] and cjson.decode(places[i]) or {}
-        jobs[i] = {id, lane, tenant, model, place.session or '', place.record or ''}
+        local session = places[i] and cjson.decode(places[i]).session or ''
+        jobs[i] = {id, lane, tenant, model, session}
       end
       return jobs, busy
     end
@@ -361,40 +359,6 @@ for _, lane in ipairs(a.lanes) do
   local t = taken[lane]
   if t then for i = t.next, #t.jobs do out[#out + 1] = t.jobs[i] end end
 end
--- On one Redis the jobs' asynq tasks are written here, as asynq's enqueue
--- writes them: no round trips per job to read its record and enqueue it. A
--- job this does not enqueue (its record gone or not queued, its task there
--- already: a cluster, or a case for the caller) goes back with 0.
-local enq = a.enqueue
-local function varint(n)
-  local s = ''
-  while n >= 128 do
-    s = s .. string.char(n % 128 + 128)
-    n = math.floor(n / 128)
-  end
-  return s .. string.char(n)
-end
-local function bytes(tag, s) return string.char(tag) .. varint(#s) .. s end
-for _, j in ipairs(out) do
-  local done = 0
-  if enq and j[6] ~= '' then
-    local f = redis.call('HMGET', j[6], 'status', 'task', 'queue', 'payload')
-    local task, queue, payload = f[2], f[3], f[4]
-    if f[1] == 'queued' and task and queue and payload and payload ~= '' then
-      local tk = 'asynq:{' .. queue .. '}:t:' .. task
-      if redis.call('EXISTS', tk) == 0 then
-        -- asynq's TaskMessage: type 1, payload 2, id 3, queue 4, retry 5, timeout 8
-        local msg = bytes(10, enq.type) .. bytes(18, payload) .. bytes(26, task) .. bytes(34, queue) ..
-          string.char(40) .. varint(enq.retry) .. string.char(64) .. varint(enq.timeout)
-        redis.call('SADD', 'asynq:queues', queue)
-        redis.call('HSET', tk, 'msg', msg, 'state', 'pending', 'pending_since', enq.now_ns)
-        redis.call('LPUSH', 'asynq:{' .. queue .. '}:pending', task)
-        done = 1
-      end
-    end
-  end
-  j[6] = done
-end
 for lane, pass in pairs(vt) do hset(P .. 'vt', lane, pass) end
 local state = {}
 for _, lane in ipairs(a.lanes) do
@@ -411,34 +375,16 @@ return out
 
 // dispatchArgs are dispatchJobs' argument.
 type dispatchArgs struct {
-	Prefix  string       `json:"prefix"`
-	Enqueue *enqueueArgs `json:"enqueue,omitempty"` // one Redis: enqueue the tasks too
-	N       int          `json:"n"`
-	Now     int64        `json:"now"` // ms
-	Lanes   []string     `json:"lanes"`
-	Weights []int        `json:"weights"`
-	Keep    int64        `json:"keep"`
+	Prefix  string   `json:"prefix"`
+	N       int      `json:"n"`
+	Now     int64    `json:"now"` // ms
+	Lanes   []string `json:"lanes"`
+	Weights []int    `json:"weights"`
+	Keep    int64    `json:"keep"`
 	// A model whose block ended is probed: one job a ProbeWindow (ms), until
 	// ProbeWindows windows pass without a job given back.
 	ProbeWindow  int64 `json:"probe_window"`
 	ProbeWindows int   `json:"probe_windows"`
-}
-
-// enqueueArgs say how the dispatch script writes asynq's tasks (TaskSpec).
-type enqueueArgs struct {
-	Type    string `json:"type"`
-	Retry   int    `json:"retry"`
-	Timeout int64  `json:"timeout"` // s
-	NowNs   string `json:"now_ns"`
-}
-
-// TaskSpec is what asynq's client writes into a chat job's task besides its
-// payload, id and queue: on one Redis the dispatch script writes the task
-// itself, exactly as asynq v0.26's enqueue does (the tests hold it to that).
-type TaskSpec struct {
-	Type     string
-	MaxRetry int
-	Timeout  time.Duration
 }
 
 // A model that was at its quota is probed before it is open again: its
@@ -459,8 +405,6 @@ type Scheduled struct {
 	ID, Lane, Tenant, Session, Model string
 	At                               time.Time // submitted
 	Weight                           float64   // its tenant's weight
-	// Enqueued says the dispatch wrote the job's asynq task too.
-	Enqueued bool
 }
 
 func (s *Store) schedArgs(j Scheduled, until time.Time, every time.Duration) string {
@@ -468,7 +412,7 @@ func (s *Store) schedArgs(j Scheduled, until time.Time, every time.Duration) str
 }
 
 func (s *Store) schedArgsOf(j Scheduled, until time.Time, every time.Duration) *schedArgs {
-	a := &schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model, Record: rkeys.Job(j.ID),
+	a := &schedArgs{Prefix: rkeys.SchedPrefix(), ID: j.ID, Lane: j.Lane, Tenant: j.Tenant, Session: j.Session, Model: j.Model,
 		At: j.At.UnixMilli(), Now: s.opt.Clock().UnixMilli(), Weight: max(j.Weight, 0.001), Publish: s.publish, Keep: s.keep()}
 	if !until.IsZero() {
 		a.Until = until.UnixMilli()
@@ -505,17 +449,10 @@ type Lane struct {
 }
 
 // Dispatch hands out up to n jobs, fairly, and says when the earliest block
-// of a model ends (zero when none is blocked). Given a task spec, on one
-// Redis it enqueues their asynq tasks in the same script (Enqueued set);
-// the caller enqueues the rest.
-func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane, spec *TaskSpec) ([]Scheduled, time.Time, error) {
-	now := s.opt.Clock()
-	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: now.UnixMilli(), Keep: s.keep(),
+// of a model ends (zero when none is blocked).
+func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled, time.Time, error) {
+	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli(), Keep: s.keep(),
 		ProbeWindow: probeWindow.Milliseconds(), ProbeWindows: probeWindows}
-	if spec != nil && s.publish == "PUBLISH" { // one Redis: asynq's keys are in other slots on a cluster
-		a.Enqueue = &enqueueArgs{Type: spec.Type, Retry: spec.MaxRetry, Timeout: int64(spec.Timeout / time.Second),
-			NowNs: strconv.FormatInt(now.UnixNano(), 10)}
-	}
 	for _, l := range lanes {
 		a.Lanes, a.Weights = append(a.Lanes, l.Name), append(a.Weights, l.Weight)
 	}
@@ -529,12 +466,11 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane, spec *TaskSpe
 	var out []Scheduled
 	for _, v := range res[:len(res)-1] {
 		f, ok := v.([]any)
-		if !ok || len(f) != 6 {
+		if !ok || len(f) != 5 {
 			return out, time.Time{}, fmt.Errorf("dispatch: unexpected entry %v", v)
 		}
 		str := func(i int) string { x, _ := f[i].(string); return x }
-		enqueued, _ := f[5].(int64)
-		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3), Session: str(4), Enqueued: enqueued == 1})
+		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3), Session: str(4)})
 	}
 	var next time.Time
 	if ms, err := strconv.ParseFloat(fmt.Sprint(res[len(res)-1]), 64); err == nil && ms >= 0 {

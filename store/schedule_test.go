@@ -4,15 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
-
 	"github.com/chatfleet/chatfleet/internal/testkit"
-	"github.com/chatfleet/chatfleet/tasks"
 )
 
 var testLanes = []Lane{{"high", 6}, {"normal", 3}, {"low", 1}}
@@ -40,7 +36,7 @@ func schedule(t *testing.T, s *Store, lane, tenant, model string, weight float64
 
 func dispatch(t *testing.T, s *Store, n int) []Scheduled {
 	t.Helper()
-	got, _, err := s.Dispatch(context.Background(), n, testLanes, nil)
+	got, _, err := s.Dispatch(context.Background(), n, testLanes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +121,7 @@ func TestSchedulerHoldsAModelAtQuota(t *testing.T) {
 	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until, 0); err != nil {
 		t.Fatal(err)
 	}
-	got, next, err := s.Dispatch(ctx, 10, testLanes, nil)
+	got, next, err := s.Dispatch(ctx, 10, testLanes)
 	if err != nil || len(got) != 2 || got[0].ID != y[0] || got[1].ID != y[1] || !next.Equal(until) {
 		t.Fatalf("while x is blocked: %+v next %v %v", got, next, err)
 	}
@@ -247,74 +243,5 @@ func TestSchedulerRoundEqualsOneAtATime(t *testing.T) {
 				t.Fatalf("seed %d round %d (n %d): a round handed out\n%v\none at a time\n%v", seed, round, n, got, want)
 			}
 		}
-	}
-}
-
-// On one Redis the dispatch script writes a job's asynq task itself: byte for
-// byte what asynq's own client writes for tasks.ChatTask, so that asynq's
-// servers and inspector read it as their own.
-func TestDispatchWritesTheTaskAsAsynqDoes(t *testing.T) {
-	ctx := context.Background()
-	c := testkit.StartRedis(t).Client()
-	s := New(c, Options{Retention: time.Hour})
-	queue := tasks.QueueName(tasks.PriorityNormal)
-	payload := []byte(strings.Repeat("{\"message\":\"é\"}", 1100)) // over 16 KiB: a three-byte length
-	at := time.Now()
-	create := func(id string) {
-		t.Helper()
-		j := NewJob{ID: id, Tenant: "acme", SessionID: "s-" + id, Queue: queue, CreatedAt: at, Payload: payload,
-			Schedule: &Scheduled{ID: id, Lane: "normal", Tenant: "acme", Session: "s-" + id, Model: "m", At: at, Weight: 1}}
-		if c, _, err := s.Create(ctx, j); err != nil || !c.Scheduled {
-			t.Fatalf("create %s: %+v %v", id, c, err)
-		}
-	}
-	create("job_aaaaaaaaaaaaaaaaaaaa")
-	create("job_bbbbbbbbbbbbbbbbbbbb")
-	// A job whose record is gone is left to the caller (it hands the turn on).
-	if err := s.Schedule(ctx, Scheduled{ID: "job_cccccccccccccccccccc", Lane: "normal", Tenant: "acme", Session: "s-c", Model: "m", At: at.Add(time.Millisecond), Weight: 1}); err != nil {
-		t.Fatal(err)
-	}
-	// One whose task is there already too: asynq's conflict is the caller's.
-	if _, err := asynq.NewClientFromRedisClient(c).Enqueue(tasks.ChatTask(payload, "job_bbbbbbbbbbbbbbbbbbbb", queue, 1)); err != nil {
-		t.Fatal(err)
-	}
-	got, _, err := s.Dispatch(ctx, 10, testLanes, &TaskSpec{Type: tasks.TypeChatComplete, MaxRetry: 2, Timeout: tasks.AsynqTimeout})
-	if err != nil || len(got) != 3 {
-		t.Fatalf("dispatch: %+v %v", got, err)
-	}
-	enqueued := map[string]bool{}
-	for _, g := range got {
-		enqueued[g.ID] = g.Enqueued
-	}
-	if !enqueued["job_aaaaaaaaaaaaaaaaaaaa"] || enqueued["job_bbbbbbbbbbbbbbbbbbbb"] || enqueued["job_cccccccccccccccccccc"] {
-		t.Fatalf("enqueued: %v", enqueued)
-	}
-	ours, err := c.HGetAll(ctx, "asynq:{"+queue+"}:t:job_aaaaaaaaaaaaaaaaaaaa").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pending, _ := c.LRange(ctx, "asynq:{"+queue+"}:pending", 0, -1).Result()
-	if len(pending) != 2 || pending[0] != "job_aaaaaaaaaaaaaaaaaaaa" {
-		t.Fatalf("pending list: %v", pending)
-	}
-	if ok, _ := c.SIsMember(ctx, "asynq:queues", queue).Result(); !ok {
-		t.Fatal("the queue is not in asynq:queues")
-	}
-	info, err := asynq.NewInspectorFromRedisClient(c).GetTaskInfo(queue, "job_aaaaaaaaaaaaaaaaaaaa")
-	if err != nil || info.State != asynq.TaskStatePending || info.Type != tasks.TypeChatComplete || string(info.Payload) != string(payload) ||
-		info.MaxRetry != 2 || info.Timeout != tasks.AsynqTimeout {
-		t.Fatalf("asynq reads it as %+v %v", info, err)
-	}
-	// asynq's own client, for the same task
-	c2 := testkit.StartRedis(t).Client()
-	if _, err := asynq.NewClientFromRedisClient(c2).Enqueue(tasks.ChatTask(payload, "job_aaaaaaaaaaaaaaaaaaaa", queue, 1)); err != nil {
-		t.Fatal(err)
-	}
-	theirs, err := c2.HGetAll(ctx, "asynq:{"+queue+"}:t:job_aaaaaaaaaaaaaaaaaaaa").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ours["msg"] != theirs["msg"] || ours["state"] != theirs["state"] || len(ours) != len(theirs) || ours["pending_since"] == "" {
-		t.Fatalf("ours %q\ntheirs %q", ours, theirs)
 	}
 }

@@ -425,10 +425,6 @@ func ChatTask(payload []byte, taskID, queue string, maxRetries int) *asynq.Task 
 	)
 }
 
-// AsynqTimeout is the timeout asynq's client gives a task with neither a
-// timeout nor a deadline (ChatTask's): the dispatch script writes it too.
-const AsynqTimeout = 30 * time.Minute
-
 // RetryTaskID names a new task that runs a job again after its attempt was
 // lost (taken over) or its task went missing: "<job id>:<random>". Task ids
 // other than the job id always carry it before the colon.
