@@ -26,7 +26,6 @@ func TestDispatcherHandsOutInBatches(t *testing.T) {
 	d := m.NewDispatcher(DispatchOptions{Free: func() int { return int(free.Load()) }, Batch: 4, Linger: time.Hour, Log: zerolog.Nop()})
 	waiting := func() int {
 		t.Helper()
-		d.handing.Wait()
 		b, err := st.SchedStatus(ctx, []string{"high", "normal", "low"}, 5)
 		if err != nil {
 			t.Fatal(err)

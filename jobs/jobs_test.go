@@ -33,7 +33,7 @@ func newManagerOn(t *testing.T) (*Manager, *store.Store, *redis.Client) {
 // workers' dispatchers do.
 func handOutAll(t *testing.T, m *Manager) {
 	t.Helper()
-	got, _, err := m.st.Dispatch(context.Background(), 1000, lanes)
+	got, _, _, err := m.st.Dispatch(context.Background(), 1000, lanes)
 	if err != nil {
 		t.Fatal(err)
 	}

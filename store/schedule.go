@@ -164,8 +164,8 @@ type schedArgs struct {
 // oldest runnable model; a model met blocked is set aside for the tenant.
 // The jobs a tenant gets in a row from one model are taken as one run (one
 // LRANGE, one update of the lane): a round's cost grows with the runs in it,
-// not with its jobs. Returns {{id, lane, tenant, model, session}…, next
-// block end ms or -1}.
+// not with its jobs. Returns {{id, lane, tenant, model, session}…, jobs
+// left waiting, next block end ms or -1}.
 // KEYS: jobs. ARGV: dispatchArgs as JSON.
 var dispatchJobs = redis.NewScript(lua(schedLua, `
 local a = cjson.decode(ARGV[1])
@@ -369,6 +369,7 @@ redis.call('HSET', P .. 'swrr', unpack(state))
 touched[P .. 'swrr'] = true
 keepTouched(a.keep)
 local nxt = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
+out[#out + 1] = redis.call('HLEN', KEYS[1])
 out[#out + 1] = nxt[2] or '-1'
 return out
 `))
@@ -448,9 +449,10 @@ type Lane struct {
 	Weight int
 }
 
-// Dispatch hands out up to n jobs, fairly, and says when the earliest block
-// of a model ends (zero when none is blocked).
-func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled, time.Time, error) {
+// Dispatch hands out up to n jobs, fairly, and says how many jobs are left
+// waiting (runnable or held back) and when the earliest block of a model
+// ends (zero when none is blocked).
+func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled, int, time.Time, error) {
 	a := dispatchArgs{Prefix: rkeys.SchedPrefix(), N: n, Now: s.opt.Clock().UnixMilli(), Keep: s.keep(),
 		ProbeWindow: probeWindow.Milliseconds(), ProbeWindows: probeWindows}
 	for _, l := range lanes {
@@ -458,16 +460,17 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 	}
 	res, err := dispatchJobs.Run(ctx, s.rdb, []string{rkeys.SchedJobs()}, argsJSON(a)).Slice()
 	if err != nil {
-		return nil, time.Time{}, unavailable("dispatch", err)
+		return nil, 0, time.Time{}, unavailable("dispatch", err)
 	}
-	if len(res) == 0 {
-		return nil, time.Time{}, fmt.Errorf("dispatch: empty reply")
+	if len(res) < 2 {
+		return nil, 0, time.Time{}, fmt.Errorf("dispatch: short reply %v", res)
 	}
+	left, _ := res[len(res)-2].(int64)
 	var out []Scheduled
-	for _, v := range res[:len(res)-1] {
+	for _, v := range res[:len(res)-2] {
 		f, ok := v.([]any)
 		if !ok || len(f) != 5 {
-			return out, time.Time{}, fmt.Errorf("dispatch: unexpected entry %v", v)
+			return out, 0, time.Time{}, fmt.Errorf("dispatch: unexpected entry %v", v)
 		}
 		str := func(i int) string { x, _ := f[i].(string); return x }
 		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3), Session: str(4)})
@@ -476,7 +479,7 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 	if ms, err := strconv.ParseFloat(fmt.Sprint(res[len(res)-1]), 64); err == nil && ms >= 0 {
 		next = time.UnixMilli(int64(ms))
 	}
-	return out, next, nil
+	return out, int(left), next, nil
 }
 
 // unscheduleJob takes a job out of the scheduler (it was canceled while it

@@ -36,7 +36,7 @@ func schedule(t *testing.T, s *Store, lane, tenant, model string, weight float64
 
 func dispatch(t *testing.T, s *Store, n int) []Scheduled {
 	t.Helper()
-	got, _, err := s.Dispatch(context.Background(), n, testLanes)
+	got, _, _, err := s.Dispatch(context.Background(), n, testLanes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,9 +121,9 @@ func TestSchedulerHoldsAModelAtQuota(t *testing.T) {
 	if err := s.GiveBack(ctx, Scheduled{ID: x[0], Lane: "normal", Tenant: "acme", Model: "x", At: time.UnixMilli(now.Load()), Weight: 1}, until, 0); err != nil {
 		t.Fatal(err)
 	}
-	got, next, err := s.Dispatch(ctx, 10, testLanes)
-	if err != nil || len(got) != 2 || got[0].ID != y[0] || got[1].ID != y[1] || !next.Equal(until) {
-		t.Fatalf("while x is blocked: %+v next %v %v", got, next, err)
+	got, left, next, err := s.Dispatch(ctx, 10, testLanes)
+	if err != nil || len(got) != 2 || got[0].ID != y[0] || got[1].ID != y[1] || !next.Equal(until) || left != 3 {
+		t.Fatalf("while x is blocked: %+v, %d left, next %v %v", got, left, next, err)
 	}
 	b, err := s.SchedStatus(ctx, []string{"high", "normal", "low"}, 5)
 	if err != nil || len(b.Lanes) != 1 || b.Lanes[0].Model != "x" || b.Lanes[0].Queued != 3 || !b.Lanes[0].BlockedUntil.Equal(until) ||
