@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"sort"
@@ -72,7 +71,7 @@ func oaInvalid(param, msg string) *Error {
 // readOpenAIBody reads a /v1 request body: conversations, and images as
 // data URLs, make them larger than the jobs API's.
 func readOpenAIBody(c echo.Context) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, maxOpenAIBody))
+	body, err := readBody(c, maxOpenAIBody)
 	if err != nil {
 		return nil, errf(http.StatusRequestEntityTooLarge, "request_too_large", "body", fmt.Sprintf("body must be at most %d bytes", maxOpenAIBody))
 	}
