@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,22 +174,9 @@ func checkConfiguredBurstAgainst(t *testing.T, r burstResult, baseline time.Dura
 // the rate each accepts, every job answered for real, at most 5 % of calls
 // 429, within 1.3× the time the combined quota allows.
 func TestBurstOverTwoDeploymentsWithinTheirQuotas(t *testing.T) {
-	big, small := llmfake.NewOpenAI(t), llmfake.NewOpenAI(t)
-	big.SetQuota(quotaPerSecond, quotaAtOnce)
-	small.SetQuota(quotaPerSecond/2, quotaAtOnce/2)
-	for _, f := range []*llmfake.Fake{big, small} {
-		f.Always(llmfake.Step{FirstByteDelay: burstCallTime})
-	}
-	path := filepath.Join(t.TempDir(), "models.yaml")
-	file := fmt.Sprintf(`models:
-  - name: alpha
-    deployments:
-      - {id: big, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}
-      - {id: small, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}
-`, big.URL(), quotaPerSecond*60, quotaAtOnce, small.URL(), quotaPerSecond*30, quotaAtOnce/2)
-	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	big, small := quotaFake(t, quotaPerSecond, quotaAtOnce), quotaFake(t, quotaPerSecond/2, quotaAtOnce/2)
+	path := alphaModelsFile(t, map[string]*llmfake.Fake{"big": big, "small": small},
+		map[string][2]int{"big": {quotaPerSecond * 60, quotaAtOnce}, "small": {quotaPerSecond * 30, quotaAtOnce / 2}})
 	const jobs = 180
 	r := burst(t, jobs, map[string]string{"CHATFLEET_MODELS_FILE": path}, map[string]*llmfake.Fake{"big": big, "small": small})
 	bigServed, bigRejected, bigFly := big.QuotaStats()
@@ -205,21 +193,41 @@ func TestBurstOverTwoDeploymentsWithinTheirQuotas(t *testing.T) {
 	}
 	r.maxFly = 0 // checked per deployment above
 	// The baseline: one deployment with the combined quota, same fleet.
-	one := llmfake.NewOpenAI(t)
-	one.SetQuota(quotaPerSecond+quotaPerSecond/2, quotaAtOnce+quotaAtOnce/2)
-	one.Always(llmfake.Step{FirstByteDelay: burstCallTime})
-	onePath := filepath.Join(t.TempDir(), "one.yaml")
-	oneFile := fmt.Sprintf(`models:
-  - name: alpha
-    deployments:
-      - {id: one, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}
-`, one.URL(), (quotaPerSecond+quotaPerSecond/2)*60, quotaAtOnce+quotaAtOnce/2)
-	if err := os.WriteFile(onePath, []byte(oneFile), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	one := quotaFake(t, quotaPerSecond+quotaPerSecond/2, quotaAtOnce+quotaAtOnce/2)
+	onePath := alphaModelsFile(t, map[string]*llmfake.Fake{"one": one},
+		map[string][2]int{"one": {(quotaPerSecond + quotaPerSecond/2) * 60, quotaAtOnce + quotaAtOnce/2}})
 	base := burst(t, jobs, map[string]string{"CHATFLEET_MODELS_FILE": onePath}, map[string]*llmfake.Fake{"one": one})
 	t.Logf("baseline, one deployment of the combined quota: %s (%.2f× the floor)", base.elapsed.Round(time.Millisecond), float64(base.elapsed)/float64(r.floor))
 	checkConfiguredBurstAgainst(t, r, base.elapsed)
+}
+
+// quotaFake is an OpenAI-compatible upstream with a quota, answering after
+// burstCallTime.
+func quotaFake(t *testing.T, perSecond, atOnce int) *llmfake.Fake {
+	f := llmfake.NewOpenAI(t)
+	f.SetQuota(perSecond, atOnce)
+	f.Always(llmfake.Step{FirstByteDelay: burstCallTime})
+	return f
+}
+
+// alphaModelsFile writes a models file of one model, alpha, served by the
+// given upstreams (by deployment id) with their rpm and concurrency.
+func alphaModelsFile(t *testing.T, fakes map[string]*llmfake.Fake, limits map[string][2]int) string {
+	t.Helper()
+	ids := make([]string, 0, len(fakes))
+	for id := range fakes {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	file := "models:\n  - name: alpha\n    deployments:\n"
+	for _, id := range ids {
+		file += fmt.Sprintf("      - {id: %s, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}\n", id, fakes[id].URL(), limits[id][0], limits[id][1])
+	}
+	path := filepath.Join(t.TempDir(), "models.yaml")
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // With the fleet's limits set to the upstream's quota, a burst waits in the

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/store"
 )
 
 // While jobs wait in the scheduler, a round waits for a batch of free slots
@@ -24,18 +26,7 @@ func TestDispatcherHandsOutInBatches(t *testing.T) {
 	}
 	var free atomic.Int64
 	d := m.NewDispatcher(DispatchOptions{Free: func() int { return int(free.Load()) }, Batch: 4, Linger: time.Hour, Log: zerolog.Nop()})
-	waiting := func() int {
-		t.Helper()
-		b, err := st.SchedStatus(ctx, []string{"high", "normal", "low"}, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, l := range b.Lanes {
-			n += l.Queued
-		}
-		return n
-	}
+	waiting := func() int { t.Helper(); return waitingInScheduler(t, st) }
 	startAll := func(n int) {
 		for range n {
 			d.Started()
@@ -93,14 +84,7 @@ func TestDispatcherOffersASlotAgainAfterItsPickup(t *testing.T) {
 	go func() { defer close(done); d.Run(ctx) }()
 	start := time.Now()
 	for {
-		b, err := st.SchedStatus(ctx, []string{"high", "normal", "low"}, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for _, l := range b.Lanes {
-			n += l.Queued
-		}
+		n := waitingInScheduler(t, st)
 		if n == 0 {
 			break
 		}
@@ -113,4 +97,18 @@ func TestDispatcherOffersASlotAgainAfterItsPickup(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// waitingInScheduler counts the jobs waiting in the scheduler, every lane.
+func waitingInScheduler(t *testing.T, st *store.Store) int {
+	t.Helper()
+	b, err := st.SchedStatus(context.Background(), []string{"high", "normal", "low"}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range b.Lanes {
+		n += l.Queued
+	}
+	return n
 }
