@@ -1,13 +1,16 @@
 package api
 
 import (
+	"bytes"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/chatfleet/chatfleet/internal/testkit"
 	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // Writing one token event to an SSE client (format and flush).
@@ -36,6 +39,35 @@ func BenchmarkReadOpenAIBody(b *testing.B) {
 		got, err := readOpenAIBody(c)
 		if err != nil || len(got) != len(body) {
 			b.Fatal(len(got), err)
+		}
+	}
+}
+
+// Decoding and validating the largest /v1 request by its tools (128 tools
+// of a 64 KiB schema, 8.4 MB) into the job's payload, as the API does
+// before the submit: the bytes allocated per request against its body.
+func BenchmarkDecodeLargeToolsRequest(b *testing.B) {
+	body := testkit.LargeToolsBody()
+	e := echo.New()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		c := e.NewContext(httptest.NewRequest("POST", "/v1/chat/completions", bytes.NewReader(body)), httptest.NewRecorder())
+		var r oaRequest
+		if err := readKnown(c, &r, oaFields, "Chat Completions"); err != nil {
+			b.Fatal(err)
+		}
+		msgs, err := r.conversation()
+		if err != nil {
+			b.Fatal(err)
+		}
+		params, err := r.params()
+		if err != nil {
+			b.Fatal(err)
+		}
+		p := tasks.ChatPayload{JobID: "job_x", Messages: msgs, Params: params}
+		if _, err := p.Encode(); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

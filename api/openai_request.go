@@ -27,12 +27,12 @@ var oaFields = []string{"model", "messages", "stream", "stream_options", "n", "m
 	"logit_bias", "reasoning_effort", "user", "metadata", "store", "tools", "tool_choice", "parallel_tool_calls", "response_format"}
 
 type oaMessage struct {
-	Role       string          `json:"role"`
-	Content    json.RawMessage `json:"content"`
-	Name       string          `json:"name"`
-	ToolCalls  json.RawMessage `json:"tool_calls"`
-	ToolCallID string          `json:"tool_call_id"`
-	Refusal    *string         `json:"refusal"`
+	Role       string  `json:"role"`
+	Content    rawJSON `json:"content"`
+	Name       string  `json:"name"`
+	ToolCalls  rawJSON `json:"tool_calls"`
+	ToolCallID string  `json:"tool_call_id"`
+	Refusal    *string `json:"refusal"`
 }
 
 type oaRequest struct {
@@ -49,7 +49,7 @@ type oaRequest struct {
 	MaxCompletionTokens *int              `json:"max_completion_tokens"`
 	Temperature         *float64          `json:"temperature"`
 	TopP                *float64          `json:"top_p"`
-	Stop                json.RawMessage   `json:"stop"`
+	Stop                rawJSON           `json:"stop"`
 	Seed                *int64            `json:"seed"`
 	PresencePenalty     *float64          `json:"presence_penalty"`
 	FrequencyPenalty    *float64          `json:"frequency_penalty"`
@@ -58,10 +58,10 @@ type oaRequest struct {
 	User                string            `json:"user"`
 	Metadata            map[string]string `json:"metadata"`
 	Store               *bool             `json:"store"`
-	Tools               json.RawMessage   `json:"tools"`
-	ToolChoice          json.RawMessage   `json:"tool_choice"`
+	Tools               rawJSON           `json:"tools"`
+	ToolChoice          rawJSON           `json:"tool_choice"`
 	ParallelToolCalls   *bool             `json:"parallel_tool_calls"`
-	ResponseFormat      json.RawMessage   `json:"response_format"`
+	ResponseFormat      rawJSON           `json:"response_format"`
 }
 
 func oaInvalid(param, msg string) *Error {
@@ -85,7 +85,7 @@ func readKnown(c echo.Context, dst any, known []string, what string) error {
 	if err != nil {
 		return err
 	}
-	var fields map[string]json.RawMessage
+	var fields map[string]rawJSON
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return oaInvalid("body", "the body is not a valid "+what+" request: "+err.Error())
 	}
@@ -179,7 +179,7 @@ func lastTurn(msgs []tasks.ChatMessage, field string) error {
 }
 
 // textContent accepts a string, null or an array of text parts.
-func textContent(raw json.RawMessage, field string) (string, error) {
+func textContent(raw rawJSON, field string) (string, error) {
 	parts, err := chatParts(raw, field, nil)
 	if err != nil {
 		return "", err
@@ -190,7 +190,7 @@ func textContent(raw json.RawMessage, field string) (string, error) {
 
 // chatParts reads content: a string, null, or an array of text parts and
 // (when images is not nil) image_url parts.
-func chatParts(raw json.RawMessage, field string, images *imageBudget) ([]tasks.ContentPart, error) {
+func chatParts(raw rawJSON, field string, images *imageBudget) ([]tasks.ContentPart, error) {
 	if isNull(raw) {
 		return nil, nil
 	}

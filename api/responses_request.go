@@ -26,7 +26,7 @@ var respParams = []string{"model", "input", "instructions", "previous_response_i
 
 type respRequest struct {
 	Model              string            `json:"model"`
-	Input              json.RawMessage   `json:"input"`
+	Input              rawJSON           `json:"input"`
 	Instructions       string            `json:"instructions"`
 	PreviousResponseID string            `json:"previous_response_id"`
 	Background         bool              `json:"background"`
@@ -37,11 +37,11 @@ type respRequest struct {
 	TopP               *float64          `json:"top_p"`
 	Metadata           map[string]string `json:"metadata"`
 	User               string            `json:"user"`
-	Tools              json.RawMessage   `json:"tools"`
-	ToolChoice         json.RawMessage   `json:"tool_choice"`
+	Tools              rawJSON           `json:"tools"`
+	ToolChoice         rawJSON           `json:"tool_choice"`
 	ParallelToolCalls  *bool             `json:"parallel_tool_calls"`
-	Text               json.RawMessage   `json:"text"`
-	Reasoning          json.RawMessage   `json:"reasoning"`
+	Text               rawJSON           `json:"text"`
+	Reasoning          rawJSON           `json:"reasoning"`
 	Truncation         string            `json:"truncation"`
 }
 
@@ -85,8 +85,8 @@ func (r respRequest) params() (*tasks.GenParams, error) {
 	}
 	if !isNull(r.Text) {
 		var text struct {
-			Format    json.RawMessage `json:"format"`
-			Verbosity *string         `json:"verbosity"`
+			Format    rawJSON `json:"format"`
+			Verbosity *string `json:"verbosity"`
 		}
 		if err := json.Unmarshal(r.Text, &text); err != nil {
 			return nil, oaInvalid("text", "text must be an object with a format")
@@ -100,8 +100,8 @@ func (r respRequest) params() (*tasks.GenParams, error) {
 	}
 	if !isNull(r.Reasoning) {
 		var rs struct {
-			Effort  string          `json:"effort"`
-			Summary json.RawMessage `json:"summary"`
+			Effort  string  `json:"effort"`
+			Summary rawJSON `json:"summary"`
 		}
 		if err := json.Unmarshal(r.Reasoning, &rs); err != nil {
 			return nil, oaInvalid("reasoning", "reasoning must be an object")
@@ -118,11 +118,11 @@ func (r respRequest) params() (*tasks.GenParams, error) {
 }
 
 // respTools reads Responses function tools: [{"type":"function","name",…}].
-func respTools(raw json.RawMessage) ([]tasks.Tool, error) {
+func respTools(raw rawJSON) ([]tasks.Tool, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
-	var items []json.RawMessage
+	var items []rawJSON
 	if err := json.Unmarshal(raw, &items); err != nil {
 		return nil, oaInvalid("tools", "tools must be an array")
 	}
@@ -152,7 +152,7 @@ func respTools(raw json.RawMessage) ([]tasks.Tool, error) {
 
 // parseInput turns input (a string, or message, function_call and
 // function_call_output items) into input items and chat messages.
-func parseInput(raw json.RawMessage, jobID string, instructions int) ([]inputItem, []tasks.ChatMessage, error) {
+func parseInput(raw rawJSON, jobID string, instructions int) ([]inputItem, []tasks.ChatMessage, error) {
 	raw = bytes.TrimSpace(raw)
 	if isNull(raw) {
 		return nil, nil, oaInvalid("input", "input is required")
@@ -165,13 +165,13 @@ func parseInput(raw json.RawMessage, jobID string, instructions int) ([]inputIte
 		raw, _ = json.Marshal([]map[string]any{{"role": "user", "content": text}})
 	}
 	var items []struct {
-		Type      string          `json:"type"`
-		Role      string          `json:"role"`
-		Content   json.RawMessage `json:"content"`
-		CallID    string          `json:"call_id"`
-		Name      string          `json:"name"`
-		Arguments string          `json:"arguments"`
-		Output    json.RawMessage `json:"output"`
+		Type      string  `json:"type"`
+		Role      string  `json:"role"`
+		Content   rawJSON `json:"content"`
+		CallID    string  `json:"call_id"`
+		Name      string  `json:"name"`
+		Arguments string  `json:"arguments"`
+		Output    rawJSON `json:"output"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
 		return nil, nil, oaInvalid("input", "input must be a string or an array of input items")
@@ -291,7 +291,7 @@ func fullItems(r respRecord) []inputItem {
 
 // respParts reads a message item's content: a string, or input_text and
 // input_image parts (output_text in an assistant's).
-func respParts(raw json.RawMessage, field, role string, images *imageBudget) ([]tasks.ContentPart, error) {
+func respParts(raw rawJSON, field, role string, images *imageBudget) ([]tasks.ContentPart, error) {
 	c := bytes.TrimSpace(raw)
 	if len(c) > 0 && c[0] == '"' {
 		var text string

@@ -203,13 +203,13 @@ func (r *submitRequest) validContract() error {
 	}
 	p := &tasks.GenParams{ParallelToolCalls: r.ParallelToolCalls}
 	var err error
-	if p.Tools, err = parseTools(r.Tools, "tools"); err != nil {
+	if p.Tools, err = parseTools(rawJSON(r.Tools), "tools"); err != nil {
 		return unprocessable(err)
 	}
-	if p.ToolChoice, err = parseToolChoice(r.ToolChoice, "tool_choice", p.Tools); err != nil {
+	if p.ToolChoice, err = parseToolChoice(rawJSON(r.ToolChoice), "tool_choice", p.Tools); err != nil {
 		return unprocessable(err)
 	}
-	if p.ResponseFormat, err = parseResponseFormat(r.ResponseFormat, "response_format", false); err != nil {
+	if p.ResponseFormat, err = parseResponseFormat(rawJSON(r.ResponseFormat), "response_format", false); err != nil {
 		return unprocessable(err)
 	}
 	r.params = nil

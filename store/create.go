@@ -196,7 +196,7 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	}
 	args := createArgs{ID: j.ID, Retention: seconds(s.opt.Retention), Now: now.UnixMilli(), Member: rkeys.UnfinishedMember(j.Tenant, j.SessionID, j.ID),
 		FirstCheck: FirstCheck.Milliseconds(), WaitingCheck: WaitingCheck.Milliseconds(), Keep: s.keep()}
-	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", string(j.Payload),
+	record := []any{"tenant", j.Tenant, "session_id", j.SessionID, "queue", j.Queue, "task", j.ID, "payload", j.Payload,
 		"status", StatusQueued, "body_hash", j.BodyHash, "created_at", fmtTime(j.CreatedAt), "attempts", 0}
 	if s.opt.TenantMaxJobs > 0 {
 		// Whoever finishes the job uncounts it, whatever its own settings.
