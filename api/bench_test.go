@@ -47,7 +47,7 @@ func BenchmarkReadOpenAIBody(b *testing.B) {
 // of a 64 KiB schema, 8.4 MB) into the job's payload, as the API does
 // before the submit: the bytes allocated per request against its body.
 func BenchmarkDecodeLargeToolsRequest(b *testing.B) {
-	body := testkit.LargeToolsBody()
+	body := testkit.LargeToolsBody("chatfleet", 128)
 	e := echo.New()
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body)))

@@ -2,15 +2,22 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/llmfake"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -24,7 +31,7 @@ func TestLargeRequestsAreBoundedInFlight(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_TENANT_RATE": "0", "CHATFLEET_SIM_TOKENS": "3"})
 	api := apis[0]
-	body := testkit.LargeToolsBody()
+	body := testkit.LargeToolsBody("chatfleet", 128)
 	t.Logf("body %d bytes; API RSS before %.0f MB", len(body), vmKB(t, api.Pid(), "VmRSS")/1024)
 
 	const burst, others = 32, 8
@@ -77,7 +84,9 @@ func send(t *testing.T, url, key string, body []byte) string {
 		return err.Error()
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+key)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	res, err := httpc.Do(req)
 	if err != nil {
 		return "error " + err.Error()
@@ -118,4 +127,82 @@ func vmKB(t *testing.T, pid int, field string) float64 {
 	}
 	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
+}
+
+// A large request (16 tools of a 64 KiB schema, 1 MB) is kept in Redis
+// once, in its record: its task names it, the worker reads it as the
+// attempt starts, the upstream gets every tool as sent, and once the job
+// has succeeded Redis keeps nothing of it but the finished record.
+func TestLargeBodyTravelsByReference(t *testing.T) {
+	fake := llmfake.NewOpenAI(t)
+	fake.Always(llmfake.Step{FirstByteDelay: time.Second})
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, providerEnv(fake, nil))
+	ctx := context.Background()
+	body := testkit.LargeToolsBody("fake-model", 16)
+	// What Redis keeps: the bytes of its keys (MEMORY USAGE, every field
+	// counted). Its used_memory moves by a megabyte with the buffers a 1 MB
+	// command passes through.
+	used := func() float64 {
+		var sum int64
+		iter := rd.Client().Scan(ctx, 0, "*", 1000).Iterator()
+		for iter.Next(ctx) {
+			n, err := rd.Client().MemoryUsage(ctx, iter.Val(), 0).Result()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				t.Fatal(err)
+			}
+			sum += n
+		}
+		if err := iter.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return float64(sum)
+	}
+	before := used()
+	answered := make(chan string, 1)
+	go func() { answered <- send(t, apis[0].URL()+"/v1/chat/completions", "", body) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for fake.InFlight() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if fake.InFlight() == 0 {
+		t.Fatal("the upstream was not called")
+	}
+	during := used()
+	var tasksBytes int64
+	iter := rd.Client().Scan(ctx, 0, "asynq:*:t:job_*", 100).Iterator()
+	for iter.Next(ctx) {
+		n, err := rd.Client().HStrLen(ctx, iter.Val(), "msg").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tasksBytes += n
+	}
+	if tasksBytes == 0 || tasksBytes > 4096 {
+		t.Errorf("the job's asynq task holds %d bytes, want a reference of at most 4 KB", tasksBytes)
+	}
+	if got := <-answered; got != "200" {
+		t.Fatalf("the request got %s", got)
+	}
+	after := used()
+	t.Logf("a %d-byte request: Redis used %+.0f KB while the job ran (its task %d bytes), %+.0f KB after it", len(body), (during-before)/1024, tasksBytes, (after-before)/1024)
+	if during-before > 1.2*float64(len(body)) {
+		t.Errorf("Redis grew by %.0f KB while the job ran, want the body kept once (%d KB)", (during-before)/1024, len(body)/1024)
+	}
+	if after-before > 32<<10 {
+		t.Errorf("Redis keeps %.0f KB after the job, want only its finished record", (after-before)/1024)
+	}
+	var sent, got struct {
+		Tools []any `json:"tools"`
+	}
+	if err := json.Unmarshal(body, &sent); err != nil {
+		t.Fatal(err)
+	}
+	up, _ := json.Marshal(fake.LastBody())
+	if err := json.Unmarshal(up, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Tools) != 16 || !reflect.DeepEqual(got.Tools, sent.Tools) {
+		t.Errorf("the upstream got %d tools, want the 16 sent, as sent", len(got.Tools))
+	}
 }

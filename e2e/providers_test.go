@@ -132,8 +132,19 @@ func TestBreakerOpensFleetWideAndRecovers(t *testing.T) {
 }
 
 // A 400 from the upstream fails the job at once with the upstream's message,
-// after exactly one call: no retry, no fallback, no breaker count.
+// after exactly one call: no retry, no fallback, no breaker count. Re-run
+// from the dead letter list, it runs again: a small job, and one whose body
+// travels by reference (over 64 KiB), which its record keeps for the re-run.
 func TestUpstream400FailsAtOnce(t *testing.T) {
+	schema := map[string]any{"type": "object", "description": strings.Repeat("d", 40<<10)}
+	for _, tools := range [][]client.Tool{nil, {{Type: "function", Function: client.Function{Name: "a", Parameters: schema}},
+		{Type: "function", Function: client.Function{Name: "b", Parameters: schema}}}} {
+		t.Run(fmt.Sprintf("%d tools", len(tools)), func(t *testing.T) { upstream400FailsAtOnce(t, tools) })
+	}
+}
+
+func upstream400FailsAtOnce(t *testing.T, tools []client.Tool) {
+	const msg = "too long"
 	rd := testkit.StartRedis(t)
 	fake := llmfake.NewOpenAI(t)
 	fake.Always(llmfake.Step{Status: 400, Message: "messages: this model's maximum context length is 8192 tokens"})
@@ -142,7 +153,7 @@ func TestUpstream400FailsAtOnce(t *testing.T) {
 		"CHATFLEET_LLM_FALLBACKS": "openai:other-model@" + fallback.URL(),
 	}))
 	c := client.New(apis[0].URL())
-	sub, err := c.Submit(context.Background(), client.SubmitRequest{SessionID: "bad-request", Message: "too long"})
+	sub, err := c.Submit(context.Background(), client.SubmitRequest{SessionID: "bad-request", Message: msg, Tools: tools})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +187,7 @@ func TestUpstream400FailsAtOnce(t *testing.T) {
 		t.Fatalf("jobs rerun: exit %d\n%s\n%s", code, out, errOut)
 	}
 	j, err = c.Wait(context.Background(), sub.JobID)
-	if err != nil || j.Status != "succeeded" || j.Result.Content != llmfake.Reply("too long") || j.Attempts != 1 {
+	if err != nil || j.Status != "succeeded" || j.Result.Content != llmfake.Reply(msg) || j.Attempts != 1 {
 		t.Fatalf("re-run job: %+v %v", j, err)
 	}
 	if code, _, _ = runCheck(t, workerBin, env, "jobs", "rerun", sub.JobID); code == 0 {

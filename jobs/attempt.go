@@ -103,6 +103,31 @@ func (m *Manager) Start(ctx context.Context, job tasks.ChatPayload, task string)
 	return a, nil
 }
 
+// WithBody completes a payload whose task carries the body by reference
+// (tasks.ChatPayload.Body) with the body its record keeps. ErrNothingToRun
+// when the job has finished; an unfinished job without its body is a bad
+// payload (it fails).
+func (m *Manager) WithBody(ctx context.Context, pl tasks.ChatPayload) (tasks.ChatPayload, error) {
+	raw, err := m.st.Body(ctx, pl.JobID)
+	if err != nil {
+		return pl, err
+	}
+	if raw == nil {
+		if j, err := m.st.Get(ctx, pl.JobID); errors.Is(err, store.ErrNotFound) || (err == nil && store.Terminal(j.Status)) {
+			return pl, fmt.Errorf("%w: the job's body is gone (it has finished)", ErrNothingToRun)
+		} else if err != nil {
+			return pl, err
+		}
+		// Unfinished without its body: no attempt can run it.
+		return pl, fmt.Errorf("%w: the job's record holds no body", tasks.ErrBadPayload)
+	}
+	full, err := tasks.DecodeChat(raw)
+	if err != nil {
+		return pl, fmt.Errorf("the job's body: %w", err)
+	}
+	return pl.WithBody(full), nil
+}
+
 // Chain reads the Responses chain that the job's conversation continues
 // (the payload's Chain), oldest message first. ErrChainGone when a response
 // of it is gone: no retry brings it back.

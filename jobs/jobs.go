@@ -179,6 +179,13 @@ func (m *Manager) Submit(ctx context.Context, nj store.NewJob, p tasks.ChatPaylo
 		return Submitted{}, err
 	}
 	nj.Payload = raw
+	if len(raw) > tasks.BodyByReference {
+		// A large body is kept once, in the record; the task names it.
+		if nj.Payload, err = p.Lean().Encode(); err != nil {
+			return Submitted{}, err
+		}
+		nj.Body = raw
+	}
 	nj.Model = m.modelOf(p.Model)
 	// The record and, when the job holds its session's turn, its place in
 	// the scheduler: in one script on one Redis, one after the other on a

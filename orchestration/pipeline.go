@@ -132,6 +132,15 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		zerolog.Ctx(ctx).Warn().Err(err).Time("until", until).Msg("task payload of a newer release; job deferred")
 		return nil, ctx, &errDeferred{until: until, cause: err}
 	}
+	if err == nil && pl.Body {
+		// A large body travels once, from the record, as the attempt starts.
+		if pl, err = p.jobs.WithBody(ctx, pl); errors.Is(err, jobs.ErrNothingToRun) {
+			zerolog.Ctx(ctx).Info().Err(err).Msg("task not run")
+			return nil, ctx, nil
+		} else if err != nil && !errors.Is(err, tasks.ErrBadPayload) {
+			return nil, ctx, err
+		}
+	}
 	if err != nil {
 		p.failUndecodable(ctx, tasks.JobOfTask(taskID), err)
 		return nil, ctx, fmt.Errorf("%w: %w", err, asynq.SkipRetry)

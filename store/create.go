@@ -123,6 +123,9 @@ type NewJob struct {
 	BodyHash  string
 	CreatedAt time.Time
 	Payload   []byte // the task payload
+	// Body is the payload the job was submitted with when its task carries
+	// the body by reference (tasks.ChatPayload.Body); nil otherwise.
+	Body []byte
 	// Model is the public model the job asks for (the default's name when
 	// the request names none): the scheduler's capacity is per model.
 	Model string
@@ -201,6 +204,9 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	if s.opt.TenantMaxJobs > 0 {
 		// Whoever finishes the job uncounts it, whatever its own settings.
 		record = append(record, "counted", 1)
+	}
+	if len(j.Body) > 0 {
+		record = append(record, "body", j.Body)
 	}
 	if j.Webhook != "" {
 		record = append(record, "webhook", j.Webhook)

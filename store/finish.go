@@ -87,8 +87,9 @@ if usage_field ~= '' then
   redis.call('HINCRBY', ledger, usage_field .. '|c', completion_tokens)
   redis.call('EXPIRE', ledger, usage_ttl)
 end
--- the payload was only needed to run the job again
-if a.has_error then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error') end
+-- the payload was only needed to run the job again; a body by reference
+-- (tasks.ChatPayload.Body) stays with an error, for a re-run of the job
+if a.has_error then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error', 'body') end
 redis.call('EXPIRE', job, retention)
 for i = 1, a.tail do
   local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost

@@ -187,15 +187,27 @@ func parseRecord(id string, vals []any) (Job, error) {
 var recordFields = []string{"tenant", "session_id", "queue", "task", "status", "body_hash",
 	"created_at", "started_at", "finished_at", "attempts", "result", "usage", "error", "webhook", "deliveries", "trace_id"}
 
+// Body returns the payload an unfinished job was submitted with when its
+// task carries the body by reference (nil when the record has none: the
+// job finished, or its task carries it all).
+func (s *Store) Body(ctx context.Context, id string) ([]byte, error) {
+	return s.recordBytes(ctx, id, "body")
+}
+
 // Payload returns the task payload an unfinished job's record keeps (nil
 // once the job has finished, or for a record without one).
 func (s *Store) Payload(ctx context.Context, id string) ([]byte, error) {
-	b, err := s.rdb.HGet(ctx, rkeys.Job(id), "payload").Bytes()
+	return s.recordBytes(ctx, id, "payload")
+}
+
+// recordBytes reads a field of a job's record; nil when absent or empty.
+func (s *Store) recordBytes(ctx context.Context, id, field string) ([]byte, error) {
+	b, err := s.rdb.HGet(ctx, rkeys.Job(id), field).Bytes()
 	if errors.Is(err, redis.Nil) || (err == nil && len(b) == 0) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, unavailable("get payload", err)
+		return nil, unavailable("get "+field, err)
 	}
 	return b, nil
 }

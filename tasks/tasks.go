@@ -29,14 +29,15 @@ const TypeChatComplete = "chat:complete"
 // PayloadVersion is the newest payload version this build writes. Version 2
 // added tools, tool calls and results, content parts, response formats and
 // more generation parameters; version 3 the trace context; version 4 the
-// Responses chain by reference (Chain). Each payload is written at the
+// Responses chain by reference (Chain); version 5 the body by reference
+// (Body). Each payload is written at the
 // lowest version that holds its fields (one without a chain as version 3,
 // one without a trace context either as version 2), so that workers of the
 // releases before run what they can; they refuse a newer version as a bad
 // payload instead of running it without its chain. Every earlier version is
 // read as it is (its fields mean the same), so tasks queued before an
 // upgrade still run.
-const PayloadVersion = 4
+const PayloadVersion = 5
 
 // Priorities and the queues they map to. Weights give high 6, normal 3, low 1
 // shares of worker pickups while all three have work.
@@ -159,6 +160,33 @@ type ChatPayload struct {
 	// worker reads its inputs and answers when the job runs, so the task
 	// carries the reference, not the conversation.
 	Chain *ChainRef `json:"chain,omitempty"`
+	// Body says the job's body (Message, Messages, ToolResults, Params and
+	// Metadata) is in its record, not in the task: a large request (tool
+	// schemas, images) is kept in Redis once, and goes to the worker once,
+	// when its attempt starts (WithBody).
+	Body bool `json:"body,omitempty"`
+}
+
+// BodyByReference is the payload size from which a task carries its job's
+// body by reference (ChatPayload.Body): below it, the task carries it all
+// and the worker needs no read of the record to start.
+const BodyByReference = 64 << 10
+
+// Lean is the payload without its body, for a task that carries the body
+// by reference.
+func (p ChatPayload) Lean() ChatPayload {
+	p.Message, p.Messages, p.ToolResults, p.Params, p.Metadata = "", nil, nil, nil, nil
+	p.Body = true
+	return p
+}
+
+// WithBody is a lean payload with the body of full, the payload its job
+// was submitted with: the lean one's other fields stand (a re-run's
+// submitted_at, its trace).
+func (p ChatPayload) WithBody(full ChatPayload) ChatPayload {
+	p.Message, p.Messages, p.ToolResults, p.Params, p.Metadata = full.Message, full.Messages, full.ToolResults, full.Params, full.Metadata
+	p.Body = false
+	return p
 }
 
 // ChainRef names a Responses chain by its newest response. The prompt is
@@ -285,8 +313,10 @@ var ErrNewerPayload = errors.New("task payload of a newer version")
 // Encode returns the JSON payload.
 func (p ChatPayload) Encode() ([]byte, error) {
 	switch {
+	case p.Body:
+		p.Version = 5
 	case p.Chain != nil:
-		p.Version = PayloadVersion
+		p.Version = 4
 	case len(p.Trace) > 0:
 		p.Version = 3
 	default:
@@ -334,7 +364,7 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 		empty bool
 	}{
 		{"job_id", p.JobID == ""}, {"tenant", p.Tenant == ""}, {"session_id", p.SessionID == ""},
-		{"message", p.Message == "" && len(p.Messages) == 0 && len(p.ToolResults) == 0}, {"submitted_at", p.SubmittedAt.IsZero()},
+		{"message", !p.Body && p.Message == "" && len(p.Messages) == 0 && len(p.ToolResults) == 0}, {"submitted_at", p.SubmittedAt.IsZero()},
 	} {
 		if f.empty {
 			missing = append(missing, f.name)
@@ -346,7 +376,7 @@ func DecodeChat(b []byte) (ChatPayload, error) {
 	if !ValidPriority(p.Priority) {
 		return ChatPayload{}, fmt.Errorf("%w: unknown priority %q", ErrBadPayload, p.Priority)
 	}
-	if p.Chain != nil && (p.Chain.Previous == "" || len(p.Messages) == 0) {
+	if p.Chain != nil && (p.Chain.Previous == "" || (len(p.Messages) == 0 && !p.Body)) {
 		return ChatPayload{}, fmt.Errorf("%w: a chain needs its previous_response_id and the messages that follow it", ErrBadPayload)
 	}
 	return p, nil

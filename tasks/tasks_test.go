@@ -182,3 +182,31 @@ func TestSpreadQueues(t *testing.T) {
 	}
 	t.Log(names)
 }
+
+// A payload whose body travels by reference encodes without its body as
+// version 5, decodes as such (no message needed), and takes its body back
+// from the payload it was submitted with, its own other fields standing.
+func TestLeanPayloadTakesItsBodyBack(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	full := ChatPayload{JobID: "j", Tenant: "t", SessionID: "s", Priority: PriorityNormal, SubmittedAt: at, Model: "m",
+		Messages: []ChatMessage{{Role: "user", Content: "hi"}}, Metadata: json.RawMessage(`{"a":1}`),
+		Params: &GenParams{Tools: []Tool{{Type: "function", Function: FunctionDef{Name: "f", Parameters: json.RawMessage(`{"type":"object"}`)}}}},
+		Chain:  &ChainRef{Previous: "resp_1"}}
+	b, err := full.Lean().Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "hi") || strings.Contains(string(b), "tools") {
+		t.Fatalf("the lean payload carries its body: %s", b)
+	}
+	lean, err := DecodeChat(b)
+	if err != nil || lean.Version != 5 || !lean.Body || lean.Model != "m" || lean.Chain == nil {
+		t.Fatalf("decoded %+v, %v", lean, err)
+	}
+	lean.SubmittedAt = at.Add(time.Hour) // a re-run's
+	got := lean.WithBody(full)
+	if got.Body || got.SubmittedAt != at.Add(time.Hour) || len(got.Messages) != 1 || got.Params == nil ||
+		string(got.Params.Tools[0].Function.Parameters) != `{"type":"object"}` || string(got.Metadata) != `{"a":1}` {
+		t.Fatalf("with its body: %+v", got)
+	}
+}

@@ -5,10 +5,11 @@ import (
 	"strings"
 )
 
-// LargeToolsBody is the largest Chat Completions request the API takes by
-// its tools: 128 tools, each with a JSON Schema of just under 64 KiB
-// (string properties with descriptions), about 8.4 MB.
-func LargeToolsBody() []byte {
+// LargeToolsBody is a Chat Completions request for model with n tools,
+// each with a JSON Schema of just under 64 KiB (string properties with
+// descriptions): 65 KB a tool. With 128 tools (about 8.4 MB) it is the
+// largest request the API takes by its tools.
+func LargeToolsBody(model string, n int) []byte {
 	prop := func(p int) string {
 		return fmt.Sprintf(`"p%d":{"type":"string","description":"%s"}`, p, strings.Repeat("d", 100))
 	}
@@ -18,9 +19,9 @@ func LargeToolsBody() []byte {
 		size += len(prop(p)) + 1
 	}
 	schema := `{"type":"object","properties":{` + strings.Join(props, ",") + `}}`
-	tools := make([]string, 128)
+	tools := make([]string, n)
 	for i := range tools {
 		tools[i] = fmt.Sprintf(`{"type":"function","function":{"name":"tool_%d","description":"a tool","parameters":%s}}`, i, schema)
 	}
-	return []byte(`{"model":"chatfleet","messages":[{"role":"user","content":"hi"}],"tools":[` + strings.Join(tools, ",") + `]}`)
+	return []byte(`{"model":"` + model + `","messages":[{"role":"user","content":"hi"}],"tools":[` + strings.Join(tools, ",") + `]}`)
 }
