@@ -340,13 +340,17 @@ func (e env) fleetRun(rd testkit.Backend, n int, extra map[string]string) float6
 	return float64(n) / took.Seconds()
 }
 
-func rss(pid int) float64 {
+// rss is a process's resident memory in bytes; hwm its peak.
+func rss(pid int) float64 { return procBytes(pid, "VmRSS") }
+func hwm(pid int) float64 { return procBytes(pid, "VmHWM") }
+
+func procBytes(pid int, field string) float64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
 			return kb * 1024
 		}
@@ -738,6 +742,7 @@ func BenchmarkReport(b *testing.B) {
 	results = append(results, e.cluster()...)
 	results = append(results, e.pacedReplies()...)
 	results = append(results, e.deploymentsBurst())
+	results = append(results, e.largeRequests()...)
 
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {
