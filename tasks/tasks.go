@@ -30,9 +30,9 @@ const TypeChatComplete = "chat:complete"
 // added tools, tool calls and results, content parts, response formats and
 // more generation parameters; version 3 the trace context; version 4 the
 // Responses chain by reference (Chain); version 5 the body by reference
-// (Body). Each payload is written at the
-// lowest version that holds its fields (one without a chain as version 3,
-// one without a trace context either as version 2), so that workers of the
+// (Body). Each payload is written at the lowest version that holds its
+// fields (one without a chain as version 3, one without a trace context
+// either as version 2), so that workers of the
 // releases before run what they can; they refuse a newer version as a bad
 // payload instead of running it without its chain. Every earlier version is
 // read as it is (its fields mean the same), so tasks queued before an
