@@ -35,8 +35,21 @@ func TestWorkerKillAndRedisRestartLoseNothing(t *testing.T) {
 			ids[s] = append(ids[s], sub.JobID)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // both workers are mid-stream
-	victim := workers[0]
+	time.Sleep(300 * time.Millisecond) // the jobs that started are mid-stream
+	// The victim is the worker running the most jobs now: which worker the
+	// first jobs went to is the scheduler's and asynq's choice.
+	var victim *testkit.Proc
+	for deadline := time.Now().Add(5 * time.Second); victim == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		most := 0.0
+		for _, w := range workers {
+			if n := metric(t, w.URL(), "chatfleet_active_jobs"); n > most {
+				victim, most = w, n
+			}
+		}
+	}
+	if victim == nil {
+		t.Fatal("no worker ran a job within 5 s")
+	}
 	victim.Signal(syscall.SIGKILL)
 	killedAt := time.Now()
 	if _, ok := victim.Wait(5 * time.Second); !ok {

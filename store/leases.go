@@ -39,14 +39,21 @@ type renewArgs struct {
 // and moves them `claim` ms ahead, so that one caller handles each, and a
 // caller that dies before it is done leaves them to be claimed again:
 // unfinished jobs whose check is due (the reconciler), expired leases (the
-// rescuer). KEYS: the sorted set. ARGV[1]: claimArgs JSON.
+// rescuer). KEYS: the sorted sets (up to `limit` of each). ARGV[1]:
+// claimArgs JSON.
 var claimDue = redis.NewScript(lua(redisNowLua, `
 local a = cjson.decode(ARGV[1])
 local limit, claim = a.limit, a.claim
 local now = redis_now()
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
-for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', now + claim, m) end
-return due
+local out = {}
+for _, key in ipairs(KEYS) do
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
+  for _, m in ipairs(due) do
+    redis.call('ZADD', key, 'XX', now + claim, m)
+    out[#out + 1] = m
+  end
+end
+return out
 `))
 
 // claimArgs are claimDue's arguments.
@@ -144,12 +151,22 @@ func (s *Store) TakeOver(ctx context.Context, id string, attempt int, task strin
 	return true, []byte(p), q, nil
 }
 
-// claimEach runs a claim script on every bucket's index in one pipeline (on
-// Redis Cluster, one round trip per shard, in parallel) and returns what
-// they claimed. EVAL, not EVALSHA: a pipeline cannot fall back on a script
-// that a freshly promoted master has not cached.
+// claimEach runs a claim script on every bucket's index and returns what
+// they claimed. On one Redis that is one script over the 64 indexes (an
+// idle worker's rescuer and reconciler sent 96 scripts a second as one per
+// bucket). On Redis Cluster the buckets lie in other slots: one script per
+// bucket in one pipeline (one round trip per shard, in parallel), sent as
+// EVAL, not EVALSHA: a pipeline cannot fall back on a script that a freshly
+// promoted master has not cached.
 func (s *Store) claimEach(ctx context.Context, script *redis.Script, key func(int) string, a claimArgs) ([]string, error) {
 	args := argsJSON(a)
+	if s.publish == "PUBLISH" {
+		keys := make([]string, rkeys.Buckets)
+		for b := range keys {
+			keys[b] = key(b)
+		}
+		return script.Run(ctx, s.rdb, keys, args).StringSlice()
+	}
 	cmds := make([]*redis.Cmd, rkeys.Buckets)
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for b := range cmds {
