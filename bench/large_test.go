@@ -99,11 +99,7 @@ func keyBytes(e env, rd *testkit.Redis) float64 {
 // BenchmarkLargeRequests runs only the large-request rows (make bench runs
 // them in the report).
 func BenchmarkLargeRequests(b *testing.B) {
-	apiBin, workerBin, err := testkit.BuildBinaries(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := env{b: b, apiBin: apiBin, workerBin: workerBin}
+	e := fleetEnv(b)
 	for _, r := range e.largeRequests() {
 		b.Logf("%s: %.3g %s (%s) against the body's %.3g: %.2f×; %s", r.name, median(r.ours), r.unit, spread(r.ours), median(r.base), median(r.ours)/median(r.base), r.note)
 	}

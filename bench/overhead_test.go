@@ -113,11 +113,7 @@ func (e env) idleOverhead() []result {
 // BenchmarkIdleOverhead runs only the idle-overhead rows (make bench runs
 // them in the report).
 func BenchmarkIdleOverhead(b *testing.B) {
-	apiBin, workerBin, err := testkit.BuildBinaries(b.TempDir())
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := env{b: b, apiBin: apiBin, workerBin: workerBin}
+	e := fleetEnv(b)
 	for _, r := range e.idleOverhead() {
 		b.Logf("%s: %.2f %s (%s), direct %.2f %s", r.name, median(r.ours), r.unit, spread(r.ours), median(r.base), r.unit)
 	}

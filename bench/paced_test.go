@@ -219,12 +219,7 @@ func pacedReps() int {
 
 // BenchmarkPaced runs only the paced rows (make bench runs them in the report).
 func BenchmarkPaced(b *testing.B) {
-	dir := b.TempDir()
-	apiBin, workerBin, err := testkit.BuildBinaries(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := env{b: b, apiBin: apiBin, workerBin: workerBin}
+	e := fleetEnv(b)
 	if ws := os.Getenv("BENCH_PACED_WINDOWS"); ws != "" {
 		// The followed window's trade: Redis CPU per job against lateness.
 		burst := e.pacedRun(pacedConc, pacedConc, 0, false, nil)

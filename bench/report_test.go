@@ -52,6 +52,16 @@ func (e env) procEnv(rd testkit.Backend, extra map[string]string) []string {
 	return testkit.Env(vars)
 }
 
+// fleetEnv builds the api and worker binaries for a benchmark that runs a
+// fleet's rows alone.
+func fleetEnv(b *testing.B) env {
+	apiBin, workerBin, err := testkit.BuildBinaries(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return env{b: b, apiBin: apiBin, workerBin: workerBin}
+}
+
 func (e env) start(name, bin string, rd testkit.Backend, extra map[string]string) *testkit.Proc {
 	return testkit.StartProc(e.b, name, bin, e.procEnv(rd, extra))
 }
