@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,8 +14,43 @@ import (
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
-// overheadBody is a non-streamed Chat Completions request of a few words.
-const overheadBody = `{"model":"fake-model","messages":[{"role":"user","content":"hi there"}]}`
+// overheadBody is a non-streamed Chat Completions request of a few words;
+// streamedBody, the same request streamed.
+const (
+	overheadBody = `{"model":"fake-model","messages":[{"role":"user","content":"hi there"}]}`
+	streamedBody = `{"model":"fake-model","stream":true,"messages":[{"role":"user","content":"hi there"}]}`
+)
+
+// firstTokens sends n streamed requests one after another and returns the
+// time from each request to the first chunk with text.
+func firstTokens(e env, url string, n int) []time.Duration {
+	client := &http.Client{}
+	defer client.CloseIdleConnections()
+	out := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		res, err := client.Post(url, "application/json", strings.NewReader(streamedBody))
+		if err != nil {
+			e.b.Error(err)
+			return out
+		}
+		var took time.Duration
+		sc := bufio.NewScanner(res.Body)
+		for sc.Scan() {
+			line := sc.Text()
+			if took == 0 && strings.HasPrefix(line, "data: ") && strings.Contains(line, `"content":"`) && !strings.Contains(line, `"content":""`) {
+				took = time.Since(start)
+			}
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || took == 0 {
+			e.b.Errorf("%s: %d, no text streamed", url, res.StatusCode)
+			return out
+		}
+		out = append(out, took)
+	}
+	return out
+}
 
 // latencies sends n requests over conns connections, each as soon as the
 // connection's previous one is answered (as wrk does), and returns their
@@ -77,6 +113,17 @@ func (e env) idleOverhead() []result {
 			order = append(order, k)
 		}
 	}
+	// conns 0: the streamed request's first token, one connection.
+	for _, p := range []float64{0.50, 0.99} {
+		k := key{0, p}
+		r := &result{name: fmt.Sprintf("Idle fleet's first token after the direct call's, streamed /v1, 1 connection, p%.0f", p*100),
+			unit: "ms", target: "(reported)"}
+		if p == 0.50 {
+			r.target, r.check = "≤ 5 ms", func(ours, _ float64) bool { return ours <= 5 }
+		}
+		rows[k] = r
+		order = append(order, k)
+	}
 	for range reps {
 		fake := llmfake.NewOpenAI(e.b)
 		rd := testkit.StartRedis(e.b)
@@ -85,6 +132,13 @@ func (e env) idleOverhead() []result {
 		w := e.start("worker", e.workerBin, rd, env)
 		a := e.start("api", e.apiBin, rd, env)
 		latencies(e, a.URL()+"/v1/chat/completions", 1, 20) // warm both paths up
+		direct := firstTokens(e, fake.URL()+"/chat/completions", 200)
+		fleet := firstTokens(e, a.URL()+"/v1/chat/completions", 200)
+		for _, p := range []float64{0.50, 0.99} {
+			r := rows[key{0, p}]
+			r.ours = append(r.ours, percentile(fleet, p)-percentile(direct, p))
+			r.base = append(r.base, percentile(direct, p))
+		}
 		for _, conns := range []int{1, 8} {
 			n := 200 * conns
 			direct := latencies(e, fake.URL()+"/chat/completions", conns, n)
@@ -102,8 +156,11 @@ func (e env) idleOverhead() []result {
 	var out []result
 	for i, k := range order {
 		r := *rows[k]
-		if i == 0 {
+		switch {
+		case i == 0:
 			r.note = "ours: the fleet's percentile less the direct call's, in the same repetition (200 requests a connection, each sent when the last was answered); baseline: the direct call's percentile"
+		case k.conns == 0 && k.p == 0.50:
+			r.note = "ours: the time from request to the first chunk with text, the fleet's percentile less the direct call's, in the same repetition (200 streamed requests, one after another); baseline: the direct call's percentile"
 		}
 		out = append(out, r)
 	}

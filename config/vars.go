@@ -133,7 +133,7 @@ func Vars(role Role) []Var {
 			durationVar(func(c *Config) *time.Duration { return &c.BreakerOpenFor }, time.Millisecond)},
 		{"CHATFLEET_WORKER_CONCURRENCY", "100", "concurrent jobs per worker process", false,
 			intVar(func(c *Config) *int { return &c.WorkerConcurrency }, 1)},
-		{"CHATFLEET_QUEUE_POLL_INTERVAL", "20ms", "how often an idle worker polls the empty queues; the floor of time-to-first-token on an idle fleet", false,
+		{"CHATFLEET_QUEUE_POLL_INTERVAL", "20ms", "how often an idle worker polls the empty queues: how soon asynq's own tasks (retries, takeovers) start; the jobs a worker is handed start at once", false,
 			durationVar(func(c *Config) *time.Duration { return &c.QueuePollInterval }, time.Millisecond)},
 		{"CHATFLEET_QUEUE_SPREAD", "1", "queues per priority, for Redis Cluster: asynq keeps a queue on one slot, so one master does asynq's work for all jobs of a queue; set the number of masters, the same on every api and worker (each idle poll asks every queue)", false,
 			func(c *Config, v string) error {

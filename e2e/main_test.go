@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -90,6 +94,16 @@ func do(t testing.TB, method, url string, body any, header map[string]string) re
 func submit(t testing.TB, base, session, message string, header map[string]string) response {
 	t.Helper()
 	return do(t, http.MethodPost, base+"/api/v1/chat/jobs", map[string]any{"session_id": session, "message": message}, header)
+}
+
+// handedOut is how many jobs the scheduler has handed out to workers.
+func handedOut(t testing.TB, rdb redis.UniversalClient) int {
+	t.Helper()
+	n, err := rdb.Get(context.Background(), rkeys.SchedPrefix()+"handed").Int()
+	if err != nil && err != redis.Nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // waitJob long-polls a job until it is finished.

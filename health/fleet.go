@@ -36,14 +36,14 @@ type Fleet struct {
 	scheduler func(context.Context) (store.SchedBacklog, int, error)
 
 	mu      sync.Mutex
-	samples []sample // processed totals over the last minute, oldest first
+	samples []sample // jobs handed out so far, over the last minute, oldest first
 	cached  snapshot
 	cacheAt time.Time
 }
 
 type sample struct {
-	at        time.Time
-	processed int
+	at     time.Time
+	handed int
 }
 
 // FleetOptions configures Fleet.
@@ -86,7 +86,6 @@ type QueueState struct {
 	Active         int     `json:"active"`
 	Archived       int     `json:"archived"`
 	LatencySeconds float64 `json:"latency_seconds"`
-	processed      int
 }
 
 // Workers summarises the live worker processes.
@@ -142,7 +141,7 @@ func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
 			return QueueState{}, fmt.Errorf("queue %s: %w", q, err)
 		}
 		return QueueState{Name: q, Pending: info.Pending, Scheduled: info.Scheduled, Retry: info.Retry,
-			Active: info.Active, Archived: info.Archived, LatencySeconds: info.Latency.Seconds(), processed: info.Processed}, nil
+			Active: info.Active, Archived: info.Archived, LatencySeconds: info.Latency.Seconds()}, nil
 	}
 	s.lanes = map[string]*laneCount{}
 	for _, p := range tasks.Priorities {
@@ -185,30 +184,29 @@ func (f *Fleet) snapshot(ctx context.Context) (snapshot, error) {
 		}
 		s.workers.Live++
 		s.workers.Concurrency += srv.Concurrency
-		s.workers.Busy += len(srv.ActiveWorkers)
 	}
+	// A worker runs most jobs itself, not as asynq tasks (orchestration/direct.go):
+	// the running attempts' leases count them all.
+	s.workers.Busy = s.sched.running
 	f.mu.Lock()
 	f.cached, f.cacheAt = s, time.Now()
 	f.mu.Unlock()
 	return s, nil
 }
 
-// sampleLoop records the fleet's processed-job total every 5 s, for the
-// drain rate that queue status advises on.
+// sampleLoop records the jobs the scheduler has handed out every 5 s, for
+// the drain rate that queue status advises on.
 func (f *Fleet) sampleLoop(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
 		if s, err := f.snapshot(ctx); err == nil {
-			total := 0
-			for _, q := range s.queues {
-				total += q.processed
-			}
+			total := int(s.sched.handed)
 			f.mu.Lock()
-			if n := len(f.samples); n > 0 && total < f.samples[n-1].processed {
-				f.samples = nil // asynq's daily counters rolled over at midnight UTC
+			if n := len(f.samples); n > 0 && total < f.samples[n-1].handed {
+				f.samples = nil // the count started over (the scheduler was idle past its keep)
 			}
-			f.samples = append(f.samples, sample{at: time.Now(), processed: total})
+			f.samples = append(f.samples, sample{at: time.Now(), handed: total})
 			for len(f.samples) > 1 && time.Since(f.samples[0].at) > time.Minute {
 				f.samples = f.samples[1:]
 			}
@@ -244,7 +242,7 @@ func (f *Fleet) rateOver(span time.Duration) (float64, bool) {
 	if dt <= 0 {
 		return 0, false
 	}
-	return float64(b.processed-a.processed) / dt, true
+	return float64(b.handed-a.handed) / dt, true
 }
 
 // drainTarget is how soon the advice wants a backlog gone.

@@ -16,6 +16,10 @@ type Scheduler struct {
 	Models  []SchedModel   `json:"models"`
 	Tenants []SchedTenant  `json:"tenants"` // the busiest
 	Blocked map[string]int `json:"blocked"` // by reason: model_capacity, session_order
+	// handed counts the jobs handed out to workers so far (the drain rate);
+	// running, the attempts running in the fleet.
+	handed  int64
+	running int
 }
 
 // SchedLane is a priority lane's backlog in the scheduler.
@@ -87,5 +91,6 @@ func (f *Fleet) readScheduler(ctx context.Context) (Scheduler, error) {
 	sort.Slice(out.Models, func(i, j int) bool { return out.Models[i].Queued > out.Models[j].Queued })
 	out.Tenants = append(out.Tenants, b.Tenants...)
 	out.Blocked["session_order"] = waiting
+	out.handed, out.running = b.Handed, b.Running
 	return out, nil
 }

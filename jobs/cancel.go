@@ -37,6 +37,10 @@ func (m *Manager) Cancel(ctx context.Context, j store.Job, why string) (store.Jo
 	if err := m.insp.DeleteTask(j.Queue, j.Task); err != nil {
 		_ = m.insp.CancelProcessing(j.Task)
 	}
+	// A job its worker runs without a task is stopped by its runner.
+	if err := m.st.Interrupt(ctx, j.ID); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not tell the canceled job's worker to stop it; its call runs to the end")
+	}
 	return m.st.Get(ctx, j.ID)
 }
 

@@ -71,7 +71,11 @@ type DispatchOptions struct {
 	// a dispatch script a job on a busy worker. Default 1 (no wait).
 	Batch  int
 	Linger time.Duration
-	Log    zerolog.Logger
+	// Run, when set, runs a job handed out here in this process at once
+	// instead of through asynq's queue (see orchestration/direct.go); false
+	// when it cannot take it now, and the job's task is enqueued.
+	Run func(task, queue string, payload []byte) bool
+	Log zerolog.Logger
 }
 
 // Dispatcher hands the scheduler's jobs to asynq as this worker's slots free
@@ -251,7 +255,7 @@ func (d *Dispatcher) round(ctx context.Context) (next, wait time.Time) {
 		// a shutdown's cancel (bounded by handOutTimeout).
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handOutTimeout)
 		defer cancel()
-		d.m.handOut(hctx, got, d.enqueues, d.o.Log)
+		d.m.handOut(hctx, got, d.enqueues, d.o.Run, d.o.Log)
 	}
 	return next, time.Time{}
 }
@@ -265,8 +269,9 @@ const handOutTimeout = 5 * time.Second
 // session's turn on; one whose enqueue fails goes back to the scheduler, or,
 // if that fails too, the reconciler finds it (queued, neither scheduled nor
 // with a task) and schedules it again.
-// sem bounds the enqueues under way at once.
-func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, sem chan struct{}, log zerolog.Logger) {
+// sem bounds the enqueues under way at once; run, when set, runs a job here
+// instead (DispatchOptions.Run).
+func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, sem chan struct{}, run func(task, queue string, payload []byte) bool, log zerolog.Logger) {
 	ids := make([]string, len(got))
 	for i, s := range got {
 		ids[i] = s.ID
@@ -275,6 +280,18 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, sem chan s
 	if err != nil {
 		log.Warn().Err(err).Int("jobs", len(got)).Msg("could not read the jobs handed out; the reconciler will schedule them again")
 		return
+	}
+	if run != nil {
+		// What runs here needs no task; the rest is enqueued as before.
+		var left []store.Scheduled
+		var leftRecs []store.ToRun
+		for i, r := range recs {
+			if r.Status == store.StatusQueued && len(r.Payload) > 0 && run(r.Task, r.Queue, r.Payload) {
+				continue
+			}
+			left, leftRecs = append(left, got[i]), append(leftRecs, r)
+		}
+		got, recs = left, leftRecs
 	}
 	// The enqueues run side by side: one after another, a round of many
 	// jobs (a worker starting with 100 free slots) would wait out as many
@@ -314,13 +331,17 @@ func (m *Manager) handOutOne(ctx context.Context, s store.Scheduled, r store.ToR
 	}
 }
 
-// Backlog reads what waits in the scheduler (the `top` busiest tenants), and
-// how many jobs wait for their session's turn.
+// Backlog reads what waits in the scheduler (the `top` busiest tenants), how
+// many jobs wait for their session's turn, and how many attempts run.
 func (m *Manager) Backlog(ctx context.Context, top int) (store.SchedBacklog, int, error) {
 	b, err := m.st.SchedStatus(ctx, tasks.Priorities, top)
 	if err != nil {
 		return b, 0, err
 	}
 	waiting, err := m.st.WaitingForTurn(ctx)
+	if err != nil {
+		return b, 0, err
+	}
+	b.Running, err = m.st.Running(ctx)
 	return b, waiting, err
 }

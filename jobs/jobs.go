@@ -250,7 +250,24 @@ func (m *Manager) undo(ctx context.Context, nj store.NewJob) error {
 // again): if that task is finished (archived, or completed under a release
 // that kept completed tasks), the job runs under a new task id instead.
 func (m *Manager) enqueueTask(ctx context.Context, id, task, queue string, payload []byte) error {
-	err := m.enqueueRaw(ctx, tasks.ChatTask(payload, task, queue, m.opt.MaxRetries))
+	return m.enqueueAs(ctx, id, task, queue, func(task string) *asynq.Task {
+		return tasks.ChatTask(payload, task, queue, m.opt.MaxRetries, nil)
+	})
+}
+
+// HandBack enqueues the task of a job that ran in a worker without one
+// (orchestration/direct.go) and has not ended: asynq runs it after `in`;
+// headers are the task's (the attempt's error, for asynq to act on).
+func (m *Manager) HandBack(ctx context.Context, id, task, queue string, payload []byte, in time.Duration, headers map[string]string) error {
+	return m.enqueueAs(ctx, id, task, queue, func(task string) *asynq.Task {
+		return tasks.ChatTask(payload, task, queue, m.opt.MaxRetries, headers, asynq.ProcessIn(in))
+	})
+}
+
+// enqueueAs enqueues the task build makes under the job's task id, or under
+// a new one when a finished task holds that id (enqueueTask).
+func (m *Manager) enqueueAs(ctx context.Context, id, task, queue string, build func(task string) *asynq.Task) error {
+	err := m.enqueueRaw(ctx, build(task))
 	if !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
@@ -262,7 +279,10 @@ func (m *Manager) enqueueTask(ctx context.Context, id, task, queue string, paylo
 	if ok, err := m.st.Retask(ctx, id, task); err != nil || !ok {
 		return err
 	}
-	return m.enqueue(ctx, payload, task, queue)
+	if err := m.enqueueRaw(ctx, build(task)); !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return err
+	}
+	return nil
 }
 
 // requeue runs a queued job under a new task id (its task is gone or done),
@@ -305,7 +325,7 @@ func (m *Manager) enqueueRaw(ctx context.Context, t *asynq.Task) error {
 }
 
 func (m *Manager) enqueue(ctx context.Context, payload []byte, taskID, queue string) error {
-	_, err := m.queue.EnqueueContext(ctx, tasks.ChatTask(payload, taskID, queue, m.opt.MaxRetries))
+	_, err := m.queue.EnqueueContext(ctx, tasks.ChatTask(payload, taskID, queue, m.opt.MaxRetries, nil))
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return fmt.Errorf("enqueue: %w: %w", store.ErrUnavailable, err)
 	}

@@ -37,7 +37,7 @@ func handOutAll(t *testing.T, m *Manager) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.handOut(context.Background(), got, make(chan struct{}, handOutParallel), zerolog.Nop())
+	m.handOut(context.Background(), got, make(chan struct{}, handOutParallel), nil, zerolog.Nop())
 }
 
 func submission(id, session, hash string) (store.NewJob, tasks.ChatPayload) {

@@ -17,7 +17,7 @@ import (
 func withJobLogger(log zerolog.Logger) asynq.MiddlewareFunc {
 	return func(next asynq.Handler) asynq.Handler {
 		return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
-			id, _ := asynq.GetTaskID(ctx)
+			id, _ := taskOf(ctx)
 			return next.ProcessTask(log.With().Str("job_id", id).Logger().WithContext(ctx), t)
 		})
 	}

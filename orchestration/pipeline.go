@@ -119,7 +119,7 @@ func (p *Pipeline) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 // tenant and attempt, and its trace ids when tracing is on: the attempt's
 // span, a child of the submitter's, is in the context.
 func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Context, error) {
-	taskID, _ := asynq.GetTaskID(ctx)
+	taskID, queue := taskOf(ctx)
 	pl, err := tasks.DecodeChat(t.Payload())
 	if err == nil && pl.JobID != tasks.JobOfTask(taskID) {
 		err = fmt.Errorf("%w: job_id %q differs from task id", tasks.ErrBadPayload, pl.JobID)
@@ -148,7 +148,6 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 	log := zerolog.Ctx(ctx).With().Str("session_id", pl.SessionID).Str("tenant", pl.Tenant).Logger()
 	submitted := ctx // the submitter's span, when the payload carries one
 	if tracing.Enabled() {
-		queue, _ := asynq.GetQueueName(ctx)
 		submitted = tracing.Extract(ctx, pl.Trace)
 		ctx, _ = tracing.Tracer().Start(submitted, "process "+queue, trace.WithSpanKind(trace.SpanKindConsumer),
 			trace.WithAttributes(append(tracing.Messaging(queue, pl.JobID), attribute.String("chatfleet.worker", tracing.Worker()))...))
@@ -197,7 +196,6 @@ func (p *Pipeline) admit(ctx context.Context, t *asynq.Task) (*run, context.Cont
 		}
 	}
 	if att.N == 1 {
-		queue, _ := asynq.GetQueueName(ctx)
 		p.m.queueWait.WithLabelValues(tasks.PriorityOfQueue(queue)).Observe(r.start.Sub(pl.SubmittedAt).Seconds())
 		if tracing.Enabled() {
 			waitSpans(submitted, pl.SubmittedAt, att.TurnAt, r.start)

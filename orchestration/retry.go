@@ -171,6 +171,9 @@ func (p *Pipeline) retryDelay(n int, err error, t *asynq.Task) time.Duration {
 }
 
 func retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	if r := (*replayed)(nil); errors.As(err, &r) {
+		return r.delay // the attempt's own, computed when it ran here
+	}
 	var deferred *errDeferred
 	if errors.As(err, &deferred) {
 		return max(time.Until(deferred.until), 0) + time.Duration(rand.Int64N(int64(250*time.Millisecond)))

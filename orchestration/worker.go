@@ -3,7 +3,7 @@ package orchestration
 import (
 	"context"
 	"fmt"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -36,8 +36,17 @@ type Worker struct {
 	dispatcher   *jobs.Dispatcher
 	stopDispatch context.CancelFunc
 	dispatched   chan struct{} // closed when the dispatcher's last enqueues are done
-	busy         atomic.Int64  // tasks in the handler now
 	concurrency  int
+	// slots holds a token per job running here, asynq's tasks and the jobs
+	// run here directly (direct.go) alike: together they stay within the
+	// concurrency.
+	slots chan struct{}
+	// The jobs run here directly: their context (canceled when a shutdown
+	// times out) and their count.
+	directCtx    context.Context
+	cancelDirect context.CancelFunc
+	running      sync.WaitGroup
+	shutdownIn   time.Duration
 }
 
 // NewWorker builds a worker on a shared Redis client (asynq does not close it).
@@ -74,7 +83,9 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 			alog.Debug().Str("job_id", id).Err(err).Msg("task attempt returned an error")
 		}),
 	})
-	w := &Worker{srv: srv, pipeline: p, log: log, stop: func() {}, stopDispatch: func() {}, concurrency: o.Concurrency}
+	w := &Worker{srv: srv, pipeline: p, log: log, stop: func() {}, stopDispatch: func() {}, concurrency: o.Concurrency,
+		slots: make(chan struct{}, o.Concurrency), shutdownIn: o.ShutdownTimeout}
+	w.directCtx, w.cancelDirect = context.WithCancel(context.Background())
 	// An idle processor polls every 1/2 to 3/2 of asynq's TaskCheckInterval,
 	// so a task handed out for a free slot here is picked up by then, or
 	// another worker took it: past that, the slot is offered again (a
@@ -83,27 +94,34 @@ func NewWorker(rdb redis.UniversalClient, p *Pipeline, log zerolog.Logger, o Wor
 	// (at most the dispatcher's linger), so a busy worker's hand-outs come
 	// in batches, not a dispatch script per job.
 	w.dispatcher = p.jobs.NewDispatcher(jobs.DispatchOptions{Free: w.free, Pickup: o.PollInterval + 20*time.Millisecond,
-		Batch: o.Concurrency / 8, Log: log})
+		Batch: o.Concurrency / 8, Run: w.runHere, Log: log})
 	w.mux = asynq.NewServeMux()
-	w.mux.Use(withJobLogger(log), countActive(p.m.active), w.countSlots, recoverPanics)
+	w.mux.Use(replayOutcome, withJobLogger(log), countActive(p.m.active), w.countSlots, recoverPanics)
 	w.mux.Handle(tasks.TypeChatComplete, p)
 	return w
 }
 
-// countSlots counts the tasks in the handler, and tells the dispatcher when
-// one ends: a slot is free for the scheduler's next job.
+// countSlots holds a slot for each task asynq delivers (a job run here
+// directly took its slot when it was handed out), and tells the dispatcher
+// when one starts and ends: a slot is free for the scheduler's next job.
 func (w *Worker) countSlots(next asynq.Handler) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
-		w.busy.Add(1)
+		if !isDirect(ctx) {
+			select {
+			case w.slots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err() // asynq runs it again (not a failure)
+			}
+			defer func() { <-w.slots }()
+		}
 		w.dispatcher.Started()
 		defer w.dispatcher.Poke()
-		defer w.busy.Add(-1)
 		return next.ProcessTask(ctx, t)
 	})
 }
 
 // free is how many more jobs this worker can take now.
-func (w *Worker) free() int { return w.concurrency - int(w.busy.Load()) }
+func (w *Worker) free() int { return w.concurrency - len(w.slots) }
 
 // Start begins fetching and running jobs.
 func (w *Worker) Start() error {
@@ -131,6 +149,19 @@ func (w *Worker) Shutdown() {
 		<-w.dispatched // the jobs taken from the scheduler are in the queue
 	}
 	w.srv.Stop()
+	// The jobs run here drain with asynq's, for as long: then they are
+	// canceled, hand their jobs over, and are waited for.
+	drained := make(chan struct{})
+	go func() { w.running.Wait(); close(drained) }()
+	timeout := time.NewTimer(w.shutdownIn)
+	defer timeout.Stop()
 	w.srv.Shutdown()
+	select {
+	case <-drained:
+	case <-timeout.C:
+		w.cancelDirect()
+		<-drained
+	}
+	w.cancelDirect()
 	w.stop() // leases are renewed while jobs drain
 }

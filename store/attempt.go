@@ -17,8 +17,8 @@ import (
 // and reads the session's history. Returns {'wait', head} when an earlier
 // job holds the turn (a task that arrived early, from an older API: the job
 // is pointed at the fresh task id, which the release that gives it the turn
-// enqueues), {'done'} when the job has finished or another task now runs it
-// (it was taken over), {'gone'} when its record is gone, else {'run',
+// enqueues), {'done'} when the job has finished, another task now runs it
+// (it was taken over) or another run of the same task holds a live lease, {'gone'} when its record is gone, else {'run',
 // attempt, fence, turn_at, followed, history…}. The attempt's fence token, one more than any
 // before it (never reset: a deferral gives back an attempt's number, a re-run
 // restarts the count), fences every earlier attempt out and names its lease.
@@ -33,6 +33,13 @@ local st, owner = rec[1], rec[2]
 if not st then return {'gone'} end
 if terminal(st) then return {'done'} end
 if owner and owner ~= task then return {'done'} end
+-- The same task again while its attempt's lease is live: a second run of a
+-- job handed out twice (orchestration/direct.go), not a redelivery of a task
+-- whose worker died (its lease expired) or stopped (it gave its lease up).
+if st == ACTIVE then
+  local live = tonumber(redis.call('ZSCORE', leases, id .. ':' .. (redis.call('HGET', job, 'fence') or '')))
+  if live and live > redis_now() then return {'done'} end
+end
 local head = redis.call('LINDEX', order, 0)
 if head and head ~= id then
   redis.call('HSET', job, 'task', fresh)

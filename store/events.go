@@ -297,6 +297,20 @@ func (s *Store) LastEvent(ctx context.Context, id string) (Event, bool, error) {
 	return ev, err == nil, err
 }
 
+// Interrupt tells the process that runs job id, if the record names one,
+// to cancel its run (rkeys.InterruptPrefix on rkeys.RunnerChannel): a job a
+// worker runs without an asynq task, which asynq's cancel cannot reach.
+func (s *Store) Interrupt(ctx context.Context, id string) error {
+	runner, err := s.rdb.HGet(ctx, rkeys.Job(id), "runner").Result()
+	if errors.Is(err, redis.Nil) || runner == "" {
+		return nil
+	}
+	if err != nil {
+		return unavailable("read the job's runner", err)
+	}
+	return s.tellRunner(ctx, runner, rkeys.InterruptPrefix+id, "interrupt the job's runner")
+}
+
 // finalEvent is the event Finish appends for an outcome.
 func finalEvent(o Outcome) Payload {
 	switch o.Status {
@@ -333,14 +347,20 @@ func (s *Store) Wake(ctx context.Context, id string) error {
 	if st != StatusActive || runner == "" {
 		return nil // not running: its attempt will read the mark
 	}
+	return s.tellRunner(ctx, runner, id, "wake the job's runner")
+}
+
+// tellRunner publishes msg on a runner's channel (sharded on a cluster).
+func (s *Store) tellRunner(ctx context.Context, runner, msg, what string) error {
 	ch := rkeys.RunnerChannel(runner)
+	var err error
 	if s.publish == "SPUBLISH" {
-		err = s.rdb.SPublish(ctx, ch, id).Err()
+		err = s.rdb.SPublish(ctx, ch, msg).Err()
 	} else {
-		err = s.rdb.Publish(ctx, ch, id).Err()
+		err = s.rdb.Publish(ctx, ch, msg).Err()
 	}
 	if err != nil {
-		return unavailable("wake the job's runner", err)
+		return unavailable(what, err)
 	}
 	return nil
 }

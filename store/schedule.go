@@ -29,6 +29,7 @@ import (
 //	P ml:<lane>:<model> zset  job id -> queued at (ms): counts and oldest age per lane and model
 //	P tc                zset  tenant -> jobs waiting here
 //	P models            set   models with jobs here
+//	P handed            string jobs handed out so far (the fleet's drain rate)
 //
 // Fairness: each lane serves its tenants by stride scheduling. A tenant's
 // pass grows by 1/weight with each job it gets, the tenant with the lowest
@@ -365,6 +366,10 @@ for _, lane in ipairs(a.lanes) do
 end
 redis.call('HSET', P .. 'swrr', unpack(state))
 touched[P .. 'swrr'] = true
+if #out > 0 then
+  redis.call('INCRBY', P .. 'handed', #out)
+  touched[P .. 'handed'] = true
+end
 keepTouched(a.keep)
 local nxt = redis.call('ZRANGE', P .. 'blocked', 0, 0, 'WITHSCORES')
 out[#out + 1] = redis.call('HLEN', KEYS[1])

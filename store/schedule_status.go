@@ -40,6 +40,7 @@ for _, m in ipairs(redis.call('SMEMBERS', P .. 'models')) do
 end
 local t = redis.call('ZREVRANGE', P .. 'tc', 0, top - 1, 'WITHSCORES')
 for i = 1, #t, 2 do out.tenants[#out.tenants + 1] = {tenant = t[i], queued = tonumber(t[i + 1])} end
+out.handed = tonumber(redis.call('GET', P .. 'handed')) or 0
 return cjson.encode(out)
 `)
 
@@ -64,6 +65,12 @@ type SchedTenant struct {
 type SchedBacklog struct {
 	Lanes   []SchedLaneModel `json:"lanes"` // one per lane and model with jobs
 	Tenants []SchedTenant    `json:"tenants"`
+	// Handed counts the jobs handed out to workers so far: what drains the
+	// backlog.
+	Handed int64 `json:"handed"`
+	// Running counts the attempts running in the fleet (Store.Running; read
+	// apart from the scheduler).
+	Running int `json:"-"`
 }
 
 // SchedStatus reads the scheduler's backlog (tenants: the `top` busiest).
@@ -77,11 +84,12 @@ func (s *Store) SchedStatus(ctx context.Context, lanes []string, top int) (Sched
 	var v struct {
 		Lanes   json.RawMessage `json:"lanes"`
 		Tenants json.RawMessage `json:"tenants"`
+		Handed  float64         `json:"handed"`
 	}
 	if err := json.Unmarshal([]byte(raw), &v); err != nil {
 		return SchedBacklog{}, fmt.Errorf("read scheduler: %w", err)
 	}
-	var b SchedBacklog
+	b := SchedBacklog{Handed: int64(v.Handed)}
 	if len(v.Lanes) > 0 && v.Lanes[0] == '[' {
 		if err := json.Unmarshal(v.Lanes, &b.Lanes); err != nil {
 			return SchedBacklog{}, fmt.Errorf("read scheduler: %w", err)
@@ -103,17 +111,27 @@ func (s *Store) SchedStatus(ctx context.Context, lanes []string, top int) (Sched
 }
 
 // WaitingForTurn counts the unfinished jobs that wait for their session's
-// turn: their reconciler check is parked WaitingCheck away (order.go), one
-// command per bucket in one pipeline.
+// turn: their reconciler check is parked WaitingCheck away (order.go).
 func (s *Store) WaitingForTurn(ctx context.Context) (int, error) {
-	pipe := s.rdb.Pipeline()
 	from := strconv.FormatInt(s.opt.Clock().Add(WaitingCheck/2).UnixMilli(), 10)
+	return s.countFrom(ctx, rkeys.Unfinished, from, "count waiting turns")
+}
+
+// Running counts the attempts running in the fleet: the live leases.
+func (s *Store) Running(ctx context.Context) (int, error) {
+	return s.countFrom(ctx, rkeys.Leases, strconv.FormatInt(s.opt.Clock().UnixMilli(), 10), "count running attempts")
+}
+
+// countFrom counts the members scored from `from` on in every bucket's
+// sorted set key(b), one command per bucket in one pipeline.
+func (s *Store) countFrom(ctx context.Context, key func(int) string, from, what string) (int, error) {
+	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.IntCmd, rkeys.Buckets)
 	for b := range rkeys.Buckets {
-		cmds[b] = pipe.ZCount(ctx, rkeys.Unfinished(b), from, "+inf")
+		cmds[b] = pipe.ZCount(ctx, key(b), from, "+inf")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return 0, unavailable("count waiting turns", err)
+		return 0, unavailable(what, err)
 	}
 	n := 0
 	for _, c := range cmds {

@@ -242,6 +242,30 @@ func TestStaleAttemptWithTheSameNumberIsFencedOut(t *testing.T) {
 	}
 }
 
+// A job handed out twice runs once: a second start of the same task while
+// the first attempt's lease is live finds nothing to run; once that lease
+// has expired (its worker died) the same task takes the job over.
+func TestASecondRunOfTheSameTaskWaitsForTheLease(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	id := "job_twice"
+	if _, _, err := s.Create(ctx, NewJob{ID: id, Tenant: "t", SessionID: id, Queue: "q", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	a1, err := s.StartAttempt(ctx, id, "t", id, id, "", false, 300*time.Millisecond)
+	if err != nil || a1.N != 1 {
+		t.Fatalf("start %+v %v", a1, err)
+	}
+	if a, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute); err != nil || a.N != 0 {
+		t.Fatalf("a second run while the lease is live: %+v %v, want nothing to run", a, err)
+	}
+	time.Sleep(400 * time.Millisecond) // the lease's end, by Redis's clock
+	a2, err := s.StartAttempt(ctx, id, "t", id, id, "", false, time.Minute)
+	if err != nil || a2.N != 2 || a2.Fence <= a1.Fence {
+		t.Fatalf("the same task after the lease expired: %+v %v, want attempt 2", a2, err)
+	}
+}
+
 // Leases read one clock, Redis's: a worker whose clock runs two leases
 // behind (or ahead of) the rescuer's keeps the jobs it renews, and a lease
 // it stops renewing still expires after a lease.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,12 +15,15 @@ import (
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 )
 
-// Wakeups is a worker's side of Store.Wake: one subscription per process,
-// to its own channel, on which the API names a running job that has just
-// gained a live follower; the job's emitter then sends what it held back.
+// Wakeups is a worker's side of Store.Wake and Store.Interrupt: one
+// subscription per process, to its own channel, on which the API names a
+// running job that has just gained a live follower (the job's emitter then
+// sends what it held back), or a job canceled while it runs here without an
+// asynq task (its run is canceled; asynq cancels its own tasks).
 type Wakeups struct {
 	mu       sync.Mutex
-	emitters map[string]*Emitter // job id -> the emitter of its attempt here
+	emitters map[string]*Emitter           // job id -> the emitter of its attempt here
+	cancels  map[string]context.CancelFunc // job id -> the cancel of its run here
 	// early keeps a wake that came before its job's emitter was added (the
 	// record names this runner from the attempt's start, a moment before):
 	// Add delivers it. Job id -> when it came.
@@ -46,7 +50,7 @@ func NewRunnerName() string {
 // subscription (Redis down at first) emitters still work: a follower that
 // arrives then waits for the unfollowed window instead.
 func ListenWakeups(ctx context.Context, rdb redis.UniversalClient, runner string, log zerolog.Logger) *Wakeups {
-	w := &Wakeups{emitters: map[string]*Emitter{}, early: map[string]time.Time{}}
+	w := &Wakeups{emitters: map[string]*Emitter{}, cancels: map[string]context.CancelFunc{}, early: map[string]time.Time{}}
 	ch := rkeys.RunnerChannel(runner)
 	var ps *redis.PubSub
 	if c, ok := rdb.(*redis.ClusterClient); ok {
@@ -67,7 +71,11 @@ func ListenWakeups(ctx context.Context, rdb redis.UniversalClient, runner string
 					log.Warn().Msg("the follower wake-up subscription ended")
 					return
 				}
-				w.wake(m.Payload)
+				if id, ok := strings.CutPrefix(m.Payload, rkeys.InterruptPrefix); ok {
+					w.interrupt(id)
+				} else {
+					w.wake(m.Payload)
+				}
 			}
 		}
 	}()
@@ -118,6 +126,32 @@ func (w *Wakeups) Add(id string, e *Emitter) (remove func()) {
 		if w.emitters[id] == e {
 			delete(w.emitters, id)
 		}
+		w.mu.Unlock()
+	}
+}
+
+// interrupt cancels the run of a job here (a cancel of the job).
+func (w *Wakeups) interrupt(id string) {
+	w.mu.Lock()
+	cancel := w.cancels[id]
+	w.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// AddCancel registers the cancel of a job's run here until the returned
+// function is called. A nil Wakeups registers nothing.
+func (w *Wakeups) AddCancel(id string, cancel context.CancelFunc) (remove func()) {
+	if w == nil {
+		return func() {}
+	}
+	w.mu.Lock()
+	w.cancels[id] = cancel
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		delete(w.cancels, id)
 		w.mu.Unlock()
 	}
 }

@@ -447,12 +447,12 @@ func ValidJobID(id string) bool {
 // succeeds. The job record holds the outcome for the retention, and it, not
 // asynq's completed task, is what refuses a second run of a job id
 // (docs/design.md, "What Redis keeps").
-func ChatTask(payload []byte, taskID, queue string, maxRetries int) *asynq.Task {
-	return asynq.NewTask(TypeChatComplete, payload,
-		asynq.TaskID(taskID),
-		asynq.Queue(queue),
-		asynq.MaxRetry(maxRetries+1),
-	)
+//
+// headers and opts are added as given (a job handed back after it ran
+// without a task: orchestration/direct.go).
+func ChatTask(payload []byte, taskID, queue string, maxRetries int, headers map[string]string, opts ...asynq.Option) *asynq.Task {
+	return asynq.NewTaskWithHeaders(TypeChatComplete, payload, headers,
+		append([]asynq.Option{asynq.TaskID(taskID), asynq.Queue(queue), asynq.MaxRetry(maxRetries + 1)}, opts...)...)
 }
 
 // RetryTaskID names a new task that runs a job again after its attempt was

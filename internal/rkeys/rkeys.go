@@ -168,6 +168,11 @@ func FleetHistory(slot int64) string {
 	return prefix + "{fleet-history}:" + strconv.FormatInt(slot, 10)
 }
 
+// InterruptPrefix starts a message on a runner's channel that asks it to
+// cancel its run of the job named after it (a plain message names a job
+// that gained a follower).
+const InterruptPrefix = "interrupt:"
+
 // Idempotency points a tenant's Idempotency-Key at the job it made, so that
 // the key reused with another session (hence another job id) is a conflict.
 func Idempotency(tenant, keyHash string) string { return prefix + "idem:" + tenant + ":" + keyHash }
