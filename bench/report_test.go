@@ -839,17 +839,16 @@ See docs/capacity.md for the profiles behind these notes.
   against 50 µs for request log, metrics, auth, the body hash and the payload encoding).
   Load generator, API and Redis share the 2 cores.
 - Fleet throughput: a no-op asynq task is three round trips and no work; a job is about
-  nine in the timed run: the scheduler's hand-out (its share of a dispatch script and of
-  a pipelined read of the records, asynq's enqueue: before the scheduler the enqueue was
-  part of the submit, outside the timed run), asynq's dequeue and completion, the attempt
-  start, the first token, a size-triggered batch, the final script with the last batch,
-  and the reply's 64 token callbacks. The ratio moves with the machine as much as with the code (0.11 to 0.21 in
-  this file's history); compare runs on one machine.
-- Commands per job: asynq's own part is 3 sent and 16 inside scripts; chatfleet's part is
-  the record with its place in the scheduler, the hand-out (dispatch script, record read),
-  the attempt start, the first token (it cannot wait for the rest: time to first token), any
-  size-triggered batch and the final script, whose fencing, indexes, event log, history and
-  TTLs run about 40 commands inside Redis.
+  five in the timed run: the scheduler's hand-out (its share of a dispatch script and of
+  a pipelined read of the records; the worker runs the job without an asynq task), the
+  attempt start, the first token, a size-triggered batch, the final script with the last
+  batch, and the reply's 64 token callbacks. The ratio moves with the machine as much as
+  with the code (0.11 to 0.22 in this file's history); compare runs on one machine.
+- Commands per job: a job has no asynq task of its own (its worker runs it when it is
+  handed out); chatfleet's part is the record with its place in the scheduler, the
+  hand-out (dispatch script, record read), the attempt start, the first token (it cannot
+  wait for the rest: time to first token), any size-triggered batch and the final script,
+  whose fencing, indexes, event log, history and TTLs run about 40 commands inside Redis.
 - RSS per stream (when missed): a stream is served from its hijacked connection by one
   goroutine (net/http's connection goroutine, background reader and buffers are released);
   what remains is that goroutine's stack, the subscription and the kernel's socket.
