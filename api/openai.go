@@ -64,26 +64,33 @@ func openAIErrors(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-func (s *Server) chatCompletions(c echo.Context) error {
-	var r oaRequest
-	if err := readKnown(c, &r, oaFields, "Chat Completions"); err != nil {
-		return err
-	}
+// chatJob validates a Chat Completions request and builds the payload of
+// its job nj.
+func (s *Server) chatJob(r oaRequest, nj store.NewJob, priority string) (tasks.ChatPayload, error) {
 	if err := validShared(r.Model, r.User, r.Metadata); err != nil {
-		return err
+		return tasks.ChatPayload{}, err
 	}
 	msgs, err := r.conversation()
 	if err != nil {
-		return err
+		return tasks.ChatPayload{}, err
 	}
 	params, err := r.params()
 	if err != nil {
-		return err
+		return tasks.ChatPayload{}, err
 	}
 	if !s.served(r.Model) {
-		return s.unknownModel(r.Model, true)
+		return tasks.ChatPayload{}, s.unknownModel(r.Model, true)
 	}
 	if err := s.refusedBy(r.Model, params, nil); err != nil {
+		return tasks.ChatPayload{}, err
+	}
+	return tasks.ChatPayload{JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
+		Model: r.Model, Priority: priority, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}, nil
+}
+
+func (s *Server) chatCompletions(c echo.Context) error {
+	var r oaRequest
+	if err := readKnown(c, &r, oaFields, "Chat Completions"); err != nil {
 		return err
 	}
 	// Each request is its own one-job session: the conversation comes with it.
@@ -91,8 +98,10 @@ func (s *Server) chatCompletions(c echo.Context) error {
 	id := tasks.NewJobID(tenantOf(c), session)
 	nj := store.NewJob{ID: id, Tenant: tenantOf(c), SessionID: session,
 		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: time.Now().UTC()}
-	p := tasks.ChatPayload{JobID: id, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
-		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}
+	p, err := s.chatJob(r, nj, tasks.PriorityNormal)
+	if err != nil {
+		return err
+	}
 	// The request is held until the answer (streamed or not): it counts
 	// against the tenant's cap of held connections.
 	renew, release, err := s.openStream(c, nj.Tenant)

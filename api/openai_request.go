@@ -85,6 +85,11 @@ func readKnown(c echo.Context, dst any, known []string, what string) error {
 	if err != nil {
 		return err
 	}
+	return decodeKnown(body, dst, known, what)
+}
+
+// decodeKnown is readKnown's decoding of a body read already (a batch's line).
+func decodeKnown(body []byte, dst any, known []string, what string) error {
 	var fields map[string]rawJSON
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return oaInvalid("body", "the body is not a valid "+what+" request: "+err.Error())

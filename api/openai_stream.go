@@ -178,20 +178,33 @@ func (s *oaSink) answer(c echo.Context) error {
 		}
 		return c.JSON(status, map[string]any{"error": map[string]any{"message": s.failure.Message, "type": "server_error", "param": nil, "code": s.failure.Code}})
 	}
+	return c.JSON(http.StatusOK, completionObject(s.id, s.created, s.model, s.done.Result, s.done.Usage))
+}
+
+// completionObject is a chat.completion of a job's result.
+func completionObject(id string, created int64, model string, res *store.Result, usage *store.Usage) map[string]any {
 	msg := map[string]any{"role": "assistant", "content": nil, "refusal": nil}
-	if res := s.done.Result; res != nil {
+	finish := "stop"
+	if res != nil {
 		if res.Content != "" || len(res.ToolCalls) == 0 {
 			msg["content"] = res.Content
 		}
 		if len(res.ToolCalls) > 0 {
 			msg["tool_calls"] = res.ToolCalls
 		}
+		if res.FinishReason != "" {
+			finish = res.FinishReason
+		}
 	}
-	return c.JSON(http.StatusOK, map[string]any{
-		"id": s.id, "object": "chat.completion", "created": s.created, "model": s.model,
-		"choices": []any{map[string]any{"index": 0, "message": msg, "finish_reason": s.finishReason(), "logprobs": nil}},
-		"usage":   s.usageObject(),
-	})
+	var u store.Usage
+	if usage != nil {
+		u = *usage
+	}
+	return map[string]any{
+		"id": id, "object": "chat.completion", "created": created, "model": model,
+		"choices": []any{map[string]any{"index": 0, "message": msg, "finish_reason": finish, "logprobs": nil}},
+		"usage":   map[string]int{"prompt_tokens": u.PromptTokens, "completion_tokens": u.CompletionTokens, "total_tokens": u.PromptTokens + u.CompletionTokens},
+	}
 }
 
 // finishReason is the reply's: stop, length or tool_calls.

@@ -52,6 +52,11 @@ type Options struct {
 	// and per tenant (0: no limit); over either a submit gets 429
 	// too_many_bytes_in_flight before its body is read.
 	MaxInflightBytes, TenantMaxInflightBytes int64
+	// FilesMaxBytes bounds an uploaded file, BatchMaxRequests a batch's
+	// lines; files and batches are kept FilesRetention (the Batch API).
+	FilesMaxBytes    int64
+	BatchMaxRequests int
+	FilesRetention   time.Duration
 	// Webhooks are the tenants' webhook endpoints and secrets (nil: none).
 	Webhooks *webhooks.Registry
 	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.
@@ -68,6 +73,7 @@ type Deps struct {
 	Store store.Reader          // records, histories, event logs, usage (read only)
 	Hub   *stream.Hub           // live events
 	Redis redis.UniversalClient // tenant rate limits
+	Files *store.Store          // the Batch API's files and batches (nil: no Batch API)
 	// Interrupt cuts short the reads under way on Redis's connections
 	// (redisconn.Conns.Interrupt): when Redis stops answering, requests
 	// under way are answered 503 at once instead of after their timeouts.
@@ -103,6 +109,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 type Server struct {
 	jobs    *jobs.Manager
 	store   store.Reader
+	files   *store.Store // files and batches (nil: no Batch API)
 	hub     *stream.Hub
 	keys    *keyring
 	rate    *tenantLimiter
@@ -129,7 +136,16 @@ func New(d Deps, opt Options) *Server {
 	if opt.Retention <= 0 {
 		opt.Retention = 24 * time.Hour
 	}
-	s := &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
+	if opt.FilesMaxBytes <= 0 {
+		opt.FilesMaxBytes = 100 << 20
+	}
+	if opt.BatchMaxRequests <= 0 {
+		opt.BatchMaxRequests = 50000
+	}
+	if opt.FilesRetention <= 0 {
+		opt.FilesRetention = 7 * 24 * time.Hour
+	}
+	s := &Server{jobs: d.Jobs, store: d.Store, files: d.Files, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
 		cap:   &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat},
 		bytes: newInflight(opt.MaxInflightBytes, opt.TenantMaxInflightBytes)}
@@ -168,6 +184,10 @@ func (s *Server) Register(e *echo.Echo) {
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
 	s.registerOpenAI(e)
 	s.registerResponses(e)
+	if s.files != nil {
+		s.registerFiles(e)
+		s.registerBatches(e)
+	}
 }
 
 type submitResponse struct {

@@ -68,6 +68,10 @@ type Config struct {
 	TenantMaxStreams              int
 	MaxInflightBytes              int64
 	TenantMaxInflightBytes        int64
+	// The Batch API's files: their size, a batch's lines, their retention.
+	FilesMaxBytes    int64
+	BatchMaxRequests int
+	FilesRetention   time.Duration
 	// ResponsesMaxConversationBytes caps a /v1/responses conversation.
 	ResponsesMaxConversationBytes int
 	AdminKey                      string

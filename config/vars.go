@@ -169,6 +169,12 @@ func Vars(role Role) []Var {
 			intVar(func(c *Config) *int { return &c.TenantMaxStreams }, 0)},
 		{"CHATFLEET_MAX_INFLIGHT_BYTES", "268435456", "request body bytes one API process reads and holds until their jobs are submitted (256 MiB); beyond it a submit gets 429 too_many_bytes_in_flight before its body is read (0: no limit)", false,
 			int64Var(func(c *Config) *int64 { return &c.MaxInflightBytes })},
+		{"CHATFLEET_FILES_MAX_BYTES", "104857600", "largest file /v1/files accepts (100 MiB); a larger upload gets 413 and nothing is written", false,
+			int64Var(func(c *Config) *int64 { return &c.FilesMaxBytes })},
+		{"CHATFLEET_BATCH_MAX_REQUESTS", "50000", "most request lines a batch input file may hold; more get 400 and nothing is written", false,
+			intVar(func(c *Config) *int { return &c.BatchMaxRequests }, 1)},
+		{"CHATFLEET_FILES_RETENTION", "168h", "how long files (batch input, output and error files) and batches are kept", false,
+			durationVar(func(c *Config) *time.Duration { return &c.FilesRetention }, time.Minute)},
 		{"CHATFLEET_TENANT_MAX_INFLIGHT_BYTES", "", "the same per tenant and API process (default: a quarter of CHATFLEET_MAX_INFLIGHT_BYTES; 0: no limit): one tenant's large requests leave the rest to the others", false,
 			func(c *Config, v string) error {
 				if v == "" {

@@ -204,6 +204,30 @@ func TenantJobs(tenant string) string { return prefix + "tenant:" + tenant + ":j
 // TenantRate is the rate limiter's key of a tenant.
 func TenantRate(tenant string) string { return prefix + "tenant:" + tenant + ":rate" }
 
+// A tenant's files and batches share the hash tag {files:<tenant>}: a
+// file's chunks, a batch's results and their indexes change together.
+func tenantFiles(tenant string) string { return prefix + "{files:" + tenant + "}:" }
+
+// File is a stored file's metadata (hash); FileData its content, in chunks
+// (list); Files the tenant's files (sorted set of ids by creation, ms).
+func File(tenant, id string) string     { return tenantFiles(tenant) + "file:" + id }
+func FileData(tenant, id string) string { return tenantFiles(tenant) + "file:" + id + ":data" }
+func Files(tenant string) string        { return tenantFiles(tenant) + "files" }
+
+// Batch is a batch's record (hash); BatchResults its answered lines (hash:
+// line -> output or error line); BatchRunning its lines that are jobs now
+// (hash: line -> job id); Batches the tenant's batches (sorted set of ids by
+// creation, ms).
+func Batch(tenant, id string) string        { return tenantFiles(tenant) + "batch:" + id }
+func BatchResults(tenant, id string) string { return tenantFiles(tenant) + "batch:" + id + ":results" }
+func BatchRunning(tenant, id string) string { return tenantFiles(tenant) + "batch:" + id + ":running" }
+func Batches(tenant string) string          { return tenantFiles(tenant) + "batches" }
+
+// BatchesActive holds the batches not yet ended, fleet-wide ("<tenant>\n<id>"
+// in a set); BatchLock is the claim of the API process that runs a batch.
+func BatchesActive() string      { return prefix + "batches:active" }
+func BatchLock(id string) string { return prefix + "batch-lock:" + id }
+
 // Provider keys share the hash tag {provider:<name>}, so that one script may
 // touch all of them on a Redis Cluster.
 

@@ -1,0 +1,331 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/chatfleet/chatfleet/jobs"
+	"github.com/chatfleet/chatfleet/store"
+	"github.com/chatfleet/chatfleet/tasks"
+)
+
+// Running batches. Every API process takes part: each round it claims the
+// active batches no other process holds and steps each one it holds. A step
+// records the answers of its lines whose jobs ended (once per line:
+// store.RecordLine), turns more lines into jobs while fewer than
+// batchRunning of them run, and ends the batch once nothing runs and
+// nothing is left to start. A line's job has an id derived from the batch
+// and the line (an idempotent submit), so a process that dies between
+// submitting a line and recording it leaves the next one the same job, not
+// a second.
+
+const (
+	batchTick    = 200 * time.Millisecond
+	batchClaim   = 10 * time.Second // a runner that stops renewing loses its batches after this
+	batchRunning = 256              // a batch's lines that are jobs at once: the scheduler holds the rest of the fleet's share
+)
+
+// RunBatches runs the fleet's active batches until ctx ends; runner names
+// this process (unique).
+func (s *Server) RunBatches(ctx context.Context, runner string) {
+	if s.files == nil {
+		return
+	}
+	inputs := map[string][]batchLine{} // the lines of the batches this process holds
+	t := time.NewTicker(batchTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		active, err := s.files.ActiveBatches(ctx)
+		if err != nil {
+			continue
+		}
+		for _, tb := range active {
+			tenant, id := tb[0], tb[1]
+			if ok, err := s.files.ClaimBatch(ctx, id, runner, batchClaim); err != nil || !ok {
+				delete(inputs, id)
+				continue
+			}
+			log := zerolog.Ctx(ctx).With().Str("batch_id", id).Str("tenant", tenant).Logger()
+			if err := s.stepBatch(log.WithContext(ctx), tenant, id, inputs); err != nil && ctx.Err() == nil {
+				log.Warn().Err(err).Msg("could not step the batch; the next round tries again")
+			}
+		}
+	}
+}
+
+// stepBatch collects, feeds and, when it is done, ends one batch.
+func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[string][]batchLine) error {
+	b, err := s.files.GetBatch(ctx, tenant, id)
+	if errors.Is(err, store.ErrBatchNotFound) {
+		delete(inputs, id)
+		return s.files.DropActive(ctx, tenant, id)
+	}
+	if err != nil {
+		return err
+	}
+	if store.BatchEnded(b.Status) {
+		delete(inputs, id)
+		return s.files.DropActive(ctx, tenant, id)
+	}
+	lines, ok := inputs[id]
+	if !ok {
+		content, err := s.files.FileContent(ctx, tenant, b.InputFileID)
+		if errors.Is(err, store.ErrFileNotFound) {
+			content = nil // deleted since: its lines not yet started fail
+		} else if err != nil {
+			return err
+		}
+		lines, _ = s.parseBatchInput(content, b.Endpoint)
+		inputs[id] = lines
+	}
+	running, err := s.files.BatchRunningLines(ctx, tenant, id)
+	if err != nil {
+		return err
+	}
+	if err := s.collectLines(ctx, b, lines, running); err != nil {
+		return err
+	}
+	now := time.Now()
+	expired := now.After(b.ExpiresAt)
+	switch {
+	case b.Status == store.BatchCancelling:
+		for _, jobID := range running {
+			if j, err := s.store.Get(ctx, jobID); err == nil && !store.Terminal(j.Status) {
+				if _, err := s.jobs.Cancel(ctx, j, "the batch was cancelled"); err != nil && !errors.Is(err, jobs.ErrFinished) {
+					return err
+				}
+			}
+		}
+	case expired:
+		if err := s.expireLines(ctx, &b, lines); err != nil {
+			return err
+		}
+	default:
+		if err := s.feedLines(ctx, &b, lines, running); err != nil {
+			return err
+		}
+	}
+	if len(running) > 0 || (b.Status == store.BatchInProgress && b.Next < b.Total) {
+		return nil
+	}
+	delete(inputs, id)
+	return s.endBatch(ctx, b, expired)
+}
+
+// lineOutput is a line of a batch's output or error file.
+func lineOutput(l batchLine, jobID string, response, failure any) string {
+	id := "batch_req_" + strings.TrimPrefix(jobID, "job_")
+	out, _ := json.Marshal(map[string]any{"id": id, "custom_id": l.CustomID, "response": response, "error": failure})
+	return string(out)
+}
+
+// Answered lines are kept with a mark of the file they go to.
+const (
+	toOutput = "o"
+	toErrors = "e"
+)
+
+// collectLines records the answers of the running lines whose jobs ended.
+func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchLine, running map[int]string) error {
+	if len(running) == 0 {
+		return nil
+	}
+	nums := make([]int, 0, len(running))
+	ids := make([]string, 0, len(running))
+	for n, jobID := range running {
+		nums, ids = append(nums, n), append(ids, jobID)
+	}
+	sts, err := s.files.Statuses(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i, st := range sts {
+		n, jobID := nums[i], ids[i]
+		if st != "" && !store.Terminal(st) {
+			continue
+		}
+		if n >= len(lines) {
+			delete(running, n)
+			continue
+		}
+		var ok bool
+		var out string
+		j, err := s.store.Get(ctx, jobID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			out = toErrors + lineOutput(lines[n], jobID, nil, map[string]any{"code": "lost", "message": "the request's job expired before its answer was collected"})
+		case err != nil:
+			return err
+		case j.Status == store.StatusSucceeded:
+			model := j.Model
+			if j.Result != nil && j.Result.Model != "" {
+				model = j.Result.Model
+			}
+			body := completionObject("chatcmpl-"+strings.TrimPrefix(jobID, "job_"), j.CreatedAt.Unix(), model, j.Result, j.Usage)
+			ok, out = true, toOutput+lineOutput(lines[n], jobID, map[string]any{"status_code": 200, "request_id": jobID, "body": body}, nil)
+		default:
+			e := store.JobError{Code: j.Status, Message: "the request did not complete"}
+			if j.Error != nil {
+				e = *j.Error
+			}
+			if e.Code == "provider_rejected" {
+				body := map[string]any{"error": map[string]any{"message": e.Message, "type": "invalid_request_error", "param": nil, "code": e.Code}}
+				out = toErrors + lineOutput(lines[n], jobID, map[string]any{"status_code": 400, "request_id": jobID, "body": body}, nil)
+			} else {
+				out = toErrors + lineOutput(lines[n], jobID, nil, map[string]any{"code": e.Code, "message": e.Message})
+			}
+		}
+		if _, err := s.files.RecordLine(ctx, b.Tenant, b.ID, n, ok, out, s.batchKeep()); err != nil {
+			return err
+		}
+		delete(running, n)
+	}
+	return nil
+}
+
+// feedLines turns the batch's next lines into jobs while fewer than
+// batchRunning run.
+func (s *Server) feedLines(ctx context.Context, b *store.Batch, lines []batchLine, running map[int]string) error {
+	for len(running) < batchRunning && b.Next < b.Total {
+		n := b.Next
+		if n >= len(lines) { // its input file is gone
+			if err := s.failLine(ctx, b, batchLine{CustomID: ""}, n, "file_not_found", "the batch's input file was deleted before the line ran"); err != nil {
+				return err
+			}
+			continue
+		}
+		key := "batch:" + b.ID + ":" + strconv.Itoa(n)
+		session := "batch-" + strings.TrimPrefix(b.ID, "batch_") + "-" + strconv.Itoa(n)
+		nj := store.NewJob{ID: tasks.IdempotentJobID(b.Tenant, key, session), KeyHash: tasks.IdempotencyKeyHash(b.Tenant, key),
+			Tenant: b.Tenant, SessionID: session, Queue: tasks.QueueName(tasks.PriorityLow), CreatedAt: time.Now().UTC()}
+		var r oaRequest
+		err := decodeKnown(lines[n].Body, &r, oaFields, "Chat Completions")
+		var p tasks.ChatPayload
+		if err == nil {
+			p, err = s.chatJob(r, nj, tasks.PriorityLow) // a models file edit may refuse it now
+		}
+		var ae *Error
+		if errors.As(err, &ae) {
+			if err := s.failLine(ctx, b, lines[n], n, ae.Code, ae.Message); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		sub, err := s.jobs.Submit(ctx, nj, p)
+		var spent *jobs.BudgetError
+		switch {
+		case errors.As(err, &spent):
+			if err := s.failLine(ctx, b, lines[n], n, "insufficient_quota", spent.Error()); err != nil {
+				return err
+			}
+			continue
+		case errors.Is(err, store.ErrTooManyJobs):
+			return nil // the tenant's unfinished jobs are at its limit: the next round tries again
+		case err != nil:
+			return err
+		}
+		if err := s.files.FedLine(ctx, b.Tenant, b.ID, n, sub.Job.ID, s.batchKeep()); err != nil {
+			return err
+		}
+		running[n] = sub.Job.ID
+		b.Next++
+	}
+	return nil
+}
+
+// failLine answers a line that could not become a job with an error.
+func (s *Server) failLine(ctx context.Context, b *store.Batch, l batchLine, n int, code, msg string) error {
+	out := toErrors + lineOutput(l, "job_"+strings.TrimPrefix(b.ID, "batch_")+"_"+strconv.Itoa(n), nil, map[string]any{"code": code, "message": msg})
+	if _, err := s.files.RecordLine(ctx, b.Tenant, b.ID, n, false, out, s.batchKeep()); err != nil {
+		return err
+	}
+	if err := s.files.SetBatchNext(ctx, b.Tenant, b.ID, n+1); err != nil {
+		return err
+	}
+	b.Next = n + 1
+	return nil
+}
+
+// expireLines answers the lines not started by the end of the window.
+func (s *Server) expireLines(ctx context.Context, b *store.Batch, lines []batchLine) error {
+	for b.Next < b.Total {
+		l := batchLine{}
+		if b.Next < len(lines) {
+			l = lines[b.Next]
+		}
+		if err := s.failLine(ctx, b, l, b.Next, "batch_expired", "This request could not be executed before the completion window expired."); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// endBatch writes the output and error files of a batch with nothing left to
+// run, and ends it: completed, expired or cancelled.
+func (s *Server) endBatch(ctx context.Context, b store.Batch, expired bool) error {
+	now := time.Now()
+	to := store.BatchCompleted
+	switch {
+	case b.Status == store.BatchCancelling:
+		to = store.BatchCancelled
+	case expired:
+		to = store.BatchExpired
+	}
+	if b.Status == store.BatchInProgress {
+		if _, err := s.files.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchInProgress}, store.BatchFinalizing, now); err != nil {
+			return err
+		}
+	}
+	results, err := s.files.BatchResultLines(ctx, b.Tenant, b.ID)
+	if err != nil {
+		return err
+	}
+	nums := make([]int, 0, len(results))
+	for n := range results {
+		nums = append(nums, n)
+	}
+	sort.Ints(nums)
+	var out, errs bytes.Buffer
+	for _, n := range nums {
+		r := results[n]
+		buf := &errs
+		if strings.HasPrefix(r, toOutput) {
+			buf = &out
+		}
+		buf.WriteString(r[1:])
+		buf.WriteByte('\n')
+	}
+	var set []string
+	for _, f := range []struct {
+		field, name string
+		content     []byte
+	}{{"output_file_id", "output", out.Bytes()}, {"error_file_id", "error", errs.Bytes()}} {
+		if len(f.content) == 0 {
+			continue
+		}
+		file := store.File{ID: newObjectID("file-"), Tenant: b.Tenant, Filename: b.ID + "_" + f.name + ".jsonl", Purpose: "batch_output",
+			Bytes: int64(len(f.content)), CreatedAt: now, ExpiresAt: now.Add(s.opt.FilesRetention)}
+		if err := s.files.SaveFile(ctx, file, f.content); err != nil {
+			return err
+		}
+		set = append(set, f.field, file.ID)
+	}
+	_, err = s.files.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchFinalizing, store.BatchCancelling}, to, now, set...)
+	return err
+}
