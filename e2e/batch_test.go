@@ -274,3 +274,41 @@ func TestBatchSurvivesAWorkerKilledMidRun(t *testing.T) {
 		t.Fatalf("%d of %d custom_ids answered", len(seen), n)
 	}
 }
+
+// A chat completion submitted while a 2,000-line batch fills every slot of
+// the fleet waits only for the next free slot: it ends within its time alone
+// plus one line's time (and a margin for this machine), not behind the
+// batch's backlog (2,000 lines at 4 slots of 500 ms: 250 s).
+func TestInteractiveRequestsDoNotWaitBehindABatch(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	const line = 500 * time.Millisecond
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_SIM_LATENCY": line.String(),
+		"CHATFLEET_WORKER_CONCURRENCY": "4"})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	ask := func() time.Duration {
+		start := time.Now()
+		got, err := oa.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "sim",
+			Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("now")}})
+		if err != nil || len(got.Choices) != 1 || !strings.HasPrefix(got.Choices[0].Message.Content, "echo: now") {
+			t.Fatalf("completion %+v %v", got, err)
+		}
+		return time.Since(start)
+	}
+	alone := ask()
+	b := newBatch(t, oa, uploadBatch(t, oa, batchInput(2000)).ID)
+	awaitCompleted(t, oa, b.ID, 4) // every slot has had a line
+	for i := range 3 {
+		took := ask()
+		t.Logf("during the batch (%d): %s; alone: %s; a line: %s", i, took.Round(time.Millisecond), alone.Round(time.Millisecond), line)
+		if took > alone+line+line/2 {
+			t.Fatalf("a completion during the batch took %s, want at most its %s alone plus a line's %s (and %s of margin)", took, alone, line, line/2)
+		}
+	}
+	got, err := oa.Batches.Get(context.Background(), b.ID)
+	if err != nil || got.Status != openai.BatchStatusInProgress || got.RequestCounts.Completed >= 2000 {
+		t.Fatalf("the batch should still run: %+v %v", got, err)
+	}
+	if _, err := oa.Batches.Cancel(context.Background(), b.ID); err != nil {
+		t.Fatal(err)
+	}
+}

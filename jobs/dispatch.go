@@ -282,11 +282,15 @@ func (m *Manager) handOut(ctx context.Context, got []store.Scheduled, sem chan s
 		return
 	}
 	if run != nil {
-		// What runs here needs no task; the rest is enqueued as before.
+		// What runs here needs no task; the rest is enqueued as before. A
+		// job of a model that has been at its quota lately goes through
+		// asynq, whose pickup spaces the starts: started at once on every
+		// free slot, bursts at the quota took 1.3-1.5x the quota's time in
+		// 4 runs of 4 (against 1.2-1.3x).
 		var left []store.Scheduled
 		var leftRecs []store.ToRun
 		for i, r := range recs {
-			if r.Status == store.StatusQueued && len(r.Payload) > 0 && run(r.Task, r.Queue, r.Payload) {
+			if !got[i].Paced && r.Status == store.StatusQueued && len(r.Payload) > 0 && run(r.Task, r.Queue, r.Payload) {
 				continue
 			}
 			left, leftRecs = append(left, got[i]), append(leftRecs, r)

@@ -163,8 +163,8 @@ type schedArgs struct {
 // oldest runnable model; a model met blocked is set aside for the tenant.
 // The jobs a tenant gets in a row from one model are taken as one run (one
 // LRANGE, one update of the lane): a round's cost grows with the runs in it,
-// not with its jobs. Returns {{id, lane, tenant, model, session}…, jobs
-// left waiting, next block end ms or -1}.
+// not with its jobs. Returns {{id, lane, tenant, model, session, paced}…,
+// jobs left waiting, next block end ms or -1}.
 // KEYS: jobs. ARGV: dispatchArgs as JSON.
 var dispatchJobs = redis.NewScript(lua(schedLua, `
 local a = cjson.decode(ARGV[1])
@@ -286,9 +286,11 @@ local function run(lane, want)
       redis.call('ZREM', P .. 'ml:' .. lane .. ':' .. model, unpack(ids))
       count(P, {tenant = tenant}, -took)
       local jobs = {}
+      -- paced: the model has been at its quota (it has a probe window)
+      local paced = tostring(redis.call('HEXISTS', P .. 'pw', model))
       for i, id in ipairs(ids) do
         local session = places[i] and cjson.decode(places[i]).session or ''
-        jobs[i] = {id, lane, tenant, model, session}
+        jobs[i] = {id, lane, tenant, model, session, paced}
       end
       return jobs, busy
     end
@@ -409,6 +411,10 @@ type Scheduled struct {
 	ID, Lane, Tenant, Session, Model string
 	At                               time.Time // submitted
 	Weight                           float64   // its tenant's weight
+	// Paced (a job handed out): its model has been found at its quota
+	// lately; its job goes through asynq's queue, whose pickup spaces the
+	// starts, not straight to a worker's slot.
+	Paced bool
 }
 
 func (s *Store) schedArgs(j Scheduled, until time.Time, every time.Duration) string {
@@ -472,11 +478,11 @@ func (s *Store) Dispatch(ctx context.Context, n int, lanes []Lane) ([]Scheduled,
 	var out []Scheduled
 	for _, v := range res[:len(res)-2] {
 		f, ok := v.([]any)
-		if !ok || len(f) != 5 {
+		if !ok || len(f) != 6 {
 			return out, 0, time.Time{}, fmt.Errorf("dispatch: unexpected entry %v", v)
 		}
 		str := func(i int) string { x, _ := f[i].(string); return x }
-		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3), Session: str(4)})
+		out = append(out, Scheduled{ID: str(0), Lane: str(1), Tenant: str(2), Model: str(3), Session: str(4), Paced: str(5) == "1"})
 	}
 	var next time.Time
 	if ms, err := strconv.ParseFloat(fmt.Sprint(res[len(res)-1]), 64); err == nil && ms >= 0 {
