@@ -53,8 +53,10 @@ type lineError struct {
 }
 
 // parseBatchInput reads a batch's input file: its lines, or what is wrong
-// with them (each naming its line, from 1).
-func (s *Server) parseBatchInput(content []byte, endpoint string) ([]batchLine, []lineError) {
+// with them (each naming its line, from 1). Without check, the bodies are
+// not validated (a running batch's lines, validated when it was created:
+// an edit of the models file since must not shift them).
+func (s *Server) parseBatchInput(content []byte, endpoint string, check bool) ([]batchLine, []lineError) {
 	var lines []batchLine
 	var errs []lineError
 	seen := map[string]int{}
@@ -94,6 +96,10 @@ func (s *Server) parseBatchInput(content []byte, endpoint string) ([]batchLine, 
 			continue
 		}
 		seen[l.CustomID] = n
+		if !check {
+			lines = append(lines, l)
+			continue
+		}
 		var r oaRequest
 		err := decodeKnown(l.Body, &r, oaFields, "Chat Completions")
 		if err == nil {
@@ -162,7 +168,7 @@ func (s *Server) createBatch(c echo.Context) error {
 		m, _ := json.Marshal(req.Metadata)
 		b.Metadata = string(m)
 	}
-	lines, lineErrs := s.parseBatchInput(content, req.Endpoint)
+	lines, lineErrs := s.parseBatchInput(content, req.Endpoint, true)
 	if len(lineErrs) > 0 {
 		e, _ := json.Marshal(lineErrs)
 		b.Status, b.Errors, b.FailedAt = store.BatchFailed, string(e), now

@@ -88,7 +88,7 @@ func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[st
 		} else if err != nil {
 			return err
 		}
-		lines, _ = s.parseBatchInput(content, b.Endpoint)
+		lines, _ = s.parseBatchInput(content, b.Endpoint, false)
 		inputs[id] = lines
 	}
 	running, err := s.files.BatchRunningLines(ctx, tenant, id)
