@@ -145,7 +145,7 @@ func (s *Server) createBatch(c echo.Context) error {
 		return oaInvalid("metadata", "metadata holds at most 16 pairs")
 	}
 	ctx, tenant := c.Request().Context(), tenantOf(c)
-	f, err := s.files.GetFile(ctx, tenant, req.InputFileID)
+	f, err := s.store.GetFile(ctx, tenant, req.InputFileID)
 	if errors.Is(err, store.ErrFileNotFound) {
 		return errf(http.StatusNotFound, "file_not_found", "input_file_id", fmt.Sprintf("no file %q", req.InputFileID))
 	}
@@ -155,7 +155,7 @@ func (s *Server) createBatch(c echo.Context) error {
 	if f.Purpose != "batch" {
 		return oaInvalid("input_file_id", fmt.Sprintf("file %q has purpose %q, not batch", f.ID, f.Purpose))
 	}
-	content, err := s.files.FileContent(ctx, tenant, f.ID)
+	content, err := s.store.FileContent(ctx, tenant, f.ID)
 	if err != nil {
 		return err
 	}
@@ -175,7 +175,7 @@ func (s *Server) createBatch(c echo.Context) error {
 	} else {
 		b.Status, b.InProgressAt, b.Total = store.BatchInProgress, now, len(lines)
 	}
-	if err := s.files.CreateBatch(ctx, b, s.batchKeep()); err != nil {
+	if err := s.jobs.CreateBatch(ctx, b, s.batchKeep()); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, batchObject(b))
@@ -229,7 +229,7 @@ func batchObject(b store.Batch) map[string]any {
 
 // batchOf reads the tenant's batch named in the path; 404 for any other.
 func (s *Server) batchOf(c echo.Context) (store.Batch, error) {
-	b, err := s.files.GetBatch(c.Request().Context(), tenantOf(c), c.Param("id"))
+	b, err := s.store.GetBatch(c.Request().Context(), tenantOf(c), c.Param("id"))
 	if errors.Is(err, store.ErrBatchNotFound) {
 		return b, errf(http.StatusNotFound, "batch_not_found", "id", fmt.Sprintf("no batch %q", c.Param("id")))
 	}
@@ -249,7 +249,7 @@ func (s *Server) listBatches(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	bs, more, err := s.files.ListBatches(c.Request().Context(), tenantOf(c), c.QueryParam("after"), limit)
+	bs, more, err := s.store.ListBatches(c.Request().Context(), tenantOf(c), c.QueryParam("after"), limit)
 	if err != nil {
 		return err
 	}
@@ -269,14 +269,14 @@ func (s *Server) cancelBatch(c echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	moved, err := s.files.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchValidating, store.BatchInProgress}, store.BatchCancelling, time.Now())
+	moved, err := s.jobs.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchValidating, store.BatchInProgress}, store.BatchCancelling, time.Now())
 	if err != nil {
 		return err
 	}
 	if !moved && b.Status != store.BatchCancelling && b.Status != store.BatchCancelled {
 		return errf(http.StatusConflict, "batch_ended", "id", fmt.Sprintf("batch %q is %s: it cannot be cancelled", b.ID, b.Status))
 	}
-	if b, err = s.files.GetBatch(ctx, b.Tenant, b.ID); err != nil {
+	if b, err = s.store.GetBatch(ctx, b.Tenant, b.ID); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, batchObject(b))

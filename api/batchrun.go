@@ -36,9 +36,6 @@ const (
 // RunBatches runs the fleet's active batches until ctx ends; runner names
 // this process (unique).
 func (s *Server) RunBatches(ctx context.Context, runner string) {
-	if s.files == nil {
-		return
-	}
 	inputs := map[string][]batchLine{} // the lines of the batches this process holds
 	t := time.NewTicker(batchTick)
 	defer t.Stop()
@@ -48,13 +45,13 @@ func (s *Server) RunBatches(ctx context.Context, runner string) {
 			return
 		case <-t.C:
 		}
-		active, err := s.files.ActiveBatches(ctx)
+		active, err := s.store.ActiveBatches(ctx)
 		if err != nil {
 			continue
 		}
 		for _, tb := range active {
 			tenant, id := tb[0], tb[1]
-			if ok, err := s.files.ClaimBatch(ctx, id, runner, batchClaim); err != nil || !ok {
+			if ok, err := s.jobs.ClaimBatch(ctx, id, runner, batchClaim); err != nil || !ok {
 				delete(inputs, id)
 				continue
 			}
@@ -68,21 +65,21 @@ func (s *Server) RunBatches(ctx context.Context, runner string) {
 
 // stepBatch collects, feeds and, when it is done, ends one batch.
 func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[string][]batchLine) error {
-	b, err := s.files.GetBatch(ctx, tenant, id)
+	b, err := s.store.GetBatch(ctx, tenant, id)
 	if errors.Is(err, store.ErrBatchNotFound) {
 		delete(inputs, id)
-		return s.files.DropActive(ctx, tenant, id)
+		return s.jobs.DropActive(ctx, tenant, id)
 	}
 	if err != nil {
 		return err
 	}
 	if store.BatchEnded(b.Status) {
 		delete(inputs, id)
-		return s.files.DropActive(ctx, tenant, id)
+		return s.jobs.DropActive(ctx, tenant, id)
 	}
 	lines, ok := inputs[id]
 	if !ok {
-		content, err := s.files.FileContent(ctx, tenant, b.InputFileID)
+		content, err := s.store.FileContent(ctx, tenant, b.InputFileID)
 		if errors.Is(err, store.ErrFileNotFound) {
 			content = nil // deleted since: its lines not yet started fail
 		} else if err != nil {
@@ -91,7 +88,7 @@ func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[st
 		lines, _ = s.parseBatchInput(content, b.Endpoint, false)
 		inputs[id] = lines
 	}
-	running, err := s.files.BatchRunningLines(ctx, tenant, id)
+	running, err := s.store.BatchRunningLines(ctx, tenant, id)
 	if err != nil {
 		return err
 	}
@@ -148,7 +145,7 @@ func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchL
 	for n, jobID := range running {
 		nums, ids = append(nums, n), append(ids, jobID)
 	}
-	sts, err := s.files.Statuses(ctx, ids)
+	sts, err := s.store.Statuses(ctx, ids)
 	if err != nil {
 		return err
 	}
@@ -188,7 +185,7 @@ func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchL
 				out = toErrors + lineOutput(lines[n], jobID, nil, map[string]any{"code": e.Code, "message": e.Message})
 			}
 		}
-		if _, err := s.files.RecordLine(ctx, b.Tenant, b.ID, n, ok, out, s.batchKeep()); err != nil {
+		if _, err := s.jobs.RecordLine(ctx, b.Tenant, b.ID, n, ok, out, s.batchKeep()); err != nil {
 			return err
 		}
 		delete(running, n)
@@ -240,7 +237,7 @@ func (s *Server) feedLines(ctx context.Context, b *store.Batch, lines []batchLin
 		case err != nil:
 			return err
 		}
-		if err := s.files.FedLine(ctx, b.Tenant, b.ID, n, sub.Job.ID, s.batchKeep()); err != nil {
+		if err := s.jobs.FedLine(ctx, b.Tenant, b.ID, n, sub.Job.ID, s.batchKeep()); err != nil {
 			return err
 		}
 		running[n] = sub.Job.ID
@@ -252,10 +249,10 @@ func (s *Server) feedLines(ctx context.Context, b *store.Batch, lines []batchLin
 // failLine answers a line that could not become a job with an error.
 func (s *Server) failLine(ctx context.Context, b *store.Batch, l batchLine, n int, code, msg string) error {
 	out := toErrors + lineOutput(l, "job_"+strings.TrimPrefix(b.ID, "batch_")+"_"+strconv.Itoa(n), nil, map[string]any{"code": code, "message": msg})
-	if _, err := s.files.RecordLine(ctx, b.Tenant, b.ID, n, false, out, s.batchKeep()); err != nil {
+	if _, err := s.jobs.RecordLine(ctx, b.Tenant, b.ID, n, false, out, s.batchKeep()); err != nil {
 		return err
 	}
-	if err := s.files.SetBatchNext(ctx, b.Tenant, b.ID, n+1); err != nil {
+	if err := s.jobs.SetBatchNext(ctx, b.Tenant, b.ID, n+1); err != nil {
 		return err
 	}
 	b.Next = n + 1
@@ -288,11 +285,11 @@ func (s *Server) endBatch(ctx context.Context, b store.Batch, expired bool) erro
 		to = store.BatchExpired
 	}
 	if b.Status == store.BatchInProgress {
-		if _, err := s.files.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchInProgress}, store.BatchFinalizing, now); err != nil {
+		if _, err := s.jobs.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchInProgress}, store.BatchFinalizing, now); err != nil {
 			return err
 		}
 	}
-	results, err := s.files.BatchResultLines(ctx, b.Tenant, b.ID)
+	results, err := s.store.BatchResultLines(ctx, b.Tenant, b.ID)
 	if err != nil {
 		return err
 	}
@@ -321,11 +318,11 @@ func (s *Server) endBatch(ctx context.Context, b store.Batch, expired bool) erro
 		}
 		file := store.File{ID: newObjectID("file-"), Tenant: b.Tenant, Filename: b.ID + "_" + f.name + ".jsonl", Purpose: "batch_output",
 			Bytes: int64(len(f.content)), CreatedAt: now, ExpiresAt: now.Add(s.opt.FilesRetention)}
-		if err := s.files.SaveFile(ctx, file, f.content); err != nil {
+		if err := s.jobs.SaveFile(ctx, file, f.content); err != nil {
 			return err
 		}
 		set = append(set, f.field, file.ID)
 	}
-	_, err = s.files.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchFinalizing, store.BatchCancelling}, to, now, set...)
+	_, err = s.jobs.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchFinalizing, store.BatchCancelling}, to, now, set...)
 	return err
 }

@@ -100,7 +100,7 @@ func (s *Server) uploadFile(c echo.Context) error {
 	now := time.Now()
 	f := store.File{ID: newObjectID("file-"), Tenant: tenantOf(c), Filename: filename, Purpose: purpose, Bytes: int64(len(content)),
 		CreatedAt: now, ExpiresAt: now.Add(s.opt.FilesRetention)}
-	if err := s.files.SaveFile(req.Context(), f, content); err != nil {
+	if err := s.jobs.SaveFile(req.Context(), f, content); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, fileObject(f))
@@ -121,7 +121,7 @@ func (s *Server) fileTooLarge() error {
 
 // fileOf reads the tenant's file named in the path; 404 for any other.
 func (s *Server) fileOf(c echo.Context) (store.File, error) {
-	f, err := s.files.GetFile(c.Request().Context(), tenantOf(c), c.Param("id"))
+	f, err := s.store.GetFile(c.Request().Context(), tenantOf(c), c.Param("id"))
 	if errors.Is(err, store.ErrFileNotFound) {
 		return f, errf(http.StatusNotFound, "file_not_found", "id", fmt.Sprintf("no file %q", c.Param("id")))
 	}
@@ -140,7 +140,7 @@ func (s *Server) fileContent(c echo.Context) error {
 	if _, err := s.fileOf(c); err != nil {
 		return err
 	}
-	b, err := s.files.FileContent(c.Request().Context(), tenantOf(c), c.Param("id"))
+	b, err := s.store.FileContent(c.Request().Context(), tenantOf(c), c.Param("id"))
 	if errors.Is(err, store.ErrFileNotFound) {
 		return errf(http.StatusNotFound, "file_not_found", "id", fmt.Sprintf("no file %q", c.Param("id")))
 	}
@@ -151,7 +151,7 @@ func (s *Server) fileContent(c echo.Context) error {
 }
 
 func (s *Server) deleteFile(c echo.Context) error {
-	err := s.files.DeleteFile(c.Request().Context(), tenantOf(c), c.Param("id"))
+	err := s.jobs.DeleteFile(c.Request().Context(), tenantOf(c), c.Param("id"))
 	if errors.Is(err, store.ErrFileNotFound) {
 		return errf(http.StatusNotFound, "file_not_found", "id", fmt.Sprintf("no file %q", c.Param("id")))
 	}
@@ -179,7 +179,7 @@ func (s *Server) listFiles(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	fs, more, err := s.files.ListFiles(c.Request().Context(), tenantOf(c), c.QueryParam("after"), limit)
+	fs, more, err := s.store.ListFiles(c.Request().Context(), tenantOf(c), c.QueryParam("after"), limit)
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,6 @@ type Deps struct {
 	Store store.Reader          // records, histories, event logs, usage (read only)
 	Hub   *stream.Hub           // live events
 	Redis redis.UniversalClient // tenant rate limits
-	Files *store.Store          // the Batch API's files and batches (nil: no Batch API)
 	// Interrupt cuts short the reads under way on Redis's connections
 	// (redisconn.Conns.Interrupt): when Redis stops answering, requests
 	// under way are answered 503 at once instead of after their timeouts.
@@ -109,7 +108,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 type Server struct {
 	jobs    *jobs.Manager
 	store   store.Reader
-	files   *store.Store // files and batches (nil: no Batch API)
 	hub     *stream.Hub
 	keys    *keyring
 	rate    *tenantLimiter
@@ -145,7 +143,7 @@ func New(d Deps, opt Options) *Server {
 	if opt.FilesRetention <= 0 {
 		opt.FilesRetention = 7 * 24 * time.Hour
 	}
-	s := &Server{jobs: d.Jobs, store: d.Store, files: d.Files, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
+	s := &Server{jobs: d.Jobs, store: d.Store, hub: d.Hub, keys: newKeyring(opt.APIKeys), opt: opt, m: newMetrics(opt.Registerer),
 		rate: newTenantLimiter(d.Redis, opt.TenantRate, opt.TenantBurst), rdb: d.Redis,
 		cap:   &streamCap{rdb: d.Redis, max: opt.TenantMaxStreams, lease: 3 * opt.Heartbeat},
 		bytes: newInflight(opt.MaxInflightBytes, opt.TenantMaxInflightBytes)}
@@ -184,10 +182,8 @@ func (s *Server) Register(e *echo.Echo) {
 	e.GET("/api/v1/sessions/:session_id/messages", s.sessionMessages, mw...)
 	s.registerOpenAI(e)
 	s.registerResponses(e)
-	if s.files != nil {
-		s.registerFiles(e)
-		s.registerBatches(e)
-	}
+	s.registerFiles(e)
+	s.registerBatches(e)
 }
 
 type submitResponse struct {

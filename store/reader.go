@@ -54,3 +54,50 @@ func (r Reader) Response(ctx context.Context, id string) (Response, error) {
 func (r Reader) ResponseChain(ctx context.Context, prev, tenant string) ([]tasks.ChatMessage, error) {
 	return r.s.ResponseChain(ctx, prev, tenant)
 }
+
+// The Batch API's files and batches (files.go, batches.go).
+
+// GetFile reads a tenant's file's metadata (Store.GetFile).
+func (r Reader) GetFile(ctx context.Context, tenant, id string) (File, error) {
+	return r.s.GetFile(ctx, tenant, id)
+}
+
+// FileContent reads a tenant's file's content (Store.FileContent).
+func (r Reader) FileContent(ctx context.Context, tenant, id string) ([]byte, error) {
+	return r.s.FileContent(ctx, tenant, id)
+}
+
+// ListFiles lists a tenant's files, newest first (Store.ListFiles).
+func (r Reader) ListFiles(ctx context.Context, tenant, after string, limit int) ([]File, bool, error) {
+	return r.s.ListFiles(ctx, tenant, after, limit)
+}
+
+// GetBatch reads a tenant's batch (Store.GetBatch).
+func (r Reader) GetBatch(ctx context.Context, tenant, id string) (Batch, error) {
+	return r.s.GetBatch(ctx, tenant, id)
+}
+
+// ListBatches lists a tenant's batches, newest first (Store.ListBatches).
+func (r Reader) ListBatches(ctx context.Context, tenant, after string, limit int) ([]Batch, bool, error) {
+	return r.s.ListBatches(ctx, tenant, after, limit)
+}
+
+// ActiveBatches lists the batches not yet ended (Store.ActiveBatches).
+func (r Reader) ActiveBatches(ctx context.Context) ([][2]string, error) {
+	return r.s.ActiveBatches(ctx)
+}
+
+// BatchRunningLines reads a batch's lines that are jobs now (Store.BatchRunningLines).
+func (r Reader) BatchRunningLines(ctx context.Context, tenant, id string) (map[int]string, error) {
+	return r.s.BatchRunningLines(ctx, tenant, id)
+}
+
+// BatchResultLines reads a batch's answered lines (Store.BatchResultLines).
+func (r Reader) BatchResultLines(ctx context.Context, tenant, id string) (map[int]string, error) {
+	return r.s.BatchResultLines(ctx, tenant, id)
+}
+
+// Statuses reads the status of jobs (Store.Statuses).
+func (r Reader) Statuses(ctx context.Context, ids []string) ([]string, error) {
+	return r.s.Statuses(ctx, ids)
+}

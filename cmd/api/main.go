@@ -140,7 +140,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 	if tracing.Enabled() {
 		e.Use(tracing.Middleware())
 	}
-	server := api.New(api.Deps{Jobs: jm, Store: st.Reader(), Files: st, Hub: hub, Redis: rdb, Interrupt: conns.Interrupt}, api.Options{
+	server := api.New(api.Deps{Jobs: jm, Store: st.Reader(), Hub: hub, Redis: rdb, Interrupt: conns.Interrupt}, api.Options{
 		APIKeys: cfg.APIKeys, Heartbeat: cfg.SSEHeartbeat, Registerer: reg, Closing: log.WithContext(streams),
 		TenantRate: cfg.TenantRate, TenantBurst: cfg.TenantBurst, Models: list.Current, Allowed: cfg.Models,
 		StreamMaxDuration: cfg.StreamMaxDuration, TenantMaxStreams: cfg.TenantMaxStreams,
