@@ -2,6 +2,7 @@ package orchestration
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
 	"time"
@@ -61,6 +62,15 @@ func isDirect(ctx context.Context) bool {
 // runHere runs a job handed out to this worker now, if a slot is free
 // (jobs.DispatchOptions.Run).
 func (w *Worker) runHere(task, queue string, payload []byte) bool {
+	// A job whose body travels by reference reads it (up to megabytes) from
+	// Redis as it starts: such jobs go through asynq, whose pickup spaces
+	// those reads; a few milliseconds do not matter to a request that large.
+	var ref struct {
+		Body bool `json:"body"`
+	}
+	if json.Unmarshal(payload, &ref) != nil || ref.Body {
+		return false
+	}
 	select {
 	case w.slots <- struct{}{}:
 	default:
