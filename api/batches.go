@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -137,7 +138,7 @@ func (s *Server) createBatch(c echo.Context) error {
 	switch {
 	case req.InputFileID == "":
 		return oaInvalid("input_file_id", "input_file_id is required")
-	case !contains(batchEndpoints, req.Endpoint):
+	case !slices.Contains(batchEndpoints, req.Endpoint):
 		return oaInvalid("endpoint", fmt.Sprintf("endpoint %q is not supported by this server (supported: %v)", req.Endpoint, batchEndpoints))
 	case req.CompletionWindow != batchWindow:
 		return oaInvalid("completion_window", fmt.Sprintf("completion_window must be %q", batchWindow))
@@ -184,15 +185,6 @@ func (s *Server) createBatch(c echo.Context) error {
 // batchKeep is how long a batch's keys are kept: its window, then the
 // files' retention.
 func (s *Server) batchKeep() time.Duration { return 24*time.Hour + s.opt.FilesRetention }
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
 
 // batchObject is a batch in OpenAI's shape.
 func batchObject(b store.Batch) map[string]any {

@@ -279,7 +279,7 @@ func (m *Manager) enqueueAs(ctx context.Context, id, task, queue string, build f
 	if ok, err := m.st.Retask(ctx, id, task); err != nil || !ok {
 		return err
 	}
-	if err := m.enqueueRaw(ctx, build(task)); !errors.Is(err, asynq.ErrTaskIDConflict) {
+	if err := m.enqueueRaw(ctx, build(task)); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return err
 	}
 	return nil
