@@ -73,8 +73,13 @@ func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[st
 	if err != nil {
 		return err
 	}
-	if store.BatchEnded(b.Status) {
+	if store.BatchEnded(b.Status) { // its webhooks go out before it leaves the active set, its outbox
 		delete(inputs, id)
+		if s.opt.BatchWebhooks != nil {
+			if err := s.opt.BatchWebhooks(ctx, b); err != nil {
+				return err
+			}
+		}
 		return s.jobs.DropActive(ctx, tenant, id)
 	}
 	lines, ok := inputs[id]
@@ -118,8 +123,7 @@ func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[st
 	if len(running) > 0 || (b.Status == store.BatchInProgress && b.Next < b.Total) {
 		return nil
 	}
-	delete(inputs, id)
-	return s.endBatch(ctx, b, expired)
+	return s.endBatch(ctx, b, expired) // the next round sends its webhooks
 }
 
 // lineOutput is a line of a batch's output or error file.

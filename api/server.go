@@ -59,6 +59,9 @@ type Options struct {
 	FilesRetention   time.Duration
 	// Webhooks are the tenants' webhook endpoints and secrets (nil: none).
 	Webhooks *webhooks.Registry
+	// BatchWebhooks enqueues the webhooks of a batch that ended
+	// (webhooks.Outbox.FlushBatch); nil: none.
+	BatchWebhooks func(context.Context, store.Batch) error
 	// WebhookHTTPSOnly refuses a per-job webhook_url that is not https.
 	WebhookHTTPSOnly bool
 	// Prices are the models' prices in US dollars per million tokens

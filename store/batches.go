@@ -62,8 +62,7 @@ func ms(t time.Time) string {
 	return strconv.FormatInt(t.UnixMilli(), 10)
 }
 
-// CreateBatch writes a new batch, kept for keep; one that runs joins the
-// active set.
+// CreateBatch writes a new batch, kept for keep, into the active set.
 func (s *Store) CreateBatch(ctx context.Context, b Batch, keep time.Duration) error {
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, rkeys.Batch(b.Tenant, b.ID), "endpoint", b.Endpoint, "input_file_id", b.InputFileID,
@@ -78,9 +77,7 @@ func (s *Store) CreateBatch(ctx context.Context, b Batch, keep time.Duration) er
 	if err != nil {
 		return unavailable("create batch", err)
 	}
-	if BatchEnded(b.Status) {
-		return nil
-	}
+	// A batch that failed validation is active too, until its webhooks go out.
 	if err := s.rdb.SAdd(ctx, rkeys.BatchesActive(), b.Tenant+"\n"+b.ID).Err(); err != nil {
 		return unavailable("create batch", err)
 	}
@@ -158,15 +155,11 @@ func (s *Store) MoveBatch(ctx context.Context, tenant, id string, from []string,
 	if err != nil {
 		return false, unavailable("move batch", err)
 	}
-	if n == 1 && BatchEnded(to) {
-		if err := s.rdb.SRem(ctx, rkeys.BatchesActive(), tenant+"\n"+id).Err(); err != nil {
-			return true, unavailable("move batch", err)
-		}
-	}
 	return n == 1, nil
 }
 
-// ActiveBatches lists the batches not yet ended, fleet-wide, as tenant and id.
+// ActiveBatches lists the batches not yet ended, and those whose end is not
+// yet told (their webhooks), fleet-wide, as tenant and id.
 func (s *Store) ActiveBatches(ctx context.Context) ([][2]string, error) {
 	ms, err := s.rdb.SMembers(ctx, rkeys.BatchesActive()).Result()
 	if err != nil {
@@ -181,7 +174,8 @@ func (s *Store) ActiveBatches(ctx context.Context) ([][2]string, error) {
 	return out, nil
 }
 
-// DropActive takes a batch whose record is gone out of the active set.
+// DropActive takes a batch whose end is told, or whose record is gone, out
+// of the active set.
 func (s *Store) DropActive(ctx context.Context, tenant, id string) error {
 	return s.rdb.SRem(ctx, rkeys.BatchesActive(), tenant+"\n"+id).Err()
 }

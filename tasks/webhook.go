@@ -29,11 +29,16 @@ const (
 	EventJobSucceeded       = "job.succeeded"
 	EventJobFailed          = "job.failed"
 	EventJobCanceled        = "job.canceled"
+	EventBatchCompleted     = "batch.completed"
+	EventBatchFailed        = "batch.failed"
+	EventBatchExpired       = "batch.expired"
+	EventBatchCancelled     = "batch.cancelled"
 )
 
 // WebhookEvents are every event type an endpoint may subscribe to.
 var WebhookEvents = []string{EventResponseCompleted, EventResponseFailed, EventResponseCancelled, EventResponseIncomplete,
-	EventJobSucceeded, EventJobFailed, EventJobCanceled}
+	EventJobSucceeded, EventJobFailed, EventJobCanceled,
+	EventBatchCompleted, EventBatchFailed, EventBatchExpired, EventBatchCancelled}
 
 // WebhookPayloadVersion is the delivery payload version this build writes.
 const WebhookPayloadVersion = 1
@@ -47,7 +52,8 @@ type WebhookPayload struct {
 	ID        string          `json:"id"`   // the event id: the webhook-id header
 	Type      string          `json:"type"` // the event type
 	Tenant    string          `json:"tenant"`
-	JobID     string          `json:"job_id"`
+	JobID     string          `json:"job_id"`             // the job whose end it tells, whose record keeps its outcome
+	BatchID   string          `json:"batch_id,omitempty"` // or the batch (no record keeps its outcome)
 	URL       string          `json:"url"`
 	Target    string          `json:"target"` // the delivery's name on the job record
 	CreatedAt time.Time       `json:"created_at"`
@@ -69,8 +75,8 @@ func DecodeWebhook(b []byte) (WebhookPayload, error) {
 	if p.V != WebhookPayloadVersion {
 		return p, fmt.Errorf("webhook payload version %d: this worker reads version %d", p.V, WebhookPayloadVersion)
 	}
-	if p.ID == "" || p.URL == "" || p.JobID == "" {
-		return p, fmt.Errorf("webhook payload without id, url or job id")
+	if p.ID == "" || p.URL == "" || (p.JobID == "") == (p.BatchID == "") {
+		return p, fmt.Errorf("webhook payload without id or url, or without one of job id and batch id")
 	}
 	return p, nil
 }

@@ -18,7 +18,8 @@ type Archived struct {
 	EventID      string    `json:"event_id"`
 	Type         string    `json:"type"`
 	Tenant       string    `json:"tenant"`
-	JobID        string    `json:"job_id"`
+	JobID        string    `json:"job_id,omitempty"`
+	BatchID      string    `json:"batch_id,omitempty"`
 	URL          string    `json:"url"`
 	Attempts     int       `json:"attempts"`
 	LastError    string    `json:"last_error"`
@@ -46,7 +47,7 @@ func (a *Admin) ListArchived() ([]Archived, error) {
 	out := make([]Archived, 0, len(infos))
 	for _, in := range infos {
 		p, _ := tasks.DecodeWebhook(in.Payload)
-		out = append(out, Archived{ID: in.ID, EventID: p.ID, Type: p.Type, Tenant: p.Tenant, JobID: p.JobID, URL: p.URL,
+		out = append(out, Archived{ID: in.ID, EventID: p.ID, Type: p.Type, Tenant: p.Tenant, JobID: p.JobID, BatchID: p.BatchID, URL: p.URL,
 			Attempts: in.Retried + 1, LastError: in.LastErr, LastFailedAt: in.LastFailedAt})
 	}
 	return out, nil

@@ -74,6 +74,9 @@ type Delivery struct {
 var stateRank = map[string]int{StatePending: 1, StateRetrying: 2, StateDelivered: 3, StateRefused: 3, StateGaveUp: 3}
 
 func record(ctx context.Context, jm *jobs.Manager, p tasks.WebhookPayload, d Delivery) error {
+	if p.JobID == "" { // a batch's event: no job record keeps it
+		return nil
+	}
 	d.URL, d.Event, d.EventID, d.At = p.URL, p.Type, p.ID, time.Now().UTC()
 	b, _ := json.Marshal(d)
 	return jm.RecordDelivery(ctx, p.JobID, store.DeliveryEntry{Target: p.Target, EventID: p.ID, Rank: stateRank[d.State], JSON: b})

@@ -79,8 +79,12 @@ func (o *Outbox) enqueue(ctx context.Context, j store.Job, sp Spec, typ, url str
 	if err != nil {
 		return err
 	}
-	p := tasks.WebhookPayload{ID: eventID(j), Type: typ, Tenant: j.Tenant, JobID: j.ID, URL: url, Target: target(url),
-		CreatedAt: j.FinishedAt, Body: b}
+	return o.enqueuePayload(ctx, tasks.WebhookPayload{ID: eventID(j), Type: typ, Tenant: j.Tenant, JobID: j.ID, URL: url, Target: target(url),
+		CreatedAt: j.FinishedAt, Body: b})
+}
+
+// enqueuePayload enqueues one delivery, once.
+func (o *Outbox) enqueuePayload(ctx context.Context, p tasks.WebhookPayload) error {
 	payload, err := tasks.EncodeWebhook(p)
 	if err != nil {
 		return err

@@ -147,6 +147,7 @@ func serve(ctx context.Context, cfg config.Config, getenv func(string) string, s
 		MaxInflightBytes: cfg.MaxInflightBytes, TenantMaxInflightBytes: cfg.TenantMaxInflightBytes, Retention: cfg.JobRetention,
 		MaxConversationBytes: cfg.ResponsesMaxConversationBytes,
 		Webhooks:             wiring.Webhooks(cfg),
+		BatchWebhooks:        webhooks.NewOutbox(st.Reader(), jm, asynq.NewClientFromRedisClient(rdb), wiring.Webhooks(cfg)).FlushBatch,
 		WebhookHTTPSOnly:     cfg.Env == config.EnvProduction && !cfg.WebhookAllowHTTP,
 		Prices:               list.Prices,
 		FilesMaxBytes:        cfg.FilesMaxBytes, BatchMaxRequests: cfg.BatchMaxRequests, FilesRetention: cfg.FilesRetention,
