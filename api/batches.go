@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -20,7 +21,7 @@ import (
 // the scheduler has room (batchrun.go).
 
 // batchEndpoints are the endpoints a batch's lines may call.
-var batchEndpoints = []string{"/v1/chat/completions"}
+var batchEndpoints = []string{"/v1/chat/completions", "/v1/responses"}
 
 // batchWindow is the only completion_window (OpenAI's).
 const batchWindow = "24h"
@@ -101,12 +102,7 @@ func (s *Server) parseBatchInput(content []byte, endpoint string, check bool) ([
 			lines = append(lines, l)
 			continue
 		}
-		var r oaRequest
-		err := decodeKnown(l.Body, &r, oaFields, "Chat Completions")
-		if err == nil {
-			_, err = s.chatJob(r, store.NewJob{ID: "job_check"}, tasks.PriorityLow)
-		}
-		if err != nil {
+		if _, err := s.lineJob(endpoint, l.Body, store.NewJob{ID: "job_check"}); err != nil {
 			var ae *Error
 			if errors.As(err, &ae) {
 				fail(n, "invalid_request", ae.Message, "body."+ae.Field)
@@ -115,13 +111,58 @@ func (s *Server) parseBatchInput(content []byte, endpoint string, check bool) ([
 			}
 			continue
 		}
-		if r.Stream {
-			fail(n, "invalid_request", "a batch's requests cannot be streamed", "body.stream")
-			continue
-		}
 		lines = append(lines, l)
 	}
 	return lines, errs
+}
+
+// lineJob validates a batch line's request to endpoint and makes its job
+// as nj, in the low lane.
+func (s *Server) lineJob(endpoint string, body []byte, nj store.NewJob) (tasks.ChatPayload, error) {
+	if endpoint == "/v1/responses" {
+		var r respRequest
+		if err := decodeKnown(body, &r, respParams, "Responses"); err != nil {
+			return tasks.ChatPayload{}, err
+		}
+		switch {
+		case r.Stream:
+			return tasks.ChatPayload{}, oaInvalid("stream", "a batch's requests cannot be streamed")
+		case r.Background:
+			return tasks.ChatPayload{}, oaInvalid("background", "a batch's requests run in the background already")
+		case r.PreviousResponseID != "":
+			return tasks.ChatPayload{}, oaInvalid("previous_response_id", "a batch's requests cannot continue a stored response")
+		}
+		_, p, err := s.responseJob(r, nj, tasks.PriorityLow)
+		return p, err
+	}
+	var r oaRequest
+	if err := decodeKnown(body, &r, oaFields, "Chat Completions"); err != nil {
+		return tasks.ChatPayload{}, err
+	}
+	if r.Stream {
+		return tasks.ChatPayload{}, oaInvalid("stream", "a batch's requests cannot be streamed")
+	}
+	return s.chatJob(r, nj, tasks.PriorityLow)
+}
+
+// lineAnswer is the body of a line's answer, job j, in endpoint's object:
+// a chat.completion or a response (not stored: its line holds it).
+func (s *Server) lineAnswer(endpoint string, body []byte, j store.Job) any {
+	if endpoint == "/v1/responses" {
+		var r respRequest
+		_ = decodeKnown(body, &r, respParams, "Responses")
+		rec, _, err := s.responseJob(r, store.NewJob{ID: j.ID, Tenant: j.Tenant, CreatedAt: j.CreatedAt}, tasks.PriorityLow)
+		if err != nil { // an edit of the models file since: the answer stands without its request's echo
+			rec = respRecord{ID: respID(j.ID), Tenant: j.Tenant, Model: j.Model, CreatedAt: j.CreatedAt.Unix()}
+		}
+		rec.Store = false
+		return s.responseObject(rec, j)
+	}
+	model := j.Model
+	if j.Result != nil && j.Result.Model != "" {
+		model = j.Result.Model
+	}
+	return completionObject("chatcmpl-"+strings.TrimPrefix(j.ID, "job_"), j.CreatedAt.Unix(), model, j.Result, j.Usage)
 }
 
 func (s *Server) createBatch(c echo.Context) error {

@@ -171,11 +171,7 @@ func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchL
 		case err != nil:
 			return err
 		case j.Status == store.StatusSucceeded:
-			model := j.Model
-			if j.Result != nil && j.Result.Model != "" {
-				model = j.Result.Model
-			}
-			body := completionObject("chatcmpl-"+strings.TrimPrefix(jobID, "job_"), j.CreatedAt.Unix(), model, j.Result, j.Usage)
+			body := s.lineAnswer(b.Endpoint, lines[n].Body, j)
 			ok, out = true, toOutput+lineOutput(lines[n], jobID, map[string]any{"status_code": 200, "request_id": jobID, "body": body}, nil)
 		default:
 			e := store.JobError{Code: j.Status, Message: "the request did not complete"}
@@ -212,12 +208,7 @@ func (s *Server) feedLines(ctx context.Context, b *store.Batch, lines []batchLin
 		session := "batch-" + strings.TrimPrefix(b.ID, "batch_") + "-" + strconv.Itoa(n)
 		nj := store.NewJob{ID: tasks.IdempotentJobID(b.Tenant, key, session), KeyHash: tasks.IdempotencyKeyHash(b.Tenant, key),
 			Tenant: b.Tenant, SessionID: session, Queue: tasks.QueueName(tasks.PriorityLow), CreatedAt: time.Now().UTC()}
-		var r oaRequest
-		err := decodeKnown(lines[n].Body, &r, oaFields, "Chat Completions")
-		var p tasks.ChatPayload
-		if err == nil {
-			p, err = s.chatJob(r, nj, tasks.PriorityLow) // a models file edit may refuse it now
-		}
+		p, err := s.lineJob(b.Endpoint, lines[n].Body, nj) // a models file edit may refuse it now
 		var ae *Error
 		if errors.As(err, &ae) {
 			if err := s.failLine(ctx, b, lines[n], n, ae.Code, ae.Message); err != nil {

@@ -55,48 +55,22 @@ func (s *Server) createResponse(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if !s.served(r.Model) {
-		return s.unknownModel(r.Model, true)
-	}
-	stored := r.Store == nil || *r.Store
-	if r.Background && !stored {
-		return oaInvalid("store", "background responses must be stored (store: true)")
-	}
-	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
-		return oaInvalid("max_output_tokens", "max_output_tokens must be at least 1")
-	}
-	if err := validShared(r.Model, r.User, r.Metadata); err != nil {
-		return err
-	}
-	if len(r.Instructions) > maxInputText {
-		return oaInvalid("instructions", fmt.Sprintf("instructions hold more than %d bytes of text", maxInputText))
-	}
-	params, err := r.params()
-	if err != nil {
-		return err
-	}
-	if err := s.refusedBy(r.Model, params, respFieldNames); err != nil {
-		return err
-	}
 	tenant := tenantOf(c)
 	ctx := c.Request().Context()
 	// Each response is a one-job session: the conversation comes with it.
 	session := "resp-" + tasks.NewSessionID()
-	id := tasks.NewJobID(tenant, session)
-	items, msgs, err := parseInput(r.Input, id, len(r.Instructions))
+	nj := store.NewJob{ID: tasks.NewJobID(tenant, session), Tenant: tenant, SessionID: session,
+		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: time.Now().UTC()}
+	rec, p, err := s.responseJob(r, nj, tasks.PriorityNormal)
 	if err != nil {
 		return err
 	}
-	size := messagesBytes(msgs)
 	if r.PreviousResponseID != "" {
-		if size, err = s.checkChain(ctx, r.PreviousResponseID, tenant, size); err != nil {
+		if rec.ConversationBytes, err = s.checkChain(ctx, r.PreviousResponseID, tenant, rec.ConversationBytes); err != nil {
 			return err
 		}
 	}
-	now := time.Now().UTC()
-	rec := respRecord{ID: respID(id), Tenant: tenant, Model: r.Model, Instructions: r.Instructions, Previous: r.PreviousResponseID,
-		User: r.User, Background: r.Background, Store: stored, CreatedAt: now.Unix(), Metadata: r.Metadata, Input: items,
-		Messages: msgs, ConversationBytes: size, MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP, Params: params}
+	id, stored := nj.ID, rec.Store
 	renew, release := func() {}, func() {}
 	if r.Stream || !r.Background {
 		// Held until the answer (streamed or not): it counts against the
@@ -106,19 +80,8 @@ func (s *Server) createResponse(c echo.Context) error {
 		}
 	}
 	defer release()
-	nj := store.NewJob{ID: id, Tenant: tenant, SessionID: session,
-		Queue: tasks.QueueName(tasks.PriorityNormal), CreatedAt: now}
 	if r.Background && s.opt.Webhooks.Wants(tenant, webhooks.KindResponse) {
 		nj.Webhook = webhooks.Spec{Kind: webhooks.KindResponse, ObjectID: rec.ID}.Encode()
-	}
-	p := tasks.ChatPayload{JobID: id, Tenant: tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
-		Model: r.Model, Priority: tasks.PriorityNormal, SubmittedAt: now, Messages: msgs, Params: params}
-	switch {
-	case r.PreviousResponseID != "":
-		// The chain goes by reference: the worker reads it when the job runs.
-		p.Chain = &tasks.ChainRef{Previous: r.PreviousResponseID, Instructions: r.Instructions}
-	case r.Instructions != "":
-		p.Messages = append([]tasks.ChatMessage{{Role: "system", Content: r.Instructions}}, msgs...)
 	}
 	sub, err := s.jobs.Submit(ctx, nj, p)
 	if err != nil {
@@ -159,6 +122,54 @@ func (s *Server) createResponse(c echo.Context) error {
 		s.purge(ctx, id, tenant)
 	}
 	return c.JSON(http.StatusOK, answer)
+}
+
+// responseJob validates a Responses request and makes the record and the
+// job payload of its response as job nj; a continued conversation's chain
+// is checked by the caller (checkChain).
+func (s *Server) responseJob(r respRequest, nj store.NewJob, priority string) (respRecord, tasks.ChatPayload, error) {
+	var rec respRecord
+	var p tasks.ChatPayload
+	if !s.served(r.Model) {
+		return rec, p, s.unknownModel(r.Model, true)
+	}
+	stored := r.Store == nil || *r.Store
+	if r.Background && !stored {
+		return rec, p, oaInvalid("store", "background responses must be stored (store: true)")
+	}
+	if r.MaxOutputTokens != nil && *r.MaxOutputTokens < 1 {
+		return rec, p, oaInvalid("max_output_tokens", "max_output_tokens must be at least 1")
+	}
+	if err := validShared(r.Model, r.User, r.Metadata); err != nil {
+		return rec, p, err
+	}
+	if len(r.Instructions) > maxInputText {
+		return rec, p, oaInvalid("instructions", fmt.Sprintf("instructions hold more than %d bytes of text", maxInputText))
+	}
+	params, err := r.params()
+	if err != nil {
+		return rec, p, err
+	}
+	if err := s.refusedBy(r.Model, params, respFieldNames); err != nil {
+		return rec, p, err
+	}
+	items, msgs, err := parseInput(r.Input, nj.ID, len(r.Instructions))
+	if err != nil {
+		return rec, p, err
+	}
+	rec = respRecord{ID: respID(nj.ID), Tenant: nj.Tenant, Model: r.Model, Instructions: r.Instructions, Previous: r.PreviousResponseID,
+		User: r.User, Background: r.Background, Store: stored, CreatedAt: nj.CreatedAt.Unix(), Metadata: r.Metadata, Input: items,
+		Messages: msgs, ConversationBytes: messagesBytes(msgs), MaxOutputTokens: r.MaxOutputTokens, Temperature: r.Temperature, TopP: r.TopP, Params: params}
+	p = tasks.ChatPayload{JobID: nj.ID, Tenant: nj.Tenant, SessionID: nj.SessionID, Message: msgs[len(msgs)-1].Content,
+		Model: r.Model, Priority: priority, SubmittedAt: nj.CreatedAt, Messages: msgs, Params: params}
+	switch {
+	case r.PreviousResponseID != "":
+		// The chain goes by reference: the worker reads it when the job runs.
+		p.Chain = &tasks.ChainRef{Previous: r.PreviousResponseID, Instructions: r.Instructions}
+	case r.Instructions != "":
+		p.Messages = append([]tasks.ChatMessage{{Role: "system", Content: r.Instructions}}, msgs...)
+	}
+	return rec, p, nil
 }
 
 // purge removes everything that holds a response's content: its job's

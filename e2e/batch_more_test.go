@@ -1,0 +1,110 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
+
+	"github.com/chatfleet/chatfleet/internal/testkit"
+)
+
+// A batch of Responses requests: every line's answer is a response object
+// that openai-go reads, with the line's instructions carried to the model;
+// a line that asks to stream fails the batch in validation, naming it.
+func TestBatchOfResponses(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_SIM_TOKENS": "3"})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	const n = 12
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, `{"custom_id":"r-%d","method":"POST","url":"/v1/responses","body":{"model":"sim","input":"question %d","metadata":{"row":"%d"}}}`+"\n", i, i, i)
+	}
+	create := func(jsonl string) *openai.Batch {
+		b, err := oa.Batches.New(context.Background(), openai.BatchNewParams{InputFileID: uploadBatch(t, oa, jsonl).ID,
+			Endpoint: openai.BatchNewParamsEndpointV1Responses, CompletionWindow: openai.BatchNewParamsCompletionWindow24h})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := awaitBatch(t, oa, create(in.String()).ID)
+	if b.Status != openai.BatchStatusCompleted || b.RequestCounts.Completed != n || b.ErrorFileID != "" {
+		t.Fatalf("batch %s %+v", b.Status, b.RequestCounts)
+	}
+	res, err := oa.Files.Content(context.Background(), b.OutputFileID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		var l struct {
+			CustomID string `json:"custom_id"`
+			Response struct {
+				StatusCode int                `json:"status_code"`
+				Body       responses.Response `json:"body"`
+			} `json:"response"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("%s: %v", sc.Text(), err)
+		}
+		var i int
+		fmt.Sscanf(l.CustomID, "r-%d", &i)
+		body := l.Response.Body
+		want := fmt.Sprintf("echo: question %d lorem ipsum dolor", i)
+		if seen[l.CustomID] || l.Response.StatusCode != 200 || body.Object != "response" || !strings.HasPrefix(body.ID, "resp_") ||
+			body.Status != responses.ResponseStatusCompleted || body.OutputText() != want || body.Usage.OutputTokens == 0 ||
+			body.Metadata["row"] != fmt.Sprint(i) {
+			t.Fatalf("line %s (seen before: %v): %s, want the text %q", l.CustomID, seen[l.CustomID], sc.Text(), want)
+		}
+		seen[l.CustomID] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d of %d custom_ids answered", len(seen), n)
+	}
+
+	streamed := strings.Replace(in.String(), `"input":"question 3"`, `"input":"question 3","stream":true`, 1)
+	bad := create(streamed)
+	if bad.Status != openai.BatchStatusFailed || len(bad.Errors.Data) != 1 || bad.Errors.Data[0].Line != 4 || bad.Errors.Data[0].Param != "body.stream" {
+		t.Fatalf("a streamed line: batch %s errors %+v", bad.Status, bad.Errors.Data)
+	}
+	chat := strings.Replace(in.String(), `"url":"/v1/responses"`, `"url":"/v1/chat/completions"`, 1)
+	if bad := create(chat); bad.Status != openai.BatchStatusFailed || bad.Errors.Data[0].Code != "mismatched_endpoint" {
+		t.Fatalf("a Chat Completions line in a Responses batch: %s %+v", bad.Status, bad.Errors.Data)
+	}
+}
+
+// An upload over CHATFLEET_FILES_MAX_BYTES is refused with 413 naming the
+// limit, and nothing is written.
+func TestFileOverTheByteLimitIsRefused(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 0, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_FILES_MAX_BYTES": "4096"})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	fits := batchInput(40)[:4000]
+	fits = fits[:strings.LastIndexByte(fits, '\n')+1]
+	uploadBatch(t, oa, fits) // under the limit: taken
+	for _, size := range []int{4097, 256 << 10} {
+		over := strings.Repeat(batchInput(1), size/len(batchInput(1))+1)
+		_, err := oa.Files.New(context.Background(), openai.FileNewParams{File: openai.File(strings.NewReader(over), "big.jsonl", "application/jsonl"),
+			Purpose: openai.FilePurposeBatch})
+		var apiErr *openai.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusRequestEntityTooLarge || apiErr.Code != "file_too_large" ||
+			!strings.Contains(apiErr.Message, "CHATFLEET_FILES_MAX_BYTES") {
+			t.Fatalf("a %d-byte upload: %v", len(over), err)
+		}
+	}
+	if list, err := oa.Files.List(context.Background(), openai.FileListParams{}); err != nil || len(list.Data) != 1 {
+		t.Fatalf("files after the refused uploads: %+v %v", list.Data, err)
+	}
+}
