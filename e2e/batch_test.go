@@ -163,6 +163,15 @@ func TestBatchAPIWithTheOpenAISDK(t *testing.T) {
 	if len(seen) != n {
 		t.Fatalf("%d of %d custom_ids answered", len(seen), n)
 	}
+	// The lines are in the tenant's usage ledger, with the tokens their answers report.
+	var completion int64
+	for _, l := range lines {
+		completion += l.Response.Body.Usage.CompletionTokens
+	}
+	u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+	if total, _ := u.Body["total"].(map[string]any); u.Status != http.StatusOK || total["requests"] != float64(n) || total["completion_tokens"] != float64(completion) {
+		t.Fatalf("usage after %d lines of %d completion tokens: %d %s", n, completion, u.Status, u.Raw)
+	}
 	page, err := oa.Batches.List(context.Background(), openai.BatchListParams{})
 	if err != nil || len(page.Data) != 1 || page.Data[0].ID != b.ID {
 		t.Fatalf("list %+v %v", page, err)
