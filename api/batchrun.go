@@ -207,7 +207,7 @@ func (s *Server) feedLines(ctx context.Context, b *store.Batch, lines []batchLin
 		key := "batch:" + b.ID + ":" + strconv.Itoa(n)
 		session := "batch-" + strings.TrimPrefix(b.ID, "batch_") + "-" + strconv.Itoa(n)
 		nj := store.NewJob{ID: tasks.IdempotentJobID(b.Tenant, key, session), KeyHash: tasks.IdempotencyKeyHash(b.Tenant, key),
-			Tenant: b.Tenant, SessionID: session, Queue: tasks.QueueName(tasks.PriorityLow), CreatedAt: time.Now().UTC()}
+			Tenant: b.Tenant, SessionID: session, Queue: tasks.QueueName(tasks.PriorityLow), CreatedAt: time.Now().UTC(), Batch: b.ID}
 		p, err := s.lineJob(b.Endpoint, lines[n].Body, nj) // a models file edit may refuse it now
 		var ae *Error
 		if errors.As(err, &ae) {

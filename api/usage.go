@@ -26,6 +26,29 @@ type usageRow struct {
 	// cut before their provider reported usage.
 	EstimatedTokens int64    `json:"estimated_tokens,omitempty"`
 	CostUSD         *float64 `json:"cost_usd"` // null: a model without a price
+	// Batch is the part of the row that batch lines made (the Batch API);
+	// left out when none did.
+	Batch *batchUsage `json:"batch,omitempty"`
+}
+
+// batchUsage is the part of a usage row that batch lines' answers made.
+type batchUsage struct {
+	Requests         int64    `json:"requests"`
+	PromptTokens     int64    `json:"prompt_tokens"`
+	CompletionTokens int64    `json:"completion_tokens"`
+	CostUSD          *float64 `json:"cost_usd"`
+}
+
+// add counts a ledger row's batch part, at price p (nil: none).
+func (b *batchUsage) add(r store.UsageRow, p *[2]float64) {
+	b.Requests += r.BatchRequests
+	b.PromptTokens += r.BatchPromptTokens
+	b.CompletionTokens += r.BatchCompletionTokens
+	if p == nil {
+		b.CostUSD = nil
+	} else if b.CostUSD != nil {
+		*b.CostUSD = roundMicros(*b.CostUSD + (float64(r.BatchPromptTokens)*p[0]+float64(r.BatchCompletionTokens)*p[1])/1e6)
+	}
 }
 
 // maxUsageDays bounds a usage query (the ledger is read month by month).
@@ -126,6 +149,18 @@ func (s *Server) usageRows(rows []store.UsageRow, group string) ([]usageRow, usa
 		total.PromptTokens += r.PromptTokens
 		total.CompletionTokens += r.CompletionTokens
 		total.EstimatedTokens += r.EstimatedTokens
+		if r.BatchRequests > 0 {
+			var price *[2]float64
+			if p, ok := prices[r.Model]; ok {
+				price = &p
+			}
+			for _, u := range []*usageRow{o, &total} {
+				if u.Batch == nil {
+					u.Batch = &batchUsage{CostUSD: new(float64)}
+				}
+				u.Batch.add(r, price)
+			}
+		}
 		if p, ok := prices[r.Model]; ok && o.CostUSD != nil {
 			cost := (float64(r.PromptTokens)*p[0] + float64(r.CompletionTokens)*p[1]) / 1e6
 			*o.CostUSD += cost

@@ -133,6 +133,11 @@ func TestBatchAPIWithTheOpenAISDK(t *testing.T) {
 	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_SIM_TOKENS": "3"})
 	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
 	const n = 40
+	alone, err := oa.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{Model: "sim",
+		Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("not in the batch")}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	in := uploadBatch(t, oa, batchInput(n))
 	if in.Purpose != openai.FileObjectPurposeBatch || in.Bytes != int64(len(batchInput(n))) || in.Filename != "input.jsonl" {
 		t.Fatalf("file %+v", in)
@@ -163,14 +168,18 @@ func TestBatchAPIWithTheOpenAISDK(t *testing.T) {
 	if len(seen) != n {
 		t.Fatalf("%d of %d custom_ids answered", len(seen), n)
 	}
-	// The lines are in the tenant's usage ledger, with the tokens their answers report.
+	// The lines are in the tenant's usage ledger, with the tokens their
+	// answers report, and they are its batch part.
 	var completion int64
 	for _, l := range lines {
 		completion += l.Response.Body.Usage.CompletionTokens
 	}
 	u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
-	if total, _ := u.Body["total"].(map[string]any); u.Status != http.StatusOK || total["requests"] != float64(n) || total["completion_tokens"] != float64(completion) {
-		t.Fatalf("usage after %d lines of %d completion tokens: %d %s", n, completion, u.Status, u.Raw)
+	total, _ := u.Body["total"].(map[string]any)
+	part, _ := total["batch"].(map[string]any)
+	if u.Status != http.StatusOK || total["requests"] != float64(n+1) || total["completion_tokens"] != float64(completion+alone.Usage.CompletionTokens) ||
+		part["requests"] != float64(n) || part["completion_tokens"] != float64(completion) {
+		t.Fatalf("usage after %d lines of %d completion tokens and one request alone: %d %s", n, completion, u.Status, u.Raw)
 	}
 	page, err := oa.Batches.List(context.Background(), openai.BatchListParams{})
 	if err != nil || len(page.Data) != 1 || page.Data[0].ID != b.ID {

@@ -141,6 +141,9 @@ type NewJob struct {
 	Webhook string
 	// TraceID is the job's trace, when tracing is on.
 	TraceID string
+	// Batch names the batch whose line the job is (the Batch API): its
+	// usage is counted in the ledger's batch part too.
+	Batch string
 	// BudgetPeriod names the period of its tenant's budget that the job
 	// reserved its cost in (Store.Reserve); empty: no budget.
 	BudgetPeriod string
@@ -213,6 +216,9 @@ func (s *Store) Create(ctx context.Context, j NewJob) (c Created, existing Job, 
 	}
 	if j.TraceID != "" {
 		record = append(record, "trace_id", j.TraceID)
+	}
+	if j.Batch != "" {
+		record = append(record, "batch", j.Batch)
 	}
 	if j.BudgetPeriod != "" {
 		record = append(record, "budget", j.BudgetPeriod)

@@ -66,7 +66,7 @@ if fence > 0 then
   if st ~= ACTIVE or f ~= fence then return {0, 0, 0} end
   redis.call('ZREM', leases, id .. ':' .. fence)
 end
-local marks = redis.call('HMGET', job, 'counted', 'webhook', 'budget')
+local marks = redis.call('HMGET', job, 'counted', 'webhook', 'budget', 'batch')
 local counted = marks[1] == '1' and 1 or 0
 local notify = 0
 if marks[2] then
@@ -85,6 +85,11 @@ if usage_field ~= '' then
   redis.call('HINCRBY', ledger, usage_field .. '|r', 1)
   redis.call('HINCRBY', ledger, usage_field .. '|p', prompt_tokens)
   redis.call('HINCRBY', ledger, usage_field .. '|c', completion_tokens)
+  if marks[4] then -- a batch's line: its part of the row
+    redis.call('HINCRBY', ledger, usage_field .. '|br', 1)
+    redis.call('HINCRBY', ledger, usage_field .. '|bp', prompt_tokens)
+    redis.call('HINCRBY', ledger, usage_field .. '|bc', completion_tokens)
+  end
   redis.call('EXPIRE', ledger, usage_ttl)
 end
 -- the payload was only needed to run the job again; a body by reference

@@ -18,7 +18,8 @@ import (
 // the script that records a failed attempt adds what its call used. Fields
 // are "<day>|<model>|<kind>": r (requests), p and c (prompt and completion
 // tokens), ep and ec (the part of p and c that was estimated: a call cut
-// before its provider reported usage).
+// before its provider reported usage), br, bp and bc (the part of r, p and c
+// that batch lines' answers made).
 
 // Spent is what a provider call that gave no answer used: as its provider
 // reported it, or estimated from what it streamed (Estimated).
@@ -97,6 +98,8 @@ type UsageRow struct {
 	// EstimatedTokens is the part of the tokens that was estimated (calls
 	// cut before their provider reported usage).
 	EstimatedTokens int64
+	// The part of Requests and of the answers' tokens that batch lines made.
+	BatchRequests, BatchPromptTokens, BatchCompletionTokens int64
 }
 
 // Usage returns a tenant's usage per day and model from day from to day to
@@ -151,6 +154,12 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time) ([
 				r.CompletionTokens += n
 			case "ep", "ec":
 				r.EstimatedTokens += n
+			case "br":
+				r.BatchRequests += n
+			case "bp":
+				r.BatchPromptTokens += n
+			case "bc":
+				r.BatchCompletionTokens += n
 			}
 		}
 	}
