@@ -112,6 +112,9 @@ func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[st
 			}
 		}
 	case expired:
+		if err := s.expireQueued(ctx, b, lines, running); err != nil {
+			return err
+		}
 		if err := s.expireLines(ctx, &b, lines); err != nil {
 			return err
 		}
@@ -254,14 +257,54 @@ func (s *Server) failLine(ctx context.Context, b *store.Batch, l batchLine, n in
 	return nil
 }
 
-// expireLines answers the lines not started by the end of the window.
+// The error of a line not started within the window (OpenAI's).
+const (
+	expiredCode    = "batch_expired"
+	expiredMessage = "This request could not be executed before the completion window expired."
+)
+
+// expireQueued cancels the batch's lines whose jobs are still queued at the
+// end of its window and answers them as expired; the started ones finish.
+func (s *Server) expireQueued(ctx context.Context, b store.Batch, lines []batchLine, running map[int]string) error {
+	nums := make([]int, 0, len(running))
+	ids := make([]string, 0, len(running))
+	for n, jobID := range running {
+		nums, ids = append(nums, n), append(ids, jobID)
+	}
+	sts, err := s.store.Statuses(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i, st := range sts {
+		if st != store.StatusQueued || nums[i] >= len(lines) {
+			continue
+		}
+		j, err := s.store.Get(ctx, ids[i])
+		if err != nil {
+			return err
+		}
+		if _, err := s.jobs.Cancel(ctx, j, "the batch's completion window expired"); errors.Is(err, jobs.ErrFinished) {
+			continue // it ended meanwhile: collected next round
+		} else if err != nil {
+			return err
+		}
+		out := toErrors + lineOutput(lines[nums[i]], ids[i], nil, map[string]any{"code": expiredCode, "message": expiredMessage})
+		if _, err := s.jobs.RecordLine(ctx, b.Tenant, b.ID, nums[i], false, out, s.batchKeep()); err != nil {
+			return err
+		}
+		delete(running, nums[i])
+	}
+	return nil
+}
+
+// expireLines answers the lines not made jobs by the end of the window.
 func (s *Server) expireLines(ctx context.Context, b *store.Batch, lines []batchLine) error {
 	for b.Next < b.Total {
 		l := batchLine{}
 		if b.Next < len(lines) {
 			l = lines[b.Next]
 		}
-		if err := s.failLine(ctx, b, l, b.Next, "batch_expired", "This request could not be executed before the completion window expired."); err != nil {
+		if err := s.failLine(ctx, b, l, b.Next, expiredCode, expiredMessage); err != nil {
 			return err
 		}
 	}

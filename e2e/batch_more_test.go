@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
 
+	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
 )
 
@@ -106,5 +108,53 @@ func TestFileOverTheByteLimitIsRefused(t *testing.T) {
 	}
 	if list, err := oa.Files.List(context.Background(), openai.FileListParams{}); err != nil || len(list.Data) != 1 {
 		t.Fatalf("files after the refused uploads: %+v %v", list.Data, err)
+	}
+}
+
+// At the end of its window a batch's lines not yet started are answered
+// batch_expired in its error file, the running ones finish, and it ends
+// expired with its partial output, each line once, telling batch.expired.
+// The window's end is moved to now in the batch's record: 24 hours is the
+// only window.
+func TestBatchExpiresAtTheEndOfItsWindow(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	rcv := startReceiver(t, "127.0.0.1:0", http.StatusOK)
+	secret := newSecret(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_SIM_LATENCY": "300ms",
+		"CHATFLEET_WORKER_CONCURRENCY": "2", "CHATFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
+		"CHATFLEET_WEBHOOKS_FILE": webhooksFile(t, map[string]any{"tenant": "acme", "url": rcv.url, "secret": secret, "events": []string{"batch.expired"}})})
+	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	const n = 60
+	b := newBatch(t, oa, uploadBatch(t, oa, batchInput(n)).ID)
+	awaitCompleted(t, oa, b.ID, 2)
+	if err := rd.Client().HSet(context.Background(), rkeys.Batch("acme", b.ID), "expires_at", time.Now().UnixMilli()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b = awaitBatch(t, oa, b.ID)
+	c := b.RequestCounts
+	if b.Status != openai.BatchStatusExpired || b.ExpiredAt == 0 || c.Completed == 0 || c.Completed+c.Failed != n || c.Failed == 0 {
+		t.Fatalf("batch %s %+v", b.Status, c)
+	}
+	out, errs := readLines(t, oa, b.OutputFileID), readLines(t, oa, b.ErrorFileID)
+	seen := map[string]bool{}
+	for _, l := range append(out, errs...) {
+		if seen[l.CustomID] {
+			t.Fatalf("%s answered twice", l.CustomID)
+		}
+		seen[l.CustomID] = true
+	}
+	for _, l := range errs {
+		if l.Error == nil || l.Error.Code != "batch_expired" || l.Response != nil {
+			t.Fatalf("error line %+v, want batch_expired", l)
+		}
+	}
+	if len(seen) != n || int64(len(out)) != c.Completed || int64(len(errs)) != c.Failed {
+		t.Fatalf("%d custom_ids answered, %d output and %d error lines for %+v", len(seen), len(out), len(errs), c)
+	}
+	h := rcv.waitFor(t, 20*time.Second, "batch.expired", func(h []hook) bool { return len(h) >= 1 })
+	verifier := openai.NewClient(option.WithWebhookSecret(secret), option.WithAPIKey("unused"))
+	ev, err := verifier.Webhooks.Unwrap(h[0].body, h[0].header)
+	if err != nil || ev.Type != "batch.expired" || ev.AsBatchExpired().Data.ID != b.ID {
+		t.Fatalf("webhook %s: %v", h[0].body, err)
 	}
 }
