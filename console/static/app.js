@@ -13,7 +13,9 @@ function authHeaders(extra) {
   return h;
 }
 
-async function api(method, path, body) {
+// api calls the API with the key: its answer's JSON, or its text when text
+// is set (a file's content).
+async function api(method, path, body, text) {
   const res = await fetch(path, {
     method,
     headers: authHeaders(body ? { 'Content-Type': 'application/json' } : {}),
@@ -23,6 +25,7 @@ async function api(method, path, body) {
     $('keyform').hidden = false;
     throw new Error('this fleet needs an API key');
   }
+  if (text && res.ok) return res.text();
   const data = res.status === 204 ? null : await res.json();
   if (!res.ok) throw new Error((data && data.error && data.error.message) || res.statusText);
   return data;
@@ -38,7 +41,8 @@ async function streamURL(jobID, after) {
 }
 
 // ---- tabs: every view has a URL (#/chat, #/queue, #/jobs, #/jobs/<id>,
-// #/usage), so views can be linked and the back button works ----
+// #/batches, #/batches/<id> (batches.js), #/usage), so views can be linked
+// and the back button works ----
 document.querySelectorAll('nav button').forEach((b) => b.addEventListener('click', () => { location.hash = '#/' + b.dataset.tab; }));
 function showTab(name) {
   document.querySelectorAll('nav button').forEach((b) => b.classList.toggle('active', b.dataset.tab === name));
@@ -48,10 +52,11 @@ function showTab(name) {
 }
 function route() {
   const parts = location.hash.replace(/^#\/?/, '').split('/');
-  const tab = ['chat', 'queue', 'jobs', 'usage'].includes(parts[0]) ? parts[0] : 'chat';
+  const tab = ['chat', 'queue', 'jobs', 'batches', 'usage'].includes(parts[0]) ? parts[0] : 'chat';
   showTab(tab);
   if (tab === 'jobs' && parts[1]) showJob(decodeURIComponent(parts[1]));
   else if (tab === 'jobs' && !$('joblist').rows.length) listJobs(false);
+  if (tab === 'batches') showBatches(...parts.slice(1, 3).map(decodeURIComponent));
 }
 window.addEventListener('hashchange', route);
 
@@ -62,6 +67,7 @@ $('keyform').addEventListener('submit', (ev) => {
   $('keyform').hidden = true;
   loadHistory();
   loadModels();
+  route(); // the view asked for, now with the key
 });
 
 // ---- chat ----
@@ -408,13 +414,13 @@ async function listArchivedWebhooks() {
   try {
     const data = await admin('GET', '/admin/api/webhooks/archived');
     $('webhookstatus').textContent = data.deliveries.length + ' archived webhook deliveries';
-    table($('archivedwebhooks'), ['event', 'job', 'url', 'attempts', 'last error', 'failed at', ''], data.deliveries.map((d) => {
+    table($('archivedwebhooks'), ['event', 'job or batch', 'url', 'attempts', 'last error', 'failed at', ''], data.deliveries.map((d) => {
       const b = document.createElement('button');
       b.textContent = 'Re-deliver';
       b.addEventListener('click', async () => {
         try { await admin('POST', '/admin/api/webhooks/' + encodeURIComponent(d.id) + '/redeliver'); listArchivedWebhooks(); } catch (e) { $('webhookstatus').textContent = e.message; }
       });
-      return [d.type, d.job_id, d.url, d.attempts, d.last_error, d.last_failed_at, b];
+      return [d.type, d.job_id || d.batch_id, d.url, d.attempts, d.last_error, d.last_failed_at, b];
     }));
   } catch (e) {
     $('webhookstatus').textContent = e.message;
@@ -532,4 +538,4 @@ async function refreshHistory() {
 
 loadHistory();
 loadModels();
-route();
+window.addEventListener('DOMContentLoaded', route); // once batches.js is in too
