@@ -129,6 +129,9 @@ func (s *Server) stepBatch(ctx context.Context, tenant, id string, inputs map[st
 	return s.endBatch(ctx, b, expired) // the next round sends its webhooks
 }
 
+// lineKey is the Idempotency-Key of a batch line's job.
+func lineKey(batchID string, n int) string { return "batch:" + batchID + ":" + strconv.Itoa(n) }
+
 // lineOutput is a line of a batch's output or error file.
 func lineOutput(l batchLine, jobID string, response, failure any) string {
 	id := "batch_req_" + strings.TrimPrefix(jobID, "job_")
@@ -192,6 +195,13 @@ func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchL
 			return err
 		}
 		delete(running, n)
+		// An answered line's job goes: its output line holds the answer. A
+		// failed line's stays for the retention, to be looked into.
+		if ok {
+			if err := s.jobs.DropLine(ctx, j, tasks.IdempotencyKeyHash(b.Tenant, lineKey(b.ID, n))); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -207,7 +217,7 @@ func (s *Server) feedLines(ctx context.Context, b *store.Batch, lines []batchLin
 			}
 			continue
 		}
-		key := "batch:" + b.ID + ":" + strconv.Itoa(n)
+		key := lineKey(b.ID, n)
 		session := "batch-" + strings.TrimPrefix(b.ID, "batch_") + "-" + strconv.Itoa(n)
 		nj := store.NewJob{ID: tasks.IdempotentJobID(b.Tenant, key, session), KeyHash: tasks.IdempotencyKeyHash(b.Tenant, key),
 			Tenant: b.Tenant, SessionID: session, Queue: tasks.QueueName(tasks.PriorityLow), CreatedAt: time.Now().UTC(), Batch: b.ID}
@@ -361,6 +371,9 @@ func (s *Server) endBatch(ctx context.Context, b store.Batch, expired bool) erro
 		}
 		set = append(set, f.field, file.ID)
 	}
-	_, err = s.jobs.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchFinalizing, store.BatchCancelling}, to, now, set...)
-	return err
+	moved, err := s.jobs.MoveBatch(ctx, b.Tenant, b.ID, []string{store.BatchFinalizing, store.BatchCancelling}, to, now, set...)
+	if err != nil || !moved {
+		return err
+	}
+	return s.jobs.DropBatchLines(ctx, b.Tenant, b.ID)
 }

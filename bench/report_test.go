@@ -754,6 +754,7 @@ func BenchmarkReport(b *testing.B) {
 	results = append(results, e.cluster()...)
 	results = append(results, e.pacedReplies()...)
 	results = append(results, e.deploymentsBurst())
+	results = append(results, e.batchRows(batchLines, reps)...)
 	results = append(results, e.largeRequests()...)
 	results = append(results, e.idleOverhead()...)
 

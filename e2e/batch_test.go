@@ -181,6 +181,16 @@ func TestBatchAPIWithTheOpenAISDK(t *testing.T) {
 		part["requests"] != float64(n) || part["completion_tokens"] != float64(completion) {
 		t.Fatalf("usage after %d lines of %d completion tokens and one request alone: %d %s", n, completion, u.Status, u.Raw)
 	}
+	// The lines' jobs are gone once their answers are in the batch: its
+	// Redis cost is its lines in flight, not every line it ran.
+	r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+	if data, _ := r.Body["data"].([]any); r.Status != http.StatusOK || len(data) != 1 {
+		t.Fatalf("the tenant's jobs after the batch: %d %s", r.Status, r.Raw)
+	}
+	if job := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs/"+lines[0].Response.RequestID, nil,
+		map[string]string{"Authorization": "Bearer " + keyAcme}); job.Status != http.StatusNotFound {
+		t.Fatalf("a line's job after the batch: %d %s", job.Status, job.Raw)
+	}
 	page, err := oa.Batches.List(context.Background(), openai.BatchListParams{})
 	if err != nil || len(page.Data) != 1 || page.Data[0].ID != b.ID {
 		t.Fatalf("list %+v %v", page, err)

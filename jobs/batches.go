@@ -52,6 +52,23 @@ func (m *Manager) RecordLine(ctx context.Context, tenant, id string, line int, o
 	return m.st.RecordLine(ctx, tenant, id, line, ok, out, keep)
 }
 
+// DropLine removes the job of a batch line whose answer the batch keeps
+// now (Store.PurgeLine), so that a batch costs Redis its lines in flight,
+// not every line it ran; its budget is settled first (settling reads the
+// record).
+func (m *Manager) DropLine(ctx context.Context, j store.Job, keyHash string) error {
+	if err := m.st.Settle(ctx, j.ID, m.settleTTL); err != nil {
+		return err
+	}
+	return m.st.PurgeLine(ctx, j.ID, j.Tenant, keyHash)
+}
+
+// DropBatchLines removes an ended batch's record of its lines: its output
+// and error files hold them (Store.DropBatchLines).
+func (m *Manager) DropBatchLines(ctx context.Context, tenant, id string) error {
+	return m.st.DropBatchLines(ctx, tenant, id)
+}
+
 // SetBatchNext records how far a batch's lines have started (Store.SetBatchNext).
 func (m *Manager) SetBatchNext(ctx context.Context, tenant, id string, next int) error {
 	return m.st.SetBatchNext(ctx, tenant, id, next)

@@ -300,6 +300,14 @@ func (s *Store) Statuses(ctx context.Context, ids []string) ([]string, error) {
 	return out, nil
 }
 
+// DropBatchLines removes an ended batch's answered and running lines.
+func (s *Store) DropBatchLines(ctx context.Context, tenant, id string) error {
+	if err := s.rdb.Del(ctx, rkeys.BatchResults(tenant, id), rkeys.BatchRunning(tenant, id)).Err(); err != nil {
+		return unavailable("end batch", err)
+	}
+	return nil
+}
+
 // SetBatchNext records that the lines before next are jobs or answered.
 func (s *Store) SetBatchNext(ctx context.Context, tenant, id string, next int) error {
 	if err := s.rdb.HSet(ctx, rkeys.Batch(tenant, id), "next", next).Err(); err != nil {

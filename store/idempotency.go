@@ -36,6 +36,18 @@ type bindArgs struct {
 	TTL int64  `json:"ttl,omitempty"` // s, bindKey
 }
 
+// PurgeLine removes a batch line's job whose answer its batch keeps: its
+// record, event log and Idempotency-Key binding.
+func (s *Store) PurgeLine(ctx context.Context, id, tenant, keyHash string) error {
+	if err := s.Purge(ctx, id, tenant); err != nil {
+		return err
+	}
+	if err := unbindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(tenant, keyHash)}, argsJSON(bindArgs{ID: id})).Err(); err != nil {
+		return unavailable("purge job", err)
+	}
+	return nil
+}
+
 // unbind releases a job's Idempotency-Key binding when the job was not made.
 // Best effort: a binding left behind expires with twice the retention.
 func (s *Store) unbind(ctx context.Context, j NewJob) {

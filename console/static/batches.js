@@ -189,7 +189,9 @@ async function showBatchFile(id) {
       const rest = typeof l.id === 'string' && l.id.startsWith('batch_req_') ? l.id.slice('batch_req_'.length) : '';
       if (!job && err && rest && !rest.includes('_')) job = 'job_' + rest;
       const status = res ? String(res.status_code) : err ? err.code : ''; // an input line has neither
-      return [i + 1, l.custom_id, status, job ? batchLink(job, '#/jobs/' + encodeURIComponent(job)) : ''];
+      // An answered line's job is gone (its line holds the answer): its id, unlinked.
+      const kept = err || (res && res.status_code !== 200);
+      return [i + 1, l.custom_id, status, job && kept ? batchLink(job, '#/jobs/' + encodeURIComponent(job)) : job || ''];
     }));
   } catch (e) {
     if (batchView.file === id) $('filenote').textContent = e.message;
