@@ -86,15 +86,8 @@ func (e env) batchRun(lines int) batchFigures {
 	if err := os.WriteFile(path, []byte(models), 0o600); err != nil {
 		e.b.Fatal(err)
 	}
-	env := map[string]string{"CHATFLEET_MODELS_FILE": path, "CHATFLEET_API_KEYS": "bench:" + batchKey}
-	api := e.start("api", e.apiBin, rd, env)
-	defer api.Stop()
-	var workers []*testkit.Proc
-	for range 3 {
-		w := e.start("worker", e.workerBin, rd, env)
-		defer w.Stop()
-		workers = append(workers, w)
-	}
+	api, workers, stopFleet := e.quotaFleet(rd, map[string]string{"CHATFLEET_MODELS_FILE": path, "CHATFLEET_API_KEYS": "bench:" + batchKey})
+	defer stopFleet()
 	var input bytes.Buffer
 	for i := range lines {
 		fmt.Fprintf(&input, `{"custom_id":"req-%d","method":"POST","url":"/v1/chat/completions","body":{"model":"alpha","messages":[{"role":"user","content":"question %d"}]}}`+"\n", i, i)

@@ -28,6 +28,20 @@ type quotaFigures struct {
 	served          []int   // by deployment
 }
 
+// quotaFleet starts an API and 3 workers with env; stop ends them.
+func (e env) quotaFleet(rd testkit.Backend, env map[string]string) (api *testkit.Proc, workers []*testkit.Proc, stop func()) {
+	api = e.start("api", e.apiBin, rd, env)
+	for range 3 {
+		workers = append(workers, e.start("worker", e.workerBin, rd, env))
+	}
+	return api, workers, func() {
+		for _, w := range workers {
+			w.Stop()
+		}
+		api.Stop()
+	}
+}
+
 // quotaBurst runs jobs one-turn jobs at once for one public model through
 // an API and 3 workers, over upstreams that answer 429 beyond their quota.
 func (e env) quotaBurst(jobs int, deps []quotaDeployment) quotaFigures {
@@ -48,15 +62,8 @@ func (e env) quotaBurst(jobs int, deps []quotaDeployment) quotaFigures {
 	if err := os.WriteFile(path, []byte(file.String()), 0o600); err != nil {
 		e.b.Fatal(err)
 	}
-	env := map[string]string{"CHATFLEET_MODELS_FILE": path}
-	api := e.start("api", e.apiBin, rd, env)
-	defer api.Stop()
-	var workers []*testkit.Proc
-	for range 3 {
-		w := e.start("worker", e.workerBin, rd, env)
-		defer w.Stop()
-		workers = append(workers, w)
-	}
+	api, workers, stop := e.quotaFleet(rd, map[string]string{"CHATFLEET_MODELS_FILE": path})
+	defer stop()
 	count := func(outcome string) float64 {
 		n := 0.0
 		for _, w := range workers {
