@@ -158,3 +158,40 @@ func TestBatchExpiresAtTheEndOfItsWindow(t *testing.T) {
 		t.Fatalf("webhook %s: %v", h[0].body, err)
 	}
 }
+
+// Batch lines count against their tenant's budget as any job: every line's
+// reservation is settled at what it cost (none left reserved once the
+// lines' jobs are gone), and a tenant past its budget has its lines
+// answered insufficient_quota in the error file.
+func TestBatchLinesAreHeldToTheBudget(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_API_KEYS": keysEnv(), "CHATFLEET_SIM_TOKENS": "3",
+		"CHATFLEET_TENANT_BUDGETS": "acme:tokens=100000/day;beta:tokens=1/day"})
+	const n = 20
+	acme := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
+	b := awaitBatch(t, acme, newBatch(t, acme, uploadBatch(t, acme, batchInput(n)).ID).ID)
+	if b.Status != openai.BatchStatusCompleted || b.RequestCounts.Completed != n {
+		t.Fatalf("batch %s %+v", b.Status, b.RequestCounts)
+	}
+	var tokens int64
+	for _, l := range readLines(t, acme, b.OutputFileID) {
+		tokens += l.Response.Body.Usage.TotalTokens
+	}
+	u := do(t, http.MethodGet, apis[0].URL()+"/api/v1/usage", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+	if budget, _ := u.Body["budget"].(map[string]any); budget == nil || budget["spent"] != float64(tokens) || budget["reserved"] != float64(0) {
+		t.Fatalf("acme's budget after %d lines of %d tokens: %s", n, tokens, u.Raw)
+	}
+
+	beta := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyBeta), option.WithMaxRetries(0))
+	// beta's budget lets one line in (a submit is refused once the budget
+	// is spent or held by the jobs in flight): the rest are refused.
+	b = awaitBatch(t, beta, newBatch(t, beta, uploadBatch(t, beta, batchInput(5)).ID).ID)
+	if b.Status != openai.BatchStatusCompleted || b.RequestCounts.Failed < 4 || b.RequestCounts.Completed+b.RequestCounts.Failed != 5 {
+		t.Fatalf("a batch past the budget: %s %+v", b.Status, b.RequestCounts)
+	}
+	for _, l := range readLines(t, beta, b.ErrorFileID) {
+		if l.Error == nil || l.Error.Code != "insufficient_quota" {
+			t.Fatalf("error line %+v, want insufficient_quota", l)
+		}
+	}
+}

@@ -54,11 +54,13 @@ func (m *Manager) RecordLine(ctx context.Context, tenant, id string, line int, o
 
 // DropLine removes the job of a batch line whose answer the batch keeps
 // now (Store.PurgeLine), so that a batch costs Redis its lines in flight,
-// not every line it ran; its budget is settled first (settling reads the
-// record).
+// not every line it ran. A tenant with a budget has the job's settled
+// first (settling reads the record).
 func (m *Manager) DropLine(ctx context.Context, j store.Job, keyHash string) error {
-	if err := m.st.Settle(ctx, j.ID, m.settleTTL); err != nil {
-		return err
+	if _, ok := m.opt.Budgets[j.Tenant]; ok {
+		if err := m.st.Settle(ctx, j.ID, m.settleTTL); err != nil {
+			return err
+		}
 	}
 	return m.st.PurgeLine(ctx, j.ID, j.Tenant, keyHash)
 }
