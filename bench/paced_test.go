@@ -35,7 +35,9 @@ type pacedFigures struct {
 	took       time.Duration
 	peak       int     // jobs in flight on the worker at the peak
 	rssPerJob  float64 // worker RSS growth at the peak over its idle RSS, KB per job in flight
-	late       []float64
+	late       []float64 // ms, each token event's first word (followed runs)
+	wordLate   []float64 // ms, every word after the first
+	gaps       []float64 // ms between a follower's token events
 }
 
 func redisInfo(rd *testkit.Redis, section string) map[string]float64 {
@@ -88,9 +90,9 @@ func (e env) pacedRun(n, conc int, delay time.Duration, follow bool, workerEnv m
 				}
 				defer res.Body.Close()
 				opened.Add(1)
-				late := follow1(bufio.NewScanner(res.Body), delay)
+				r := follow1(bufio.NewScanner(res.Body), delay)
 				lateMu.Lock()
-				f.late = append(f.late, late...)
+				f.late, f.wordLate, f.gaps = append(f.late, r.late...), append(f.wordLate, r.wordLate...), append(f.gaps, r.gaps...)
 				lateMu.Unlock()
 			}()
 		}
@@ -132,12 +134,20 @@ func (e env) pacedRun(n, conc int, delay time.Duration, follow bool, workerEnv m
 	return f
 }
 
-// follow1 reads one job's stream to its final event and returns, for each
-// token event, how late its first word came in ms.
-func follow1(sc *bufio.Scanner, delay time.Duration) []float64 {
-	var late []float64
-	var first time.Time
+// followed is what a follower saw of one job's tokens, in ms: how late each
+// token event's first word came, how late each word came, and the gaps
+// between token events.
+type followed struct{ late, wordLate, gaps []float64 }
+
+// follow1 reads one job's stream to its final event. A word's lateness is
+// how long after the worker got it (its place in the paced reply, counted
+// from the first token's arrival: the worker sends an attempt's first token
+// at once) it reached the follower.
+func follow1(sc *bufio.Scanner, delay time.Duration) followed {
+	var out followed
+	var first, prev time.Time
 	words, typ := 0, ""
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	for sc.Scan() {
 		line := sc.Text()
 		if v, ok := strings.CutPrefix(line, "event: "); ok {
@@ -153,18 +163,22 @@ func follow1(sc *bufio.Scanner, delay time.Duration) []float64 {
 			now := time.Now()
 			_, delta, _ := strings.Cut(data, `"delta":"`)
 			if first.IsZero() {
-				first, words = now, 1 // the worker sent the first token at once
+				first, prev, words = now, now, 1 // the worker sent the first token at once
 				continue
 			}
-			// The batch's first word, the one that waited longest, was
+			out.gaps, prev = append(out.gaps, ms(now.Sub(prev))), now
+			// The event's first word, the one that waited longest, was
 			// produced `words` tokens after the first.
-			late = append(late, float64(now.Sub(first.Add(time.Duration(words)*delay)).Microseconds())/1000)
-			words += len(strings.Fields(strings.TrimSuffix(delta, `"}`)))
+			out.late = append(out.late, ms(now.Sub(first.Add(time.Duration(words)*delay))))
+			for range strings.Fields(strings.TrimSuffix(delta, `"}`)) {
+				out.wordLate = append(out.wordLate, ms(now.Sub(first.Add(time.Duration(words)*delay))))
+				words++
+			}
 		case "done", "error", "canceled":
-			return late
+			return out
 		}
 	}
-	return late
+	return out
 }
 
 // pacedReplies compares paced replies with burst replies of the same
@@ -182,9 +196,7 @@ func (e env) pacedReplies() []result {
 		cpu.followed = append(cpu.followed, followed.cpuPerJob)
 	}
 	slices.Sort(followed.late)
-	lateP := func(p float64) float64 {
-		return followed.late[min(len(followed.late)-1, int(p*float64(len(followed.late))))]
-	}
+	lateP := func(p float64) float64 { return pct(followed.late, p) }
 	rows := []result{
 		{name: "Redis CPU per job, 40-token reply paced 50 ms a token, no follower (2,000 jobs at concurrency 2,000)", unit: "µs",
 			target: "≤ 1.3× the burst reply", ours: cpu.idle, base: cpu.burst, met: func(x float64) bool { return x <= 1.3 },
@@ -206,7 +218,36 @@ func (e env) pacedReplies() []result {
 		result{name: "Jobs in flight at the peak, concurrency 2,000", unit: "jobs", target: "≥ 1,900", ours: peak,
 			base: []float64{pacedConc}, higherIsBetter: true, met: func(x float64) bool { return x >= 0.95 }},
 		result{name: "Worker RSS per job in flight at the peak", unit: "KB", target: "reported", ours: mem})
-	return rows
+	return append(rows, followRows(followed)...)
+}
+
+// followRows are the followed run's smoothness rows (its last repetition):
+// how long after the worker got a word its follower read it, and the gaps
+// between the follower's token events, against the model's own pace.
+func followRows(f pacedFigures) []result {
+	slices.Sort(f.wordLate)
+	slices.Sort(f.gaps)
+	one := func(xs []float64, p float64) []float64 { return []float64{pct(xs, p)} }
+	pace := []float64{float64(pacedDelay.Milliseconds())}
+	note := fmt.Sprintf("the followed run above (its last repetition), at the default CHATFLEET_STREAM_FLUSH_INTERVAL: %d words read by %d followers; the model's own pace is one word every %s",
+		len(f.wordLate), pacedConc, pacedDelay)
+	return []result{
+		{name: "Followed paced reply: from the worker getting a word to its follower reading it, p50", unit: "ms", target: "≤ 50 ms",
+			ours: one(f.wordLate, 0.5), check: func(ours, _ float64) bool { return ours <= 50 }, note: note},
+		{name: "Followed paced reply: the same, p99", unit: "ms", target: "≤ 150 ms",
+			ours: one(f.wordLate, 0.99), check: func(ours, _ float64) bool { return ours <= 150 }, note: note},
+		{name: "Followed paced reply: gap between token events at the follower, p50", unit: "ms", target: "≤ 80 ms",
+			ours: one(f.gaps, 0.5), base: pace, check: func(ours, _ float64) bool { return ours <= 80 },
+			note: "baseline: the model's pace, one word every 50 ms; " + note},
+	}
+}
+
+// pct is the p-th quantile of sorted xs (0 when empty).
+func pct(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	return xs[min(len(xs)-1, int(p*float64(len(xs))))]
 }
 
 // pacedReps is reps, or BENCH_PACED_REPS for a quicker look.
@@ -225,9 +266,10 @@ func BenchmarkPaced(b *testing.B) {
 		burst := e.pacedRun(pacedConc, pacedConc, 0, false, nil)
 		for _, w := range strings.Split(ws, ",") {
 			f := e.pacedRun(pacedConc, pacedConc, pacedDelay, true, map[string]string{"CHATFLEET_STREAM_FLUSH_INTERVAL": w})
-			slices.Sort(f.late)
-			b.Logf("window %s: Redis CPU per job %.0f µs (%.2fx the burst reply's %.0f), %.1f commands, lateness p50 %.0f ms p99 %.0f ms max %.0f ms, %d batches",
-				w, f.cpuPerJob, f.cpuPerJob/burst.cpuPerJob, burst.cpuPerJob, f.cmdsPerJob, f.late[len(f.late)/2], f.late[len(f.late)*99/100], f.late[len(f.late)-1], len(f.late))
+			slices.Sort(f.wordLate)
+			slices.Sort(f.gaps)
+			b.Logf("window %s: Redis CPU per job %.0f µs (%.2fx the burst reply's %.0f), %.1f commands, a word's delay p50 %.0f ms p99 %.0f ms, gap between token events p50 %.0f ms, %d token events",
+				w, f.cpuPerJob, f.cpuPerJob/burst.cpuPerJob, burst.cpuPerJob, f.cmdsPerJob, pct(f.wordLate, 0.5), pct(f.wordLate, 0.99), pct(f.gaps, 0.5), len(f.late))
 		}
 		return
 	}
