@@ -33,8 +33,8 @@ type pacedFigures struct {
 	cpuPerJob  float64 // Redis CPU (user + sys), µs per job
 	cmdsPerJob float64 // commands Redis processed per job (sent by clients)
 	took       time.Duration
-	peak       int     // jobs in flight on the worker at the peak
-	rssPerJob  float64 // worker RSS growth at the peak over its idle RSS, KB per job in flight
+	peak       int       // jobs in flight on the worker at the peak
+	rssPerJob  float64   // worker RSS growth at the peak over its idle RSS, KB per job in flight
 	late       []float64 // ms, each token event's first word (followed runs)
 	wordLate   []float64 // ms, every word after the first
 	gaps       []float64 // ms between a follower's token events
