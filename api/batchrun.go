@@ -159,6 +159,14 @@ func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchL
 	if err != nil {
 		return err
 	}
+	// An answered line's job goes: its output line holds the answer. A
+	// failed line's stays for the retention, to be looked into.
+	answered := map[string]string{}
+	defer func() {
+		if err := s.jobs.DropLines(ctx, b.Tenant, answered); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("could not remove answered lines' jobs; they expire with the job retention")
+		}
+	}()
 	for i, st := range sts {
 		n, jobID := nums[i], ids[i]
 		if st != "" && !store.Terminal(st) {
@@ -195,12 +203,8 @@ func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchL
 			return err
 		}
 		delete(running, n)
-		// An answered line's job goes: its output line holds the answer. A
-		// failed line's stays for the retention, to be looked into.
 		if ok {
-			if err := s.jobs.DropLine(ctx, j, tasks.IdempotencyKeyHash(b.Tenant, lineKey(b.ID, n))); err != nil {
-				return err
-			}
+			answered[jobID] = tasks.IdempotencyKeyHash(b.Tenant, lineKey(b.ID, n))
 		}
 	}
 	return nil

@@ -52,17 +52,20 @@ func (m *Manager) RecordLine(ctx context.Context, tenant, id string, line int, o
 	return m.st.RecordLine(ctx, tenant, id, line, ok, out, keep)
 }
 
-// DropLine removes the job of a batch line whose answer the batch keeps
-// now (Store.PurgeLine), so that a batch costs Redis its lines in flight,
-// not every line it ran. A tenant with a budget has the job's settled
-// first (settling reads the record).
-func (m *Manager) DropLine(ctx context.Context, j store.Job, keyHash string) error {
-	if _, ok := m.opt.Budgets[j.Tenant]; ok {
-		if err := m.st.Settle(ctx, j.ID, m.settleTTL); err != nil {
-			return err
+// DropLines removes the jobs of a tenant's batch lines whose answers their
+// batches keep now (job id -> the line's Idempotency-Key hash;
+// Store.PurgeLines), so that a batch costs Redis its lines in flight, not
+// every line it ran. A tenant with a budget has the jobs' settled first
+// (settling reads the record).
+func (m *Manager) DropLines(ctx context.Context, tenant string, lines map[string]string) error {
+	if _, ok := m.opt.Budgets[tenant]; ok {
+		for id := range lines {
+			if err := m.st.Settle(ctx, id, m.settleTTL); err != nil {
+				return err
+			}
 		}
 	}
-	return m.st.PurgeLine(ctx, j.ID, j.Tenant, keyHash)
+	return m.st.PurgeLines(ctx, tenant, lines)
 }
 
 // DropBatchLines removes an ended batch's record of its lines: its output

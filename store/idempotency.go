@@ -36,14 +36,24 @@ type bindArgs struct {
 	TTL int64  `json:"ttl,omitempty"` // s, bindKey
 }
 
-// PurgeLine removes a batch line's job whose answer its batch keeps: its
-// record, event log and Idempotency-Key binding.
-func (s *Store) PurgeLine(ctx context.Context, id, tenant, keyHash string) error {
-	if err := s.Purge(ctx, id, tenant); err != nil {
-		return err
+// PurgeLines removes the jobs of a tenant's batch lines whose answers their
+// batches keep (job id -> the line's Idempotency-Key hash): records, event
+// logs, listing entries and key bindings, in one pipeline. A line's key is
+// bound to its job alone, so it goes without a check.
+func (s *Store) PurgeLines(ctx context.Context, tenant string, lines map[string]string) error {
+	if len(lines) == 0 {
+		return nil
 	}
-	if err := unbindKey.Run(ctx, s.rdb, []string{rkeys.Idempotency(tenant, keyHash)}, argsJSON(bindArgs{ID: id})).Err(); err != nil {
-		return unavailable("purge job", err)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for id, keyHash := range lines {
+			p.Del(ctx, rkeys.Job(id), rkeys.Events(id)) // one slot: the job's bucket
+			p.ZRem(ctx, rkeys.Listing(rkeys.Bucket(id), tenant), id)
+			p.Del(ctx, rkeys.Idempotency(tenant, keyHash))
+		}
+		return nil
+	})
+	if err != nil {
+		return unavailable("purge batch lines", err)
 	}
 	return nil
 }
