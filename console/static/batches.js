@@ -1,8 +1,9 @@
 'use strict';
 // The console's batches view (loaded after app.js, whose $, api, table and
 // route it uses): the tenant's batches (/v1/batches), newest first; a batch's
-// details, followed every 2 s until it ends; and the lines of its files, each
-// linked to its job in the jobs view. URLs: #/batches, #/batches/<batch id>,
+// details, followed every 2 s until it ends; and the lines of its files, the
+// failed ones linked to their jobs in the jobs view (an answered line's job
+// is gone once its batch keeps the answer). URLs: #/batches, #/batches/<batch id>,
 // #/batches/<batch id>/<file id>.
 
 const BATCH_RUNNING = ['validating', 'in_progress', 'finalizing', 'cancelling'];
