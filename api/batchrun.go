@@ -145,17 +145,24 @@ const (
 	toErrors = "e"
 )
 
-// collectLines records the answers of the running lines whose jobs ended.
-func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchLine, running map[int]string) error {
-	if len(running) == 0 {
-		return nil
-	}
+// runningStatuses reads the statuses of the running lines' jobs (one
+// pipeline): line numbers, job ids and statuses, in the same order.
+func (s *Server) runningStatuses(ctx context.Context, running map[int]string) ([]int, []string, []string, error) {
 	nums := make([]int, 0, len(running))
 	ids := make([]string, 0, len(running))
 	for n, jobID := range running {
 		nums, ids = append(nums, n), append(ids, jobID)
 	}
 	sts, err := s.store.Statuses(ctx, ids)
+	return nums, ids, sts, err
+}
+
+// collectLines records the answers of the running lines whose jobs ended.
+func (s *Server) collectLines(ctx context.Context, b store.Batch, lines []batchLine, running map[int]string) error {
+	if len(running) == 0 {
+		return nil
+	}
+	nums, ids, sts, err := s.runningStatuses(ctx, running)
 	if err != nil {
 		return err
 	}
@@ -280,12 +287,7 @@ const (
 // expireQueued cancels the batch's lines whose jobs are still queued at the
 // end of its window and answers them as expired; the started ones finish.
 func (s *Server) expireQueued(ctx context.Context, b store.Batch, lines []batchLine, running map[int]string) error {
-	nums := make([]int, 0, len(running))
-	ids := make([]string, 0, len(running))
-	for n, jobID := range running {
-		nums, ids = append(nums, n), append(ids, jobID)
-	}
-	sts, err := s.store.Statuses(ctx, ids)
+	nums, ids, sts, err := s.runningStatuses(ctx, running)
 	if err != nil {
 		return err
 	}

@@ -136,13 +136,7 @@ func TestBatchExpiresAtTheEndOfItsWindow(t *testing.T) {
 		t.Fatalf("batch %s %+v", b.Status, c)
 	}
 	out, errs := readLines(t, oa, b.OutputFileID), readLines(t, oa, b.ErrorFileID)
-	seen := map[string]bool{}
-	for _, l := range append(out, errs...) {
-		if seen[l.CustomID] {
-			t.Fatalf("%s answered twice", l.CustomID)
-		}
-		seen[l.CustomID] = true
-	}
+	seen := answeredOnce(t, append(out, errs...))
 	for _, l := range errs {
 		if l.Error == nil || l.Error.Code != "batch_expired" || l.Response != nil {
 			t.Fatalf("error line %+v, want batch_expired", l)

@@ -66,6 +66,20 @@ func readLines(t *testing.T, oa openai.Client, id string) []outputLine {
 	return out
 }
 
+// answeredOnce fails t if a custom_id has two lines; it returns the
+// custom_ids answered.
+func answeredOnce(t *testing.T, lines []outputLine) map[string]bool {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, l := range lines {
+		if seen[l.CustomID] {
+			t.Fatalf("%s answered twice", l.CustomID)
+		}
+		seen[l.CustomID] = true
+	}
+	return seen
+}
+
 // awaitBatch polls a batch until it has ended.
 func awaitBatch(t *testing.T, oa openai.Client, id string) *openai.Batch {
 	t.Helper()
@@ -264,13 +278,7 @@ func TestCancelledBatchKeepsItsCompletedLines(t *testing.T) {
 	if b.Status != openai.BatchStatusCancelled || b.RequestCounts.Completed == 0 || b.RequestCounts.Completed >= n {
 		t.Fatalf("cancelled batch %+v", b.RequestCounts)
 	}
-	seen := map[string]bool{}
-	for _, l := range append(readLines(t, oa, b.OutputFileID), readLines(t, oa, b.ErrorFileID)...) {
-		if seen[l.CustomID] {
-			t.Fatalf("%s answered twice", l.CustomID)
-		}
-		seen[l.CustomID] = true
-	}
+	answeredOnce(t, append(readLines(t, oa, b.OutputFileID), readLines(t, oa, b.ErrorFileID)...))
 	if out := readLines(t, oa, b.OutputFileID); int64(len(out)) != b.RequestCounts.Completed {
 		t.Fatalf("%d output lines for %d completed", len(out), b.RequestCounts.Completed)
 	}
@@ -291,14 +299,7 @@ func TestBatchSurvivesAWorkerKilledMidRun(t *testing.T) {
 	if b.Status != openai.BatchStatusCompleted || b.RequestCounts.Completed != n || b.ErrorFileID != "" {
 		t.Fatalf("batch after the kill %+v %+v", b.Status, b.RequestCounts)
 	}
-	seen := map[string]bool{}
-	for _, l := range readLines(t, oa, b.OutputFileID) {
-		if seen[l.CustomID] {
-			t.Fatalf("%s answered twice", l.CustomID)
-		}
-		seen[l.CustomID] = true
-	}
-	if len(seen) != n {
+	if seen := answeredOnce(t, readLines(t, oa, b.OutputFileID)); len(seen) != n {
 		t.Fatalf("%d of %d custom_ids answered", len(seen), n)
 	}
 }
