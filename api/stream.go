@@ -37,16 +37,18 @@ func (s *Server) streamJob(c echo.Context) error {
 	if after > 0 {
 		// EventSource reconnects after the server closes, even after the
 		// final event: 204 is how the HTML standard tells it to stop.
-		last, ok, err := s.store.LastEvent(ctx, j.ID)
+		// A followed job's latest events may have gone out live ahead of
+		// its log: they count.
+		seq, final, err := s.store.Reach(ctx, j.ID)
 		if err != nil {
 			return err
 		}
 		switch {
-		case ok && store.FinalEvent(last.Type) && after >= last.Seq:
+		case final && after >= seq:
 			return c.NoContent(http.StatusNoContent)
-		case !ok || after > last.Seq:
+		case after > seq:
 			return errf(http.StatusBadRequest, "invalid_header", field,
-				fmt.Sprintf("%s %d is beyond the job's log (%d events so far)", field, after, last.Seq))
+				fmt.Sprintf("%s %d is beyond the job's log (%d events so far)", field, after, seq))
 		}
 	}
 	renew, release, err := s.openStream(c, j.Tenant)

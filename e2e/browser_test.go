@@ -134,7 +134,15 @@ func TestConsoleInABrowser(t *testing.T) {
 		return ""
 	}
 
-	// 1. A round trip with live tokens: the text grows before the answer ends.
+	// 1. A round trip with live tokens: the text grows before the answer
+	// ends, at the model's pace: the page records every text the answer
+	// shows: a 40-token reply at 60 ms a token shows at least half its
+	// tokens' worth (it showed 10 texts when followed jobs were batched for
+	// 250 ms, and 43 with each token live).
+	b.run(t, 5*time.Second, chromedp.Evaluate(`(() => { window.cfStates = [];
+		new MutationObserver(() => { const m = document.querySelector('`+reply+`'); if (!m) return;
+			const t = m.querySelector('.text').textContent; if (t && window.cfStates[window.cfStates.length - 1] !== t) window.cfStates.push(t); })
+		.observe(document.querySelector('#messages'), {subtree: true, childList: true, characterData: true}); })()`, nil))
 	send("hello browser")
 	var partial []int
 	for len(partial) < 3 {
@@ -156,6 +164,12 @@ func TestConsoleInABrowser(t *testing.T) {
 	if err != nil || j.SessionID != session || text != j.Result.Content {
 		t.Fatalf("page shows %q, the job %+v (%v)", text, j, err)
 	}
+	var states []string
+	b.run(t, 5*time.Second, chromedp.Evaluate(`window.cfStates`, &states))
+	if len(states) < 20 || states[len(states)-1] != text {
+		t.Fatalf("the answer showed %d texts on its way to %q, want at least 20: %q", len(states), text, states)
+	}
+	t.Logf("the 40-token answer showed %d texts", len(states))
 
 	// 2. The page closes the answer's EventSource at its final event: no
 	// reconnect follows (a page that kept streams open would show more

@@ -221,6 +221,18 @@ func (a *Attempt) AppendEvent(ctx context.Context, n int64, p store.Payload) (st
 	return a.m.st.AppendEvent(ctx, a.job.JobID, a.Fence, n, p)
 }
 
+// PublishAhead sends one of this attempt's events live, ahead of the log,
+// at the seq it will have there (stream.Emitter's live path).
+func (a *Attempt) PublishAhead(ctx context.Context, base, seq int64, entry string, first bool) (int64, error) {
+	return a.m.st.PublishAhead(ctx, a.job.JobID, a.Fence, base, seq, entry, first)
+}
+
+// SyncEvents writes this attempt's events that the log does not hold yet,
+// numbered from seq `from` (stream.Emitter's log path).
+func (a *Attempt) SyncEvents(ctx context.Context, from int64, entries []string, live bool) (int64, error) {
+	return a.m.st.SyncEvents(ctx, a.job.JobID, a.Fence, from, entries, live)
+}
+
 // AnnounceRetry tells followers to discard this attempt's output: attempt
 // next follows. Not numbered: a retry event made twice means the same.
 func (a *Attempt) AnnounceRetry(ctx context.Context, next int, reason string) error {

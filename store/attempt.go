@@ -22,8 +22,8 @@ import (
 // attempt, fence, turn_at, followed, history…}. The attempt's fence token, one more than any
 // before it (never reset: a deferral gives back an attempt's number, a re-run
 // restarts the count), fences every earlier attempt out and names its lease.
-// KEYS: job, order, history, leases. ARGV[1]: startArgs JSON.
-var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, extendLua, `
+// KEYS: job, order, history, leases, events, ahead. ARGV[1]: startArgs JSON.
+var startAttempt = redis.NewScript(lua(statusLua, redisNowLua, extendLua, settleLua, `
 local a = cjson.decode(ARGV[1])
 local job, order, history, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, now, with_history, task, lease, fresh, runner = a.id, a.now, a.with_history, a.task, a.lease, a.fresh, a.runner
@@ -45,6 +45,10 @@ if head and head ~= id then
   redis.call('HSET', job, 'task', fresh)
   return {'wait', head}
 end
+-- a takeover: what the last attempt published ahead of the log goes in
+-- first, so the retraction (jobs.Attempt.retractInterrupted) follows it
+settle(KEYS[5], KEYS[6], tonumber(redis.call('HGET', job, 'fence')))
+redis.call('DEL', KEYS[6])
 local n = (tonumber(rec[3]) or 0) + 1
 local f = redis.call('HINCRBY', job, 'fence', 1)
 redis.call('HSET', job, 'status', ACTIVE, 'attempts', n, 'started_at', rec[4] or now, 'runner', runner)
@@ -174,7 +178,7 @@ type Attempt struct {
 // the job (it was taken over) gets N = 0; fresh is the task id the job waits
 // under when it is not its turn yet. ErrNotFound: the record is gone.
 func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fresh string, withHistory bool, lease time.Duration) (Attempt, error) {
-	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id))},
+	res, err := startAttempt.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Leases(rkeys.Bucket(id)), rkeys.Events(id), rkeys.Ahead(id)},
 		argsJSON(startArgs{ID: id, Now: fmtTime(s.opt.Clock()), WithHistory: withHistory, Task: task, Lease: lease.Milliseconds(), Fresh: fresh, Runner: s.opt.Runner, Keep: s.keep()})).StringSlice()
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)

@@ -102,6 +102,9 @@ type Event struct {
 	Seq  int64
 	Type string
 	Data string
+	// Live is set on an event that went out live ahead of the log: the seq
+	// of the first event of the attempt that sent it (ParseMessage).
+	Live int64
 }
 
 // Decode returns the event's payload as its type.
@@ -197,8 +200,8 @@ end
 // the same key); a seq of 0 when the job is already
 // finished (nothing may follow its last event), -1 when the record is gone,
 // -2 when a later attempt owns the job (this one is fenced out).
-// KEYS: job, events. ARGV[1]: appendArgs JSON.
-var appendEvent = redis.NewScript(lua(appendEventLua, ownsLua, `
+// KEYS: job, events, ahead. ARGV[1]: appendArgs JSON.
+var appendEvent = redis.NewScript(lua(appendEventLua, ownsLua, settleLua, `
 local a = cjson.decode(ARGV[1])
 local job, events = KEYS[1], KEYS[2]
 local typ, body, retention, channel, fence, publish, key = a.type, a.body, a.ttl, a.channel, a.fence, a.publish, a.key
@@ -206,6 +209,7 @@ local st, f = state(job)
 if not st then return {-1, 0} end
 if terminal(st) then return {0, 0} end
 if fence > 0 and (st ~= ACTIVE or f ~= fence) then return {-2, 0} end
+settle(events, KEYS[3], f) -- what the attempt published ahead comes first
 return {append_once(job, events, channel, typ, body, retention, publish, key)}
 `))
 
@@ -240,7 +244,7 @@ func (s *Store) AppendEvent(ctx context.Context, id string, attempt int, n int64
 	if err != nil {
 		return Appended{}, fmt.Errorf("encode %s event: %w", p.EventType(), err)
 	}
-	res, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id)},
+	res, err := appendEvent.Run(ctx, s.rdb, []string{rkeys.Job(id), rkeys.Events(id), rkeys.Ahead(id)},
 		argsJSON(appendArgs{Type: p.EventType(), Body: string(b), TTL: s.keep(), Channel: rkeys.LiveChannel(id), Fence: attempt, Publish: s.publish,
 			Key: appendKey(attempt, n)})).Int64Slice()
 	switch {

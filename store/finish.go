@@ -30,16 +30,16 @@ import (
 // (spentLua) is counted even when the finish is fenced out.
 // The attempt's tail (Tail) goes into the log just before the final event.
 // KEYS: job, order, history, events, leases, unfinished, webhook outbox,
-// usage ledger, settle index.
+// usage ledger, settle index, ahead (rkeys.Ahead).
 // ARGV[1]: finishArgs JSON; ARGV[2..]: the blobs, in this order: the
 // record's field/value pairs to set (a.fields strings: status, finished_at,
 // and result, usage and error when set), the events to append (type and
 // body of each: the tail's a.tail, then the final event), then the history
 // entries to append.
-var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, redisNowLua, outboxDelayLua, spentLua, `
+var finish = redis.NewScript(lua(releaseLua, appendEventLua, ownsLua, settleLua, redisNowLua, outboxDelayLua, spentLua, `
 local a = cjson.decode(ARGV[1])
 local job, order, history, events, leases, unfinished, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local ledger, settle = KEYS[8], KEYS[9]
+local ledger, settle_index, ahead = KEYS[8], KEYS[9], KEYS[10]
 local id, retention, history_max, history_ttl = a.id, a.retention, a.history_max, a.history_ttl
 local channel, fence, member, publish, tail_key = a.channel, a.fence, a.member, a.publish, a.tail_key
 local usage_field, prompt_tokens, completion_tokens, usage_ttl = a.usage_field, a.prompt, a.completion, a.usage_ttl
@@ -76,8 +76,8 @@ end
 if marks[3] then
   budget_spend = budget_spend + (tonumber(redis.call('HGET', job, 'budget_extra')) or 0)
   redis.call('HSET', job, 'budget_spend', budget_spend)
-  redis.call('ZADD', settle, redis_now() + OUTBOX_DELAY, id)
-  redis.call('EXPIRE', settle, retention)
+  redis.call('ZADD', settle_index, redis_now() + OUTBOX_DELAY, id)
+  redis.call('EXPIRE', settle_index, retention)
 end
 redis.call('ZREM', unfinished, member)
 redis.call('HSET', job, unpack(fields))
@@ -96,9 +96,17 @@ end
 -- (tasks.ChatPayload.Body) stays with an error, for a re-run of the job
 if a.has_error then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error', 'body') end
 redis.call('EXPIRE', job, retention)
+settle(events, ahead, f) -- what followers saw live goes in before the end
+redis.call('DEL', ahead)
 for i = 1, a.tail do
-  local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost
-  append_once(job, events, channel, evs[2 * i - 1], evs[2 * i], retention, publish, key)
+  if a.tail_seq > 0 then -- the tail's seqs are known: what the log holds is not appended again
+    if redis.call('LLEN', events) < a.tail_seq + i - 1 then
+      append_event(events, channel, evs[2 * i - 1], evs[2 * i], retention, publish)
+    end
+  else
+    local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost
+    append_once(job, events, channel, evs[2 * i - 1], evs[2 * i], retention, publish, key)
+  end
 end
 if append_event(events, channel, evs[2 * a.tail + 1], evs[2 * a.tail + 2], retention, publish) > 1 then
   redis.call('EXPIRE', events, retention) -- the log lives as long as the record
@@ -130,6 +138,7 @@ type finishArgs struct {
 	Member      string      `json:"member"`
 	Publish     string      `json:"publish"`
 	TailKey     string      `json:"tail_key"` // the append key of Tail[0]
+	TailSeq     int64       `json:"tail_seq"` // the seq of Tail[0] when known (Tail.Seq)
 	Release     releaseArgs `json:"release"`
 	UsageField  string      `json:"usage_field"` // "<day>|<model>" of the ledger; empty: nothing to count
 	Prompt      int         `json:"prompt"`      // tokens to count
@@ -189,6 +198,11 @@ type Tail struct {
 	// N, its number in the attempt (AppendEvent), lets the script tell.
 	Unconfirmed []Payload
 	N           int64
+	// Seq, when set, is the seq of the tail's first event in the log (the
+	// attempt knew where its events go: SyncEvents): the script appends
+	// only what the log does not hold yet, whether the attempt's own
+	// append or a settle of what it published ahead put it there.
+	Seq int64
 	// Text is the reply's text that was waiting for its batch.
 	Text string
 }
@@ -251,12 +265,13 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if len(o.Tail.Unconfirmed) > 0 {
 		a.TailKey = appendKey(attempt, o.Tail.N)
 	}
+	a.TailSeq = o.Tail.Seq
 	for _, m := range o.History {
 		a.History = append(a.History, jsonOrEmpty(m))
 	}
 	keys := []string{rkeys.Job(id), rkeys.SessionOrder(tenant, session), rkeys.History(tenant, session), rkeys.Events(id),
 		rkeys.Leases(rkeys.Bucket(id)), rkeys.Unfinished(rkeys.Bucket(id)), rkeys.WebhookOutbox(rkeys.Bucket(id)),
-		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01")), rkeys.BudgetSettle(rkeys.Bucket(id))}
+		rkeys.Usage(rkeys.Bucket(id), tenant, now.Format("2006-01")), rkeys.BudgetSettle(rkeys.Bucket(id)), rkeys.Ahead(id)}
 	res, err := finish.Run(ctx, s.rdb, keys, a.argv()...).Slice()
 	if err != nil {
 		return Finished{}, unavailable("finish job", err)

@@ -29,9 +29,10 @@ func (r Reader) Events(ctx context.Context, id string, after int64) ([]Event, er
 	return r.s.Events(ctx, id, after)
 }
 
-// LastEvent returns the newest event of a job's log (Store.LastEvent).
-func (r Reader) LastEvent(ctx context.Context, id string) (Event, bool, error) {
-	return r.s.LastEvent(ctx, id)
+// Reach returns the highest seq a follower of a job may have read, and
+// whether its log has ended (Store.Reach).
+func (r Reader) Reach(ctx context.Context, id string) (int64, bool, error) {
+	return r.s.Reach(ctx, id)
 }
 
 // History returns a session's messages (Store.History).

@@ -23,6 +23,7 @@ var trailingBlobs = map[string]bool{
 	"createJob":         true,
 	"createAndSchedule": true,
 	"finish":            true,
+	"syncEvents":        true,
 }
 
 // TestScriptsTakeNamedArguments holds every script of the package to named

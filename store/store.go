@@ -120,6 +120,7 @@ type Store struct {
 	rdb     redis.UniversalClient
 	opt     Options
 	publish string // PUBLISH, or SPUBLISH on Redis Cluster
+	ahead   *aheadWriter
 }
 
 // New returns a Store on rdb (which it does not close). On a Redis Cluster
@@ -132,7 +133,7 @@ func New(rdb redis.UniversalClient, opt Options) *Store {
 	if opt.Clock == nil {
 		opt.Clock = time.Now
 	}
-	return &Store{rdb: rdb, opt: opt, publish: publish}
+	return &Store{rdb: rdb, opt: opt, publish: publish, ahead: &aheadWriter{}}
 }
 
 func unavailable(op string, err error) error {

@@ -212,6 +212,14 @@ func (f fencedSink) AppendEvent(ctx context.Context, n int64, p store.Payload) (
 	return f.st.AppendEvent(ctx, f.id, f.n, n, p)
 }
 
+func (f fencedSink) PublishAhead(ctx context.Context, base, seq int64, entry string, first bool) (int64, error) {
+	return f.st.PublishAhead(ctx, f.id, f.n, base, seq, entry, first)
+}
+
+func (f fencedSink) SyncEvents(ctx context.Context, from int64, entries []string, live bool) (int64, error) {
+	return f.st.SyncEvents(ctx, f.id, f.n, from, entries, live)
+}
+
 func attemptOf(st *store.Store, id string, n int) Log { return fencedSink{st, id, n} }
 
 // While nobody follows, deltas wait for the longer window; a follower that
@@ -251,16 +259,35 @@ func TestEmitterBatchesLongerWhileUnfollowed(t *testing.T) {
 	}
 	e.Followed()
 	logged("a |b c d ")
-	send("e ")
-	logged("a |b c d |e ")
-	send("f ")
-	logged("a |b c d |e |f ")
-	for _, want := range []string{"b c d ", "e ", "f "} {
-		m, err := sub.ReceiveMessage(context.Background())
-		if err != nil || !strings.Contains(m.Payload, `"delta":"`+want+`"`) {
-			t.Fatalf("live: %v %v; want %q", m, err, want)
+	// Followed, deltas go out live within the window, ahead of the log,
+	// each under the seq it will have there; a wake (a follower that found
+	// the log behind) writes them to the log at once.
+	for i, d := range []string{"e ", "f "} {
+		seq := int64(i + 3)
+		send(d)
+		for {
+			m, err := sub.ReceiveMessage(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, err := store.ParseMessage(m.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Live == 0 || ev.Seq < seq {
+				continue // "b c d ": live, and the log's own publish for a follower behind
+			}
+			if want := fmt.Sprintf(`{"seq":%d,"delta":%q}`, seq, d); ev.Live != 1 || ev.Data != want {
+				t.Fatalf("live: %+v, want %s of the attempt from seq 1", ev, want)
+			}
+			break
 		}
 	}
+	if got := strings.Join(deltas(t, st, "job_u"), "|"); got != "a |b c d " {
+		t.Fatalf("the log holds %q before its window", got)
+	}
+	e.Followed()
+	logged("a |b c d |e |f ")
 	// The follower leaves: the next event reaches nobody, later ones wait again.
 	sub.Close()
 	for n := int64(1); n > 0; time.Sleep(time.Millisecond) {
@@ -285,41 +312,92 @@ type flakyLog struct {
 	calls map[string]int
 }
 
-func (f *flakyLog) AppendEvent(ctx context.Context, n int64, p store.Payload) (store.Appended, error) {
+// fault picks what happens to a write: "refused", "timed out" (applied,
+// its reply lost) or "ok".
+func (f *flakyLog) fault() string {
 	f.mu.Lock()
-	r := f.rnd.IntN(10)
-	f.mu.Unlock()
-	switch {
+	defer f.mu.Unlock()
+	what := "ok"
+	switch r := f.rnd.IntN(10); {
 	case r < 3:
-		f.count("refused")
-		return store.Appended{}, errors.New("redis: connection refused")
+		what = "refused"
 	case r < 6:
-		f.count("timed out")
+		what = "timed out"
+	}
+	f.calls[what]++
+	return what
+}
+
+var errRefused = errors.New("redis: connection refused")
+
+func (f *flakyLog) AppendEvent(ctx context.Context, n int64, p store.Payload) (store.Appended, error) {
+	switch f.fault() {
+	case "refused":
+		return store.Appended{}, errRefused
+	case "timed out":
 		if _, err := f.Log.AppendEvent(ctx, n, p); err != nil {
 			return store.Appended{}, err
 		}
 		return store.Appended{}, fmt.Errorf("append event: %w", context.DeadlineExceeded)
 	}
-	f.count("ok")
 	return f.Log.AppendEvent(ctx, n, p)
 }
 
-func (f *flakyLog) count(what string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls[what]++
+func (f *flakyLog) SyncEvents(ctx context.Context, from int64, entries []string, live bool) (int64, error) {
+	switch f.fault() {
+	case "refused":
+		return 0, errRefused
+	case "timed out":
+		if _, err := f.Log.SyncEvents(ctx, from, entries, live); err != nil {
+			return 0, err
+		}
+		return 0, fmt.Errorf("sync events: %w", context.DeadlineExceeded)
+	}
+	return f.Log.SyncEvents(ctx, from, entries, live)
+}
+
+func (f *flakyLog) PublishAhead(ctx context.Context, base, seq int64, entry string, first bool) (int64, error) {
+	switch f.fault() {
+	case "refused":
+		return 0, errRefused
+	case "timed out":
+		if _, err := f.Log.PublishAhead(ctx, base, seq, entry, first); err != nil {
+			return 0, err
+		}
+		return 0, fmt.Errorf("publish live event: %w", context.DeadlineExceeded)
+	}
+	reached, err := f.Log.PublishAhead(ctx, base, seq, entry, first)
+	if err == nil {
+		f.mu.Lock()
+		f.calls["live"]++
+		f.mu.Unlock()
+	}
+	return reached, err
 }
 
 // Under appends that fail or time out after they were applied, the log
 // still holds the reply exactly once, in order: what streamed equals what
 // was stored, tool calls included, and no seq repeats.
+// Half the runs are followed: their deltas go out live ahead of the log,
+// whose syncs and the final script's settle put them in at their seqs.
 func TestTheLogHoldsTheReplyOnceUnderFailingAppends(t *testing.T) {
-	st := newStore(t)
+	rd := testkit.StartRedis(t)
+	st := store.New(rd.Client(), store.Options{Retention: time.Hour, HistoryMaxMessages: 10, HistoryTTL: time.Hour})
+	liveRuns := 0
 	for seed := range uint64(20) {
 		id := fmt.Sprintf("job_flaky_%d", seed)
 		activeJob(t, st, id)
 		log := &flakyLog{Log: attemptOf(st, id, 1), rnd: rand.New(rand.NewPCG(seed, 7)), calls: map[string]int{}}
-		e := NewEmitter(context.Background(), log, Coalescing{Window: time.Millisecond, MaxBytes: 8})
+		e := NewEmitter(context.Background(), log, Coalescing{Window: time.Millisecond, MaxBytes: 8, Unfollowed: 5 * time.Millisecond})
+		followed := seed%2 == 1
+		if followed {
+			sub := rd.Client().Subscribe(context.Background(), rkeys.LiveChannel(id))
+			defer sub.Close()
+			if _, err := sub.Receive(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			e.Followed()
+		}
 		var want strings.Builder
 		for i := range 40 {
 			d := fmt.Sprintf("w%d ", i)
@@ -376,5 +454,11 @@ func TestTheLogHoldsTheReplyOnceUnderFailingAppends(t *testing.T) {
 		if log.calls["refused"] == 0 || log.calls["timed out"] == 0 {
 			t.Fatalf("seed %d: no fault injected: %v", seed, log.calls)
 		}
+		if followed && log.calls["live"] > 0 {
+			liveRuns++
+		}
+	}
+	if liveRuns < 3 {
+		t.Fatalf("only %d of the 10 followed runs sent events live ahead of the log", liveRuns)
 	}
 }

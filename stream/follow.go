@@ -47,6 +47,20 @@ func FollowSubscribed(ctx context.Context, sub *Subscription, st store.Reader, i
 	}
 
 	last := after
+	// retryAt is the seq of the last retry event sent: a live event of an
+	// attempt that began before it (Event.Live) comes from a worker that was
+	// fenced out and does not know it yet, and is dropped.
+	var retryAt int64
+	send := func(ev store.Event) error {
+		if err := sink.Event(ev); err != nil {
+			return err
+		}
+		last = ev.Seq
+		if ev.Type == store.EventRetry {
+			retryAt = ev.Seq
+		}
+		return nil
+	}
 	// catchUp sends what the log holds past last; it reports a final event.
 	catchUp := func() (bool, error) {
 		evs, err := st.Events(ctx, id, last)
@@ -57,10 +71,9 @@ func FollowSubscribed(ctx context.Context, sub *Subscription, st store.Reader, i
 			if ev.Seq != last+1 {
 				continue // cannot happen: the log is append-only and gapless
 			}
-			if err := sink.Event(ev); err != nil {
+			if err := send(ev); err != nil {
 				return false, err
 			}
-			last = ev.Seq
 			if store.FinalEvent(ev.Type) {
 				return true, nil
 			}
@@ -73,6 +86,7 @@ func FollowSubscribed(ctx context.Context, sub *Subscription, st store.Reader, i
 	}
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
+	asked := false // the worker was asked to write its log up to the live events
 	for {
 		var final bool
 		var err error
@@ -81,13 +95,24 @@ func FollowSubscribed(ctx context.Context, sub *Subscription, st store.Reader, i
 			return nil
 		case ev := <-sub.Events:
 			switch {
+			case ev.Live > 0 && ev.Live <= retryAt:
+				continue // an attempt's output that its retry event retracted
 			case ev.Seq <= last:
 				continue // already sent from the log
 			case ev.Seq > last+1:
-				final, err = catchUp() // a gap: the log has the missing events
+				// A gap: the log has the missing events, or, when they went
+				// out live before this follower subscribed, will have them
+				// once the worker writes it, which it is asked to do now.
+				if asked && ev.Live > 0 {
+					continue // the worker's write, published, brings the follower here
+				}
+				if final, err = catchUp(); err == nil && !final && ev.Live > 0 && ev.Seq > last+1 {
+					asked = true
+					sub.hub.syncLog(ctx, id)
+				}
 			default:
-				if err = sink.Event(ev); err == nil {
-					last, final = ev.Seq, store.FinalEvent(ev.Type)
+				if err = send(ev); err == nil {
+					final, asked = store.FinalEvent(ev.Type), false
 				}
 			}
 		case <-sub.Lagged:

@@ -93,6 +93,18 @@ func NewHub(rdb redis.UniversalClient, log zerolog.Logger) *Hub {
 // (jobs.Manager.Wake).
 func (h *Hub) WakeWith(wake func(ctx context.Context, id string) error) { h.wake = wake }
 
+// syncLog asks the worker of job id to write its log up to the events it
+// sent live (a follower that subscribed after some of them went out finds
+// a gap the log cannot fill yet): the wake that a first follower sends.
+func (h *Hub) syncLog(ctx context.Context, id string) {
+	if h.wake == nil {
+		return
+	}
+	if err := h.wake(ctx, id); err != nil {
+		h.log.Warn().Err(err).Str("job_id", id).Msg("could not ask the worker to write the log; the follower catches up at its next write")
+	}
+}
+
 // Close ends the pub/sub connections.
 func (h *Hub) Close() error {
 	h.closing.Store(true)
@@ -430,7 +442,7 @@ func (h *Hub) deliver(m *redis.Message) {
 	if !ok {
 		return
 	}
-	ev, err := store.ParseEvent(m.Payload)
+	ev, err := store.ParseMessage(m.Payload)
 	if err != nil {
 		h.log.Warn().Err(err).Str("job_id", id).Msg("dropping a malformed live event")
 		return

@@ -103,6 +103,12 @@ func Job(id string) string { return tagged(Bucket(id)) + "job:" + id }
 // Events is a job's event log (list; entry i is event seq i+1).
 func Events(id string) string { return tagged(Bucket(id)) + "job:" + id + ":events" }
 
+// Ahead holds a job's events that went out live before its log had them
+// (hash: "<fence>:<seq>" -> log entry), so that whoever writes the log next
+// (the attempt's own sync, its finish, a cancel, a takeover) puts them in first,
+// at the seqs followers saw them under.
+func Ahead(id string) string { return tagged(Bucket(id)) + "job:" + id + ":ahead" }
+
 // LiveChannel is the (sharded) pub/sub channel on which a job's events go out live.
 func LiveChannel(id string) string { return tagged(Bucket(id)) + "job:" + id + ":live" }
 
