@@ -93,6 +93,7 @@ type Config struct {
 	SimLatency    time.Duration
 	SimTokenDelay time.Duration
 	SimTokens     int
+	SimStamps     bool
 	SimFailRate   float64
 }
 

@@ -230,6 +230,8 @@ func Vars(role Role) []Var {
 			durationVar(func(c *Config) *time.Duration { return &c.SimTokenDelay }, 0)},
 		{"CHATFLEET_SIM_TOKENS", "0", "filler words appended to the simulated reply", false,
 			intVar(func(c *Config) *int { return &c.SimTokens }, 0)},
+		{"CHATFLEET_SIM_STAMPS", "false", "each word of the simulated reply is the time the simulated model produced it (Unix µs), so a follower can tell how long each took to reach it", false,
+			boolVar(func(c *Config) *bool { return &c.SimStamps })},
 		{"CHATFLEET_SIM_FAIL_RATE", "0", "fraction (0..1) of simulated calls that fail before any token", false,
 			func(c *Config, v string) error {
 				f, err := strconv.ParseFloat(v, 64)

@@ -68,7 +68,11 @@ type Attempt struct {
 	TurnAt time.Time
 	// Followed: a client asked for the job's tokens live before this attempt began.
 	Followed bool
-	lease    string
+	// Logged is how many events the job's log holds before this attempt's
+	// first: its events go to the seqs after it (stream.Emitter.Starts);
+	// -1 when not known.
+	Logged int64
+	lease  string
 }
 
 // Start begins an attempt of the job a task carries: it marks the job
@@ -95,7 +99,7 @@ func (m *Manager) Start(ctx context.Context, job tasks.ChatPayload, task string)
 	case sa.N == 0:
 		return nil, fmt.Errorf("%w: the job has finished or another task runs it", ErrNothingToRun)
 	}
-	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory, TurnAt: sa.TurnAt, Followed: sa.Followed}
+	a := &Attempt{m: m, job: job, N: sa.N, Fence: sa.Fence, History: sa.History, BadHistory: sa.BadHistory, TurnAt: sa.TurnAt, Followed: sa.Followed, Logged: sa.Logged}
 	a.lease = m.leases.add(job.JobID, sa.Fence)
 	if sa.N > 1 {
 		a.retractInterrupted(ctx)
@@ -236,7 +240,10 @@ func (a *Attempt) SyncEvents(ctx context.Context, from int64, entries []string, 
 // AnnounceRetry tells followers to discard this attempt's output: attempt
 // next follows. Not numbered: a retry event made twice means the same.
 func (a *Attempt) AnnounceRetry(ctx context.Context, next int, reason string) error {
-	_, err := a.AppendEvent(ctx, 0, store.RetryEvent{Attempt: next, Reason: reason})
+	ap, err := a.AppendEvent(ctx, 0, store.RetryEvent{Attempt: next, Reason: reason})
+	if err == nil {
+		a.Logged = ap.Seq
+	}
 	return err
 }
 
@@ -255,6 +262,7 @@ func (a *Attempt) retractInterrupted(ctx context.Context) {
 		err = a.AnnounceRetry(ctx, a.N, "the previous attempt was interrupted")
 	}
 	if err != nil {
+		a.Logged = -1 // the retry may be in the log or not: the first append tells
 		zerolog.Ctx(ctx).Warn().Err(err).Str("job_id", a.job.JobID).Msg("could not retract the interrupted attempt's output")
 	}
 }

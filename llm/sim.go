@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -21,6 +22,7 @@ type SimConfig struct {
 	TokenDelay time.Duration // between tokens
 	Tokens     int           // filler words appended to the reply
 	FailRate   float64       // fraction of calls that fail before any token
+	Stamps     bool          // each word is the time it was produced (Unix µs)
 }
 
 // Sim is the deterministic simulated provider: its reply is "echo: " followed by
@@ -111,17 +113,24 @@ func (s *Sim) Stream(ctx context.Context, req Request, onDelta func(Delta) error
 		b, _ := json.Marshal(map[string]string{"echo": strings.Join(words, "")})
 		words = splitWords(string(b))
 	}
-	content := strings.Join(words, "")
+	// The words come on the model's own clock, as from a provider: a
+	// worker late to one of them does not delay the ones after it.
+	start := time.Now()
 	for i, d := range words {
 		if i > 0 {
-			if err := sleep(ctx, s.cfg.TokenDelay); err != nil {
+			if err := sleep(ctx, time.Until(start.Add(time.Duration(i)*s.cfg.TokenDelay))); err != nil {
 				return Reply{}, err
 			}
+		}
+		if s.cfg.Stamps {
+			d = " " + strconv.FormatInt(time.Now().UnixMicro(), 10)
+			words[i] = d
 		}
 		if err := onDelta(Delta{Text: d}); err != nil {
 			return Reply{}, err
 		}
 	}
+	content := strings.Join(words, "")
 	return Reply{Content: content, Model: model, Asked: model, FinishReason: finish, Usage: Usage{PromptTokens: prompt, CompletionTokens: CountWords(content)}}, nil
 }
 

@@ -212,6 +212,9 @@ func (p *Pipeline) attempt(ctx context.Context, r *run) called {
 		req.Params = *pl.Params
 	}
 	c := called{emit: stream.NewEmitter(ctx, r.att, p.opt.Coalescing), promptEstimate: llm.EstimatePrompt(req)}
+	if r.att.Logged >= 0 {
+		c.emit.Starts(r.att.Logged + 1)
+	}
 	if r.att.Followed {
 		c.emit.Followed()
 	}

@@ -19,7 +19,7 @@ import (
 // is pointed at the fresh task id, which the release that gives it the turn
 // enqueues), {'done'} when the job has finished, another task now runs it
 // (it was taken over) or another run of the same task holds a live lease, {'gone'} when its record is gone, else {'run',
-// attempt, fence, turn_at, followed, history…}. The attempt's fence token, one more than any
+// attempt, fence, turn_at, followed, log length, history…}. The attempt's fence token, one more than any
 // before it (never reset: a deferral gives back an attempt's number, a re-run
 // restarts the count), fences every earlier attempt out and names its lease.
 // KEYS: job, order, history, leases, events, ahead. ARGV[1]: startArgs JSON.
@@ -56,7 +56,7 @@ redis.call('ZADD', leases, redis_now() + lease, id .. ':' .. f)
 extend(leases, keep)
 extend(job, keep)
 extend(order, keep)
-local out = {'run', tostring(n), tostring(f), rec[5] or '', rec[6] or ''}
+local out = {'run', tostring(n), tostring(f), rec[5] or '', rec[6] or '', tostring(redis.call('LLEN', KEYS[5]))}
 if with_history then
   for _, m in ipairs(redis.call('LRANGE', history, 0, -1)) do out[#out + 1] = m end
 end
@@ -170,6 +170,9 @@ type Attempt struct {
 	TurnAt time.Time
 	// Followed: a client has asked for the job's tokens live (Wake).
 	Followed bool
+	// Logged is how many events the job's log held when the attempt began
+	// (what earlier attempts sent ahead of it included).
+	Logged int64
 }
 
 // StartAttempt checks the session's turn, marks the job active, takes the
@@ -183,7 +186,7 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 	if err != nil {
 		return Attempt{}, unavailable("start attempt", err)
 	}
-	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 5) {
+	if len(res) == 0 || (res[0] == "wait" && len(res) < 2) || (res[0] == "run" && len(res) < 6) {
 		return Attempt{}, fmt.Errorf("start attempt: unexpected reply %q", res)
 	}
 	switch res[0] {
@@ -201,7 +204,8 @@ func (s *Store) StartAttempt(ctx context.Context, id, tenant, session, task, fre
 		a.TurnAt = time.UnixMilli(ms)
 	}
 	a.Followed = res[4] == "1"
-	for _, raw := range res[5:] {
+	a.Logged, _ = strconv.ParseInt(res[5], 10, 64)
+	for _, raw := range res[6:] {
 		var m Message
 		if err := json.Unmarshal([]byte(raw), &m); err != nil {
 			a.History, a.BadHistory = nil, fmt.Errorf("history entry: %w", err)

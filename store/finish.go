@@ -52,7 +52,9 @@ local function blobs(n) -- the next n of ARGV[2..]
   return out
 end
 local fields = blobs(a.fields)
-local evs = blobs(2 * (a.tail + 1)) -- type and body of each
+local evs = blobs(2 * a.tail) -- type and body of each
+local tail_entries = blobs(a.tail_entries)
+local final = blobs(2)
 local entries = blobs(#ARGV - next_blob + 1)
 local function released() return release(order, unfinished, a.release) end
 count_spent(job, ledger, a.spent) -- a failed call was billed, whoever ends the job
@@ -96,19 +98,23 @@ end
 -- (tasks.ChatPayload.Body) stays with an error, for a re-run of the job
 if a.has_error then redis.call('HDEL', job, 'payload') else redis.call('HDEL', job, 'payload', 'error', 'body') end
 redis.call('EXPIRE', job, retention)
-settle(events, ahead, f) -- what followers saw live goes in before the end
+if #tail_entries > 0 then
+  -- the attempt's tail by seq (from tail_seq), what it sent live ahead
+  -- included: what the log holds already is not appended again, and the
+  -- final event's publish brings followers behind to the log
+  local n = redis.call('LLEN', events)
+  local out = {}
+  for i = math.max(1, n + 2 - a.tail_seq), #tail_entries do out[#out + 1] = tail_entries[i] end
+  push(events, out)
+else
+  settle(events, ahead, f) -- what followers saw live goes in before the end
+end
 redis.call('DEL', ahead)
 for i = 1, a.tail do
-  if a.tail_seq > 0 then -- the tail's seqs are known: what the log holds is not appended again
-    if redis.call('LLEN', events) < a.tail_seq + i - 1 then
-      append_event(events, channel, evs[2 * i - 1], evs[2 * i], retention, publish)
-    end
-  else
-    local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost
-    append_once(job, events, channel, evs[2 * i - 1], evs[2 * i], retention, publish, key)
-  end
+  local key = i == 1 and tail_key or '' -- the first may be in the log already: its append's reply was lost
+  append_once(job, events, channel, evs[2 * i - 1], evs[2 * i], retention, publish, key)
 end
-if append_event(events, channel, evs[2 * a.tail + 1], evs[2 * a.tail + 2], retention, publish) > 1 then
+if append_event(events, channel, final[1], final[2], retention, publish) > 1 then
   redis.call('EXPIRE', events, retention) -- the log lives as long as the record
 end
 if #entries > 0 then
@@ -146,21 +152,23 @@ type finishArgs struct {
 	UsageTTL    int64       `json:"usage_ttl"`    // s
 	BudgetSpend int64       `json:"budget_spend"` // what the job cost against its tenant's budget
 	Spent       spentArgs   `json:"spent"`
-	NFields     int         `json:"fields"` // len(Fields), set by argv
-	NTail       int         `json:"tail"`   // len(Tail)/2, set by argv
+	NFields     int         `json:"fields"`       // len(Fields), set by argv
+	NTail       int         `json:"tail"`         // len(Tail)/2, set by argv
+	NEntries    int         `json:"tail_entries"` // len(TailEntries), set by argv
 
 	Fields               []string `json:"-"` // the record's field/value pairs to set
 	Tail                 []string `json:"-"` // type and body (JSON) of each event
+	TailEntries          []string `json:"-"` // or, when TailSeq is set, each event's log entry
 	EventType, EventBody string   `json:"-"` // the final event
 	History              []string `json:"-"` // entries (JSON) to append
 }
 
 // argv is ARGV: the named arguments, then the blobs.
 func (a finishArgs) argv() []any {
-	a.NFields, a.NTail = len(a.Fields), len(a.Tail)/2
-	out := make([]any, 0, 1+len(a.Fields)+len(a.Tail)+2+len(a.History))
+	a.NFields, a.NTail, a.NEntries = len(a.Fields), len(a.Tail)/2, len(a.TailEntries)
+	out := make([]any, 0, 1+len(a.Fields)+len(a.Tail)+len(a.TailEntries)+2+len(a.History))
 	out = append(out, argsJSON(a))
-	for _, b := range [][]string{a.Fields, a.Tail, {a.EventType, a.EventBody}, a.History} {
+	for _, b := range [][]string{a.Fields, a.Tail, a.TailEntries, {a.EventType, a.EventBody}, a.History} {
 		for _, s := range b {
 			out = append(out, s)
 		}
@@ -207,12 +215,30 @@ type Tail struct {
 	Text string
 }
 
+// events are the tail's events, its text last.
+func (t Tail) events() []Payload {
+	if t.Text == "" {
+		return t.Unconfirmed
+	}
+	return append(t.Unconfirmed[:len(t.Unconfirmed):len(t.Unconfirmed)], TokenEvent{Delta: t.Text})
+}
+
+// entries encodes the tail's events as log entries, from seq t.Seq on.
+func (t Tail) entries() ([]string, error) {
+	evs := t.events()
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		var err error
+		if out[i], err = Entry(t.Seq+int64(i), ev); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
 // argv encodes the tail's events as type and body pairs.
 func (t Tail) argv() ([]string, error) {
-	evs := t.Unconfirmed
-	if t.Text != "" {
-		evs = append(evs[:len(evs):len(evs)], TokenEvent{Delta: t.Text})
-	}
+	evs := t.events()
 	out := make([]string, 0, 2*len(evs))
 	for _, ev := range evs {
 		b, err := json.Marshal(ev)
@@ -259,7 +285,12 @@ func (s *Store) Finish(ctx context.Context, id, tenant, session string, attempt 
 	if o.Usage != nil && (o.Usage.PromptTokens > 0 || o.Usage.CompletionTokens > 0) {
 		a.UsageField, a.Prompt, a.Completion = now.Format("02")+"|"+usageModel(o), o.Usage.PromptTokens, o.Usage.CompletionTokens
 	}
-	if a.Tail, err = o.Tail.argv(); err != nil {
+	if o.Tail.Seq > 0 {
+		a.TailEntries, err = o.Tail.entries()
+	} else {
+		a.Tail, err = o.Tail.argv()
+	}
+	if err != nil {
 		return Finished{}, err
 	}
 	if len(o.Tail.Unconfirmed) > 0 {

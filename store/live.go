@@ -18,32 +18,45 @@ import (
 // A followed job's deltas go out live ahead of its log: each is published
 // with the seq it will have in the log (a bare PUBLISH, pipelined with
 // every other job's of the process: about 1 µs of Redis CPU, against about
-// 20 µs for a fenced append), and kept in the job's Ahead hash under its
+// 20 µs for a fenced append), and pushed on the job's Ahead list under its
 // attempt's fence. The attempt writes them to the log itself now and then
-// (SyncEvents); whatever else writes the log first (a finish, a cancel, a
-// takeover's retry) settles them in before its own event, so every seq a
-// follower saw live holds the same entry in the log.
+// (SyncEvents, its finish); whatever else writes the log first (a cancel, a
+// takeover's start, a retry's announcement) settles them in before its own
+// event, so every seq a follower saw live holds the same entry in the log.
 
 // settleLua moves an attempt's events published ahead of the log into it,
-// in order, from the log's next seq on, and drops them from the hash.
+// in order from the log's next seq on (an entry sent twice goes in once;
+// another attempt's, fenced out, never), and empties the list. pushLua
+// appends many entries with few calls.
 const settleLua = `
+local function push(key, entries)
+  for i = 1, #entries, 1000 do
+    redis.call('RPUSH', key, unpack(entries, i, math.min(i + 999, #entries)))
+  end
+end
 local function settle(events, ahead, fence)
-  if not fence or redis.call('EXISTS', ahead) == 0 then return end
-  local seq = redis.call('LLEN', events)
-  local moved = {}
-  while true do
-    local field = fence .. ':' .. (seq + 1)
-    local e = redis.call('HGET', ahead, field)
-    if not e then break end
-    redis.call('RPUSH', events, e)
-    seq = seq + 1
-    moved[#moved + 1] = field
+  if not fence then return end
+  local items = redis.call('LRANGE', ahead, 0, -1)
+  if #items == 0 then return end
+  local prefix = fence .. ' '
+  local next_seq = redis.call('LLEN', events) + 1
+  local out = {}
+  for _, item in ipairs(items) do
+    if string.sub(item, 1, #prefix) == prefix then
+      local entry = string.sub(item, #prefix + 1)
+      if tonumber(string.match(entry, '^%S+ {"seq":(%d+)')) == next_seq then
+        out[#out + 1] = entry
+        next_seq = next_seq + 1
+      end
+    end
   end
-  if #moved > 0 and redis.call('HLEN', ahead) > #moved then
-    redis.call('HDEL', ahead, unpack(moved))
-  elseif #moved > 0 then
-    redis.call('DEL', ahead)
+  if #out > 0 and redis.call('LLEN', events) == 0 then -- the log starts here: it lives as long as the list would have
+    push(events, out)
+    redis.call('PEXPIRE', events, math.max(redis.call('PTTL', ahead), 1000))
+  else
+    push(events, out)
   end
+  redis.call('DEL', ahead)
 end
 `
 
@@ -85,14 +98,14 @@ func ParseMessage(msg string) (Event, error) {
 	return ev, err
 }
 
-// syncEvents writes an attempt's events to the log: first those it published
-// ahead (settle), then those of ARGV[2..] (seqs from, from+1, …) the log
-// does not hold yet. Each appended entry is published, unless live says the
-// followers had them: then only the log's last entry is, for a follower
-// behind the live messages (it reads the log on a gap). Returns {log
-// length, subscribers reached}; {0, 0} when the job is finished, {-1, 0}
-// when its record is gone, {-2, 0} when a later attempt owns it, {-3, n}
-// when entry from would leave a gap after the log's n entries.
+// syncEvents writes an attempt's events that the log does not hold yet,
+// those of ARGV[2..] (seqs from, from+1, …): they include all it published
+// ahead, whose list it empties. Each appended entry is published, unless
+// live says the followers had them: then only the log's last entry is, for
+// a follower behind the live messages (it reads the log on a gap). Returns
+// {log length, subscribers reached}; {0, 0} when the job is finished,
+// {-1, 0} when its record is gone, {-2, 0} when a later attempt owns it,
+// {-3, n} when entry from would leave a gap after the log's n entries.
 // KEYS: job, events, ahead. ARGV[1]: syncArgs JSON.
 var syncEvents = redis.NewScript(lua(ownsLua, settleLua, `
 local a = cjson.decode(ARGV[1])
@@ -101,24 +114,25 @@ local st, f = state(job)
 if not st then return {-1, 0} end
 if terminal(st) then return {0, 0} end
 if st ~= ACTIVE or f ~= a.fence then return {-2, 0} end
-settle(events, ahead, f)
 local n = redis.call('LLEN', events)
+if a.from > n + 1 then return {-3, n} end
+local out = {}
+for i = math.max(2, n + 3 - a.from), #ARGV do out[#out + 1] = ARGV[i] end -- ARGV[i] is seq from+i-2
+push(events, out)
+if n == 0 and #out > 0 then redis.call('EXPIRE', events, a.ttl) end -- finish sets it again
+redis.call('DEL', ahead)
 local reached = 0
-for i = 2, #ARGV do
-  local seq = a.from + i - 2
-  if seq > n + 1 then return {-3, n} end
-  if seq == n + 1 then
-    redis.call('RPUSH', events, ARGV[i])
-    n = seq
-    if not a.live then reached = redis.call(a.publish, a.channel, ARGV[i]) end
-  end
+if a.live then
+  if n + #out > 0 then reached = redis.call(a.publish, a.channel, redis.call('LINDEX', events, -1)) end
+else
+  for _, e in ipairs(out) do reached = redis.call(a.publish, a.channel, e) end
 end
-if a.live and n > 0 then reached = redis.call(a.publish, a.channel, redis.call('LINDEX', events, -1)) end
-return {n, reached}
+return {n + #out, reached}
 `))
 
 // syncArgs are syncEvents' arguments.
 type syncArgs struct {
+	TTL     int64  `json:"ttl"` // s: a log the sync starts is kept that long
 	Fence   int    `json:"fence"`
 	From    int64  `json:"from"`
 	Live    bool   `json:"live"`
@@ -133,7 +147,7 @@ type syncArgs struct {
 // ErrSuperseded, ErrNotFound as AppendEvent.
 func (s *Store) SyncEvents(ctx context.Context, id string, fence int, from int64, entries []string, live bool) (int64, error) {
 	argv := make([]any, 0, 1+len(entries))
-	argv = append(argv, argsJSON(syncArgs{Fence: fence, From: from, Live: live, Channel: rkeys.LiveChannel(id), Publish: s.publish}))
+	argv = append(argv, argsJSON(syncArgs{TTL: s.keep(), Fence: fence, From: from, Live: live, Channel: rkeys.LiveChannel(id), Publish: s.publish}))
 	for _, e := range entries {
 		argv = append(argv, e)
 	}
@@ -156,12 +170,12 @@ func (s *Store) SyncEvents(ctx context.Context, id string, fence int, from int64
 }
 
 // PublishAhead sends one event of an attempt (fence; base: the seq of its
-// first event) live, ahead of the log: it is kept in the job's Ahead hash
+// first event) live, ahead of the log: it is kept on the job's Ahead list
 // and published, in a pipeline shared with every other job's of this
-// process. first: the attempt's first such event (the hash is given the
+// process. first: the attempt's first such event (the list is given the
 // log's lifetime). Returns how many subscribers it reached.
 func (s *Store) PublishAhead(ctx context.Context, id string, fence int, base, seq int64, entry string, first bool) (int64, error) {
-	r := &aheadReq{id: id, field: strconv.Itoa(fence) + ":" + strconv.FormatInt(seq, 10), entry: entry,
+	r := &aheadReq{id: id, item: strconv.Itoa(fence) + " " + entry,
 		msg: LiveMark + strconv.FormatInt(base, 10) + " " + entry, first: first, done: make(chan struct{})}
 	s.ahead.add(s, r)
 	select {
@@ -182,11 +196,11 @@ type aheadWriter struct {
 }
 
 type aheadReq struct {
-	id, field, entry, msg string
-	first                 bool
-	done                  chan struct{}
-	reached               int64
-	err                   error
+	id, item, msg string
+	first         bool
+	done          chan struct{}
+	reached       int64
+	err           error
 }
 
 // aheadTimeout bounds one pipeline; a caller's own context may end sooner.
@@ -225,7 +239,7 @@ func (s *Store) writeAhead(batch []*aheadReq) {
 	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range batch {
 			key := rkeys.Ahead(r.id)
-			sets[i] = p.HSet(ctx, key, r.field, r.entry)
+			sets[i] = p.RPush(ctx, key, r.item)
 			if r.first {
 				p.Expire(ctx, key, time.Duration(s.keep())*time.Second)
 			}
@@ -254,7 +268,11 @@ local seq = redis.call('LLEN', KEYS[2])
 local last = redis.call('LINDEX', KEYS[2], -1) or ''
 local fence = redis.call('HGET', KEYS[1], 'fence')
 if fence then
-  while redis.call('HEXISTS', KEYS[3], fence .. ':' .. (seq + 1)) == 1 do seq = seq + 1 end
+  local prefix = fence .. ' '
+  for _, item in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    if string.sub(item, 1, #prefix) == prefix and
+      tonumber(string.match(item, '^%S+ %S+ {"seq":(%d+)')) == seq + 1 then seq = seq + 1 end
+  end
 end
 return {seq, last}
 `)

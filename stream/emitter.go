@@ -79,6 +79,7 @@ type Emitter struct {
 	base  int64
 	ahead int64 // events up to this number went out live ahead of the log
 	tm    *time.Timer
+	last  time.Time   // when a batch last went out
 	logTm *time.Timer // the next sync of what went out live
 	sent  int         // token and tool_call events handed out
 	// failing: the first in line could not be written; the retry's timer
@@ -159,11 +160,15 @@ func (e *Emitter) scheduleLocked() {
 	if !e.followedLocked() && e.c.Unfollowed > window {
 		window, maxBytes = e.c.Unfollowed, UnfollowedMaxBytes
 	}
+	// A window bounds how often batches go out, counted from the last: a
+	// delta that comes a window or more after it goes at once (a model
+	// slower than the window is followed word by word, without waiting).
+	wait := window - time.Since(e.last)
 	switch {
-	case e.sent == 0 || e.buf.Len() >= maxBytes || window <= 0:
+	case e.sent == 0 || e.buf.Len() >= maxBytes || wait <= 0:
 		e.flushLocked(false)
 	case e.tm == nil:
-		e.tm = e.after(window, func() { e.flushLocked(false) })
+		e.tm = e.after(wait, func() { e.flushLocked(false) })
 	}
 }
 
@@ -191,6 +196,17 @@ func (e *Emitter) after(d time.Duration, f func()) *time.Timer {
 		f()
 	})
 	return t
+}
+
+// Starts says where in the log the attempt's first event goes (the attempt
+// began with seq-1 events there): followed, even its first batch goes out
+// live, ahead of the log. Without it the first append tells.
+func (e *Emitter) Starts(seq int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.n == 0 && seq > 0 {
+		e.base = seq
+	}
 }
 
 // Followed says a client follows the job's tokens live (it has subscribed,
@@ -285,6 +301,7 @@ func (e *Emitter) flushLocked(final bool) {
 		return
 	}
 	e.takeLocked()
+	e.last = time.Now()
 	e.sendLocked(final)
 }
 

@@ -279,7 +279,7 @@ func Worker(ctx context.Context, cfg config.Config, list *ModelList, rdb redis.U
 	metrics := llm.NewMetrics(reg, llm.Specs(list.Current()))
 	metrics.Price(list.Prices(), llm.Specs(list.Current()))
 	chain, err := llm.Build(ctx, list.Current(), llm.ChainOptions{
-		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate},
+		Sim:      llm.SimConfig{Latency: cfg.SimLatency, TokenDelay: cfg.SimTokenDelay, Tokens: cfg.SimTokens, FailRate: cfg.SimFailRate, Stamps: cfg.SimStamps},
 		Breaker:  llm.BreakerSettings{Failures: cfg.BreakerFailures, OpenFor: cfg.BreakerOpenFor},
 		Capacity: llm.CapacitySettings{MaxRetryDelay: cfg.MaxRetryDelay, Margin: cfg.RateMargin},
 		Timeouts: llm.Timeouts{FirstToken: cfg.FirstTokenWait, Idle: cfg.IdleTimeout},
