@@ -318,7 +318,12 @@ func followRows(f pacedFigures) []result {
 
 // defaults is the fleet's configuration when nothing is set.
 func defaults() config.Config {
-	c, err := config.Load(config.RoleWorker, func(string) string { return "" })
+	c, err := config.Load(config.RoleWorker, func(k string) string {
+		if k == "CHATFLEET_REDIS_URL" {
+			return "redis://127.0.0.1:6379" // required, and not read here
+		}
+		return ""
+	})
 	if err != nil {
 		panic(err)
 	}
