@@ -224,7 +224,7 @@ func percentile(v []time.Duration, p float64) float64 {
 // receive, at the same 20 ms poll interval.
 func (e env) firstToken() (p50, p99 result) {
 	p50 = result{name: "Idle submit → first token, p50", unit: "ms", target: "≤ 1.3×", met: func(x float64) bool { return x <= 1.3 }}
-	p99 = result{name: "Idle submit → first token, p99", unit: "ms", target: "(reported)", met: func(float64) bool { return true }}
+	p99 = result{name: "Idle submit → first token, p99", unit: "ms", target: "(reported)"}
 	const samples = 60
 	for range reps {
 		rd := testkit.StartRedis(e.b)
@@ -812,6 +812,8 @@ func report(rs []result, micro []byte, took time.Duration) []byte {
 			met = yesNo(r.check(median(r.ours), median(r.base)))
 		}
 		switch {
+		case strings.Contains(r.target, "reported"): // no target: nothing to meet
+			met = "reported"
 		case strings.HasPrefix(r.target, "≤ 20 KB"):
 			met = yesNo(median(r.ours) <= 20)
 		case r.target == "bounded":

@@ -294,7 +294,12 @@ func TestBurstAdaptsWithoutLimits(t *testing.T) {
 func TestHugeRetryAfterIsCappedAndTheJobRuns(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	fake := llmfake.NewOpenAI(t)
+	var mu sync.Mutex
+	var calls []time.Time // when each call reached the provider
 	fake.SetPlan(func(call int) llmfake.Step {
+		mu.Lock()
+		calls = append(calls, time.Now())
+		mu.Unlock()
 		if call == 1 {
 			return llmfake.Step{Status: 429, Message: "slow down", RetryAfter: "90000"}
 		}
@@ -318,8 +323,14 @@ func TestHugeRetryAfterIsCappedAndTheJobRuns(t *testing.T) {
 	if j.Status != "succeeded" || j.Result.Degraded || j.Result.Content != llmfake.Reply("wait for it") || j.Attempts != 1 {
 		t.Fatalf("job: %+v", j)
 	}
-	if fake.Calls() != 2 {
+	if fake.Calls() != 2 || len(calls) != 2 {
 		t.Fatalf("upstream calls %d, want 2", fake.Calls())
+	}
+	// The Retry-After was honoured up to the cap: the second call came no
+	// sooner than 7 s after the first (a lower bound: a slow machine only
+	// adds to it), and far sooner than the 90,000 s asked for.
+	if waited := calls[1].Sub(calls[0]); waited < 7*time.Second-100*time.Millisecond || waited > 30*time.Second {
+		t.Fatalf("the second call came %s after the 429, want the capped 7s", waited)
 	}
 	t.Logf("ran %s after the 429 (Retry-After capped at 7s, retention 2s)", time.Since(start).Round(time.Millisecond))
 }

@@ -389,7 +389,6 @@ func TestWebhookToLoopbackIsRefused(t *testing.T) {
 	}
 	// A URL that is not http(s) is a 422 naming the field, and so is any URL
 	// of a tenant with no secret to sign with; nothing is written.
-	beta := map[string]string{"Authorization": "Bearer " + keyBeta}
 	for key, url := range map[string]string{keyAcme: "ftp://example.com/x", keyBeta: "https://example.com/x"} {
 		r := do(t, "POST", apis[0].URL()+"/api/v1/chat/jobs", map[string]any{"session_id": "private-2", "message": "x", "webhook_url": url},
 			map[string]string{"Authorization": "Bearer " + key})
@@ -397,8 +396,16 @@ func TestWebhookToLoopbackIsRefused(t *testing.T) {
 			t.Fatalf("webhook_url %s: %d %s", url, r.Status, r.Raw)
 		}
 	}
-	if r := do(t, "GET", apis[0].URL()+"/api/v1/sessions/private-2/messages", nil, beta); r.Status != http.StatusOK || strings.Contains(r.Raw, `"x"`) {
-		t.Fatalf("a refused submit left something: %d %s", r.Status, r.Raw)
+	// Nothing of either refused submit is there: no job in either tenant's
+	// list, no message in either tenant's session.
+	for _, key := range []string{keyAcme, keyBeta} {
+		auth := map[string]string{"Authorization": "Bearer " + key}
+		if r := do(t, "GET", apis[0].URL()+"/api/v1/chat/jobs?session_id=private-2", nil, auth); r.Status != http.StatusOK || len(r.Body["data"].([]any)) != 0 {
+			t.Fatalf("a refused submit left a job: %d %s", r.Status, r.Raw)
+		}
+		if r := do(t, "GET", apis[0].URL()+"/api/v1/sessions/private-2/messages", nil, auth); r.Status != http.StatusOK || strings.Contains(r.Raw, `"x"`) {
+			t.Fatalf("a refused submit left a message: %d %s", r.Status, r.Raw)
+		}
 	}
 	t.Logf("refused: %s", d.Error)
 }
