@@ -3,7 +3,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: help build run test test-short fuzz bench lint check-deploy clean tools
+.PHONY: help build run test fuzz bench lint check-deploy clean tools
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,9 +35,6 @@ test: tools ## the whole suite; each test starts its own redis-server (and Prome
 fuzz: ## run each fuzz target for FUZZTIME (default 100000 inputs) beyond its committed seed corpus
 	$(GO) test -run '^$$' -fuzz '^FuzzSubmitBody$$' -fuzztime $(FUZZTIME) ./api
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeChat$$' -fuzztime $(FUZZTIME) ./tasks
-
-test-short: ## unit tests only (no Redis, no processes)
-	$(GO) test -short -count=1 ./...
 
 check-deploy: tools ## promtool check + test of the alert rules, compose and k8s files, every dashboard query on a real Prometheus
 	$(GO) test -count=1 -v ./deploy
