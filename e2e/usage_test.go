@@ -45,10 +45,9 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 	}))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	type want struct{ requests, prompt, completion int64 }
-	expected := map[string]map[string]*want{"acme": {}, "beta": {}}
 	keys := map[string]string{"acme": keyAcme, "beta": keyBeta}
 	var ids []struct{ tenant, id string }
+	tenantOf := map[string]string{} // message → tenant
 	for i := range 24 {
 		tenant, model := "acme", "fake-model"
 		if i%3 == 0 {
@@ -58,11 +57,13 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 			model = "other-model"
 		}
 		c := client.New(apis[0].URL(), client.WithAPIKey(keys[tenant]))
-		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("u%d", i), Message: fmt.Sprintf("count %d words here", i), Model: model})
+		msg := fmt.Sprintf("count %d words here", i)
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("u%d", i), Message: msg, Model: model})
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, struct{ tenant, id string }{tenant, sub.JobID})
+		tenantOf[msg] = tenant
 	}
 	time.Sleep(150 * time.Millisecond) // both workers mid-reply
 	workers[0].Signal(syscall.SIGKILL)
@@ -80,17 +81,34 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 		if got.Attempts > 1 {
 			retried++
 		}
-		w := expected[j.tenant][got.Result.Model]
-		if w == nil {
-			w = &want{}
-			expected[j.tenant][got.Result.Model] = w
-		}
-		w.requests++
-		w.prompt += int64(got.Usage.PromptTokens)
-		w.completion += int64(got.Usage.CompletionTokens)
 	}
 	if retried == 0 {
 		t.Fatal("no job was interrupted by the kill: the test did not test a takeover")
+	}
+	// The expected ledger is what the upstream billed: every call that ran to
+	// its end, by the tenant whose message it carried and the model it asked
+	// for. The killed worker's calls were cut off, so they billed nothing
+	// (and no estimate is due for them: their worker died).
+	type want struct{ requests, prompt, completion int64 }
+	expected := map[string]map[string]*want{"acme": {}, "beta": {}}
+	billed := fake.Billed()
+	for _, u := range billed {
+		tenant := tenantOf[u.Message]
+		if tenant == "" {
+			t.Fatalf("the upstream billed a call nobody submitted: %+v", u)
+		}
+		w := expected[tenant][u.Model]
+		if w == nil {
+			w = &want{}
+			expected[tenant][u.Model] = w
+		}
+		w.requests++
+		w.prompt += int64(u.PromptTokens)
+		w.completion += int64(u.CompletionTokens)
+	}
+	if len(billed) != len(ids) || fake.Aborted() == 0 {
+		t.Fatalf("the upstream billed %d calls for %d jobs and saw %d cut off: the kill should cut calls and every job be billed once",
+			len(billed), len(ids), fake.Aborted())
 	}
 	prices := map[string][2]float64{"fake-model": {2.5, 10}, "other-model": {0.15, 0.6}}
 	for tenant, models := range expected {
@@ -103,7 +121,7 @@ func TestUsagePerTenantDayAndModel(t *testing.T) {
 			row := rows[today+"|"+model]
 			cost := (float64(w.prompt)*prices[model][0] + float64(w.completion)*prices[model][1]) / 1e6
 			sumCost += cost
-			if row == nil || row["requests"] != float64(w.requests) || row["prompt_tokens"] != float64(w.prompt) ||
+			if row == nil || row["estimated_tokens"] != nil || row["requests"] != float64(w.requests) || row["prompt_tokens"] != float64(w.prompt) ||
 				row["completion_tokens"] != float64(w.completion) || math.Abs(row["cost_usd"].(float64)-cost) > 1e-6 {
 				t.Fatalf("%s %s: %v, want %+v costing %v", tenant, model, row, *w, cost)
 			}

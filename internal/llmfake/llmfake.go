@@ -61,6 +61,7 @@ type Fake struct {
 	seen   [][]Message
 	bodies []map[string]any
 	traces []string // each call's traceparent header ("" when none)
+	usage  []Usage  // what each call that ran to its end reported
 	// aborted counts calls whose client went away mid-reply.
 	aborted atomic.Int64
 	// inflight counts the calls being answered now.
@@ -102,6 +103,22 @@ func (f *Fake) Traceparents() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.traces...)
+}
+
+// Usage is what one call reported: the tokens the upstream bills, for the
+// model asked for and the request's last message.
+type Usage struct {
+	Model, Message                 string
+	PromptTokens, CompletionTokens int
+}
+
+// Billed returns the usage of every call that reported it, in the order it
+// went out: the upstream's own count, to check a ledger against. A call cut
+// off before its end reported nothing.
+func (f *Fake) Billed() []Usage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Usage(nil), f.usage...)
 }
 
 // Requests returns the messages of every request received, in order.
@@ -230,17 +247,23 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// A call is billed when its usage goes out, before the client can act on it.
+	bill := func(prompt, completion int) {
+		f.mu.Lock()
+		f.usage = append(f.usage, Usage{Model: req.Model, Message: lastText, PromptTokens: prompt, CompletionTokens: completion})
+		f.mu.Unlock()
+	}
 	if f.kind == "openai" && !req.Stream {
-		f.answerOpenAI(w, model, text, calls, promptWords)
+		f.answerOpenAI(w, model, text, calls, promptWords, bill)
 		return
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
 	fl := w.(http.Flusher)
 	if f.kind == "openai" {
-		f.streamOpenAI(w, fl, r, step, model, words, calls, promptWords)
+		f.streamOpenAI(w, fl, r, step, model, words, calls, promptWords, bill)
 	} else {
-		f.streamAnthropic(w, fl, r, step, model, words, calls, promptWords)
+		f.streamAnthropic(w, fl, r, step, model, words, calls, promptWords, bill)
 	}
 }
 
@@ -268,7 +291,7 @@ func toolResultsLast(role string, content any) bool {
 }
 
 // answerOpenAI is the non-streamed Chat Completions answer.
-func (f *Fake) answerOpenAI(w http.ResponseWriter, model, text string, calls []toolCall, promptWords int) {
+func (f *Fake) answerOpenAI(w http.ResponseWriter, model, text string, calls []toolCall, promptWords int, bill func(prompt, completion int)) {
 	msg := map[string]any{"role": "assistant", "content": text}
 	finish := "stop"
 	if len(calls) > 0 {
@@ -280,6 +303,7 @@ func (f *Fake) answerOpenAI(w http.ResponseWriter, model, text string, calls []t
 	}
 	words := len(strings.Fields(text))
 	w.Header().Set("Content-Type", "application/json")
+	bill(promptWords, words)
 	_ = json.NewEncoder(w).Encode(map[string]any{"id": "chatcmpl-fake", "object": "chat.completion", "created": time.Now().Unix(), "model": model,
 		"choices": []any{map[string]any{"index": 0, "message": msg, "finish_reason": finish}},
 		"usage":   map[string]any{"prompt_tokens": promptWords, "completion_tokens": words, "total_tokens": promptWords + words}})
@@ -310,7 +334,7 @@ func cut(w http.ResponseWriter) {
 	}
 }
 
-func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, calls []toolCall, promptWords int) {
+func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, calls []toolCall, promptWords int, bill func(prompt, completion int)) {
 	send := func(v any) {
 		b, _ := json.Marshal(v)
 		fmt.Fprintf(w, "data: %s\n\n", b)
@@ -340,8 +364,10 @@ func (f *Fake) streamOpenAI(w http.ResponseWriter, fl http.Flusher, r *http.Requ
 	}
 	send(chunk(map[string]any{}, finish))
 	if !step.OmitUsage {
+		out := len(words) + len(calls)
+		bill(promptWords, out)
 		send(map[string]any{"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": time.Now().Unix(), "model": model,
-			"choices": []any{}, "usage": map[string]any{"prompt_tokens": promptWords, "completion_tokens": len(words) + len(calls), "total_tokens": promptWords + len(words) + len(calls)}})
+			"choices": []any{}, "usage": map[string]any{"prompt_tokens": promptWords, "completion_tokens": out, "total_tokens": promptWords + out}})
 	}
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	fl.Flush()
@@ -396,7 +422,7 @@ func (f *Fake) streamOpenAICalls(r *http.Request, step Step, calls []toolCall, s
 	return true
 }
 
-func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, calls []toolCall, promptWords int) {
+func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.Request, step Step, model string, words []string, calls []toolCall, promptWords int, bill func(prompt, completion int)) {
 	send := func(event string, v any) {
 		b, _ := json.Marshal(v)
 		fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b)
@@ -433,6 +459,9 @@ func (f *Fake) streamAnthropic(w http.ResponseWriter, fl http.Flusher, r *http.R
 	out := len(words) + len(calls)
 	if step.OmitUsage {
 		out = 0
+	}
+	if !step.OmitUsage {
+		bill(in, out)
 	}
 	send("message_delta", map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": stop, "stop_sequence": nil}, "usage": map[string]any{"output_tokens": out}})
 	send("message_stop", map[string]any{"type": "message_stop"})
