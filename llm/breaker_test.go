@@ -52,7 +52,9 @@ func TestBreakerIsSharedByTheFleet(t *testing.T) {
 	t.Cleanup(cancel)
 	up := &switchable{gate: make(chan struct{})}
 	up.failing.Store(true)
-	set := BreakerSettings{Failures: 3, OpenFor: 400 * time.Millisecond, Refresh: 20 * time.Millisecond}
+	// Open for 3 s: the checks while it is open must not race its end on a
+	// loaded machine (waitFor allows 5 s for the wait that follows).
+	set := BreakerSettings{Failures: 3, OpenFor: 3 * time.Second, Refresh: 20 * time.Millisecond}
 	var workers []*Guarded
 	for range 2 {
 		g, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
@@ -193,7 +195,7 @@ func TestBreakerChangesAreAnnounced(t *testing.T) {
 	up := &switchable{gate: make(chan struct{})}
 	close(up.gate)
 	up.failing.Store(true)
-	set := BreakerSettings{Failures: 2, OpenFor: 300 * time.Millisecond, Refresh: time.Hour}
+	set := BreakerSettings{Failures: 2, OpenFor: 2 * time.Second, Refresh: time.Hour} // long enough to be seen open
 	w1, err := NewGuarded(ctx, up, rdb, set, nil, zerolog.New(io.Discard))
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +211,7 @@ func TestBreakerChangesAreAnnounced(t *testing.T) {
 	waitFor(t, func() bool { return w1.stateNow() == gobreaker.StateOpen }, "w1 to hear of the trip")
 
 	up.failing.Store(false)
-	time.Sleep(set.OpenFor)
+	waitFor(t, func() bool { return w2.stateNow() == gobreaker.StateHalfOpen }, "the open period to end")
 	if _, err := w2.Stream(ctx, Request{}, nil); err != nil { // the probe, which closes it
 		t.Fatalf("probe: %v", err)
 	}
