@@ -30,8 +30,10 @@ func waitStatus(t *testing.T, c *client.Client, id, status string) client.Job {
 }
 
 // An active job whose provider has not answered yet: cancel aborts the
-// provider call (its context) within a second, the stream ends with
-// `canceled`, and the job is not retried.
+// provider call (its context), the stream ends with `canceled`, and the job
+// is not retried. The call would take 30 s: ending it within 10 s can only be
+// the cancel's doing, and leaves a loaded machine room (it takes well under
+// a second; the time is logged).
 func TestCancelActiveJobAbortsTheProviderCall(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
 		apis, workers := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_SIM_LATENCY": "30s"})
@@ -61,13 +63,13 @@ func TestCancelActiveJobAbortsTheProviderCall(t *testing.T) {
 			if ev.Type != "canceled" {
 				t.Fatalf("stream ended with %+v", ev)
 			}
-		case <-time.After(time.Second):
-			t.Fatal("no canceled event within 1s")
+		case <-time.After(10 * time.Second):
+			t.Fatal("no canceled event within 10s")
 		}
 		// The worker's provider call returns because its context was canceled.
 		for !strings.Contains(strings.Join(workers[0].Logs(), "\n"), `"job canceled; provider call aborted"`) {
-			if time.Since(start) > time.Second {
-				t.Fatal("the provider call was not aborted within 1s of the cancel")
+			if time.Since(start) > 10*time.Second {
+				t.Fatal("the provider call was not aborted within 10s of the cancel")
 			}
 			time.Sleep(10 * time.Millisecond)
 		}

@@ -35,8 +35,11 @@ func TestRedisOutageAnswers503ThenRecovers(t *testing.T) {
 		t.Fatalf("submit during the outage: %d %s (Retry-After %q)", r.Status, r.Raw, r.Header.Get("Retry-After"))
 	}
 	t.Logf("503 with Retry-After %s after %s", r.Header.Get("Retry-After"), elapsed)
-	if elapsed > time.Second {
-		t.Fatalf("503 took %s, want under 1s", elapsed)
+	// A refused connection is known at once: it takes milliseconds (logged);
+	// 3 s leaves a loaded machine room and is still shorter than one
+	// command's own timeout, which a client that kept trying would reach.
+	if elapsed > 3*time.Second {
+		t.Fatalf("503 took %s, want under 3s", elapsed)
 	}
 	if got := do(t, http.MethodGet, api.URL()+"/health/ready", nil, nil); got.Status != http.StatusServiceUnavailable {
 		t.Fatalf("api ready during the outage: %d", got.Status)
@@ -104,7 +107,10 @@ func TestHungRedisAnswers503Quickly(t *testing.T) {
 		start := time.Now()
 		r := call()
 		took := time.Since(start)
-		if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" || took > 1500*time.Millisecond {
+		// About a second (logged below); 3 s is room for a loaded machine and
+		// still half of what waiting out the command timeouts takes (6 s).
+		t.Logf("%s answered %d after %s", name, r.Status, took.Round(time.Millisecond))
+		if r.Status != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" || took > 3*time.Second {
 			t.Errorf("%s with Redis hung: %d after %s (Retry-After %q) %s", name, r.Status, took.Round(time.Millisecond), r.Header.Get("Retry-After"), r.Raw)
 		}
 	}

@@ -54,7 +54,7 @@ func TestBreakerOpensFleetWideAndRecovers(t *testing.T) {
 	onEachBackend(t, func(t *testing.T, rd testkit.Backend) {
 		fake := llmfake.NewOpenAI(t)
 		fake.Always(llmfake.Step{Status: 500, Message: "upstream on fire"})
-		const openFor = 3 * time.Second
+		const openFor = 5 * time.Second // the jobs "while open" must fit in it on a loaded machine
 		apis, workers := fleet(t, rd, 1, 3, providerEnv(fake, map[string]string{
 			"CHATFLEET_BREAKER_FAILURES": "5", "CHATFLEET_BREAKER_OPEN_FOR": openFor.String(), "CHATFLEET_MAX_RETRIES": "0",
 		}))
@@ -78,11 +78,13 @@ func TestBreakerOpensFleetWideAndRecovers(t *testing.T) {
 		}
 		waitAll := func(want float64) {
 			t.Helper()
-			deadline := time.Now().Add(time.Second)
+			// An announcement takes milliseconds; 5 s is room for a loaded
+			// machine, and shorter than the open period that it must see.
+			deadline := time.Now().Add(5 * time.Second)
 			for _, w := range workers {
 				for state(w) != want {
 					if time.Now().After(deadline) {
-						t.Fatalf("%s reports breaker state %v, want %v within 1s", w.Name, state(w), want)
+						t.Fatalf("%s reports breaker state %v, want %v within 5s", w.Name, state(w), want)
 					}
 					time.Sleep(20 * time.Millisecond)
 				}
