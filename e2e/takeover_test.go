@@ -83,8 +83,14 @@ func TestKilledWorkersJobsGoOnWithinSeconds(t *testing.T) {
 	// All of them stream through the victim; then a second worker joins.
 	ids, streams := submitStreaming(ctx, t, c, "kill", n)
 	rescuer := testkit.StartProc(t, "worker-1", workerBin, fleetEnv(rd.URL(), extra))
+	lag := machineLag()
 	victim.Signal(syscall.SIGKILL)
 	killedAt := time.Now()
+	type went struct {
+		id      string
+		resumed time.Duration
+	}
+	var resumes []went
 	for i, id := range ids {
 		j, err := c.Wait(ctx, id)
 		if err != nil {
@@ -105,14 +111,23 @@ func TestKilledWorkersJobsGoOnWithinSeconds(t *testing.T) {
 		if j.Status != "succeeded" || j.Attempts != 2 || done != 1 {
 			t.Fatalf("job %s: status %s, attempts %d, done events %d", id, j.Status, j.Attempts, done)
 		}
-		if resumed < 0 || resumed > 5*time.Second {
-			t.Errorf("job %s went on %s after the kill, want within 5s", id, resumed)
+		if resumed < 0 {
+			t.Errorf("job %s: no retry event after the kill", id)
 		}
+		resumes = append(resumes, went{id, resumed})
 		if got := s.afterLastRetry(); got != j.Result.Content {
 			t.Errorf("job %s: followed after the retry %q, result %q", id, got, j.Result.Content)
 		}
-		t.Logf("job %s went on %s after the kill", id, resumed.Round(time.Millisecond))
 	}
+	// Within 5 s, plus however late the machine itself ran meanwhile.
+	noise := lag()
+	for _, r := range resumes {
+		t.Logf("job %s went on %s after the kill", r.id, r.resumed.Round(time.Millisecond))
+		if r.resumed > 5*time.Second+noise {
+			t.Errorf("job %s went on %s after the kill, want within 5s (+%s the machine ran late)", r.id, r.resumed, noise)
+		}
+	}
+	t.Logf("the machine ran up to %s late meanwhile", noise)
 	if v, _ := labelled(t, rescuer.URL(), "chatfleet_job_takeovers_total"); v != n {
 		t.Errorf("the surviving worker counted %v takeovers, want %d", v, n)
 	}
@@ -193,13 +208,15 @@ func TestLostHeadRecordDoesNotBlockItsSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
+	lag := machineLag()
 	testkit.StartProc(t, "worker", workerBin, fleetEnv(rd.URL(), nil))
 	j, err := c.Wait(ctx, second.JobID)
 	if err != nil || j.Status != "succeeded" || j.Result.Content != "echo: second" {
 		t.Fatalf("second job: %+v %v", j, err)
 	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Errorf("the second job ran %s after the worker started, want within 5s", took)
+	// Within 5 s, plus however late the machine itself ran meanwhile.
+	if took, noise := time.Since(start), lag(); took > 5*time.Second+noise {
+		t.Errorf("the second job ran %s after the worker started, want within 5s (+%s the machine ran late)", took, noise)
 	}
 	if r := do(t, http.MethodGet, apis[0].URL()+"/api/v1/chat/jobs/"+first.JobID, nil, nil); r.Status != http.StatusNotFound {
 		t.Errorf("the lost job: %d %s", r.Status, r.Raw)
@@ -251,6 +268,7 @@ func TestTimeoutsFitLongGenerations(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		start := time.Now()
+		lag := machineLag()
 		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: "slow", Message: "one two three four five six seven eight"})
 		if err != nil {
 			t.Fatal(err)
@@ -259,7 +277,8 @@ func TestTimeoutsFitLongGenerations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return j, time.Since(start), fake
+		// The time less however late the machine itself ran meanwhile.
+		return j, time.Since(start) - lag(), fake
 	}
 	t.Run("a steady long generation", func(t *testing.T) {
 		// 10 words 450 ms apart: about 4 s in all, never 1 s without a token.
@@ -273,8 +292,8 @@ func TestTimeoutsFitLongGenerations(t *testing.T) {
 		if j.Status != "failed" || j.Error == nil || j.Error.Code != "timeout" || fake.Calls() != 1 {
 			t.Fatalf("job %+v %+v, %d upstream calls", j, j.Error, fake.Calls())
 		}
-		if took > 2500*time.Millisecond {
-			t.Errorf("the timeout took %s, want about 1s", took)
+		if took > 2500*time.Millisecond { // the 3 s answer would come later
+			t.Errorf("the timeout took %s (less the machine's lateness), want about 1s", took)
 		}
 		t.Logf("failed with %q after %s", j.Error.Message, took.Round(time.Millisecond))
 	})
