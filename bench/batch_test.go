@@ -80,13 +80,13 @@ func (e env) batchRun(lines int) batchFigures {
 	f := llmfake.NewOpenAI(e.b)
 	f.SetQuota(batchPerSecond, batchAtOnce)
 	f.Always(llmfake.Step{FirstByteDelay: batchCallTime})
-	models := fmt.Sprintf("models:\n  - name: alpha\n    deployments:\n      - {id: one, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}\n",
+	models := fmt.Sprintf("models:\n  - name: alpha\n    deployments:\n      - {id: one, provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY, rpm: %d, concurrency: %d}\n",
 		f.URL(), batchPerSecond*60, batchAtOnce)
 	path := filepath.Join(e.b.TempDir(), "models.yaml")
 	if err := os.WriteFile(path, []byte(models), 0o600); err != nil {
 		e.b.Fatal(err)
 	}
-	api, workers, stopFleet := e.quotaFleet(rd, map[string]string{"CHATFLEET_MODELS_FILE": path, "CHATFLEET_API_KEYS": "bench:" + batchKey})
+	api, workers, stopFleet := e.quotaFleet(rd, map[string]string{"CHATFLEET_MODELS_FILE": path, "UPSTREAM_KEY": llmfake.Key, "CHATFLEET_API_KEYS": "bench:" + batchKey})
 	defer stopFleet()
 	var input bytes.Buffer
 	for i := range lines {

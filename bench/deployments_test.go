@@ -56,13 +56,13 @@ func (e env) quotaBurst(jobs int, deps []quotaDeployment) quotaFigures {
 		f.SetQuota(d.perSecond, d.atOnce)
 		f.Always(llmfake.Step{FirstByteDelay: callTime})
 		fakes = append(fakes, f)
-		fmt.Fprintf(&file, "      - {id: %s, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}\n", d.id, f.URL(), d.perSecond*60, d.atOnce)
+		fmt.Fprintf(&file, "      - {id: %s, provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY, rpm: %d, concurrency: %d}\n", d.id, f.URL(), d.perSecond*60, d.atOnce)
 	}
 	path := filepath.Join(e.b.TempDir(), "models.yaml")
 	if err := os.WriteFile(path, []byte(file.String()), 0o600); err != nil {
 		e.b.Fatal(err)
 	}
-	api, workers, stop := e.quotaFleet(rd, map[string]string{"CHATFLEET_MODELS_FILE": path})
+	api, workers, stop := e.quotaFleet(rd, map[string]string{"CHATFLEET_MODELS_FILE": path, "UPSTREAM_KEY": llmfake.Key})
 	defer stop()
 	count := func(outcome string) float64 {
 		n := 0.0

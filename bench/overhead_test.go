@@ -21,6 +21,18 @@ const (
 	streamedBody = `{"model":"fake-model","stream":true,"messages":[{"role":"user","content":"hi there"}]}`
 )
 
+// post sends body to url with the fake upstream's key, which the fleet's API
+// (no keys configured) ignores, so both paths get the same request.
+func post(client *http.Client, url, body string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+llmfake.Key)
+	return client.Do(req)
+}
+
 // firstTokens sends n streamed requests one after another and returns the
 // time from each request to the first chunk with text.
 func firstTokens(e env, url string, n int) []time.Duration {
@@ -29,7 +41,7 @@ func firstTokens(e env, url string, n int) []time.Duration {
 	out := make([]time.Duration, 0, n)
 	for range n {
 		start := time.Now()
-		res, err := client.Post(url, "application/json", strings.NewReader(streamedBody))
+		res, err := post(client, url, streamedBody)
 		if err != nil {
 			e.b.Error(err)
 			return out
@@ -65,7 +77,7 @@ func latencies(e env, url string, conns, n int) []time.Duration {
 		wg.Go(func() {
 			for range n / conns {
 				start := time.Now()
-				res, err := client.Post(url, "application/json", strings.NewReader(overheadBody))
+				res, err := post(client, url, overheadBody)
 				if err != nil {
 					e.b.Error(err)
 					return
@@ -128,7 +140,7 @@ func (e env) idleOverhead() []result {
 		fake := llmfake.NewOpenAI(e.b)
 		rd := testkit.StartRedis(e.b)
 		env := map[string]string{"CHATFLEET_LLM_PROVIDER": "openai", "CHATFLEET_LLM_BASE_URL": fake.URL(),
-			"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": "bench-key"}
+			"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": llmfake.Key}
 		w := e.start("worker", e.workerBin, rd, env)
 		a := e.start("api", e.apiBin, rd, env)
 		latencies(e, a.URL()+"/v1/chat/completions", 1, 20) // warm both paths up

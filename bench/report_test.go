@@ -549,7 +549,7 @@ func (e env) limiterCommands() result {
 	} {
 		rd := testkit.StartRedis(e.b)
 		env := map[string]string{"CHATFLEET_LLM_PROVIDER": "openai", "CHATFLEET_LLM_BASE_URL": fake.URL(),
-			"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": "k"}
+			"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": llmfake.Key}
 		for k, v := range mode.env {
 			env[k] = v
 		}

@@ -182,7 +182,7 @@ func twoDeploymentBurst(t *testing.T, jobs int) burstResult {
 	big, small := quotaFake(t, quotaPerSecond, quotaAtOnce), quotaFake(t, quotaPerSecond/2, quotaAtOnce/2)
 	path := alphaModelsFile(t, map[string]*llmfake.Fake{"big": big, "small": small},
 		map[string][2]int{"big": {quotaPerSecond * 60, quotaAtOnce}, "small": {quotaPerSecond * 30, quotaAtOnce / 2}})
-	r := burst(t, jobs, map[string]string{"CHATFLEET_MODELS_FILE": path}, map[string]*llmfake.Fake{"big": big, "small": small})
+	r := burst(t, jobs, map[string]string{"CHATFLEET_MODELS_FILE": path, "UPSTREAM_KEY": llmfake.Key}, map[string]*llmfake.Fake{"big": big, "small": small})
 	bigServed, bigRejected, bigFly := big.QuotaStats()
 	smallServed, smallRejected, smallFly := small.QuotaStats()
 	r.served, r.rejected, r.maxFly = bigServed+smallServed, bigRejected+smallRejected, max(bigFly, smallFly)
@@ -221,7 +221,7 @@ func alphaModelsFile(t *testing.T, fakes map[string]*llmfake.Fake, limits map[st
 	sort.Strings(ids)
 	file := "models:\n  - name: alpha\n    deployments:\n"
 	for _, id := range ids {
-		file += fmt.Sprintf("      - {id: %s, provider: openai, model: m, base_url: %q, rpm: %d, concurrency: %d}\n", id, fakes[id].URL(), limits[id][0], limits[id][1])
+		file += fmt.Sprintf("      - {id: %s, provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY, rpm: %d, concurrency: %d}\n", id, fakes[id].URL(), limits[id][0], limits[id][1])
 	}
 	path := filepath.Join(t.TempDir(), "models.yaml")
 	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {

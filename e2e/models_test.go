@@ -63,6 +63,11 @@ func TestModelsFileRoutesAcrossDeployments(t *testing.T) {
 	snapshot := llmfake.Step{AnswerAs: "gpt-4o-2024-08-06"}
 	east.Always(snapshot)
 	west.Always(snapshot)
+	// Each deployment takes only the key its api_key_env names; beta names
+	// none, as a local server does, and must get none.
+	east.ExpectKey("key-east")
+	west.ExpectKey("key-west")
+	beta.ExpectKey("")
 	path := filepath.Join(t.TempDir(), "models.yaml")
 	if err := os.WriteFile(path, []byte(modelsFile(east, west, beta, "")), 0o600); err != nil {
 		t.Fatal(err)
@@ -178,6 +183,12 @@ func TestModelsFileRoutesAcrossDeployments(t *testing.T) {
 		}
 	}
 
+	for i, k := range beta.Keys() {
+		if k != "" {
+			t.Fatalf("beta's call %d carried a key (%d chars) though its deployment names none", i+1, len(k))
+		}
+	}
+
 	// An unknown name: 404 model_not_found, and no job.
 	jobsBefore := len(rd.Client().Keys(ctx, "*job:*").Val())
 	callsBefore := east.Calls() + west.Calls() + beta.Calls()
@@ -260,13 +271,13 @@ func TestA429DeploymentLosesTrafficToTheOther(t *testing.T) {
 	file := fmt.Sprintf(`models:
   - name: alpha
     deployments:
-      - {id: limited, provider: openai, model: m, base_url: %q, weight: 9}
-      - {id: other, provider: openai, model: m, base_url: %q, weight: 1}
+      - {id: limited, provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY, weight: 9}
+      - {id: other, provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY, weight: 1}
 `, limited.URL(), other.URL())
 	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_MODELS_FILE": path, "CHATFLEET_API_KEYS": keysEnv()})
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_MODELS_FILE": path, "UPSTREAM_KEY": llmfake.Key, "CHATFLEET_API_KEYS": keysEnv()})
 	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey(keyAcme), option.WithMaxRetries(0))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

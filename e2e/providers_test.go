@@ -38,7 +38,7 @@ func labelled(t *testing.T, base, series string) (float64, bool) {
 func providerEnv(fake *llmfake.Fake, extra map[string]string) map[string]string {
 	env := map[string]string{
 		"CHATFLEET_LLM_PROVIDER": "openai", "CHATFLEET_LLM_BASE_URL": fake.URL(),
-		"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": "test-key",
+		"CHATFLEET_LLM_MODEL": "fake-model", "CHATFLEET_LLM_API_KEY": llmfake.Key,
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -197,12 +197,15 @@ func upstream400FailsAtOnce(t *testing.T, tools []client.Tool) {
 	}
 }
 
-// The primary failing, the fallback answers; the job names the provider that did.
+// The primary failing, the fallback answers with the key that its entry's
+// #FALLBACK_KEY names (the fake refuses any other); the job names the
+// provider that did.
 func TestFallbackAnswersWhenThePrimaryFails(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	primary := llmfake.NewOpenAI(t)
 	primary.Always(llmfake.Step{Status: 503})
 	fallback := llmfake.NewAnthropic(t)
+	fallback.ExpectKey("anthropic-test-key")
 	apis, _ := fleet(t, rd, 1, 1, providerEnv(primary, map[string]string{
 		"CHATFLEET_LLM_FALLBACKS": "anthropic:fake-claude@" + fallback.URL() + "#FALLBACK_KEY",
 		"FALLBACK_KEY":            "anthropic-test-key",
@@ -217,11 +220,65 @@ func TestFallbackAnswersWhenThePrimaryFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	if j.Status != "succeeded" || j.Result.Provider != "anthropic" || j.Result.Content != llmfake.Reply("anyone there") || j.Result.Degraded {
-		t.Fatalf("job %+v %+v", j, j.Result)
+		t.Fatalf("job %s: result %+v, error %+v", j.Status, j.Result, j.Error)
 	}
 	if primary.Calls() != 1 || fallback.Calls() != 1 {
 		t.Fatalf("calls: primary %d, fallback %d", primary.Calls(), fallback.Calls())
 	}
+	if keys := fallback.Keys(); len(keys) != 1 || keys[0] != "anthropic-test-key" {
+		t.Fatalf("the fallback got keys %q, want FALLBACK_KEY's", keys)
+	}
+}
+
+// A wrong key is the operator's fault, not the moment's: the upstream's 401
+// fails the job at once with provider_rejected naming the status, after one
+// call, with no retry and no fallback, and does not count for the breaker.
+// The upstream's message (it quotes part of the key) reaches the worker's
+// log, never the tenant.
+func TestWrongProviderKeyFailsTheJobAtOnce(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	primary := llmfake.NewOpenAI(t)
+	primary.ExpectKey("sk-the-key-the-upstream-knows")
+	primary.ExpectRefusals()
+	fallback := llmfake.NewAnthropic(t)
+	apis, workers := fleet(t, rd, 1, 1, providerEnv(primary, map[string]string{
+		"CHATFLEET_LLM_FALLBACKS": "anthropic:fake-claude@" + fallback.URL() + "#FALLBACK_KEY",
+		"FALLBACK_KEY":            llmfake.Key,
+		"CHATFLEET_MAX_RETRIES":   "3",
+		// One counted failure would open the breaker and keep the second
+		// job from the upstream.
+		"CHATFLEET_BREAKER_FAILURES": "1", "CHATFLEET_BREAKER_OPEN_FOR": "5m",
+	}))
+	c := client.New(apis[0].URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 1; i <= 2; i++ {
+		sub, err := c.Submit(ctx, client.SubmitRequest{SessionID: fmt.Sprintf("wrong-key-%d", i), Message: "hello"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := c.Wait(ctx, sub.JobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.Status != "failed" || j.Error == nil || j.Error.Code != "provider_rejected" || !strings.Contains(j.Error.Message, "HTTP 401") || j.Attempts != 1 {
+			t.Fatalf("job %d: %s after %d attempts, error %+v, result %+v; want failed, provider_rejected (HTTP 401), 1 attempt", i, j.Status, j.Attempts, j.Error, j.Result)
+		}
+		if strings.Contains(j.Error.Message, "API key") || strings.Contains(j.Error.Message, "sk-") {
+			t.Fatalf("job %d: the tenant sees the upstream's message: %q", i, j.Error.Message)
+		}
+		if primary.Calls() != i || fallback.Calls() != 0 {
+			t.Fatalf("after job %d: primary %d calls, fallback %d; want %d and 0", i, primary.Calls(), fallback.Calls(), i)
+		}
+	}
+	refused := primary.Refusals()
+	if len(refused) != 2 || !strings.Contains(refused[0], "401 POST /v1/chat/completions: Incorrect API key") {
+		t.Fatalf("the upstream refused %q; want both calls for their key", refused)
+	}
+	if keys := primary.Keys(); keys[0] != llmfake.Key {
+		t.Fatalf("the primary got key %q, want CHATFLEET_LLM_API_KEY's", keys[0])
+	}
+	waitForLog(t, workers[0], "Incorrect API key", 5*time.Second)
 }
 
 // Tenants never see an upstream's address, transport error or raw body: the

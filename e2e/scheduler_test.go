@@ -237,16 +237,16 @@ func TestSchedulerModelAtQuotaHoldsNoSlots(t *testing.T) {
 	file := fmt.Sprintf(`models:
   - name: capped
     deployments:
-      - {provider: openai, model: m, base_url: %q, rpm: 60}
+      - {provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY, rpm: 60}
   - name: free
     deployments:
-      - {provider: openai, model: m, base_url: %q}
+      - {provider: openai, model: m, base_url: %q, api_key_env: UPSTREAM_KEY}
 `, capped.URL(), free.URL())
 	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	apis, _ := fleet(t, testkit.StartRedis(t), 1, 1, map[string]string{
-		"CHATFLEET_MODELS_FILE": path, "CHATFLEET_WORKER_CONCURRENCY": fmt.Sprint(schedSlots),
+		"CHATFLEET_MODELS_FILE": path, "UPSTREAM_KEY": llmfake.Key, "CHATFLEET_WORKER_CONCURRENCY": fmt.Sprint(schedSlots),
 	})
 	c := client.New(apis[0].URL())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -323,7 +323,7 @@ func TestAgentLoopAgainstAnthropic(t *testing.T) {
 	rd := testkit.StartRedis(t)
 	fake := llmfake.NewAnthropic(t)
 	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_LLM_PROVIDER": "anthropic", "CHATFLEET_LLM_BASE_URL": fake.URL(),
-		"CHATFLEET_LLM_MODEL": "fake-claude", "CHATFLEET_LLM_API_KEY": "test-key"})
+		"CHATFLEET_LLM_MODEL": "fake-claude", "CHATFLEET_LLM_API_KEY": llmfake.Key})
 	oa := openai.NewClient(option.WithBaseURL(apis[0].URL()+"/v1"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -24,8 +24,8 @@ type providerUnderTest struct {
 func providers(t *testing.T) []providerUnderTest {
 	oa, an := llmfake.NewOpenAI(t), llmfake.NewAnthropic(t)
 	return []providerUnderTest{
-		{"openai", NewOpenAI("openai", oa.URL(), "test-key", "fake-model", nil), oa, llmfake.Reply},
-		{"anthropic", NewAnthropic("anthropic", an.URL(), "test-key", "fake-claude", nil), an, llmfake.Reply},
+		{"openai", NewOpenAI("openai", oa.URL(), llmfake.Key, "fake-model", nil), oa, llmfake.Reply},
+		{"anthropic", NewAnthropic("anthropic", an.URL(), llmfake.Key, "fake-claude", nil), an, llmfake.Reply},
 		{"sim", NewSim(SimConfig{}), nil, func(m string) string { return SimReply(m, 0) }},
 	}
 }
@@ -57,6 +57,44 @@ func TestConformance(t *testing.T) {
 			_, err = tc.p.Stream(context.Background(), Request{Messages: []Message{{Role: "user", Content: "a b c d"}}}, func(Delta) error { return stop })
 			if !errors.Is(err, stop) {
 				t.Fatalf("an error from onDelta must abort the call and come back: %v", err)
+			}
+		})
+	}
+}
+
+// Each HTTP provider sends its key where its upstream reads it: the fake
+// answers the right key and refuses another or none with the upstream's
+// own 401, which the provider classifies as final (no retry, not a request
+// fault whose message the caller may see).
+func TestConformanceKeyReachesTheUpstream(t *testing.T) {
+	oa, an := llmfake.NewOpenAI(t), llmfake.NewAnthropic(t)
+	const right = "sk-right-0123456789"
+	for _, tc := range []struct {
+		name string
+		fake *llmfake.Fake
+		with func(key string) Provider
+	}{
+		{"openai", oa, func(k string) Provider { return NewOpenAI("openai", oa.URL(), k, "fake-model", nil) }},
+		{"anthropic", an, func(k string) Provider { return NewAnthropic("anthropic", an.URL(), k, "fake-claude", nil) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.fake.ExpectKey(right)
+			tc.fake.ExpectRefusals()
+			if _, _, err := collect(context.Background(), tc.with(right), "hi"); err != nil {
+				t.Fatalf("with the right key: %v", err)
+			}
+			for _, key := range []string{"sk-wrong-0123456789", ""} {
+				_, _, err := collect(context.Background(), tc.with(key), "hi")
+				var pe *Error
+				if !errors.As(err, &pe) || pe.Status != 401 || pe.Retryable || pe.RequestFault != "" {
+					t.Fatalf("key %q: %#v, want a final 401", key, err)
+				}
+			}
+			if got := tc.fake.Keys(); !slices.Equal(got, []string{right, "sk-wrong-0123456789", ""}) {
+				t.Fatalf("the upstream saw keys %q", got)
+			}
+			if n := len(tc.fake.Refusals()); n != 2 {
+				t.Fatalf("%d refusals, want 2: %q", n, tc.fake.Refusals())
 			}
 		})
 	}
@@ -213,7 +251,7 @@ func TestConformanceToolLoop(t *testing.T) {
 // the provider hands on two calls with their own ids, names and arguments.
 func TestOpenAIRepairsToolCallQuirks(t *testing.T) {
 	fake := llmfake.NewOpenAI(t)
-	p := NewOpenAI("openai", fake.URL(), "k", "fake-model", nil)
+	p := NewOpenAI("openai", fake.URL(), llmfake.Key, "fake-model", nil)
 	tools := []Tool{{Type: "function", Function: tasks.FunctionDef{Name: "alpha"}}, {Type: "function", Function: tasks.FunctionDef{Name: "beta"}}}
 	for _, quirk := range []string{"", llmfake.QuirkIndexZero, llmfake.QuirkNoIndex, llmfake.QuirkFinishEvery, llmfake.QuirkNoFinish} {
 		t.Run("quirk "+quirk, func(t *testing.T) {

@@ -2,8 +2,11 @@
 // wire formats (OpenAI Chat Completions, Anthropic Messages), scripted per
 // call: replies, errors with status and Retry-After, slow first bytes, streams
 // cut mid-reply, malformed chunks, missing usage; and a quota mode that
-// answers 429 beyond a rate and a number of calls in flight. Tests point real providers
-// and real worker processes at them over loopback.
+// answers 429 beyond a rate and a number of calls in flight. Like the real
+// upstreams they serve one method and path and refuse a call without the
+// expected key, so a provider that loses its key or its way fails here as it
+// would in production. Tests point real providers and real worker processes
+// at them over loopback.
 package llmfake
 
 import (
@@ -13,6 +16,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +54,9 @@ const (
 	QuirkNoFinish    = "no_finish"    // finish_reason "stop" after tool calls, never "tool_calls"
 )
 
+// Key is the API key a fake expects unless ExpectKey says otherwise.
+const Key = "test-key"
+
 // Fake is a running fake server.
 type Fake struct {
 	srv    *httptest.Server
@@ -62,6 +69,14 @@ type Fake struct {
 	bodies []map[string]any
 	traces []string // each call's traceparent header ("" when none)
 	usage  []Usage  // what each call that ran to its end reported
+	// key is the API key calls must carry; "" takes any call, as a local
+	// server started without a key does.
+	key  string
+	keys []string // the key each call carried ("" when none)
+	// refusals describe the calls refused for their method, path, key or
+	// headers; refusalsExpected keeps Cleanup from reporting them.
+	refusals         []string
+	refusalsExpected bool
 	// aborted counts calls whose client went away mid-reply.
 	aborted atomic.Int64
 	// inflight counts the calls being answered now.
@@ -138,10 +153,58 @@ func NewOpenAI(t testing.TB) *Fake { return start(t, "openai") }
 func NewAnthropic(t testing.TB) *Fake { return start(t, "anthropic") }
 
 func start(t testing.TB, kind string) *Fake {
-	f := &Fake{kind: kind, plan: func(int) Step { return Step{} }}
+	f := &Fake{kind: kind, key: Key, plan: func(int) Step { return Step{} }}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
-	t.Cleanup(f.srv.Close)
+	t.Cleanup(func() {
+		f.srv.Close()
+		// A refused call may hide behind a fallback or a degraded reply: a
+		// test that did not mean to send one is told why it was refused.
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.refusals) > 0 && !f.refusalsExpected {
+			var why []string // the distinct reasons, a few of them
+			for _, r := range f.refusals {
+				if len(why) < 3 && !slices.Contains(why, r) {
+					why = append(why, r)
+				}
+			}
+			t.Errorf("llmfake %s at %s refused %d calls: %s", f.kind, f.srv.URL, len(f.refusals), strings.Join(why, "; "))
+		}
+	})
 	return f
+}
+
+// ExpectKey sets the API key calls must carry (default Key): OpenAI's in
+// `Authorization: Bearer <key>`, Anthropic's in `x-api-key` (or as a bearer
+// token, which its SDK sends). "" makes the fake a server without a key,
+// as a local vLLM or Ollama is: it takes any call, and Keys shows what came.
+func (f *Fake) ExpectKey(k string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.key = k
+}
+
+// ExpectRefusals tells the fake that the test sends calls it must refuse,
+// so that they are not reported as a failure when the test ends.
+func (f *Fake) ExpectRefusals() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refusalsExpected = true
+}
+
+// Keys returns the API key each call carried, in order ("" for a call without one).
+func (f *Fake) Keys() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.keys...)
+}
+
+// Refusals describes each call refused before it was served (wrong method,
+// path or key, a missing header), in order: "401 POST /v1/messages: invalid x-api-key".
+func (f *Fake) Refusals() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.refusals...)
 }
 
 // URL is the base URL to configure a provider with.
@@ -152,14 +215,15 @@ func (f *Fake) URL() string {
 	return f.srv.URL
 }
 
-// Calls is how many requests reached the server.
+// Calls is how many requests reached the server, refused ones included.
 func (f *Fake) Calls() int { return int(f.calls.Load()) }
 
 // InFlight is how many calls the server is answering now, from the request's
 // arrival to the end of its answer.
 func (f *Fake) InFlight() int { return int(f.inflight.Load()) }
 
-// SetPlan decides each call's behaviour by its number (1-based).
+// SetPlan decides each call's behaviour by its number (1-based; a refused
+// call takes a number but is not planned).
 func (f *Fake) SetPlan(plan func(call int) Step) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -174,8 +238,16 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	defer f.inflight.Add(-1)
 	n := int(f.calls.Add(1))
 	f.mu.Lock()
-	step, q := f.plan(n), f.quota
 	f.traces = append(f.traces, r.Header.Get("traceparent"))
+	f.keys = append(f.keys, f.sentKey(r.Header))
+	f.mu.Unlock()
+	// Upstreams route and authenticate before they count a call against
+	// the quota or look at its body.
+	if f.refuse(w, r) {
+		return
+	}
+	f.mu.Lock()
+	step, q := f.plan(n), f.quota
 	f.mu.Unlock()
 	if q != nil {
 		if !q.admit() {
@@ -265,6 +337,87 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	} else {
 		f.streamAnthropic(w, fl, r, step, model, words, calls, promptWords, bill)
 	}
+}
+
+// sentKey is the API key a call carries where its kind of upstream reads it.
+func (f *Fake) sentKey(h http.Header) string {
+	// "Bearer" alone is no key; any other scheme is kept whole, a wrong key.
+	auth := strings.TrimSpace(h.Get("Authorization"))
+	bearer := auth
+	if auth == "Bearer" || strings.HasPrefix(auth, "Bearer ") {
+		bearer = strings.TrimSpace(auth[len("Bearer"):])
+	}
+	if f.kind == "anthropic" {
+		// The Messages API's own header; its Go SDK sends the key as a bearer token.
+		return cmp.Or(h.Get("X-Api-Key"), bearer)
+	}
+	return bearer
+}
+
+// refuse answers a call that the real upstream would not serve, in its
+// status and error body, and reports whether it did: any path but the
+// endpoint's (404), any method but POST (405), no key or a wrong one (401),
+// and for Anthropic no anthropic-version header (400).
+func (f *Fake) refuse(w http.ResponseWriter, r *http.Request) bool {
+	f.mu.Lock()
+	want := f.key
+	f.mu.Unlock()
+	got := f.sentKey(r.Header)
+	status, errType, code, msg := 0, "invalid_request_error", "", ""
+	if f.kind == "openai" {
+		switch {
+		case r.URL.Path != "/v1/chat/completions":
+			status, msg = http.StatusNotFound, fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path)
+		case r.Method != http.MethodPost:
+			status, msg = http.StatusMethodNotAllowed, fmt.Sprintf("Method Not Allowed (%s %s)", r.Method, r.URL.Path)
+		case want != "" && got == "":
+			status, msg = http.StatusUnauthorized, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+		case want != "" && got != want:
+			status, code, msg = http.StatusUnauthorized, "invalid_api_key", "Incorrect API key provided: "+redact(got)+". You can find your API key at https://platform.openai.com/account/api-keys."
+		}
+	} else {
+		switch {
+		case r.URL.Path != "/v1/messages":
+			status, errType, msg = http.StatusNotFound, "not_found_error", "Not Found"
+		case r.Method != http.MethodPost:
+			status, msg = http.StatusMethodNotAllowed, "Method Not Allowed"
+		case want != "" && got == "":
+			status, errType, msg = http.StatusUnauthorized, "authentication_error", "x-api-key header is required"
+		case want != "" && got != want:
+			status, errType, msg = http.StatusUnauthorized, "authentication_error", "invalid x-api-key"
+		case r.Header.Get("Anthropic-Version") == "":
+			status, msg = http.StatusBadRequest, "anthropic-version: header is required"
+		}
+	}
+	if status == 0 {
+		return false
+	}
+	f.mu.Lock()
+	f.refusals = append(f.refusals, fmt.Sprintf("%d %s %s: %s", status, r.Method, r.URL.Path, msg))
+	f.mu.Unlock()
+	if status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", http.MethodPost)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if f.kind == "openai" {
+		var c any
+		if code != "" {
+			c = code
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"message": msg, "type": errType, "param": nil, "code": c}})
+	} else {
+		_ = json.NewEncoder(w).Encode(map[string]any{"type": "error", "error": map[string]any{"type": errType, "message": msg}})
+	}
+	return true
+}
+
+// redact shows a wrong key as OpenAI does: its first and last characters only.
+func redact(k string) string {
+	if len(k) <= 8 {
+		return strings.Repeat("*", len(k))
+	}
+	return k[:3] + strings.Repeat("*", len(k)-7) + k[len(k)-4:]
 }
 
 // toolCall is a call the fake makes.
