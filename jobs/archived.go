@@ -58,6 +58,11 @@ func (m *Manager) Rerun(ctx context.Context, id string) error {
 		return fmt.Errorf("job %s: %w", id, err)
 	}
 	info, err := m.insp.GetTaskInfo(j.Queue, j.Task)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		// No task: still in the scheduler, run directly by a worker, or
+		// ended and its task gone. An archived job always has its task.
+		return fmt.Errorf("job %s (%s): no task: %w", id, j.Status, ErrNotArchived)
+	}
 	if err != nil {
 		return fmt.Errorf("job %s: task: %w", id, err)
 	}
