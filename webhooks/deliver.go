@@ -268,14 +268,15 @@ const maxDelay = time.Hour
 // RetryDelay is the deliveries' asynq RetryDelayFunc (n: the retries so far):
 // exponential from RetryBase with jitter (±20 %), capped at an hour; a
 // receiver's longer Retry-After wins, within the retry period. asynq keeps a
-// retry's time in whole seconds: a delay ends up to a second early.
+// retry's time in whole seconds: a delay ends up to a second early, so a
+// Retry-After is waited a second longer, never less than the receiver asked.
 func (d *Deliverer) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	delay := d.opt.RetryBase << min(max(n, 0), 20)
 	delay = min(delay, maxDelay)
 	delay = time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64()))
 	var ra *retryAfterError
-	if errors.As(err, &ra) && ra.after > delay {
-		delay = min(ra.after, d.opt.RetryFor)
+	if errors.As(err, &ra) && ra.after > 0 && ra.after+time.Second > delay {
+		delay = min(ra.after+time.Second, d.opt.RetryFor)
 	}
 	return delay
 }

@@ -62,8 +62,14 @@ func TestRetryDelaysGrowAndHonourRetryAfter(t *testing.T) {
 		t.Errorf("delay after 40 retries %s, capped at %s", got, maxDelay)
 	}
 	ra := &retryAfterError{err: errors.New("answered 429"), after: 90 * time.Second}
-	if got := d.RetryDelay(0, ra, nil); got != 90*time.Second {
-		t.Errorf("a Retry-After of 90s gave a delay of %s", got)
+	// A second more: asynq schedules to the second, up to a second early.
+	if got := d.RetryDelay(0, ra, nil); got != 91*time.Second {
+		t.Errorf("a Retry-After of 90s gave a delay of %s, want 91s", got)
+	}
+	// Longer than a backoff of about 4 s, less than it plus asynq's second.
+	ra.after = 4 * time.Second
+	if got := d.RetryDelay(2, ra, nil); got < 5*time.Second {
+		t.Errorf("a Retry-After of 4s over a backoff of 4s ±20 %% gave a delay of %s", got)
 	}
 }
 
