@@ -253,9 +253,10 @@ func TestWebhookRedirectIsNotFollowed(t *testing.T) {
 	api, _ := hookFleet(t, newSecret(t), map[string]string{"CHATFLEET_WEBHOOK_RETRY_BASE": "500ms"}, found.url(), temporary.url())
 	c := client.New(api)
 	j := submitHooked(t, c, "redirected")
-	// Two attempts each: the 3xx was taken as a failure and retried.
+	// Two attempts each: the 3xx was taken as a failure and retried (a
+	// delivery that ended instead fails the checks below).
 	ds := awaitHooks(t, c, j.JobID, 30*time.Second, "two attempts at each receiver", func(ds []client.WebhookDelivery) bool {
-		return len(ds) == 2 && ds[0].Attempts >= 2 && ds[1].Attempts >= 2
+		return len(ds) == 2 && (ds[0].Attempts >= 2 && ds[1].Attempts >= 2 || ds[0].State == "delivered" || ds[1].State == "delivered")
 	})
 	want := map[string]int{found.url(): http.StatusFound, temporary.url(): http.StatusTemporaryRedirect}
 	for _, d := range ds {
