@@ -24,7 +24,6 @@ func TestAdminRerun(t *testing.T) {
 	release := make(chan struct{})
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
-	t.Cleanup(free) // a failed test does not leave the fake's handler waiting
 	fake.SetPlan(func(call int) llmfake.Step {
 		switch call {
 		case 1: // the job that fails: a 400 is not retried
@@ -40,6 +39,9 @@ func TestAdminRerun(t *testing.T) {
 		"CHATFLEET_WEBHOOKS_FILE":         webhooksFile(t, map[string]any{"tenant": "default", "url": rcv.url(), "secret": newSecret(t)}),
 		"CHATFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
 	}))
+	// Runs before the processes stop: a failed test leaves no upstream call
+	// held for the worker's shutdown to wait on.
+	t.Cleanup(free)
 	api := apis[0].URL()
 	c := client.New(api)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
