@@ -419,6 +419,7 @@ func TestWebhookRedeliveryOfAGaveUpDelivery(t *testing.T) {
 	if again.StatusCode != http.StatusInternalServerError || again.EventID != d.EventID {
 		t.Fatalf("after a failed re-delivery: %+v", again)
 	}
+	t.Logf("attempts on the record: %d when given up, %d after the failed re-delivery", d.Attempts, again.Attempts)
 	time.Sleep(1500 * time.Millisecond) // past the retry delay: no retry follows
 	if n := len(rcv.got()) - before; n != 1 {
 		t.Fatalf("a failing re-delivery made %d attempts, want one", n)
