@@ -120,8 +120,8 @@ func TestUSDMonthlyBudgetRefusesOnceSpent(t *testing.T) {
 	}
 }
 
-// A tenant past its budget is refused on the Responses API as on the jobs
-// API: 429 in OpenAI's error shape (type and code insufficient_quota), for a
+// A tenant whose budget was spent on the jobs API is refused on the
+// Responses API too: 429 in OpenAI's error shape (type and code insufficient_quota), for a
 // plain, a background and a streamed create, and nothing is queued for it:
 // no job record, no hand-out, no upstream call. Another tenant goes on.
 func TestBudgetRefusesResponses(t *testing.T) {
@@ -135,24 +135,29 @@ func TestBudgetRefusesResponses(t *testing.T) {
 	defer cancel()
 	auth := map[string]string{"Authorization": "Bearer " + keyAcme}
 
-	// Spent through the Responses API itself: one answer passes 10 tokens.
-	first := do(t, http.MethodPost, base+"/v1/responses", map[string]any{"model": "fake-model", "input": "six words to spend the budget"}, auth)
-	if first.Status != http.StatusOK || first.Body["status"] != "completed" {
-		t.Fatalf("the first response, under the budget: %d %s", first.Status, first.Raw)
+	// Spent on the jobs API: one answer passes 10 tokens.
+	acme := client.New(base, client.WithAPIKey(keyAcme))
+	sub, err := acme.Submit(ctx, client.SubmitRequest{SessionID: "spend", Message: "six words to spend the budget"})
+	if err != nil {
+		t.Fatalf("the first submit, under the budget: %v", err)
 	}
-	usage, _ := first.Body["usage"].(map[string]any)
-	if usage == nil || usage["total_tokens"].(float64) < 10 {
-		t.Fatalf("the first response used %v tokens, not the whole budget of 10: the test proves nothing", usage)
+	j, err := acme.Wait(ctx, sub.JobID)
+	if err != nil || j.Status != "succeeded" || j.Usage == nil {
+		t.Fatalf("first job: %+v %v", j, err)
+	}
+	spent := float64(j.Usage.PromptTokens + j.Usage.CompletionTokens)
+	if spent < 10 {
+		t.Fatalf("the first job used %v tokens, not the whole budget of 10: the test proves nothing", spent)
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		u := do(t, http.MethodGet, base+"/api/v1/usage", nil, auth)
 		b, _ := u.Body["budget"].(map[string]any)
-		if u.Status == http.StatusOK && b != nil && b["reserved"] == float64(0) && b["spent"] == usage["total_tokens"] {
+		if u.Status == http.StatusOK && b != nil && b["reserved"] == float64(0) && b["spent"] == spent {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("usage %d %s: want the response's %v tokens spent and nothing reserved", u.Status, u.Raw, usage["total_tokens"])
+			t.Fatalf("usage %d %s: want the job's %v tokens spent and nothing reserved", u.Status, u.Raw, spent)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -172,7 +177,7 @@ func TestBudgetRefusesResponses(t *testing.T) {
 	}
 	// The official SDK sees its own error.
 	oa := responsesClient(base, keyAcme)
-	_, err := oa.Responses.New(ctx, responses.ResponseNewParams{Model: "fake-model", Input: input("and the SDK")})
+	_, err = oa.Responses.New(ctx, responses.ResponseNewParams{Model: "fake-model", Input: input("and the SDK")})
 	var oe *openai.Error
 	if !errors.As(err, &oe) || oe.StatusCode != http.StatusTooManyRequests || oe.Code != "insufficient_quota" || oe.Type != "insufficient_quota" {
 		t.Fatalf("the SDK got %v", err)

@@ -13,6 +13,7 @@ import (
 	"github.com/chatfleet/chatfleet/internal/llmfake"
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
+	"github.com/chatfleet/chatfleet/tasks"
 )
 
 // With CHATFLEET_MODELS listing the models, a job asking for another is a
@@ -129,8 +130,9 @@ func TestUsageGroupedByDaySumsOverModels(t *testing.T) {
 	}
 
 	days, total := usageOf(t, base, keyAcme, "?group_by=day")
-	if len(days) != len(perDay) {
-		t.Fatalf("group_by=day gave %d rows, want one per day (%d): %v", len(days), len(perDay), days)
+	r := do(t, http.MethodGet, base+"/api/v1/usage?group_by=day", nil, map[string]string{"Authorization": "Bearer " + keyAcme})
+	if data, _ := r.Body["data"].([]any); r.Status != http.StatusOK || len(data) != len(perDay) || len(days) != len(perDay) {
+		t.Fatalf("group_by=day: %d %s, want one row per day (%d)", r.Status, r.Raw, len(perDay))
 	}
 	for d, w := range perDay {
 		row := days[d+"|<nil>"] // a day's row names no model
@@ -145,5 +147,66 @@ func TestUsageGroupedByDaySumsOverModels(t *testing.T) {
 	}
 	if total["requests"] != float64(len(ids)) {
 		t.Fatalf("total %v, want %d requests", total, len(ids))
+	}
+}
+
+// An Idempotency-Key sent again once its job's record has expired
+// (CHATFLEET_JOB_RETENTION) makes a new job: 202, queued, created after the
+// first ended, and run again (the session's history holds both turns). It is
+// sent at once, while the key's binding to its job id (kept twice the
+// retention) still stands: the binding tells sessions apart, it does not
+// keep the key. The job id is the same: it is derived from the tenant, the
+// key and the session (docs/design.md).
+func TestIdempotencyKeyMakesANewJobAfterRetention(t *testing.T) {
+	rd := testkit.StartRedis(t)
+	apis, _ := fleet(t, rd, 1, 1, map[string]string{"CHATFLEET_JOB_RETENTION": "2s"})
+	base := apis[0].URL()
+	key := map[string]string{"Idempotency-Key": "order-1"}
+	first := submit(t, base, "idem-retention", "once more", key)
+	if first.Status != http.StatusAccepted {
+		t.Fatalf("first submit: %d %s", first.Status, first.Raw)
+	}
+	id := first.Body["job_id"].(string)
+	done := waitJob(t, base, id)
+	if done.Body["status"] != "succeeded" {
+		t.Fatalf("first job: %s", done.Raw)
+	}
+	ended, err := time.Parse(time.RFC3339Nano, done.Body["finished_at"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Within the retention the key replays the job.
+	if r := submit(t, base, "idem-retention", "once more", key); r.Status != http.StatusOK || r.Body["job_id"] != id {
+		t.Fatalf("the key within the retention: %d %s", r.Status, r.Raw)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := do(t, http.MethodGet, base+"/api/v1/chat/jobs/"+id, nil, nil)
+		if r.Status == http.StatusNotFound {
+			break
+		}
+		if r.Status != http.StatusOK || time.Now().After(deadline) {
+			t.Fatalf("job %s after its retention: %d %s", id, r.Status, r.Raw)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	binding := rkeys.Idempotency("default", tasks.IdempotencyKeyHash("default", "order-1"))
+	ttl, err := rd.Client().PTTL(context.Background(), binding).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the key's binding has %s to live as the key is sent again", ttl)
+	again := submit(t, base, "idem-retention", "once more", key)
+	if again.Status != http.StatusAccepted || again.Header.Get("Idempotent-Replayed") != "" || again.Body["status"] != "queued" {
+		t.Fatalf("the key after its job expired: %d %s", again.Status, again.Raw)
+	}
+	second := waitJob(t, base, again.Body["job_id"].(string))
+	created, err := time.Parse(time.RFC3339Nano, second.Body["created_at"].(string))
+	if err != nil || second.Body["status"] != "succeeded" || !created.After(ended) {
+		t.Fatalf("the new job %s (created %v), the first ended %v", second.Raw, created, ended)
+	}
+	h := do(t, http.MethodGet, base+"/api/v1/sessions/idem-retention/messages", nil, nil)
+	if msgs, _ := h.Body["messages"].([]any); h.Status != http.StatusOK || len(msgs) != 4 {
+		t.Fatalf("history: %d %s, want both runs' turns", h.Status, h.Raw)
 	}
 }
