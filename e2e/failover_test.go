@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/chatfleet/chatfleet/client"
 	"github.com/chatfleet/chatfleet/internal/rkeys"
 	"github.com/chatfleet/chatfleet/internal/testkit"
@@ -21,24 +23,55 @@ import (
 // master at once.
 func TestClusterMasterFailover(t *testing.T) {
 	cl := testkit.StartCluster(t)
-	victim := cl.MasterOf("asynq:{" + tasks.QueueName(tasks.PriorityNormal) + "}:pending")
-	survivesFailover(t, cl, victim.Kill, func() { cl.WaitHealthy(30 * time.Second) })
+	queue := tasks.QueueName(tasks.PriorityNormal)
+	victim := cl.MasterOf("asynq:{" + queue + "}:pending")
+	// The fence key shares the queue's slot, so the victim itself takes it.
+	synced := func() { replicated(t, victim.Client(), "e2e-failover-fence:{"+queue+"}") }
+	survivesFailover(t, cl, synced, victim.Kill, func() { cl.WaitHealthy(30 * time.Second) })
 }
 
 // The master behind a Sentinel (one replica, one Sentinel with quorum 1) is
 // SIGKILLed while jobs run.
 func TestSentinelFailover(t *testing.T) {
 	s := testkit.StartSentinel(t)
-	survivesFailover(t, s, s.Master.Kill, func() { s.WaitPromoted(30 * time.Second) })
+	synced := func() { replicated(t, s.Master.Client(), "e2e-failover-fence") }
+	survivesFailover(t, s, synced, s.Master.Kill, func() { s.WaitPromoted(30 * time.Second) })
 }
 
-// survivesFailover runs jobs on rd, calls kill while they run and promoted
-// until the replica has taken over. The fleet goes on without restarts; jobs
-// submitted after the promotion succeed; and every job that was in flight
-// ends (succeeded, or failed with an error saying why) or, if the promotion
-// lost its record (asynchronous replication), is gone (404): none is left
-// queued, active or retrying.
-func survivesFailover(t *testing.T, rd testkit.Backend, kill, promoted func()) {
+// replicated writes key on a master and waits until its replica has
+// acknowledged the write (WAIT 1, on the connection that wrote: WAIT counts
+// that connection's writes). Replication is one ordered stream, so the
+// replica then holds everything the master took before the key.
+func replicated(t *testing.T, master *redis.Client, key string) {
+	t.Helper()
+	ctx := context.Background()
+	conn := master.Conn()
+	defer conn.Close()
+	if err := conn.Set(ctx, key, time.Now().UnixNano(), time.Minute).Err(); err != nil {
+		t.Fatalf("write the fence on %s: %v", master.Options().Addr, err)
+	}
+	acked, err := conn.Wait(ctx, 1, 10*time.Second).Result()
+	if err != nil || acked < 1 {
+		t.Fatalf("WAIT 1 on %s: %d replicas acknowledged, %v", master.Options().Addr, acked, err)
+	}
+}
+
+// failoverCodes are the error codes of a job that the failover itself ended
+// (docs/capacity.md, "What a failover loses"; docs/providers.md): the
+// reconciler fails a job whose task was lost with no payload to enqueue it
+// again (`lost`), or one whose task asynq archived (`failed`).
+var failoverCodes = map[string]bool{"lost": true, "failed": true}
+
+// survivesFailover runs jobs on rd, waits until the replica has every write
+// of their submission (synced), calls kill while they run and promoted until
+// the replica has taken over. The fleet goes on without restarts; jobs
+// submitted after the promotion succeed; and every job submitted before the
+// kill ends succeeded, or failed with an error code the docs give for a
+// failover. Since their submission reached the replica, none may be lost:
+// gone (404), canceled or left unfinished is a failure. Writes after the
+// sync (their attempts, results) may be lost; the fleet must run or end
+// those jobs again.
+func survivesFailover(t *testing.T, rd testkit.Backend, synced, kill, promoted func()) {
 	// 20 tokens 40 ms apart: each job runs about a second.
 	apis, workers := fleet(t, rd, 2, 2, map[string]string{"CHATFLEET_SIM_TOKENS": "20", "CHATFLEET_SIM_TOKEN_DELAY": "40ms"})
 	c := client.New(apis[0].URL())
@@ -58,6 +91,21 @@ func survivesFailover(t *testing.T, rd testkit.Backend, kill, promoted func()) {
 		time.Sleep(30 * time.Millisecond)
 	}
 
+	// What the kill is to find: jobs still unfinished (else the test
+	// proves nothing about them).
+	atKill := map[string]int{}
+	for _, id := range ids {
+		j, err := c.Get(ctx, id)
+		if err != nil {
+			t.Fatalf("job %s before the kill: %v", id, err)
+		}
+		atKill[j.Status]++
+	}
+	if atKill["succeeded"] == inFlight {
+		t.Fatalf("every job had finished before the kill: %v", atKill)
+	}
+
+	synced()
 	killed := time.Now()
 	kill()
 	promoted()
@@ -87,7 +135,8 @@ func survivesFailover(t *testing.T, rd testkit.Backend, kill, promoted func()) {
 		}
 	}
 
-	// Every in-flight job ends or is gone; none stays unfinished.
+	// Every job submitted before the kill ends, succeeded or failed for the
+	// failover; none is lost or left unfinished.
 	var mu sync.Mutex
 	outcome := map[string]int{}
 	var wg sync.WaitGroup
@@ -95,46 +144,54 @@ func survivesFailover(t *testing.T, rd testkit.Backend, kill, promoted func()) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			status := waitEnded(ctx, c, id)
+			status, j := waitEnded(ctx, c, id)
+			key := status
+			switch {
+			case status == "succeeded":
+			case status == "failed" && j.Error != nil && failoverCodes[j.Error.Code]:
+				key += ":" + j.Error.Code
+			case status == "failed":
+				t.Errorf("job %s failed with %+v, want an error code of %v", id, j.Error, failoverCodes)
+			case status == "gone":
+				t.Errorf("job %s, submitted and replicated before the kill, is gone (404)", id)
+			default:
+				t.Errorf("job %s submitted before the kill is %s: %+v", id, status, j)
+			}
 			mu.Lock()
-			outcome[status]++
+			outcome[key]++
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	for status, n := range outcome {
-		if status != "succeeded" && status != "failed" && status != "gone" {
-			t.Errorf("%d in-flight jobs left %s", n, status)
-		}
-	}
 	for _, p := range append(apis, workers...) {
 		if code, exited := p.Wait(0); exited {
 			t.Errorf("a fleet process exited (%d) during the failover", code)
 		}
 	}
-	t.Logf("master killed; replica promoted after %s; first new job succeeded %s after the kill; in-flight jobs: %v",
-		promotedAfter.Round(10*time.Millisecond), firstOK.Round(10*time.Millisecond), outcome)
+	t.Logf("master killed; replica promoted after %s; first new job succeeded %s after the kill; jobs submitted before the kill: %v just before it, %v in the end",
+		promotedAfter.Round(10*time.Millisecond), firstOK.Round(10*time.Millisecond), atKill, outcome)
 }
 
 // waitEnded polls a job until it is finished or gone, for at most 90 s, and
-// returns its last status ("gone" for a 404).
-func waitEnded(ctx context.Context, c *client.Client, id string) string {
+// returns its last status ("gone" for a 404) and the job as last read.
+func waitEnded(ctx context.Context, c *client.Client, id string) (string, client.Job) {
 	deadline := time.Now().Add(90 * time.Second)
 	status := "unknown"
+	var last client.Job
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		j, err := c.Get(ctx, id)
 		switch {
 		case client.IsStatus(err, http.StatusNotFound):
-			return "gone"
+			return "gone", last
 		case err == nil:
-			status = j.Status
-			if status == "succeeded" || status == "failed" || status == "canceled" {
-				return status
+			status, last = j.Status, j
+			if j.Finished() {
+				return status, last
 			}
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	return status
+	return status, last
 }
 
 // With each priority spread over 3 queues (CHATFLEET_QUEUE_SPREAD=3) on a
