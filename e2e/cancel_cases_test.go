@@ -121,7 +121,10 @@ func TestCancelLaterTurnWaitingInItsSession(t *testing.T) {
 		// Two workers: a free slot for the second turn, were it not held back.
 		apis, _ := fleet(t, rd, 1, 2, providerEnv(fake, nil))
 		c := client.New(apis[0].URL())
-		ctx := context.Background()
+		// Bounded: a canceled turn left at the head of its session's order
+		// holds the later turns forever.
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
 		const session = "cancel-later-turn"
 
 		first, err := c.Submit(ctx, client.SubmitRequest{SessionID: session, Message: "turn one"})
@@ -156,7 +159,7 @@ func TestCancelLaterTurnWaitingInItsSession(t *testing.T) {
 		}
 		done, err = c.Wait(ctx, third.JobID)
 		if err != nil || done.Status != "succeeded" {
-			t.Fatalf("third turn: %+v %v", done, err)
+			t.Fatalf("third turn, after the first ended: %+v %v", done, err)
 		}
 
 		if sentAnywhere(fake, "turn two") {
