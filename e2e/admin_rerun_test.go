@@ -98,6 +98,12 @@ func TestAdminRerun(t *testing.T) {
 		t.Fatalf("re-run a succeeded job: %d %s, want 409", r.Status, r.Raw)
 	}
 
+	// Deliveries of different events are not ordered: the failure's is let
+	// through first, so that the receiver's order below is the jobs' order.
+	awaitHooks(t, c, sub.JobID, 20*time.Second, "the failure's event delivered", func(ds []client.WebhookDelivery) bool {
+		return len(ds) == 1 && ds[0].Event == "job.failed" && ds[0].State == "delivered"
+	})
+
 	// The archived job runs again from its first attempt and succeeds.
 	if r := rerun(sub.JobID); r.Status != http.StatusOK || r.Body["job_id"] != sub.JobID || r.Body["status"] != "queued" {
 		t.Fatalf("re-run: %d %s, want 200 queued", r.Status, r.Raw)
